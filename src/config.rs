@@ -1,0 +1,355 @@
+//! Configuration: `gateway.toml` (or `--config PATH`), then `PATHWAY_*`
+//! environment overrides, then checks. Everything is checked before any port
+//! is bound; an unknown key or a bad value stops the gateway with a message
+//! that names it.
+//!
+//! Environment overrides name a key by its path, upper-cased, with `__`
+//! between levels: `PATHWAY_HTTP__LISTEN=0.0.0.0:8080` sets `http.listen`.
+//! The value is read as a TOML value when it is one (`8080`, `true`), and as a
+//! string otherwise.
+
+use crate::store::sqlite::SqliteOptions;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The file read from the working directory when no `--config` is given.
+pub const DEFAULT_CONFIG_FILE: &str = "gateway.toml";
+/// Prefix of environment overrides.
+pub const ENV_PREFIX: &str = "PATHWAY_";
+/// Default HTTP address: loopback only, until someone decides otherwise.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Default limit of a FHIR request body (16 MiB): large transaction Bundles
+/// fit, a runaway upload does not.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+/// Default time to let in-flight requests finish after SIGTERM.
+pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 30;
+/// Default most writes committed together (one fsync).
+pub const DEFAULT_GROUP_COMMIT_MAX: usize = 512;
+/// Default writes waiting for the writer before senders are held back.
+pub const DEFAULT_WRITE_QUEUE: usize = 4096;
+/// Default concurrent read connections: twice the cores of a small host.
+pub const DEFAULT_READ_CONNECTIONS: usize = 4;
+
+/// The configuration file, as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    #[serde(default)]
+    pub http: HttpConfig,
+    #[serde(default)]
+    pub store: StoreConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// `[http]`: the FHIR REST listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address and port to listen on (`127.0.0.1:8080`).
+    pub listen: String,
+    /// Largest FHIR request body in bytes; larger ones get 413 unread.
+    pub max_body_bytes: usize,
+    /// The public base URL of the FHIR API (`https://gw.example.nhs.uk/fhir`),
+    /// used in `Location` headers and Bundle links. When unset, it is built
+    /// from the request's `Host` header.
+    pub base_url: Option<String>,
+    /// Seconds to let in-flight requests finish after SIGTERM or SIGINT.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: DEFAULT_LISTEN.to_string(),
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            base_url: None,
+            shutdown_grace_secs: DEFAULT_SHUTDOWN_GRACE_SECS,
+        }
+    }
+}
+
+/// `[store]`: where and how resources are kept.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Directory of the embedded store (created if missing).
+    pub path: PathBuf,
+    /// Most writes committed together in one transaction and one fsync.
+    pub group_commit_max: usize,
+    /// Writes that may wait for the writer before senders are held back.
+    pub write_queue: usize,
+    /// Concurrent read connections.
+    pub read_connections: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            path: PathBuf::from("./data"),
+            group_commit_max: DEFAULT_GROUP_COMMIT_MAX,
+            write_queue: DEFAULT_WRITE_QUEUE,
+            read_connections: DEFAULT_READ_CONNECTIONS,
+        }
+    }
+}
+
+/// `[log]`: structured logs on standard output.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A `tracing` filter: `info`, `pathway_gateway=debug`, …
+    pub level: String,
+    /// `text` for people, `json` for log collectors.
+    pub format: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".to_string(),
+            format: "text".to_string(),
+        }
+    }
+}
+
+/// Checked configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub http: Http,
+    pub store: SqliteOptions,
+    pub log: Log,
+}
+
+#[derive(Debug, Clone)]
+pub struct Http {
+    pub listen: SocketAddr,
+    pub max_body_bytes: usize,
+    pub base_url: Option<String>,
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Log {
+    pub filter: String,
+    pub json: bool,
+}
+
+/// Why the configuration was refused.
+#[derive(Debug, thiserror::Error)]
+#[error("Invalid configuration: {0}")]
+pub struct ConfigError(String);
+
+impl Config {
+    /// Defaults only: what `serve` runs on with no file and no environment.
+    pub fn defaults() -> Config {
+        ConfigFile::default()
+            .check()
+            .unwrap_or_else(|err| unreachable!("defaults are valid: {err}"))
+    }
+
+    /// Loads `path` (or `./gateway.toml` if present), applies the `PATHWAY_*`
+    /// variables of `env`, and checks the result.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let (text, origin) = match path {
+            Some(path) => (
+                std::fs::read_to_string(path).map_err(|err| {
+                    ConfigError(format!("cannot read {}: {err}", path.display()))
+                })?,
+                path.display().to_string(),
+            ),
+            None => match std::fs::read_to_string(DEFAULT_CONFIG_FILE) {
+                Ok(text) => (text, DEFAULT_CONFIG_FILE.to_string()),
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                    (String::new(), "defaults".to_string())
+                }
+                Err(err) => {
+                    return Err(ConfigError(format!("cannot read {DEFAULT_CONFIG_FILE}: {err}")));
+                }
+            },
+        };
+        Self::from_toml(&text, &origin, env)
+    }
+
+    /// As [`Config::load`], from TOML text; `origin` names it in messages.
+    pub fn from_toml(
+        text: &str,
+        origin: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut table: toml::Table = text
+            .parse()
+            .map_err(|err: toml::de::Error| ConfigError(format!("{origin}: {err}")))?;
+        for (name, raw) in env {
+            let Some(path) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            let keys: Vec<String> = path.split("__").map(str::to_lowercase).collect();
+            set_path(&mut table, &keys, parse_env_value(&raw))
+                .map_err(|msg| ConfigError(format!("{name}: {msg}")))?;
+        }
+        let file: ConfigFile = serde_path_to_error::deserialize(toml::Value::Table(table))
+            .map_err(|err| {
+                let path = err.path().to_string();
+                ConfigError(format!("{origin}: {path}: {}", err.into_inner()))
+            })?;
+        file.check()
+    }
+}
+
+impl ConfigFile {
+    fn check(self) -> Result<Config, ConfigError> {
+        let bad = |key: &str, msg: String| ConfigError(format!("{key}: {msg}"));
+        let listen: SocketAddr = self.http.listen.parse().map_err(|_| {
+            bad(
+                "http.listen",
+                format!("\"{}\" is not an address and port such as 127.0.0.1:8080", self.http.listen),
+            )
+        })?;
+        if !(1024..=1 << 30).contains(&self.http.max_body_bytes) {
+            return Err(bad(
+                "http.max_body_bytes",
+                format!("{} is outside 1024 to 1073741824", self.http.max_body_bytes),
+            ));
+        }
+        let base_url = match self.http.base_url {
+            None => None,
+            Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
+                Some(url.trim_end_matches('/').to_string())
+            }
+            Some(url) => {
+                return Err(bad(
+                    "http.base_url",
+                    format!("\"{url}\" is not an http:// or https:// URL"),
+                ));
+            }
+        };
+        let in_range = |key: &str, value: usize, max: usize| {
+            if (1..=max).contains(&value) {
+                Ok(value)
+            } else {
+                Err(bad(key, format!("{value} is outside 1 to {max}")))
+            }
+        };
+        let store = SqliteOptions {
+            dir: self.store.path,
+            max_batch: in_range("store.group_commit_max", self.store.group_commit_max, 100_000)?,
+            queue: in_range("store.write_queue", self.store.write_queue, 1_000_000)?,
+            readers: in_range("store.read_connections", self.store.read_connections, 256)?,
+        };
+        if let Err(err) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return Err(bad("log.level", format!("\"{}\": {err}", self.log.level)));
+        }
+        let json = match self.log.format.as_str() {
+            "text" => false,
+            "json" => true,
+            other => {
+                return Err(bad(
+                    "log.format",
+                    format!("\"{other}\" is neither \"text\" nor \"json\""),
+                ));
+            }
+        };
+        Ok(Config {
+            http: Http {
+                listen,
+                max_body_bytes: self.http.max_body_bytes,
+                base_url,
+                shutdown_grace: Duration::from_secs(self.http.shutdown_grace_secs),
+            },
+            store,
+            log: Log {
+                filter: self.log.level,
+                json,
+            },
+        })
+    }
+}
+
+fn parse_env_value(raw: &str) -> toml::Value {
+    format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()))
+}
+
+fn set_path(table: &mut toml::Table, keys: &[String], value: toml::Value) -> Result<(), String> {
+    match keys {
+        [] => Err("names no configuration key".to_string()),
+        [last] => {
+            table.insert(last.clone(), value);
+            Ok(())
+        }
+        [first, rest @ ..] => {
+            let entry = table
+                .entry(first.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            match entry {
+                toml::Value::Table(inner) => set_path(inner, rest, value),
+                _ => Err(format!("\"{first}\" is not a table")),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::from_toml(
+            text,
+            "test.toml",
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+    }
+
+    #[test]
+    fn defaults_listen_on_loopback_8080_with_data_in_dot_data() {
+        let config = load("", &[]).unwrap();
+        assert_eq!(config.http.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.store.dir, PathBuf::from("./data"));
+        assert_eq!(config.http.max_body_bytes, 16 * 1024 * 1024);
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let config = load(
+            "[http]\nlisten = \"127.0.0.1:9000\"\n",
+            &[("PATHWAY_HTTP__LISTEN", "127.0.0.1:9001"), ("PATHWAY_STORE__READ_CONNECTIONS", "8")],
+        )
+        .unwrap();
+        assert_eq!(config.http.listen.port(), 9001);
+        assert_eq!(config.store.readers, 8);
+    }
+
+    #[test]
+    fn refuses_unknown_keys_naming_them() {
+        let err = load("[http]\nlissten = \"x\"\n", &[]).unwrap_err().to_string();
+        assert!(err.contains("lissten"), "{err}");
+        assert!(err.starts_with("Invalid configuration"), "{err}");
+        let err = load("", &[("PATHWAY_NOPE", "1")]).unwrap_err().to_string();
+        assert!(err.contains("nope"), "{err}");
+    }
+
+    #[test]
+    fn refuses_bad_values_naming_the_key() {
+        for (text, key) in [
+            ("[http]\nlisten = \"localhost\"\n", "http.listen"),
+            ("[http]\nmax_body_bytes = 0\n", "http.max_body_bytes"),
+            ("[http]\nbase_url = \"ftp://x\"\n", "http.base_url"),
+            ("[log]\nformat = \"xml\"\n", "log.format"),
+            ("[store]\ngroup_commit_max = 0\n", "store.group_commit_max"),
+            ("[http]\nlisten = 8080\n", "http.listen"),
+        ] {
+            let err = load(text, &[]).unwrap_err().to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
+    }
+}

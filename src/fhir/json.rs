@@ -1,0 +1,289 @@
+//! Lossless JSON surgery on the bytes a sender gave us.
+//!
+//! A gateway must not alter what it carries: `80` stays `80`, `1.50` stays
+//! `1.50`, `+01:00` stays `+01:00`. A parse into `serde_json::Value` (or into
+//! the typed model) and back does not promise that, so the stored form of a
+//! resource is built from the sender's own bytes: split into top-level members,
+//! with insignificant whitespace dropped, and (inside transactions) string
+//! values rewritten where a `urn:uuid:` reference is resolved.
+//!
+//! Every function here expects text that `serde_json` has already accepted as
+//! JSON; on anything else it returns an error, never panics.
+
+use std::collections::HashMap;
+
+/// The input was not the JSON object the caller promised.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JsonShapeError {
+    #[error("expected a JSON object")]
+    NotAnObject,
+    #[error("expected a JSON array")]
+    NotAnArray,
+    #[error("unexpected end of JSON")]
+    Truncated,
+    #[error("duplicate property \"{0}\"")]
+    DuplicateKey(String),
+}
+
+/// One top-level member of an object: its key and its value, minified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub key: String,
+    pub value: String,
+}
+
+/// Splits a JSON object into its top-level members, in the sender's order.
+pub fn object_members(text: &str) -> Result<Vec<Member>, JsonShapeError> {
+    let bytes = text.as_bytes();
+    let mut pos = skip_ws(bytes, 0);
+    if bytes.get(pos) != Some(&b'{') {
+        return Err(JsonShapeError::NotAnObject);
+    }
+    pos += 1;
+    let mut members: Vec<Member> = Vec::new();
+    loop {
+        pos = skip_ws(bytes, pos);
+        match bytes.get(pos) {
+            Some(b'}') => return Ok(members),
+            Some(b',') => {
+                pos += 1;
+                continue;
+            }
+            Some(b'"') => {}
+            Some(_) => return Err(JsonShapeError::NotAnObject),
+            None => return Err(JsonShapeError::Truncated),
+        }
+        let key_end = string_end(bytes, pos)?;
+        let key = decode_string(&text[pos..key_end]).ok_or(JsonShapeError::NotAnObject)?;
+        pos = skip_ws(bytes, key_end);
+        if bytes.get(pos) != Some(&b':') {
+            return Err(JsonShapeError::NotAnObject);
+        }
+        pos = skip_ws(bytes, pos + 1);
+        let value_end = value_end(bytes, pos)?;
+        if members.iter().any(|m| m.key == key) {
+            return Err(JsonShapeError::DuplicateKey(key));
+        }
+        members.push(Member {
+            key,
+            value: minify(&text[pos..value_end]),
+        });
+        pos = value_end;
+    }
+}
+
+/// Splits a JSON array into its elements, each minified.
+pub fn array_elements(text: &str) -> Result<Vec<String>, JsonShapeError> {
+    let bytes = text.as_bytes();
+    let mut pos = skip_ws(bytes, 0);
+    if bytes.get(pos) != Some(&b'[') {
+        return Err(JsonShapeError::NotAnArray);
+    }
+    pos += 1;
+    let mut elements = Vec::new();
+    loop {
+        pos = skip_ws(bytes, pos);
+        match bytes.get(pos) {
+            Some(b']') => return Ok(elements),
+            Some(b',') => pos += 1,
+            Some(_) => {
+                let end = value_end(bytes, pos)?;
+                elements.push(minify(&text[pos..end]));
+                pos = end;
+            }
+            None => return Err(JsonShapeError::Truncated),
+        }
+    }
+}
+
+/// Drops whitespace outside strings; everything else is copied byte for byte.
+pub fn minify(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = String::with_capacity(text.len());
+    let mut pos = 0;
+    let mut copied = 0;
+    while pos < bytes.len() {
+        match bytes[pos] {
+            b'"' => pos = string_end(bytes, pos).unwrap_or(bytes.len()),
+            b' ' | b'\t' | b'\n' | b'\r' => {
+                out.push_str(&text[copied..pos]);
+                pos += 1;
+                copied = pos;
+            }
+            _ => pos += 1,
+        }
+    }
+    out.push_str(&text[copied..]);
+    out
+}
+
+/// Replaces string *values* (not keys) found in `map` with their mapping, in
+/// minified JSON. Used to resolve `urn:uuid:` references inside a transaction.
+pub fn rewrite_strings(compact: &str, map: &HashMap<String, String>) -> String {
+    if map.is_empty() {
+        return compact.to_string();
+    }
+    let bytes = compact.as_bytes();
+    let mut out = String::with_capacity(compact.len());
+    let mut pos = 0;
+    let mut copied = 0;
+    while pos < bytes.len() {
+        if bytes[pos] != b'"' {
+            pos += 1;
+            continue;
+        }
+        let end = string_end(bytes, pos).unwrap_or(bytes.len());
+        let is_key = bytes.get(end) == Some(&b':');
+        if !is_key
+            && let Some(replacement) =
+                decode_string(&compact[pos..end]).and_then(|value| map.get(&value))
+        {
+            out.push_str(&compact[copied..pos]);
+            out.push_str(&encode_string(replacement));
+            copied = end;
+        }
+        pos = end;
+    }
+    out.push_str(&compact[copied..]);
+    out
+}
+
+/// A JSON string literal for `value`.
+pub fn encode_string(value: &str) -> String {
+    serde_json::to_string(value).unwrap_or_else(|_| "\"\"".to_string())
+}
+
+/// The value of a JSON string token (quotes included), escapes resolved.
+fn decode_string(token: &str) -> Option<String> {
+    if !token.contains('\\') {
+        return token
+            .strip_prefix('"')
+            .and_then(|t| t.strip_suffix('"'))
+            .map(str::to_string);
+    }
+    serde_json::from_str(token).ok()
+}
+
+fn skip_ws(bytes: &[u8], mut pos: usize) -> usize {
+    while matches!(bytes.get(pos), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+        pos += 1;
+    }
+    pos
+}
+
+/// Given `bytes[start] == b'"'`, the index just past the closing quote.
+fn string_end(bytes: &[u8], start: usize) -> Result<usize, JsonShapeError> {
+    let mut pos = start + 1;
+    while pos < bytes.len() {
+        match bytes[pos] {
+            b'\\' => pos += 2,
+            b'"' => return Ok(pos + 1),
+            _ => pos += 1,
+        }
+    }
+    Err(JsonShapeError::Truncated)
+}
+
+/// The index just past the JSON value that starts at `start`.
+fn value_end(bytes: &[u8], start: usize) -> Result<usize, JsonShapeError> {
+    match bytes.get(start) {
+        None => Err(JsonShapeError::Truncated),
+        Some(b'"') => string_end(bytes, start),
+        Some(b'{' | b'[') => {
+            let mut depth = 0usize;
+            let mut pos = start;
+            while pos < bytes.len() {
+                match bytes[pos] {
+                    b'"' => {
+                        pos = string_end(bytes, pos)?;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Ok(pos + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                pos += 1;
+            }
+            Err(JsonShapeError::Truncated)
+        }
+        Some(_) => {
+            let mut pos = start;
+            while pos < bytes.len()
+                && !matches!(bytes[pos], b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r')
+            {
+                pos += 1;
+            }
+            Ok(pos)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_decimal_precision_and_offsets_while_minifying() {
+        let text = "{ \"resourceType\" : \"Observation\",\n \"valueQuantity\": {\"value\": 1.50},\n \"a\": [80, 1e3, -0.0], \"t\": \"2020-01-01T10:00:00+01:00\" }";
+        let members = object_members(text).unwrap();
+        let values: Vec<&str> = members.iter().map(|m| m.value.as_str()).collect();
+        assert_eq!(
+            values,
+            [
+                "\"Observation\"",
+                "{\"value\":1.50}",
+                "[80,1e3,-0.0]",
+                "\"2020-01-01T10:00:00+01:00\""
+            ]
+        );
+    }
+
+    #[test]
+    fn keeps_whitespace_and_escapes_inside_strings() {
+        let members = object_members(r#"{"text": "a  \" b\\", "k\u0065y": 1}"#).unwrap();
+        assert_eq!(members[0].value, r#""a  \" b\\""#);
+        assert_eq!(members[1].key, "key");
+    }
+
+    #[test]
+    fn refuses_duplicate_top_level_keys() {
+        assert_eq!(
+            object_members(r#"{"id":"a","id":"b"}"#),
+            Err(JsonShapeError::DuplicateKey("id".into()))
+        );
+    }
+
+    #[test]
+    fn refuses_non_objects_without_panicking() {
+        for text in ["[]", "1", "", "{", "{\"a\"", "{\"a\":", "{\"a\":[1,", "{\"a\":\"x"] {
+            assert!(object_members(text).is_err(), "{text}");
+        }
+    }
+
+    #[test]
+    fn splits_arrays_into_minified_elements() {
+        let elements = array_elements(" [ {\"a\": [1, 2]} , \"x,]\", 3 ] ").unwrap();
+        assert_eq!(elements, ["{\"a\":[1,2]}", "\"x,]\"", "3"]);
+        assert_eq!(array_elements("[]").unwrap(), Vec::<String>::new());
+        assert!(array_elements("{}").is_err());
+        assert!(array_elements("[1,").is_err());
+    }
+
+    #[test]
+    fn rewrites_values_but_not_keys() {
+        let map = HashMap::from([("urn:uuid:1".to_string(), "Patient/abc".to_string())]);
+        let out = rewrite_strings(
+            r#"{"urn:uuid:1":"urn:uuid:1","subject":{"reference":"urn:uuid:1"},"x":"urn:uuid:12"}"#,
+            &map,
+        );
+        assert_eq!(
+            out,
+            r#"{"urn:uuid:1":"Patient/abc","subject":{"reference":"Patient/abc"},"x":"urn:uuid:12"}"#
+        );
+    }
+}

@@ -1,0 +1,270 @@
+//! An inbound resource, checked and split into the parts the store needs.
+//!
+//! The stored JSON is the sender's own members, minified, behind a server-set
+//! `resourceType`, `id` and `meta` ([`assemble`]). Nothing else is changed.
+
+use super::json::{self, encode_string};
+use super::outcome::Issue;
+use super::search::{IndexEntries, extract_index};
+use super::{ResourceType, is_valid_id};
+use serde_json::Value;
+
+/// A resource ready to be stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prepared {
+    pub resource_type: ResourceType,
+    /// The `id` the body carries, if any.
+    pub id: Option<String>,
+    /// Members of the sender's `meta` other than `versionId` and
+    /// `lastUpdated`, each as `,"key":value`.
+    pub meta_extra: String,
+    /// Every other member, each as `,"key":value`, in the sender's order.
+    pub rest: String,
+    pub index: IndexEntries,
+}
+
+/// Why an inbound resource was refused.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Rejection {
+    /// Not JSON, not a resource, or not the type the URL names: 400.
+    Malformed(Issue),
+    /// A resource of a type the gateway does not store: 404 at the URL, 400
+    /// inside a Bundle.
+    UnsupportedType(Issue),
+    /// JSON, but not a valid resource of its type: 422.
+    Invalid(Issue),
+}
+
+impl Rejection {
+    pub fn issue(&self) -> &Issue {
+        match self {
+            Rejection::Malformed(i) | Rejection::UnsupportedType(i) | Rejection::Invalid(i) => i,
+        }
+    }
+
+    /// The same rejection with its location moved under `prefix` (a Bundle entry).
+    pub fn within(self, prefix: &str, resource_type: &str) -> Self {
+        match self {
+            Rejection::Malformed(i) => Rejection::Malformed(i.within(prefix, resource_type)),
+            Rejection::UnsupportedType(i) => {
+                Rejection::UnsupportedType(i.within(prefix, resource_type))
+            }
+            Rejection::Invalid(i) => Rejection::Invalid(i.within(prefix, resource_type)),
+        }
+    }
+}
+
+/// Reads `body` as a resource; `expected` is the type the URL names, if any.
+pub fn prepare(body: &[u8], expected: Option<ResourceType>) -> Result<Prepared, Rejection> {
+    let text = std::str::from_utf8(body).map_err(|err| {
+        Rejection::Malformed(Issue::error(
+            "structure",
+            format!("the body is not UTF-8 (invalid byte at offset {})", err.valid_up_to()),
+        ))
+    })?;
+    let value: Value = serde_json::from_str(text).map_err(|err| {
+        Rejection::Malformed(Issue::error(
+            "structure",
+            format!("the body is not valid JSON: {err}"),
+        ))
+    })?;
+    prepare_parsed(text, &value, expected)
+}
+
+/// As [`prepare`], for a resource already parsed (inside a Bundle): `text` is
+/// its JSON and `value` the same, parsed.
+pub fn prepare_parsed(
+    text: &str,
+    value: &Value,
+    expected: Option<ResourceType>,
+) -> Result<Prepared, Rejection> {
+    let Some(object) = value.as_object() else {
+        return Err(Rejection::Malformed(Issue::error(
+            "structure",
+            "the body is JSON but not a JSON object, so not a FHIR resource",
+        )));
+    };
+    let Some(type_name) = object.get("resourceType").and_then(Value::as_str) else {
+        return Err(Rejection::Malformed(
+            Issue::error("required", "the resource has no resourceType").at("resourceType"),
+        ));
+    };
+    let resource_type = match (ResourceType::parse(type_name), expected) {
+        (Some(found), Some(wanted)) if found != wanted => {
+            return Err(Rejection::Malformed(
+                Issue::error(
+                    "invalid",
+                    format!("the body is a {found} but the URL is for {wanted}"),
+                )
+                .at(format!("{type_name}.resourceType")),
+            ));
+        }
+        (Some(found), _) => found,
+        (None, Some(wanted)) => {
+            return Err(Rejection::Malformed(
+                Issue::error(
+                    "invalid",
+                    format!("the body is a \"{type_name}\" but the URL is for {wanted}"),
+                )
+                .at("resourceType"),
+            ));
+        }
+        (None, None) => {
+            return Err(Rejection::UnsupportedType(Issue::error(
+                "not-supported",
+                format!(
+                    "this gateway does not store {type_name} resources (it stores Patient, Encounter, CarePlan and ServiceRequest)"
+                ),
+            )));
+        }
+    };
+    let ty = resource_type.as_str();
+
+    let id = match object.get("id") {
+        None => None,
+        Some(Value::String(id)) if is_valid_id(id) => Some(id.clone()),
+        Some(other) => {
+            return Err(Rejection::Invalid(
+                Issue::error(
+                    "value",
+                    format!("{other} is not a valid id (1 to 64 of A-Z a-z 0-9 - .)"),
+                )
+                .at(format!("{ty}.id")),
+            ));
+        }
+    };
+
+    pathway_model::check_resource(ty, text.as_bytes()).map_err(|err| {
+        let expression = if err.path.is_empty() {
+            ty.to_string()
+        } else {
+            format!("{ty}.{}", err.path)
+        };
+        Rejection::Invalid(
+            Issue::error(
+                "structure",
+                format!("not a valid FHIR {ty}: {}", err.message),
+            )
+            .at(expression),
+        )
+    })?;
+
+    let shape_error = |err: json::JsonShapeError| {
+        Rejection::Malformed(Issue::error("structure", err.to_string()).at(ty))
+    };
+    let mut meta_extra = String::new();
+    let mut rest = String::new();
+    for member in json::object_members(text).map_err(shape_error)? {
+        match member.key.as_str() {
+            "resourceType" | "id" => {}
+            "meta" => {
+                let meta = json::object_members(&member.value).map_err(|_| {
+                    Rejection::Invalid(
+                        Issue::error("structure", "meta must be an object").at(format!("{ty}.meta")),
+                    )
+                })?;
+                for m in meta {
+                    if m.key != "versionId" && m.key != "lastUpdated" {
+                        push_member(&mut meta_extra, &m.key, &m.value);
+                    }
+                }
+            }
+            key => push_member(&mut rest, key, &member.value),
+        }
+    }
+
+    Ok(Prepared {
+        resource_type,
+        id,
+        meta_extra,
+        rest,
+        index: extract_index(resource_type, value),
+    })
+}
+
+fn push_member(out: &mut String, key: &str, value: &str) {
+    out.push(',');
+    out.push_str(&encode_string(key));
+    out.push(':');
+    out.push_str(value);
+}
+
+/// The stored JSON of a resource version.
+pub fn assemble(
+    resource_type: ResourceType,
+    id: &str,
+    version: i64,
+    last_updated_ms: i64,
+    meta_extra: &str,
+    rest: &str,
+) -> String {
+    let last_updated = super::datetime::format_instant(last_updated_ms);
+    format!(
+        r#"{{"resourceType":"{resource_type}","id":"{id}","meta":{{"versionId":"{version}","lastUpdated":"{last_updated}"{meta_extra}}}{rest}}}"#
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_json_keeps_the_senders_values_and_replaces_id_and_meta() {
+        let body = br#"{
+            "resourceType": "Patient",
+            "id": "client-id",
+            "meta": {"versionId": "9", "profile": ["http://x/p"], "lastUpdated": "2000-01-01T00:00:00Z"},
+            "extension": [{"url": "http://x/e", "valueDecimal": 1.50}],
+            "birthDate": "1948-03-02",
+            "multipleBirthInteger": 80
+        }"#;
+        let prepared = prepare(body, Some(ResourceType::Patient)).unwrap();
+        assert_eq!(prepared.id.as_deref(), Some("client-id"));
+        let stored = assemble(
+            prepared.resource_type,
+            "s1",
+            2,
+            0,
+            &prepared.meta_extra,
+            &prepared.rest,
+        );
+        assert_eq!(
+            stored,
+            r#"{"resourceType":"Patient","id":"s1","meta":{"versionId":"2","lastUpdated":"1970-01-01T00:00:00.000Z","profile":["http://x/p"]},"extension":[{"url":"http://x/e","valueDecimal":1.50}],"birthDate":"1948-03-02","multipleBirthInteger":80}"#
+        );
+        let _: Value = serde_json::from_str(&stored).unwrap();
+    }
+
+    #[test]
+    fn refuses_a_body_of_another_type_than_the_url() {
+        let err = prepare(br#"{"resourceType":"Encounter"}"#, Some(ResourceType::Patient));
+        assert!(matches!(err, Err(Rejection::Malformed(_))));
+    }
+
+    #[test]
+    fn locates_model_errors_with_fhirpath() {
+        let err = prepare(
+            br#"{"resourceType":"Patient","gender":"unknown-ish"}"#,
+            Some(ResourceType::Patient),
+        )
+        .unwrap_err();
+        let Rejection::Invalid(issue) = err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(issue.expression, ["Patient.gender"]);
+    }
+
+    #[test]
+    fn refuses_invalid_ids_and_malformed_json() {
+        assert!(matches!(
+            prepare(br#"{"resourceType":"Patient","id":"a b"}"#, None),
+            Err(Rejection::Invalid(_))
+        ));
+        assert!(matches!(prepare(b"{", None), Err(Rejection::Malformed(_))));
+        assert!(matches!(prepare(b"\xff", None), Err(Rejection::Malformed(_))));
+        assert!(matches!(
+            prepare(br#"{"resourceType":"Observation"}"#, None),
+            Err(Rejection::UnsupportedType(_))
+        ));
+    }
+}

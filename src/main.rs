@@ -1,0 +1,74 @@
+//! The `pathway-gateway` command: parses the command line and calls into the
+//! library.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use pathway_gateway::config::Config;
+use pathway_gateway::server;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "pathway-gateway", version, about = "FHIR R4 interoperability gateway for NHS care pathways")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs the gateway (embedded store in ./data unless configured).
+    Serve {
+        /// Configuration file (default: ./gateway.toml if present).
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { config } => {
+            let config = match Config::load(config.as_deref(), std::env::vars()) {
+                Ok(config) => config,
+                Err(err) => {
+                    eprintln!("{err}");
+                    return std::process::ExitCode::from(2);
+                }
+            };
+            init_logging(&config);
+            match serve(config) {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(err) => {
+                    tracing::error!("{err:#}");
+                    eprintln!("pathway-gateway: {err:#}");
+                    std::process::ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn serve(config: Config) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(config.http.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.http.listen))?;
+        server::run(config, listener, server::shutdown_signal()).await?;
+        Ok(())
+    })
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log.filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if config.log.json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

@@ -1,0 +1,181 @@
+//! Durable storage of resources, their history, the search index and the
+//! journal of raw inbound payloads.
+//!
+//! The API layer talks to [`Store`] only; [`sqlite::SqliteStore`] is the
+//! embedded default. Every mutation goes through [`Store::write`] as one
+//! [`WriteRequest`], which the store applies atomically (a transaction Bundle,
+//! a single create) or entry by entry (a batch Bundle), and acknowledges only
+//! once it is durable on disk.
+
+pub mod sqlite;
+
+use crate::fhir::ResourceType;
+use crate::fhir::resource::Prepared;
+use crate::fhir::search::SearchQuery;
+use async_trait::async_trait;
+
+/// One stored version of a resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    pub resource_type: ResourceType,
+    pub id: String,
+    pub version: i64,
+    pub last_updated_ms: i64,
+    /// The resource's JSON, exactly as served.
+    pub body: String,
+}
+
+/// A change to make.
+#[derive(Debug, Clone)]
+pub enum Mutation {
+    /// Create with the server-assigned `id`, unless `if_none_exist` matches a
+    /// resource already (FHIR conditional create).
+    Create {
+        resource: Prepared,
+        id: String,
+        if_none_exist: Option<SearchQuery>,
+        full_url: Option<String>,
+    },
+    /// Update (or create) the resource `id`.
+    Update {
+        resource: Prepared,
+        id: String,
+        if_match: Option<i64>,
+        full_url: Option<String>,
+    },
+    /// Update the one resource `query` matches; create it (with the body's
+    /// id, or `new_id`) when none does.
+    ConditionalUpdate {
+        resource: Prepared,
+        query: SearchQuery,
+        new_id: String,
+        if_match: Option<i64>,
+        full_url: Option<String>,
+    },
+}
+
+impl Mutation {
+    pub fn resource(&self) -> &Prepared {
+        match self {
+            Mutation::Create { resource, .. }
+            | Mutation::Update { resource, .. }
+            | Mutation::ConditionalUpdate { resource, .. } => resource,
+        }
+    }
+}
+
+/// Mutations applied together: all or nothing when `atomic`.
+#[derive(Debug, Clone)]
+pub struct WriteRequest {
+    pub mutations: Vec<Mutation>,
+    pub atomic: bool,
+}
+
+/// What a mutation did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    Created,
+    Updated,
+    /// An update identical to the current version: no new version.
+    Unchanged,
+    /// A conditional create that matched an existing resource.
+    Existing,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    pub change: Change,
+    pub resource: Stored,
+}
+
+/// Why one mutation could not be applied. Not a failure of the store.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MutationError {
+    #[error("If-Match expected version {expected}, but the current version is {current}")]
+    VersionConflict { expected: i64, current: String },
+    #[error("the condition matches {0} resources; it must match at most one")]
+    MultipleMatches(usize),
+    #[error("{0}")]
+    Conflict(String),
+}
+
+/// The answer to a [`WriteRequest`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// Every mutation's result, in order (always all `Ok` when atomic).
+    Applied(Vec<Result<Written, MutationError>>),
+    /// An atomic request in which the mutation at `index` failed: nothing was stored.
+    RolledBack { index: usize, error: MutationError },
+}
+
+/// A page of search results.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SearchPage {
+    pub total: usize,
+    pub resources: Vec<Stored>,
+    /// Where the next page starts, when there is one.
+    pub next_after: Option<String>,
+}
+
+/// A raw inbound payload, as received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournalEntry {
+    /// Which interface received it: `hl7v2-mllp`, `gp-risk-list`, …
+    pub source: String,
+    /// Who sent it (sending facility, practice ODS code); empty if unknown.
+    pub sender: String,
+    /// The sender's own message id (MSH-10), for dropping repeats.
+    pub message_id: Option<String>,
+    pub content_type: String,
+    pub received_at_ms: i64,
+    pub payload: Vec<u8>,
+}
+
+/// The journal's answer: the entry's id, and whether it was a repeat of an
+/// earlier one (same source, sender and message id), which was kept instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JournalReceipt {
+    pub id: i64,
+    pub duplicate: bool,
+}
+
+/// A failure of the store itself (disk, database, shutdown): a 503 or 500,
+/// never the sender's fault.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] rusqlite::Error),
+    #[error("the store is closed")]
+    Closed,
+    #[error("store I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the store's schema version {found} is newer than this gateway knows ({known})")]
+    SchemaTooNew { found: i64, known: i64 },
+}
+
+/// Where resources live. Implementations must make a write durable before
+/// [`Store::write`] returns.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// The current version, if the resource exists.
+    async fn read(&self, ty: ResourceType, id: &str) -> Result<Option<Stored>, StoreError>;
+    /// A given version.
+    async fn vread(
+        &self,
+        ty: ResourceType,
+        id: &str,
+        version: i64,
+    ) -> Result<Option<Stored>, StoreError>;
+    /// Every version, newest first; empty if the resource does not exist.
+    async fn history(&self, ty: ResourceType, id: &str) -> Result<Vec<Stored>, StoreError>;
+    async fn search(&self, query: &SearchQuery) -> Result<SearchPage, StoreError>;
+    async fn write(&self, request: WriteRequest) -> Result<WriteOutcome, StoreError>;
+    /// Records a raw inbound payload durably.
+    async fn journal(&self, entry: JournalEntry) -> Result<JournalReceipt, StoreError>;
+    /// A journal entry by id.
+    async fn journal_entry(&self, id: i64) -> Result<Option<JournalEntry>, StoreError>;
+    /// Is the store able to serve? (`/readyz`)
+    async fn check(&self) -> Result<(), StoreError>;
+    /// Finishes queued writes and closes the store cleanly.
+    async fn close(&self);
+}

@@ -1,0 +1,68 @@
+-- pathway-gateway store, schema version 1.
+
+-- Every version of every resource: the full history.
+CREATE TABLE IF NOT EXISTS versions (
+    type         TEXT    NOT NULL,
+    id           TEXT    NOT NULL,
+    version      INTEGER NOT NULL,
+    last_updated INTEGER NOT NULL,  -- ms since the Unix epoch
+    body         TEXT    NOT NULL,  -- the resource JSON, exactly as served
+    PRIMARY KEY (type, id, version)
+) WITHOUT ROWID;
+
+-- The current version of each resource.
+CREATE TABLE IF NOT EXISTS current (
+    type         TEXT    NOT NULL,
+    id           TEXT    NOT NULL,
+    version      INTEGER NOT NULL,
+    last_updated INTEGER NOT NULL,
+    PRIMARY KEY (type, id)
+) WITHOUT ROWID;
+
+-- Search index of current versions: tokens (identifier, status).
+CREATE TABLE IF NOT EXISTS idx_token (
+    type   TEXT NOT NULL,
+    param  TEXT NOT NULL,
+    value  TEXT NOT NULL,
+    system TEXT NOT NULL,  -- '' when the value has no system
+    id     TEXT NOT NULL,
+    PRIMARY KEY (type, param, value, system, id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS idx_token_owner ON idx_token (type, id);
+CREATE INDEX IF NOT EXISTS idx_token_system ON idx_token (type, param, system);
+
+-- References (subject, patient), resolved to type and id.
+CREATE TABLE IF NOT EXISTS idx_ref (
+    type        TEXT NOT NULL,
+    param       TEXT NOT NULL,
+    target_id   TEXT NOT NULL,
+    target_type TEXT NOT NULL,
+    id          TEXT NOT NULL,
+    PRIMARY KEY (type, param, target_id, target_type, id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS idx_ref_owner ON idx_ref (type, id);
+
+-- Dates as half-open ranges [lo, hi) of ms since the epoch.
+CREATE TABLE IF NOT EXISTS idx_date (
+    type  TEXT    NOT NULL,
+    param TEXT    NOT NULL,
+    lo    INTEGER NOT NULL,
+    hi    INTEGER NOT NULL,
+    id    TEXT    NOT NULL
+);
+CREATE INDEX IF NOT EXISTS idx_date_lo ON idx_date (type, param, lo);
+CREATE INDEX IF NOT EXISTS idx_date_hi ON idx_date (type, param, hi);
+CREATE INDEX IF NOT EXISTS idx_date_owner ON idx_date (type, id);
+
+-- Raw inbound payloads, journaled before they are acknowledged.
+CREATE TABLE IF NOT EXISTS journal (
+    id           INTEGER PRIMARY KEY,
+    received_at  INTEGER NOT NULL,
+    source       TEXT    NOT NULL,
+    sender       TEXT    NOT NULL,
+    message_id   TEXT,
+    content_type TEXT    NOT NULL,
+    payload      BLOB    NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS journal_repeat
+    ON journal (source, sender, message_id) WHERE message_id IS NOT NULL;
