@@ -1,0 +1,209 @@
+//! Starts a real gateway on a loopback port with its own store, for tests.
+#![allow(dead_code)]
+
+use pathway_gateway::config::Config;
+use reqwest::StatusCode;
+use reqwest::header::HeaderMap;
+use serde_json::{Value, json};
+use std::path::PathBuf;
+use tokio::sync::oneshot;
+
+pub struct Gateway {
+    /// `http://127.0.0.1:PORT/fhir`
+    pub fhir: String,
+    pub root: String,
+    pub client: reqwest::Client,
+    pub data: PathBuf,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    _dir: tempfile::TempDir,
+}
+
+/// One HTTP answer, with its body read as JSON when it is JSON.
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub json: Value,
+    pub text: String,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+
+    /// Asserts an OperationOutcome, returning its first issue.
+    pub fn outcome_issue(&self) -> &Value {
+        assert_eq!(
+            self.json["resourceType"], "OperationOutcome",
+            "expected an OperationOutcome, got {}",
+            self.text
+        );
+        assert!(
+            self.header("content-type").starts_with("application/fhir+json"),
+            "{:?}",
+            self.headers
+        );
+        &self.json["issue"][0]
+    }
+}
+
+pub async fn start() -> Gateway {
+    start_with(|_| {}).await
+}
+
+pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Gateway {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = Config::defaults();
+    config.store.dir = dir.path().join("data");
+    config.http.shutdown_grace = std::time::Duration::from_secs(5);
+    adjust(&mut config);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let data = config.store.dir.clone();
+    let task = tokio::spawn(async move {
+        pathway_gateway::server::run(config, listener, async {
+            let _ = stopped.await;
+        })
+        .await
+        .expect("gateway runs");
+    });
+    Gateway {
+        fhir: format!("http://{addr}/fhir"),
+        root: format!("http://{addr}"),
+        client: reqwest::Client::new(),
+        data,
+        stop: Some(stop),
+        task: Some(task),
+        _dir: dir,
+    }
+}
+
+impl Gateway {
+    /// Stops the gateway the way SIGTERM does, and waits until it has closed.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("gateway task");
+        }
+    }
+
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> Reply {
+        let response = request.send().await.expect("request sent");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let text = response.text().await.expect("body read");
+        let json = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Reply {
+            status,
+            headers,
+            json,
+            text,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}/{}", self.fhir, path.trim_start_matches('/'))
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        self.send(self.client.get(self.url(path))).await
+    }
+
+    pub async fn get_url(&self, url: &str) -> Reply {
+        self.send(self.client.get(url)).await
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> Reply {
+        self.send(self.fhir_body(self.client.post(self.url(path)), body))
+            .await
+    }
+
+    pub async fn put(&self, path: &str, body: &Value) -> Reply {
+        self.send(self.fhir_body(self.client.put(self.url(path)), body))
+            .await
+    }
+
+    pub fn fhir_body(&self, request: reqwest::RequestBuilder, body: &Value) -> reqwest::RequestBuilder {
+        request
+            .header("content-type", "application/fhir+json")
+            .body(body.to_string())
+    }
+
+    /// Follows `next` links from a search, returning every entry's resource.
+    pub async fn search_all(&self, path: &str) -> Vec<Value> {
+        let mut resources = Vec::new();
+        let mut reply = self.get(path).await;
+        loop {
+            assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+            for entry in reply.json["entry"].as_array().into_iter().flatten() {
+                resources.push(entry["resource"].clone());
+            }
+            let next = reply.json["link"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|l| l["relation"] == "next")
+                .and_then(|l| l["url"].as_str())
+                .map(str::to_string);
+            match next {
+                Some(url) => reply = self.get_url(&url).await,
+                None => return resources,
+            }
+        }
+    }
+}
+
+pub const NHS: &str = "https://fhir.nhs.uk/Id/nhs-number";
+
+pub fn patient(nhs_number: &str, family: &str) -> Value {
+    json!({
+        "resourceType": "Patient",
+        "identifier": [{"system": NHS, "value": nhs_number}],
+        "name": [{"family": family, "given": ["Ada"]}],
+        "gender": "female",
+        "birthDate": "1938-04-12"
+    })
+}
+
+pub fn encounter(patient_ref: &str, class: &str, start: &str, end: Option<&str>) -> Value {
+    let mut period = json!({"start": start});
+    if let Some(end) = end {
+        period["end"] = json!(end);
+    }
+    json!({
+        "resourceType": "Encounter",
+        "identifier": [{"system": "https://fhir.example-trust.nhs.uk/Id/visit", "value": format!("V-{start}")}],
+        "status": if end.is_some() { "finished" } else { "in-progress" },
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": class},
+        "subject": {"reference": patient_ref},
+        "period": period
+    })
+}
+
+pub fn care_plan(patient_ref: &str) -> Value {
+    json!({
+        "resourceType": "CarePlan",
+        "status": "draft",
+        "intent": "plan",
+        "category": [{"coding": [{"system": "https://fhir.onebromley.nhs.uk/CodeSystem/care-pathway", "code": "proactive-care"}]}],
+        "subject": {"reference": patient_ref}
+    })
+}
+
+pub fn service_request(patient_ref: &str) -> Value {
+    json!({
+        "resourceType": "ServiceRequest",
+        "status": "active",
+        "intent": "order",
+        "code": {"coding": [{"system": "https://fhir.onebromley.nhs.uk/CodeSystem/pathway-referral", "code": "proactive-care-assessment"}]},
+        "subject": {"reference": patient_ref},
+        "authoredOn": "2026-11-01"
+    })
+}
