@@ -38,6 +38,7 @@ pub fn app(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/fhir/metadata", get(capability::metadata))
         .route("/fhir", axum::routing::post(bundle::transaction_or_batch))
+        .route("/fhir/", axum::routing::post(bundle::transaction_or_batch))
         .route(
             "/fhir/{type}",
             get(rest::search).post(rest::create).put(rest::conditional_update),

@@ -1,0 +1,164 @@
+//! The real binary, killed with SIGKILL under load and stopped with SIGTERM:
+//! every write that was acknowledged is there after a restart.
+
+mod common;
+
+use common::patient;
+use reqwest::StatusCode;
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+struct Binary {
+    child: Child,
+    fhir: String,
+}
+
+/// Starts `pathway-gateway serve` on a free loopback port with its data in `data`.
+fn spawn(data: &Path) -> Binary {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pathway-gateway"))
+        .arg("serve")
+        .env("PATHWAY_HTTP__LISTEN", "127.0.0.1:0")
+        .env("PATHWAY_STORE__PATH", data)
+        .env("PATHWAY_LOG__FORMAT", "json")
+        .env("PATHWAY_HTTP__SHUTDOWN_GRACE_SECS", "5")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("binary starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let addr = loop {
+        let line = lines.next().expect("a log line before exit").expect("log line");
+        let log: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+        if let Some(addr) = log["fields"]["addr"].as_str() {
+            break addr.to_string();
+        }
+    };
+    // Keep draining the log so the gateway never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Binary {
+        child,
+        fhir: format!("http://{addr}/fhir"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_creates_survive_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut gateway = spawn(&data);
+    let client = reqwest::Client::new();
+    let acknowledged: Arc<Mutex<Vec<Value>>> = Arc::default();
+
+    // 16 writers create patients as fast as they can until the process dies.
+    let mut writers = Vec::new();
+    for w in 0..16 {
+        let client = client.clone();
+        let url = format!("{}/Patient", gateway.fhir);
+        let acknowledged = acknowledged.clone();
+        writers.push(tokio::spawn(async move {
+            for i in 0.. {
+                let body = patient(&format!("{w:02}{i:08}"), "Durable");
+                let sent = client
+                    .post(&url)
+                    .header("content-type", "application/fhir+json")
+                    .body(body.to_string())
+                    .send()
+                    .await;
+                let Ok(response) = sent else { return };
+                if response.status() != StatusCode::CREATED {
+                    return;
+                }
+                let Ok(created) = response.json::<Value>().await else {
+                    return;
+                };
+                acknowledged.lock().unwrap().push(created);
+            }
+        }));
+    }
+    // Let them run, then SIGKILL mid-flight.
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if acknowledged.lock().unwrap().len() >= 300 {
+            break;
+        }
+    }
+    gateway.child.kill().expect("SIGKILL");
+    gateway.child.wait().expect("reaped");
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    assert!(acknowledged.len() >= 300);
+
+    let mut restarted = spawn(&data);
+    for created in &acknowledged {
+        let id = created["id"].as_str().unwrap();
+        let response = client
+            .get(format!("{}/Patient/{id}", restarted.fhir))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "acknowledged Patient/{id} lost");
+        let stored: Value = response.json().await.unwrap();
+        assert_eq!(&stored, created);
+    }
+    restarted.child.kill().unwrap();
+    restarted.child.wait().unwrap();
+}
+
+#[tokio::test]
+async fn sigterm_drains_and_closes_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut gateway = spawn(&data);
+    let client = reqwest::Client::new();
+    let created: Value = client
+        .post(format!("{}/Patient", gateway.fhir))
+        .header("content-type", "application/fhir+json")
+        .body(patient("2914177763", "Term").to_string())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(gateway.child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = gateway.child.wait().unwrap();
+    assert!(exit.success(), "{exit:?}");
+    // A clean close checkpoints the WAL into the database file.
+    let wal = data.join("gateway.sqlite-wal");
+    assert!(!wal.exists() || std::fs::metadata(&wal).unwrap().len() == 0);
+
+    let mut again = spawn(&data);
+    let id = created["id"].as_str().unwrap();
+    let read = client.get(format!("{}/Patient/{id}", again.fhir)).send().await.unwrap();
+    assert_eq!(read.status(), StatusCode::OK);
+    again.child.kill().unwrap();
+    again.child.wait().unwrap();
+}
+
+#[test]
+fn bad_configuration_stops_the_binary_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(&config, "[http]\nlisten = \"127.0.0.1:8080\"\nport = 9\n").unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_pathway-gateway"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("Invalid configuration"), "{stderr}");
+    assert!(stderr.contains("port"), "{stderr}");
+}
