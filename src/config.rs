@@ -158,9 +158,8 @@ impl Config {
     ) -> Result<Config, ConfigError> {
         let (text, origin) = match path {
             Some(path) => (
-                std::fs::read_to_string(path).map_err(|err| {
-                    ConfigError(format!("cannot read {}: {err}", path.display()))
-                })?,
+                std::fs::read_to_string(path)
+                    .map_err(|err| ConfigError(format!("cannot read {}: {err}", path.display())))?,
                 path.display().to_string(),
             ),
             None => match std::fs::read_to_string(DEFAULT_CONFIG_FILE) {
@@ -169,7 +168,9 @@ impl Config {
                     (String::new(), "defaults".to_string())
                 }
                 Err(err) => {
-                    return Err(ConfigError(format!("cannot read {DEFAULT_CONFIG_FILE}: {err}")));
+                    return Err(ConfigError(format!(
+                        "cannot read {DEFAULT_CONFIG_FILE}: {err}"
+                    )));
                 }
             },
         };
@@ -208,7 +209,10 @@ impl ConfigFile {
         let listen: SocketAddr = self.http.listen.parse().map_err(|_| {
             bad(
                 "http.listen",
-                format!("\"{}\" is not an address and port such as 127.0.0.1:8080", self.http.listen),
+                format!(
+                    "\"{}\" is not an address and port such as 127.0.0.1:8080",
+                    self.http.listen
+                ),
             )
         })?;
         if !(1024..=1 << 30).contains(&self.http.max_body_bytes) {
@@ -238,7 +242,11 @@ impl ConfigFile {
         };
         let store = SqliteOptions {
             dir: self.store.path,
-            max_batch: in_range("store.group_commit_max", self.store.group_commit_max, 100_000)?,
+            max_batch: in_range(
+                "store.group_commit_max",
+                self.store.group_commit_max,
+                100_000,
+            )?,
             queue: in_range("store.write_queue", self.store.write_queue, 1_000_000)?,
             readers: in_range("store.read_connections", self.store.read_connections, 256)?,
         };
@@ -322,7 +330,10 @@ mod tests {
     fn environment_overrides_the_file() {
         let config = load(
             "[http]\nlisten = \"127.0.0.1:9000\"\n",
-            &[("PATHWAY_HTTP__LISTEN", "127.0.0.1:9001"), ("PATHWAY_STORE__READ_CONNECTIONS", "8")],
+            &[
+                ("PATHWAY_HTTP__LISTEN", "127.0.0.1:9001"),
+                ("PATHWAY_STORE__READ_CONNECTIONS", "8"),
+            ],
         )
         .unwrap();
         assert_eq!(config.http.listen.port(), 9001);
@@ -331,7 +342,9 @@ mod tests {
 
     #[test]
     fn refuses_unknown_keys_naming_them() {
-        let err = load("[http]\nlissten = \"x\"\n", &[]).unwrap_err().to_string();
+        let err = load("[http]\nlissten = \"x\"\n", &[])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("lissten"), "{err}");
         assert!(err.starts_with("Invalid configuration"), "{err}");
         let err = load("", &[("PATHWAY_NOPE", "1")]).unwrap_err().to_string();

@@ -8,7 +8,11 @@ use pathway_gateway::server;
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "pathway-gateway", version, about = "FHIR R4 interoperability gateway for NHS care pathways")]
+#[command(
+    name = "pathway-gateway",
+    version,
+    about = "FHIR R4 interoperability gateway for NHS care pathways"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

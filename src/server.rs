@@ -3,8 +3,8 @@
 
 use crate::api::{AppState, app};
 use crate::config::Config;
-use crate::store::{Store, StoreError};
 use crate::store::sqlite::SqliteStore;
+use crate::store::{Store, StoreError};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

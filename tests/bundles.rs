@@ -22,7 +22,7 @@ async fn transaction_of_patient_and_encounter_resolves_urn_uuid_references() {
     let tx = bundle(
         "transaction",
         vec![
-            entry_post(patient_urn, patient("8288360750", "Mensah")),
+            entry_post(patient_urn, patient("9997574915", "Mensah")),
             entry_post(
                 "urn:uuid:0a3c7c36-6d1a-4a8e-9e1b-1f4b7a9c0d11",
                 encounter(patient_urn, "EMER", "2026-11-20T22:10:00+00:00", None),
@@ -41,9 +41,14 @@ async fn transaction_of_patient_and_encounter_resolves_urn_uuid_references() {
     let encounter_id = entries[1]["resource"]["id"].as_str().unwrap();
 
     let stored = gw.get(&format!("Encounter/{encounter_id}")).await;
-    assert_eq!(stored.json["subject"]["reference"], format!("Patient/{patient_id}"));
+    assert_eq!(
+        stored.json["subject"]["reference"],
+        format!("Patient/{patient_id}")
+    );
     // The rewritten reference is searchable.
-    let found = gw.search_all(&format!("Encounter?patient={patient_id}")).await;
+    let found = gw
+        .search_all(&format!("Encounter?patient={patient_id}"))
+        .await;
     assert_eq!(found.len(), 1);
     gw.stop().await;
 }
@@ -57,42 +62,56 @@ async fn transaction_with_one_bad_entry_stores_nothing_and_names_the_entry() {
     let tx = bundle(
         "transaction",
         vec![
-            entry_post(patient_urn, patient("9838675652", "Ahmed")),
+            entry_post(patient_urn, patient("9991862528", "Ahmed")),
             entry_post("urn:uuid:2", service_request(patient_urn)),
             entry_post("urn:uuid:3", bad_encounter),
         ],
     );
     let reply = gw.post("", &tx).await;
-    assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", reply.text);
+    assert_eq!(
+        reply.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        reply.text
+    );
     let issue = reply.outcome_issue();
     assert_eq!(issue["expression"][0], "Bundle.entry[2].resource.status");
-    let nothing = gw.search_all("Patient?identifier=9838675652").await;
+    let nothing = gw.search_all("Patient?identifier=9991862528").await;
     assert!(nothing.is_empty());
     assert!(gw.search_all("ServiceRequest").await.is_empty());
 
     // A failure found only inside the store (a stale If-Match) rolls back too.
-    let created = gw.post("Patient", &patient("2914177763", "Stale")).await;
+    let created = gw.post("Patient", &patient("9995260182", "Stale")).await;
     let id = created.json["id"].as_str().unwrap();
     let mut update = created.json.clone();
     update["gender"] = json!("male");
     let tx = bundle(
         "transaction",
         vec![
-            entry_post("urn:uuid:4", patient("3170669079", "New")),
+            entry_post("urn:uuid:4", patient("9991590838", "New")),
             json!({"resource": update, "request": {"method": "PUT", "url": format!("Patient/{id}"), "ifMatch": "W/\"9\""}}),
         ],
     );
     let reply = gw.post("", &tx).await;
-    assert_eq!(reply.status, StatusCode::PRECONDITION_FAILED, "{}", reply.text);
+    assert_eq!(
+        reply.status,
+        StatusCode::PRECONDITION_FAILED,
+        "{}",
+        reply.text
+    );
     assert_eq!(reply.outcome_issue()["expression"][0], "Bundle.entry[1]");
-    assert!(gw.search_all("Patient?identifier=3170669079").await.is_empty());
+    assert!(
+        gw.search_all("Patient?identifier=9991590838")
+            .await
+            .is_empty()
+    );
     gw.stop().await;
 }
 
 #[tokio::test]
 async fn transaction_conditional_entries_reuse_existing_resources() {
     let gw = start().await;
-    let existing = gw.post("Patient", &patient("4391500086", "Existing")).await;
+    let existing = gw.post("Patient", &patient("9990166137", "Existing")).await;
     let existing_id = existing.json["id"].as_str().unwrap().to_string();
     let urn = "urn:uuid:7";
     let tx = bundle(
@@ -100,8 +119,8 @@ async fn transaction_conditional_entries_reuse_existing_resources() {
         vec![
             json!({
                 "fullUrl": urn,
-                "resource": patient("4391500086", "Existing"),
-                "request": {"method": "POST", "url": "Patient", "ifNoneExist": format!("identifier={NHS}|4391500086")}
+                "resource": patient("9990166137", "Existing"),
+                "request": {"method": "POST", "url": "Patient", "ifNoneExist": format!("identifier={NHS}|9990166137")}
             }),
             json!({
                 "fullUrl": "urn:uuid:8",
@@ -113,7 +132,10 @@ async fn transaction_conditional_entries_reuse_existing_resources() {
     let reply = gw.post("", &tx).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
     assert_eq!(reply.json["entry"][0]["response"]["status"], "200 OK");
-    assert_eq!(reply.json["entry"][0]["resource"]["id"], existing_id.as_str());
+    assert_eq!(
+        reply.json["entry"][0]["resource"]["id"],
+        existing_id.as_str()
+    );
     assert_eq!(reply.json["entry"][1]["response"]["status"], "201 Created");
     assert_eq!(
         reply.json["entry"][1]["resource"]["subject"]["reference"],
@@ -126,18 +148,18 @@ async fn transaction_conditional_entries_reuse_existing_resources() {
 #[tokio::test]
 async fn batch_entries_succeed_or_fail_on_their_own() {
     let gw = start().await;
-    let good = gw.post("Patient", &patient("8353374064", "Batch")).await;
+    let good = gw.post("Patient", &patient("9991860916", "Batch")).await;
     let id = good.json["id"].as_str().unwrap().to_string();
-    let mut bad = patient("8124158681", "Bad");
+    let mut bad = patient("9993909963", "Bad");
     bad["gender"] = json!("f");
     let b = bundle(
         "batch",
         vec![
-            entry_post("urn:uuid:a", patient("3449786903", "Fine")),
+            entry_post("urn:uuid:a", patient("9990308241", "Fine")),
             entry_post("urn:uuid:b", bad),
             json!({"request": {"method": "GET", "url": format!("Patient/{id}")}}),
             json!({"request": {"method": "GET", "url": "Patient/missing"}}),
-            json!({"request": {"method": "GET", "url": "Patient?identifier=3449786903"}}),
+            json!({"request": {"method": "GET", "url": "Patient?identifier=9990308241"}}),
             json!({"request": {"method": "DELETE", "url": format!("Patient/{id}")}}),
         ],
     );
@@ -152,12 +174,25 @@ async fn batch_entries_succeed_or_fail_on_their_own() {
         .collect();
     assert_eq!(
         statuses,
-        ["201 Created", "422 Unprocessable Entity", "200 OK", "404 Not Found", "200 OK", "400 Bad Request"]
+        [
+            "201 Created",
+            "422 Unprocessable Entity",
+            "200 OK",
+            "404 Not Found",
+            "200 OK",
+            "400 Bad Request"
+        ]
     );
     let outcome = &reply.json["entry"][1]["response"]["outcome"];
-    assert_eq!(outcome["issue"][0]["expression"][0], "Bundle.entry[1].resource.gender");
+    assert_eq!(
+        outcome["issue"][0]["expression"][0],
+        "Bundle.entry[1].resource.gender"
+    );
     assert_eq!(reply.json["entry"][4]["resource"]["total"], 1);
-    assert_eq!(gw.search_all("Patient?identifier=3449786903").await.len(), 1);
+    assert_eq!(
+        gw.search_all("Patient?identifier=9990308241").await.len(),
+        1
+    );
     gw.stop().await;
 }
 
@@ -167,25 +202,39 @@ async fn bundles_that_are_not_transactions_or_batches_are_refused() {
     let collection = gw.post("", &bundle("collection", vec![])).await;
     assert_eq!(collection.status, StatusCode::BAD_REQUEST);
     assert_eq!(collection.outcome_issue()["expression"][0], "Bundle.type");
-    let not_bundle = gw.post("", &patient("8303883682", "X")).await;
+    let not_bundle = gw.post("", &patient("9995181908", "X")).await;
     assert_eq!(not_bundle.status, StatusCode::BAD_REQUEST);
-    let no_method = gw.post("", &bundle("transaction", vec![json!({"resource": patient("8303883682", "X")})])).await;
+    let no_method = gw
+        .post(
+            "",
+            &bundle(
+                "transaction",
+                vec![json!({"resource": patient("9995181908", "X")})],
+            ),
+        )
+        .await;
     assert_eq!(no_method.status, StatusCode::BAD_REQUEST);
-    assert_eq!(no_method.outcome_issue()["expression"][0], "Bundle.entry[0].request.method");
+    assert_eq!(
+        no_method.outcome_issue()["expression"][0],
+        "Bundle.entry[0].request.method"
+    );
     let duplicate = gw
         .post(
             "",
             &bundle(
                 "transaction",
                 vec![
-                    entry_post("urn:uuid:same", patient("8303883682", "X")),
-                    entry_post("urn:uuid:same", patient("5957489069", "Y")),
+                    entry_post("urn:uuid:same", patient("9995181908", "X")),
+                    entry_post("urn:uuid:same", patient("9992319488", "Y")),
                 ],
             ),
         )
         .await;
     assert_eq!(duplicate.status, StatusCode::BAD_REQUEST);
-    assert_eq!(duplicate.outcome_issue()["expression"][0], "Bundle.entry[1].fullUrl");
+    assert_eq!(
+        duplicate.outcome_issue()["expression"][0],
+        "Bundle.entry[1].fullUrl"
+    );
     let empty = gw.post("", &bundle("transaction", vec![])).await;
     assert_eq!(empty.status, StatusCode::OK);
     assert_eq!(empty.json["type"], "transaction-response");

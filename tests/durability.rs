@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::patient;
+use common::{nhs_number, patient};
 use reqwest::StatusCode;
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
@@ -32,7 +32,10 @@ fn spawn(data: &Path) -> Binary {
     let stdout = child.stdout.take().expect("stdout");
     let mut lines = BufReader::new(stdout).lines();
     let addr = loop {
-        let line = lines.next().expect("a log line before exit").expect("log line");
+        let line = lines
+            .next()
+            .expect("a log line before exit")
+            .expect("log line");
         let log: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
         if let Some(addr) = log["fields"]["addr"].as_str() {
             break addr.to_string();
@@ -56,13 +59,13 @@ async fn acknowledged_creates_survive_kill_9() {
 
     // 16 writers create patients as fast as they can until the process dies.
     let mut writers = Vec::new();
-    for w in 0..16 {
+    for w in 0u32..16 {
         let client = client.clone();
         let url = format!("{}/Patient", gateway.fhir);
         let acknowledged = acknowledged.clone();
         writers.push(tokio::spawn(async move {
-            for i in 0.. {
-                let body = patient(&format!("{w:02}{i:08}"), "Durable");
+            for i in 0u32.. {
+                let body = patient(&nhs_number(w * 10_000 + i), "Durable");
                 let sent = client
                     .post(&url)
                     .header("content-type", "application/fhir+json")
@@ -103,7 +106,11 @@ async fn acknowledged_creates_survive_kill_9() {
             .send()
             .await
             .unwrap();
-        assert_eq!(response.status(), StatusCode::OK, "acknowledged Patient/{id} lost");
+        assert_eq!(
+            response.status(),
+            StatusCode::OK,
+            "acknowledged Patient/{id} lost"
+        );
         let stored: Value = response.json().await.unwrap();
         assert_eq!(&stored, created);
     }
@@ -120,7 +127,7 @@ async fn sigterm_drains_and_closes_cleanly() {
     let created: Value = client
         .post(format!("{}/Patient", gateway.fhir))
         .header("content-type", "application/fhir+json")
-        .body(patient("2914177763", "Term").to_string())
+        .body(patient("9995260182", "Term").to_string())
         .send()
         .await
         .unwrap()
@@ -141,7 +148,11 @@ async fn sigterm_drains_and_closes_cleanly() {
 
     let mut again = spawn(&data);
     let id = created["id"].as_str().unwrap();
-    let read = client.get(format!("{}/Patient/{id}", again.fhir)).send().await.unwrap();
+    let read = client
+        .get(format!("{}/Patient/{id}", again.fhir))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(read.status(), StatusCode::OK);
     again.child.kill().unwrap();
     again.child.wait().unwrap();

@@ -17,13 +17,13 @@ async fn create(gw: &Gateway, resource: &Value) -> Value {
 #[tokio::test]
 async fn create_read_update_vread_for_each_type() {
     let gw = start().await;
-    let patient_id = create(&gw, &patient("2914177763", "Okafor")).await["id"]
+    let patient_id = create(&gw, &patient("9995260182", "Okafor")).await["id"]
         .as_str()
         .unwrap()
         .to_string();
     let subject = format!("Patient/{patient_id}");
     for resource in [
-        patient("3170669079", "Nowak"),
+        patient("9991590838", "Nowak"),
         encounter(&subject, "EMER", "2026-11-01T10:00:00+00:00", None),
         care_plan(&subject),
         service_request(&subject),
@@ -34,7 +34,9 @@ async fn create_read_update_vread_for_each_type() {
         assert_eq!(created.header("etag"), "W/\"1\"");
         let id = created.json["id"].as_str().unwrap().to_string();
         assert!(
-            created.header("location").ends_with(&format!("/fhir/{ty}/{id}/_history/1")),
+            created
+                .header("location")
+                .ends_with(&format!("/fhir/{ty}/{id}/_history/1")),
             "{}",
             created.header("location")
         );
@@ -48,16 +50,27 @@ async fn create_read_update_vread_for_each_type() {
         let mut changed = read.json.clone();
         changed["text"] = json!({"status": "generated", "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\">v2</div>"});
         let updated = gw
-            .send(gw.fhir_body(gw.client.put(gw.url(&format!("{ty}/{id}"))), &changed).header("if-match", "W/\"1\""))
+            .send(
+                gw.fhir_body(gw.client.put(gw.url(&format!("{ty}/{id}"))), &changed)
+                    .header("if-match", "W/\"1\""),
+            )
             .await;
         assert_eq!(updated.status, StatusCode::OK, "{}", updated.text);
         assert_eq!(updated.header("etag"), "W/\"2\"");
         assert_eq!(updated.json["meta"]["versionId"], "2");
 
         let stale = gw
-            .send(gw.fhir_body(gw.client.put(gw.url(&format!("{ty}/{id}"))), &changed).header("if-match", "W/\"1\""))
+            .send(
+                gw.fhir_body(gw.client.put(gw.url(&format!("{ty}/{id}"))), &changed)
+                    .header("if-match", "W/\"1\""),
+            )
             .await;
-        assert_eq!(stale.status, StatusCode::PRECONDITION_FAILED, "{}", stale.text);
+        assert_eq!(
+            stale.status,
+            StatusCode::PRECONDITION_FAILED,
+            "{}",
+            stale.text
+        );
         assert_eq!(stale.outcome_issue()["code"], "conflict");
 
         let v1 = gw.get(&format!("{ty}/{id}/_history/1")).await;
@@ -65,12 +78,18 @@ async fn create_read_update_vread_for_each_type() {
         assert_eq!(v1.json, created.json);
         let v2 = gw.get(&format!("{ty}/{id}/_history/2")).await;
         assert_eq!(v2.json["text"]["div"], changed["text"]["div"]);
-        assert_eq!(gw.get(&format!("{ty}/{id}/_history/3")).await.status, StatusCode::NOT_FOUND);
+        assert_eq!(
+            gw.get(&format!("{ty}/{id}/_history/3")).await.status,
+            StatusCode::NOT_FOUND
+        );
 
         let history = gw.get(&format!("{ty}/{id}/_history")).await;
         assert_eq!(history.json["type"], "history");
         assert_eq!(history.json["total"], 2);
-        assert_eq!(history.json["entry"][0]["resource"]["meta"]["versionId"], "2");
+        assert_eq!(
+            history.json["entry"][0]["resource"]["meta"]["versionId"],
+            "2"
+        );
     }
     gw.stop().await;
 }
@@ -91,7 +110,12 @@ async fn stored_resources_keep_the_values_they_were_sent_with() {
         "meta": {"profile": ["http://example.org/p"], "versionId": "77"}
     }"#;
     let reply = gw
-        .send(gw.client.post(gw.url("Encounter")).header("content-type", "application/fhir+json").body(body))
+        .send(
+            gw.client
+                .post(gw.url("Encounter"))
+                .header("content-type", "application/fhir+json")
+                .body(body),
+        )
         .await;
     assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text);
     let id = reply.json["id"].as_str().unwrap();
@@ -105,7 +129,11 @@ async fn stored_resources_keep_the_values_they_were_sent_with() {
         r#""value":2.0,"#,
         r#""profile":["http://example.org/p"]"#,
     ] {
-        assert!(read.text.contains(fragment), "{fragment} not in {}", read.text);
+        assert!(
+            read.text.contains(fragment),
+            "{fragment} not in {}",
+            read.text
+        );
     }
     assert_eq!(read.json["meta"]["versionId"], "1");
     gw.stop().await;
@@ -122,8 +150,8 @@ async fn eight_concurrent_conditional_creates_make_one_resource() {
             client
                 .post(url)
                 .header("content-type", "application/fhir+json")
-                .header("if-none-exist", format!("identifier={NHS}|4391500086"))
-                .body(patient("4391500086", "Begum").to_string())
+                .header("if-none-exist", format!("identifier={NHS}|9990166137"))
+                .body(patient("9990166137", "Begum").to_string())
                 .send()
                 .await
                 .unwrap()
@@ -134,7 +162,10 @@ async fn eight_concurrent_conditional_creates_make_one_resource() {
     for task in tasks {
         let response = task.await.unwrap();
         let status = response.status();
-        assert!(status == StatusCode::CREATED || status == StatusCode::OK, "{status}");
+        assert!(
+            status == StatusCode::CREATED || status == StatusCode::OK,
+            "{status}"
+        );
         if status == StatusCode::CREATED {
             created += 1;
         }
@@ -143,7 +174,9 @@ async fn eight_concurrent_conditional_creates_make_one_resource() {
     }
     assert_eq!(created, 1);
     assert_eq!(ids.len(), 1);
-    let found = gw.get(&format!("Patient?identifier={NHS}|4391500086")).await;
+    let found = gw
+        .get(&format!("Patient?identifier={NHS}|9990166137"))
+        .await;
     assert_eq!(found.json["total"], 1);
     gw.stop().await;
 }
@@ -151,20 +184,26 @@ async fn eight_concurrent_conditional_creates_make_one_resource() {
 #[tokio::test]
 async fn conditional_create_with_two_matches_is_refused() {
     let gw = start().await;
-    create(&gw, &patient("8353374064", "A")).await;
-    create(&gw, &patient("8353374064", "B")).await;
+    create(&gw, &patient("9991860916", "A")).await;
+    create(&gw, &patient("9991860916", "B")).await;
     let reply = gw
         .send(
-            gw.fhir_body(gw.client.post(gw.url("Patient")), &patient("8353374064", "C"))
-                .header("if-none-exist", "identifier=8353374064"),
+            gw.fhir_body(
+                gw.client.post(gw.url("Patient")),
+                &patient("9991860916", "C"),
+            )
+            .header("if-none-exist", "identifier=9991860916"),
         )
         .await;
     assert_eq!(reply.status, StatusCode::PRECONDITION_FAILED);
     assert_eq!(reply.outcome_issue()["code"], "multiple-matches");
     let bad = gw
         .send(
-            gw.fhir_body(gw.client.post(gw.url("Patient")), &patient("8353374064", "C"))
-                .header("if-none-exist", "name=Smith"),
+            gw.fhir_body(
+                gw.client.post(gw.url("Patient")),
+                &patient("9991860916", "C"),
+            )
+            .header("if-none-exist", "name=Smith"),
         )
         .await;
     assert_eq!(bad.status, StatusCode::BAD_REQUEST);
@@ -175,21 +214,21 @@ async fn conditional_create_with_two_matches_is_refused() {
 #[tokio::test]
 async fn conditional_update_by_identifier_creates_then_updates() {
     let gw = start().await;
-    let path = format!("Patient?identifier={NHS}|8124158681");
-    let first = gw.put(&path, &patient("8124158681", "Ali")).await;
+    let path = format!("Patient?identifier={NHS}|9993909963");
+    let first = gw.put(&path, &patient("9993909963", "Ali")).await;
     assert_eq!(first.status, StatusCode::CREATED, "{}", first.text);
     let id = first.json["id"].as_str().unwrap().to_string();
-    let second = gw.put(&path, &patient("8124158681", "Alì")).await;
+    let second = gw.put(&path, &patient("9993909963", "Alì")).await;
     assert_eq!(second.status, StatusCode::OK, "{}", second.text);
     assert_eq!(second.json["id"], id.as_str());
     assert_eq!(second.json["meta"]["versionId"], "2");
     assert_eq!(second.json["name"][0]["family"], "Alì");
     // The same content again makes no new version.
-    let third = gw.put(&path, &patient("8124158681", "Alì")).await;
+    let third = gw.put(&path, &patient("9993909963", "Alì")).await;
     assert_eq!(third.status, StatusCode::OK);
     assert_eq!(third.json["meta"]["versionId"], "2");
     // A body id that is not the matched resource's is refused.
-    let mut wrong = patient("8124158681", "X");
+    let mut wrong = patient("9993909963", "X");
     wrong["id"] = json!("someone-else");
     assert_eq!(gw.put(&path, &wrong).await.status, StatusCode::BAD_REQUEST);
     gw.stop().await;
@@ -198,23 +237,31 @@ async fn conditional_update_by_identifier_creates_then_updates() {
 #[tokio::test]
 async fn update_creates_with_a_client_id_and_checks_the_body_id() {
     let gw = start().await;
-    let mut p = patient("3449786903", "Kowalski");
+    let mut p = patient("9990308241", "Kowalski");
     p["id"] = json!("ward-7-bed-3");
     let created = gw.put("Patient/ward-7-bed-3", &p).await;
     assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
     let mismatch = gw.put("Patient/other", &p).await;
     assert_eq!(mismatch.status, StatusCode::BAD_REQUEST);
     assert_eq!(mismatch.outcome_issue()["expression"][0], "Patient.id");
-    let no_id = gw.put("Patient/ward-7-bed-3", &patient("3449786903", "K")).await;
+    let no_id = gw
+        .put("Patient/ward-7-bed-3", &patient("9990308241", "K"))
+        .await;
     assert_eq!(no_id.status, StatusCode::BAD_REQUEST);
     // If-Match on a resource that does not exist.
     p["id"] = json!("nobody");
     let reply = gw
-        .send(gw.fhir_body(gw.client.put(gw.url("Patient/nobody")), &p).header("if-match", "W/\"4\""))
+        .send(
+            gw.fhir_body(gw.client.put(gw.url("Patient/nobody")), &p)
+                .header("if-match", "W/\"4\""),
+        )
         .await;
     assert_eq!(reply.status, StatusCode::PRECONDITION_FAILED);
     let garbage = gw
-        .send(gw.fhir_body(gw.client.put(gw.url("Patient/nobody")), &p).header("if-match", "yesterday"))
+        .send(
+            gw.fhir_body(gw.client.put(gw.url("Patient/nobody")), &p)
+                .header("if-match", "yesterday"),
+        )
         .await;
     assert_eq!(garbage.status, StatusCode::BAD_REQUEST);
     gw.stop().await;
@@ -225,8 +272,11 @@ async fn prefer_return_minimal_and_operation_outcome() {
     let gw = start().await;
     let minimal = gw
         .send(
-            gw.fhir_body(gw.client.post(gw.url("Patient")), &patient("7366258512", "M"))
-                .header("prefer", "return=minimal"),
+            gw.fhir_body(
+                gw.client.post(gw.url("Patient")),
+                &patient("9996281949", "M"),
+            )
+            .header("prefer", "return=minimal"),
         )
         .await;
     assert_eq!(minimal.status, StatusCode::CREATED);
@@ -234,8 +284,11 @@ async fn prefer_return_minimal_and_operation_outcome() {
     assert!(minimal.header("location").contains("/_history/1"));
     let outcome = gw
         .send(
-            gw.fhir_body(gw.client.post(gw.url("Patient")), &patient("7812865703", "O"))
-                .header("prefer", "return=OperationOutcome"),
+            gw.fhir_body(
+                gw.client.post(gw.url("Patient")),
+                &patient("9998219930", "O"),
+            )
+            .header("prefer", "return=OperationOutcome"),
         )
         .await;
     assert_eq!(outcome.status, StatusCode::CREATED);
@@ -246,70 +299,123 @@ async fn prefer_return_minimal_and_operation_outcome() {
 #[tokio::test]
 async fn search_returns_exactly_the_matching_set_and_pages_through_it() {
     let gw = start().await;
-    let a = create(&gw, &patient("8303883682", "A")).await["id"].as_str().unwrap().to_string();
-    let b = create(&gw, &patient("5957489069", "B")).await["id"].as_str().unwrap().to_string();
+    let a = create(&gw, &patient("9995181908", "A")).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let b = create(&gw, &patient("9992319488", "B")).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let (pa, pb) = (format!("Patient/{a}"), format!("Patient/{b}"));
     // 23 encounters for A across two months, 5 for B.
     let mut a_november = Vec::new();
     for day in 1..=23 {
         let month = if day <= 15 { "10" } else { "11" };
         let start = format!("2026-{month}-{:02}T09:00:00Z", day);
-        let e = create(&gw, &encounter(&pa, "EMER", &start, Some(&start.replace("09:00", "13:00")))).await;
+        let e = create(
+            &gw,
+            &encounter(&pa, "EMER", &start, Some(&start.replace("09:00", "13:00"))),
+        )
+        .await;
         if month == "11" {
             a_november.push(e["id"].as_str().unwrap().to_string());
         }
     }
     for day in 1..=5 {
-        create(&gw, &encounter(&pb, "IMP", &format!("2026-11-{day:02}T09:00:00Z"), None)).await;
+        create(
+            &gw,
+            &encounter(&pb, "IMP", &format!("2026-11-{day:02}T09:00:00Z"), None),
+        )
+        .await;
     }
 
-    let all_a = gw.search_all(&format!("Encounter?patient={a}&_count=5")).await;
+    let all_a = gw
+        .search_all(&format!("Encounter?patient={a}&_count=5"))
+        .await;
     assert_eq!(all_a.len(), 23);
-    let ids: std::collections::HashSet<_> = all_a.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    let ids: std::collections::HashSet<_> =
+        all_a.iter().map(|r| r["id"].as_str().unwrap()).collect();
     assert_eq!(ids.len(), 23, "every match exactly once");
-    assert!(all_a.iter().all(|r| r["subject"]["reference"] == pa.as_str()));
+    assert!(
+        all_a
+            .iter()
+            .all(|r| r["subject"]["reference"] == pa.as_str())
+    );
 
-    let page = gw.get(&format!("Encounter?subject=Patient/{a}&_count=5")).await;
+    let page = gw
+        .get(&format!("Encounter?subject=Patient/{a}&_count=5"))
+        .await;
     assert_eq!(page.json["total"], 23);
     assert_eq!(page.json["entry"].as_array().unwrap().len(), 5);
 
-    let november = gw.search_all(&format!("Encounter?patient=Patient/{a}&date=ge2026-11-01&date=lt2026-12-01")).await;
-    let mut got: Vec<_> = november.iter().map(|r| r["id"].as_str().unwrap().to_string()).collect();
+    let november = gw
+        .search_all(&format!(
+            "Encounter?patient=Patient/{a}&date=ge2026-11-01&date=lt2026-12-01"
+        ))
+        .await;
+    let mut got: Vec<_> = november
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_string())
+        .collect();
     got.sort();
     a_november.sort();
     assert_eq!(got, a_november);
 
     let one_day = gw.search_all("Encounter?date=eq2026-11-16").await;
     assert_eq!(one_day.len(), 1, "only the encounter within the day");
-    let on_or_after = gw.search_all("Encounter?date=ge2026-11-05&status=in-progress").await;
-    assert_eq!(on_or_after.len(), 5, "open-ended encounters run on past the 5th");
+    let on_or_after = gw
+        .search_all("Encounter?date=ge2026-11-05&status=in-progress")
+        .await;
+    assert_eq!(
+        on_or_after.len(),
+        5,
+        "open-ended encounters run on past the 5th"
+    );
     let before = gw.search_all("Encounter?date=lt2026-10-03").await;
     assert_eq!(before.len(), 2);
 
     let finished = gw.search_all("Encounter?status=finished").await;
     assert_eq!(finished.len(), 23);
-    let either = gw.search_all("Encounter?status=finished,in-progress&_count=100").await;
+    let either = gw
+        .search_all("Encounter?status=finished,in-progress&_count=100")
+        .await;
     assert_eq!(either.len(), 28);
 
     let by_system = gw.search_all(&format!("Patient?identifier={NHS}|")).await;
     assert_eq!(by_system.len(), 2);
-    let by_value = gw.search_all("Patient?identifier=5957489069").await;
+    let by_value = gw.search_all("Patient?identifier=9992319488").await;
     assert_eq!(by_value.len(), 1);
     assert_eq!(by_value[0]["id"], b.as_str());
-    let wrong_system = gw.search_all("Patient?identifier=urn:other|5957489069").await;
+    let wrong_system = gw
+        .search_all("Patient?identifier=urn:other|9992319488")
+        .await;
     assert!(wrong_system.is_empty());
-    let no_system = gw.search_all("Patient?identifier=|5957489069").await;
+    let no_system = gw.search_all("Patient?identifier=|9992319488").await;
     assert!(no_system.is_empty());
     let by_id = gw.search_all(&format!("Patient?_id={a},{b}")).await;
     assert_eq!(by_id.len(), 2);
 
     // A new match created while paging does not make another one repeat.
     let first = gw.get("Encounter?status=finished&_count=10").await;
-    create(&gw, &encounter(&pa, "EMER", "2026-12-01T09:00:00Z", Some("2026-12-01T10:00:00Z"))).await;
+    create(
+        &gw,
+        &encounter(
+            &pa,
+            "EMER",
+            "2026-12-01T09:00:00Z",
+            Some("2026-12-01T10:00:00Z"),
+        ),
+    )
+    .await;
     let next = first.json["link"][1]["url"].as_str().unwrap();
     let rest = gw.get_url(next).await;
-    let first_ids: std::collections::HashSet<_> =
-        first.json["entry"].as_array().unwrap().iter().map(|e| e["resource"]["id"].clone()).collect();
+    let first_ids: std::collections::HashSet<_> = first.json["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["resource"]["id"].clone())
+        .collect();
     for e in rest.json["entry"].as_array().unwrap() {
         assert!(!first_ids.contains(&e["resource"]["id"]));
     }
@@ -323,14 +429,23 @@ async fn search_refuses_unknown_parameters_unless_lenient() {
     assert_eq!(strict.status, StatusCode::BAD_REQUEST);
     assert_eq!(strict.outcome_issue()["expression"][0], "Patient?family");
     let lenient = gw
-        .send(gw.client.get(gw.url("Patient?family=Smith")).header("prefer", "handling=lenient"))
+        .send(
+            gw.client
+                .get(gw.url("Patient?family=Smith"))
+                .header("prefer", "handling=lenient"),
+        )
         .await;
     assert_eq!(lenient.status, StatusCode::OK);
     let outcome = &lenient.json["entry"][0];
     assert_eq!(outcome["search"]["mode"], "outcome");
     let bad_date = gw.get("Encounter?date=ge2026-02-30").await;
     assert_eq!(bad_date.status, StatusCode::BAD_REQUEST);
-    assert!(bad_date.outcome_issue()["diagnostics"].as_str().unwrap().contains("2026-02-30"));
+    assert!(
+        bad_date.outcome_issue()["diagnostics"]
+            .as_str()
+            .unwrap()
+            .contains("2026-02-30")
+    );
     let bad_count = gw.get("Patient?_count=lots").await;
     assert_eq!(bad_count.status, StatusCode::BAD_REQUEST);
     gw.stop().await;
@@ -340,28 +455,67 @@ async fn search_refuses_unknown_parameters_unless_lenient() {
 async fn bad_input_gets_a_located_operation_outcome() {
     let gw = start_with(|c| c.http.max_body_bytes = 64 * 1024).await;
     let send_raw = |body: Vec<u8>, content_type: &'static str, path: &'static str| {
-        gw.client.post(gw.url(path)).header("content-type", content_type).body(body)
+        gw.client
+            .post(gw.url(path))
+            .header("content-type", content_type)
+            .body(body)
     };
 
-    let malformed = gw.send(send_raw(b"{\"resourceType\": \"Patient\",".to_vec(), "application/fhir+json", "Patient")).await;
+    let malformed = gw
+        .send(send_raw(
+            b"{\"resourceType\": \"Patient\",".to_vec(),
+            "application/fhir+json",
+            "Patient",
+        ))
+        .await;
     assert_eq!(malformed.status, StatusCode::BAD_REQUEST);
-    assert!(malformed.outcome_issue()["diagnostics"].as_str().unwrap().contains("line 1"));
+    assert!(
+        malformed.outcome_issue()["diagnostics"]
+            .as_str()
+            .unwrap()
+            .contains("line 1")
+    );
 
-    let mismatch = gw.post("Patient", &encounter("Patient/x", "EMER", "2026-01-01", None)).await;
+    let mismatch = gw
+        .post(
+            "Patient",
+            &encounter("Patient/x", "EMER", "2026-01-01", None),
+        )
+        .await;
     assert_eq!(mismatch.status, StatusCode::BAD_REQUEST);
-    assert_eq!(mismatch.outcome_issue()["expression"][0], "Encounter.resourceType");
+    assert_eq!(
+        mismatch.outcome_issue()["expression"][0],
+        "Encounter.resourceType"
+    );
 
-    let unknown = gw.post("Observation", &json!({"resourceType": "Observation"})).await;
+    let unknown = gw
+        .post("Observation", &json!({"resourceType": "Observation"}))
+        .await;
     assert_eq!(unknown.status, StatusCode::NOT_FOUND);
     unknown.outcome_issue();
 
-    let xml = gw.send(send_raw(b"<Patient xmlns=\"http://hl7.org/fhir\"/>".to_vec(), "application/fhir+xml", "Patient")).await;
+    let xml = gw
+        .send(send_raw(
+            b"<Patient xmlns=\"http://hl7.org/fhir\"/>".to_vec(),
+            "application/fhir+xml",
+            "Patient",
+        ))
+        .await;
     assert_eq!(xml.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
     xml.outcome_issue();
 
     // Over the limit with a declared length: refused before it is read.
-    let big = format!("{{\"resourceType\":\"Patient\",\"text\":\"{}\"}}", "x".repeat(100 * 1024));
-    let too_large = gw.send(send_raw(big.clone().into_bytes(), "application/fhir+json", "Patient")).await;
+    let big = format!(
+        "{{\"resourceType\":\"Patient\",\"text\":\"{}\"}}",
+        "x".repeat(100 * 1024)
+    );
+    let too_large = gw
+        .send(send_raw(
+            big.clone().into_bytes(),
+            "application/fhir+json",
+            "Patient",
+        ))
+        .await;
     assert_eq!(too_large.status, StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(too_large.outcome_issue()["code"], "too-long");
     // Over the limit, streamed without a length (chunked): cut off at the limit.
@@ -369,18 +523,33 @@ async fn bad_input_gets_a_located_operation_outcome() {
     assert!(streamed.starts_with("HTTP/1.1 413"), "{streamed}");
     assert!(streamed.contains("OperationOutcome"), "{streamed}");
 
-    let invalid = gw.post("Patient", &json!({"resourceType": "Patient", "birthDate": "1948-02-30"})).await;
+    let invalid = gw
+        .post(
+            "Patient",
+            &json!({"resourceType": "Patient", "birthDate": "1948-02-30"}),
+        )
+        .await;
     assert_eq!(invalid.status, StatusCode::UNPROCESSABLE_ENTITY);
-    assert_eq!(invalid.outcome_issue()["expression"][0], "Patient.birthDate");
+    assert_eq!(
+        invalid.outcome_issue()["expression"][0],
+        "Patient.birthDate"
+    );
 
-    let wrong_type = gw.post("Patient", &json!({"resourceType": "Patient", "name": {"family": "x"}})).await;
+    let wrong_type = gw
+        .post(
+            "Patient",
+            &json!({"resourceType": "Patient", "name": {"family": "x"}}),
+        )
+        .await;
     assert_eq!(wrong_type.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(wrong_type.outcome_issue()["expression"][0], "Patient.name");
 
     let not_object = gw.post("Patient", &json!([1, 2])).await;
     assert_eq!(not_object.status, StatusCode::BAD_REQUEST);
 
-    let not_utf8 = gw.send(send_raw(vec![0xff, 0xfe], "application/json", "Patient")).await;
+    let not_utf8 = gw
+        .send(send_raw(vec![0xff, 0xfe], "application/json", "Patient"))
+        .await;
     assert_eq!(not_utf8.status, StatusCode::BAD_REQUEST);
 
     let bad_id = gw.get("Patient/not%20an%20id").await;
@@ -429,10 +598,21 @@ async fn metadata_describes_what_is_supported() {
     assert_eq!(cs["resourceType"], "CapabilityStatement");
     assert_eq!(cs["fhirVersion"], "4.0.1");
     let resources = cs["rest"][0]["resource"].as_array().unwrap();
-    let types: Vec<_> = resources.iter().map(|r| r["type"].as_str().unwrap()).collect();
-    assert_eq!(types, ["Patient", "Encounter", "CarePlan", "ServiceRequest"]);
+    let types: Vec<_> = resources
+        .iter()
+        .map(|r| r["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        types,
+        ["Patient", "Encounter", "CarePlan", "ServiceRequest"]
+    );
     let encounter = &resources[1];
-    let params: Vec<_> = encounter["searchParam"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    let params: Vec<_> = encounter["searchParam"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
     for name in ["identifier", "status", "subject", "patient", "date", "_id"] {
         assert!(params.contains(&name), "{name}");
     }

@@ -38,7 +38,9 @@ async fn concurrent_writes_are_committed_in_groups_and_all_kept() {
     let mut tasks = Vec::new();
     for i in 0..400 {
         let store = store.clone();
-        tasks.push(tokio::spawn(async move { store.write(create(&format!("{i:010}"))).await }));
+        tasks.push(tokio::spawn(async move {
+            store.write(create(&format!("{i:010}"))).await
+        }));
     }
     let mut ids = Vec::new();
     for task in tasks {

@@ -22,8 +22,22 @@ pub struct ModelError {
     /// Where the problem is, as a FHIRPath-style path below the resource
     /// (`name[0].use`); empty when it concerns the resource as a whole.
     pub path: String,
-    /// What is wrong, in serde's words (`unknown variant "x", expected one of …`).
+    /// What is wrong, in plain words.
     pub message: String,
+    pub kind: ModelErrorKind,
+}
+
+/// The kind of problem, for the OperationOutcome issue code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelErrorKind {
+    /// A required element is missing (`required`).
+    Missing,
+    /// A code outside a required binding (`code-invalid`).
+    UnknownCode,
+    /// A value of the wrong JSON type, or an unknown choice (`structure`).
+    WrongType,
+    /// A value of the right type but not a valid one: a bad date (`value`).
+    BadValue,
 }
 
 impl std::fmt::Display for ModelError {
@@ -60,10 +74,53 @@ pub fn check_resource(resource_type: &str, json: &[u8]) -> Result<bool, ModelErr
 fn decode<T: DeserializeOwned>(json: &[u8]) -> Result<T, ModelError> {
     let mut de = serde_json::Deserializer::from_slice(json);
     serde_path_to_error::deserialize(&mut de).map_err(|err| {
-        let path = fhirpath_of(err.path());
-        let message = strip_position(&err.inner().to_string());
-        ModelError { path, message }
+        let mut path = fhirpath_of(err.path());
+        let raw = strip_position(&err.inner().to_string());
+        let (kind, message) = explain(&raw, &mut path);
+        ModelError {
+            path,
+            message,
+            kind,
+        }
     })
+}
+
+/// Rewrites serde's wording for a person reading an OperationOutcome, and
+/// moves the name of a missing field into the path.
+fn explain(raw: &str, path: &mut String) -> (ModelErrorKind, String) {
+    if let Some(field) = raw
+        .strip_prefix("missing field `")
+        .and_then(|r| r.strip_suffix('`'))
+    {
+        if !path.is_empty() {
+            path.push('.');
+        }
+        path.push_str(field);
+        return (
+            ModelErrorKind::Missing,
+            "this element is required (min 1) but missing".to_string(),
+        );
+    }
+    if let Some(value) = raw.strip_prefix("Unknown value: ") {
+        return (
+            ModelErrorKind::UnknownCode,
+            format!("\"{value}\" is not a code of the required value set of this element"),
+        );
+    }
+    if raw.starts_with("invalid type: ") || raw.starts_with("unknown variant") {
+        let message = match raw.split_once(", expected struct ") {
+            Some((found, expected)) => {
+                let name = expected.trim_end_matches("Inner");
+                format!("{found}, expected a {name} (a JSON object)")
+            }
+            None => raw.to_string(),
+        };
+        return (ModelErrorKind::WrongType, message);
+    }
+    if raw.contains("parse") || raw.contains("invalid value") {
+        return (ModelErrorKind::BadValue, raw.to_string());
+    }
+    (ModelErrorKind::WrongType, raw.to_string())
 }
 
 /// Turns serde's path (`name[0].use`, with `?` for untracked segments) into
@@ -101,7 +158,10 @@ mod tests {
 
     #[test]
     fn accepts_a_minimal_patient() {
-        assert_eq!(check_resource("Patient", br#"{"resourceType":"Patient"}"#), Ok(true));
+        assert_eq!(
+            check_resource("Patient", br#"{"resourceType":"Patient"}"#),
+            Ok(true)
+        );
     }
 
     #[test]
@@ -112,14 +172,33 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.path, "name[1].use");
-        assert!(err.message.contains("sometimes"), "{}", err.message);
+        assert_eq!(err.kind, ModelErrorKind::UnknownCode);
+        assert!(err.message.contains("\"sometimes\""), "{}", err.message);
     }
 
     #[test]
     fn rejects_a_missing_required_element() {
-        let err = check_resource("Encounter", br#"{"resourceType":"Encounter","status":"planned"}"#)
+        let err = check_resource(
+            "Encounter",
+            br#"{"resourceType":"Encounter","status":"planned"}"#,
+        )
+        .unwrap_err();
+        assert_eq!(err.path, "class");
+        assert_eq!(err.kind, ModelErrorKind::Missing);
+    }
+
+    #[test]
+    fn names_the_expected_datatype() {
+        let err = check_resource("ServiceRequest", br#"{"resourceType":"ServiceRequest","status":"active","intent":"order","subject":"Patient/1"}"#)
             .unwrap_err();
-        assert!(err.message.contains("class"), "{}", err.message);
+        assert_eq!(err.path, "subject");
+        assert_eq!(err.kind, ModelErrorKind::WrongType);
+        assert!(
+            err.message
+                .ends_with("expected a Reference (a JSON object)"),
+            "{}",
+            err.message
+        );
     }
 
     #[test]

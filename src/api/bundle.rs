@@ -25,7 +25,7 @@ use std::fmt::Write;
 
 /// What one entry asks for.
 enum Plan {
-    Write(Mutation),
+    Write(Box<Mutation>),
     Read {
         ty: ResourceType,
         id: String,
@@ -51,7 +51,8 @@ pub async fn transaction_or_batch(
     body: Body,
 ) -> Result<Response, ApiError> {
     let bytes = read_body(&headers, body, state.http.max_body_bytes).await?;
-    let malformed = |msg: String, at: &str| ApiError::bad_request(Issue::error("structure", msg).at(at));
+    let malformed =
+        |msg: String, at: &str| ApiError::bad_request(Issue::error("structure", msg).at(at));
     let text = std::str::from_utf8(&bytes)
         .map_err(|_| malformed("the body is not UTF-8".into(), "Bundle"))?;
     let bundle: Value = serde_json::from_str(text)
@@ -114,7 +115,10 @@ pub async fn transaction_or_batch(
                 .map(|f| f.status)
                 .max_by_key(|s| if *s == StatusCode::BAD_REQUEST { 2 } else { 1 })
                 .unwrap_or(StatusCode::BAD_REQUEST);
-            let issues = failures.iter().flat_map(|f| f.issues.iter().cloned()).collect();
+            let issues = failures
+                .iter()
+                .flat_map(|f| f.issues.iter().cloned())
+                .collect();
             return Err(ApiError { status, issues });
         }
     }
@@ -128,7 +132,7 @@ pub async fn transaction_or_batch(
         match plan {
             Ok(Plan::Write(mutation)) => {
                 write_indexes.push(index);
-                mutations.push(mutation);
+                mutations.push(*mutation);
                 done.push(None);
             }
             Ok(other) => {
@@ -139,7 +143,11 @@ pub async fn transaction_or_batch(
         }
     }
     if !mutations.is_empty() {
-        match state.store.write(WriteRequest { mutations, atomic }).await? {
+        match state
+            .store
+            .write(WriteRequest { mutations, atomic })
+            .await?
+        {
             WriteOutcome::Applied(results) => {
                 for (index, result) in write_indexes.iter().zip(results) {
                     done[*index] = Some(match result {
@@ -176,7 +184,11 @@ pub async fn transaction_or_batch(
         });
     }
 
-    let kind = if atomic { "transaction-response" } else { "batch-response" };
+    let kind = if atomic {
+        "transaction-response"
+    } else {
+        "batch-response"
+    };
     let mut out = bundle_head(kind, None);
     out.push_str(r#","entry":["#);
     for (i, entry) in done.into_iter().enumerate() {
@@ -190,13 +202,30 @@ pub async fn transaction_or_batch(
                 } else {
                     StatusCode::OK
                 };
-                push_resource_entry(&mut out, &written.resource, &base, status, true, prefer.return_);
+                push_resource_entry(
+                    &mut out,
+                    &written.resource,
+                    &base,
+                    status,
+                    true,
+                    prefer.return_,
+                );
             }
             Some(Done::Read(stored)) => {
-                push_resource_entry(&mut out, &stored, &base, StatusCode::OK, false, Return::Representation);
+                push_resource_entry(
+                    &mut out,
+                    &stored,
+                    &base,
+                    StatusCode::OK,
+                    false,
+                    Return::Representation,
+                );
             }
             Some(Done::Searched(bundle)) => {
-                let _ = write!(out, r#"{{"resource":{bundle},"response":{{"status":"200 OK"}}}}"#);
+                let _ = write!(
+                    out,
+                    r#"{{"resource":{bundle},"response":{{"status":"200 OK"}}}}"#
+                );
             }
             Some(Done::Failed(error)) => {
                 let _ = write!(
@@ -218,7 +247,11 @@ fn mutation_error(error: &MutationError, index: usize) -> ApiError {
 }
 
 fn status_line(status: StatusCode) -> String {
-    format!("{} {}", status.as_u16(), status.canonical_reason().unwrap_or(""))
+    format!(
+        "{} {}",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    )
 }
 
 fn push_resource_entry(
@@ -230,11 +263,19 @@ fn push_resource_entry(
     prefer: Return,
 ) {
     let ty = stored.resource_type;
-    let _ = write!(out, r#"{{"fullUrl":{}"#, json_str(&format!("{base}/{ty}/{}", stored.id)));
+    let _ = write!(
+        out,
+        r#"{{"fullUrl":{}"#,
+        json_str(&format!("{base}/{ty}/{}", stored.id))
+    );
     if prefer == Return::Representation {
         let _ = write!(out, r#","resource":{}"#, stored.body);
     }
-    let _ = write!(out, r#","response":{{"status":{}"#, json_str(&status_line(status)));
+    let _ = write!(
+        out,
+        r#","response":{{"status":{}"#,
+        json_str(&status_line(status))
+    );
     if with_location {
         let _ = write!(
             out,
@@ -256,12 +297,20 @@ fn plan_entry(index: usize, raw: &str, entry: &Value, base: &str) -> Result<Plan
     let bad = |code: &'static str, msg: String, path: &str| {
         ApiError::bad_request(Issue::error(code, msg).at(at(path)))
     };
-    let method = entry["request"]["method"]
-        .as_str()
-        .ok_or_else(|| bad("required", "the entry has no request.method".into(), ".request.method"))?;
-    let url = entry["request"]["url"]
-        .as_str()
-        .ok_or_else(|| bad("required", "the entry has no request.url".into(), ".request.url"))?;
+    let method = entry["request"]["method"].as_str().ok_or_else(|| {
+        bad(
+            "required",
+            "the entry has no request.method".into(),
+            ".request.method",
+        )
+    })?;
+    let url = entry["request"]["url"].as_str().ok_or_else(|| {
+        bad(
+            "required",
+            "the entry has no request.url".into(),
+            ".request.url",
+        )
+    })?;
     let url = url
         .strip_prefix(base)
         .unwrap_or(url)
@@ -273,14 +322,24 @@ fn plan_entry(index: usize, raw: &str, entry: &Value, base: &str) -> Result<Plan
     let segments: Vec<&str> = path.split('/').collect();
     let ty = resource_type(segments[0]).map_err(|e| ApiError {
         status: StatusCode::BAD_REQUEST,
-        issues: e.issues.into_iter().map(|i| i.at(at(".request.url"))).collect(),
+        issues: e
+            .issues
+            .into_iter()
+            .map(|i| i.at(at(".request.url")))
+            .collect(),
     })?;
     let full_url = entry["fullUrl"].as_str().map(str::to_string);
     let resource = || {
         let raw_resource = object_members(raw)
             .ok()
             .and_then(|members| members.into_iter().find(|m| m.key == "resource"))
-            .ok_or_else(|| bad("required", format!("a {method} entry needs a resource"), ".resource"))?;
+            .ok_or_else(|| {
+                bad(
+                    "required",
+                    format!("a {method} entry needs a resource"),
+                    ".resource",
+                )
+            })?;
         prepare_parsed(&raw_resource.value, &entry["resource"], Some(ty)).map_err(|rejection| {
             let rejection = rejection.within(&at(".resource"), ty.as_str());
             let status = match rejection {
@@ -298,7 +357,13 @@ fn plan_entry(index: usize, raw: &str, entry: &Value, base: &str) -> Result<Plan
                 .trim_matches('"')
                 .parse::<i64>()
                 .map(Some)
-                .map_err(|_| bad("value", format!("ifMatch \"{text}\" names no version"), ".request.ifMatch")),
+                .map_err(|_| {
+                    bad(
+                        "value",
+                        format!("ifMatch \"{text}\" names no version"),
+                        ".request.ifMatch",
+                    )
+                }),
         }
     };
     match (method, segments.as_slice(), query) {
@@ -307,16 +372,20 @@ fn plan_entry(index: usize, raw: &str, entry: &Value, base: &str) -> Result<Plan
                 Some(q) => Some(condition(ty, q, &at(".request.ifNoneExist"))?),
                 None => None,
             };
-            Ok(Plan::Write(Mutation::Create {
+            Ok(Plan::Write(Box::new(Mutation::Create {
                 resource: resource()?,
                 id: new_id(),
                 if_none_exist,
                 full_url,
-            }))
+            })))
         }
         ("PUT", [_, id], None) => {
             if !is_valid_id(id) {
-                return Err(bad("value", format!("\"{id}\" is not a valid id"), ".request.url"));
+                return Err(bad(
+                    "value",
+                    format!("\"{id}\" is not a valid id"),
+                    ".request.url",
+                ));
             }
             let resource = resource()?;
             if let Some(body_id) = &resource.id
@@ -324,24 +393,26 @@ fn plan_entry(index: usize, raw: &str, entry: &Value, base: &str) -> Result<Plan
             {
                 return Err(bad(
                     "invalid",
-                    format!("the resource's id \"{body_id}\" is not the id in request.url, \"{id}\""),
+                    format!(
+                        "the resource's id \"{body_id}\" is not the id in request.url, \"{id}\""
+                    ),
                     ".resource.id",
                 ));
             }
-            Ok(Plan::Write(Mutation::Update {
+            Ok(Plan::Write(Box::new(Mutation::Update {
                 resource,
                 id: id.to_string(),
                 if_match: if_match()?,
                 full_url,
-            }))
+            })))
         }
-        ("PUT", [_], Some(q)) => Ok(Plan::Write(Mutation::ConditionalUpdate {
+        ("PUT", [_], Some(q)) => Ok(Plan::Write(Box::new(Mutation::ConditionalUpdate {
             query: condition(ty, q, &at(".request.url"))?,
             resource: resource()?,
             new_id: new_id(),
             if_match: if_match()?,
             full_url,
-        })),
+        }))),
         ("GET", [_, id], None) => Ok(Plan::Read {
             ty,
             id: id.to_string(),
@@ -351,7 +422,11 @@ fn plan_entry(index: usize, raw: &str, entry: &Value, base: &str) -> Result<Plan
             ty,
             id: id.to_string(),
             version: Some(version.parse().map_err(|_| {
-                bad("value", format!("\"{version}\" is not a version"), ".request.url")
+                bad(
+                    "value",
+                    format!("\"{version}\" is not a version"),
+                    ".request.url",
+                )
             })?),
         }),
         ("GET", [_], query) => Ok(Plan::Search {

@@ -27,7 +27,10 @@ impl ApiError {
     }
 
     pub fn not_found(diagnostics: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, Issue::error("not-found", diagnostics))
+        Self::new(
+            StatusCode::NOT_FOUND,
+            Issue::error("not-found", diagnostics),
+        )
     }
 
     /// A failed mutation: 412 for If-Match and multiple matches, 400 otherwise.
@@ -67,7 +70,10 @@ impl From<StoreError> for ApiError {
         match err {
             StoreError::Closed => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                Issue::error("transient", "the gateway is shutting down; try again shortly"),
+                Issue::error(
+                    "transient",
+                    "the gateway is shutting down; try again shortly",
+                ),
             ),
             other => {
                 tracing::error!(error = %other, "store failure");

@@ -26,7 +26,13 @@ pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<
     let media_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        });
     match media_type.as_deref() {
         Some(m) if ACCEPTED_MEDIA_TYPES.contains(&m) => {}
         other => {

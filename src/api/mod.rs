@@ -41,7 +41,9 @@ pub fn app(state: AppState) -> Router {
         .route("/fhir/", axum::routing::post(bundle::transaction_or_batch))
         .route(
             "/fhir/{type}",
-            get(rest::search).post(rest::create).put(rest::conditional_update),
+            get(rest::search)
+                .post(rest::create)
+                .put(rest::conditional_update),
         )
         .route("/fhir/{type}/{id}", get(rest::read).put(rest::update))
         .route("/fhir/{type}/{id}/_history", get(rest::history))
@@ -54,7 +56,10 @@ pub fn app(state: AppState) -> Router {
 }
 
 async fn healthz() -> impl IntoResponse {
-    (StatusCode::OK, axum::Json(serde_json::json!({"status": "ok"})))
+    (
+        StatusCode::OK,
+        axum::Json(serde_json::json!({"status": "ok"})),
+    )
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
@@ -66,7 +71,11 @@ async fn readyz(State(state): State<AppState>) -> Response {
             .into_response();
     }
     match state.store.check().await {
-        Ok(()) => (StatusCode::OK, axum::Json(serde_json::json!({"status": "ready"}))).into_response(),
+        Ok(()) => (
+            StatusCode::OK,
+            axum::Json(serde_json::json!({"status": "ready"})),
+        )
+            .into_response(),
         Err(err) => {
             tracing::warn!(error = %err, "not ready");
             (
@@ -87,7 +96,11 @@ async fn method_not_allowed(request: Request) -> ApiError {
         StatusCode::METHOD_NOT_ALLOWED,
         Issue::error(
             "not-supported",
-            format!("{} is not supported at {}", request.method(), request.uri().path()),
+            format!(
+                "{} is not supported at {}",
+                request.method(),
+                request.uri().path()
+            ),
         ),
     )
 }
@@ -117,7 +130,10 @@ fn on_panic(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
     tracing::error!("a request handler panicked");
     ApiError::new(
         StatusCode::INTERNAL_SERVER_ERROR,
-        Issue::error("exception", "internal error; the cause is in the gateway's log"),
+        Issue::error(
+            "exception",
+            "internal error; the cause is in the gateway's log",
+        ),
     )
     .into_response()
 }

@@ -29,7 +29,8 @@ fn checked_id(ty: ResourceType, id: &str) -> Result<(), ApiError> {
         Ok(())
     } else {
         Err(ApiError::bad_request(
-            Issue::error("value", format!("\"{id}\" is not a valid FHIR id")).at(format!("{ty}.id")),
+            Issue::error("value", format!("\"{id}\" is not a valid FHIR id"))
+                .at(format!("{ty}.id")),
         ))
     }
 }
@@ -52,8 +53,11 @@ pub fn condition(ty: ResourceType, query: &str, expression: &str) -> Result<Sear
     })?;
     if query.clauses.is_empty() {
         return Err(ApiError::bad_request(
-            Issue::error("required", "a condition needs at least one search criterion")
-                .at(expression),
+            Issue::error(
+                "required",
+                "a condition needs at least one search criterion",
+            )
+            .at(expression),
         ));
     }
     Ok(query)
@@ -97,7 +101,11 @@ pub async fn create(
     let resource = prepare(&bytes, Some(ty))?;
     let if_none_exist = match headers.get("if-none-exist") {
         None => None,
-        Some(value) => Some(condition(ty, value.to_str().unwrap_or(""), "If-None-Exist")?),
+        Some(value) => Some(condition(
+            ty,
+            value.to_str().unwrap_or(""),
+            "If-None-Exist",
+        )?),
     };
     let written = write_one(
         &state,
@@ -110,7 +118,11 @@ pub async fn create(
     )
     .await?;
     let base = base_url(state.http.base_url.as_deref(), &headers);
-    Ok(written_response(&written, &base, Prefer::from_headers(&headers)))
+    Ok(written_response(
+        &written,
+        &base,
+        Prefer::from_headers(&headers),
+    ))
 }
 
 pub async fn update(
@@ -137,8 +149,11 @@ pub async fn update(
         }
         None => {
             return Err(ApiError::bad_request(
-                Issue::error("required", format!("an update must carry the id \"{id}\" in the body"))
-                    .at(format!("{ty}.id")),
+                Issue::error(
+                    "required",
+                    format!("an update must carry the id \"{id}\" in the body"),
+                )
+                .at(format!("{ty}.id")),
             ));
         }
     }
@@ -153,7 +168,11 @@ pub async fn update(
     )
     .await?;
     let base = base_url(state.http.base_url.as_deref(), &headers);
-    Ok(written_response(&written, &base, Prefer::from_headers(&headers)))
+    Ok(written_response(
+        &written,
+        &base,
+        Prefer::from_headers(&headers),
+    ))
 }
 
 pub async fn conditional_update(
@@ -180,7 +199,11 @@ pub async fn conditional_update(
     )
     .await?;
     let base = base_url(state.http.base_url.as_deref(), &headers);
-    Ok(written_response(&written, &base, Prefer::from_headers(&headers)))
+    Ok(written_response(
+        &written,
+        &base,
+        Prefer::from_headers(&headers),
+    ))
 }
 
 pub async fn read(
@@ -190,7 +213,12 @@ pub async fn read(
     let ty = resource_type(&type_name)?;
     checked_id(ty, &id)?;
     match state.store.read(ty, &id).await? {
-        Some(stored) => Ok(resource_response(StatusCode::OK, &stored, None, super::http::Return::Representation)),
+        Some(stored) => Ok(resource_response(
+            StatusCode::OK,
+            &stored,
+            None,
+            super::http::Return::Representation,
+        )),
         None => Err(ApiError::not_found(format!("{ty}/{id} does not exist"))),
     }
 }
@@ -202,11 +230,20 @@ pub async fn vread(
     let ty = resource_type(&type_name)?;
     checked_id(ty, &id)?;
     let Some(version) = version.parse::<i64>().ok().filter(|v| *v > 0) else {
-        return Err(ApiError::not_found(format!("\"{version}\" is not a version of {ty}/{id}")));
+        return Err(ApiError::not_found(format!(
+            "\"{version}\" is not a version of {ty}/{id}"
+        )));
     };
     match state.store.vread(ty, &id, version).await? {
-        Some(stored) => Ok(resource_response(StatusCode::OK, &stored, None, super::http::Return::Representation)),
-        None => Err(ApiError::not_found(format!("{ty}/{id} has no version {version}"))),
+        Some(stored) => Ok(resource_response(
+            StatusCode::OK,
+            &stored,
+            None,
+            super::http::Return::Representation,
+        )),
+        None => Err(ApiError::not_found(format!(
+            "{ty}/{id} has no version {version}"
+        ))),
     }
 }
 
@@ -270,7 +307,8 @@ pub async fn run_search(
     strict: bool,
     base: &str,
 ) -> Result<String, ApiError> {
-    let (query, warnings) = parse_search(ty, &query_pairs(query), strict).map_err(ApiError::bad_request)?;
+    let (query, warnings) =
+        parse_search(ty, &query_pairs(query), strict).map_err(ApiError::bad_request)?;
     let page = state.store.search(&query).await?;
     Ok(searchset(&query, &page, &warnings, base))
 }
@@ -296,7 +334,11 @@ fn searchset(query: &SearchQuery, page: &SearchPage, warnings: &[Issue], base: &
         json_str(&link(query.after.as_deref()))
     );
     if let Some(next) = &page.next_after {
-        let _ = write!(out, r#",{{"relation":"next","url":{}}}"#, json_str(&link(Some(next))));
+        let _ = write!(
+            out,
+            r#",{{"relation":"next","url":{}}}"#,
+            json_str(&link(Some(next)))
+        );
     }
     out.push_str(r#"],"entry":["#);
     let mut first = true;

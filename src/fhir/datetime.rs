@@ -86,7 +86,11 @@ fn parse_parts(text: &str) -> Option<(DateTime, Precision, Option<Offset>)> {
     };
     let year = i16::try_from(num(0..4)?).ok()?;
     if b.len() == 4 {
-        return Some((jiff::civil::date(year, 1, 1).at(0, 0, 0, 0), Precision::Year, None));
+        return Some((
+            jiff::civil::date(year, 1, 1).at(0, 0, 0, 0),
+            Precision::Year,
+            None,
+        ));
     }
     if b.get(4) != Some(&b'-') {
         return None;
@@ -118,7 +122,10 @@ fn parse_parts(text: &str) -> Option<(DateTime, Precision, Option<Offset>)> {
         precision = Precision::Second;
         pos = 19;
         if b.get(pos) == Some(&b'.') {
-            let digits = b[pos + 1..].iter().take_while(|c| c.is_ascii_digit()).count();
+            let digits = b[pos + 1..]
+                .iter()
+                .take_while(|c| c.is_ascii_digit())
+                .count();
             if digits == 0 {
                 return None;
             }

@@ -214,7 +214,10 @@ fn value_end(bytes: &[u8], start: usize) -> Result<usize, JsonShapeError> {
         Some(_) => {
             let mut pos = start;
             while pos < bytes.len()
-                && !matches!(bytes[pos], b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r')
+                && !matches!(
+                    bytes[pos],
+                    b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r'
+                )
             {
                 pos += 1;
             }
@@ -260,7 +263,16 @@ mod tests {
 
     #[test]
     fn refuses_non_objects_without_panicking() {
-        for text in ["[]", "1", "", "{", "{\"a\"", "{\"a\":", "{\"a\":[1,", "{\"a\":\"x"] {
+        for text in [
+            "[]",
+            "1",
+            "",
+            "{",
+            "{\"a\"",
+            "{\"a\":",
+            "{\"a\":[1,",
+            "{\"a\":\"x",
+        ] {
             assert!(object_members(text).is_err(), "{text}");
         }
     }

@@ -59,7 +59,10 @@ pub fn prepare(body: &[u8], expected: Option<ResourceType>) -> Result<Prepared, 
     let text = std::str::from_utf8(body).map_err(|err| {
         Rejection::Malformed(Issue::error(
             "structure",
-            format!("the body is not UTF-8 (invalid byte at offset {})", err.valid_up_to()),
+            format!(
+                "the body is not UTF-8 (invalid byte at offset {})",
+                err.valid_up_to()
+            ),
         ))
     })?;
     let value: Value = serde_json::from_str(text).map_err(|err| {
@@ -140,12 +143,14 @@ pub fn prepare_parsed(
         } else {
             format!("{ty}.{}", err.path)
         };
+        let code = match err.kind {
+            pathway_model::ModelErrorKind::Missing => "required",
+            pathway_model::ModelErrorKind::UnknownCode => "code-invalid",
+            pathway_model::ModelErrorKind::WrongType => "structure",
+            pathway_model::ModelErrorKind::BadValue => "value",
+        };
         Rejection::Invalid(
-            Issue::error(
-                "structure",
-                format!("not a valid FHIR {ty}: {}", err.message),
-            )
-            .at(expression),
+            Issue::error(code, format!("{expression}: {}", err.message)).at(expression),
         )
     })?;
 
@@ -160,7 +165,8 @@ pub fn prepare_parsed(
             "meta" => {
                 let meta = json::object_members(&member.value).map_err(|_| {
                     Rejection::Invalid(
-                        Issue::error("structure", "meta must be an object").at(format!("{ty}.meta")),
+                        Issue::error("structure", "meta must be an object")
+                            .at(format!("{ty}.meta")),
                     )
                 })?;
                 for m in meta {
@@ -237,7 +243,10 @@ mod tests {
 
     #[test]
     fn refuses_a_body_of_another_type_than_the_url() {
-        let err = prepare(br#"{"resourceType":"Encounter"}"#, Some(ResourceType::Patient));
+        let err = prepare(
+            br#"{"resourceType":"Encounter"}"#,
+            Some(ResourceType::Patient),
+        );
         assert!(matches!(err, Err(Rejection::Malformed(_))));
     }
 
@@ -261,7 +270,10 @@ mod tests {
             Err(Rejection::Invalid(_))
         ));
         assert!(matches!(prepare(b"{", None), Err(Rejection::Malformed(_))));
-        assert!(matches!(prepare(b"\xff", None), Err(Rejection::Malformed(_))));
+        assert!(matches!(
+            prepare(b"\xff", None),
+            Err(Rejection::Malformed(_))
+        ));
         assert!(matches!(
             prepare(br#"{"resourceType":"Observation"}"#, None),
             Err(Rejection::UnsupportedType(_))

@@ -4,9 +4,9 @@
 //! One table ([`params_for`]) drives all three and the CapabilityStatement, so
 //! what the server says it supports is what it does.
 
+use super::ResourceType;
 use super::datetime::{self, Range};
 use super::outcome::Issue;
-use super::ResourceType;
 use serde_json::Value;
 
 /// Default page size when a search gives no `_count`.
@@ -407,7 +407,9 @@ pub fn parse_search(
                     )
                     .at(format!("{ty}?{name}")));
                 }
-                query.clauses.push(parse_clause(param, value).map_err(located)?);
+                query
+                    .clauses
+                    .push(parse_clause(param, value).map_err(located)?);
             }
         }
         query.canonical.push((name.clone(), value.clone()));
@@ -418,7 +420,10 @@ pub fn parse_search(
 fn parse_clause(param: &SearchParam, value: &str) -> Result<Clause, String> {
     let alternatives = split_raw(value, ',');
     if alternatives.iter().any(|a| a.is_empty()) {
-        return Err(format!("empty value for search parameter \"{}\"", param.name));
+        return Err(format!(
+            "empty value for search parameter \"{}\"",
+            param.name
+        ));
     }
     match param.kind {
         ParamKind::Token => Ok(Clause::Token {
@@ -617,7 +622,11 @@ mod tests {
 
     #[test]
     fn refuses_bad_counts_and_dates() {
-        for (k, v) in [("_count", "-1"), ("_count", "5000"), ("date", "ge2020-13-01")] {
+        for (k, v) in [
+            ("_count", "-1"),
+            ("_count", "5000"),
+            ("date", "ge2020-13-01"),
+        ] {
             assert!(
                 parse_search(ResourceType::Encounter, &pairs(&[(k, v)]), true).is_err(),
                 "{k}={v}"

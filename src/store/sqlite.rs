@@ -44,8 +44,14 @@ pub struct SqliteOptions {
 }
 
 enum Job {
-    Write(WriteRequest, oneshot::Sender<Result<WriteOutcome, StoreError>>),
-    Journal(JournalEntry, oneshot::Sender<Result<JournalReceipt, StoreError>>),
+    Write(
+        WriteRequest,
+        oneshot::Sender<Result<WriteOutcome, StoreError>>,
+    ),
+    Journal(
+        JournalEntry,
+        oneshot::Sender<Result<JournalReceipt, StoreError>>,
+    ),
     Close(oneshot::Sender<()>),
 }
 
@@ -262,7 +268,11 @@ fn stored_from_row(ty: ResourceType, id: String, row: &rusqlite::Row) -> rusqlit
     })
 }
 
-fn read_current(conn: &Connection, ty: ResourceType, id: &str) -> Result<Option<Stored>, StoreError> {
+fn read_current(
+    conn: &Connection,
+    ty: ResourceType,
+    id: &str,
+) -> Result<Option<Stored>, StoreError> {
     Ok(conn
         .prepare_cached(
             "SELECT v.version, v.last_updated, v.body FROM current c \
@@ -358,8 +368,14 @@ fn matching_ids_sql(query: &SearchQuery) -> (String, Vec<SqlValue>) {
                         DatePrefix::Ne => ("NOT (lo>=? AND hi<=?)", &[range.start, range.end]),
                         DatePrefix::Gt => ("hi>?", &[range.end]),
                         DatePrefix::Lt => ("lo<?", &[range.start]),
-                        DatePrefix::Ge => ("(hi>? OR (lo>=? AND hi<=?))", &[range.end, range.start, range.end]),
-                        DatePrefix::Le => ("(lo<? OR (lo>=? AND hi<=?))", &[range.start, range.start, range.end]),
+                        DatePrefix::Ge => (
+                            "(hi>? OR (lo>=? AND hi<=?))",
+                            &[range.end, range.start, range.end],
+                        ),
+                        DatePrefix::Le => (
+                            "(lo<? OR (lo>=? AND hi<=?))",
+                            &[range.start, range.start, range.end],
+                        ),
                         DatePrefix::Sa => ("lo>=?", &[range.end]),
                         DatePrefix::Eb => ("hi<=?", &[range.start]),
                     };
@@ -691,7 +707,8 @@ impl Writer {
         {
             return Ok(Err(MutationError::VersionConflict {
                 expected,
-                current: current.map_or("none (it does not exist)".into(), |c| c.version.to_string()),
+                current: current
+                    .map_or("none (it does not exist)".into(), |c| c.version.to_string()),
             }));
         }
         let rest = rewrite_strings(&resource.rest, map);

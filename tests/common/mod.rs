@@ -43,7 +43,8 @@ impl Reply {
             self.text
         );
         assert!(
-            self.header("content-type").starts_with("application/fhir+json"),
+            self.header("content-type")
+                .starts_with("application/fhir+json"),
             "{:?}",
             self.headers
         );
@@ -61,7 +62,9 @@ pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Gateway {
     config.store.dir = dir.path().join("data");
     config.http.shutdown_grace = std::time::Duration::from_secs(5);
     adjust(&mut config);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (stop, stopped) = oneshot::channel::<()>();
     let data = config.store.dir.clone();
@@ -130,7 +133,11 @@ impl Gateway {
             .await
     }
 
-    pub fn fhir_body(&self, request: reqwest::RequestBuilder, body: &Value) -> reqwest::RequestBuilder {
+    pub fn fhir_body(
+        &self,
+        request: reqwest::RequestBuilder,
+        body: &Value,
+    ) -> reqwest::RequestBuilder {
         request
             .header("content-type", "application/fhir+json")
             .body(body.to_string())
@@ -206,4 +213,23 @@ pub fn service_request(patient_ref: &str) -> Value {
         "subject": {"reference": patient_ref},
         "authoredOn": "2026-11-01"
     })
+}
+
+/// The `n`th valid NHS number in the test range 999 000 0000 – 999 999 9999
+/// (Modulus 11 check digit right; the numbers whose check value is 10 skipped).
+pub fn nhs_number(n: u32) -> String {
+    let mut candidate = n;
+    loop {
+        let digits = format!("999{:06}", candidate % 1_000_000);
+        let sum: u32 = digits
+            .bytes()
+            .enumerate()
+            .map(|(i, b)| u32::from(b - b'0') * (10 - i as u32))
+            .sum();
+        let check = (11 - sum % 11) % 11;
+        if check != 10 {
+            return format!("{digits}{check}");
+        }
+        candidate += 1_000_000 / 2 + 1;
+    }
 }
