@@ -45,6 +45,11 @@ pub fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
 /// A search condition in a header or a URL (`If-None-Exist`, conditional
 /// update): at least one criterion, every parameter known.
 pub fn condition(ty: ResourceType, query: &str, expression: &str) -> Result<SearchQuery, ApiError> {
+    // Some clients write the whole search URL (`Patient?identifier=…`).
+    let query = query
+        .strip_prefix(ty.as_str())
+        .unwrap_or(query)
+        .trim_start_matches('?');
     let (query, _) = parse_search(ty, &query_pairs(Some(query)), true).map_err(|issue| {
         ApiError::bad_request(Issue {
             expression: vec![expression.to_string()],

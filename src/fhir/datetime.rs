@@ -150,8 +150,8 @@ fn parse_parts(text: &str) -> Option<(DateTime, Precision, Option<Offset>)> {
                 b'-' => -1,
                 _ => return None,
             };
-            let h: i32 = zone[1..3].parse().ok()?;
-            let m: i32 = zone[4..6].parse().ok()?;
+            let h: i32 = zone.get(1..3)?.parse().ok()?;
+            let m: i32 = zone.get(4..6)?.parse().ok()?;
             if h > 14 || m > 59 {
                 return None;
             }

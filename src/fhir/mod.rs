@@ -60,6 +60,9 @@ pub fn new_id() -> String {
 }
 
 #[cfg(test)]
+mod robustness_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

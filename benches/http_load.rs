@@ -1,0 +1,358 @@
+//! HTTP load benchmark: the real gateway binary (release build, durable
+//! settings) driven over loopback by wrk, and in the same run a trivial axum
+//! server answering with the same bytes, so the gateway's own cost shows as
+//! a ratio.
+//!
+//! ```sh
+//! benches/install-tools.sh              # wrk, from Debian's packages
+//! cargo bench --bench http_load         # or: -- --duration 30 --connections 64
+//! ```
+//!
+//! Scenarios: create (POST Patient, each with a new identifier; every write
+//! fsynced before it is answered), read (GET Patient/{id} of 10,000 seeded
+//! patients), search by NHS number. After the create run the benchmark
+//! counts the stored patients and checks that every 2xx it got is there.
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::http::{StatusCode, header};
+use axum::routing::get;
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const SEEDED: usize = 10_000;
+
+struct Options {
+    duration: u64,
+    connections: u32,
+    threads: u32,
+}
+
+fn options() -> Options {
+    let mut options = Options {
+        duration: 15,
+        connections: 64,
+        threads: 2,
+    };
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    for pair in args.chunks(2) {
+        let value = pair.get(1).and_then(|v| v.parse().ok());
+        match (pair[0].as_str(), value) {
+            ("--duration", Some(v)) => options.duration = v,
+            ("--connections", Some(v)) => options.connections = v as u32,
+            ("--threads", Some(v)) => options.threads = v as u32,
+            (other, _) => {
+                panic!("unknown argument {other}; use --duration S --connections N --threads N")
+            }
+        }
+    }
+    options
+}
+
+/// One wrk run, read from its report.
+struct Run {
+    name: String,
+    requests: u64,
+    per_second: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    failed: u64,
+}
+
+fn main() {
+    let options = options();
+    if Command::new("wrk").arg("--version").output().is_err() {
+        eprintln!("wrk is not installed: run benches/install-tools.sh");
+        std::process::exit(1);
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (mut gateway, gateway_url) = spawn_gateway(&dir.path().join("data"));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let sample = runtime.block_on(seed(&gateway_url));
+    let created_sample = sample.clone();
+    let baseline_url = runtime.block_on(start_baseline(sample, created_sample));
+
+    let scripts = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/wrk");
+    let script = |name: &str| scripts.join(name).display().to_string();
+    let mut runs = Vec::new();
+    let wrk = |name: &str, script: String, url: String| -> Run {
+        let run = run_wrk(name, &script, &url, &options);
+        eprintln!(
+            "{name}: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, {} non-2xx",
+            run.per_second, run.p50_ms, run.p99_ms, run.failed
+        );
+        run
+    };
+    runs.push(wrk(
+        "baseline GET (same bytes)",
+        script("read.lua"),
+        baseline_url.clone(),
+    ));
+    runs.push(wrk("gateway read", script("read.lua"), gateway_url.clone()));
+    runs.push(wrk(
+        "gateway search by NHS number",
+        script("search.lua"),
+        gateway_url.clone(),
+    ));
+    let rss_after_reads = rss_kib(gateway.id());
+    runs.push(wrk(
+        "baseline POST (same bytes)",
+        script("post_echo.lua"),
+        format!("{baseline_url}/fhir/Patient"),
+    ));
+    let create = wrk(
+        "gateway create",
+        script("create.lua"),
+        format!("{gateway_url}/fhir/Patient"),
+    );
+
+    // Every acknowledged create must be stored, once.
+    let stored = runtime.block_on(count_patients(&gateway_url));
+    let acknowledged = create.requests - create.failed;
+    runs.push(create);
+    let (vm_hwm, vm_rss) = rss_kib(gateway.id());
+
+    println!();
+    println!(
+        "HTTP load, {} connections, {} wrk threads, {} s per run, loopback, 2 cores shared with wrk",
+        options.connections, options.threads, options.duration
+    );
+    println!();
+    println!("| scenario | requests/s | p50 | p99 | non-2xx | vs baseline |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
+    let base_get = runs[0].per_second;
+    let base_post = runs[3].per_second;
+    for run in &runs {
+        let ratio = if run.name.starts_with("baseline") {
+            "1.00".to_string()
+        } else if run.name.contains("create") {
+            format!("{:.2}", run.per_second / base_post)
+        } else {
+            format!("{:.2}", run.per_second / base_get)
+        };
+        println!(
+            "| {} | {:.0} | {:.2} ms | {:.2} ms | {} | {} |",
+            run.name, run.per_second, run.p50_ms, run.p99_ms, run.failed, ratio
+        );
+    }
+    println!();
+    println!(
+        "Gateway memory: peak RSS {:.1} MiB (after the read runs: {:.1} MiB; now {:.1} MiB).",
+        vm_hwm as f64 / 1024.0,
+        rss_after_reads.1 as f64 / 1024.0,
+        vm_rss as f64 / 1024.0
+    );
+    // wrk stops with up to one request per connection in flight: those may
+    // be stored without wrk having counted their answer.
+    let new = stored.saturating_sub(SEEDED as u64);
+    let consistent = new >= acknowledged && new <= acknowledged + u64::from(options.connections);
+    println!(
+        "Creates acknowledged: {acknowledged}; new patients stored: {new} (at most {} more may have been in flight when wrk stopped): {}",
+        options.connections,
+        if consistent {
+            "every acknowledged create kept"
+        } else {
+            "MISMATCH"
+        }
+    );
+    let _ = gateway.kill();
+    let _ = gateway.wait();
+    if !consistent {
+        std::process::exit(1);
+    }
+}
+
+fn spawn_gateway(data: &Path) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pathway-gateway"))
+        .arg("serve")
+        .env("PATHWAY_HTTP__LISTEN", "127.0.0.1:0")
+        .env("PATHWAY_STORE__PATH", data)
+        .env("PATHWAY_LOG__FORMAT", "json")
+        .env("PATHWAY_LOG__LEVEL", "pathway_gateway::server=info,warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("gateway binary starts");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let addr = loop {
+        let line = lines.next().expect("gateway log").expect("log line");
+        let log: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+        if let Some(addr) = log["fields"]["addr"].as_str() {
+            break addr.to_string();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    (child, format!("http://{addr}"))
+}
+
+fn patient(i: usize) -> Value {
+    json!({
+        "resourceType": "Patient",
+        "id": format!("bench-{i}"),
+        "identifier": [{"system": "https://fhir.nhs.uk/Id/nhs-number", "value": format!("{:010}", 9_000_000_000u64 + i as u64)}],
+        "name": [{"family": "Bench", "given": ["Seed"]}],
+        "gender": "male",
+        "birthDate": "1941-02-03",
+        "address": [{"line": ["2 High Street"], "city": "Bromley", "postalCode": "BR1 1AA"}]
+    })
+}
+
+/// Creates the patients the read scenarios fetch; returns one as served.
+async fn seed(base: &str) -> Bytes {
+    let client = reqwest::Client::new();
+    let mut pending = Vec::new();
+    for i in 0..SEEDED {
+        let client = client.clone();
+        let url = format!("{base}/fhir/Patient/bench-{i}");
+        pending.push(tokio::spawn(async move {
+            let response = client
+                .put(url)
+                .header("content-type", "application/fhir+json")
+                .body(patient(i).to_string())
+                .send()
+                .await
+                .expect("seed request");
+            assert_eq!(response.status(), StatusCode::CREATED);
+        }));
+        if pending.len() == 64 {
+            for task in pending.drain(..) {
+                task.await.expect("seed");
+            }
+        }
+    }
+    for task in pending {
+        task.await.expect("seed");
+    }
+    client
+        .get(format!("{base}/fhir/Patient/bench-0"))
+        .send()
+        .await
+        .expect("read")
+        .bytes()
+        .await
+        .expect("body")
+}
+
+async fn count_patients(base: &str) -> u64 {
+    let bundle: Value = reqwest::get(format!("{base}/fhir/Patient?_count=0"))
+        .await
+        .expect("count")
+        .json()
+        .await
+        .expect("bundle");
+    bundle["total"].as_u64().expect("total")
+}
+
+/// A trivial axum server: GET answers with `read`, POST reads the body and
+/// answers 201 with `created`.
+async fn start_baseline(read: Bytes, created: Bytes) -> String {
+    let app = Router::new()
+        .route(
+            "/fhir/Patient/{id}",
+            get(move || {
+                let read = read.clone();
+                async move { ([(header::CONTENT_TYPE, "application/fhir+json")], read) }
+            }),
+        )
+        .route(
+            "/fhir/Patient",
+            axum::routing::post(move |_body: Bytes| {
+                let created = created.clone();
+                async move {
+                    (
+                        StatusCode::CREATED,
+                        [(header::CONTENT_TYPE, "application/fhir+json")],
+                        created,
+                    )
+                }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}")
+}
+
+fn run_wrk(name: &str, script: &str, url: &str, options: &Options) -> Run {
+    std::thread::sleep(Duration::from_millis(500));
+    let output = Command::new("wrk")
+        .args(["-t", &options.threads.to_string()])
+        .args(["-c", &options.connections.to_string()])
+        .args(["-d", &format!("{}s", options.duration)])
+        .args(["--latency", "-s", script, url])
+        .env("BENCH_PATIENTS", SEEDED.to_string())
+        .output()
+        .expect("wrk runs");
+    let report = String::from_utf8_lossy(&output.stdout).to_string();
+    let number_after = |label: &str| -> Option<f64> {
+        report
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(label))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+    };
+    let latency = |label: &str| -> f64 {
+        report
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(label))
+            .map(|v| millis(v.trim()))
+            .unwrap_or(f64::NAN)
+    };
+    let requests = report
+        .lines()
+        .find(|l| l.contains("requests in"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    Run {
+        name: name.to_string(),
+        requests,
+        per_second: number_after("Requests/sec:").unwrap_or(0.0),
+        p50_ms: latency("50%"),
+        p99_ms: latency("99%"),
+        failed: number_after("Non-2xx or 3xx responses:").unwrap_or(0.0) as u64
+            + report
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("Socket errors:"))
+                .map_or(0, |_| 1),
+    }
+}
+
+/// wrk's `1.23ms`, `456.00us`, `1.02s` in milliseconds.
+fn millis(text: &str) -> f64 {
+    let (number, factor) = if let Some(v) = text.strip_suffix("us") {
+        (v, 0.001)
+    } else if let Some(v) = text.strip_suffix("ms") {
+        (v, 1.0)
+    } else if let Some(v) = text.strip_suffix('s') {
+        (v, 1000.0)
+    } else {
+        (text, f64::NAN)
+    };
+    number.parse::<f64>().map_or(f64::NAN, |n| n * factor)
+}
+
+/// (VmHWM, VmRSS) of a process, in KiB.
+fn rss_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmHWM:"), field("VmRSS:"))
+}
