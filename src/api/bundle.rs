@@ -12,7 +12,7 @@ use super::rest::{bundle_head, condition, json_str, resource_type, run_search};
 use crate::fhir::datetime::format_instant;
 use crate::fhir::json::{array_elements, object_members};
 use crate::fhir::outcome::{Issue, operation_outcome};
-use crate::fhir::resource::{Rejection, prepare_parsed};
+use crate::fhir::resource::{Rejection, prepare_json};
 use crate::fhir::{ResourceType, is_valid_id, new_id};
 use crate::store::{Change, Mutation, MutationError, Stored, WriteOutcome, WriteRequest, Written};
 use axum::body::Body;
@@ -340,7 +340,7 @@ fn plan_entry(index: usize, raw: &str, entry: &Value, base: &str) -> Result<Plan
                     ".resource",
                 )
             })?;
-        prepare_parsed(&raw_resource.value, &entry["resource"], Some(ty)).map_err(|rejection| {
+        prepare_json(&raw_resource.value, Some(ty)).map_err(|rejection| {
             let rejection = rejection.within(&at(".resource"), ty.as_str());
             let status = match rejection {
                 Rejection::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,

@@ -5,7 +5,7 @@
 
 use super::json::{self, encode_string};
 use super::outcome::Issue;
-use super::search::{IndexEntries, extract_index};
+use super::search::{IndexEntries, extract_index, indexed_elements};
 use super::{ResourceType, is_valid_id};
 use serde_json::Value;
 
@@ -65,34 +65,44 @@ pub fn prepare(body: &[u8], expected: Option<ResourceType>) -> Result<Prepared, 
             ),
         ))
     })?;
-    let value: Value = serde_json::from_str(text).map_err(|err| {
+    // A syntax check that builds nothing: the members are taken from the
+    // sender's bytes below, and only those the index needs are parsed.
+    serde_json::from_str::<serde::de::IgnoredAny>(text).map_err(|err| {
         Rejection::Malformed(Issue::error(
             "structure",
             format!("the body is not valid JSON: {err}"),
         ))
     })?;
-    prepare_parsed(text, &value, expected)
+    prepare_json(text, expected)
 }
 
-/// As [`prepare`], for a resource already parsed (inside a Bundle): `text` is
-/// its JSON and `value` the same, parsed.
-pub fn prepare_parsed(
-    text: &str,
-    value: &Value,
-    expected: Option<ResourceType>,
-) -> Result<Prepared, Rejection> {
-    let Some(object) = value.as_object() else {
-        return Err(Rejection::Malformed(Issue::error(
+/// As [`prepare`], for text already known to be JSON (a Bundle entry).
+pub fn prepare_json(text: &str, expected: Option<ResourceType>) -> Result<Prepared, Rejection> {
+    let members = json::object_members(text).map_err(|err| {
+        Rejection::Malformed(Issue::error(
             "structure",
-            "the body is JSON but not a JSON object, so not a FHIR resource",
-        )));
+            match err {
+                json::JsonShapeError::NotAnObject => {
+                    "the body is JSON but not a JSON object, so not a FHIR resource".to_string()
+                }
+                other => other.to_string(),
+            },
+        ))
+    })?;
+    let member = |name: &str| {
+        members
+            .iter()
+            .find(|m| m.key == name)
+            .map(|m| m.value.as_str())
     };
-    let Some(type_name) = object.get("resourceType").and_then(Value::as_str) else {
-        return Err(Rejection::Malformed(
-            Issue::error("required", "the resource has no resourceType").at("resourceType"),
-        ));
-    };
-    let resource_type = match (ResourceType::parse(type_name), expected) {
+    let type_name = member("resourceType")
+        .and_then(|raw| serde_json::from_str::<String>(raw).ok())
+        .ok_or_else(|| {
+            Rejection::Malformed(
+                Issue::error("required", "the resource has no resourceType").at("resourceType"),
+            )
+        })?;
+    let resource_type = match (ResourceType::parse(&type_name), expected) {
         (Some(found), Some(wanted)) if found != wanted => {
             return Err(Rejection::Malformed(
                 Issue::error(
@@ -123,14 +133,15 @@ pub fn prepare_parsed(
     };
     let ty = resource_type.as_str();
 
-    let id = match object.get("id") {
+    let id = match member("id").map(serde_json::from_str::<Value>) {
         None => None,
-        Some(Value::String(id)) if is_valid_id(id) => Some(id.clone()),
+        Some(Ok(Value::String(id))) if is_valid_id(&id) => Some(id),
         Some(other) => {
+            let shown = other.map_or_else(|_| "the value".to_string(), |v| v.to_string());
             return Err(Rejection::Invalid(
                 Issue::error(
                     "value",
-                    format!("{other} is not a valid id (1 to 64 of A-Z a-z 0-9 - .)"),
+                    format!("{shown} is not a valid id (1 to 64 of A-Z a-z 0-9 - .)"),
                 )
                 .at(format!("{ty}.id")),
             ));
@@ -154,12 +165,20 @@ pub fn prepare_parsed(
         )
     })?;
 
-    let shape_error = |err: json::JsonShapeError| {
-        Rejection::Malformed(Issue::error("structure", err.to_string()).at(ty))
-    };
+    // Only the elements search parameters read are parsed into values.
+    let mut indexed = serde_json::Map::new();
+    for element in indexed_elements(resource_type) {
+        if let Some(raw) = member(element)
+            && let Ok(value) = serde_json::from_str::<Value>(raw)
+        {
+            indexed.insert(element.to_string(), value);
+        }
+    }
+    let index = extract_index(resource_type, &Value::Object(indexed));
+
     let mut meta_extra = String::new();
     let mut rest = String::new();
-    for member in json::object_members(text).map_err(shape_error)? {
+    for member in &members {
         match member.key.as_str() {
             "resourceType" | "id" => {}
             "meta" => {
@@ -184,7 +203,7 @@ pub fn prepare_parsed(
         id,
         meta_extra,
         rest,
-        index: extract_index(resource_type, value),
+        index,
     })
 }
 

@@ -166,6 +166,14 @@ pub struct IndexEntries {
     pub dates: Vec<DateEntry>,
 }
 
+/// The top-level elements of `ty` that search parameters read.
+pub fn indexed_elements(ty: ResourceType) -> impl Iterator<Item = &'static str> {
+    params_for(ty).iter().map(|p| match p.source {
+        Source::Identifier => "identifier",
+        Source::Code(element) | Source::Reference(element, _) | Source::Period(element) => element,
+    })
+}
+
 /// Reads the index entries of `resource`, a resource of type `ty`.
 pub fn extract_index(ty: ResourceType, resource: &Value) -> IndexEntries {
     let mut entries = IndexEntries::default();
