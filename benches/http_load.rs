@@ -4,14 +4,17 @@
 //! a ratio.
 //!
 //! ```sh
-//! benches/install-tools.sh              # wrk, from Debian's packages
+//! benches/install-tools.sh              # wrk (Debian) and oha (crates.io)
 //! cargo bench --bench http_load         # or: -- --duration 30 --connections 64
 //! ```
 //!
 //! Scenarios: create (POST Patient, each with a new identifier; every write
 //! fsynced before it is answered), read (GET Patient/{id} of 10,000 seeded
-//! patients), search by NHS number. After the create run the benchmark
-//! counts the stored patients and checks that every 2xx it got is there.
+//! patients), search by NHS number. wrk measures the most each can do (64
+//! connections, closed loop); oha then measures latency at the target rates
+//! (20,000 reads/s, 5,000 creates/s, open loop with latency correction).
+//! After the create runs the benchmark counts the stored patients and checks
+//! that every 2xx it got is there.
 
 use axum::Router;
 use axum::body::Bytes;
@@ -62,6 +65,7 @@ struct Run {
     per_second: f64,
     p50_ms: f64,
     p99_ms: f64,
+    p999_ms: f64,
     failed: u64,
 }
 
@@ -116,10 +120,52 @@ fn main() {
         format!("{gateway_url}/fhir/Patient"),
     );
 
+    let mut acknowledged = create.requests - create.failed;
+    runs.push(create);
+
+    // Latency at the target rates, if oha is installed.
+    let mut fixed = Vec::new();
+    if Command::new("oha").arg("--version").output().is_ok() {
+        let read_url = |base: &str| format!("{base}/fhir/Patient/bench-[0-9]{{1,3}}");
+        fixed.push(run_oha(
+            "baseline GET at 20,000/s",
+            &read_url(&baseline_url),
+            20_000,
+            None,
+            &options,
+        ));
+        fixed.push(run_oha(
+            "gateway read at 20,000/s",
+            &read_url(&gateway_url),
+            20_000,
+            None,
+            &options,
+        ));
+        let body = patient(SEEDED + 1)
+            .to_string()
+            .replace("\"id\":\"bench-10001\",", "");
+        fixed.push(run_oha(
+            "baseline POST at 5,000/s",
+            &format!("{baseline_url}/fhir/Patient"),
+            5_000,
+            Some(&body),
+            &options,
+        ));
+        let create = run_oha(
+            "gateway create at 5,000/s",
+            &format!("{gateway_url}/fhir/Patient"),
+            5_000,
+            Some(&body),
+            &options,
+        );
+        acknowledged += create.requests - create.failed;
+        fixed.push(create);
+    } else {
+        eprintln!("oha is not installed (benches/install-tools.sh): no fixed-rate latency runs");
+    }
+
     // Every acknowledged create must be stored, once.
     let stored = runtime.block_on(count_patients(&gateway_url));
-    let acknowledged = create.requests - create.failed;
-    runs.push(create);
     let (vm_hwm, vm_rss) = rss_kib(gateway.id());
 
     println!();
@@ -145,6 +191,21 @@ fn main() {
             run.name, run.per_second, run.p50_ms, run.p99_ms, run.failed, ratio
         );
     }
+    if !fixed.is_empty() {
+        println!();
+        println!(
+            "Latency at the target rates (oha, 64 connections, open loop, latency-corrected):"
+        );
+        println!();
+        println!("| scenario | achieved/s | p50 | p99 | p99.9 | non-2xx |");
+        println!("| --- | ---: | ---: | ---: | ---: | ---: |");
+        for run in &fixed {
+            println!(
+                "| {} | {:.0} | {:.2} ms | {:.2} ms | {:.2} ms | {} |",
+                run.name, run.per_second, run.p50_ms, run.p99_ms, run.p999_ms, run.failed
+            );
+        }
+    }
     println!();
     println!(
         "Gateway memory: peak RSS {:.1} MiB (after the read runs: {:.1} MiB; now {:.1} MiB).",
@@ -152,13 +213,14 @@ fn main() {
         rss_after_reads.1 as f64 / 1024.0,
         vm_rss as f64 / 1024.0
     );
-    // wrk stops with up to one request per connection in flight: those may
-    // be stored without wrk having counted their answer.
+    // A load generator stops with up to one request per connection in
+    // flight: those may be stored without their answer having been counted.
+    let runs_of_creates = if fixed.is_empty() { 1 } else { 2 };
+    let in_flight = u64::from(options.connections) * runs_of_creates;
     let new = stored.saturating_sub(SEEDED as u64);
-    let consistent = new >= acknowledged && new <= acknowledged + u64::from(options.connections);
+    let consistent = new >= acknowledged && new <= acknowledged + in_flight;
     println!(
-        "Creates acknowledged: {acknowledged}; new patients stored: {new} (at most {} more may have been in flight when wrk stopped): {}",
-        options.connections,
+        "Creates acknowledged: {acknowledged}; new patients stored: {new} (at most {in_flight} more may have been in flight when the load stopped): {}",
         if consistent {
             "every acknowledged create kept"
         } else {
@@ -321,12 +383,81 @@ fn run_wrk(name: &str, script: &str, url: &str, options: &Options) -> Run {
         per_second: number_after("Requests/sec:").unwrap_or(0.0),
         p50_ms: latency("50%"),
         p99_ms: latency("99%"),
+        p999_ms: f64::NAN,
         failed: number_after("Non-2xx or 3xx responses:").unwrap_or(0.0) as u64
             + report
                 .lines()
                 .find_map(|l| l.trim().strip_prefix("Socket errors:"))
                 .map_or(0, |_| 1),
     }
+}
+
+/// One oha run at a fixed rate; `body` makes it a POST.
+fn run_oha(name: &str, url: &str, rate: u32, body: Option<&str>, options: &Options) -> Run {
+    std::thread::sleep(Duration::from_millis(500));
+    let mut command = Command::new("oha");
+    command
+        .args(["-z", &format!("{}s", options.duration)])
+        .args(["-c", &options.connections.to_string()])
+        .args(["-q", &rate.to_string()])
+        .args([
+            "--latency-correction",
+            "--no-tui",
+            "--output-format",
+            "json",
+        ]);
+    match body {
+        Some(body) => {
+            command
+                .args([
+                    "-m",
+                    "POST",
+                    "-H",
+                    "content-type: application/fhir+json",
+                    "-d",
+                    body,
+                ])
+                .arg(url);
+        }
+        None => {
+            command.arg("--rand-regex-url").arg(url);
+        }
+    }
+    let output = command.output().expect("oha runs");
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);
+    let ms = |key: &str| {
+        report["latencyPercentiles"][key]
+            .as_f64()
+            .map_or(f64::NAN, |s| s * 1000.0)
+    };
+    let mut ok = 0;
+    let mut all = 0;
+    if let Some(codes) = report["statusCodeDistribution"].as_object() {
+        for (code, count) in codes {
+            let count = count.as_u64().unwrap_or(0);
+            all += count;
+            if code.starts_with('2') {
+                ok += count;
+            }
+        }
+    }
+    let errors: u64 = report["errorDistribution"]
+        .as_object()
+        .map_or(0, |e| e.values().filter_map(Value::as_u64).sum());
+    let run = Run {
+        name: name.to_string(),
+        requests: all,
+        per_second: report["summary"]["requestsPerSec"].as_f64().unwrap_or(0.0),
+        p50_ms: ms("p50"),
+        p99_ms: ms("p99"),
+        p999_ms: ms("p99.9"),
+        failed: all - ok + errors,
+    };
+    eprintln!(
+        "{name}: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, {} failed",
+        run.per_second, run.p50_ms, run.p99_ms, run.p999_ms, run.failed
+    );
+    run
 }
 
 /// wrk's `1.23ms`, `456.00us`, `1.02s` in milliseconds.

@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
-# Installs the load generator the HTTP benchmark drives the gateway with.
+# Installs the load generators the HTTP benchmark drives the gateway with:
+# wrk (Debian) for throughput, oha (crates.io, ~7 min to build) for latency
+# at a fixed rate.
 set -euo pipefail
 if ! command -v wrk >/dev/null; then
   apt-get update -qq
   apt-get install -y -qq wrk
 fi
-wrk --version 2>&1 | head -1 || true
+if ! command -v oha >/dev/null; then
+  cargo install --locked oha
+fi
+echo "wrk: $(command -v wrk)  oha: $(command -v oha)"
