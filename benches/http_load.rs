@@ -126,7 +126,7 @@ fn main() {
     // Latency at the target rates, if oha is installed.
     let mut fixed = Vec::new();
     if Command::new("oha").arg("--version").output().is_ok() {
-        let read_url = |base: &str| format!("{base}/fhir/Patient/bench-[0-9]{{1,3}}");
+        let read_url = |base: &str| format!("{base}/fhir/Patient/bench-(0|[1-9][0-9]{{0,2}})");
         fixed.push(run_oha(
             "baseline GET at 20,000/s",
             &read_url(&baseline_url),
