@@ -40,6 +40,15 @@ fn main() -> std::process::ExitCode {
                 }
             };
             init_logging(&config);
+            // A panic's message could quote what a sender sent; log where it
+            // happened, not what it said.
+            std::panic::set_hook(Box::new(|info| {
+                let at = info
+                    .location()
+                    .map(|l| format!("{}:{}", l.file(), l.line()))
+                    .unwrap_or_default();
+                tracing::error!(at, "panic (message withheld: it may carry patient data)");
+            }));
             match serve(config) {
                 Ok(()) => std::process::ExitCode::SUCCESS,
                 Err(err) => {

@@ -146,6 +146,97 @@ async fn transaction_conditional_entries_reuse_existing_resources() {
 }
 
 #[tokio::test]
+async fn transaction_changing_one_resource_twice_is_a_conflict() {
+    let gw = start().await;
+    let mut one = patient("9992319488", "One");
+    one["id"] = json!("same");
+    let mut two = one.clone();
+    two["name"][0]["family"] = json!("Two");
+    let tx = bundle(
+        "transaction",
+        vec![
+            json!({"resource": one, "request": {"method": "PUT", "url": "Patient/same"}}),
+            json!({"resource": two, "request": {"method": "PUT", "url": "Patient/same"}}),
+        ],
+    );
+    let reply = gw.post("", &tx).await;
+    assert_eq!(reply.status, StatusCode::CONFLICT, "{}", reply.text);
+    let issue = reply.outcome_issue();
+    assert_eq!(issue["code"], "conflict");
+    assert_eq!(issue["expression"][0], "Bundle.entry[1]");
+    assert!(gw.search_all("Patient").await.is_empty());
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn two_entries_with_one_condition_conflict_but_two_matches_of_an_existing_one_do_not() {
+    let gw = start().await;
+    let condition = format!("identifier={NHS}|9996281949");
+    let conditional = |family: &str| {
+        json!({
+            "resource": patient("9996281949", family),
+            "request": {"method": "POST", "url": "Patient", "ifNoneExist": condition.clone()}
+        })
+    };
+    let reply = gw
+        .post(
+            "",
+            &bundle("transaction", vec![conditional("A"), conditional("B")]),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::CONFLICT, "{}", reply.text);
+    assert_eq!(reply.outcome_issue()["expression"][0], "Bundle.entry[1]");
+    assert!(gw.search_all("Patient").await.is_empty(), "nothing created");
+
+    gw.post("Patient", &patient("9996281949", "Existing")).await;
+    let other = json!({
+        "resource": patient("9996281949", "A"),
+        "request": {"method": "POST", "url": "Patient", "ifNoneExist": format!("identifier=9996281949")}
+    });
+    let reply = gw
+        .post("", &bundle("transaction", vec![conditional("A"), other]))
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    assert_eq!(
+        reply.json["entry"][0]["resource"]["id"],
+        reply.json["entry"][1]["resource"]["id"]
+    );
+    assert_eq!(gw.search_all("Patient").await.len(), 1);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn only_references_are_rewritten_not_identifiers_with_the_same_urn() {
+    let gw = start().await;
+    let urn = "urn:uuid:3f1c2a6e-8a1b-4a4e-9a0e-5c2d7b1e9f00";
+    let mut referral = service_request(urn);
+    referral["identifier"] = json!([{"system": "urn:ietf:rfc:3986", "value": urn}]);
+    let tx = bundle(
+        "transaction",
+        vec![
+            entry_post(urn, patient("9998219930", "Urn")),
+            entry_post("urn:uuid:x", referral),
+        ],
+    );
+    let reply = gw.post("", &tx).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    let stored = &reply.json["entry"][1]["resource"];
+    assert_eq!(stored["identifier"][0]["value"], urn);
+    let patient_id = reply.json["entry"][0]["resource"]["id"].as_str().unwrap();
+    assert_eq!(
+        stored["subject"]["reference"],
+        format!("Patient/{patient_id}")
+    );
+    let found = gw
+        .search_all(&format!(
+            "ServiceRequest?identifier=urn:ietf:rfc:3986|{urn}"
+        ))
+        .await;
+    assert_eq!(found.len(), 1);
+    gw.stop().await;
+}
+
+#[tokio::test]
 async fn batch_entries_succeed_or_fail_on_their_own() {
     let gw = start().await;
     let good = gw.post("Patient", &patient("9991860916", "Batch")).await;

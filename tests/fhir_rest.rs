@@ -231,6 +231,27 @@ async fn conditional_update_by_identifier_creates_then_updates() {
     let mut wrong = patient("9993909963", "X");
     wrong["id"] = json!("someone-else");
     assert_eq!(gw.put(&path, &wrong).await.status, StatusCode::BAD_REQUEST);
+    // No match and a body id that names another resource: refused, and that
+    // resource is left as it was.
+    let other = gw.post("Patient", &patient("9990308241", "Other")).await;
+    let other_id = other.json["id"].as_str().unwrap().to_string();
+    let mut hijack = patient("9992319488", "Hijack");
+    hijack["id"] = json!(other_id);
+    let refused = gw
+        .put(&format!("Patient?identifier={NHS}|9992319488"), &hijack)
+        .await;
+    assert_eq!(refused.status, StatusCode::CONFLICT, "{}", refused.text);
+    let untouched = gw.get(&format!("Patient/{other_id}")).await;
+    assert_eq!(untouched.json["name"][0]["family"], "Other");
+    assert_eq!(untouched.json["meta"]["versionId"], "1");
+    // No match and a free body id: created with it.
+    let mut named = patient("9992319488", "Named");
+    named["id"] = json!("named-1");
+    let created = gw
+        .put(&format!("Patient?identifier={NHS}|9992319488"), &named)
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
+    assert_eq!(created.json["id"], "named-1");
     gw.stop().await;
 }
 

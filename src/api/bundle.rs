@@ -7,7 +7,7 @@
 
 use super::AppState;
 use super::error::ApiError;
-use super::http::{Prefer, Return, base_url, etag, fhir_json, read_body};
+use super::http::{Prefer, Return, base_url, etag, fhir_json, read_body, version_of_etag};
 use super::rest::{bundle_head, condition, json_str, resource_type, run_search};
 use crate::fhir::datetime::format_instant;
 use crate::fhir::json::{array_elements, object_members};
@@ -26,6 +26,11 @@ use std::fmt::Write;
 /// What one entry asks for.
 enum Plan {
     Write(Box<Mutation>),
+    Query(Query),
+}
+
+/// A GET entry: run after the writes.
+enum Query {
     Read {
         ty: ResourceType,
         id: String,
@@ -135,8 +140,8 @@ pub async fn transaction_or_batch(
                 mutations.push(*mutation);
                 done.push(None);
             }
-            Ok(other) => {
-                reads.push((index, other));
+            Ok(Plan::Query(query)) => {
+                reads.push((index, query));
                 done.push(None);
             }
             Err(error) => done.push(Some(Done::Failed(error))),
@@ -162,25 +167,29 @@ pub async fn transaction_or_batch(
             }
         }
     }
-    for (index, plan) in reads {
-        done[index] = Some(match plan {
-            Plan::Read { ty, id, version } => {
+    for (index, query) in reads {
+        done[index] = Some(match query {
+            Query::Read { ty, id, version } => {
+                // The writes are committed by now: a failed read fails its
+                // own entry, never the answer about the writes.
                 let found = match version {
-                    Some(v) => state.store.vread(ty, &id, v).await?,
-                    None => state.store.read(ty, &id).await?,
+                    Some(v) => state.store.vread(ty, &id, v).await,
+                    None => state.store.read(ty, &id).await,
                 };
                 match found {
-                    Some(stored) => Done::Read(stored),
-                    None => Done::Failed(ApiError::not_found(format!("{ty}/{id} does not exist"))),
+                    Ok(Some(stored)) => Done::Read(stored),
+                    Ok(None) => {
+                        Done::Failed(ApiError::not_found(format!("{ty}/{id} does not exist")))
+                    }
+                    Err(err) => Done::Failed(ApiError::from(err)),
                 }
             }
-            Plan::Search { ty, query } => {
+            Query::Search { ty, query } => {
                 match run_search(&state, ty, Some(&query), prefer.strict, &base).await {
                     Ok(bundle) => Done::Searched(bundle),
                     Err(error) => Done::Failed(error),
                 }
             }
-            Plan::Write(_) => Done::Failed(ApiError::not_found("unreachable")),
         });
     }
 
@@ -352,18 +361,13 @@ fn plan_entry(index: usize, raw: &str, entry: &Value, base: &str) -> Result<Plan
     let if_match = || -> Result<Option<i64>, ApiError> {
         match entry["request"]["ifMatch"].as_str() {
             None => Ok(None),
-            Some(text) => text
-                .trim_start_matches("W/")
-                .trim_matches('"')
-                .parse::<i64>()
-                .map(Some)
-                .map_err(|_| {
-                    bad(
-                        "value",
-                        format!("ifMatch \"{text}\" names no version"),
-                        ".request.ifMatch",
-                    )
-                }),
+            Some(text) => version_of_etag(text).map(Some).ok_or_else(|| {
+                bad(
+                    "value",
+                    format!("ifMatch \"{text}\" names no version"),
+                    ".request.ifMatch",
+                )
+            }),
         }
     };
     match (method, segments.as_slice(), query) {
@@ -388,16 +392,24 @@ fn plan_entry(index: usize, raw: &str, entry: &Value, base: &str) -> Result<Plan
                 ));
             }
             let resource = resource()?;
-            if let Some(body_id) = &resource.id
-                && body_id != id
-            {
-                return Err(bad(
-                    "invalid",
-                    format!(
-                        "the resource's id \"{body_id}\" is not the id in request.url, \"{id}\""
-                    ),
-                    ".resource.id",
-                ));
+            match &resource.id {
+                Some(body_id) if body_id == id => {}
+                Some(body_id) => {
+                    return Err(bad(
+                        "invalid",
+                        format!(
+                            "the resource's id \"{body_id}\" is not the id in request.url, \"{id}\""
+                        ),
+                        ".resource.id",
+                    ));
+                }
+                None => {
+                    return Err(bad(
+                        "required",
+                        format!("an update must carry the id \"{id}\" in the resource"),
+                        ".resource.id",
+                    ));
+                }
             }
             Ok(Plan::Write(Box::new(Mutation::Update {
                 resource,
@@ -413,12 +425,12 @@ fn plan_entry(index: usize, raw: &str, entry: &Value, base: &str) -> Result<Plan
             if_match: if_match()?,
             full_url,
         }))),
-        ("GET", [_, id], None) => Ok(Plan::Read {
+        ("GET", [_, id], None) => Ok(Plan::Query(Query::Read {
             ty,
             id: id.to_string(),
             version: None,
-        }),
-        ("GET", [_, id, "_history", version], None) => Ok(Plan::Read {
+        })),
+        ("GET", [_, id, "_history", version], None) => Ok(Plan::Query(Query::Read {
             ty,
             id: id.to_string(),
             version: Some(version.parse().map_err(|_| {
@@ -428,11 +440,11 @@ fn plan_entry(index: usize, raw: &str, entry: &Value, base: &str) -> Result<Plan
                     ".request.url",
                 )
             })?),
-        }),
-        ("GET", [_], query) => Ok(Plan::Search {
+        })),
+        ("GET", [_], query) => Ok(Plan::Query(Query::Search {
             ty,
             query: query.unwrap_or("").to_string(),
-        }),
+        })),
         _ => Err(bad(
             "not-supported",
             format!("{method} {url} is not supported in a Bundle here (POST, PUT and GET are)"),

@@ -33,18 +33,22 @@ impl ApiError {
         )
     }
 
-    /// A failed mutation: 412 for If-Match and multiple matches, 400 otherwise.
+    /// A failed mutation: 412 for If-Match and multiple matches, 409 for two
+    /// entries of a transaction changing one resource or an id already in
+    /// use, 400 otherwise.
     pub fn from_mutation(error: &MutationError, expression: Option<String>) -> Self {
         let status = match error {
-            MutationError::VersionConflict { .. } | MutationError::MultipleMatches(_) => {
+            MutationError::VersionConflict { .. } | MutationError::MultipleMatches => {
                 StatusCode::PRECONDITION_FAILED
             }
             MutationError::Conflict(_) => StatusCode::BAD_REQUEST,
+            MutationError::SameResource { .. } | MutationError::IdInUse(_) => StatusCode::CONFLICT,
         };
         let code = match error {
             MutationError::VersionConflict { .. } => "conflict",
-            MutationError::MultipleMatches(_) => "multiple-matches",
+            MutationError::MultipleMatches => "multiple-matches",
             MutationError::Conflict(_) => "invalid",
+            MutationError::SameResource { .. } | MutationError::IdInUse(_) => "conflict",
         };
         let mut issue = Issue::error(code, error.to_string());
         if let Some(expression) = expression {

@@ -118,20 +118,23 @@ pub fn if_match(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
         return Ok(None);
     };
     let text = value.to_str().unwrap_or("");
-    let version = text
-        .trim()
-        .trim_start_matches("W/")
-        .trim_matches('"')
-        .parse::<i64>()
-        .ok()
-        .filter(|v| *v > 0);
-    match version {
+    match version_of_etag(text) {
         Some(v) => Ok(Some(v)),
         None => Err(ApiError::bad_request(Issue::error(
             "value",
             format!("If-Match must name a version such as W/\"3\", not \"{text}\""),
         ))),
     }
+}
+
+/// The version an ETag names (`W/"3"`, `"3"`, `3`), if it names one.
+pub fn version_of_etag(text: &str) -> Option<i64> {
+    text.trim()
+        .trim_start_matches("W/")
+        .trim_matches('"')
+        .parse::<i64>()
+        .ok()
+        .filter(|v| *v > 0)
 }
 
 /// The base of the FHIR API as clients see it (`http://host:port/fhir`).

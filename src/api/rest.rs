@@ -83,7 +83,9 @@ async fn write_one(state: &AppState, mutation: Mutation) -> Result<Written, ApiE
             Err(error) => Err(ApiError::from_mutation(&error, None)),
         },
         WriteOutcome::RolledBack { error, .. } => Err(ApiError::from_mutation(&error, None)),
-        WriteOutcome::Applied(_) => Err(ApiError::from(crate::store::StoreError::Closed)),
+        WriteOutcome::Applied(results) => Err(ApiError::from(crate::store::StoreError::Io(
+            std::io::Error::other(format!("one write gave {} results", results.len())),
+        ))),
     }
 }
 
@@ -322,7 +324,6 @@ fn searchset(query: &SearchQuery, page: &SearchPage, warnings: &[Issue], base: &
     let ty = query.resource_type;
     let link = |after: Option<&str>| {
         let mut params = query.canonical.clone();
-        params.retain(|(k, _)| k != "_count");
         params.push(("_count".to_string(), query.count.to_string()));
         if let Some(after) = after {
             params.push((CURSOR_PARAM.to_string(), after.to_string()));

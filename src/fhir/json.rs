@@ -117,9 +117,11 @@ pub fn minify(text: &str) -> String {
     out
 }
 
-/// Replaces string *values* (not keys) found in `map` with their mapping, in
-/// minified JSON. Used to resolve `urn:uuid:` references inside a transaction.
-pub fn rewrite_strings(compact: &str, map: &HashMap<String, String>) -> String {
+/// Replaces the values of `reference` members (`Reference.reference`) found
+/// in `map` with their mapping, in minified JSON. Used to resolve `urn:uuid:`
+/// references inside a transaction; other strings, such as an identifier
+/// whose value is the same `urn:uuid:`, are left as they are.
+pub fn rewrite_references(compact: &str, map: &HashMap<String, String>) -> String {
     if map.is_empty() {
         return compact.to_string();
     }
@@ -127,6 +129,7 @@ pub fn rewrite_strings(compact: &str, map: &HashMap<String, String>) -> String {
     let mut out = String::with_capacity(compact.len());
     let mut pos = 0;
     let mut copied = 0;
+    let mut after_reference_key = false;
     while pos < bytes.len() {
         if bytes[pos] != b'"' {
             pos += 1;
@@ -134,13 +137,18 @@ pub fn rewrite_strings(compact: &str, map: &HashMap<String, String>) -> String {
         }
         let end = string_end(bytes, pos).unwrap_or(bytes.len());
         let is_key = bytes.get(end) == Some(&b':');
-        if !is_key
-            && let Some(replacement) =
-                decode_string(&compact[pos..end]).and_then(|value| map.get(&value))
-        {
-            out.push_str(&compact[copied..pos]);
-            out.push_str(&encode_string(replacement));
-            copied = end;
+        if is_key {
+            after_reference_key = &compact[pos..end] == "\"reference\"";
+        } else {
+            if after_reference_key
+                && let Some(replacement) =
+                    decode_string(&compact[pos..end]).and_then(|value| map.get(&value))
+            {
+                out.push_str(&compact[copied..pos]);
+                out.push_str(&encode_string(replacement));
+                copied = end;
+            }
+            after_reference_key = false;
         }
         pos = end;
     }
@@ -287,15 +295,15 @@ mod tests {
     }
 
     #[test]
-    fn rewrites_values_but_not_keys() {
+    fn rewrites_references_only() {
         let map = HashMap::from([("urn:uuid:1".to_string(), "Patient/abc".to_string())]);
-        let out = rewrite_strings(
-            r#"{"urn:uuid:1":"urn:uuid:1","subject":{"reference":"urn:uuid:1"},"x":"urn:uuid:12"}"#,
+        let out = rewrite_references(
+            r#"{"urn:uuid:1":"urn:uuid:1","subject":{"reference":"urn:uuid:1"},"identifier":[{"system":"urn:ietf:rfc:3986","value":"urn:uuid:1"}],"basedOn":[{"reference":"urn:uuid:12"},{"reference":"urn:uuid:1"}]}"#,
             &map,
         );
         assert_eq!(
             out,
-            r#"{"urn:uuid:1":"Patient/abc","subject":{"reference":"Patient/abc"},"x":"urn:uuid:12"}"#
+            r#"{"urn:uuid:1":"urn:uuid:1","subject":{"reference":"Patient/abc"},"identifier":[{"system":"urn:ietf:rfc:3986","value":"urn:uuid:1"}],"basedOn":[{"reference":"urn:uuid:12"},{"reference":"Patient/abc"}]}"#
         );
     }
 }

@@ -4,7 +4,7 @@
 
 use super::ResourceType;
 use super::datetime::parse_range;
-use super::json::{array_elements, minify, object_members, rewrite_strings};
+use super::json::{array_elements, minify, object_members, rewrite_references};
 use super::resource::prepare;
 use super::search::{parse_search, reference_target};
 use std::collections::HashMap;
@@ -109,7 +109,7 @@ fn json_surgery_never_panics_on_text_serde_accepts() {
             let _ = object_members(&text);
             let _ = array_elements(&text);
             let compact = minify(&text);
-            let rewritten = rewrite_strings(&compact, &map);
+            let rewritten = rewrite_references(&compact, &map);
             assert!(
                 serde_json::from_str::<serde_json::Value>(&rewritten).is_ok(),
                 "{text} became {rewritten}"

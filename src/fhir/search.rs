@@ -13,6 +13,8 @@ use serde_json::Value;
 pub const DEFAULT_COUNT: usize = 20;
 /// Largest page a client may ask for: bounds the work and memory of one page.
 pub const MAX_COUNT: usize = 1000;
+/// Most comma-separated values of one parameter: bounds the SQL of a search.
+pub const MAX_ALTERNATIVES: usize = 100;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ParamKind {
@@ -227,10 +229,14 @@ pub fn extract_index(ty: ResourceType, resource: &Value) -> IndexEntries {
     entries
 }
 
-/// The `(type, id)` a literal reference points at: `Patient/1`,
-/// `https://host/fhir/Patient/1`, `Patient/1/_history/2`. `None` for contained
-/// (`#x`), `urn:` and other references that name no stored resource.
+/// The `(type, id)` a relative reference points at: `Patient/1`,
+/// `Patient/1/_history/2`. `None` for contained (`#x`) and `urn:` references,
+/// and for absolute URLs: those may name another server's `Patient/1`, so
+/// they are never taken for one of ours.
 pub fn reference_target(reference: &str) -> Option<(&str, &str)> {
+    if reference.contains("://") {
+        return None;
+    }
     let path = reference.split(['?', '#']).next().unwrap_or("");
     let mut parts: Vec<&str> = path.split('/').collect();
     if parts.len() >= 4 && parts[parts.len() - 2] == "_history" {
@@ -386,6 +392,11 @@ pub fn parse_search(
             "_format" if value.contains("json") => continue,
             "_id" => {
                 let ids = split_unescaped(value, ',');
+                if ids.len() > MAX_ALTERNATIVES {
+                    return Err(located(format!(
+                        "at most {MAX_ALTERNATIVES} values may be given for one parameter"
+                    )));
+                }
                 query.clauses.push(Clause::Id(ids));
             }
             _ => {
@@ -427,6 +438,11 @@ pub fn parse_search(
 
 fn parse_clause(param: &SearchParam, value: &str) -> Result<Clause, String> {
     let alternatives = split_raw(value, ',');
+    if alternatives.len() > MAX_ALTERNATIVES {
+        return Err(format!(
+            "at most {MAX_ALTERNATIVES} values may be given for one parameter"
+        ));
+    }
     if alternatives.iter().any(|a| a.is_empty()) {
         return Err(format!(
             "empty value for search parameter \"{}\"",
@@ -448,7 +464,7 @@ fn parse_clause(param: &SearchParam, value: &str) -> Result<Clause, String> {
                     (Some(ty.to_string()), id.to_string())
                 } else {
                     return Err(format!(
-                        "\"{alternative}\" is not a reference (Type/id or id)"
+                        "\"{alternative}\" is not a local reference (Type/id or id)"
                     ));
                 };
                 let target = match (param.source, target) {
@@ -574,8 +590,12 @@ mod tests {
     fn reads_reference_targets() {
         assert_eq!(reference_target("Patient/1"), Some(("Patient", "1")));
         assert_eq!(
-            reference_target("https://h/fhir/Patient/1/_history/3"),
+            reference_target("Patient/1/_history/3"),
             Some(("Patient", "1"))
+        );
+        assert_eq!(
+            reference_target("https://other.example/fhir/Patient/1"),
+            None
         );
         assert_eq!(reference_target("urn:uuid:0f1e"), None);
         assert_eq!(reference_target("#contained"), None);

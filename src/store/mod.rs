@@ -55,6 +55,24 @@ pub enum Mutation {
 }
 
 impl Mutation {
+    /// The search condition of a conditional create or update.
+    pub fn condition(&self) -> Option<&SearchQuery> {
+        match self {
+            Mutation::Create { if_none_exist, .. } => if_none_exist.as_ref(),
+            Mutation::ConditionalUpdate { query, .. } => Some(query),
+            Mutation::Update { .. } => None,
+        }
+    }
+
+    /// The `fullUrl` its Bundle entry gave it.
+    pub fn full_url(&self) -> Option<&str> {
+        match self {
+            Mutation::Create { full_url, .. }
+            | Mutation::Update { full_url, .. }
+            | Mutation::ConditionalUpdate { full_url, .. } => full_url.as_deref(),
+        }
+    }
+
     pub fn resource(&self) -> &Prepared {
         match self {
             Mutation::Create { resource, .. }
@@ -93,10 +111,18 @@ pub struct Written {
 pub enum MutationError {
     #[error("If-Match expected version {expected}, but the current version is {current}")]
     VersionConflict { expected: i64, current: String },
-    #[error("the condition matches {0} resources; it must match at most one")]
-    MultipleMatches(usize),
+    #[error("the condition matches more than one resource; it must match at most one")]
+    MultipleMatches,
+    #[error(
+        "the condition matches no resource, and the body's id names {0}, which exists and does not match it"
+    )]
+    IdInUse(String),
     #[error("{0}")]
     Conflict(String),
+    #[error(
+        "this entry and entry {first} both change {target}; a transaction may change a resource once"
+    )]
+    SameResource { first: usize, target: String },
 }
 
 /// The answer to a [`WriteRequest`].

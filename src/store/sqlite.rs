@@ -15,7 +15,7 @@ use super::{
     Stored, WriteOutcome, WriteRequest, Written,
 };
 use crate::fhir::ResourceType;
-use crate::fhir::json::rewrite_strings;
+use crate::fhir::json::rewrite_references;
 use crate::fhir::resource::{Prepared, assemble};
 use crate::fhir::search::{Clause, DatePrefix, SearchQuery, TokenMatch, reference_target};
 use async_trait::async_trait;
@@ -31,8 +31,6 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 pub const DB_FILE: &str = "gateway.sqlite";
 /// The schema this code writes; a newer file is refused rather than misread.
 const SCHEMA_VERSION: i64 = 1;
-/// Idle read connections kept open (each holds its own page cache).
-const MAX_IDLE_READERS: usize = 8;
 
 /// How the store is set up (checked configuration).
 #[derive(Debug, Clone)]
@@ -67,6 +65,8 @@ pub struct SqliteStore {
 
 struct ReaderPool {
     path: PathBuf,
+    /// Most connections: permits, and idle connections kept.
+    size: usize,
     idle: Mutex<Vec<Connection>>,
     permits: Semaphore,
 }
@@ -93,6 +93,7 @@ impl SqliteStore {
             jobs,
             readers: Arc::new(ReaderPool {
                 path,
+                size: options.readers.max(1),
                 idle: Mutex::new(Vec::new()),
                 permits: Semaphore::new(options.readers.max(1)),
             }),
@@ -112,14 +113,18 @@ impl SqliteStore {
     }
 
     /// Runs a point read on the calling thread: a read of one row by primary
-    /// key takes microseconds, less than handing it to another thread.
-    fn read_inline<T>(
+    /// key takes about 10 µs, less than handing it to another thread. It
+    /// still holds one of the `readers` permits, so connections stay bounded.
+    async fn read_inline<T>(
         &self,
         f: impl FnOnce(&Connection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        if self.readers.permits.is_closed() {
-            return Err(StoreError::Closed);
-        }
+        let _permit = self
+            .readers
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| StoreError::Closed)?;
         self.readers.with_connection(f)
     }
 
@@ -152,7 +157,7 @@ impl ReaderPool {
         };
         let result = f(&conn);
         if let Ok(mut idle) = self.idle.lock()
-            && idle.len() < MAX_IDLE_READERS
+            && idle.len() < self.size
         {
             idle.push(conn);
         }
@@ -163,7 +168,7 @@ impl ReaderPool {
 #[async_trait]
 impl Store for SqliteStore {
     async fn read(&self, ty: ResourceType, id: &str) -> Result<Option<Stored>, StoreError> {
-        self.read_inline(|conn| read_current(conn, ty, id))
+        self.read_inline(|conn| read_current(conn, ty, id)).await
     }
 
     async fn vread(
@@ -182,6 +187,7 @@ impl Store for SqliteStore {
                 })
                 .optional()?)
         })
+        .await
     }
 
     async fn history(&self, ty: ResourceType, id: &str) -> Result<Vec<Stored>, StoreError> {
@@ -373,7 +379,7 @@ fn matching_ids_sql(query: &SearchQuery) -> (String, Vec<SqlValue>) {
                     args.push(text(id));
                 }
                 parts.push(format!(
-                    "SELECT id FROM current WHERE type=? AND ({})",
+                    "SELECT DISTINCT id FROM current WHERE type=? AND ({})",
                     any.join(" OR ")
                 ));
             }
@@ -402,7 +408,7 @@ fn matching_ids_sql(query: &SearchQuery) -> (String, Vec<SqlValue>) {
                     }
                 }
                 parts.push(format!(
-                    "SELECT id FROM idx_token WHERE type=? AND param=? AND ({})",
+                    "SELECT DISTINCT id FROM idx_token WHERE type=? AND param=? AND ({})",
                     any.join(" OR ")
                 ));
             }
@@ -423,7 +429,7 @@ fn matching_ids_sql(query: &SearchQuery) -> (String, Vec<SqlValue>) {
                     }
                 }
                 parts.push(format!(
-                    "SELECT id FROM idx_ref WHERE type=? AND param=? AND ({})",
+                    "SELECT DISTINCT id FROM idx_ref WHERE type=? AND param=? AND ({})",
                     any.join(" OR ")
                 ));
             }
@@ -452,7 +458,7 @@ fn matching_ids_sql(query: &SearchQuery) -> (String, Vec<SqlValue>) {
                     args.extend(values.iter().map(|v| SqlValue::Integer(*v)));
                 }
                 parts.push(format!(
-                    "SELECT id FROM idx_date WHERE type=? AND param=? AND ({})",
+                    "SELECT DISTINCT id FROM idx_date WHERE type=? AND param=? AND ({})",
                     any.join(" OR ")
                 ));
             }
@@ -462,15 +468,12 @@ fn matching_ids_sql(query: &SearchQuery) -> (String, Vec<SqlValue>) {
         args.push(ty());
         return ("SELECT id FROM current WHERE type=?".to_string(), args);
     }
-    let sql = parts
-        .into_iter()
-        .map(|p| p.replacen("SELECT id", "SELECT DISTINCT id", 1))
-        .collect::<Vec<_>>()
-        .join(" INTERSECT ");
-    (sql, args)
+    (parts.join(" INTERSECT "), args)
 }
 
 fn search(conn: &Connection, query: &SearchQuery) -> Result<SearchPage, StoreError> {
+    // One read transaction: the total and the page see the same snapshot.
+    let snapshot = conn.unchecked_transaction()?;
     let (ids_sql, ids_args) = matching_ids_sql(query);
     let total: i64 = conn
         .prepare_cached(&format!("SELECT count(*) FROM ({ids_sql})"))?
@@ -497,6 +500,8 @@ fn search(conn: &Connection, query: &SearchQuery) -> Result<SearchPage, StoreErr
             })
         })?
         .collect::<Result<Vec<_>, _>>()?;
+    drop(stmt);
+    snapshot.commit()?;
     let next_after = if resources.len() > query.count {
         resources.truncate(query.count);
         resources.last().map(|r| r.id.clone())
@@ -519,6 +524,8 @@ struct Writer {
     /// lastUpdated of the latest commit: never goes backwards, even if the
     /// wall clock does.
     last_ms: i64,
+    /// Why the current group can no longer be committed, if it cannot.
+    broken: Option<String>,
 }
 
 /// What the writer decided a mutation does, once its conditions are resolved.
@@ -533,6 +540,7 @@ impl Writer {
             conn,
             max_batch,
             last_ms: 0,
+            broken: None,
         }
     }
 
@@ -572,12 +580,22 @@ impl Writer {
     }
 
     /// Applies every job in one transaction and answers each after COMMIT.
+    ///
+    /// If SQLite abandons the transaction part-way (disk full, I/O error), or
+    /// a savepoint cannot be undone, nothing of the group is committed and
+    /// every job in it is refused: no client is told a write failed that is
+    /// on disk, nor that one succeeded that is not.
     fn commit_group(&mut self, batch: Vec<Job>) {
         if batch.is_empty() {
             return;
         }
         let now = jiff::Timestamp::now().as_millisecond().max(self.last_ms);
         self.last_ms = now;
+        self.broken = None;
+        if !self.conn.is_autocommit() {
+            // Left inside a transaction by an earlier failure: start clean.
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
         if let Err(err) = self.conn.execute_batch("BEGIN IMMEDIATE") {
             let message = err.to_string();
             for job in batch {
@@ -586,7 +604,8 @@ impl Writer {
             return;
         }
         let mut answers = Vec::with_capacity(batch.len());
-        for job in batch {
+        let mut jobs = batch.into_iter();
+        for job in jobs.by_ref() {
             match job {
                 Job::Write(request, reply) => {
                     let result = self.in_savepoint(|w| w.apply(&request, now));
@@ -600,36 +619,62 @@ impl Writer {
                     let _ = done.send(());
                 }
             }
+            if self.broken.is_none() && self.conn.is_autocommit() {
+                self.broken = Some("SQLite abandoned the transaction".to_string());
+            }
+            if self.broken.is_some() {
+                break;
+            }
         }
-        match self.conn.execute_batch("COMMIT") {
+        let result = match self.broken.take() {
+            Some(reason) => Err(reason),
+            None => self.conn.execute_batch("COMMIT").map_err(|e| e.to_string()),
+        };
+        match result {
             Ok(()) => {
                 for answer in answers {
                     answer.send();
                 }
             }
-            Err(err) => {
-                tracing::error!(error = %err, "group commit failed; every write in it is refused");
-                let _ = self.conn.execute_batch("ROLLBACK");
-                let message = err.to_string();
+            Err(reason) => {
+                tracing::error!(error = %reason, "group commit failed; every write in it is refused");
+                if !self.conn.is_autocommit() {
+                    let _ = self.conn.execute_batch("ROLLBACK");
+                }
                 for answer in answers {
-                    answer.fail(&message);
+                    answer.fail(&reason);
+                }
+                for job in jobs {
+                    answer_failure(job, &reason);
                 }
             }
         }
     }
 
-    /// Runs `f` in a SAVEPOINT, rolled back if it fails or asks to.
+    /// Runs `f` in a SAVEPOINT, rolled back if it fails or asks to. A
+    /// savepoint that cannot be opened inside the group's transaction, or
+    /// cannot be undone, breaks the group (see [`Writer::commit_group`]).
     fn in_savepoint<T>(
         &mut self,
         f: impl FnOnce(&mut Self) -> Result<Result<T, Rollback<T>>, StoreError>,
     ) -> Result<T, StoreError> {
+        if self.conn.is_autocommit() {
+            let reason = "the group's transaction is gone".to_string();
+            self.broken.get_or_insert(reason.clone());
+            return Err(StoreError::Io(std::io::Error::other(reason)));
+        }
         self.conn.execute_batch("SAVEPOINT job")?;
         let result = f(self);
         let keep = matches!(result, Ok(Ok(_)));
-        if !keep {
-            self.conn.execute_batch("ROLLBACK TO job")?;
+        let undo = if keep {
+            Ok(())
+        } else {
+            self.conn.execute_batch("ROLLBACK TO job")
+        };
+        if let Err(err) = undo.and_then(|()| self.conn.execute_batch("RELEASE job")) {
+            self.broken.get_or_insert(err.to_string());
+            return Err(err.into());
         }
-        self.conn.execute_batch("RELEASE job")?;
         match result? {
             Ok(value) => Ok(value),
             Err(Rollback(value)) => Ok(value),
@@ -644,12 +689,46 @@ impl Writer {
         if request.atomic {
             let mut map = HashMap::new();
             let mut plans = Vec::with_capacity(request.mutations.len());
+            // Conditions are resolved before anything is written, so two
+            // entries with one condition would both miss and both create.
+            let mut conditions: HashMap<(ResourceType, &[(String, String)]), usize> =
+                HashMap::new();
+            for (index, mutation) in request.mutations.iter().enumerate() {
+                if let Some(query) = mutation.condition() {
+                    let key = (
+                        mutation.resource().resource_type,
+                        query.canonical.as_slice(),
+                    );
+                    if let Some(first) = conditions.insert(key, index) {
+                        let error = MutationError::SameResource {
+                            first,
+                            target: "the resource its condition names".to_string(),
+                        };
+                        return Ok(Err(Rollback(WriteOutcome::RolledBack { index, error })));
+                    }
+                }
+            }
             for (index, mutation) in request.mutations.iter().enumerate() {
                 match self.resolve(mutation, &mut map)? {
                     Ok(plan) => plans.push(plan),
                     Err(error) => {
                         return Ok(Err(Rollback(WriteOutcome::RolledBack { index, error })));
                     }
+                }
+            }
+            // FHIR R4 §3.1.0.11.2: entries of one transaction must not
+            // touch the same resource.
+            let mut touched: HashMap<(ResourceType, &str), usize> = HashMap::new();
+            for (index, (mutation, plan)) in request.mutations.iter().zip(&plans).enumerate() {
+                // Conditional creates that found what they look for change nothing.
+                let Plan::Put(id) = plan else { continue };
+                let ty = mutation.resource().resource_type;
+                if let Some(first) = touched.insert((ty, id.as_str()), index) {
+                    let error = MutationError::SameResource {
+                        first,
+                        target: format!("{ty}/{id}"),
+                    };
+                    return Ok(Err(Rollback(WriteOutcome::RolledBack { index, error })));
                 }
             }
             let mut results = Vec::with_capacity(plans.len());
@@ -698,7 +777,7 @@ impl Writer {
                 Some(query) => match self.matching_ids(query)?.as_slice() {
                     [] => Plan::Put(id.clone()),
                     [existing] => Plan::Existing(existing.clone()),
-                    many => return Ok(Err(MutationError::MultipleMatches(many.len()))),
+                    _ => return Ok(Err(MutationError::MultipleMatches)),
                 },
             },
             Mutation::Update { id, .. } => Plan::Put(id.clone()),
@@ -708,7 +787,18 @@ impl Writer {
                 new_id,
                 ..
             } => match self.matching_ids(query)?.as_slice() {
-                [] => Plan::Put(resource.id.clone().unwrap_or_else(|| new_id.clone())),
+                // No match: a create. A body id is kept only if it is free;
+                // taking it otherwise would overwrite a resource the
+                // condition did not match.
+                [] => match &resource.id {
+                    None => Plan::Put(new_id.clone()),
+                    Some(body_id) => {
+                        if read_current(&self.conn, ty, body_id)?.is_some() {
+                            return Ok(Err(MutationError::IdInUse(format!("{ty}/{body_id}"))));
+                        }
+                        Plan::Put(body_id.clone())
+                    }
+                },
                 [existing] => {
                     if let Some(body_id) = &resource.id
                         && body_id != existing
@@ -719,17 +809,12 @@ impl Writer {
                     }
                     Plan::Put(existing.clone())
                 }
-                many => return Ok(Err(MutationError::MultipleMatches(many.len()))),
+                _ => return Ok(Err(MutationError::MultipleMatches)),
             },
         };
-        let full_url = match mutation {
-            Mutation::Create { full_url, .. }
-            | Mutation::Update { full_url, .. }
-            | Mutation::ConditionalUpdate { full_url, .. } => full_url,
-        };
-        if let Some(full_url) = full_url {
+        if let Some(full_url) = mutation.full_url() {
             let (Plan::Existing(id) | Plan::Put(id)) = &plan;
-            map.insert(full_url.clone(), format!("{ty}/{id}"));
+            map.insert(full_url.to_string(), format!("{ty}/{id}"));
         }
         Ok(Ok(plan))
     }
@@ -786,7 +871,7 @@ impl Writer {
                     .map_or("none (it does not exist)".into(), |c| c.version.to_string()),
             }));
         }
-        let rest = rewrite_strings(&resource.rest, map);
+        let rest = rewrite_references(&resource.rest, map);
         if let Some(current) = &current {
             let same = assemble(
                 ty,
