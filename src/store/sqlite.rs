@@ -528,6 +528,9 @@ struct Writer {
     broken: Option<String>,
 }
 
+/// A search condition of a given type, as written (its canonical parameters).
+type ConditionKey<'a> = (ResourceType, &'a [(String, String)]);
+
 /// What the writer decided a mutation does, once its conditions are resolved.
 enum Plan {
     Existing(String),
@@ -691,8 +694,7 @@ impl Writer {
             let mut plans = Vec::with_capacity(request.mutations.len());
             // Conditions are resolved before anything is written, so two
             // entries with one condition would both miss and both create.
-            let mut conditions: HashMap<(ResourceType, &[(String, String)]), usize> =
-                HashMap::new();
+            let mut conditions: HashMap<ConditionKey, usize> = HashMap::new();
             for (index, mutation) in request.mutations.iter().enumerate() {
                 if let Some(query) = mutation.condition() {
                     let key = (
