@@ -12,7 +12,7 @@ use super::rest::{bundle_head, condition, json_str, resource_type, run_search};
 use crate::fhir::datetime::format_instant;
 use crate::fhir::json::{array_elements, object_members};
 use crate::fhir::outcome::{Issue, operation_outcome};
-use crate::fhir::resource::{Rejection, prepare_json};
+use crate::fhir::resource::prepare_json;
 use crate::fhir::{ResourceType, is_valid_id, new_id};
 use crate::store::{Change, Mutation, MutationError, Stored, WriteOutcome, WriteRequest, Written};
 use axum::body::Body;
@@ -350,12 +350,12 @@ fn plan_entry(index: usize, raw: &str, entry: &Value, base: &str) -> Result<Plan
                 )
             })?;
         prepare_json(&raw_resource.value, Some(ty)).map_err(|rejection| {
-            let rejection = rejection.within(&at(".resource"), ty.as_str());
-            let status = match rejection {
-                Rejection::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
-                _ => StatusCode::BAD_REQUEST,
-            };
-            ApiError::new(status, rejection.issue().clone())
+            let mut error = ApiError::from(rejection.within(&at(".resource"), ty.as_str()));
+            // An unknown type is a 404 at a URL, but a bad entry in a Bundle.
+            if error.status == StatusCode::NOT_FOUND {
+                error.status = StatusCode::BAD_REQUEST;
+            }
+            error
         })
     };
     let if_match = || -> Result<Option<i64>, ApiError> {

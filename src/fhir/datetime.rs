@@ -29,14 +29,6 @@ pub struct Range {
     pub end: i64,
 }
 
-impl Range {
-    /// Everything: an open start or end of a period.
-    pub const ALL: Range = Range {
-        start: i64::MIN,
-        end: i64::MAX,
-    };
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Precision {
     Year,

@@ -1027,26 +1027,29 @@ impl Answer {
     }
 
     fn fail(self, message: &str) {
-        let error = || StoreError::Io(std::io::Error::other(message.to_string()));
         match self {
             Answer::Write(reply, _) => {
-                let _ = reply.send(Err(error()));
+                let _ = reply.send(Err(failure(message)));
             }
             Answer::Journal(reply, _) => {
-                let _ = reply.send(Err(error()));
+                let _ = reply.send(Err(failure(message)));
             }
         }
     }
 }
 
+/// The error every job of a failed group gets.
+fn failure(message: &str) -> StoreError {
+    StoreError::Io(std::io::Error::other(message.to_string()))
+}
+
 fn answer_failure(job: Job, message: &str) {
-    let error = || StoreError::Io(std::io::Error::other(message.to_string()));
     match job {
         Job::Write(_, reply) => {
-            let _ = reply.send(Err(error()));
+            let _ = reply.send(Err(failure(message)));
         }
         Job::Journal(_, reply) => {
-            let _ = reply.send(Err(error()));
+            let _ = reply.send(Err(failure(message)));
         }
         Job::Close(done) => {
             let _ = done.send(());
