@@ -59,8 +59,6 @@ enum Job {
 pub struct SqliteStore {
     jobs: mpsc::Sender<Job>,
     readers: Arc<ReaderPool>,
-    /// Dropping it stops the checkpointer.
-    checkpointer: Mutex<Option<(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>)>>,
 }
 
 struct ReaderPool {
@@ -82,14 +80,7 @@ impl SqliteStore {
         std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || Writer::new(conn, max_batch).run(rx))?;
-        let checkpoint_conn = open_reader(&path)?;
-        checkpoint_conn.pragma_update(None, "query_only", false)?;
-        let (stop, stopped) = std::sync::mpsc::channel::<()>();
-        let checkpointer = std::thread::Builder::new()
-            .name("store-checkpoint".into())
-            .spawn(move || checkpoint_loop(&checkpoint_conn, &stopped))?;
         Ok(SqliteStore {
-            checkpointer: Mutex::new(Some((stop, checkpointer))),
             jobs,
             readers: Arc::new(ReaderPool {
                 path,
@@ -250,11 +241,6 @@ impl Store for SqliteStore {
     }
 
     async fn close(&self) {
-        let checkpointer = self.checkpointer.lock().ok().and_then(|mut c| c.take());
-        if let Some((stop, thread)) = checkpointer {
-            drop(stop);
-            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
-        }
         let (tx, rx) = oneshot::channel();
         if self.jobs.send(Job::Close(tx)).await.is_ok() {
             let _ = rx.await;
@@ -309,28 +295,6 @@ fn open_reader(path: &Path) -> Result<Connection, StoreError> {
     conn.pragma_update(None, "query_only", true)?;
     conn.pragma_update(None, "cache_size", -4_000)?;
     Ok(conn)
-}
-
-/// How often the background checkpointer copies the WAL into the database.
-const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
-
-/// Copies committed WAL frames into the database file every
-/// [`CHECKPOINT_INTERVAL`], beside the writer. The writer keeps SQLite's
-/// automatic checkpoint (every 1000 WAL pages), which is what lets the WAL
-/// restart from the beginning: a checkpoint beside a busy writer never
-/// catches up with it, and the WAL would grow without bound (measured: 447 MB
-/// after 130,000 creates). But by then this thread has copied most frames, so
-/// the writer's own checkpoint, which every waiting client waits on, is
-/// short. PASSIVE: it never waits for readers or the writer. Stops when
-/// `stop` is dropped.
-fn checkpoint_loop(conn: &Connection, stop: &std::sync::mpsc::Receiver<()>) {
-    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
-        stop.recv_timeout(CHECKPOINT_INTERVAL)
-    {
-        if let Err(err) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-            tracing::warn!(error = %err, "WAL checkpoint failed; will retry");
-        }
-    }
 }
 
 fn stored_from_row(ty: ResourceType, id: String, row: &rusqlite::Row) -> rusqlite::Result<Stored> {
