@@ -52,19 +52,23 @@ fn type_of(input: &Path) -> &'static str {
     panic!("{name}: fixture names start with the resource type")
 }
 
+/// POSTs a fixture's bytes, as they are on disk, to its type's endpoint.
+async fn post_fixture(gw: &common::Gateway, input: &Path) -> common::Reply {
+    let body = std::fs::read(input).unwrap();
+    gw.send(
+        gw.client
+            .post(gw.url(type_of(input)))
+            .header("content-type", "application/fhir+json")
+            .body(body),
+    )
+    .await
+}
+
 #[tokio::test]
 async fn valid_fixtures_are_stored_exactly_as_expected() {
     let gw = common::start().await;
     for input in inputs("valid") {
-        let body = std::fs::read(&input).unwrap();
-        let reply = gw
-            .send(
-                gw.client
-                    .post(gw.url(type_of(&input)))
-                    .header("content-type", "application/fhir+json")
-                    .body(body),
-            )
-            .await;
+        let reply = post_fixture(&gw, &input).await;
         assert_eq!(reply.status, 201, "{}: {}", input.display(), reply.text);
         let id = reply.json["id"].as_str().unwrap();
         let last_updated = reply.json["meta"]["lastUpdated"].as_str().unwrap();
@@ -88,15 +92,7 @@ async fn valid_fixtures_are_stored_exactly_as_expected() {
 async fn invalid_fixtures_get_the_expected_operation_outcome() {
     let gw = common::start().await;
     for input in inputs("invalid") {
-        let body = std::fs::read(&input).unwrap();
-        let reply = gw
-            .send(
-                gw.client
-                    .post(gw.url(type_of(&input)))
-                    .header("content-type", "application/fhir+json")
-                    .body(body),
-            )
-            .await;
+        let reply = post_fixture(&gw, &input).await;
         let actual = json!({"status": reply.status.as_u16(), "outcome": reply.json});
         let expected_file = expected_path(&input);
         if bless() {
