@@ -573,6 +573,21 @@ async fn bad_input_gets_a_located_operation_outcome() {
         .await;
     assert_eq!(not_utf8.status, StatusCode::BAD_REQUEST);
 
+    let undecodable = gw.get("Patient/%FF").await;
+    assert_eq!(undecodable.status, StatusCode::BAD_REQUEST);
+    undecodable.outcome_issue();
+    let many = (0..600)
+        .map(|i| format!("identifier=x{i}"))
+        .collect::<Vec<_>>()
+        .join("&");
+    let too_many = gw.get(&format!("Patient?{many}")).await;
+    assert_eq!(
+        too_many.status,
+        StatusCode::BAD_REQUEST,
+        "{}",
+        too_many.text
+    );
+    assert_eq!(too_many.outcome_issue()["code"], "too-costly");
     let bad_id = gw.get("Patient/not%20an%20id").await;
     assert_eq!(bad_id.status, StatusCode::BAD_REQUEST);
     let missing = gw.get("Patient/does-not-exist").await;

@@ -12,6 +12,31 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 pub const FHIR_JSON: &str = "application/fhir+json; charset=utf-8";
 
+/// `axum::extract::Path`, refusing an undecodable path (`/fhir/Patient/%FF`)
+/// with an OperationOutcome instead of axum's plain-text answer.
+pub struct FhirPath<T>(pub T);
+
+impl<T, S> axum::extract::FromRequestParts<S> for FhirPath<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(value)) => Ok(FhirPath(value)),
+            Err(rejection) => Err(ApiError::bad_request(Issue::error(
+                "structure",
+                format!("the URL path cannot be read: {}", rejection.body_text()),
+            ))),
+        }
+    }
+}
+
 /// Media types a FHIR request body may have.
 const ACCEPTED_MEDIA_TYPES: [&str; 3] = [
     "application/fhir+json",

@@ -3,14 +3,14 @@
 
 use super::AppState;
 use super::error::ApiError;
-use super::http::{Prefer, base_url, fhir_json, if_match, read_body, resource_response};
+use super::http::{FhirPath, Prefer, base_url, fhir_json, if_match, read_body, resource_response};
 use crate::fhir::outcome::Issue;
 use crate::fhir::resource::prepare;
 use crate::fhir::search::{CURSOR_PARAM, SearchQuery, parse_search};
 use crate::fhir::{ResourceType, is_valid_id, new_id};
 use crate::store::{Change, Mutation, SearchPage, Stored, WriteOutcome, WriteRequest, Written};
 use axum::body::Body;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use std::fmt::Write;
@@ -99,7 +99,7 @@ fn written_response(written: &Written, base: &str, prefer: Prefer) -> Response {
 
 pub async fn create(
     State(state): State<AppState>,
-    Path(type_name): Path<String>,
+    FhirPath(type_name): FhirPath<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -134,7 +134,7 @@ pub async fn create(
 
 pub async fn update(
     State(state): State<AppState>,
-    Path((type_name, id)): Path<(String, String)>,
+    FhirPath((type_name, id)): FhirPath<(String, String)>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -184,7 +184,7 @@ pub async fn update(
 
 pub async fn conditional_update(
     State(state): State<AppState>,
-    Path(type_name): Path<String>,
+    FhirPath(type_name): FhirPath<String>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Body,
@@ -215,7 +215,7 @@ pub async fn conditional_update(
 
 pub async fn read(
     State(state): State<AppState>,
-    Path((type_name, id)): Path<(String, String)>,
+    FhirPath((type_name, id)): FhirPath<(String, String)>,
 ) -> Result<Response, ApiError> {
     let ty = resource_type(&type_name)?;
     checked_id(ty, &id)?;
@@ -232,7 +232,7 @@ pub async fn read(
 
 pub async fn vread(
     State(state): State<AppState>,
-    Path((type_name, id, version)): Path<(String, String, String)>,
+    FhirPath((type_name, id, version)): FhirPath<(String, String, String)>,
 ) -> Result<Response, ApiError> {
     let ty = resource_type(&type_name)?;
     checked_id(ty, &id)?;
@@ -256,7 +256,7 @@ pub async fn vread(
 
 pub async fn history(
     State(state): State<AppState>,
-    Path((type_name, id)): Path<(String, String)>,
+    FhirPath((type_name, id)): FhirPath<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let ty = resource_type(&type_name)?;
@@ -294,7 +294,7 @@ pub async fn history(
 
 pub async fn search(
     State(state): State<AppState>,
-    Path(type_name): Path<String>,
+    FhirPath(type_name): FhirPath<String>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {

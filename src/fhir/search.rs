@@ -15,6 +15,8 @@ pub const DEFAULT_COUNT: usize = 20;
 pub const MAX_COUNT: usize = 1000;
 /// Most comma-separated values of one parameter: bounds the SQL of a search.
 pub const MAX_ALTERNATIVES: usize = 100;
+/// Most search criteria in one query: each is a sub-select of the SQL.
+pub const MAX_CRITERIA: usize = 50;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ParamKind {
@@ -433,6 +435,16 @@ pub fn parse_search(
         }
         query.canonical.push((name.clone(), value.clone()));
     }
+    if query.clauses.len() > MAX_CRITERIA {
+        return Err(Issue::error(
+            "too-costly",
+            format!(
+                "a search may have at most {MAX_CRITERIA} criteria; this one has {}",
+                query.clauses.len()
+            ),
+        )
+        .at(ty.as_str()));
+    }
     Ok((query, skipped))
 }
 
@@ -660,6 +672,15 @@ mod tests {
                 "{k}={v}"
             );
         }
+    }
+
+    #[test]
+    fn refuses_too_many_criteria() {
+        let many: Vec<(String, String)> = (0..=MAX_CRITERIA)
+            .map(|i| ("identifier".to_string(), format!("x{i}")))
+            .collect();
+        let err = parse_search(ResourceType::Patient, &many, true).unwrap_err();
+        assert_eq!(err.code, "too-costly");
     }
 
     #[test]
