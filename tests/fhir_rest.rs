@@ -50,20 +50,14 @@ async fn create_read_update_vread_for_each_type() {
         let mut changed = read.json.clone();
         changed["text"] = json!({"status": "generated", "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\">v2</div>"});
         let updated = gw
-            .send(
-                gw.fhir_body(gw.client.put(gw.url(&format!("{ty}/{id}"))), &changed)
-                    .header("if-match", "W/\"1\""),
-            )
+            .put_with(&format!("{ty}/{id}"), &changed, ("if-match", "W/\"1\""))
             .await;
         assert_eq!(updated.status, StatusCode::OK, "{}", updated.text);
         assert_eq!(updated.header("etag"), "W/\"2\"");
         assert_eq!(updated.json["meta"]["versionId"], "2");
 
         let stale = gw
-            .send(
-                gw.fhir_body(gw.client.put(gw.url(&format!("{ty}/{id}"))), &changed)
-                    .header("if-match", "W/\"1\""),
-            )
+            .put_with(&format!("{ty}/{id}"), &changed, ("if-match", "W/\"1\""))
             .await;
         assert_eq!(
             stale.status,
@@ -187,23 +181,19 @@ async fn conditional_create_with_two_matches_is_refused() {
     create(&gw, &patient("9991860916", "A")).await;
     create(&gw, &patient("9991860916", "B")).await;
     let reply = gw
-        .send(
-            gw.fhir_body(
-                gw.client.post(gw.url("Patient")),
-                &patient("9991860916", "C"),
-            )
-            .header("if-none-exist", "identifier=9991860916"),
+        .post_with(
+            "Patient",
+            &patient("9991860916", "C"),
+            ("if-none-exist", "identifier=9991860916"),
         )
         .await;
     assert_eq!(reply.status, StatusCode::PRECONDITION_FAILED);
     assert_eq!(reply.outcome_issue()["code"], "multiple-matches");
     let bad = gw
-        .send(
-            gw.fhir_body(
-                gw.client.post(gw.url("Patient")),
-                &patient("9991860916", "C"),
-            )
-            .header("if-none-exist", "name=Smith"),
+        .post_with(
+            "Patient",
+            &patient("9991860916", "C"),
+            ("if-none-exist", "name=Smith"),
         )
         .await;
     assert_eq!(bad.status, StatusCode::BAD_REQUEST);
@@ -272,17 +262,11 @@ async fn update_creates_with_a_client_id_and_checks_the_body_id() {
     // If-Match on a resource that does not exist.
     p["id"] = json!("nobody");
     let reply = gw
-        .send(
-            gw.fhir_body(gw.client.put(gw.url("Patient/nobody")), &p)
-                .header("if-match", "W/\"4\""),
-        )
+        .put_with("Patient/nobody", &p, ("if-match", "W/\"4\""))
         .await;
     assert_eq!(reply.status, StatusCode::PRECONDITION_FAILED);
     let garbage = gw
-        .send(
-            gw.fhir_body(gw.client.put(gw.url("Patient/nobody")), &p)
-                .header("if-match", "yesterday"),
-        )
+        .put_with("Patient/nobody", &p, ("if-match", "yesterday"))
         .await;
     assert_eq!(garbage.status, StatusCode::BAD_REQUEST);
     gw.stop().await;
@@ -292,24 +276,20 @@ async fn update_creates_with_a_client_id_and_checks_the_body_id() {
 async fn prefer_return_minimal_and_operation_outcome() {
     let gw = start().await;
     let minimal = gw
-        .send(
-            gw.fhir_body(
-                gw.client.post(gw.url("Patient")),
-                &patient("9996281949", "M"),
-            )
-            .header("prefer", "return=minimal"),
+        .post_with(
+            "Patient",
+            &patient("9996281949", "M"),
+            ("prefer", "return=minimal"),
         )
         .await;
     assert_eq!(minimal.status, StatusCode::CREATED);
     assert!(minimal.text.is_empty());
     assert!(minimal.header("location").contains("/_history/1"));
     let outcome = gw
-        .send(
-            gw.fhir_body(
-                gw.client.post(gw.url("Patient")),
-                &patient("9998219930", "O"),
-            )
-            .header("prefer", "return=OperationOutcome"),
+        .post_with(
+            "Patient",
+            &patient("9998219930", "O"),
+            ("prefer", "return=OperationOutcome"),
         )
         .await;
     assert_eq!(outcome.status, StatusCode::CREATED);

@@ -7,14 +7,16 @@
 
 use super::AppState;
 use super::error::ApiError;
-use super::http::{Prefer, Return, base_url, etag, fhir_json, read_body, version_of_etag};
+use super::http::{
+    Prefer, Return, base_url, etag, fhir_json, read_body, version_of_etag, write_status,
+};
 use super::rest::{bundle_head, condition, json_str, resource_type, run_search};
 use crate::fhir::datetime::format_instant;
 use crate::fhir::json::{array_elements, object_members};
 use crate::fhir::outcome::{Issue, operation_outcome};
 use crate::fhir::resource::prepare_json;
 use crate::fhir::{ResourceType, is_valid_id, new_id};
-use crate::store::{Change, Mutation, MutationError, Stored, WriteOutcome, WriteRequest, Written};
+use crate::store::{Mutation, MutationError, Stored, WriteOutcome, WriteRequest, Written};
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -206,11 +208,7 @@ pub async fn transaction_or_batch(
         }
         match entry {
             Some(Done::Written(written)) => {
-                let status = if written.change == Change::Created {
-                    StatusCode::CREATED
-                } else {
-                    StatusCode::OK
-                };
+                let status = write_status(written.change);
                 push_resource_entry(
                     &mut out,
                     &written.resource,

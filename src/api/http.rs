@@ -4,7 +4,7 @@
 use super::error::ApiError;
 use crate::fhir::datetime::{format_http_date, format_instant};
 use crate::fhir::outcome::Issue;
-use crate::store::Stored;
+use crate::store::{Change, Stored};
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -183,6 +183,14 @@ pub fn fhir_json(status: StatusCode, body: String) -> Response {
 /// `W/"3"`.
 pub fn etag(version: i64) -> String {
     format!("W/\"{version}\"")
+}
+
+/// The status of a write: 201 when it created the resource, 200 otherwise.
+pub fn write_status(change: Change) -> StatusCode {
+    match change {
+        Change::Created => StatusCode::CREATED,
+        Change::Updated | Change::Unchanged | Change::Existing => StatusCode::OK,
+    }
 }
 
 /// A response carrying one resource version, with its ETag and Last-Modified,

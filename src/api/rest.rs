@@ -3,12 +3,14 @@
 
 use super::AppState;
 use super::error::ApiError;
-use super::http::{FhirPath, Prefer, base_url, fhir_json, if_match, read_body, resource_response};
+use super::http::{
+    FhirPath, Prefer, base_url, fhir_json, if_match, read_body, resource_response, write_status,
+};
 use crate::fhir::outcome::Issue;
 use crate::fhir::resource::prepare;
 use crate::fhir::search::{CURSOR_PARAM, SearchQuery, parse_search};
 use crate::fhir::{ResourceType, is_valid_id, new_id};
-use crate::store::{Change, Mutation, SearchPage, Stored, WriteOutcome, WriteRequest, Written};
+use crate::store::{Mutation, SearchPage, Stored, WriteOutcome, WriteRequest, Written};
 use axum::body::Body;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -90,10 +92,7 @@ async fn write_one(state: &AppState, mutation: Mutation) -> Result<Written, ApiE
 }
 
 fn written_response(written: &Written, base: &str, prefer: Prefer) -> Response {
-    let status = match written.change {
-        Change::Created => StatusCode::CREATED,
-        _ => StatusCode::OK,
-    };
+    let status = write_status(written.change);
     resource_response(status, &written.resource, Some(base), prefer.return_)
 }
 

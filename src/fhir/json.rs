@@ -10,6 +10,7 @@
 //! Every function here expects text that `serde_json` has already accepted as
 //! JSON; on anything else it returns an error, never panics.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 /// The input was not the JSON object the caller promised.
@@ -121,9 +122,9 @@ pub fn minify(text: &str) -> String {
 /// in `map` with their mapping, in minified JSON. Used to resolve `urn:uuid:`
 /// references inside a transaction; other strings, such as an identifier
 /// whose value is the same `urn:uuid:`, are left as they are.
-pub fn rewrite_references(compact: &str, map: &HashMap<String, String>) -> String {
+pub fn rewrite_references<'a>(compact: &'a str, map: &HashMap<String, String>) -> Cow<'a, str> {
     if map.is_empty() {
-        return compact.to_string();
+        return Cow::Borrowed(compact);
     }
     let bytes = compact.as_bytes();
     let mut out = String::with_capacity(compact.len());
@@ -153,7 +154,7 @@ pub fn rewrite_references(compact: &str, map: &HashMap<String, String>) -> Strin
         pos = end;
     }
     out.push_str(&compact[copied..]);
-    out
+    Cow::Owned(out)
 }
 
 /// A JSON string literal for `value`.

@@ -133,6 +133,18 @@ impl Gateway {
             .await
     }
 
+    /// POST with one extra header (`If-None-Exist`, `Prefer`, …).
+    pub async fn post_with(&self, path: &str, body: &Value, header: (&str, &str)) -> Reply {
+        let request = self.fhir_body(self.client.post(self.url(path)), body);
+        self.send(request.header(header.0, header.1)).await
+    }
+
+    /// PUT with one extra header (`If-Match`, …).
+    pub async fn put_with(&self, path: &str, body: &Value, header: (&str, &str)) -> Reply {
+        let request = self.fhir_body(self.client.put(self.url(path)), body);
+        self.send(request.header(header.0, header.1)).await
+    }
+
     pub fn fhir_body(
         &self,
         request: reqwest::RequestBuilder,

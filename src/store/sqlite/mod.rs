@@ -1,0 +1,328 @@
+//! The embedded store: one SQLite file in WAL mode with `synchronous=FULL`.
+//!
+//! SQLite allows one writer at a time and an fsync costs milliseconds, so all
+//! writes go to a single writer thread that takes every request waiting in its
+//! queue, applies each inside its own SAVEPOINT, and commits them together:
+//! one fsync for the whole group (group commit). Nobody is answered before the
+//! commit that holds their write is on disk. Reads run on a small pool of
+//! read-only connections, which WAL lets proceed beside the writer.
+//!
+//! Conditional creates and updates are resolved inside the writer, so two
+//! concurrent creates with the same identifier cannot both miss each other.
+
+mod search;
+mod writer;
+
+use super::{
+    JournalEntry, JournalReceipt, SearchPage, Store, StoreError, Stored, WriteOutcome, WriteRequest,
+};
+use crate::fhir::ResourceType;
+use crate::fhir::search::SearchQuery;
+use async_trait::async_trait;
+use rusqlite::config::DbConfig;
+use rusqlite::{Connection, OptionalExtension, params};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+/// The database file inside the data directory.
+pub const DB_FILE: &str = "gateway.sqlite";
+/// The schema this code writes; a newer file is refused rather than misread.
+const SCHEMA_VERSION: i64 = 1;
+
+/// How the store is set up (checked configuration).
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    pub dir: PathBuf,
+    /// Most requests committed together in one transaction.
+    pub max_batch: usize,
+    /// Requests waiting for the writer before senders wait (backpressure).
+    pub queue: usize,
+    /// Read connections (concurrent reads).
+    pub readers: usize,
+}
+
+pub(super) enum Job {
+    Write(
+        WriteRequest,
+        oneshot::Sender<Result<WriteOutcome, StoreError>>,
+    ),
+    Journal(
+        JournalEntry,
+        oneshot::Sender<Result<JournalReceipt, StoreError>>,
+    ),
+    Close(oneshot::Sender<()>),
+}
+
+pub struct SqliteStore {
+    jobs: mpsc::Sender<Job>,
+    readers: Arc<ReaderPool>,
+}
+
+struct ReaderPool {
+    path: PathBuf,
+    /// Most connections: permits, and idle connections kept.
+    size: usize,
+    idle: Mutex<Vec<Connection>>,
+    permits: Semaphore,
+}
+
+impl SqliteStore {
+    /// Opens (or creates) the store in `options.dir` and starts its writer.
+    pub fn open(options: SqliteOptions) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(&options.dir)?;
+        let path = options.dir.join(DB_FILE);
+        let conn = open_writer(&path)?;
+        let (jobs, rx) = mpsc::channel(options.queue.max(1));
+        let max_batch = options.max_batch.max(1);
+        std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || writer::Writer::new(conn, max_batch).run(rx))?;
+        Ok(SqliteStore {
+            jobs,
+            readers: Arc::new(ReaderPool {
+                path,
+                size: options.readers.max(1),
+                idle: Mutex::new(Vec::new()),
+                permits: Semaphore::new(options.readers.max(1)),
+            }),
+        })
+    }
+
+    async fn submit<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Job,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.jobs
+            .send(make(tx))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Runs a point read on the calling thread: a read of one row by primary
+    /// key takes about 10 µs, less than handing it to another thread. It
+    /// still holds one of the `readers` permits, so connections stay bounded.
+    async fn read_inline<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let _permit = self
+            .readers
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        self.readers.with_connection(f)
+    }
+
+    async fn with_reader<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let pool = self.readers.clone();
+        let _permit = pool
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        let worker = pool.clone();
+        tokio::task::spawn_blocking(move || worker.with_connection(f))
+            .await
+            .map_err(|_| StoreError::Closed)?
+    }
+}
+
+impl ReaderPool {
+    /// Lends an idle connection (opening one if none is idle) to `f`.
+    fn with_connection<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let conn = match self.idle.lock().ok().and_then(|mut idle| idle.pop()) {
+            Some(conn) => conn,
+            None => open_reader(&self.path)?,
+        };
+        let result = f(&conn);
+        if let Ok(mut idle) = self.idle.lock()
+            && idle.len() < self.size
+        {
+            idle.push(conn);
+        }
+        result
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn read(&self, ty: ResourceType, id: &str) -> Result<Option<Stored>, StoreError> {
+        self.read_inline(|conn| read_current(conn, ty, id)).await
+    }
+
+    async fn vread(
+        &self,
+        ty: ResourceType,
+        id: &str,
+        version: i64,
+    ) -> Result<Option<Stored>, StoreError> {
+        self.read_inline(|conn| {
+            Ok(conn
+                .prepare_cached(
+                    "SELECT version, last_updated, body FROM versions WHERE type=?1 AND id=?2 AND version=?3",
+                )?
+                .query_row(params![ty.as_str(), id, version], |row| {
+                    stored_from_row(ty, id.to_string(), row)
+                })
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn history(&self, ty: ResourceType, id: &str) -> Result<Vec<Stored>, StoreError> {
+        let id = id.to_string();
+        self.with_reader(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT version, last_updated, body FROM versions WHERE type=?1 AND id=?2 ORDER BY version DESC",
+            )?;
+            let rows = stmt.query_map(params![ty.as_str(), id], |row| {
+                stored_from_row(ty, id.clone(), row)
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn search(&self, query: &SearchQuery) -> Result<SearchPage, StoreError> {
+        let query = query.clone();
+        self.with_reader(move |conn| search::search(conn, &query))
+            .await
+    }
+
+    async fn write(&self, request: WriteRequest) -> Result<WriteOutcome, StoreError> {
+        self.submit(|tx| Job::Write(request, tx)).await
+    }
+
+    async fn journal(&self, entry: JournalEntry) -> Result<JournalReceipt, StoreError> {
+        self.submit(|tx| Job::Journal(entry, tx)).await
+    }
+
+    async fn journal_entry(&self, id: i64) -> Result<Option<JournalEntry>, StoreError> {
+        self.with_reader(move |conn| {
+            Ok(conn
+                .prepare_cached(
+                    "SELECT source, sender, message_id, content_type, received_at, payload FROM journal WHERE id=?1",
+                )?
+                .query_row([id], |row| {
+                    Ok(JournalEntry {
+                        source: row.get(0)?,
+                        sender: row.get(1)?,
+                        message_id: row.get(2)?,
+                        content_type: row.get(3)?,
+                        received_at_ms: row.get(4)?,
+                        payload: row.get(5)?,
+                    })
+                })
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn check(&self) -> Result<(), StoreError> {
+        if self.jobs.is_closed() {
+            return Err(StoreError::Closed);
+        }
+        self.with_reader(|conn| {
+            conn.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn close(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.jobs.send(Job::Close(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+        if let Ok(mut idle) = self.readers.idle.lock() {
+            idle.clear();
+        }
+        self.readers.permits.close();
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Connections and schema.
+
+/// Settings every connection gets.
+fn configure(conn: &Connection) -> Result<(), StoreError> {
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    // Query-planner stability: without it SQLite re-prepares a statement at
+    // every run when a bound value might change its plan (measured: a read
+    // by id 47 µs instead of 11 µs, most of it spent re-parsing SQL).
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
+    // Statements are cached per connection; searches have one per query shape.
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(())
+}
+
+fn open_writer(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path)?;
+    configure(&conn)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // FULL: the WAL is fsynced at every commit, so an acknowledged write
+    // survives power loss, not only a crash of the process.
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "cache_size", -16_000)?;
+    let found: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    if found > SCHEMA_VERSION {
+        return Err(StoreError::SchemaTooNew {
+            found,
+            known: SCHEMA_VERSION,
+        });
+    }
+    if found < SCHEMA_VERSION {
+        conn.execute_batch(include_str!("schema.sql"))?;
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    }
+    Ok(conn)
+}
+
+fn open_reader(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path)?;
+    configure(&conn)?;
+    conn.pragma_update(None, "query_only", true)?;
+    conn.pragma_update(None, "cache_size", -4_000)?;
+    Ok(conn)
+}
+
+pub(super) fn stored_from_row(
+    ty: ResourceType,
+    id: String,
+    row: &rusqlite::Row,
+) -> rusqlite::Result<Stored> {
+    Ok(Stored {
+        resource_type: ty,
+        id,
+        version: row.get(0)?,
+        last_updated_ms: row.get(1)?,
+        body: row.get(2)?,
+    })
+}
+
+pub(super) fn read_current(
+    conn: &Connection,
+    ty: ResourceType,
+    id: &str,
+) -> Result<Option<Stored>, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT v.version, v.last_updated, v.body FROM current c \
+             JOIN versions v ON v.type=c.type AND v.id=c.id AND v.version=c.version \
+             WHERE c.type=?1 AND c.id=?2",
+        )?
+        .query_row(params![ty.as_str(), id], |row| {
+            stored_from_row(ty, id.to_string(), row)
+        })
+        .optional()?)
+}

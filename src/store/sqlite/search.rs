@@ -1,0 +1,158 @@
+//! Search over the index tables: the SQL for a [`SearchQuery`], and pages.
+
+use crate::fhir::search::{Clause, DatePrefix, SearchQuery, TokenMatch};
+use crate::store::{SearchPage, StoreError, Stored};
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{Connection, params_from_iter};
+
+/// The ids a query matches, as SQL (`SELECT DISTINCT id …`) and its parameters.
+pub(super) fn matching_ids_sql(query: &SearchQuery) -> (String, Vec<SqlValue>) {
+    let ty = || SqlValue::Text(query.resource_type.as_str().to_string());
+    let text = |s: &str| SqlValue::Text(s.to_string());
+    let mut parts: Vec<String> = Vec::new();
+    let mut args: Vec<SqlValue> = Vec::new();
+    for clause in &query.clauses {
+        let mut any = Vec::new();
+        match clause {
+            Clause::Id(ids) => {
+                args.push(ty());
+                for id in ids {
+                    any.push("id=?");
+                    args.push(text(id));
+                }
+                parts.push(format!(
+                    "SELECT DISTINCT id FROM current WHERE type=? AND ({})",
+                    any.join(" OR ")
+                ));
+            }
+            Clause::Token { param, any_of } => {
+                args.push(ty());
+                args.push(text(param));
+                for m in any_of {
+                    match m {
+                        TokenMatch::Value(v) => {
+                            any.push("value=?");
+                            args.push(text(v));
+                        }
+                        TokenMatch::SystemValue(s, v) => {
+                            any.push("(value=? AND system=?)");
+                            args.push(text(v));
+                            args.push(text(s));
+                        }
+                        TokenMatch::NoSystem(v) => {
+                            any.push("(value=? AND system='')");
+                            args.push(text(v));
+                        }
+                        TokenMatch::System(s) => {
+                            any.push("system=?");
+                            args.push(text(s));
+                        }
+                    }
+                }
+                parts.push(format!(
+                    "SELECT DISTINCT id FROM idx_token WHERE type=? AND param=? AND ({})",
+                    any.join(" OR ")
+                ));
+            }
+            Clause::Reference { param, any_of } => {
+                args.push(ty());
+                args.push(text(param));
+                for (target_type, target_id) in any_of {
+                    match target_type {
+                        Some(t) => {
+                            any.push("(target_id=? AND target_type=?)");
+                            args.push(text(target_id));
+                            args.push(text(t));
+                        }
+                        None => {
+                            any.push("target_id=?");
+                            args.push(text(target_id));
+                        }
+                    }
+                }
+                parts.push(format!(
+                    "SELECT DISTINCT id FROM idx_ref WHERE type=? AND param=? AND ({})",
+                    any.join(" OR ")
+                ));
+            }
+            Clause::Date { param, any_of } => {
+                args.push(ty());
+                args.push(text(param));
+                for (prefix, range) in any_of {
+                    // Same rules as DatePrefix::matches, over the columns lo/hi.
+                    let (sql, values): (&str, &[i64]) = match prefix {
+                        DatePrefix::Eq => ("(lo>=? AND hi<=?)", &[range.start, range.end]),
+                        DatePrefix::Ne => ("NOT (lo>=? AND hi<=?)", &[range.start, range.end]),
+                        DatePrefix::Gt => ("hi>?", &[range.end]),
+                        DatePrefix::Lt => ("lo<?", &[range.start]),
+                        DatePrefix::Ge => (
+                            "(hi>? OR (lo>=? AND hi<=?))",
+                            &[range.end, range.start, range.end],
+                        ),
+                        DatePrefix::Le => (
+                            "(lo<? OR (lo>=? AND hi<=?))",
+                            &[range.start, range.start, range.end],
+                        ),
+                        DatePrefix::Sa => ("lo>=?", &[range.end]),
+                        DatePrefix::Eb => ("hi<=?", &[range.start]),
+                    };
+                    any.push(sql);
+                    args.extend(values.iter().map(|v| SqlValue::Integer(*v)));
+                }
+                parts.push(format!(
+                    "SELECT DISTINCT id FROM idx_date WHERE type=? AND param=? AND ({})",
+                    any.join(" OR ")
+                ));
+            }
+        }
+    }
+    if parts.is_empty() {
+        args.push(ty());
+        return ("SELECT id FROM current WHERE type=?".to_string(), args);
+    }
+    (parts.join(" INTERSECT "), args)
+}
+
+pub(super) fn search(conn: &Connection, query: &SearchQuery) -> Result<SearchPage, StoreError> {
+    // One read transaction: the total and the page see the same snapshot.
+    let snapshot = conn.unchecked_transaction()?;
+    let (ids_sql, ids_args) = matching_ids_sql(query);
+    let total: i64 = conn
+        .prepare_cached(&format!("SELECT count(*) FROM ({ids_sql})"))?
+        .query_row(params_from_iter(ids_args.iter()), |row| row.get(0))?;
+    let ty = query.resource_type;
+    let mut args = ids_args;
+    args.push(SqlValue::Text(ty.as_str().to_string()));
+    args.push(SqlValue::Text(query.after.clone().unwrap_or_default()));
+    args.push(SqlValue::Integer(query.count as i64 + 1));
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT m.id, v.version, v.last_updated, v.body FROM ({ids_sql}) m \
+         JOIN current c ON c.type=? AND c.id=m.id \
+         JOIN versions v ON v.type=c.type AND v.id=c.id AND v.version=c.version \
+         WHERE m.id > ? ORDER BY m.id LIMIT ?"
+    ))?;
+    let mut resources = stmt
+        .query_map(params_from_iter(args.iter()), |row| {
+            Ok(Stored {
+                resource_type: ty,
+                id: row.get(0)?,
+                version: row.get(1)?,
+                last_updated_ms: row.get(2)?,
+                body: row.get(3)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    drop(stmt);
+    snapshot.commit()?;
+    let next_after = if resources.len() > query.count {
+        resources.truncate(query.count);
+        resources.last().map(|r| r.id.clone())
+    } else {
+        None
+    };
+    Ok(SearchPage {
+        total: total as usize,
+        resources,
+        next_after,
+    })
+}
