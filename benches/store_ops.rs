@@ -41,10 +41,11 @@ fn main() {
     measure("typed model check (fhir-sdk decode)", || {
         black_box(pathway_model::check_resource("Patient", black_box(bytes)).ok());
     });
-    measure("prepare (parse, model check, split, index)", || {
-        black_box(prepare(black_box(bytes), Some(ResourceType::Patient)).ok());
+    let validator = pathway_gateway::validate::Validator::embedded().expect("profiles compile");
+    measure("prepare (parse, validate, split, index)", || {
+        black_box(prepare(black_box(bytes), Some(ResourceType::Patient), &validator).ok());
     });
-    let prepared = prepare(bytes, Some(ResourceType::Patient)).expect("valid");
+    let prepared = prepare(bytes, Some(ResourceType::Patient), &validator).expect("valid");
     measure("assemble stored JSON", || {
         black_box(assemble(
             ResourceType::Patient,

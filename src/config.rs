@@ -9,9 +9,12 @@
 //! string otherwise.
 
 use crate::store::sqlite::SqliteOptions;
+use crate::validate::Validator;
+use crate::validate::profile::ONE_BROMLEY_PROFILES;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The file read from the working directory when no `--config` is given.
@@ -42,6 +45,8 @@ pub struct ConfigFile {
     pub store: StoreConfig,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub validation: ValidationConfig,
 }
 
 /// `[http]`: the FHIR REST listener.
@@ -115,12 +120,36 @@ impl Default for LogConfig {
     }
 }
 
+/// `[validation]`: which profiles every write must meet.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ValidationConfig {
+    /// A directory of StructureDefinitions, ValueSets and CodeSystems to use
+    /// instead of the copy of `profiles/` built into the binary.
+    pub profiles_dir: Option<PathBuf>,
+    /// Profile canonicals enforced on every write of their resource type.
+    /// Base R4 validation always applies; an empty list enforces no profile.
+    pub enforce: Vec<String>,
+}
+
+impl Default for ValidationConfig {
+    fn default() -> Self {
+        ValidationConfig {
+            profiles_dir: None,
+            enforce: ONE_BROMLEY_PROFILES.map(str::to_string).to_vec(),
+        }
+    }
+}
+
 /// Checked configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub http: Http,
     pub store: SqliteOptions,
     pub log: Log,
+    /// The validator, compiled from the profiles at load time so that a bad
+    /// profile stops start-up before any port is bound.
+    pub validator: Arc<Validator>,
 }
 
 #[derive(Debug, Clone)]
@@ -263,7 +292,13 @@ impl ConfigFile {
                 ));
             }
         };
+        let validator = Validator::load(
+            self.validation.profiles_dir.as_deref(),
+            &self.validation.enforce,
+        )
+        .map_err(|err| bad("validation", err.to_string()))?;
         Ok(Config {
+            validator: Arc::new(validator),
             http: Http {
                 listen,
                 max_body_bytes: self.http.max_body_bytes,

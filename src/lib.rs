@@ -11,12 +11,17 @@
 //! - [`api`]: the HTTP interface: FHIR REST under `/fhir`, health probes.
 //! - [`fhir`]: FHIR as carried: resource types, lossless stored JSON, search
 //!   parameters, dates, OperationOutcome.
+//! - [`validate`]: FHIR R4 base validation and local profiles (`profiles/`).
+//! - [`fhirpath`]: a FHIRPath evaluator over FHIR JSON, for invariants and rules.
 //! - [`store`]: durable versioned storage, search index, journal; SQLite by default.
 //!
-//! The typed FHIR model lives in the `pathway-model` crate beside this one.
+//! The typed FHIR model (`pathway-model`, beside this crate) is not on the
+//! request path: tests use it as an independent oracle for [`validate`].
 
 pub mod api;
 pub mod config;
 pub mod fhir;
+pub mod fhirpath;
 pub mod server;
 pub mod store;
+pub mod validate;

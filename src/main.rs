@@ -5,6 +5,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use pathway_gateway::config::Config;
 use pathway_gateway::server;
+use pathway_gateway::validate::{Validator, files};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -26,11 +27,39 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         config: Option<PathBuf>,
     },
+    /// Validates resources, Bundles or NDJSON files against base R4, the
+    /// profiles they claim and any named; exit 1 if any has an error.
+    Validate {
+        /// A profile canonical every resource must also meet (repeatable).
+        #[arg(long, value_name = "URL")]
+        profile: Vec<String>,
+        /// Profiles directory to use instead of the built-in copy of profiles/.
+        #[arg(long, value_name = "DIR")]
+        profiles: Option<PathBuf>,
+        /// One OperationOutcome per resource, as NDJSON, instead of text.
+        #[arg(long)]
+        json: bool,
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+    },
+    /// Lints a profiles directory (default ./profiles): unknown paths,
+    /// unresolvable bindings and extensions, unsupported rules.
+    CheckProfiles {
+        #[arg(value_name = "DIR", default_value = "profiles")]
+        dir: PathBuf,
+    },
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Validate {
+            profile,
+            profiles,
+            json,
+            files,
+        } => validate(profiles.as_deref(), &profile, json, &files),
+        Command::CheckProfiles { dir } => check_profiles(&dir),
         Command::Serve { config } => {
             let config = match Config::load(config.as_deref(), std::env::vars()) {
                 Ok(config) => config,
@@ -58,6 +87,58 @@ fn main() -> std::process::ExitCode {
                 }
             }
         }
+    }
+}
+
+fn validate(
+    profiles: Option<&std::path::Path>,
+    requested: &[String],
+    json: bool,
+    files: &[PathBuf],
+) -> std::process::ExitCode {
+    let validator = match Validator::load(profiles, &[]) {
+        Ok(v) => v,
+        Err(err) => {
+            eprintln!("pathway-gateway: {err}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    match files::validate_files(&validator, files, requested, json, &mut out) {
+        Ok(summary) if summary.invalid == 0 => std::process::ExitCode::SUCCESS,
+        Ok(_) => std::process::ExitCode::FAILURE,
+        Err(err) => {
+            eprintln!("pathway-gateway: {err}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+fn check_profiles(dir: &std::path::Path) -> std::process::ExitCode {
+    let validator = match Validator::load(Some(dir), &[]) {
+        Ok(v) => v,
+        Err(err) => {
+            eprintln!("{}: {err}", dir.display());
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let set = validator.profiles();
+    for problem in set.problems() {
+        println!("{problem}");
+    }
+    let mut urls: Vec<&str> = set.urls().collect();
+    urls.sort_unstable();
+    println!(
+        "{}: {} StructureDefinitions compiled, {} problem{}",
+        dir.display(),
+        urls.len(),
+        set.problems().len(),
+        if set.problems().len() == 1 { "" } else { "s" }
+    );
+    if set.problems().is_empty() {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
     }
 }
 

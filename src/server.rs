@@ -30,6 +30,7 @@ pub async fn run(
         store: store.clone(),
         http: Arc::new(config.http.clone()),
         draining: draining.clone(),
+        validator: config.validator.clone(),
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {

@@ -96,6 +96,7 @@ async fn stored_resources_keep_the_values_they_were_sent_with() {
     let body = r#"{ "resourceType": "Encounter",
         "status": "finished",
         "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "IMP"},
+        "subject": {"reference": "Patient/p1"},
         "extension": [{"url": "http://example.org/a", "valueDecimal": 80},
                       {"url": "http://example.org/b", "valueDecimal": 1.50},
                       {"url": "http://example.org/c", "valueDecimal": 0.000120}],

@@ -8,8 +8,14 @@
 
 mod common;
 
+use pathway_gateway::validate::{Validator, has_errors};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
+
+fn validator() -> &'static Validator {
+    static VALIDATOR: std::sync::OnceLock<Validator> = std::sync::OnceLock::new();
+    VALIDATOR.get_or_init(|| Validator::embedded().unwrap())
+}
 
 fn inputs(dir: &str) -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -76,6 +82,15 @@ async fn valid_fixtures_are_stored_exactly_as_expected() {
         let normalised = stored
             .replace(id, "{{id}}")
             .replace(last_updated, "{{lastUpdated}}");
+        // What the gateway stores must itself be valid under the profiles
+        // the write path enforces.
+        let stored_value: Value = serde_json::from_str(&stored).unwrap();
+        let issues = validator().validate(&stored_value);
+        assert!(
+            !has_errors(&issues),
+            "{}: stored form invalid: {issues:#?}",
+            input.display()
+        );
         let expected_file = expected_path(&input);
         if bless() {
             std::fs::write(&expected_file, format!("{normalised}\n")).unwrap();

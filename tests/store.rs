@@ -1,9 +1,13 @@
 //! The SQLite store on its own: group commit under concurrency, the journal.
 
+mod common;
+
+use common::nhs_number;
 use pathway_gateway::fhir::ResourceType;
 use pathway_gateway::fhir::resource::prepare;
 use pathway_gateway::store::sqlite::{SqliteOptions, SqliteStore};
 use pathway_gateway::store::{Change, JournalEntry, Mutation, Store, WriteOutcome, WriteRequest};
+use pathway_gateway::validate::Validator;
 use std::sync::Arc;
 
 fn open(dir: &std::path::Path, max_batch: usize) -> SqliteStore {
@@ -16,13 +20,18 @@ fn open(dir: &std::path::Path, max_batch: usize) -> SqliteStore {
     .unwrap()
 }
 
+fn validator() -> &'static Validator {
+    static VALIDATOR: std::sync::OnceLock<Validator> = std::sync::OnceLock::new();
+    VALIDATOR.get_or_init(|| Validator::embedded().unwrap())
+}
+
 fn create(nhs: &str) -> WriteRequest {
     let body = format!(
         r#"{{"resourceType":"Patient","identifier":[{{"system":"https://fhir.nhs.uk/Id/nhs-number","value":"{nhs}"}}]}}"#
     );
     WriteRequest {
         mutations: vec![Mutation::Create {
-            resource: prepare(body.as_bytes(), Some(ResourceType::Patient)).unwrap(),
+            resource: prepare(body.as_bytes(), Some(ResourceType::Patient), validator()).unwrap(),
             id: pathway_gateway::fhir::new_id(),
             if_none_exist: None,
             full_url: None,
@@ -39,7 +48,7 @@ async fn concurrent_writes_are_committed_in_groups_and_all_kept() {
     for i in 0..400 {
         let store = store.clone();
         tasks.push(tokio::spawn(async move {
-            store.write(create(&format!("{i:010}"))).await
+            store.write(create(&nhs_number(i))).await
         }));
     }
     let mut ids = Vec::new();
@@ -98,5 +107,5 @@ async fn journal_keeps_payloads_and_recognises_repeats() {
     assert_eq!(store.journal_entry(9999).await.unwrap(), None);
     store.close().await;
     // Closed means closed: no write is accepted and silently dropped.
-    assert!(store.write(create("0000000000")).await.is_err());
+    assert!(store.write(create(&nhs_number(0))).await.is_err());
 }

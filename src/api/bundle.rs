@@ -17,6 +17,7 @@ use crate::fhir::outcome::{Issue, operation_outcome};
 use crate::fhir::resource::prepare_json;
 use crate::fhir::{ResourceType, is_valid_id, new_id};
 use crate::store::{Mutation, MutationError, Stored, WriteOutcome, WriteRequest, Written};
+use crate::validate::Validator;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -102,7 +103,7 @@ pub async fn transaction_or_batch(
     let mut full_urls = HashSet::new();
     for (index, raw) in raw_entries.iter().enumerate() {
         let entry = &bundle["entry"][index];
-        let mut plan = plan_entry(index, raw, entry, &base);
+        let mut plan = plan_entry(index, raw, entry, &base, &state.validator);
         if let (Ok(Plan::Write(_)), Some(full_url)) = (&plan, entry["fullUrl"].as_str())
             && !full_urls.insert(full_url.to_string())
         {
@@ -299,7 +300,13 @@ fn push_resource_entry(
 }
 
 /// Reads entry `index` into what it asks for. Errors name the entry.
-fn plan_entry(index: usize, raw: &str, entry: &Value, base: &str) -> Result<Plan, ApiError> {
+fn plan_entry(
+    index: usize,
+    raw: &str,
+    entry: &Value,
+    base: &str,
+    validator: &Validator,
+) -> Result<Plan, ApiError> {
     let at = |path: &str| format!("Bundle.entry[{index}]{path}");
     let bad = |code: &'static str, msg: String, path: &str| {
         ApiError::bad_request(Issue::error(code, msg).at(at(path)))
@@ -347,7 +354,7 @@ fn plan_entry(index: usize, raw: &str, entry: &Value, base: &str) -> Result<Plan
                     ".resource",
                 )
             })?;
-        prepare_json(&raw_resource.value, Some(ty)).map_err(|rejection| {
+        prepare_json(&raw_resource.value, Some(ty), validator).map_err(|rejection| {
             let mut error = ApiError::from(rejection.within(&at(".resource"), ty.as_str()));
             // An unknown type is a 404 at a URL, but a bad entry in a Bundle.
             if error.status == StatusCode::NOT_FOUND {

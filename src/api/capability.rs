@@ -6,6 +6,7 @@ use super::AppState;
 use super::http::{base_url, fhir_json};
 use crate::fhir::ResourceType;
 use crate::fhir::search::{MAX_COUNT, params_for};
+use crate::validate::Validator;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
@@ -13,7 +14,10 @@ use serde_json::{Value, json};
 
 pub async fn metadata(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let base = base_url(state.http.base_url.as_deref(), &headers);
-    fhir_json(StatusCode::OK, capability_statement(&base).to_string())
+    fhir_json(
+        StatusCode::OK,
+        capability_statement(&base, &state.validator).to_string(),
+    )
 }
 
 /// The interactions every resource type supports.
@@ -26,7 +30,7 @@ const INTERACTIONS: [&str; 6] = [
     "search-type",
 ];
 
-pub fn capability_statement(base: &str) -> Value {
+pub fn capability_statement(base: &str, validator: &Validator) -> Value {
     let resources: Vec<Value> = ResourceType::ALL
         .iter()
         .map(|&ty| {
@@ -62,6 +66,13 @@ pub fn capability_statement(base: &str) -> Value {
                 "conditionalUpdate": true,
                 "conditionalDelete": "not-supported",
                 "searchParam": search_params,
+                "profile": format!("http://hl7.org/fhir/StructureDefinition/{ty}"),
+                "supportedProfile": validator.enforced(ty.as_str()),
+                "operation": [{
+                    "name": "validate",
+                    "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate",
+                    "documentation": "Base R4, the profiles the resource claims and any named in `profile`; mode=create adds the profiles every write must meet",
+                }],
             })
         })
         .collect();

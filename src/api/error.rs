@@ -65,7 +65,10 @@ impl From<Rejection> for ApiError {
             Rejection::UnsupportedType(_) => StatusCode::NOT_FOUND,
             Rejection::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
         };
-        ApiError::new(status, rejection.issue().clone())
+        ApiError {
+            status,
+            issues: rejection.issues(),
+        }
     }
 }
 

@@ -6,11 +6,13 @@ pub mod bundle;
 pub mod capability;
 pub mod error;
 pub mod http;
+pub mod operation;
 pub mod rest;
 
 use crate::config::Http;
 use crate::fhir::outcome::Issue;
 use crate::store::Store;
+use crate::validate::Validator;
 use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::StatusCode;
@@ -29,6 +31,8 @@ pub struct AppState {
     pub http: Arc<Http>,
     /// Set once shutdown has begun: `/readyz` then says 503.
     pub draining: Arc<AtomicBool>,
+    /// Base R4 and the enforced profiles: every write passes through it.
+    pub validator: Arc<Validator>,
 }
 
 /// The whole HTTP application.
@@ -44,6 +48,10 @@ pub fn app(state: AppState) -> Router {
             get(rest::search)
                 .post(rest::create)
                 .put(rest::conditional_update),
+        )
+        .route(
+            "/fhir/{type}/$validate",
+            axum::routing::post(operation::validate),
         )
         .route("/fhir/{type}/{id}", get(rest::read).put(rest::update))
         .route("/fhir/{type}/{id}/_history", get(rest::history))

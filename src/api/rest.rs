@@ -104,7 +104,7 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     let ty = resource_type(&type_name)?;
     let bytes = read_body(&headers, body, state.http.max_body_bytes).await?;
-    let resource = prepare(&bytes, Some(ty))?;
+    let resource = prepare(&bytes, Some(ty), &state.validator)?;
     let if_none_exist = match headers.get("if-none-exist") {
         None => None,
         Some(value) => Some(condition(
@@ -141,7 +141,7 @@ pub async fn update(
     checked_id(ty, &id)?;
     let expected = if_match(&headers)?;
     let bytes = read_body(&headers, body, state.http.max_body_bytes).await?;
-    let resource = prepare(&bytes, Some(ty))?;
+    let resource = prepare(&bytes, Some(ty), &state.validator)?;
     match &resource.id {
         Some(body_id) if *body_id == id => {}
         Some(body_id) => {
@@ -192,7 +192,7 @@ pub async fn conditional_update(
     let condition = condition(ty, query.as_deref().unwrap_or(""), &format!("{ty}?"))?;
     let expected = if_match(&headers)?;
     let bytes = read_body(&headers, body, state.http.max_body_bytes).await?;
-    let resource = prepare(&bytes, Some(ty))?;
+    let resource = prepare(&bytes, Some(ty), &state.validator)?;
     let written = write_one(
         &state,
         Mutation::ConditionalUpdate {

@@ -5,8 +5,9 @@
 
 use super::json::{self, encode_string};
 use super::outcome::Issue;
-use super::search::{IndexEntries, extract_index, indexed_elements};
+use super::search::{IndexEntries, extract_index};
 use super::{ResourceType, is_valid_id};
+use crate::validate::{Validator, has_errors};
 use serde_json::Value;
 
 /// A resource ready to be stored.
@@ -31,14 +32,16 @@ pub enum Rejection {
     /// A resource of a type the gateway does not store: 404 at the URL, 400
     /// inside a Bundle.
     UnsupportedType(Issue),
-    /// JSON, but not a valid resource of its type: 422.
-    Invalid(Issue),
+    /// JSON, but not a valid resource of its type: 422, with every issue
+    /// the validator found (warnings included, for context).
+    Invalid(Vec<Issue>),
 }
 
 impl Rejection {
-    pub fn issue(&self) -> &Issue {
+    pub fn issues(&self) -> Vec<Issue> {
         match self {
-            Rejection::Malformed(i) | Rejection::UnsupportedType(i) | Rejection::Invalid(i) => i,
+            Rejection::Malformed(i) | Rejection::UnsupportedType(i) => vec![i.clone()],
+            Rejection::Invalid(issues) => issues.clone(),
         }
     }
 
@@ -49,13 +52,23 @@ impl Rejection {
             Rejection::UnsupportedType(i) => {
                 Rejection::UnsupportedType(i.within(prefix, resource_type))
             }
-            Rejection::Invalid(i) => Rejection::Invalid(i.within(prefix, resource_type)),
+            Rejection::Invalid(issues) => Rejection::Invalid(
+                issues
+                    .into_iter()
+                    .map(|i| i.within(prefix, resource_type))
+                    .collect(),
+            ),
         }
     }
 }
 
 /// Reads `body` as a resource; `expected` is the type the URL names, if any.
-pub fn prepare(body: &[u8], expected: Option<ResourceType>) -> Result<Prepared, Rejection> {
+/// The resource must pass `validator` (base R4 and the enforced profiles).
+pub fn prepare(
+    body: &[u8],
+    expected: Option<ResourceType>,
+    validator: &Validator,
+) -> Result<Prepared, Rejection> {
     let text = std::str::from_utf8(body).map_err(|err| {
         Rejection::Malformed(Issue::error(
             "structure",
@@ -73,11 +86,15 @@ pub fn prepare(body: &[u8], expected: Option<ResourceType>) -> Result<Prepared, 
             format!("the body is not valid JSON: {err}"),
         ))
     })?;
-    prepare_json(text, expected)
+    prepare_json(text, expected, validator)
 }
 
 /// As [`prepare`], for text already known to be JSON (a Bundle entry).
-pub fn prepare_json(text: &str, expected: Option<ResourceType>) -> Result<Prepared, Rejection> {
+pub fn prepare_json(
+    text: &str,
+    expected: Option<ResourceType>,
+    validator: &Validator,
+) -> Result<Prepared, Rejection> {
     let members = json::object_members(text).map_err(|err| {
         Rejection::Malformed(Issue::error(
             "structure",
@@ -138,43 +155,29 @@ pub fn prepare_json(text: &str, expected: Option<ResourceType>) -> Result<Prepar
         Some(Ok(Value::String(id))) if is_valid_id(&id) => Some(id),
         Some(other) => {
             let shown = other.map_or_else(|_| "the value".to_string(), |v| v.to_string());
-            return Err(Rejection::Invalid(
+            return Err(Rejection::Invalid(vec![
                 Issue::error(
                     "value",
                     format!("{shown} is not a valid id (1 to 64 of A-Z a-z 0-9 - .)"),
                 )
                 .at(format!("{ty}.id")),
-            ));
+            ]));
         }
     };
 
-    pathway_model::check_resource(ty, text.as_bytes()).map_err(|err| {
-        let expression = if err.path.is_empty() {
-            ty.to_string()
-        } else {
-            format!("{ty}.{}", err.path)
-        };
-        let code = match err.kind {
-            pathway_model::ModelErrorKind::Missing => "required",
-            pathway_model::ModelErrorKind::UnknownCode => "code-invalid",
-            pathway_model::ModelErrorKind::WrongType => "structure",
-            pathway_model::ModelErrorKind::BadValue => "value",
-        };
-        Rejection::Invalid(
-            Issue::error(code, format!("{expression}: {}", err.message)).at(expression),
-        )
+    // The whole resource as a value, for the validator and the index.
+    let value: Value = serde_json::from_str(text).map_err(|err| {
+        Rejection::Malformed(Issue::error(
+            "structure",
+            format!("the body is not valid JSON: {err}"),
+        ))
     })?;
-
-    // Only the elements search parameters read are parsed into values.
-    let mut indexed = serde_json::Map::new();
-    for element in indexed_elements(resource_type) {
-        if let Some(raw) = member(element)
-            && let Ok(value) = serde_json::from_str::<Value>(raw)
-        {
-            indexed.insert(element.to_string(), value);
-        }
+    let issues = validator.validate(&value);
+    if has_errors(&issues) {
+        return Err(Rejection::Invalid(issues));
     }
-    let index = extract_index(resource_type, &Value::Object(indexed));
+
+    let index = extract_index(resource_type, &value);
 
     let mut meta_extra = String::new();
     let mut rest = String::new();
@@ -183,10 +186,10 @@ pub fn prepare_json(text: &str, expected: Option<ResourceType>) -> Result<Prepar
             "resourceType" | "id" => {}
             "meta" => {
                 let meta = json::object_members(&member.value).map_err(|_| {
-                    Rejection::Invalid(
+                    Rejection::Invalid(vec![
                         Issue::error("structure", "meta must be an object")
                             .at(format!("{ty}.meta")),
-                    )
+                    ])
                 })?;
                 for m in meta {
                     if m.key != "versionId" && m.key != "lastUpdated" {
@@ -233,6 +236,11 @@ pub fn assemble(
 mod tests {
     use super::*;
 
+    fn validator() -> &'static Validator {
+        static VALIDATOR: std::sync::OnceLock<Validator> = std::sync::OnceLock::new();
+        VALIDATOR.get_or_init(|| Validator::embedded().unwrap())
+    }
+
     #[test]
     fn stored_json_keeps_the_senders_values_and_replaces_id_and_meta() {
         let body = br#"{
@@ -243,7 +251,7 @@ mod tests {
             "birthDate": "1948-03-02",
             "multipleBirthInteger": 80
         }"#;
-        let prepared = prepare(body, Some(ResourceType::Patient)).unwrap();
+        let prepared = prepare(body, Some(ResourceType::Patient), validator()).unwrap();
         assert_eq!(prepared.id.as_deref(), Some("client-id"));
         let stored = assemble(
             prepared.resource_type,
@@ -265,36 +273,46 @@ mod tests {
         let err = prepare(
             br#"{"resourceType":"Encounter"}"#,
             Some(ResourceType::Patient),
+            validator(),
         );
         assert!(matches!(err, Err(Rejection::Malformed(_))));
     }
 
     #[test]
-    fn locates_model_errors_with_fhirpath() {
+    fn refuses_invalid_resources_with_every_issue_located() {
         let err = prepare(
-            br#"{"resourceType":"Patient","gender":"unknown-ish"}"#,
+            br#"{"resourceType":"Patient","gender":"unknown-ish","birthDate":"1948-02-30"}"#,
             Some(ResourceType::Patient),
+            validator(),
         )
         .unwrap_err();
-        let Rejection::Invalid(issue) = err else {
+        let Rejection::Invalid(issues) = err else {
             panic!("{err:?}")
         };
-        assert_eq!(issue.expression, ["Patient.gender"]);
+        let at: Vec<&str> = issues.iter().map(|i| i.expression[0].as_str()).collect();
+        assert_eq!(at, ["Patient.gender", "Patient.birthDate"]);
     }
 
     #[test]
     fn refuses_invalid_ids_and_malformed_json() {
         assert!(matches!(
-            prepare(br#"{"resourceType":"Patient","id":"a b"}"#, None),
+            prepare(
+                br#"{"resourceType":"Patient","id":"a b"}"#,
+                None,
+                validator()
+            ),
             Err(Rejection::Invalid(_))
         ));
-        assert!(matches!(prepare(b"{", None), Err(Rejection::Malformed(_))));
         assert!(matches!(
-            prepare(b"\xff", None),
+            prepare(b"{", None, validator()),
             Err(Rejection::Malformed(_))
         ));
         assert!(matches!(
-            prepare(br#"{"resourceType":"Observation"}"#, None),
+            prepare(b"\xff", None, validator()),
+            Err(Rejection::Malformed(_))
+        ));
+        assert!(matches!(
+            prepare(br#"{"resourceType":"Observation"}"#, None, validator()),
             Err(Rejection::UnsupportedType(_))
         ));
     }

@@ -100,10 +100,11 @@ fn json_surgery_never_panics_on_text_serde_accepts() {
     let seed = r#"{"resourceType":"Patient","a":[1,2.50,{"b":"c\"d\\"}],"e":"urn:uuid:1","f":"é😀","g":null}"#;
     let map = HashMap::from([("urn:uuid:1".to_string(), "Patient/x".to_string())]);
     let mut accepted = 0;
+    let validator = crate::validate::Validator::embedded().unwrap();
     for _ in 0..20_000 {
         let text = garble(seed, &mut rng);
-        let _ = prepare(text.as_bytes(), None);
-        let _ = prepare(text.as_bytes(), Some(ResourceType::Patient));
+        let _ = prepare(text.as_bytes(), None, &validator);
+        let _ = prepare(text.as_bytes(), Some(ResourceType::Patient), &validator);
         if serde_json::from_str::<serde_json::Value>(&text).is_ok() {
             accepted += 1;
             let _ = object_members(&text);

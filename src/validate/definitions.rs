@@ -1,0 +1,470 @@
+//! The FHIR R4 base definitions, compiled from `r4.defs` into tables the
+//! structure walk reads: for every type, its elements, their cardinality,
+//! types, required codes and Reference targets, and the JSON member names that
+//! reach them (choice elements expand to `valueString`, `valueQuantity`, …).
+//!
+//! This module owns the shape of FHIR; what the shapes mean for a given value
+//! is [`super::primitive`] and [`super::walk`].
+
+use super::primitive::Primitive;
+use crate::fhirpath::Expression;
+use std::collections::HashMap;
+
+/// The definitions text, derived from the official R4 JSON schema (see its
+/// header for provenance and format).
+const R4_DEFS: &str = include_str!("r4.defs");
+
+/// An index into [`Definitions::types`].
+pub type TypeId = u16;
+
+/// The largest number of elements a type may have: presence is tracked in a
+/// `u64` bit set per object.
+const MAX_ELEMENTS: usize = 64;
+
+#[derive(Debug)]
+pub struct Definitions {
+    types: Vec<TypeDef>,
+    by_name: HashMap<String, TypeId>,
+    /// Every R4 resource type name, for checking `Type/id` references.
+    resource_names: Vec<String>,
+    /// The type of `contained` entries: a resource of any type.
+    pub resource: TypeId,
+}
+
+#[derive(Debug)]
+pub struct TypeDef {
+    /// `Patient`, `HumanName`, or a backbone element's path (`Patient.contact`).
+    pub name: String,
+    pub kind: Kind,
+    pub elements: Vec<ElementDef>,
+    /// JSON member name → (element index, index into that element's types),
+    /// sorted by name for binary search.
+    members: Vec<(Box<str>, u16, u16)>,
+    pub invariants: Vec<Invariant>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Primitive(Primitive),
+    /// A datatype or a backbone element.
+    Complex,
+    /// One of the resource types the walk knows.
+    Resource,
+    /// `contained[i]`: any resource, told apart by `resourceType`.
+    AnyResource,
+}
+
+#[derive(Debug)]
+pub struct ElementDef {
+    /// The element's name as the spec writes it: `gender`, `deceased[x]`.
+    pub name: String,
+    pub min: u32,
+    /// `false`: at most one (a JSON value); `true`: repeating (a JSON array).
+    pub many: bool,
+    pub types: Vec<ElementType>,
+    /// The codes of a required binding on a `code` element.
+    pub codes: Option<Vec<String>>,
+    pub choice: bool,
+}
+
+#[derive(Debug)]
+pub struct ElementType {
+    pub ty: TypeId,
+    /// For a Reference: the resource types it may point at (`None`: any).
+    pub targets: Option<Vec<String>>,
+}
+
+/// A FHIRPath invariant checked wherever its type occurs.
+#[derive(Debug)]
+pub struct Invariant {
+    pub key: String,
+    pub error: bool,
+    pub human: String,
+    pub expression: Expression,
+}
+
+/// Why the definitions text did not load: a bug in `r4.defs`, found by tests.
+#[derive(Debug, thiserror::Error)]
+#[error("r4.defs line {line}: {message}")]
+pub struct DefinitionError {
+    pub line: usize,
+    pub message: String,
+}
+
+impl Definitions {
+    /// The compiled R4 base definitions.
+    pub fn r4() -> Result<Definitions, DefinitionError> {
+        Self::parse(R4_DEFS)
+    }
+
+    pub fn type_id(&self, name: &str) -> Option<TypeId> {
+        self.by_name.get(name).copied()
+    }
+
+    pub fn get(&self, id: TypeId) -> &TypeDef {
+        &self.types[usize::from(id)]
+    }
+
+    pub fn is_resource_name(&self, name: &str) -> bool {
+        self.resource_names
+            .binary_search_by(|n| n.as_str().cmp(name))
+            .is_ok()
+    }
+
+    fn parse(text: &str) -> Result<Definitions, DefinitionError> {
+        let mut builder = Builder::default();
+        for prim in Primitive::ALL {
+            builder.add_type(prim.name().to_string(), Kind::Primitive(prim));
+        }
+        let resource = builder.add_type("Resource".to_string(), Kind::AnyResource);
+
+        // First pass: every type, so that elements can name types declared
+        // further down.
+        let mut blocks: Vec<Block<'_>> = Vec::new();
+        let mut invariants = Vec::new();
+        let mut resource_names = Vec::new();
+        for (n, raw) in text.lines().enumerate() {
+            let line_no = n + 1;
+            let line = raw.trim_end();
+            if line.trim().is_empty() || line.trim_start().starts_with('#') {
+                continue;
+            }
+            if let Some(element) = line.strip_prefix("  ") {
+                let Some(block) = blocks.last_mut() else {
+                    return Err(err(line_no, "an element outside a type"));
+                };
+                block.3.push((line_no, element));
+                continue;
+            }
+            let (word, rest) = line.split_once(' ').unwrap_or((line, ""));
+            match word {
+                "resources" => resource_names = rest.split(' ').map(str::to_string).collect(),
+                "resource" | "type" | "base" => blocks.push((line_no, word, rest, Vec::new())),
+                "invariant" => invariants.push((line_no, rest)),
+                other => return Err(err(line_no, format!("unknown line kind {other:?}"))),
+            }
+        }
+        resource_names.sort();
+
+        let mut bases: HashMap<&str, Vec<(usize, &str)>> = HashMap::new();
+        for (_, word, name, elements) in &blocks {
+            if *word == "base" {
+                bases.insert(name, elements.clone());
+            } else {
+                let kind = if *word == "resource" {
+                    Kind::Resource
+                } else {
+                    Kind::Complex
+                };
+                builder.add_type(name.to_string(), kind);
+                // Backbone elements become types of their own, named by path.
+                for (_, element) in elements {
+                    let mut parts = element.split(' ');
+                    let path = parts.next().unwrap_or_default();
+                    if element.ends_with(" BackboneElement") {
+                        builder.add_type(format!("{name}.{path}"), Kind::Complex);
+                    }
+                }
+            }
+        }
+
+        for (line_no, word, name, elements) in &blocks {
+            if *word == "base" {
+                continue;
+            }
+            let inherited = if *word == "resource" {
+                "DomainResource"
+            } else {
+                "Element"
+            };
+            let base = bases
+                .get(inherited)
+                .ok_or_else(|| err(*line_no, format!("no base {inherited}")))?;
+            builder.add_elements(name, base)?;
+            let backbone_base = bases
+                .get("BackboneElement")
+                .ok_or_else(|| err(*line_no, "no base BackboneElement"))?;
+            for (element_line, element) in elements {
+                if element.ends_with(" BackboneElement") {
+                    let path = element.split(' ').next().unwrap_or_default();
+                    builder.add_elements(&format!("{name}.{path}"), backbone_base)?;
+                }
+                builder.add_element(name, *element_line, element)?;
+            }
+        }
+
+        for (line_no, rest) in invariants {
+            builder.add_invariant(line_no, rest)?;
+        }
+
+        let mut types = builder.types;
+        for ty in &mut types {
+            if ty.elements.len() > MAX_ELEMENTS {
+                return Err(err(
+                    0,
+                    format!("{} has over {MAX_ELEMENTS} elements", ty.name),
+                ));
+            }
+            ty.members.sort_by(|a, b| a.0.cmp(&b.0));
+        }
+        Ok(Definitions {
+            types,
+            by_name: builder.by_name,
+            resource_names,
+            resource,
+        })
+    }
+}
+
+impl TypeDef {
+    /// The element a JSON member name (without a leading `_`) stands for, and
+    /// which of its types the name picks.
+    pub fn member(&self, name: &str) -> Option<(usize, usize)> {
+        self.members
+            .binary_search_by(|(n, _, _)| n.as_ref().cmp(name))
+            .ok()
+            .map(|i| {
+                let (_, element, ty) = &self.members[i];
+                (usize::from(*element), usize::from(*ty))
+            })
+    }
+
+    pub fn is_primitive(&self) -> Option<Primitive> {
+        match self.kind {
+            Kind::Primitive(p) => Some(p),
+            _ => None,
+        }
+    }
+}
+
+/// A `resource`, `type` or `base` block of the text: its line, keyword, name
+/// and element lines.
+type Block<'t> = (usize, &'t str, &'t str, Vec<(usize, &'t str)>);
+
+#[derive(Default)]
+struct Builder {
+    types: Vec<TypeDef>,
+    by_name: HashMap<String, TypeId>,
+}
+
+impl Builder {
+    fn add_type(&mut self, name: String, kind: Kind) -> TypeId {
+        if let Some(id) = self.by_name.get(&name) {
+            return *id;
+        }
+        let id = TypeId::try_from(self.types.len()).unwrap_or(TypeId::MAX);
+        self.by_name.insert(name.clone(), id);
+        self.types.push(TypeDef {
+            name,
+            kind,
+            elements: Vec::new(),
+            members: Vec::new(),
+            invariants: Vec::new(),
+        });
+        id
+    }
+
+    fn add_elements(
+        &mut self,
+        owner: &str,
+        elements: &[(usize, &str)],
+    ) -> Result<(), DefinitionError> {
+        for (line_no, element) in elements {
+            self.add_element(owner, *line_no, element)?;
+        }
+        Ok(())
+    }
+
+    /// Adds `path min..max types [codes]` to `owner` (or to the backbone type
+    /// the path's prefix names).
+    fn add_element(
+        &mut self,
+        owner: &str,
+        line_no: usize,
+        text: &str,
+    ) -> Result<(), DefinitionError> {
+        let mut parts = text.splitn(4, ' ');
+        let (Some(path), Some(card), Some(types)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(err(line_no, "expected: path min..max types"));
+        };
+        let codes = parts.next().map(|rest| {
+            rest.trim_start_matches('{')
+                .trim_end_matches('}')
+                .split('|')
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        });
+        let (parent, name) = match path.rsplit_once('.') {
+            Some((prefix, name)) => (format!("{owner}.{prefix}"), name),
+            None => (owner.to_string(), path),
+        };
+        let (min, max) = card
+            .split_once("..")
+            .ok_or_else(|| err(line_no, "cardinality must be min..max"))?;
+        let min: u32 = min.parse().map_err(|_| err(line_no, "bad minimum"))?;
+        let many = match max {
+            "1" => false,
+            "*" => true,
+            _ => return Err(err(line_no, "maximum must be 1 or *")),
+        };
+        let mut element_types = Vec::new();
+        if types == "BackboneElement" {
+            let ty = self.resolve(&format!("{owner}.{path}"), line_no)?;
+            element_types.push(ElementType { ty, targets: None });
+        } else {
+            for choice in split_types(types) {
+                let (ty_name, targets) = match choice.strip_prefix("Reference(") {
+                    Some(rest) => (
+                        "Reference",
+                        Some(
+                            rest.trim_end_matches(')')
+                                .split('|')
+                                .map(str::to_string)
+                                .collect(),
+                        ),
+                    ),
+                    None => (choice, None),
+                };
+                let ty = self.resolve(ty_name, line_no)?;
+                element_types.push(ElementType { ty, targets });
+            }
+        }
+        let choice = name.ends_with("[x]");
+        let stem = name.trim_end_matches("[x]");
+        let parent_id = self.resolve(&parent, line_no)?;
+        let type_names: Vec<String> = element_types
+            .iter()
+            .map(|t| self.types[usize::from(t.ty)].name.clone())
+            .collect();
+        let ty = &mut self.types[usize::from(parent_id)];
+        let index =
+            u16::try_from(ty.elements.len()).map_err(|_| err(line_no, "too many elements"))?;
+        if choice {
+            for (i, type_name) in type_names.iter().enumerate() {
+                let member = format!("{stem}{}{}", type_name[..1].to_uppercase(), &type_name[1..]);
+                ty.members.push((member.into(), index, i as u16));
+            }
+        } else {
+            ty.members.push((stem.into(), index, 0));
+        }
+        ty.elements.push(ElementDef {
+            name: name.to_string(),
+            min,
+            many,
+            types: element_types,
+            codes,
+            choice,
+        });
+        Ok(())
+    }
+
+    /// `Context key severity "human" expression`.
+    fn add_invariant(&mut self, line_no: usize, text: &str) -> Result<(), DefinitionError> {
+        let mut parts = text.splitn(4, ' ');
+        let (Some(context), Some(key), Some(severity), Some(rest)) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(err(
+                line_no,
+                "expected: context key severity \"human\" expression",
+            ));
+        };
+        let rest = rest
+            .strip_prefix('"')
+            .ok_or_else(|| err(line_no, "the human text must be quoted"))?;
+        let end = closing_quote(rest).ok_or_else(|| err(line_no, "unterminated human text"))?;
+        let human = rest[..end].replace("\\\"", "\"");
+        let source = rest[end + 1..].trim();
+        let expression =
+            Expression::parse(source).map_err(|e| err(line_no, format!("invariant {key}: {e}")))?;
+        // DomainResource invariants apply to every resource type.
+        let owners: Vec<TypeId> = if context == "DomainResource" {
+            (0..self.types.len())
+                .filter(|&i| self.types[i].kind == Kind::Resource)
+                .map(|i| i as TypeId)
+                .collect()
+        } else {
+            vec![self.resolve(context, line_no)?]
+        };
+        for owner in owners {
+            self.types[usize::from(owner)].invariants.push(Invariant {
+                key: key.to_string(),
+                error: severity == "error",
+                human: human.clone(),
+                expression: expression.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    fn resolve(&self, name: &str, line_no: usize) -> Result<TypeId, DefinitionError> {
+        self.by_name
+            .get(name)
+            .copied()
+            .ok_or_else(|| err(line_no, format!("unknown type {name}")))
+    }
+}
+
+/// Splits `a|Reference(B|C)|d` at the `|`s outside parentheses.
+fn split_types(types: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let (mut depth, mut start) = (0usize, 0usize);
+    for (i, c) in types.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth = depth.saturating_sub(1),
+            '|' if depth == 0 => {
+                out.push(&types[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(&types[start..]);
+    out
+}
+
+fn closing_quote(s: &str) -> Option<usize> {
+    let bytes = s.as_bytes();
+    (0..bytes.len()).find(|&i| bytes[i] == b'"' && (i == 0 || bytes[i - 1] != b'\\'))
+}
+
+fn err(line: usize, message: impl Into<String>) -> DefinitionError {
+    DefinitionError {
+        line,
+        message: message.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loads_the_r4_definitions() {
+        let defs = Definitions::r4().unwrap();
+        let patient = defs.get(defs.type_id("Patient").unwrap());
+        let (el, ty) = patient.member("deceasedDateTime").unwrap();
+        assert_eq!(patient.elements[el].name, "deceased[x]");
+        assert_eq!(defs.get(patient.elements[el].types[ty].ty).name, "dateTime");
+        let (gender, _) = patient.member("gender").unwrap();
+        assert_eq!(
+            patient.elements[gender].codes.as_deref().unwrap(),
+            ["male", "female", "other", "unknown"]
+        );
+        assert!(patient.member("deceased").is_none());
+        assert!(patient.member("contained").is_some());
+        let contact = defs.get(defs.type_id("Patient.contact").unwrap());
+        assert!(contact.member("modifierExtension").is_some());
+        assert_eq!(contact.invariants[0].key, "pat-1");
+        let encounter = defs.get(defs.type_id("Encounter").unwrap());
+        let (status, _) = encounter.member("status").unwrap();
+        assert_eq!(encounter.elements[status].min, 1);
+        assert!(encounter.invariants.iter().any(|i| i.key == "dom-2"));
+        let extension = defs.get(defs.type_id("Extension").unwrap());
+        assert!(extension.member("valueCodeableConcept").is_some());
+        assert!(defs.is_resource_name("Organization"));
+        assert!(!defs.is_resource_name("Organisation"));
+    }
+}

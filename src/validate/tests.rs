@@ -1,0 +1,315 @@
+//! The validator's rules, one behaviour per test: each bad input is caught
+//! at the right FHIRPath expression with the right issue code, and valid
+//! resources pass clean.
+
+use super::*;
+use serde_json::json;
+use std::sync::OnceLock;
+
+fn validator() -> &'static Validator {
+    static VALIDATOR: OnceLock<Validator> = OnceLock::new();
+    VALIDATOR.get_or_init(|| Validator::embedded().expect("the embedded profiles compile"))
+}
+
+fn errors(resource: Value) -> Vec<(String, &'static str, String)> {
+    validator()
+        .validate(&resource)
+        .into_iter()
+        .filter(|i| i.severity == Severity::Error)
+        .map(|i| (i.expression.join(","), i.code, i.diagnostics))
+        .collect()
+}
+
+/// The one error expected, at `expression` with `code`.
+fn assert_single(resource: Value, expression: &str, code: &str) -> String {
+    let found = errors(resource);
+    assert_eq!(found.len(), 1, "expected one error, got {found:#?}");
+    assert_eq!(found[0].0, expression, "{found:#?}");
+    assert_eq!(found[0].1, code, "{found:#?}");
+    found[0].2.clone()
+}
+
+fn patient() -> Value {
+    json!({
+        "resourceType": "Patient",
+        "identifier": [{"system": "https://fhir.nhs.uk/Id/nhs-number", "value": "9434765919"}],
+        "name": [{"family": "Smith", "given": ["Ann"]}],
+        "gender": "female",
+        "birthDate": "1938-04-12",
+        "generalPractitioner": [{"identifier": {"system": "https://fhir.nhs.uk/Id/ods-organization-code", "value": "G84001"}}]
+    })
+}
+
+fn encounter() -> Value {
+    json!({
+        "resourceType": "Encounter",
+        "status": "finished",
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "EMER"},
+        "subject": {"reference": "Patient/p1"},
+        "period": {"start": "2024-03-31T00:30:00+00:00", "end": "2024-03-31T03:10:00+01:00"}
+    })
+}
+
+fn service_request() -> Value {
+    json!({
+        "resourceType": "ServiceRequest",
+        "status": "active",
+        "intent": "order",
+        "code": {"coding": [{"system": "https://fhir.onebromley.nhs.uk/CodeSystem/pathway-referral", "code": "proactive-care-assessment"}]},
+        "subject": {"reference": "Patient/p1"},
+        "authoredOn": "2024-05-01"
+    })
+}
+
+fn care_plan() -> Value {
+    json!({
+        "resourceType": "CarePlan",
+        "status": "draft",
+        "intent": "plan",
+        "category": [{"coding": [{"system": "https://fhir.onebromley.nhs.uk/CodeSystem/care-pathway", "code": "proactive-care"}]}],
+        "subject": {"reference": "Patient/p1"}
+    })
+}
+
+#[test]
+fn valid_resources_of_the_four_types_pass_clean() {
+    for resource in [patient(), encounter(), service_request(), care_plan()] {
+        let issues = validator().validate(&resource);
+        assert!(issues.is_empty(), "{issues:#?}");
+    }
+}
+
+#[test]
+fn missing_required_element() {
+    let mut e = encounter();
+    e.as_object_mut().unwrap().remove("status");
+    let text = assert_single(e, "Encounter.status", "required");
+    assert!(text.contains("Encounter.status is required"), "{text}");
+}
+
+#[test]
+fn unknown_element_at_any_depth() {
+    let mut p = patient();
+    p["name"][0]["surname"] = json!("Smith");
+    let text = assert_single(p, "Patient.name[0].surname", "structure");
+    assert!(text.contains("unknown element \"surname\""), "{text}");
+}
+
+#[test]
+fn wrong_choice_type_names_the_allowed_ones() {
+    let mut p = patient();
+    p["deceasedString"] = json!("yes");
+    let text = assert_single(p, "Patient.deceasedString", "structure");
+    assert!(
+        text.contains("deceased[x] may be one of boolean, dateTime"),
+        "{text}"
+    );
+}
+
+#[test]
+fn wrong_json_type() {
+    let mut p = patient();
+    p["active"] = json!("yes");
+    let text = assert_single(p, "Patient.active", "structure");
+    assert!(text.contains("must be a JSON boolean"), "{text}");
+}
+
+#[test]
+fn impossible_date() {
+    let mut p = patient();
+    p["birthDate"] = json!("1938-02-30");
+    assert_single(p, "Patient.birthDate", "value");
+}
+
+#[test]
+fn empty_string() {
+    let mut p = patient();
+    p["name"][0]["given"][0] = json!("");
+    assert_single(p, "Patient.name[0].given[0]", "value");
+}
+
+#[test]
+fn code_outside_a_required_binding() {
+    let mut p = patient();
+    p["gender"] = json!("F");
+    let text = assert_single(p, "Patient.gender", "code-invalid");
+    assert!(
+        text.contains("\"F\"") && text.contains("male, female"),
+        "{text}"
+    );
+}
+
+#[test]
+fn cardinality_breaches_in_base_and_profile() {
+    let mut p = patient();
+    p["gender"] = json!(["female"]);
+    assert_single(p, "Patient.gender", "structure");
+
+    let mut p = patient();
+    p["identifier"] = json!([
+        {"system": "https://fhir.nhs.uk/Id/nhs-number", "value": "9434765919"},
+        {"system": "https://fhir.nhs.uk/Id/nhs-number", "value": "4000000020"}
+    ]);
+    let text = assert_single(p, "Patient.identifier", "structure");
+    assert!(
+        text.contains("slice Patient.identifier:nhsNumber") && text.contains("at most 1"),
+        "{text}"
+    );
+}
+
+#[test]
+fn failed_core_invariant() {
+    let mut e = encounter();
+    e["period"] = json!({"start": "2024-04-02", "end": "2024-04-01"});
+    let text = assert_single(e, "Encounter.period", "invariant");
+    assert!(text.starts_with("per-1"), "{text}");
+}
+
+#[test]
+fn failed_slice() {
+    let mut s = service_request();
+    s["code"] = json!({"coding": [{"system": "http://snomed.info/sct", "code": "3457005"}]});
+    let text = assert_single(s, "ServiceRequest.code.coding", "required");
+    assert!(
+        text.contains("pathwayReferral") && text.contains("OneBromley-ServiceRequest"),
+        "{text}"
+    );
+}
+
+#[test]
+fn nhs_number_with_a_bad_check_digit() {
+    let mut p = patient();
+    p["identifier"][0]["value"] = json!("9434765918");
+    let text = assert_single(p, "Patient.identifier[0].value", "invariant");
+    assert!(
+        text.contains("ob-nhs-1") && text.contains("9434765918"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_patient_without_an_nhs_number_is_valid() {
+    let mut p = patient();
+    p["identifier"] =
+        json!([{"system": "https://fhir.kingsch.nhs.uk/Id/hospital-number", "value": "K123456"}]);
+    assert!(errors(p).is_empty());
+}
+
+#[test]
+fn code_outside_a_profile_binding() {
+    let mut s = service_request();
+    s["code"]["coding"][0]["code"] = json!("proactive-care");
+    let text = assert_single(s, "ServiceRequest.code.coding[0]", "code-invalid");
+    assert!(text.contains("pathway-referral"), "{text}");
+}
+
+#[test]
+fn every_issue_is_reported_not_just_the_first() {
+    let resource = json!({
+        "resourceType": "Encounter",
+        "class": [{"code": "EMER"}],
+        "subject": {"reference": "Organization/x"},
+        "period": {"start": "yesterday"},
+        "colour": "blue"
+    });
+    let found = errors(resource);
+    let at: Vec<&str> = found.iter().map(|f| f.0.as_str()).collect();
+    for expected in [
+        "Encounter.class",
+        "Encounter.subject.reference",
+        "Encounter.period.start",
+        "Encounter.colour",
+        "Encounter.status",
+    ] {
+        assert!(at.contains(&expected), "{expected} missing from {found:#?}");
+    }
+}
+
+#[test]
+fn reference_targets_are_checked() {
+    let mut s = service_request();
+    s["subject"] = json!({"reference": "Encounter/e1"});
+    let found = errors(s);
+    assert!(
+        found
+            .iter()
+            .all(|f| f.0 == "ServiceRequest.subject.reference"),
+        "{found:#?}"
+    );
+    assert!(!found.is_empty());
+    let mut s = service_request();
+    s["subject"] = json!({"reference": "Patients/p1"});
+    let text = assert_single(s, "ServiceRequest.subject.reference", "value");
+    assert!(text.contains("not a FHIR R4 resource type"), "{text}");
+}
+
+#[test]
+fn primitive_extensions_and_nulls_pair_up() {
+    let mut p = patient();
+    p["name"][0]["given"] = json!(["Ann", null]);
+    p["name"][0]["_given"] =
+        json!([null, {"extension": [{"url": "http://x/e", "valueString": "initial"}]}]);
+    assert!(errors(p).is_empty());
+    let mut p = patient();
+    p["name"][0]["given"] = json!(["Ann", null]);
+    assert_single(p, "Patient.name[0].given[1]", "structure");
+}
+
+#[test]
+fn contained_resources_are_checked_and_referenced() {
+    let mut c = care_plan();
+    c["contained"] = json!([{"resourceType": "Patient", "id": "p", "gender": "F"}]);
+    c["subject"] = json!({"reference": "#p"});
+    let found = errors(c.clone());
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert_eq!(found[0].0, "CarePlan.contained[0].gender");
+    c["subject"] = json!({"reference": "#q"});
+    let at: Vec<String> = errors(c).into_iter().map(|f| f.0).collect();
+    assert!(at.contains(&"CarePlan.contained[0]".to_string()), "{at:?}"); // dom-3
+    assert!(at.contains(&"CarePlan.subject".to_string()), "{at:?}"); // ref-1
+}
+
+#[test]
+fn other_resource_types_get_a_warning_not_an_error() {
+    let issues = validator().validate(&json!({"resourceType": "Observation", "status": "final"}));
+    assert_eq!(issues.len(), 1);
+    assert_eq!(issues[0].severity, Severity::Warning);
+    let issues = validator().validate(&json!({"resourceType": "Patinet"}));
+    assert!(has_errors(&issues));
+}
+
+#[test]
+fn profile_invariants_and_claimed_profiles() {
+    let mut c = care_plan();
+    c["status"] = json!("active");
+    let text = assert_single(c.clone(), "CarePlan", "invariant");
+    assert!(text.contains("ob-cp-1"), "{text}");
+    c["period"] = json!({"start": "2024-06-01"});
+    assert!(errors(c.clone()).is_empty());
+    c["meta"] = json!({"profile": ["https://example.org/StructureDefinition/Other"]});
+    let issues = validator().validate(&c);
+    assert_eq!(issues.len(), 1, "{issues:#?}");
+    assert_eq!(issues[0].severity, Severity::Warning);
+}
+
+#[test]
+fn nhs_number_verification_status_extension_is_checked() {
+    let mut p = patient();
+    p["identifier"][0]["extension"] = json!([{
+        "url": "https://fhir.hl7.org.uk/StructureDefinition/Extension-UKCore-NHSNumberVerificationStatus",
+        "valueCodeableConcept": {"coding": [{
+            "system": "https://fhir.hl7.org.uk/CodeSystem/UKCore-NHSNumberVerificationStatusEngland",
+            "code": "01"}]}
+    }]);
+    assert!(errors(p.clone()).is_empty(), "{:#?}", errors(p.clone()));
+    p["identifier"][0]["extension"][0]["valueCodeableConcept"]["coding"][0]["code"] = json!("99");
+    let text = assert_single(
+        p,
+        "Patient.identifier[0].extension[0].valueCodeableConcept",
+        "code-invalid",
+    );
+    assert!(
+        text.contains("UKCore-NHSNumberVerificationStatus"),
+        "{text}"
+    );
+}
