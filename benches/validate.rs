@@ -86,7 +86,11 @@ fn patient(rng: &mut Rng) -> Value {
         "telecom": [{"system": "phone", "value": format!("020 8{:03} {:04}", rng.below(1000), rng.below(10000)), "use": "home"}],
         "gender": rng.pick(&["female", "male", "other", "unknown"]),
         "birthDate": date(rng, 1925, 40),
-        "address": [{"use": "home", "line": [format!("{} Bromley Road", 1 + rng.below(200))], "city": "Bromley", "postalCode": "BR1 3PT"}],
+        "address": [{"use": "home", "line": [format!("{} Bromley Road", 1 + rng.below(200))], "city": "Bromley", "district": "Kent", "postalCode": "BR1 3PT", "country": "GBR"}],
+        "maritalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-MaritalStatus", "code": "W", "display": "Widowed"}]},
+        "contact": [{"relationship": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0131", "code": "N", "display": "Next-of-Kin"}]}],
+                     "name": {"family": rng.pick(&FAMILY), "given": [rng.pick(&GIVEN)]},
+                     "telecom": [{"system": "phone", "value": "07700 900123", "use": "mobile"}]}],
         "generalPractitioner": [{"identifier": {"system": "https://fhir.nhs.uk/Id/ods-organization-code", "value": rng.pick(&PRACTICES)}}]
     })
 }
@@ -101,6 +105,10 @@ fn encounter(rng: &mut Rng) -> Value {
         "priority": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActPriority", "code": rng.pick(&["EM", "EL", "UR"])}]},
         "subject": {"reference": format!("Patient/{:x}", rng.next())},
         "period": {"start": format!("{day}T0{}:15:00+00:00", rng.below(5)), "end": format!("{day}T1{}:40:00+00:00", rng.below(10))},
+        "participant": [{"type": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "ATND"}]}],
+                         "individual": {"display": "Dr A Consultant"}}],
+        "reasonCode": [{"coding": [{"system": "http://snomed.info/sct", "code": "1912002", "display": "Fall"}]}],
+        "location": [{"location": {"display": "Princess Royal University Hospital ED"}, "status": "completed"}],
         "hospitalization": {"dischargeDisposition": {"coding": [{"system": "https://fhir.hl7.org.uk/CodeSystem/UKCore-DischargeDestination", "code": "19", "display": "Usual place of residence"}]}},
         "serviceProvider": {"identifier": {"system": "https://fhir.nhs.uk/Id/ods-organization-code", "value": "RJZ"}}
     })
@@ -117,7 +125,11 @@ fn care_plan(rng: &mut Rng) -> Value {
         "subject": {"reference": format!("Patient/{:x}", rng.next())},
         "created": date(rng, 2023, 2),
         "author": {"identifier": {"system": "https://fhir.nhs.uk/Id/ods-organization-code", "value": rng.pick(&PRACTICES)}},
-        "activity": [{"detail": {"status": "scheduled", "description": "Community matron review of medicines and falls risk"}}],
+        "activity": [{"detail": {"kind": "ServiceRequest", "status": "scheduled", "description": "Community matron review of medicines and falls risk",
+                                 "scheduledTiming": {"repeat": {"frequency": 1, "period": 4, "periodUnit": "wk"}}}},
+                     {"detail": {"status": "not-started", "description": "Social prescriber: befriending service",
+                                 "performer": [{"display": "Bromley Well"}]}}],
+        "goal": [{"display": "Stay at home safely"}],
         "note": [{"text": "Agreed at MDT; family informed."}]
     });
     if active {
@@ -139,7 +151,8 @@ fn service_request(rng: &mut Rng) -> Value {
         "authoredOn": format!("{}T09:30:00+01:00", date(rng, 2024, 1)),
         "requester": {"identifier": {"system": "https://fhir.nhs.uk/Id/ods-organization-code", "value": rng.pick(&PRACTICES)}},
         "performer": [{"display": "Proactive care MDT"}],
-        "reasonCode": [{"text": "eFI severe frailty"}],
+        "reasonCode": [{"coding": [{"system": "http://snomed.info/sct", "code": "925831000000107", "display": "Severe frailty"}], "text": "eFI severe frailty"}],
+        "supportingInfo": [{"display": "eFI 0.42 (severe)"}],
         "note": [{"text": "Lives alone; two falls this year."}]
     })
 }

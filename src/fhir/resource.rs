@@ -78,14 +78,6 @@ pub fn prepare(
             ),
         ))
     })?;
-    // A syntax check that builds nothing: the members are taken from the
-    // sender's bytes below, and only those the index needs are parsed.
-    serde_json::from_str::<serde::de::IgnoredAny>(text).map_err(|err| {
-        Rejection::Malformed(Issue::error(
-            "structure",
-            format!("the body is not valid JSON: {err}"),
-        ))
-    })?;
     prepare_json(text, expected, validator)
 }
 
@@ -95,6 +87,14 @@ pub fn prepare_json(
     expected: Option<ResourceType>,
     validator: &Validator,
 ) -> Result<Prepared, Rejection> {
+    // The whole resource as a value, for the validator and the index; the
+    // stored members are taken from the sender's own bytes below.
+    let value: Value = serde_json::from_str(text).map_err(|err| {
+        Rejection::Malformed(Issue::error(
+            "structure",
+            format!("the body is not valid JSON: {err}"),
+        ))
+    })?;
     let members = json::object_members(text).map_err(|err| {
         Rejection::Malformed(Issue::error(
             "structure",
@@ -165,13 +165,6 @@ pub fn prepare_json(
         }
     };
 
-    // The whole resource as a value, for the validator and the index.
-    let value: Value = serde_json::from_str(text).map_err(|err| {
-        Rejection::Malformed(Issue::error(
-            "structure",
-            format!("the body is not valid JSON: {err}"),
-        ))
-    })?;
     let issues = validator.validate(&value);
     if has_errors(&issues) {
         return Err(Rejection::Invalid(issues));

@@ -9,7 +9,7 @@ use super::profile::{Binding, Node, Profile, ProfileSet, Slicing};
 use super::walk::{Location, Step, json_kind};
 use crate::fhir::outcome::{Issue, Severity};
 use crate::fhirpath::Env;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 pub struct Conform<'p, 'a> {
     defs: &'p Definitions,
@@ -133,69 +133,94 @@ impl<'p, 'a> Conform<'p, 'a> {
         let Value::Object(object) = parent else {
             return;
         };
-        let mut items: Vec<(&'a str, Option<usize>, &'a Value)> = Vec::new();
-        let mut present = false;
         if let Some(stem) = name.strip_suffix("[x]") {
-            for (key, value) in object {
-                if let Some(suffix) = key.strip_prefix(stem)
-                    && suffix.starts_with(|c: char| c.is_ascii_uppercase())
-                {
-                    present = true;
-                    if let Some(types) = &node.types
-                        && !types.iter().any(|t| t.eq_ignore_ascii_case(suffix))
-                    {
-                        self.report(
-                            Severity::Error,
-                            "structure",
-                            self.at.child(key),
-                            format!(
-                                "{key} is not allowed: {name} may be only {}",
-                                types.join(" or ")
-                            ),
-                        );
-                    }
-                    items.push((key.as_str(), None, value));
-                }
-            }
-        } else if let Some((key, value)) = object.get_key_value(name) {
-            present = true;
-            match value {
-                Value::Array(list) => items.extend(
-                    list.iter()
-                        .enumerate()
-                        .filter(|(_, v)| !v.is_null())
-                        .map(|(i, v)| (key.as_str(), Some(i), v)),
-                ),
-                other => items.push((key.as_str(), None, other)),
-            }
+            self.apply_choice(object, stem, name, node);
+            return;
         }
-        let has_sibling = object.contains_key(&format!("_{name}"));
-        let count = if items.is_empty() && (present || has_sibling) {
-            usize::from(has_sibling)
-        } else {
-            items.len()
+        let found = object.get_key_value(name);
+        let count = match found {
+            Some((_, Value::Array(list))) => list.iter().filter(|v| !v.is_null()).count(),
+            Some(_) => 1,
+            // `_birthDate` alone (extensions, no value) still counts as present.
+            None if node.min.unwrap_or(0) > 0 => {
+                usize::from(object.keys().any(|k| k.strip_prefix('_') == Some(name)))
+            }
+            None => 0,
         };
         self.check_cardinality(node, name, count, None);
-
-        for &(key, index, value) in &items {
-            self.at.push(Step::Name(key));
-            if let Some(i) = index {
-                self.at.push(Step::Index(i));
+        let Some((key, value)) = found else {
+            return;
+        };
+        match value {
+            Value::Array(list) => {
+                for (i, item) in list.iter().enumerate().filter(|(_, v)| !v.is_null()) {
+                    self.at.push(Step::Name(key));
+                    self.at.push(Step::Index(i));
+                    self.apply(node, item);
+                    self.at.pop();
+                    self.at.pop();
+                }
             }
-            self.apply(node, value);
-            if index.is_some() {
+            other => {
+                self.at.push(Step::Name(key));
+                self.apply(node, other);
                 self.at.pop();
             }
-            self.at.pop();
         }
         // With the element itself missing below its minimum, the slices'
         // minimums say nothing more.
-        let element_missing = count < node.min.unwrap_or(0) as usize;
         if let Some(slicing) = &node.slicing
-            && !element_missing
+            && count >= node.min.unwrap_or(0) as usize
         {
+            let items: Vec<(&'a str, Option<usize>, &'a Value)> = match value {
+                Value::Array(list) => list
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, v)| !v.is_null())
+                    .map(|(i, v)| (key.as_str(), Some(i), v))
+                    .collect(),
+                other => vec![(key.as_str(), None, other)],
+            };
             self.apply_slicing(slicing, name, &items);
         }
+    }
+
+    /// A choice element (`occurrence[x]`): whichever `occurrenceDateTime`,
+    /// `occurrencePeriod`… is present, of a type the profile allows.
+    fn apply_choice(
+        &mut self,
+        object: &'a Map<String, Value>,
+        stem: &str,
+        name: &'p str,
+        node: &'p Node,
+    ) {
+        let mut count = 0;
+        for (key, value) in object {
+            let Some(suffix) = key.strip_prefix(stem) else {
+                continue;
+            };
+            if !suffix.starts_with(|c: char| c.is_ascii_uppercase()) {
+                continue;
+            }
+            count += 1;
+            if let Some(types) = &node.types
+                && !types.iter().any(|t| t.eq_ignore_ascii_case(suffix))
+            {
+                self.report(
+                    Severity::Error,
+                    "structure",
+                    self.at.child(key),
+                    format!(
+                        "{key} is not allowed: {name} may be only {}",
+                        types.join(" or ")
+                    ),
+                );
+            }
+            self.at.push(Step::Name(key));
+            self.apply(node, value);
+            self.at.pop();
+        }
+        self.check_cardinality(node, name, count, None);
     }
 
     fn check_cardinality(
@@ -205,14 +230,17 @@ impl<'p, 'a> Conform<'p, 'a> {
         count: usize,
         slice: Option<(&str, &str)>,
     ) {
-        let expression = self.at.child(name.trim_end_matches("[x]"));
+        let below = node.min.filter(|&min| count < min as usize);
+        let above = node.max.flatten().filter(|&max| count > max as usize);
+        if below.is_none() && above.is_none() {
+            return;
+        }
+        let expression = self.at.child(name.strip_suffix("[x]").unwrap_or(name));
         let what = match slice {
             Some((slice, rule)) => format!("slice {expression}:{slice} ({rule})"),
             None => expression.clone(),
         };
-        if let Some(min) = node.min
-            && count < min as usize
-        {
+        if let Some(min) = below {
             self.report(
                 Severity::Error,
                 "required",
@@ -220,9 +248,7 @@ impl<'p, 'a> Conform<'p, 'a> {
                 format!("{what}: at least {min} required, found {count}"),
             );
         }
-        if let Some(Some(max)) = node.max
-            && count > max as usize
-        {
+        if let Some(max) = above {
             self.report(
                 Severity::Error,
                 "structure",
@@ -365,7 +391,7 @@ impl<'p, 'a> Conform<'p, 'a> {
                 "value",
                 self.at.child("reference"),
                 format!(
-                    "{} points to a {type_name} resource, but the profile allows only {}",
+                    "{} refers to a resource of type {type_name}, but the profile allows only {}",
                     quoted(reference),
                     targets.join(", ")
                 ),

@@ -107,6 +107,33 @@ pub struct Slice {
 }
 
 impl Node {
+    /// Removes children that constrain nothing, below as well.
+    fn prune(&mut self) {
+        for (_, child) in &mut self.children {
+            child.prune();
+        }
+        self.children.retain(|(_, child)| !child.is_empty());
+        if let Some(slicing) = &mut self.slicing {
+            for slice in &mut slicing.slices {
+                slice.node.prune();
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.min.is_none()
+            && self.max.is_none()
+            && self.fixed.is_none()
+            && self.pattern.is_none()
+            && self.types.is_none()
+            && self.targets.is_none()
+            && self.extension_profile.is_none()
+            && self.binding.is_none()
+            && self.constraints.is_empty()
+            && self.slicing.is_none()
+            && self.children.is_empty()
+    }
+
     pub fn child(&self, name: &str) -> Option<&Node> {
         self.children
             .iter()
@@ -341,6 +368,9 @@ fn compile_profile(
         apply_element(node, element, id, url, value_sets, problems, file)?;
     }
     resolve_discriminators(&mut root, &name, problems);
+    // Elements the differential only mentions (mustSupport, documentation)
+    // carry no rule: dropping them keeps validation to the constrained parts.
+    root.prune();
     Ok(Profile {
         url: url.to_string(),
         name,

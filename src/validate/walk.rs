@@ -475,7 +475,7 @@ impl<'d, 'a> Walk<'d, 'a> {
                 "value",
                 self.at.child("reference"),
                 format!(
-                    "{} points to a {type_name} resource, but this element may point only to {}",
+                    "{} refers to a resource of type {type_name}, but this element may refer only to {}",
                     quoted(reference),
                     targets.join(", ")
                 ),
