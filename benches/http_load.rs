@@ -256,11 +256,31 @@ fn spawn_gateway(data: &Path) -> (Child, String) {
     (child, format!("http://{addr}"))
 }
 
+/// The seeded patient `i`'s NHS number: stem 900000000 + 2i, or the next
+/// stem when that one's Modulus 11 check value is 10 (two stems in a row
+/// cannot both be: their sums differ by 2). `wrk/search.lua` computes the same.
+fn nhs_number(i: usize) -> String {
+    let stem = 900_000_000 + 2 * i as u64;
+    for candidate in [stem, stem + 1] {
+        let digits = format!("{candidate:09}");
+        let sum: u64 = digits
+            .bytes()
+            .enumerate()
+            .map(|(k, b)| u64::from(b - b'0') * (10 - k as u64))
+            .sum();
+        let check = (11 - sum % 11) % 11;
+        if check < 10 {
+            return format!("{digits}{check}");
+        }
+    }
+    unreachable!("one of two consecutive stems has a valid check digit")
+}
+
 fn patient(i: usize) -> Value {
     json!({
         "resourceType": "Patient",
         "id": format!("bench-{i}"),
-        "identifier": [{"system": "https://fhir.nhs.uk/Id/nhs-number", "value": format!("{:010}", 9_000_000_000u64 + i as u64)}],
+        "identifier": [{"system": "https://fhir.nhs.uk/Id/nhs-number", "value": nhs_number(i)}],
         "name": [{"family": "Bench", "given": ["Seed"]}],
         "gender": "male",
         "birthDate": "1941-02-03",
