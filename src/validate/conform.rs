@@ -39,8 +39,31 @@ impl<'p, 'a> Conform<'p, 'a> {
         }
     }
 
+    /// A checker for an element inside a resource (an extension) at `at`.
+    pub fn at(
+        defs: &'p Definitions,
+        set: &'p ProfileSet,
+        profile: &'p Profile,
+        root: &'a Value,
+        at: Location<'a>,
+    ) -> Self {
+        Conform {
+            defs,
+            set,
+            profile: &profile.name,
+            root,
+            at,
+            issues: Vec::new(),
+        }
+    }
+
     pub fn run(&mut self, profile: &'p Profile) {
         self.apply(&profile.root, self.root);
+    }
+
+    /// Applies `profile` to `value`, the element at this checker's location.
+    pub fn apply_to(&mut self, profile: &'p Profile, value: &'a Value) {
+        self.apply(&profile.root, value);
     }
 
     fn report(&mut self, severity: Severity, code: &'static str, expression: String, text: String) {
@@ -116,11 +139,9 @@ impl<'p, 'a> Conform<'p, 'a> {
                 ),
             }
         }
-        if let Some(url) = &node.extension_profile
-            && let Some(extension) = self.set.get(url)
-        {
-            self.apply(&extension.root, value);
-        }
+        // Extensions typed with a definition (`node.extension_profile`) are
+        // checked against it by the base walk, which checks every extension
+        // whose url it knows, in a slice or not.
         if let Value::Object(_) = value {
             for (name, child) in &node.children {
                 self.apply_element(value, name, child);

@@ -112,7 +112,7 @@ impl Validator {
         };
         match (resource, self.defs.type_id(type_name)) {
             (Value::Object(object), Some(ty)) if self.defs.get(ty).kind == Kind::Resource => {
-                let mut walk = walk::Walk::new(&self.defs, resource, type_name);
+                let mut walk = walk::Walk::new(&self.defs, &self.profiles, resource, type_name);
                 walk.walk_resource(object, resource, ty);
                 walk.issues
             }
@@ -171,7 +171,7 @@ impl Validator {
                 ];
             }
         };
-        let mut walk = walk::Walk::new(&self.defs, resource, type_name);
+        let mut walk = walk::Walk::new(&self.defs, &self.profiles, resource, type_name);
         walk.walk_resource(object, resource, ty);
         let mut issues = walk.issues;
 

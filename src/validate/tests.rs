@@ -313,3 +313,35 @@ fn nhs_number_verification_status_extension_is_checked() {
         "{text}"
     );
 }
+
+#[test]
+fn known_extensions_are_checked_wherever_they_stand() {
+    // The opt-out extension carries a boolean; a string is refused even
+    // where no profile slices it (here, on an Encounter).
+    let mut e = encounter();
+    e["extension"] = json!([{
+        "url": "https://fhir.onebromley.nhs.uk/StructureDefinition/Extension-OneBromley-NationalDataOptOut",
+        "valueString": "yes"
+    }]);
+    let found = errors(e);
+    assert!(
+        found
+            .iter()
+            .any(|f| f.0 == "Encounter.extension[0].valueString" && f.1 == "structure"),
+        "{found:#?}"
+    );
+    // Unknown extension URLs are carried unchecked.
+    let mut p = patient();
+    p["extension"] =
+        json!([{"url": "https://example.org/StructureDefinition/whatever", "valueString": "x"}]);
+    assert!(errors(p).is_empty());
+    // Base-only validation still checks a known extension.
+    let mut p = patient();
+    p["identifier"][0]["extension"] = json!([{
+        "url": "https://fhir.hl7.org.uk/StructureDefinition/Extension-UKCore-NHSNumberVerificationStatus",
+        "valueCodeableConcept": {"coding": [{"system": "https://fhir.hl7.org.uk/CodeSystem/UKCore-NHSNumberVerificationStatusEngland", "code": "99"}]}
+    }]);
+    let issues = validator().validate_base(&p);
+    assert!(has_errors(&issues), "{issues:#?}");
+    assert_eq!(issues.len(), 1, "{issues:#?}");
+}

@@ -7,8 +7,10 @@
 //! The walk borrows the JSON and builds an expression string only when it has
 //! something to report.
 
+use super::conform::Conform;
 use super::definitions::{Definitions, ElementDef, Invariant, Kind, TypeId};
 use super::primitive::{PrimitiveError, quoted};
+use super::profile::ProfileSet;
 use crate::fhir::outcome::{Issue, Severity};
 use crate::fhirpath::Env;
 use serde_json::{Map, Value};
@@ -21,7 +23,7 @@ pub enum Step<'a> {
 }
 
 /// Where the walk is: `Patient`, `name`, `[0]`, `given`, `[1]`.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Location<'a> {
     steps: Vec<Step<'a>>,
 }
@@ -73,6 +75,9 @@ impl<'a> Location<'a> {
 
 pub struct Walk<'d, 'a> {
     defs: &'d Definitions,
+    /// Extension definitions: an extension whose `url` names one is checked
+    /// against it wherever it occurs.
+    extensions: &'d ProfileSet,
     /// `%rootResource`: the resource at the top, container of `contained`.
     root: &'a Value,
     /// `%resource`: the resource the walk is in (a contained one, or the root).
@@ -82,9 +87,15 @@ pub struct Walk<'d, 'a> {
 }
 
 impl<'d, 'a> Walk<'d, 'a> {
-    pub fn new(defs: &'d Definitions, root: &'a Value, root_type: &'a str) -> Self {
+    pub fn new(
+        defs: &'d Definitions,
+        extensions: &'d ProfileSet,
+        root: &'a Value,
+        root_type: &'a str,
+    ) -> Self {
         Walk {
             defs,
+            extensions,
             root,
             resource: root,
             at: Location::new(root_type),
@@ -359,6 +370,9 @@ impl<'d, 'a> Walk<'d, 'a> {
                 Value::Object(map) => {
                     self.walk_object(map, element_type.ty, element_type.targets.as_deref());
                     self.run_invariants(value, element_type.ty);
+                    if def.name == "Extension" {
+                        self.check_known_extension(map, value);
+                    }
                 }
                 other => self.error_here(
                     "structure",
@@ -372,6 +386,29 @@ impl<'d, 'a> Walk<'d, 'a> {
             },
             Kind::AnyResource => self.check_contained(value),
         }
+    }
+
+    /// An extension whose `url` is one of the extension definitions under
+    /// `profiles/` must conform to it, wherever it stands.
+    fn check_known_extension(&mut self, map: &'a Map<String, Value>, value: &'a Value) {
+        let Some(url) = map.get("url").and_then(Value::as_str) else {
+            return;
+        };
+        let Some(definition) = self.extensions.get(url) else {
+            return;
+        };
+        if definition.type_name != "Extension" {
+            return;
+        }
+        let mut conform = Conform::at(
+            self.defs,
+            self.extensions,
+            definition,
+            self.root,
+            self.at.clone(),
+        );
+        conform.apply_to(definition, value);
+        self.issues.append(&mut conform.issues);
     }
 
     fn check_contained(&mut self, value: &'a Value) {
