@@ -5,7 +5,7 @@
 
 use super::definitions::Definitions;
 use super::primitive::quoted;
-use super::profile::{Binding, Node, Profile, ProfileSet, Slicing};
+use super::profile::{Binding, Node, Profile, Slicing};
 use super::walk::{Location, Step, json_kind};
 use crate::fhir::outcome::{Issue, Severity};
 use crate::fhirpath::Env;
@@ -13,7 +13,6 @@ use serde_json::{Map, Value};
 
 pub struct Conform<'p, 'a> {
     defs: &'p Definitions,
-    set: &'p ProfileSet,
     /// The profile's `name`, for diagnostics.
     profile: &'p str,
     root: &'a Value,
@@ -24,14 +23,12 @@ pub struct Conform<'p, 'a> {
 impl<'p, 'a> Conform<'p, 'a> {
     pub fn new(
         defs: &'p Definitions,
-        set: &'p ProfileSet,
         profile: &'p Profile,
         root: &'a Value,
         root_type: &'a str,
     ) -> Self {
         Conform {
             defs,
-            set,
             profile: &profile.name,
             root,
             at: Location::new(root_type),
@@ -42,14 +39,12 @@ impl<'p, 'a> Conform<'p, 'a> {
     /// A checker for an element inside a resource (an extension) at `at`.
     pub fn at(
         defs: &'p Definitions,
-        set: &'p ProfileSet,
         profile: &'p Profile,
         root: &'a Value,
         at: Location<'a>,
     ) -> Self {
         Conform {
             defs,
-            set,
             profile: &profile.name,
             root,
             at,

@@ -218,8 +218,7 @@ impl Validator {
                 );
                 continue;
             }
-            let mut conform =
-                conform::Conform::new(&self.defs, &self.profiles, profile, resource, type_name);
+            let mut conform = conform::Conform::new(&self.defs, profile, resource, type_name);
             conform.run(profile);
             // A profile restating a base rule (class 1..1, subject a Patient)
             // adds nothing where the base walk already found the fault.

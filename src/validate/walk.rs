@@ -400,13 +400,7 @@ impl<'d, 'a> Walk<'d, 'a> {
         if definition.type_name != "Extension" {
             return;
         }
-        let mut conform = Conform::at(
-            self.defs,
-            self.extensions,
-            definition,
-            self.root,
-            self.at.clone(),
-        );
+        let mut conform = Conform::at(self.defs, definition, self.root, self.at.clone());
         conform.apply_to(definition, value);
         self.issues.append(&mut conform.issues);
     }
