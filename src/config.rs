@@ -8,10 +8,13 @@
 //! The value is read as a TOML value when it is one (`8080`, `true`), and as a
 //! string otherwise.
 
+use crate::gp::layout::{Field, Overrides};
+use crate::gp::map::DEFAULT_SEVERE_FROM;
 use crate::store::sqlite::SqliteOptions;
 use crate::validate::Validator;
 use crate::validate::profile::ONE_BROMLEY_PROFILES;
 use serde::Deserialize;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -47,6 +50,8 @@ pub struct ConfigFile {
     pub log: LogConfig,
     #[serde(default)]
     pub validation: ValidationConfig,
+    #[serde(default)]
+    pub gp_lists: GpListsConfig,
 }
 
 /// `[http]`: the FHIR REST listener.
@@ -141,6 +146,55 @@ impl Default for ValidationConfig {
     }
 }
 
+/// `[gp_lists]`: GP risk-list uploads (`POST /ingest/gp-risk-list`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GpListsConfig {
+    /// Largest list upload in bytes; separate from the FHIR body limit.
+    pub max_bytes: usize,
+    /// The eFI score from which a patient is at risk (besides category
+    /// `severe`). 0.355 takes 13/36 shown to two places (`0.36`) as severe.
+    pub severe_from: f64,
+    /// Header names per source, over the EMIS and SystmOne presets:
+    /// `[gp_lists.columns.G84001] nhs_number = "NHS No"`; `"*"` applies to
+    /// every practice. Fields: nhs_number, family_name, given_names,
+    /// birth_date, gender, postcode, usual_gp, efi_score, efi_category.
+    pub columns: HashMap<String, HashMap<String, String>>,
+}
+
+/// Default largest risk list: 256 MiB, some 2 million rows.
+pub const DEFAULT_GP_LIST_MAX_BYTES: usize = 256 * 1024 * 1024;
+
+impl Default for GpListsConfig {
+    fn default() -> Self {
+        GpListsConfig {
+            max_bytes: DEFAULT_GP_LIST_MAX_BYTES,
+            severe_from: DEFAULT_SEVERE_FROM,
+            columns: HashMap::new(),
+        }
+    }
+}
+
+/// Checked `[gp_lists]`.
+#[derive(Debug, Clone)]
+pub struct GpLists {
+    pub max_bytes: usize,
+    pub severe_from: f64,
+    /// Practice ODS code (or `*`) → header overrides.
+    pub columns: HashMap<String, Overrides>,
+}
+
+impl GpLists {
+    /// The header names configured for a practice (its own over `*`).
+    pub fn overrides_for(&self, practice: &str) -> Overrides {
+        let mut out = self.columns.get("*").cloned().unwrap_or_default();
+        if let Some(own) = self.columns.get(practice) {
+            out.extend(own.iter().map(|(k, v)| (*k, v.clone())));
+        }
+        out
+    }
+}
+
 /// Checked configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -150,6 +204,7 @@ pub struct Config {
     /// The validator, compiled from the profiles at load time so that a bad
     /// profile stops start-up before any port is bound.
     pub validator: Arc<Validator>,
+    pub gp_lists: GpLists,
 }
 
 #[derive(Debug, Clone)]
@@ -297,7 +352,38 @@ impl ConfigFile {
             &self.validation.enforce,
         )
         .map_err(|err| bad("validation", err.to_string()))?;
+        if !(1024..=1 << 34).contains(&self.gp_lists.max_bytes) {
+            return Err(bad(
+                "gp_lists.max_bytes",
+                format!("{} is outside 1024 to 17179869184", self.gp_lists.max_bytes),
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.gp_lists.severe_from) {
+            return Err(bad(
+                "gp_lists.severe_from",
+                format!("{} is not an eFI score (0 to 1)", self.gp_lists.severe_from),
+            ));
+        }
+        let mut columns = HashMap::new();
+        for (source, fields) in self.gp_lists.columns {
+            let mut overrides = Overrides::new();
+            for (key, header) in fields {
+                let field = Field::from_key(&key).ok_or_else(|| {
+                    bad(
+                        &format!("gp_lists.columns.{source}.{key}"),
+                        "not a risk-list field (nhs_number, family_name, given_names, birth_date, gender, postcode, usual_gp, efi_score, efi_category)".to_string(),
+                    )
+                })?;
+                overrides.insert(field, header);
+            }
+            columns.insert(source, overrides);
+        }
         Ok(Config {
+            gp_lists: GpLists {
+                max_bytes: self.gp_lists.max_bytes,
+                severe_from: self.gp_lists.severe_from,
+                columns,
+            },
             validator: Arc::new(validator),
             http: Http {
                 listen,

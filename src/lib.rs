@@ -11,6 +11,7 @@
 //! - [`api`]: the HTTP interface: FHIR REST under `/fhir`, health probes.
 //! - [`fhir`]: FHIR as carried: resource types, lossless stored JSON, search
 //!   parameters, dates, OperationOutcome.
+//! - [`gp`]: GP risk lists (EMIS Web, SystmOne CSV) into patients and referrals.
 //! - [`validate`]: FHIR R4 base validation and local profiles (`profiles/`).
 //! - [`fhirpath`]: a FHIRPath evaluator over FHIR JSON, for invariants and rules.
 //! - [`store`]: durable versioned storage, search index, journal; SQLite by default.
@@ -22,6 +23,7 @@ pub mod api;
 pub mod config;
 pub mod fhir;
 pub mod fhirpath;
+pub mod gp;
 pub mod server;
 pub mod store;
 pub mod validate;

@@ -4,6 +4,9 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use pathway_gateway::config::Config;
+use pathway_gateway::gp::dry_run;
+use pathway_gateway::gp::layout::Format;
+use pathway_gateway::gp::map::MapContext;
 use pathway_gateway::server;
 use pathway_gateway::validate::{Validator, files};
 use std::path::PathBuf;
@@ -42,6 +45,27 @@ enum Command {
         #[arg(required = true, value_name = "FILE")]
         files: Vec<PathBuf>,
     },
+    /// Dry run: prints what an input would become (a FHIR transaction
+    /// Bundle), with row errors and validation issues; exit 1 if any row fails.
+    Map {
+        /// The kind of input: gp-csv.
+        #[arg(long, value_name = "KIND")]
+        from: String,
+        /// ODS code of the sending practice (gp-csv).
+        #[arg(long, value_name = "ODS")]
+        practice: Option<String>,
+        /// Column preset: emis, systmone or generic (default: by header).
+        #[arg(long, value_name = "FORMAT")]
+        format: Option<String>,
+        /// The receipt time to stamp (default: now), FHIR dateTime.
+        #[arg(long, value_name = "DATETIME")]
+        received: Option<String>,
+        /// Configuration file, for column overrides and the risk threshold.
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
     /// Lints a profiles directory (default ./profiles): unknown paths,
     /// unresolvable bindings and extensions, unsupported rules.
     CheckProfiles {
@@ -60,6 +84,14 @@ fn main() -> std::process::ExitCode {
             files,
         } => validate(profiles.as_deref(), &profile, json, &files),
         Command::CheckProfiles { dir } => check_profiles(&dir),
+        Command::Map {
+            from,
+            practice,
+            format,
+            received,
+            config,
+            file,
+        } => map(&from, practice, format, received, config, &file),
         Command::Serve { config } => {
             let config = match Config::load(config.as_deref(), std::env::vars()) {
                 Ok(config) => config,
@@ -110,6 +142,66 @@ fn validate(
         Err(err) => {
             eprintln!("pathway-gateway: {err}");
             std::process::ExitCode::from(2)
+        }
+    }
+}
+
+fn map(
+    from: &str,
+    practice: Option<String>,
+    format: Option<String>,
+    received: Option<String>,
+    config: Option<PathBuf>,
+    file: &std::path::Path,
+) -> std::process::ExitCode {
+    let usage = |message: String| {
+        eprintln!("pathway-gateway map: {message}");
+        std::process::ExitCode::from(2)
+    };
+    if from != "gp-csv" {
+        return usage(format!("--from {from:?}: only gp-csv is supported so far"));
+    }
+    let config = match Config::load(config.as_deref(), std::env::vars()) {
+        Ok(config) => config,
+        Err(err) => return usage(err.to_string()),
+    };
+    let Some(practice) = practice.map(|p| p.to_ascii_uppercase()) else {
+        return usage("--practice ODS is required for gp-csv".to_string());
+    };
+    let format = match format.as_deref().map(Format::parse) {
+        None => None,
+        Some(Some(f)) => Some(f),
+        Some(None) => return usage("--format must be emis, systmone or generic".to_string()),
+    };
+    let bytes = match std::fs::read(file) {
+        Ok(bytes) => bytes,
+        Err(err) => return usage(format!("cannot read {}: {err}", file.display())),
+    };
+    let cx = MapContext {
+        practice: practice.clone(),
+        received: received.unwrap_or_else(|| {
+            jiff::Timestamp::now()
+                .strftime("%Y-%m-%dT%H:%M:%SZ")
+                .to_string()
+        }),
+        severe_from: config.gp_lists.severe_from,
+    };
+    let overrides = config.gp_lists.overrides_for(&practice);
+    match dry_run::map_list(&bytes, format, &overrides, &cx, &config.validator) {
+        Ok(run) => {
+            println!("{}", serde_json::to_string_pretty(&run).unwrap_or_default());
+            if run.rejected == 0 {
+                std::process::ExitCode::SUCCESS
+            } else {
+                std::process::ExitCode::FAILURE
+            }
+        }
+        Err(err) => {
+            eprintln!(
+                "{}: not a risk list this gateway can read: {err}",
+                file.display()
+            );
+            std::process::ExitCode::FAILURE
         }
     }
 }

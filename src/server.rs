@@ -31,6 +31,7 @@ pub async fn run(
         http: Arc::new(config.http.clone()),
         draining: draining.clone(),
         validator: config.validator.clone(),
+        gp_lists: Arc::new(config.gp_lists.clone()),
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {

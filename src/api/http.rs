@@ -48,6 +48,25 @@ const ACCEPTED_MEDIA_TYPES: [&str; 3] = [
 /// Reads a FHIR request body: JSON media types only (415), at most `limit`
 /// bytes (413), refused by its declared length before any of it is read.
 pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    read_body_of(
+        headers,
+        body,
+        limit,
+        &ACCEPTED_MEDIA_TYPES,
+        "application/fhir+json (or application/json)",
+    )
+    .await
+}
+
+/// Reads a request body of one of `accepted` media types (415 otherwise),
+/// at most `limit` bytes (413).
+pub async fn read_body_of(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    accepted: &[&str],
+    described: &str,
+) -> Result<Bytes, ApiError> {
     let media_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -59,14 +78,14 @@ pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<
                 .to_ascii_lowercase()
         });
     match media_type.as_deref() {
-        Some(m) if ACCEPTED_MEDIA_TYPES.contains(&m) => {}
+        Some(m) if accepted.contains(&m) => {}
         other => {
             return Err(ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 Issue::error(
                     "not-supported",
                     format!(
-                        "the body must be application/fhir+json (or application/json), not {}",
+                        "the body must be {described}, not {}",
                         other.map_or("unstated".to_string(), |m| format!("\"{m}\""))
                     ),
                 ),

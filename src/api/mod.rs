@@ -6,10 +6,12 @@ pub mod bundle;
 pub mod capability;
 pub mod error;
 pub mod http;
+pub mod ingest;
 pub mod operation;
+pub mod quarantine;
 pub mod rest;
 
-use crate::config::Http;
+use crate::config::{GpLists, Http};
 use crate::fhir::outcome::Issue;
 use crate::store::Store;
 use crate::validate::Validator;
@@ -33,6 +35,7 @@ pub struct AppState {
     pub draining: Arc<AtomicBool>,
     /// Base R4 and the enforced profiles: every write passes through it.
     pub validator: Arc<Validator>,
+    pub gp_lists: Arc<GpLists>,
 }
 
 /// The whole HTTP application.
@@ -56,6 +59,15 @@ pub fn app(state: AppState) -> Router {
         .route("/fhir/{type}/{id}", get(rest::read).put(rest::update))
         .route("/fhir/{type}/{id}/_history", get(rest::history))
         .route("/fhir/{type}/{id}/_history/{version}", get(rest::vread))
+        .route(
+            "/ingest/gp-risk-list",
+            axum::routing::post(ingest::gp_risk_list),
+        )
+        .route("/quarantine", get(quarantine::list))
+        .route(
+            "/quarantine/{id}/replay",
+            axum::routing::post(quarantine::replay),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(log_request))

@@ -165,6 +165,36 @@ pub struct JournalReceipt {
     pub duplicate: bool,
 }
 
+/// An input refused for its content, kept for a person to look at and
+/// replay after a fix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuarantineEntry {
+    /// The interface it came in on: `gp-risk-list`, `hl7v2-mllp`, …
+    pub source: String,
+    pub sender: String,
+    /// The journal entry of the upload or message it was part of.
+    pub journal_id: Option<i64>,
+    pub received_at_ms: i64,
+    /// Where in that input: `line 12`, `MSH-10 ABC123`.
+    pub location: String,
+    /// Why, as JSON (an array of located reasons).
+    pub reasons: String,
+    pub content_type: String,
+    /// What is needed to replay it (the raw row and its context, the raw
+    /// message).
+    pub payload: Vec<u8>,
+}
+
+/// A quarantined input and what became of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quarantined {
+    pub id: i64,
+    pub entry: QuarantineEntry,
+    /// `held`, or `replayed` once a replay went through.
+    pub status: String,
+    pub resolved_at_ms: Option<i64>,
+}
+
 /// A failure of the store itself (disk, database, shutdown): a 503 or 500,
 /// never the sender's fault.
 #[derive(Debug, thiserror::Error)]
@@ -200,6 +230,19 @@ pub trait Store: Send + Sync + 'static {
     async fn journal(&self, entry: JournalEntry) -> Result<JournalReceipt, StoreError>;
     /// A journal entry by id.
     async fn journal_entry(&self, id: i64) -> Result<Option<JournalEntry>, StoreError>;
+    /// Keeps refused inputs, durably, returning their ids in order.
+    async fn quarantine(&self, entries: Vec<QuarantineEntry>) -> Result<Vec<i64>, StoreError>;
+    /// Quarantined inputs after id `after`, oldest first; only those still
+    /// held unless `all`.
+    async fn quarantined(
+        &self,
+        after: i64,
+        limit: usize,
+        all: bool,
+    ) -> Result<Vec<Quarantined>, StoreError>;
+    async fn quarantined_entry(&self, id: i64) -> Result<Option<Quarantined>, StoreError>;
+    /// Marks a held entry replayed; false if it was not held.
+    async fn resolve_quarantined(&self, id: i64) -> Result<bool, StoreError>;
     /// Is the store able to serve? (`/readyz`)
     async fn check(&self) -> Result<(), StoreError>;
     /// Finishes queued writes and closes the store cleanly.

@@ -14,7 +14,8 @@ mod search;
 mod writer;
 
 use super::{
-    JournalEntry, JournalReceipt, SearchPage, Store, StoreError, Stored, WriteOutcome, WriteRequest,
+    JournalEntry, JournalReceipt, QuarantineEntry, Quarantined, SearchPage, Store, StoreError,
+    Stored, WriteOutcome, WriteRequest,
 };
 use crate::fhir::ResourceType;
 use crate::fhir::search::SearchQuery;
@@ -28,7 +29,8 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 /// The database file inside the data directory.
 pub const DB_FILE: &str = "gateway.sqlite";
 /// The schema this code writes; a newer file is refused rather than misread.
-const SCHEMA_VERSION: i64 = 1;
+/// 2: the quarantine table (added by re-running the idempotent schema).
+const SCHEMA_VERSION: i64 = 2;
 
 /// How the store is set up (checked configuration).
 #[derive(Debug, Clone)]
@@ -51,6 +53,11 @@ pub(super) enum Job {
         JournalEntry,
         oneshot::Sender<Result<JournalReceipt, StoreError>>,
     ),
+    Quarantine(
+        Vec<QuarantineEntry>,
+        oneshot::Sender<Result<Vec<i64>, StoreError>>,
+    ),
+    Resolve(i64, oneshot::Sender<Result<bool, StoreError>>),
     Close(oneshot::Sender<()>),
 }
 
@@ -228,6 +235,47 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn quarantine(&self, entries: Vec<QuarantineEntry>) -> Result<Vec<i64>, StoreError> {
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.submit(|tx| Job::Quarantine(entries, tx)).await
+    }
+
+    async fn quarantined(
+        &self,
+        after: i64,
+        limit: usize,
+        all: bool,
+    ) -> Result<Vec<Quarantined>, StoreError> {
+        self.with_reader(move |conn| {
+            let sql = format!(
+                "SELECT {QUARANTINE_COLUMNS} FROM quarantine WHERE id > ?1 {} ORDER BY id LIMIT ?2",
+                if all { "" } else { "AND status = 'held'" }
+            );
+            let mut statement = conn.prepare_cached(&sql)?;
+            let rows = statement.query_map(params![after, limit as i64], quarantined_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn quarantined_entry(&self, id: i64) -> Result<Option<Quarantined>, StoreError> {
+        self.with_reader(move |conn| {
+            Ok(conn
+                .prepare_cached(&format!(
+                    "SELECT {QUARANTINE_COLUMNS} FROM quarantine WHERE id = ?1"
+                ))?
+                .query_row([id], quarantined_row)
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn resolve_quarantined(&self, id: i64) -> Result<bool, StoreError> {
+        self.submit(|tx| Job::Resolve(id, tx)).await
+    }
+
     async fn check(&self) -> Result<(), StoreError> {
         if self.jobs.is_closed() {
             return Err(StoreError::Closed);
@@ -264,6 +312,26 @@ fn configure(conn: &Connection) -> Result<(), StoreError> {
     // Statements are cached per connection; searches have one per query shape.
     conn.set_prepared_statement_cache_capacity(64);
     Ok(())
+}
+
+const QUARANTINE_COLUMNS: &str = "id, source, sender, journal_id, received_at, location, reasons, content_type, payload, status, resolved_at";
+
+fn quarantined_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Quarantined> {
+    Ok(Quarantined {
+        id: row.get(0)?,
+        entry: QuarantineEntry {
+            source: row.get(1)?,
+            sender: row.get(2)?,
+            journal_id: row.get(3)?,
+            received_at_ms: row.get(4)?,
+            location: row.get(5)?,
+            reasons: row.get(6)?,
+            content_type: row.get(7)?,
+            payload: row.get(8)?,
+        },
+        status: row.get(9)?,
+        resolved_at_ms: row.get(10)?,
+    })
 }
 
 fn open_writer(path: &Path) -> Result<Connection, StoreError> {

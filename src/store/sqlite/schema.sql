@@ -66,3 +66,20 @@ CREATE TABLE IF NOT EXISTS journal (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS journal_repeat
     ON journal (source, sender, message_id) WHERE message_id IS NOT NULL;
+
+-- Inputs refused for their content (a bad CSV row, an HL7 message that
+-- fails mapping), kept with their reasons until replayed after a fix.
+CREATE TABLE IF NOT EXISTS quarantine (
+    id           INTEGER PRIMARY KEY,
+    received_at  INTEGER NOT NULL,
+    source       TEXT    NOT NULL,
+    sender       TEXT    NOT NULL,
+    journal_id   INTEGER,
+    location     TEXT    NOT NULL,
+    reasons      TEXT    NOT NULL,
+    content_type TEXT    NOT NULL,
+    payload      BLOB    NOT NULL,
+    status       TEXT    NOT NULL DEFAULT 'held',
+    resolved_at  INTEGER
+);
+CREATE INDEX IF NOT EXISTS quarantine_held ON quarantine (status, id);

@@ -9,8 +9,8 @@ use crate::fhir::json::rewrite_references;
 use crate::fhir::resource::{Prepared, assemble};
 use crate::fhir::search::{SearchQuery, reference_target};
 use crate::store::{
-    Change, JournalEntry, JournalReceipt, Mutation, MutationError, StoreError, Stored,
-    WriteOutcome, WriteRequest, Written,
+    Change, JournalEntry, JournalReceipt, Mutation, MutationError, QuarantineEntry, StoreError,
+    Stored, WriteOutcome, WriteRequest, Written,
 };
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 use std::collections::HashMap;
@@ -115,6 +115,14 @@ impl Writer {
                 Job::Journal(entry, reply) => {
                     let result = self.in_savepoint(|w| w.journal(&entry).map(Ok));
                     answers.push(Answer::Journal(reply, result));
+                }
+                Job::Quarantine(entries, reply) => {
+                    let result = self.in_savepoint(|w| w.quarantine(&entries, now).map(Ok));
+                    answers.push(Answer::Quarantine(reply, result));
+                }
+                Job::Resolve(id, reply) => {
+                    let result = self.in_savepoint(|w| w.resolve_quarantined(id, now).map(Ok));
+                    answers.push(Answer::Resolve(reply, result));
                 }
                 Job::Close(done) => {
                     let _ = done.send(());
@@ -460,6 +468,45 @@ impl Writer {
         Ok(())
     }
 
+    fn quarantine(
+        &mut self,
+        entries: &[QuarantineEntry],
+        now: i64,
+    ) -> Result<Vec<i64>, StoreError> {
+        let mut insert = self.conn.prepare_cached(
+            "INSERT INTO quarantine(received_at, source, sender, journal_id, location, reasons, content_type, payload) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?;
+        let mut ids = Vec::with_capacity(entries.len());
+        for e in entries {
+            let received = if e.received_at_ms > 0 {
+                e.received_at_ms
+            } else {
+                now
+            };
+            insert.execute(params![
+                received,
+                e.source,
+                e.sender,
+                e.journal_id,
+                e.location,
+                e.reasons,
+                e.content_type,
+                e.payload
+            ])?;
+            ids.push(self.conn.last_insert_rowid());
+        }
+        Ok(ids)
+    }
+
+    fn resolve_quarantined(&mut self, id: i64, now: i64) -> Result<bool, StoreError> {
+        let changed = self
+            .conn
+            .prepare_cached("UPDATE quarantine SET status = 'replayed', resolved_at = ?2 WHERE id = ?1 AND status = 'held'")?
+            .execute(params![id, now])?;
+        Ok(changed == 1)
+    }
+
     fn journal(&mut self, entry: &JournalEntry) -> Result<JournalReceipt, StoreError> {
         if let Some(message_id) = &entry.message_id {
             let existing: Option<i64> = self
@@ -510,6 +557,14 @@ enum Answer {
         oneshot::Sender<Result<JournalReceipt, StoreError>>,
         Result<JournalReceipt, StoreError>,
     ),
+    Quarantine(
+        oneshot::Sender<Result<Vec<i64>, StoreError>>,
+        Result<Vec<i64>, StoreError>,
+    ),
+    Resolve(
+        oneshot::Sender<Result<bool, StoreError>>,
+        Result<bool, StoreError>,
+    ),
 }
 
 impl Answer {
@@ -521,6 +576,12 @@ impl Answer {
             Answer::Journal(reply, result) => {
                 let _ = reply.send(result);
             }
+            Answer::Quarantine(reply, result) => {
+                let _ = reply.send(result);
+            }
+            Answer::Resolve(reply, result) => {
+                let _ = reply.send(result);
+            }
         }
     }
 
@@ -530,6 +591,12 @@ impl Answer {
                 let _ = reply.send(Err(failure(message)));
             }
             Answer::Journal(reply, _) => {
+                let _ = reply.send(Err(failure(message)));
+            }
+            Answer::Quarantine(reply, _) => {
+                let _ = reply.send(Err(failure(message)));
+            }
+            Answer::Resolve(reply, _) => {
                 let _ = reply.send(Err(failure(message)));
             }
         }
@@ -547,6 +614,12 @@ fn answer_failure(job: Job, message: &str) {
             let _ = reply.send(Err(failure(message)));
         }
         Job::Journal(_, reply) => {
+            let _ = reply.send(Err(failure(message)));
+        }
+        Job::Quarantine(_, reply) => {
+            let _ = reply.send(Err(failure(message)));
+        }
+        Job::Resolve(_, reply) => {
             let _ = reply.send(Err(failure(message)));
         }
         Job::Close(done) => {

@@ -1,0 +1,665 @@
+//! A whole list, end to end: read each row, map it, validate what it maps
+//! to, and store each row's resources in one transaction, several rows at a
+//! time so that the store's group commit serves many. Bad rows are reported
+//! with line and column and kept in quarantine; with `atomic`, one bad row
+//! refuses the list.
+
+use super::layout::{Field, Format, Layout, Overrides};
+use super::map::{
+    CARE_PLAN_ID_SYSTEM, MapContext, NHS_NUMBER_SYSTEM, PATHWAY_SYSTEM, REFERRAL_ID_SYSTEM,
+    at_risk, map_patient, map_referral, merge_patient,
+};
+use super::read::{self, ListError, Record};
+use super::row::{RiskRow, RowError, read_row};
+use crate::fhir::outcome::Issue;
+use crate::fhir::resource::{Rejection, prepare_json};
+use crate::fhir::search::{SearchQuery, parse_search};
+use crate::fhir::{ResourceType, new_id};
+use crate::store::{
+    Change, Mutation, MutationError, QuarantineEntry, Store, StoreError, WriteOutcome, WriteRequest,
+};
+use crate::validate::Validator;
+use futures_util::future::join_all;
+use serde::Serialize;
+use serde_json::{Value, json};
+
+/// The journal and quarantine `source` of risk lists.
+pub const SOURCE: &str = "gp-risk-list";
+/// Rows mapped and written together: enough for group commit to pay off,
+/// few enough to bound what is held at once.
+const CHUNK_ROWS: usize = 256;
+/// Times a row is retried when its patient changed under it (If-Match).
+const MAX_ATTEMPTS: usize = 3;
+
+/// How to take a list.
+#[derive(Debug, Clone)]
+pub struct ListOptions {
+    pub practice: String,
+    pub format: Option<Format>,
+    pub atomic: bool,
+    pub overrides: Overrides,
+    pub cx: MapContext,
+}
+
+/// The answer to an upload.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Report {
+    pub practice: String,
+    pub format: String,
+    pub rows: usize,
+    pub accepted: usize,
+    pub rejected: usize,
+    pub patients_created: usize,
+    pub patients_updated: usize,
+    pub referrals_created: usize,
+    pub errors: Vec<RowError>,
+    /// Quarantine ids of the rejected rows.
+    pub quarantined: Vec<i64>,
+    /// The journal entry holding the upload as received.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub journal_id: Option<i64>,
+    /// With `atomic`, whether the list was stored (false if any row was bad).
+    pub stored: bool,
+}
+
+/// What makes an upload fail as a whole.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error(transparent)]
+    List(#[from] ListError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// One row's planned writes.
+struct Plan {
+    row: RiskRow,
+    raw: String,
+    mutations: Vec<Mutation>,
+    /// Index of the referral's ServiceRequest among the mutations.
+    referral_at: Option<usize>,
+}
+
+/// Reads, maps, validates and stores a list. The caller has journaled it.
+pub async fn ingest_list(
+    store: &dyn Store,
+    validator: &Validator,
+    bytes: &[u8],
+    options: &ListOptions,
+    journal_id: Option<i64>,
+) -> Result<Report, IngestError> {
+    let list = read::open(bytes, options.format, &options.overrides)?;
+    let layout = list.layout.clone();
+    let header: Vec<String> = header_of(&layout);
+    let mut report = Report {
+        practice: options.practice.clone(),
+        format: layout.format.as_str().to_string(),
+        journal_id,
+        stored: true,
+        ..Report::default()
+    };
+    let mut rejected: Vec<(Record, Vec<RowError>)> = Vec::new();
+    let mut chunk: Vec<Record> = Vec::with_capacity(CHUNK_ROWS);
+    let mut held: Vec<Plan> = Vec::new(); // atomic: every plan, written at the end
+    let mut list = list;
+    loop {
+        let next = list.next();
+        let end = next.is_none();
+        match next {
+            Some(Ok(record)) => chunk.push(record),
+            Some(Err(err)) => {
+                // A CSV fault (a quote never closed) ends the list here.
+                let line = match &err {
+                    ListError::Csv { line, .. } => *line,
+                    _ => 0,
+                };
+                report.rows += 1;
+                let error = RowError {
+                    row: line,
+                    column: String::new(),
+                    reason: err.to_string(),
+                };
+                rejected.push((
+                    Record {
+                        line,
+                        fields: Vec::new(),
+                        raw: String::new(),
+                    },
+                    vec![error],
+                ));
+            }
+            None => {}
+        }
+        if chunk.len() == CHUNK_ROWS || (end && !chunk.is_empty()) {
+            report.rows += chunk.len();
+            // Rows are planned concurrently: each reads the store.
+            let records: Vec<Record> = std::mem::take(&mut chunk);
+            let planned = join_all(
+                records
+                    .iter()
+                    .map(|r| plan_row(store, validator, &layout, r, options)),
+            )
+            .await;
+            let mut plans = Vec::with_capacity(records.len());
+            for (record, planned) in records.into_iter().zip(planned) {
+                match planned? {
+                    Ok(plan) => plans.push(plan),
+                    Err(errors) => rejected.push((record, errors)),
+                }
+            }
+            if options.atomic {
+                held.extend(plans);
+            } else {
+                write_plans(
+                    store,
+                    validator,
+                    &layout,
+                    options,
+                    plans,
+                    &mut report,
+                    &mut rejected,
+                )
+                .await?;
+            }
+        }
+        if end {
+            break;
+        }
+    }
+    if options.atomic {
+        if rejected.is_empty() {
+            write_atomically(store, held, &mut report, &mut rejected).await?;
+        } else {
+            report.stored = false;
+        }
+    }
+    rejected.sort_by_key(|(record, _)| record.line);
+    report.rejected = rejected.len();
+    report.accepted = if report.stored {
+        report.rows - report.rejected
+    } else {
+        0
+    };
+    let entries: Vec<QuarantineEntry> = rejected
+        .iter()
+        .map(|(record, errors)| quarantine_entry(record, errors, &header, options, journal_id))
+        .collect();
+    report.quarantined = store.quarantine(entries).await?;
+    report.errors = rejected
+        .into_iter()
+        .flat_map(|(_, errors)| errors)
+        .collect();
+    Ok(report)
+}
+
+/// Maps one quarantined row again (after a fix in configuration or
+/// profiles) and stores it. `Ok(Err(errors))` when it still fails.
+pub async fn replay_row(
+    store: &dyn Store,
+    validator: &Validator,
+    payload: &[u8],
+    options_for: impl Fn(&str, Option<Format>) -> ListOptions,
+) -> Result<Result<Report, Vec<RowError>>, IngestError> {
+    let bad = |reason: &str| {
+        Ok(Err(vec![RowError {
+            row: 0,
+            column: String::new(),
+            reason: reason.to_string(),
+        }]))
+    };
+    let Ok(saved) = serde_json::from_slice::<Value>(payload) else {
+        return bad("the quarantined payload is not a saved risk-list row");
+    };
+    let (Some(practice), Some(header), Some(line), Some(raw)) = (
+        saved["practice"].as_str(),
+        saved["header"].as_array(),
+        saved["line"].as_u64(),
+        saved["row"].as_str(),
+    ) else {
+        return bad("the quarantined payload is not a saved risk-list row");
+    };
+    if raw.is_empty() {
+        return bad(
+            "the list was cut short at this line (a quote never closed); send the list again",
+        );
+    }
+    let format = saved["format"].as_str().and_then(Format::parse);
+    let mut options = options_for(practice, format);
+    options.atomic = false;
+    // The saved header and row, as a list of their own.
+    let header: Vec<String> = header
+        .iter()
+        .filter_map(|h| h.as_str().map(str::to_string))
+        .collect();
+    let text = format!(
+        "{}\n{raw}\n",
+        header
+            .iter()
+            .map(|h| csv_field(h))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let list = read::open(text.as_bytes(), format, &options.overrides)?;
+    let layout = list.layout.clone();
+    let Some(Ok(mut record)) = list.into_iter().next() else {
+        return bad("the saved row could not be read again");
+    };
+    record.line = line;
+    match plan_row(store, validator, &layout, &record, &options).await? {
+        Err(errors) => Ok(Err(errors)),
+        Ok(plan) => {
+            let mut report = Report {
+                practice: options.practice.clone(),
+                format: layout.format.as_str().to_string(),
+                rows: 1,
+                stored: true,
+                ..Report::default()
+            };
+            let mut rejected = Vec::new();
+            write_plans(
+                store,
+                validator,
+                &layout,
+                &options,
+                vec![plan],
+                &mut report,
+                &mut rejected,
+            )
+            .await?;
+            match rejected.pop() {
+                Some((_, errors)) => Ok(Err(errors)),
+                None => {
+                    report.accepted = 1;
+                    Ok(Ok(report))
+                }
+            }
+        }
+    }
+}
+
+/// The row read, mapped and validated into the writes that store it.
+async fn plan_row(
+    store: &dyn Store,
+    validator: &Validator,
+    layout: &Layout,
+    record: &Record,
+    options: &ListOptions,
+) -> Result<Result<Plan, Vec<RowError>>, StoreError> {
+    let row = match read_row(record.line, &record.fields, layout) {
+        Ok(row) => row,
+        Err(errors) => return Ok(Err(errors)),
+    };
+    let cx = &options.cx;
+    let mut mutations = Vec::with_capacity(3);
+    let invalid = |rejection: Rejection| rejection_errors(&row, layout, rejection);
+
+    let existing = store
+        .search(&identifier_query(
+            ResourceType::Patient,
+            NHS_NUMBER_SYSTEM,
+            &row.nhs_number,
+        ))
+        .await?;
+    let (patient_ref, on_pathway) = match existing.resources.first() {
+        Some(current) => {
+            let reference = format!("Patient/{}", current.id);
+            if let Some(merged) = merge_patient(&current.body, &row, cx) {
+                match prepare_json(&merged, Some(ResourceType::Patient), validator) {
+                    Ok(resource) => mutations.push(Mutation::Update {
+                        resource,
+                        id: current.id.clone(),
+                        if_match: Some(current.version),
+                        full_url: None,
+                    }),
+                    Err(rejection) => return Ok(Err(invalid(rejection))),
+                }
+            }
+            let on_pathway = on_pathway(store, &reference).await?;
+            (reference, on_pathway)
+        }
+        None => {
+            let patient = map_patient(&row, cx);
+            let reference = format!("urn:uuid:{}", new_id());
+            match prepare_json(&patient.to_string(), Some(ResourceType::Patient), validator) {
+                Ok(resource) => mutations.push(Mutation::Create {
+                    resource,
+                    id: new_id(),
+                    if_none_exist: Some(identifier_query(
+                        ResourceType::Patient,
+                        NHS_NUMBER_SYSTEM,
+                        &row.nhs_number,
+                    )),
+                    full_url: Some(reference.clone()),
+                }),
+                Err(rejection) => return Ok(Err(invalid(rejection))),
+            }
+            (reference, false)
+        }
+    };
+
+    let mut referral_at = None;
+    if let Some(reason) = at_risk(&row, cx)
+        && !on_pathway
+    {
+        let referral_ref = format!("urn:uuid:{}", new_id());
+        let (service_request, care_plan) =
+            map_referral(&row, cx, &reason, &patient_ref, &referral_ref);
+        let service_request = prepare_json(
+            &service_request.to_string(),
+            Some(ResourceType::ServiceRequest),
+            validator,
+        );
+        let care_plan = prepare_json(
+            &care_plan.to_string(),
+            Some(ResourceType::CarePlan),
+            validator,
+        );
+        match (service_request, care_plan) {
+            (Ok(sr), Ok(cp)) => {
+                referral_at = Some(mutations.len());
+                mutations.push(Mutation::Create {
+                    resource: sr,
+                    id: new_id(),
+                    if_none_exist: Some(identifier_query(
+                        ResourceType::ServiceRequest,
+                        REFERRAL_ID_SYSTEM,
+                        &row.nhs_number,
+                    )),
+                    full_url: Some(referral_ref),
+                });
+                mutations.push(Mutation::Create {
+                    resource: cp,
+                    id: new_id(),
+                    if_none_exist: Some(identifier_query(
+                        ResourceType::CarePlan,
+                        CARE_PLAN_ID_SYSTEM,
+                        &row.nhs_number,
+                    )),
+                    full_url: None,
+                });
+            }
+            (Err(rejection), _) | (_, Err(rejection)) => return Ok(Err(invalid(rejection))),
+        }
+    }
+    Ok(Ok(Plan {
+        row,
+        raw: record.raw.clone(),
+        mutations,
+        referral_at,
+    }))
+}
+
+/// Is the patient on the proactive care pathway already (a proactive-care
+/// CarePlan that is draft, active or on hold)?
+async fn on_pathway(store: &dyn Store, patient: &str) -> Result<bool, StoreError> {
+    let pairs = [("subject".to_string(), patient.to_string())];
+    let Ok((query, _)) = parse_search(ResourceType::CarePlan, &pairs, true) else {
+        return Ok(false);
+    };
+    let page = store.search(&query).await?;
+    Ok(page.resources.iter().any(|plan| {
+        let Ok(plan) = serde_json::from_str::<Value>(&plan.body) else {
+            return false;
+        };
+        let live = matches!(
+            plan["status"].as_str(),
+            Some("draft" | "active" | "on-hold")
+        );
+        let proactive = plan["category"].as_array().into_iter().flatten().any(|c| {
+            c["coding"].as_array().into_iter().flatten().any(|coding| {
+                coding["system"] == PATHWAY_SYSTEM && coding["code"] == "proactive-care"
+            })
+        });
+        live && proactive
+    }))
+}
+
+/// Writes each row's plan as its own transaction, all rows concurrently so
+/// that they share commits. A row whose patient changed meanwhile is planned
+/// again.
+async fn write_plans(
+    store: &dyn Store,
+    validator: &Validator,
+    layout: &Layout,
+    options: &ListOptions,
+    plans: Vec<Plan>,
+    report: &mut Report,
+    rejected: &mut Vec<(Record, Vec<RowError>)>,
+) -> Result<(), StoreError> {
+    let mut pending = plans;
+    for attempt in 0..MAX_ATTEMPTS {
+        if pending.is_empty() {
+            break;
+        }
+        let writes = pending.iter().map(|plan| {
+            store.write(WriteRequest {
+                mutations: plan.mutations.clone(),
+                atomic: true,
+            })
+        });
+        let outcomes = join_all(writes).await;
+        let mut retry = Vec::new();
+        for (plan, outcome) in pending.into_iter().zip(outcomes) {
+            match outcome? {
+                WriteOutcome::Applied(results) => count(&plan, &results, report),
+                WriteOutcome::RolledBack {
+                    error: MutationError::VersionConflict { .. },
+                    ..
+                } if attempt + 1 < MAX_ATTEMPTS => retry.push(plan),
+                WriteOutcome::RolledBack { error, .. } => {
+                    let record = Record {
+                        line: plan.row.row,
+                        fields: Vec::new(),
+                        raw: plan.raw.clone(),
+                    };
+                    let error = RowError {
+                        row: plan.row.row,
+                        column: String::new(),
+                        reason: format!("could not be stored: {error}"),
+                    };
+                    rejected.push((record, vec![error]));
+                }
+            }
+        }
+        // Plan again from what is stored now.
+        let mut replanned = Vec::with_capacity(retry.len());
+        for plan in retry {
+            let record = Record {
+                line: plan.row.row,
+                fields: plan_fields(&plan, layout),
+                raw: plan.raw.clone(),
+            };
+            match plan_row(store, validator, layout, &record, options).await? {
+                Ok(plan) => replanned.push(plan),
+                Err(errors) => rejected.push((record, errors)),
+            }
+        }
+        pending = replanned;
+    }
+    Ok(())
+}
+
+/// An atomic list: every row's writes in one transaction.
+async fn write_atomically(
+    store: &dyn Store,
+    plans: Vec<Plan>,
+    report: &mut Report,
+    rejected: &mut Vec<(Record, Vec<RowError>)>,
+) -> Result<(), StoreError> {
+    let mut bounds = Vec::with_capacity(plans.len());
+    let mut mutations = Vec::new();
+    for plan in &plans {
+        let start = mutations.len();
+        mutations.extend(plan.mutations.iter().cloned());
+        bounds.push(start..mutations.len());
+    }
+    match store
+        .write(WriteRequest {
+            mutations,
+            atomic: true,
+        })
+        .await?
+    {
+        WriteOutcome::Applied(results) => {
+            for (plan, range) in plans.iter().zip(bounds) {
+                count(plan, &results[range], report);
+            }
+        }
+        WriteOutcome::RolledBack { index, error } => {
+            report.stored = false;
+            if let Some((plan, _)) = plans.iter().zip(&bounds).find(|(_, r)| r.contains(&index)) {
+                let record = Record {
+                    line: plan.row.row,
+                    fields: Vec::new(),
+                    raw: plan.raw.clone(),
+                };
+                rejected.push((
+                    record,
+                    vec![RowError {
+                        row: plan.row.row,
+                        column: String::new(),
+                        reason: format!("could not be stored: {error}"),
+                    }],
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn count(
+    plan: &Plan,
+    results: &[Result<crate::store::Written, MutationError>],
+    report: &mut Report,
+) {
+    for (i, result) in results.iter().enumerate() {
+        let Ok(written) = result else { continue };
+        match (written.resource.resource_type, written.change) {
+            (ResourceType::Patient, Change::Created) => report.patients_created += 1,
+            (ResourceType::Patient, Change::Updated) => report.patients_updated += 1,
+            (ResourceType::ServiceRequest, Change::Created) if plan.referral_at == Some(i) => {
+                report.referrals_created += 1
+            }
+            _ => {}
+        }
+    }
+}
+
+fn identifier_query(ty: ResourceType, system: &str, value: &str) -> SearchQuery {
+    let pairs = [("identifier".to_string(), format!("{system}|{value}"))];
+    match parse_search(ty, &pairs, true) {
+        Ok((query, _)) => query,
+        // The pair is built here from a checked NHS number: it always parses.
+        Err(issue) => unreachable!("identifier search always parses: {issue:?}"),
+    }
+}
+
+/// Validation issues of a mapped resource, as row errors: the column is the
+/// one the failing element came from, where there is one.
+fn rejection_errors(row: &RiskRow, layout: &Layout, rejection: Rejection) -> Vec<RowError> {
+    rejection
+        .issues()
+        .into_iter()
+        .filter(|i| {
+            matches!(
+                i.severity,
+                crate::fhir::outcome::Severity::Error | crate::fhir::outcome::Severity::Fatal
+            )
+        })
+        .map(|issue: Issue| {
+            let expression = issue.expression.first().cloned().unwrap_or_default();
+            let field = [
+                ("birthDate", Field::BirthDate),
+                ("gender", Field::Gender),
+                ("name", Field::FamilyName),
+                ("address", Field::Postcode),
+                ("identifier", Field::NhsNumber),
+            ]
+            .into_iter()
+            .find(|(element, _)| expression.contains(element))
+            .map(|(_, f)| f);
+            let column = field
+                .and_then(|f| layout.column(f).map(|(_, h)| h.to_string()))
+                .unwrap_or_default();
+            RowError {
+                row: row.row,
+                column,
+                reason: format!("{} ({expression})", issue.diagnostics),
+            }
+        })
+        .collect()
+}
+
+fn header_of(layout: &Layout) -> Vec<String> {
+    let mut columns: Vec<(usize, String)> = Field::ALL
+        .iter()
+        .filter_map(|f| layout.column(*f).map(|(i, h)| (i, h.to_string())))
+        .collect();
+    columns.sort();
+    let width = columns.last().map_or(0, |(i, _)| i + 1);
+    let mut header = vec![String::new(); width];
+    for (i, h) in columns {
+        header[i] = h;
+    }
+    header
+}
+
+/// The fields of a planned row, for planning it again.
+fn plan_fields(plan: &Plan, layout: &Layout) -> Vec<String> {
+    let row = &plan.row;
+    let mut fields = vec![String::new(); header_of(layout).len()];
+    let mut set = |field: Field, value: Option<String>| {
+        if let (Some((i, _)), Some(v)) = (layout.column(field), value)
+            && i < fields.len()
+        {
+            fields[i] = v;
+        }
+    };
+    set(Field::NhsNumber, Some(row.nhs_number.clone()));
+    set(Field::FamilyName, row.family_name.clone());
+    set(
+        Field::GivenNames,
+        (!row.given_names.is_empty()).then(|| row.given_names.join(" ")),
+    );
+    set(Field::BirthDate, row.birth_date.clone());
+    set(Field::Gender, row.gender.map(str::to_string));
+    set(Field::Postcode, row.postcode.clone());
+    set(Field::UsualGp, row.usual_gp.clone());
+    set(Field::EfiScore, row.efi_score.map(|s| s.to_string()));
+    set(Field::EfiCategory, row.efi_category.map(str::to_string));
+    fields
+}
+
+fn quarantine_entry(
+    record: &Record,
+    errors: &[RowError],
+    header: &[String],
+    options: &ListOptions,
+    journal_id: Option<i64>,
+) -> QuarantineEntry {
+    let payload = json!({
+        "practice": options.practice,
+        "format": options.format.map(Format::as_str),
+        "header": header,
+        "line": record.line,
+        "row": record.raw,
+    });
+    QuarantineEntry {
+        source: SOURCE.to_string(),
+        sender: options.practice.clone(),
+        journal_id,
+        received_at_ms: 0,
+        location: format!("line {}", record.line),
+        reasons: serde_json::to_string(errors).unwrap_or_else(|_| "[]".to_string()),
+        content_type: "application/json".to_string(),
+        payload: payload.to_string().into_bytes(),
+    }
+}
+
+fn csv_field(field: &str) -> String {
+    if field.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", field.replace('"', "\"\""))
+    } else {
+        field.to_string()
+    }
+}

@@ -1,0 +1,252 @@
+//! Reading a list as the GP systems write it: UTF-8 (with or without a BOM)
+//! or Windows-1252, CRLF or LF, RFC 4180 quoting, preamble lines before the
+//! header row, blank and all-empty trailing rows.
+//!
+//! The bytes are parsed where they lie (the `csv` crate over the body);
+//! each field is decoded on its own, so a list is never copied whole.
+
+use super::layout::{Format, Layout, Overrides};
+
+/// How the bytes are encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    Utf8,
+    /// Not valid UTF-8: read as Windows-1252, what Excel on Windows writes.
+    Windows1252,
+}
+
+/// Why a list cannot be read at all (as opposed to a bad row).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ListError {
+    #[error("the list is empty")]
+    Empty,
+    #[error(
+        "no header row found in the first {MAX_PREAMBLE_LINES} lines: expected a column named like \"NHS Number\" and at least one of surname, forename, date of birth, gender, postcode or eFI ({format})"
+    )]
+    NoHeader { format: String },
+    #[error("line {line}: {message}")]
+    Csv { line: u64, message: String },
+}
+
+/// Lines read looking for the header row before giving up.
+pub const MAX_PREAMBLE_LINES: u64 = 50;
+
+/// A list whose header row has been found.
+pub struct List<'b> {
+    pub layout: Layout,
+    pub encoding: Encoding,
+    /// The header row's line number.
+    pub header_line: u64,
+    records: csv::ByteRecordsIntoIter<&'b [u8]>,
+    lines: LineCounter<'b>,
+    done: bool,
+}
+
+/// Line numbers from byte offsets. The `csv` crate's own line count is off
+/// after CRLF endings and blank lines, and a practice needs the line its
+/// spreadsheet shows.
+struct LineCounter<'b> {
+    bytes: &'b [u8],
+    offset: usize,
+    line: u64,
+}
+
+impl LineCounter<'_> {
+    /// The line on which the record found at `byte` starts (its position
+    /// may point at the end of the previous line's terminator).
+    fn line_at(&mut self, byte: u64) -> u64 {
+        let mut start = usize::try_from(byte)
+            .unwrap_or(usize::MAX)
+            .min(self.bytes.len());
+        while start < self.bytes.len() && matches!(self.bytes[start], b'\r' | b'\n') {
+            start += 1;
+        }
+        if start < self.offset {
+            self.offset = 0;
+            self.line = 1;
+        }
+        self.line += self.bytes[self.offset..start]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count() as u64;
+        self.offset = start;
+        self.line
+    }
+}
+
+/// A data row: its line number and its fields, decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub line: u64,
+    pub fields: Vec<String>,
+    /// The row as it stood in the file (decoded, fields re-joined with
+    /// commas and quoted where needed): what quarantine keeps.
+    pub raw: String,
+}
+
+/// Finds the header row of `bytes` (the BOM aside) and returns the list,
+/// ready to give its rows.
+pub fn open<'b>(
+    bytes: &'b [u8],
+    format: Option<Format>,
+    overrides: &Overrides,
+) -> Result<List<'b>, ListError> {
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    if bytes.iter().all(|b| b.is_ascii_whitespace()) {
+        return Err(ListError::Empty);
+    }
+    let encoding = if std::str::from_utf8(bytes).is_ok() {
+        Encoding::Utf8
+    } else {
+        Encoding::Windows1252
+    };
+    let mut records = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .from_reader(bytes)
+        .into_byte_records();
+    let mut lines = LineCounter {
+        bytes,
+        offset: 0,
+        line: 1,
+    };
+    let mut seen = 0u64;
+    while let Some(record) = records.next() {
+        let record = record.map_err(|e| csv_error(e, &mut lines))?;
+        seen += 1;
+        let fields: Vec<String> = record.iter().map(|f| decode(f, encoding)).collect();
+        if let Some(layout) = Layout::recognise(&fields, format, overrides) {
+            let header_line = record.position().map_or(seen, |p| lines.line_at(p.byte()));
+            return Ok(List {
+                layout,
+                encoding,
+                header_line,
+                records,
+                lines,
+                done: false,
+            });
+        }
+        if seen >= MAX_PREAMBLE_LINES {
+            break;
+        }
+    }
+    Err(ListError::NoHeader {
+        format: format
+            .map_or("any of emis, systmone, generic", Format::as_str)
+            .to_string(),
+    })
+}
+
+impl Iterator for List<'_> {
+    type Item = Result<Record, ListError>;
+
+    /// The next row with any content; blank and all-empty rows are skipped.
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        loop {
+            let record = match self.records.next()? {
+                Ok(record) => record,
+                Err(err) => {
+                    // A broken quote runs to the end of the file: nothing
+                    // after it can be trusted to be a row.
+                    self.done = true;
+                    return Some(Err(csv_error(err, &mut self.lines)));
+                }
+            };
+            if record.iter().all(|f| f.iter().all(u8::is_ascii_whitespace)) {
+                continue;
+            }
+            let line = record
+                .position()
+                .map_or(0, |p| self.lines.line_at(p.byte()));
+            let fields: Vec<String> = record.iter().map(|f| decode(f, self.encoding)).collect();
+            let raw = join_csv(&fields);
+            return Some(Ok(Record { line, fields, raw }));
+        }
+    }
+}
+
+fn csv_error(err: csv::Error, lines: &mut LineCounter<'_>) -> ListError {
+    let line = err.position().map_or(0, |p| lines.line_at(p.byte()));
+    let message = match err.kind() {
+        csv::ErrorKind::Utf8 { .. } => "the text is not valid UTF-8".to_string(),
+        _ => err.to_string(),
+    };
+    ListError::Csv { line, message }
+}
+
+/// Windows-1252's 0x80–0x9F; the other high bytes are Latin-1.
+const CP1252_HIGH: [char; 32] = [
+    '€', '\u{81}', '‚', 'ƒ', '„', '…', '†', '‡', 'ˆ', '‰', 'Š', '‹', 'Œ', '\u{8d}', 'Ž', '\u{8f}',
+    '\u{90}', '‘', '’', '“', '”', '•', '–', '—', '˜', '™', 'š', '›', 'œ', '\u{9d}', 'ž', 'Ÿ',
+];
+
+fn decode(field: &[u8], encoding: Encoding) -> String {
+    match encoding {
+        Encoding::Utf8 => String::from_utf8_lossy(field).into_owned(),
+        Encoding::Windows1252 => field
+            .iter()
+            .map(|&b| match b {
+                0x80..=0x9F => CP1252_HIGH[usize::from(b - 0x80)],
+                _ => char::from(b),
+            })
+            .collect(),
+    }
+}
+
+/// Fields joined as a CSV row (RFC 4180 quoting where needed).
+fn join_csv(fields: &[String]) -> String {
+    fields
+        .iter()
+        .map(|f| {
+            if f.contains([',', '"', '\n', '\r']) {
+                format!("\"{}\"", f.replace('"', "\"\""))
+            } else {
+                f.clone()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::layout::Field;
+    use super::*;
+
+    #[test]
+    fn finds_the_header_after_a_preamble_and_skips_empty_rows() {
+        let text = "\u{feff}Frailty register\r\nRun date: 05-Mar-2024,,\r\n\r\n\"NHS Number\",\"Surname\",\"Forename(s)\"\r\n\"943 476 5919\",\"O'Brien, Jr\",\"Ann \"\"Nan\"\"\"\r\n,,\r\n\r\n";
+        let mut list = open(text.as_bytes(), None, &Overrides::new()).unwrap();
+        assert_eq!(list.header_line, 4);
+        assert_eq!(list.layout.column(Field::FamilyName), Some((1, "Surname")));
+        let row = list.next().unwrap().unwrap();
+        assert_eq!(row.line, 5);
+        assert_eq!(row.fields, ["943 476 5919", "O'Brien, Jr", "Ann \"Nan\""]);
+        assert_eq!(row.raw, "943 476 5919,\"O'Brien, Jr\",\"Ann \"\"Nan\"\"\"");
+        assert!(list.next().is_none());
+    }
+
+    #[test]
+    fn reads_windows_1252() {
+        let bytes = b"NHS Number,Surname\n9434765919,Ren\xe9e \x96 O\x92Neil\n";
+        let mut list = open(bytes, None, &Overrides::new()).unwrap();
+        assert_eq!(list.encoding, Encoding::Windows1252);
+        assert_eq!(list.next().unwrap().unwrap().fields[1], "Renée – O’Neil");
+    }
+
+    #[test]
+    fn refuses_lists_without_a_header_or_content() {
+        assert_eq!(
+            open(b"  \r\n", None, &Overrides::new()).err(),
+            Some(ListError::Empty)
+        );
+        assert!(matches!(
+            open(b"a,b\n1,2\n", None, &Overrides::new()),
+            Err(ListError::NoHeader { .. })
+        ));
+        assert!(open(b"\x00\xff\xfe garbage", None, &Overrides::new()).is_err());
+    }
+}
