@@ -13,15 +13,17 @@ use super::read::{self, ListError, Record};
 use super::row::{RiskRow, RowError, read_row};
 use crate::fhir::outcome::Issue;
 use crate::fhir::resource::{Rejection, prepare_json};
-use crate::fhir::search::{SearchQuery, parse_search};
+use crate::fhir::search::{CURSOR_PARAM, SearchQuery, parse_search};
 use crate::fhir::{ResourceType, new_id};
 use crate::store::{
-    Change, Mutation, MutationError, QuarantineEntry, Store, StoreError, WriteOutcome, WriteRequest,
+    Change, Mutation, MutationError, QuarantineEntry, Store, StoreError, Stored, WriteOutcome,
+    WriteRequest,
 };
 use crate::validate::Validator;
 use futures_util::future::join_all;
 use serde::Serialize;
 use serde_json::{Value, json};
+use std::collections::{HashMap, HashSet};
 
 /// The journal and quarantine `source` of risk lists.
 pub const SOURCE: &str = "gp-risk-list";
@@ -132,21 +134,9 @@ pub async fn ingest_list(
         }
         if chunk.len() == CHUNK_ROWS || (end && !chunk.is_empty()) {
             report.rows += chunk.len();
-            // Rows are planned concurrently: each reads the store.
             let records: Vec<Record> = std::mem::take(&mut chunk);
-            let planned = join_all(
-                records
-                    .iter()
-                    .map(|r| plan_row(store, validator, &layout, r, options)),
-            )
-            .await;
-            let mut plans = Vec::with_capacity(records.len());
-            for (record, planned) in records.into_iter().zip(planned) {
-                match planned? {
-                    Ok(plan) => plans.push(plan),
-                    Err(errors) => rejected.push((record, errors)),
-                }
-            }
+            let (plans, mut bad) = plan_chunk(store, validator, &layout, records, options).await?;
+            rejected.append(&mut bad);
             if options.atomic {
                 held.extend(plans);
             } else {
@@ -277,7 +267,9 @@ pub async fn replay_row(
     }
 }
 
-/// The row read, mapped and validated into the writes that store it.
+/// The row read, mapped and validated into the writes that store it,
+/// looking up its patient first (retries and replays; whole chunks look up
+/// their patients together, see [`plan_chunk`]).
 async fn plan_row(
     store: &dyn Store,
     validator: &Validator,
@@ -289,10 +281,6 @@ async fn plan_row(
         Ok(row) => row,
         Err(errors) => return Ok(Err(errors)),
     };
-    let cx = &options.cx;
-    let mut mutations = Vec::with_capacity(3);
-    let invalid = |rejection: Rejection| rejection_errors(&row, layout, rejection);
-
     let existing = store
         .search(&identifier_query(
             ResourceType::Patient,
@@ -300,9 +288,152 @@ async fn plan_row(
             &row.nhs_number,
         ))
         .await?;
-    let (patient_ref, on_pathway) = match existing.resources.first() {
+    let current = existing.resources.into_iter().next();
+    let on_pathway = match &current {
+        Some(p) => !patients_on_pathway(store, &[format!("Patient/{}", p.id)])
+            .await?
+            .is_empty(),
+        None => false,
+    };
+    Ok(plan_with(
+        validator,
+        layout,
+        row,
+        &record.raw,
+        current.as_ref(),
+        on_pathway,
+        options,
+    ))
+}
+
+/// Plans a chunk of rows: their patients and care plans are looked up in a
+/// few searches rather than one or two per row.
+async fn plan_chunk(
+    store: &dyn Store,
+    validator: &Validator,
+    layout: &Layout,
+    records: Vec<Record>,
+    options: &ListOptions,
+) -> Result<(Vec<Plan>, Vec<(Record, Vec<RowError>)>), StoreError> {
+    let mut rejected = Vec::new();
+    let mut rows = Vec::with_capacity(records.len());
+    for record in records {
+        match read_row(record.line, &record.fields, layout) {
+            Ok(row) => rows.push((record, row)),
+            Err(errors) => rejected.push((record, errors)),
+        }
+    }
+    let numbers: Vec<String> = rows
+        .iter()
+        .map(|(_, r)| format!("{NHS_NUMBER_SYSTEM}|{}", r.nhs_number))
+        .collect();
+    let mut patients: HashMap<String, Stored> = HashMap::new();
+    for batch in numbers.chunks(MAX_LOOKUP) {
+        for patient in search_all(store, ResourceType::Patient, "identifier", batch).await? {
+            if let Ok(value) = serde_json::from_str::<Value>(&patient.body) {
+                for identifier in value["identifier"].as_array().into_iter().flatten() {
+                    if identifier["system"] == NHS_NUMBER_SYSTEM
+                        && let Some(nhs) = identifier["value"].as_str()
+                    {
+                        patients.insert(nhs.to_string(), patient.clone());
+                    }
+                }
+            }
+        }
+    }
+    let subjects: Vec<String> = patients
+        .values()
+        .map(|p| format!("Patient/{}", p.id))
+        .collect();
+    let on_pathway = patients_on_pathway(store, &subjects).await?;
+    let mut plans = Vec::with_capacity(rows.len());
+    for (record, row) in rows {
+        let current = patients.get(&row.nhs_number);
+        let on = current.is_some_and(|p| on_pathway.contains(&format!("Patient/{}", p.id)));
+        match plan_with(validator, layout, row, &record.raw, current, on, options) {
+            Ok(plan) => plans.push(plan),
+            Err(errors) => rejected.push((record, errors)),
+        }
+    }
+    Ok((plans, rejected))
+}
+
+/// Values per search (the search API's own limit on alternatives).
+const MAX_LOOKUP: usize = 100;
+
+/// Every resource matching `param` = any of `values` (one search per page).
+async fn search_all(
+    store: &dyn Store,
+    ty: ResourceType,
+    param: &str,
+    values: &[String],
+) -> Result<Vec<Stored>, StoreError> {
+    let mut found = Vec::new();
+    for batch in values.chunks(MAX_LOOKUP) {
+        let mut pairs = vec![
+            (param.to_string(), batch.join(",")),
+            ("_count".to_string(), "1000".to_string()),
+        ];
+        while let Ok((query, _)) = parse_search(ty, &pairs, true) {
+            let page = store.search(&query).await?;
+            found.extend(page.resources);
+            match page.next_after {
+                Some(after) => {
+                    pairs.retain(|(k, _)| k != CURSOR_PARAM);
+                    pairs.push((CURSOR_PARAM.to_string(), after));
+                }
+                None => break,
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// Which of `patients` (`Patient/{id}`) are on the proactive care pathway
+/// already: a proactive-care CarePlan that is draft, active or on hold.
+async fn patients_on_pathway(
+    store: &dyn Store,
+    patients: &[String],
+) -> Result<HashSet<String>, StoreError> {
+    let mut on = HashSet::new();
+    for plan in search_all(store, ResourceType::CarePlan, "subject", patients).await? {
+        let Ok(plan) = serde_json::from_str::<Value>(&plan.body) else {
+            continue;
+        };
+        let live = matches!(
+            plan["status"].as_str(),
+            Some("draft" | "active" | "on-hold")
+        );
+        let proactive = plan["category"].as_array().into_iter().flatten().any(|c| {
+            c["coding"].as_array().into_iter().flatten().any(|coding| {
+                coding["system"] == PATHWAY_SYSTEM && coding["code"] == "proactive-care"
+            })
+        });
+        if live
+            && proactive
+            && let Some(subject) = plan["subject"]["reference"].as_str()
+        {
+            on.insert(subject.to_string());
+        }
+    }
+    Ok(on)
+}
+
+/// The writes for a row, given its patient as stored (if any).
+fn plan_with(
+    validator: &Validator,
+    layout: &Layout,
+    row: RiskRow,
+    raw: &str,
+    current: Option<&Stored>,
+    on_pathway: bool,
+    options: &ListOptions,
+) -> Result<Plan, Vec<RowError>> {
+    let cx = &options.cx;
+    let mut mutations = Vec::with_capacity(3);
+    let invalid = |rejection: Rejection| rejection_errors(&row, layout, rejection);
+    let patient_ref = match current {
         Some(current) => {
-            let reference = format!("Patient/{}", current.id);
             if let Some(merged) = merge_patient(&current.body, &row, cx) {
                 match prepare_json(&merged, Some(ResourceType::Patient), validator) {
                     Ok(resource) => mutations.push(Mutation::Update {
@@ -311,11 +442,10 @@ async fn plan_row(
                         if_match: Some(current.version),
                         full_url: None,
                     }),
-                    Err(rejection) => return Ok(Err(invalid(rejection))),
+                    Err(rejection) => return Err(invalid(rejection)),
                 }
             }
-            let on_pathway = on_pathway(store, &reference).await?;
-            (reference, on_pathway)
+            format!("Patient/{}", current.id)
         }
         None => {
             let patient = map_patient(&row, cx);
@@ -331,9 +461,9 @@ async fn plan_row(
                     )),
                     full_url: Some(reference.clone()),
                 }),
-                Err(rejection) => return Ok(Err(invalid(rejection))),
+                Err(rejection) => return Err(invalid(rejection)),
             }
-            (reference, false)
+            reference
         }
     };
 
@@ -378,40 +508,15 @@ async fn plan_row(
                     full_url: None,
                 });
             }
-            (Err(rejection), _) | (_, Err(rejection)) => return Ok(Err(invalid(rejection))),
+            (Err(rejection), _) | (_, Err(rejection)) => return Err(invalid(rejection)),
         }
     }
-    Ok(Ok(Plan {
+    Ok(Plan {
         row,
-        raw: record.raw.clone(),
+        raw: raw.to_string(),
         mutations,
         referral_at,
-    }))
-}
-
-/// Is the patient on the proactive care pathway already (a proactive-care
-/// CarePlan that is draft, active or on hold)?
-async fn on_pathway(store: &dyn Store, patient: &str) -> Result<bool, StoreError> {
-    let pairs = [("subject".to_string(), patient.to_string())];
-    let Ok((query, _)) = parse_search(ResourceType::CarePlan, &pairs, true) else {
-        return Ok(false);
-    };
-    let page = store.search(&query).await?;
-    Ok(page.resources.iter().any(|plan| {
-        let Ok(plan) = serde_json::from_str::<Value>(&plan.body) else {
-            return false;
-        };
-        let live = matches!(
-            plan["status"].as_str(),
-            Some("draft" | "active" | "on-hold")
-        );
-        let proactive = plan["category"].as_array().into_iter().flatten().any(|c| {
-            c["coding"].as_array().into_iter().flatten().any(|coding| {
-                coding["system"] == PATHWAY_SYSTEM && coding["code"] == "proactive-care"
-            })
-        });
-        live && proactive
-    }))
+    })
 }
 
 /// Writes each row's plan as its own transaction, all rows concurrently so

@@ -342,6 +342,9 @@ fn open_writer(path: &Path) -> Result<Connection, StoreError> {
     // survives power loss, not only a crash of the process.
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "cache_size", -16_000)?;
+    // Each request runs in a savepoint; keep their statement journals in
+    // memory rather than spilling them to temporary files.
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
     let found: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
     if found > SCHEMA_VERSION {
         return Err(StoreError::SchemaTooNew {

@@ -25,55 +25,58 @@ pub(super) fn matching_ids_sql(query: &SearchQuery) -> (String, Vec<SqlValue>) {
                     any.join(" OR ")
                 ));
             }
+            // Each alternative is a point lookup on the primary key; joined
+            // by UNION rather than OR, which SQLite would answer by scanning
+            // every entry of the parameter (seconds, once there are 100
+            // alternatives over 50,000 patients).
             Clause::Token { param, any_of } => {
-                args.push(ty());
-                args.push(text(param));
+                let mut lookups = Vec::new();
                 for m in any_of {
-                    match m {
+                    args.push(ty());
+                    args.push(text(param));
+                    let condition = match m {
                         TokenMatch::Value(v) => {
-                            any.push("value=?");
                             args.push(text(v));
+                            "value=?"
                         }
                         TokenMatch::SystemValue(s, v) => {
-                            any.push("(value=? AND system=?)");
                             args.push(text(v));
                             args.push(text(s));
+                            "value=? AND system=?"
                         }
                         TokenMatch::NoSystem(v) => {
-                            any.push("(value=? AND system='')");
                             args.push(text(v));
+                            "value=? AND system=''"
                         }
                         TokenMatch::System(s) => {
-                            any.push("system=?");
                             args.push(text(s));
+                            "system=?"
                         }
-                    }
+                    };
+                    lookups.push(format!(
+                        "SELECT id FROM idx_token WHERE type=? AND param=? AND {condition}"
+                    ));
                 }
-                parts.push(format!(
-                    "SELECT DISTINCT id FROM idx_token WHERE type=? AND param=? AND ({})",
-                    any.join(" OR ")
-                ));
+                parts.push(union(lookups));
             }
             Clause::Reference { param, any_of } => {
-                args.push(ty());
-                args.push(text(param));
+                let mut lookups = Vec::new();
                 for (target_type, target_id) in any_of {
-                    match target_type {
+                    args.push(ty());
+                    args.push(text(param));
+                    args.push(text(target_id));
+                    let condition = match target_type {
                         Some(t) => {
-                            any.push("(target_id=? AND target_type=?)");
-                            args.push(text(target_id));
                             args.push(text(t));
+                            "target_id=? AND target_type=?"
                         }
-                        None => {
-                            any.push("target_id=?");
-                            args.push(text(target_id));
-                        }
-                    }
+                        None => "target_id=?",
+                    };
+                    lookups.push(format!(
+                        "SELECT id FROM idx_ref WHERE type=? AND param=? AND {condition}"
+                    ));
                 }
-                parts.push(format!(
-                    "SELECT DISTINCT id FROM idx_ref WHERE type=? AND param=? AND ({})",
-                    any.join(" OR ")
-                ));
+                parts.push(union(lookups));
             }
             Clause::Date { param, any_of } => {
                 args.push(ty());
@@ -113,6 +116,24 @@ pub(super) fn matching_ids_sql(query: &SearchQuery) -> (String, Vec<SqlValue>) {
     (parts.join(" INTERSECT "), args)
 }
 
+/// Does some criterion name its matches outright (values of a token,
+/// reference targets, ids) rather than a range or a whole system?
+fn is_selective(query: &SearchQuery) -> bool {
+    query.clauses.iter().any(|clause| match clause {
+        Clause::Id(_) | Clause::Reference { .. } => true,
+        Clause::Token { any_of, .. } => any_of.iter().all(|m| !matches!(m, TokenMatch::System(_))),
+        Clause::Date { .. } => false,
+    })
+}
+
+/// The distinct ids of any of `lookups`, as one operand of an INTERSECT.
+fn union(lookups: Vec<String>) -> String {
+    if lookups.len() == 1 {
+        return lookups[0].replacen("SELECT id", "SELECT DISTINCT id", 1);
+    }
+    format!("SELECT id FROM ({})", lookups.join(" UNION "))
+}
+
 pub(super) fn search(conn: &Connection, query: &SearchQuery) -> Result<SearchPage, StoreError> {
     // One read transaction: the total and the page see the same snapshot.
     let snapshot = conn.unchecked_transaction()?;
@@ -125,10 +146,16 @@ pub(super) fn search(conn: &Connection, query: &SearchQuery) -> Result<SearchPag
     args.push(SqlValue::Text(ty.as_str().to_string()));
     args.push(SqlValue::Text(query.after.clone().unwrap_or_default()));
     args.push(SqlValue::Integer(query.count as i64 + 1));
+    // When a criterion is a set of point lookups (identifiers, references,
+    // ids), the matches are few: start from them (CROSS JOIN fixes the
+    // order). Otherwise SQLite may walk `current` in id order and stop at
+    // the page's end, which beats sorting every match. Left to itself it
+    // walked `current` even for 100 identifiers: 22 ms instead of 1 ms.
+    let join = if is_selective(query) { "CROSS JOIN" } else { "JOIN" };
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT m.id, v.version, v.last_updated, v.body FROM ({ids_sql}) m \
-         JOIN current c ON c.type=? AND c.id=m.id \
-         JOIN versions v ON v.type=c.type AND v.id=c.id AND v.version=c.version \
+         {join} current c ON c.type=? AND c.id=m.id \
+         {join} versions v ON v.type=c.type AND v.id=c.id AND v.version=c.version \
          WHERE m.id > ? ORDER BY m.id LIMIT ?"
     ))?;
     let mut resources = stmt
