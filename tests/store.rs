@@ -81,7 +81,7 @@ async fn journal_keeps_payloads_and_recognises_repeats() {
         message_id: Some("MSG00001".into()),
         content_type: "x-application/hl7-v2+er7".into(),
         received_at_ms: 1_700_000_000_000,
-        payload: b"MSH|^~\\&|PAS|RJ224|...\r".to_vec(),
+        payload: bytes::Bytes::from_static(b"MSH|^~\\&|PAS|RJ224|...\r"),
     };
     let first = store.journal(entry.clone()).await.unwrap();
     assert!(!first.duplicate);

@@ -76,7 +76,7 @@ pub async fn gp_risk_list(
             message_id: None,
             content_type: "text/csv".to_string(),
             received_at_ms: received.as_millisecond(),
-            payload: bytes.to_vec(),
+            payload: bytes.clone(),
         })
         .await?;
 

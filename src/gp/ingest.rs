@@ -10,7 +10,7 @@ use super::map::{
     at_risk, map_patient, map_referral, merge_patient,
 };
 use super::read::{self, ListError, Record};
-use super::row::{RiskRow, RowError, read_row};
+use super::row::{RiskRow, RowError, normalise_nhs_number, read_row};
 use crate::fhir::outcome::Issue;
 use crate::fhir::resource::{Rejection, prepare_json};
 use crate::fhir::search::{CURSOR_PARAM, SearchQuery, parse_search};
@@ -62,6 +62,10 @@ pub struct Report {
     pub journal_id: Option<i64>,
     /// With `atomic`, whether the list was stored (false if any row was bad).
     pub stored: bool,
+    /// NHS numbers of patients this practice referred to the proactive care
+    /// pathway before who are not in this list. Reported, never acted on:
+    /// the gateway takes no one off the pathway.
+    pub not_in_list: Vec<String>,
 }
 
 /// What makes an upload fail as a whole.
@@ -103,12 +107,20 @@ pub async fn ingest_list(
     let mut rejected: Vec<(Record, Vec<RowError>)> = Vec::new();
     let mut chunk: Vec<Record> = Vec::with_capacity(CHUNK_ROWS);
     let mut held: Vec<Plan> = Vec::new(); // atomic: every plan, written at the end
+    let mut seen: HashSet<String> = HashSet::new();
     let mut list = list;
     loop {
         let next = list.next();
         let end = next.is_none();
         match next {
-            Some(Ok(record)) => chunk.push(record),
+            Some(Ok(record)) => {
+                if let Some((i, _)) = layout.column(Field::NhsNumber)
+                    && let Some(Ok(nhs)) = record.fields.get(i).map(|v| normalise_nhs_number(v))
+                {
+                    seen.insert(nhs);
+                }
+                chunk.push(record)
+            }
             Some(Err(err)) => {
                 // A CSV fault (a quote never closed) ends the list here.
                 let line = match &err {
@@ -162,6 +174,9 @@ pub async fn ingest_list(
         } else {
             report.stored = false;
         }
+    }
+    if report.stored {
+        report.not_in_list = referred_but_not_in(store, &options.practice, &seen).await?;
     }
     rejected.sort_by_key(|(record, _)| record.line);
     report.rejected = rejected.len();
@@ -356,6 +371,49 @@ async fn plan_chunk(
         }
     }
     Ok((plans, rejected))
+}
+
+/// Patients with a live proactive-care referral from `practice` whose NHS
+/// number is not in `seen`, sorted.
+async fn referred_but_not_in(store: &dyn Store, practice: &str, seen: &HashSet<String>) -> Result<Vec<String>, StoreError> {
+    let mut missing = Vec::new();
+    let mut pairs = vec![
+        ("identifier".to_string(), format!("{REFERRAL_ID_SYSTEM}|")),
+        ("_count".to_string(), "1000".to_string()),
+    ];
+    // Page by page, so that only a page of referrals is held at a time.
+    while let Ok((query, _)) = parse_search(ResourceType::ServiceRequest, &pairs, true) {
+        let page = store.search(&query).await?;
+        for referral in &page.resources {
+            let Ok(referral) = serde_json::from_str::<Value>(&referral.body) else {
+                continue;
+            };
+            let from_practice = referral["requester"]["identifier"]["value"] == practice;
+            let live = matches!(referral["status"].as_str(), Some("draft" | "active" | "on-hold"));
+            let nhs = referral["identifier"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|i| i["system"] == REFERRAL_ID_SYSTEM)
+                .and_then(|i| i["value"].as_str());
+            if let Some(nhs) = nhs
+                && from_practice
+                && live
+                && !seen.contains(nhs)
+            {
+                missing.push(nhs.to_string());
+            }
+        }
+        match page.next_after {
+            Some(after) => {
+                pairs.retain(|(k, _)| k != CURSOR_PARAM);
+                pairs.push((CURSOR_PARAM.to_string(), after));
+            }
+            None => break,
+        }
+    }
+    missing.sort();
+    Ok(missing)
 }
 
 /// Values per search (the search API's own limit on alternatives).

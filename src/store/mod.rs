@@ -154,7 +154,9 @@ pub struct JournalEntry {
     pub message_id: Option<String>,
     pub content_type: String,
     pub received_at_ms: i64,
-    pub payload: Vec<u8>,
+    /// Shared, not copied: a 200 MB upload is held once while it is
+    /// journaled and read.
+    pub payload: bytes::Bytes,
 }
 
 /// The journal's answer: the entry's id, and whether it was a repeat of an

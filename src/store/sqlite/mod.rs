@@ -227,7 +227,7 @@ impl Store for SqliteStore {
                         message_id: row.get(2)?,
                         content_type: row.get(3)?,
                         received_at_ms: row.get(4)?,
-                        payload: row.get(5)?,
+                        payload: bytes::Bytes::from(row.get::<_, Vec<u8>>(5)?),
                     })
                 })
                 .optional()?)

@@ -116,16 +116,6 @@ pub(super) fn matching_ids_sql(query: &SearchQuery) -> (String, Vec<SqlValue>) {
     (parts.join(" INTERSECT "), args)
 }
 
-/// Does some criterion name its matches outright (values of a token,
-/// reference targets, ids) rather than a range or a whole system?
-fn is_selective(query: &SearchQuery) -> bool {
-    query.clauses.iter().any(|clause| match clause {
-        Clause::Id(_) | Clause::Reference { .. } => true,
-        Clause::Token { any_of, .. } => any_of.iter().all(|m| !matches!(m, TokenMatch::System(_))),
-        Clause::Date { .. } => false,
-    })
-}
-
 /// The distinct ids of any of `lookups`, as one operand of an INTERSECT.
 fn union(lookups: Vec<String>) -> String {
     if lookups.len() == 1 {
@@ -143,20 +133,19 @@ pub(super) fn search(conn: &Connection, query: &SearchQuery) -> Result<SearchPag
         .query_row(params_from_iter(ids_args.iter()), |row| row.get(0))?;
     let ty = query.resource_type;
     let mut args = ids_args;
-    args.push(SqlValue::Text(ty.as_str().to_string()));
     args.push(SqlValue::Text(query.after.clone().unwrap_or_default()));
     args.push(SqlValue::Integer(query.count as i64 + 1));
-    // When a criterion is a set of point lookups (identifiers, references,
-    // ids), the matches are few: start from them (CROSS JOIN fixes the
-    // order). Otherwise SQLite may walk `current` in id order and stop at
-    // the page's end, which beats sorting every match. Left to itself it
-    // walked `current` even for 100 identifiers: 22 ms instead of 1 ms.
-    let join = if is_selective(query) { "CROSS JOIN" } else { "JOIN" };
+    args.push(SqlValue::Text(ty.as_str().to_string()));
+    // The page's ids first (matches after the cursor, in id order, one more
+    // than the page), then their bodies: CROSS JOIN keeps that order of work.
+    // Left to itself, SQLite walked every resource of the type and probed the
+    // matches for each: 0.55 s a page for a criterion matching 25,000.
     let mut stmt = conn.prepare_cached(&format!(
-        "SELECT m.id, v.version, v.last_updated, v.body FROM ({ids_sql}) m \
-         {join} current c ON c.type=? AND c.id=m.id \
-         {join} versions v ON v.type=c.type AND v.id=c.id AND v.version=c.version \
-         WHERE m.id > ? ORDER BY m.id LIMIT ?"
+        "SELECT m.id, v.version, v.last_updated, v.body \
+         FROM (SELECT id FROM ({ids_sql}) WHERE id > ? ORDER BY id LIMIT ?) m \
+         CROSS JOIN current c ON c.type=? AND c.id=m.id \
+         CROSS JOIN versions v ON v.type=c.type AND v.id=c.id AND v.version=c.version \
+         ORDER BY m.id"
     ))?;
     let mut resources = stmt
         .query_map(params_from_iter(args.iter()), |row| {

@@ -536,7 +536,7 @@ impl Writer {
                 entry.sender,
                 entry.message_id,
                 entry.content_type,
-                entry.payload
+                entry.payload.as_ref()
             ])?;
         Ok(JournalReceipt {
             id: self.conn.last_insert_rowid(),
