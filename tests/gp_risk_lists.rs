@@ -57,8 +57,19 @@ async fn resending_a_list_changes_nothing_and_two_practices_share_one_patient() 
     assert_eq!(total(&gw, "CarePlan?_count=0").await, 1);
 
     // A later list without the at-risk patient: reported, nothing changed.
-    let later = upload(&gw, "G84001", &list(&[(&b, "Jones", "12-Jan-1941", "0.22")]), "").await;
-    assert_eq!(later.json["not_in_list"], serde_json::json!([a]), "{}", later.text);
+    let later = upload(
+        &gw,
+        "G84001",
+        &list(&[(&b, "Jones", "12-Jan-1941", "0.22")]),
+        "",
+    )
+    .await;
+    assert_eq!(
+        later.json["not_in_list"],
+        serde_json::json!([a]),
+        "{}",
+        later.text
+    );
     assert_eq!(total(&gw, "ServiceRequest?status=active&_count=0").await, 1);
 
     // The patient moves practice: the same Patient, now registered there.

@@ -20,7 +20,7 @@ use crate::store::{
     WriteRequest,
 };
 use crate::validate::Validator;
-use futures_util::future::join_all;
+use futures_util::future::{join, join_all};
 use serde::Serialize;
 use serde_json::{Value, json};
 use std::collections::{HashMap, HashSet};
@@ -108,6 +108,7 @@ pub async fn ingest_list(
     let mut chunk: Vec<Record> = Vec::with_capacity(CHUNK_ROWS);
     let mut held: Vec<Plan> = Vec::new(); // atomic: every plan, written at the end
     let mut seen: HashSet<String> = HashSet::new();
+    let mut writing: Vec<Plan> = Vec::new();
     let mut list = list;
     loop {
         let next = list.next();
@@ -147,27 +148,47 @@ pub async fn ingest_list(
         if chunk.len() == CHUNK_ROWS || (end && !chunk.is_empty()) {
             report.rows += chunk.len();
             let records: Vec<Record> = std::mem::take(&mut chunk);
-            let (plans, mut bad) = plan_chunk(store, validator, &layout, records, options).await?;
-            rejected.append(&mut bad);
-            if options.atomic {
-                held.extend(plans);
-            } else {
+            // Pipelined: this chunk is planned (parse, map, validate: CPU
+            // here) while the previous one is written (the writer thread),
+            // so the two cores share the work. A patient in both chunks is
+            // safe: creates are conditional and updates carry If-Match.
+            let previous = std::mem::take(&mut writing);
+            let (planned, written) = join(
+                plan_chunk(store, validator, &layout, records, options),
                 write_plans(
                     store,
                     validator,
                     &layout,
                     options,
-                    plans,
+                    previous,
                     &mut report,
                     &mut rejected,
-                )
-                .await?;
+                ),
+            )
+            .await;
+            written?;
+            let (plans, mut bad) = planned?;
+            rejected.append(&mut bad);
+            if options.atomic {
+                held.extend(plans);
+            } else {
+                writing = plans;
             }
         }
         if end {
             break;
         }
     }
+    write_plans(
+        store,
+        validator,
+        &layout,
+        options,
+        writing,
+        &mut report,
+        &mut rejected,
+    )
+    .await?;
     if options.atomic {
         if rejected.is_empty() {
             write_atomically(store, held, &mut report, &mut rejected).await?;
@@ -375,7 +396,11 @@ async fn plan_chunk(
 
 /// Patients with a live proactive-care referral from `practice` whose NHS
 /// number is not in `seen`, sorted.
-async fn referred_but_not_in(store: &dyn Store, practice: &str, seen: &HashSet<String>) -> Result<Vec<String>, StoreError> {
+async fn referred_but_not_in(
+    store: &dyn Store,
+    practice: &str,
+    seen: &HashSet<String>,
+) -> Result<Vec<String>, StoreError> {
     let mut missing = Vec::new();
     let mut pairs = vec![
         ("identifier".to_string(), format!("{REFERRAL_ID_SYSTEM}|")),
@@ -389,7 +414,10 @@ async fn referred_but_not_in(store: &dyn Store, practice: &str, seen: &HashSet<S
                 continue;
             };
             let from_practice = referral["requester"]["identifier"]["value"] == practice;
-            let live = matches!(referral["status"].as_str(), Some("draft" | "active" | "on-hold"));
+            let live = matches!(
+                referral["status"].as_str(),
+                Some("draft" | "active" | "on-hold")
+            );
             let nhs = referral["identifier"]
                 .as_array()
                 .into_iter()
