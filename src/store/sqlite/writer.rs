@@ -172,15 +172,26 @@ impl Writer {
             self.broken.get_or_insert(reason.clone());
             return Err(StoreError::Io(std::io::Error::other(reason)));
         }
-        self.conn.execute_batch("SAVEPOINT job")?;
+        // Cached statements: every request of every group runs these three,
+        // and execute_batch would parse them each time.
+        self.conn.prepare_cached("SAVEPOINT job")?.execute([])?;
         let result = f(self);
         let keep = matches!(result, Ok(Ok(_)));
         let undo = if keep {
             Ok(())
         } else {
-            self.conn.execute_batch("ROLLBACK TO job")
+            self.conn
+                .prepare_cached("ROLLBACK TO job")
+                .and_then(|mut s| s.execute([]))
+                .map(|_| ())
         };
-        if let Err(err) = undo.and_then(|()| self.conn.execute_batch("RELEASE job")) {
+        let release = undo.and_then(|()| {
+            self.conn
+                .prepare_cached("RELEASE job")
+                .and_then(|mut s| s.execute([]))
+                .map(|_| ())
+        });
+        if let Err(err) = release {
             self.broken.get_or_insert(err.to_string());
             return Err(err.into());
         }
