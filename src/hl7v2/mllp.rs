@@ -1,0 +1,370 @@
+//! MLLP framing and HL7 acknowledgements.
+//!
+//! [`Framer`] and [`frame`] implement the Minimal Lower Layer Protocol
+//! (HL7 v2.5 Appendix C.4): a message travels as `0x0B`, the message bytes,
+//! then `0x1C 0x0D`. [`ack`] builds the original-mode acknowledgement
+//! (HL7 v2.5 chapter 2, §2.9) with MSH, MSA and the v2.5 ERR segment.
+//!
+//! Memory held by a [`Framer`] is bounded by `max_frame` plus a 256-byte
+//! garbage sample whatever the peer sends; a frame's own size never matters.
+
+use super::er7::{Delimiters, Field, Location, Message};
+use super::escape::{escape, unescape};
+
+const START: u8 = 0x0B;
+const END: u8 = 0x1C;
+const CR: u8 = 0x0D;
+const LF: u8 = 0x0A;
+/// Bytes of a garbage run kept for reporting.
+const GARBAGE_KEEP: usize = 256;
+
+/// What [`Framer::push`] recognised.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// A complete frame's content (may be empty).
+    Message(Vec<u8>),
+    /// A frame longer than `max_frame`; `discarded` counts its content bytes.
+    TooLarge { discarded: usize },
+    /// Bytes outside any frame: at most the first 256 bytes of a run.
+    Garbage(Vec<u8>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Between frames.
+    Idle,
+    /// After a start block.
+    Body,
+    /// After an end block `0x1C`, waiting for the `0x0D`.
+    End,
+}
+
+/// Incremental MLLP decoder; feed it bytes as they arrive in any split.
+///
+/// Leniencies, all chosen so that a sloppy peer still gets its message
+/// through and a hostile one cannot grow our memory:
+/// - `0x1C` followed by anything other than `0x0D` still ends the frame, and
+///   that byte is then read as if between frames (so `0x1C 0x0B` starts the
+///   next frame). A `0x1C` that is the last byte received waits for the next.
+/// - `0x0B` inside a frame abandons it (reported as `Garbage` starting with
+///   its `0x0B`, or `TooLarge` if it was oversized) and starts a new frame.
+/// - CR/LF between frames (senders that append a newline after `0x1C 0x0D`)
+///   are not garbage unless they follow other garbage in the same run.
+/// - A garbage run (bytes before the next `0x0B`) is reported once: when it
+///   reaches 256 bytes, or at the `0x0B` that ends it, whichever comes first.
+///   Bytes after the first 256 of a run are counted nowhere, only dropped.
+///
+/// The frames produced depend only on the byte stream, never on how it was
+/// split across `push` calls.
+#[derive(Debug)]
+pub struct Framer {
+    max_frame: usize,
+    buf: Vec<u8>,
+    state: State,
+    /// Content bytes dropped so far once the current frame exceeded max_frame.
+    oversized: Option<usize>,
+    garbage: Vec<u8>,
+    /// The current garbage run has been reported; drop its remaining bytes.
+    garbage_reported: bool,
+}
+
+impl Framer {
+    pub fn new(max_frame: usize) -> Framer {
+        Framer {
+            max_frame,
+            buf: Vec::new(),
+            state: State::Idle,
+            oversized: None,
+            garbage: Vec::new(),
+            garbage_reported: false,
+        }
+    }
+
+    /// Feeds bytes as they arrive; returns the frames they complete, in order.
+    pub fn push(&mut self, bytes: &[u8]) -> Vec<Frame> {
+        let mut out = Vec::new();
+        for &b in bytes {
+            self.byte(b, &mut out);
+        }
+        out
+    }
+
+    /// Content bytes held for the incomplete frame (at most `max_frame`).
+    pub fn pending(&self) -> usize {
+        self.buf.len()
+    }
+
+    fn byte(&mut self, b: u8, out: &mut Vec<Frame>) {
+        match self.state {
+            State::Idle => self.idle(b, out),
+            State::Body => match b {
+                START => {
+                    self.abandon(out);
+                    self.start();
+                }
+                END => self.state = State::End,
+                _ => self.content(b),
+            },
+            State::End => {
+                self.finish(out);
+                if b != CR {
+                    self.idle(b, out);
+                }
+            }
+        }
+    }
+
+    fn idle(&mut self, b: u8, out: &mut Vec<Frame>) {
+        if b == START {
+            if !self.garbage.is_empty() {
+                out.push(Frame::Garbage(std::mem::take(&mut self.garbage)));
+            }
+            self.garbage_reported = false;
+            self.start();
+            return;
+        }
+        let run_started = self.garbage_reported || !self.garbage.is_empty();
+        if self.garbage_reported || (!run_started && (b == CR || b == LF)) {
+            return;
+        }
+        self.garbage.push(b);
+        if self.garbage.len() >= GARBAGE_KEEP {
+            out.push(Frame::Garbage(std::mem::take(&mut self.garbage)));
+            self.garbage_reported = true;
+        }
+    }
+
+    fn start(&mut self) {
+        self.buf.clear();
+        self.oversized = None;
+        self.state = State::Body;
+    }
+
+    fn content(&mut self, b: u8) {
+        if let Some(n) = self.oversized.as_mut() {
+            *n = n.saturating_add(1);
+        } else if self.buf.len() < self.max_frame {
+            if self.buf.len() == self.buf.capacity() {
+                // Grow by doubling but never past max_frame, so the
+                // allocation (not just the length) stays within the bound.
+                let target = self
+                    .buf
+                    .len()
+                    .saturating_mul(2)
+                    .max(256)
+                    .min(self.max_frame);
+                self.buf
+                    .reserve_exact(target.saturating_sub(self.buf.len()));
+            }
+            self.buf.push(b);
+        } else {
+            self.oversized = Some(self.buf.len().saturating_add(1));
+            self.buf = Vec::new();
+        }
+    }
+
+    /// A start block arrived inside a frame: the old frame is dropped.
+    fn abandon(&mut self, out: &mut Vec<Frame>) {
+        out.push(match self.oversized {
+            Some(discarded) => Frame::TooLarge { discarded },
+            None => {
+                let mut kept = Vec::with_capacity(GARBAGE_KEEP.min(self.buf.len() + 1));
+                kept.push(START);
+                kept.extend(self.buf.iter().take(GARBAGE_KEEP - 1));
+                Frame::Garbage(kept)
+            }
+        });
+    }
+
+    fn finish(&mut self, out: &mut Vec<Frame>) {
+        out.push(match self.oversized.take() {
+            Some(discarded) => Frame::TooLarge { discarded },
+            None => Frame::Message(std::mem::take(&mut self.buf)),
+        });
+        self.state = State::Idle;
+    }
+}
+
+/// Wraps a message for sending: `0x0B`, message, `0x1C 0x0D`.
+pub fn frame(message: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(message.len() + 3);
+    out.push(START);
+    out.extend_from_slice(message);
+    out.extend_from_slice(&[END, CR]);
+    out
+}
+
+/// MSA-1 acknowledgment code (HL7 table 0008, original mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckCode {
+    /// Application accept.
+    AA,
+    /// Application error.
+    AE,
+    /// Application reject.
+    AR,
+}
+
+impl AckCode {
+    fn as_str(self) -> &'static str {
+        match self {
+            AckCode::AA => "AA",
+            AckCode::AE => "AE",
+            AckCode::AR => "AR",
+        }
+    }
+}
+
+/// The error reported in the ERR segment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AckError {
+    /// Where, in location syntax (`PID-3[2].1`); becomes ERR-2.
+    pub location: Option<String>,
+    /// HL7 table 0357 code (100, 101, 102, 103, 200, 207, ...); ERR-3.
+    pub code: u16,
+    /// Human-readable text; ERR-8 and MSA-3.
+    pub text: String,
+}
+
+/// HL7 table 0357 (message error condition codes) display names.
+fn error_name(code: u16) -> Option<&'static str> {
+    Some(match code {
+        0 => "Message accepted",
+        100 => "Segment sequence error",
+        101 => "Required field missing",
+        102 => "Data type error",
+        103 => "Table value not found",
+        200 => "Unsupported message type",
+        201 => "Unsupported event code",
+        202 => "Unsupported processing id",
+        203 => "Unsupported version id",
+        204 => "Unknown key identifier",
+        205 => "Duplicate key identifier",
+        206 => "Application record locked",
+        207 => "Application internal error",
+        _ => return None,
+    })
+}
+
+/// Builds an acknowledgement for `message` (HL7 v2.5 §2.9), segments ended
+/// by `\r`:
+///
+/// - MSH: always the recommended delimiters `|^~\&` (any conformant peer
+///   reads MSH-1/MSH-2); MSH-3/4 are the original MSH-5/6 and MSH-5/6 the
+///   original MSH-3/4, transcoded component by component so a sender using
+///   other delimiters still gets a well-formed ACK; MSH-7 `timestamp`;
+///   MSH-9 `ACK^<trigger>^ACK`; MSH-10 `control_id`; MSH-11/12 copied.
+/// - MSA: MSA-1 `code`, MSA-2 the original MSH-10, MSA-3 the error text (a
+///   v2.5 "backward compatible" field that v2.3/2.4 engines still display).
+/// - ERR (when `error` is given), v2.5 layout: ERR-1 empty (deprecated ELD),
+///   ERR-2 `SEG^1^field^rep^comp^sub` from the location (segment sequence 1;
+///   empty if the location does not parse), ERR-3 `code^name^HL70357`,
+///   ERR-4 `E`, ERR-8 the text.
+///
+/// Without a message (unparseable input) the ACK is minimal: MSA-1 is `AR`
+/// whatever `code` says (accepting what we could not read would lose it),
+/// MSA-2 is empty, MSH-11 `P` and MSH-12 `2.5` (the version of this ERR).
+pub fn ack(
+    message: Option<&Message>,
+    code: AckCode,
+    control_id: &str,
+    timestamp: &str,
+    error: Option<&AckError>,
+) -> String {
+    let d = Delimiters::default();
+    let msh = message.and_then(|m| m.segment("MSH"));
+    let copy = |n: usize| match (message, msh) {
+        (Some(m), Some(s)) => transcode(s.field(n), m.delimiters(), &d),
+        _ => String::new(),
+    };
+    let msh9 = match message.and_then(|m| m.get("MSH-9.2")) {
+        Some(trigger) => format!("ACK^{}^ACK", escape(&trigger, &d)),
+        None => "ACK".to_owned(),
+    };
+    let (processing, version, code) = match message {
+        Some(_) => (copy(11), copy(12), code),
+        None => ("P".to_owned(), "2.5".to_owned(), AckCode::AR),
+    };
+    let mut out = format!(
+        "MSH|^~\\&|{}|{}|{}|{}|{}||{msh9}|{}|{processing}|{version}\r",
+        copy(5),
+        copy(6),
+        copy(3),
+        copy(4),
+        escape(timestamp, &d),
+        escape(control_id, &d),
+    );
+    out.push_str("MSA|");
+    out.push_str(code.as_str());
+    out.push('|');
+    out.push_str(&copy(10));
+    if let Some(e) = error {
+        out.push('|');
+        out.push_str(&escape(&e.text, &d));
+    }
+    out.push('\r');
+    if let Some(e) = error {
+        let location = e
+            .location
+            .as_deref()
+            .map(error_location)
+            .unwrap_or_default();
+        let name = error_name(e.code).unwrap_or("");
+        out.push_str(&format!(
+            "ERR||{location}|{}^{name}^HL70357|E||||{}\r",
+            e.code,
+            escape(&e.text, &d)
+        ));
+    }
+    out
+}
+
+/// ERR-2 (ERL): segment id ^ segment sequence ^ field ^ repetition ^
+/// component ^ subcomponent. Trailing parts are left out when the location
+/// does not name them; a named component implies repetition 1.
+fn error_location(location: &str) -> String {
+    let Some(loc) = Location::parse(location) else {
+        return String::new();
+    };
+    let mut out = format!("{}^1^{}", loc.segment, loc.field);
+    if loc.repetition.is_some() || loc.component.is_some() {
+        out.push_str(&format!("^{}", loc.repetition.unwrap_or(1)));
+    }
+    if let Some(c) = loc.component {
+        out.push_str(&format!("^{c}"));
+        if let Some(s) = loc.subcomponent {
+            out.push_str(&format!("^{s}"));
+        }
+    }
+    out
+}
+
+/// Re-encodes one field from the message's delimiters into `to`, keeping its
+/// repetition/component/subcomponent structure and explicit nulls.
+fn transcode(field: Option<Field<'_>>, from: &Delimiters, to: &Delimiters) -> String {
+    let mut out = String::new();
+    let Some(field) = field else {
+        return out;
+    };
+    for (i, rep) in field.repetitions().enumerate() {
+        if i > 0 {
+            out.push(to.repetition);
+        }
+        for (j, comp) in rep.components().enumerate() {
+            if j > 0 {
+                out.push(to.component);
+            }
+            for (k, sub) in comp.subcomponents().enumerate() {
+                if k > 0 {
+                    out.push(to.subcomponent);
+                }
+                if sub == "\"\"" {
+                    out.push_str(sub);
+                } else {
+                    out.push_str(&escape(&unescape(sub, from), to));
+                }
+            }
+        }
+    }
+    out
+}

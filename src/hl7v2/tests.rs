@@ -1,0 +1,760 @@
+//! Tests for the hl7v2 module: parsing and locations, escapes, MLLP framing,
+//! ACKs, and no-panic / linear-time checks on hostile input.
+
+use std::time::{Duration, Instant};
+
+use super::*;
+
+/// Tiny deterministic LCG (Knuth MMIX constants); no crates allowed.
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+}
+
+fn parse(text: &str) -> Message {
+    match Message::parse(text) {
+        Ok(m) => m,
+        Err(e) => panic!("parse failed: {e}"),
+    }
+}
+
+fn sample_segments() -> Vec<String> {
+    let mut pid = vec![""; 30];
+    pid[0] = "PID";
+    pid[1] = "1";
+    pid[3] = "K1234567^^^RJZ^MR~9434765919^^^NHS^NH";
+    pid[5] = "SMITH^ANNE^M^^MRS";
+    pid[7] = "19380305";
+    pid[8] = "F";
+    pid[11] = r"14 HAYES LANE\T\FLAT 2^^BROMLEY^^BR2 9EA^GBR^H";
+    pid[13] = r"020 7946 0000\F\EVENINGS";
+    pid[29] = "\"\"";
+    let mut pv1 = vec![""; 45];
+    pv1[0] = "PV1";
+    pv1[1] = "1";
+    pv1[2] = "E";
+    pv1[3] = "RJZ01^BAY 1^BED 4^RJZ";
+    pv1[7] = "C1234567^WHO^JOHN^^^DR";
+    pv1[19] = "V000123456^^^RJZ^VN";
+    pv1[44] = "202403310130";
+    vec![
+        r"MSH|^~\&|PAS|RJZ|GATEWAY|X26|20240331013512||ADT^A01|MSG0000123|P|2.4|||AL|NE|GBR".into(),
+        "EVN|A01|20240331013500".into(),
+        pid.join("|"),
+        "PD1|||BROMLEY GP^^G85004".into(),
+        pv1.join("|"),
+        r"ZU1|1|LINE ONE\X0D0A\LINE TWO|FIRST\.br\SECOND|ODD\Q\VALUE|\H\BOLD\N\ TEXT|A&B\T\C&D"
+            .into(),
+    ]
+}
+
+fn sample(sep: &str) -> String {
+    let mut s = sample_segments().join(sep);
+    s.push_str(sep);
+    s
+}
+
+fn get(m: &Message, loc: &str) -> Option<String> {
+    m.get(loc)
+}
+
+#[test]
+fn nhs_adt_a01_locations() {
+    let m = parse(&sample("\r"));
+    let expect = [
+        ("MSH-1", "|"),
+        ("MSH-2", r"^~\&"),
+        ("MSH-3", "PAS"),
+        ("MSH-6", "X26"),
+        ("MSH-9", "ADT"),
+        ("MSH-9.2", "A01"),
+        ("MSH-10", "MSG0000123"),
+        ("MSH-12", "2.4"),
+        ("EVN-1", "A01"),
+        ("PID-1", "1"),
+        ("PID-3", "K1234567"),
+        ("PID-3[1].4", "RJZ"),
+        ("PID-3[2].1", "9434765919"),
+        ("PID-3[2].5", "NH"),
+        ("PID-5", "SMITH"),
+        ("PID-5.2", "ANNE"),
+        ("PID-5.5", "MRS"),
+        ("PID-7", "19380305"),
+        ("PID-11.1", "14 HAYES LANE&FLAT 2"),
+        ("PID-11.1.1", "14 HAYES LANE&FLAT 2"),
+        ("PID-11.5", "BR2 9EA"),
+        ("PID-13", "020 7946 0000|EVENINGS"),
+        ("PV1-2", "E"),
+        ("PV1-3.2", "BAY 1"),
+        ("PV1-19", "V000123456"),
+        ("PV1-19.5", "VN"),
+        ("PV1-44", "202403310130"),
+        ("ZU1-2", "LINE ONE\r\nLINE TWO"),
+        ("ZU1-3", "FIRST\nSECOND"),
+        ("ZU1-4", r"ODD\Q\VALUE"),
+        ("ZU1-5", "BOLD TEXT"),
+        ("ZU1-6.1.1", "A"),
+        ("ZU1-6.1.2", "B&C"),
+        ("ZU1-6.1.3", "D"),
+    ];
+    for (loc, want) in expect {
+        assert_eq!(get(&m, loc).as_deref(), Some(want), "{loc}");
+    }
+    for absent in [
+        "PID-2",
+        "PID-3[3].1",
+        "PID-3[2].6",
+        "PID-29",
+        "PID-30",
+        "PV1-45",
+        "ZU1-6.1.4",
+        "OBX-1",
+        "PID-0",
+        "PID-3[0]",
+        "PID-3.0",
+        "pid-3",
+        "PID-3.",
+        "PID-3[2",
+        "PID-+3",
+        "PID-3x",
+        "PID",
+        "PID-99999999999999999999999",
+    ] {
+        assert_eq!(get(&m, absent), None, "{absent}");
+    }
+    assert_eq!(m.message_type(), Some(("ADT".to_owned(), "A01".to_owned())));
+    assert_eq!(m.control_id().as_deref(), Some("MSG0000123"));
+    assert_eq!(m.version().as_deref(), Some("2.4"));
+}
+
+#[test]
+fn structure_accessors() {
+    let m = parse(&sample("\r"));
+    let ids: Vec<&str> = m.segments().map(|s| s.id()).collect();
+    assert_eq!(ids, ["MSH", "EVN", "PID", "PD1", "PV1", "ZU1"]);
+    let Some(pid) = m.segment("PID") else {
+        panic!("no PID")
+    };
+    assert_eq!(pid.index(), 2);
+    assert_eq!(pid.field_count(), 29);
+    let Some(null) = pid.field(29) else {
+        panic!("PID-29 missing")
+    };
+    assert!(null.is_null());
+    assert_eq!(null.raw(), "\"\"");
+    assert!(pid.field(2).is_none(), "empty field is absent");
+    let Some(ids3) = pid.field(3) else {
+        panic!("PID-3")
+    };
+    assert!(!ids3.is_null());
+    let reps: Vec<String> = ids3.repetitions().map(|r| r.value().into_owned()).collect();
+    assert_eq!(reps, ["K1234567", "9434765919"]);
+    let nhs = ids3
+        .repetitions()
+        .find(|r| r.component(5).map(|c| c.raw()) == Some("NH"));
+    assert_eq!(nhs.map(|r| r.raw()), Some("9434765919^^^NHS^NH"));
+    let Some(msh) = m.segment("MSH") else {
+        panic!("no MSH")
+    };
+    // MSH counts MSH-1 and MSH-2, so the last field (GBR) is MSH-17.
+    assert_eq!(msh.field_count(), 17);
+    assert_eq!(msh.field(17).map(|f| f.raw()), Some("GBR"));
+    let Some(enc) = msh.field(2) else {
+        panic!("MSH-2")
+    };
+    assert_eq!(enc.repetitions().count(), 1, "MSH-2 is never split");
+    assert_eq!(
+        enc.repetition(1).map(|r| r.value()).as_deref(),
+        Some(r"^~\&")
+    );
+    assert_eq!(msh.field(3).map(|f| f.raw()), Some("PAS"));
+    assert_eq!(m.segments_named("PID").count(), 1);
+    assert_eq!(
+        m.segments_named("ZU1")
+            .map(|s| s.index())
+            .collect::<Vec<_>>(),
+        [5]
+    );
+    assert!(m.segment("OBX").is_none());
+    let Some(zu1) = m.segment("ZU1") else {
+        panic!("ZU1")
+    };
+    let subs: Vec<&str> = zu1
+        .field(6)
+        .and_then(|f| f.repetition(1))
+        .and_then(|r| r.component(1))
+        .map(|c| c.subcomponents().collect())
+        .unwrap_or_default();
+    assert_eq!(subs, ["A", r"B\T\C", "D"]);
+}
+
+#[test]
+fn line_endings_bom_and_blank_lines_parse_identically() {
+    let shape = |m: &Message| -> Vec<Vec<String>> {
+        m.segments()
+            .map(|s| {
+                (1..=s.field_count())
+                    .map(|n| s.field(n).map(|f| f.raw().to_owned()).unwrap_or_default())
+                    .collect()
+            })
+            .collect()
+    };
+    let reference = shape(&parse(&sample("\r")));
+    assert_eq!(reference.len(), 6);
+    let variants = [
+        sample("\n"),
+        sample("\r\n"),
+        format!("\u{feff}\r\n \n{}", sample("\r\n\r\n")),
+        sample_segments().join("\n"),
+    ];
+    for text in &variants {
+        let m = parse(text);
+        assert_eq!(shape(&m), reference, "{text:?}");
+        assert_eq!(m.get("PV1-44").as_deref(), Some("202403310130"));
+        assert_eq!(m.get("ZU1-2").as_deref(), Some("LINE ONE\r\nLINE TWO"));
+    }
+}
+
+#[test]
+fn non_standard_delimiters() {
+    let text = "MSH$%*#@$PAS%1.2#S#3$RJZ$GW$X26$2024$$ADT%A03$ID1$P$2.5\r\
+                PID$1$$A%%%B*C%%%D$X#F#Y#S#Z#T#W#R#V#E#U$P@Q";
+    let m = parse(text);
+    let d = m.delimiters();
+    assert_eq!(
+        (
+            d.field,
+            d.component,
+            d.repetition,
+            d.escape,
+            d.subcomponent,
+            d.truncation
+        ),
+        ('$', '%', '*', Some('#'), '@', None)
+    );
+    assert_eq!(m.get("MSH-2").as_deref(), Some("%*#@"));
+    assert_eq!(m.get("MSH-3.2").as_deref(), Some("1.2%3"));
+    assert_eq!(m.message_type(), Some(("ADT".into(), "A03".into())));
+    assert_eq!(m.get("PID-3[1].4").as_deref(), Some("B"));
+    assert_eq!(m.get("PID-3[2].1").as_deref(), Some("C"));
+    assert_eq!(m.get("PID-4").as_deref(), Some("X$Y%Z@W*V#U"));
+    assert_eq!(m.get("PID-5.1.2").as_deref(), Some("Q"));
+    // `|^~\&` are ordinary text under these delimiters.
+    assert_eq!(
+        parse("MSH$%*#@$A|B^C~D\\E&F").get("MSH-3").as_deref(),
+        Some("A|B^C~D\\E&F")
+    );
+}
+
+#[test]
+fn three_and_five_encoding_characters() {
+    let m = parse("MSH|^~&|A\rPID|1|X&Y^Z|A\\F\\B");
+    assert_eq!(m.delimiters().escape, None);
+    assert_eq!(m.delimiters().subcomponent, '&');
+    assert_eq!(m.get("PID-2.1.2").as_deref(), Some("Y"));
+    assert_eq!(
+        m.get("PID-3").as_deref(),
+        Some("A\\F\\B"),
+        "no escape char: literal"
+    );
+    let m = parse("MSH|^~\\&#|A\rPID|1|X\\P\\Y#Z");
+    assert_eq!(m.delimiters().truncation, Some('#'));
+    assert_eq!(m.get("PID-2").as_deref(), Some("X#Y#Z"));
+}
+
+#[test]
+fn parse_errors_name_their_location() {
+    let cases: &[(&str, &str)] = &[
+        ("", "segment 1"),
+        ("\u{feff} \r\n\n", "segment 1"),
+        ("PID|1|X", "segment 1"),
+        ("EVN|A01\rMSH|^~\\&|A", "segment 1"),
+        ("MSH", "MSH-1"),
+        ("MSH\r", "MSH-1"),
+        ("MSHX^~\\&|A", "MSH-1"),
+        ("MSH ^~\\&|A", "MSH-1"),
+        ("MSH|^~|A", "MSH-2"),
+        ("MSH||A", "MSH-2"),
+        ("MSH|^~\\&#!|A", "MSH-2"),
+        ("MSH|^^\\&|A", "MSH-2"),
+        ("MSH|^~\\^|A", "MSH-2"),
+        ("MSH|^~A&|A", "MSH-2"),
+        ("MSH|^~\\ |A", "MSH-2"),
+        ("MSH|^~\\&|A\rP1D|1", "segment 2"),
+        ("MSH|^~\\&|A\r\n\r\npid|1", "segment 2"),
+        ("MSH|^~\\&|A\rPIDX|1", "segment 2"),
+        ("MSH|^~\\&|A\rPI", "segment 2"),
+        ("MSH|^~\\&|A\rEVN|1\r PID|1", "segment 3"),
+        ("MSH|^~\\&|A\rEVN|1\rPID^1", "segment 3"),
+    ];
+    for &(text, location) in cases {
+        match Message::parse(text) {
+            Ok(_) => panic!("{text:?} parsed"),
+            Err(e) => {
+                assert_eq!(e.location, location, "{text:?}: {e}");
+                assert_eq!(e.to_string(), format!("{location}: {}", e.message));
+            }
+        }
+    }
+    // Accepted edge cases: a bare segment id, a digit-bearing Z-segment.
+    let m = parse("MSH|^~\\&\rEVN\rZ01|x");
+    assert_eq!(m.segment("EVN").map(|s| s.field_count()), Some(0));
+    assert_eq!(m.get("Z01-1").as_deref(), Some("x"));
+}
+
+#[test]
+fn escape_sequences() {
+    let d = Delimiters::default();
+    let cases = [
+        (r"A\F\B\S\C\T\D\R\E\E\F", "A|B^C&D~E\\F"),
+        (r"\X0D0A\", "\r\n"),
+        (r"caf\XC3A9\", "café"),
+        (r"caf\XE9\", "café"),
+        (r"\X41\\X42\", "AB"),
+        (r"line\.br\two", "line\ntwo"),
+        (r"\H\bold\N\", "bold"),
+        (r"\Q\", r"\Q\"),
+        (r"\P\", r"\P\"),
+        (r"\C2842\\M2442\", r"\C2842\\M2442\"),
+        (r"\Zlocal\", r"\Zlocal\"),
+        (r"\.sp\", r"\.sp\"),
+        (r"\X0\|\XZZ\|\X\|\Xé0\", r"\X0\|\XZZ\|\X\|\Xé0\"),
+        (r"end\", r"end\"),
+        (r"a\F", r"a\F"),
+        (r"\\", r"\\"),
+        (r"C:\dir\file", r"C:\dir\file"),
+        ("plain", "plain"),
+    ];
+    for (raw, want) in cases {
+        assert_eq!(unescape(raw, &d), want, "{raw}");
+    }
+    assert!(matches!(
+        unescape("plain", &d),
+        std::borrow::Cow::Borrowed(_)
+    ));
+    let t = Delimiters {
+        truncation: Some('#'),
+        ..Delimiters::default()
+    };
+    assert_eq!(unescape(r"\P\", &t), "#");
+    assert_eq!(escape("a#b|c", &t), r"a\P\b\F\c");
+    assert_eq!(
+        escape("x|y^z&w~v\\u\r\n", &d),
+        r"x\F\y\S\z\T\w\R\v\E\u\X0D\\X0A\"
+    );
+    assert_eq!(escape("\"\"", &d), r"\X2222\");
+    let bare = Delimiters {
+        escape: None,
+        ..Delimiters::default()
+    };
+    assert_eq!(escape("a|b^c\nd", &bare), "a b c d");
+}
+
+#[test]
+fn escape_round_trips() {
+    let alphabet: Vec<char> = "ab |^~\\&#\r\n\"é.XF0".chars().collect();
+    let sets = [
+        Delimiters::default(),
+        Delimiters {
+            truncation: Some('#'),
+            ..Delimiters::default()
+        },
+    ];
+    let mut rng = Lcg(7);
+    for i in 0..2000 {
+        let len = rng.below(12);
+        let value: String = (0..len)
+            .map(|_| alphabet[rng.below(alphabet.len())])
+            .collect();
+        let d = &sets[i % 2];
+        let escaped = escape(&value, d);
+        assert!(
+            !escaped.contains(['|', '^', '~', '&', '\r', '\n']),
+            "{escaped:?}"
+        );
+        assert_eq!(unescape(&escaped, d), value, "{value:?} -> {escaped:?}");
+        if i % 2 == 0 {
+            // And through a whole message, as a subcomponent.
+            let m = parse(&format!("MSH|^~\\&|{escaped}"));
+            assert_eq!(m.get("MSH-3.1.1").unwrap_or_default(), value);
+        }
+    }
+}
+
+const MAX: usize = 200;
+
+/// Five framed messages with junk, a newline, an abandoned frame, an
+/// oversized frame and a lenient end block between them, plus the frames a
+/// correct framer must produce for it.
+fn mllp_stream() -> (Vec<u8>, Vec<Frame>) {
+    let msgs: Vec<Vec<u8>> = (1..=5)
+        .map(|i| format!("MSH|^~\\&|A|B|C|D|2024||ADT^A01|ID{i}|P|2.4\rPID|1||{i}\r").into_bytes())
+        .collect();
+    let mut s = b"junk before".to_vec();
+    s.extend(frame(&msgs[0]));
+    s.extend(b"\r\n"); // trailing newline after a frame: not garbage
+    s.extend(frame(&msgs[1]));
+    s.extend([b'x'; 300]); // a long junk run: reported once, 256 bytes
+    s.extend(frame(&msgs[2]));
+    s.extend(b"\x0Bhalf a frame"); // abandoned by the next start block
+    s.extend(frame(&msgs[3]));
+    s.push(0x0B);
+    s.extend([b'y'; 500]); // oversized
+    s.extend([0x1C, 0x0D]);
+    s.push(0x0B);
+    s.extend(&msgs[4]);
+    s.extend(b"\x1CZ"); // end block not followed by CR: still ends the frame
+    let expected = vec![
+        Frame::Garbage(b"junk before".to_vec()),
+        Frame::Message(msgs[0].clone()),
+        Frame::Message(msgs[1].clone()),
+        Frame::Garbage(vec![b'x'; 256]),
+        Frame::Message(msgs[2].clone()),
+        Frame::Garbage(b"\x0Bhalf a frame".to_vec()),
+        Frame::Message(msgs[3].clone()),
+        Frame::TooLarge { discarded: 500 },
+        Frame::Message(msgs[4].clone()),
+    ];
+    (s, expected)
+}
+
+#[test]
+fn mllp_any_split_gives_the_same_frames() {
+    let (stream, expected) = mllp_stream();
+    let mut whole = Framer::new(MAX);
+    assert_eq!(whole.push(&stream), expected);
+    // The trailing "Z" starts a garbage run reported at the next start block.
+    assert_eq!(whole.push(b"\x0B"), vec![Frame::Garbage(b"Z".to_vec())]);
+    let mut rng = Lcg(1);
+    for _ in 0..1000 {
+        let mut framer = Framer::new(MAX);
+        let mut got = Vec::new();
+        let mut rest = stream.as_slice();
+        while !rest.is_empty() {
+            let cut = match rng.below(4) {
+                0 => 0,
+                1 => 1,
+                2 => rng.below(8),
+                _ => rng.below(400),
+            }
+            .min(rest.len());
+            let (piece, tail) = rest.split_at(cut);
+            got.extend(framer.push(piece));
+            assert!(framer.pending() <= MAX + 2);
+            rest = tail;
+        }
+        assert_eq!(got, expected);
+    }
+}
+
+#[test]
+fn mllp_oversized_frame_is_bounded_and_reported_once() {
+    let mut framer = Framer::new(100);
+    let big = frame(&[b'a'; 10_000]);
+    let mut got = Vec::new();
+    for piece in big.chunks(7) {
+        got.extend(framer.push(piece));
+        assert!(framer.pending() <= 102, "pending {}", framer.pending());
+    }
+    assert_eq!(got, vec![Frame::TooLarge { discarded: 10_000 }]);
+    assert_eq!(framer.pending(), 0);
+    assert_eq!(
+        framer.push(&frame(&[b'b'; 100])),
+        vec![Frame::Message(vec![b'b'; 100])]
+    );
+    assert_eq!(
+        framer.push(&frame(&[b'c'; 101])),
+        vec![Frame::TooLarge { discarded: 101 }]
+    );
+    // An oversized frame cut short by a start block is still reported.
+    let mut cut = vec![0x0B];
+    cut.extend([b'd'; 150]);
+    cut.extend(frame(b"ok"));
+    assert_eq!(
+        framer.push(&cut),
+        vec![
+            Frame::TooLarge { discarded: 150 },
+            Frame::Message(b"ok".to_vec())
+        ]
+    );
+    assert_eq!(
+        Framer::new(0).push(&frame(b"x")),
+        vec![Frame::TooLarge { discarded: 1 }]
+    );
+    assert_eq!(
+        Framer::new(0).push(&frame(b"")),
+        vec![Frame::Message(Vec::new())]
+    );
+}
+
+#[test]
+fn mllp_end_block_split_across_pushes() {
+    let framed = frame(b"MSH|^~\\&|A");
+    let (head, tail) = framed.split_at(framed.len() - 1);
+    assert_eq!(head.last(), Some(&0x1C));
+    let mut framer = Framer::new(MAX);
+    assert_eq!(framer.push(head), Vec::new());
+    assert_eq!(framer.pending(), 10);
+    assert_eq!(
+        framer.push(tail),
+        vec![Frame::Message(b"MSH|^~\\&|A".to_vec())]
+    );
+    assert_eq!(framer.pending(), 0);
+    // 0x1C then a start block in the next push: frame ends, next one begins.
+    assert_eq!(framer.push(b"\x0Bone\x1C"), Vec::new());
+    assert_eq!(
+        framer.push(b"\x0Btwo\x1C\x0D"),
+        vec![
+            Frame::Message(b"one".to_vec()),
+            Frame::Message(b"two".to_vec())
+        ]
+    );
+    assert_eq!(frame(b"hi"), b"\x0Bhi\x1C\x0D");
+}
+
+fn random_location(rng: &mut Lcg, ids: &[&str]) -> String {
+    if rng.below(10) == 0 {
+        let alphabet = b"PIDMSH-[].0123456789x ";
+        return (0..rng.below(16))
+            .map(|_| char::from(alphabet[rng.below(alphabet.len())]))
+            .collect();
+    }
+    let mut s = format!("{}-{}", ids[rng.below(ids.len())], rng.below(20));
+    if rng.below(2) == 0 {
+        s.push_str(&format!("[{}]", rng.below(4)));
+    }
+    for _ in 0..rng.below(3) {
+        s.push_str(&format!(".{}", rng.below(6)));
+    }
+    s
+}
+
+/// Walks everything reachable in a parsed message and checks the ACK built
+/// for it is itself parseable and echoes the control id.
+fn exercise(m: &Message, rng: &mut Lcg) {
+    for seg in m.segments() {
+        for n in 0..=seg.field_count() + 1 {
+            let Some(f) = seg.field(n) else { continue };
+            let _ = (f.is_null(), f.raw());
+            for r in f.repetitions() {
+                let _ = r.value();
+                for c in r.components() {
+                    let _ = (c.value(), c.subcomponents().count(), c.subcomponent(2));
+                }
+            }
+        }
+    }
+    let mut ids: Vec<&str> = m.segments().map(|s| s.id()).collect();
+    ids.push("ZZZ");
+    for _ in 0..8 {
+        let _ = m.get(&random_location(rng, &ids));
+    }
+    let _ = (m.message_type(), m.version());
+    let reply = ack(
+        Some(m),
+        AckCode::AE,
+        "C1",
+        "2024",
+        Some(&AckError {
+            location: Some(random_location(rng, &ids)),
+            code: 207,
+            text: m.get("PID-5").unwrap_or_default(),
+        }),
+    );
+    match Message::parse(&reply) {
+        Ok(a) => assert_eq!(a.get("MSA-2"), m.control_id(), "{reply:?}"),
+        Err(e) => panic!("ACK does not parse: {e}: {reply:?}"),
+    }
+}
+
+#[test]
+fn hostile_input_never_panics() {
+    let mut rng = Lcg(42);
+    let base = sample("\r").into_bytes();
+    let alphabet = b"MSHPIDZ1|^~\\&#$\r\n\"X0A.br \xC3\xA9";
+    let mut framer = Framer::new(512);
+    let mut parsed = 0;
+    for i in 0..20_000 {
+        let mut bytes: Vec<u8> = match i % 4 {
+            0 => (0..rng.below(300)).map(|_| rng.next() as u8).collect(),
+            1 => {
+                let mut b = b"MSH".to_vec();
+                b.extend((0..rng.below(300)).map(|_| alphabet[rng.below(alphabet.len())]));
+                b
+            }
+            _ => base.clone(),
+        };
+        if i % 4 >= 2 {
+            for _ in 0..rng.below(6) {
+                let at = rng.below(bytes.len());
+                let b = if rng.below(2) == 0 {
+                    rng.next() as u8
+                } else {
+                    alphabet[rng.below(alphabet.len())]
+                };
+                if let Some(slot) = bytes.get_mut(at) {
+                    *slot = b;
+                }
+            }
+        }
+        if i % 4 == 3 {
+            let at = rng.below(bytes.len());
+            let run = vec![alphabet[rng.below(alphabet.len())]; rng.below(64)];
+            bytes.splice(at..at, run);
+            bytes.truncate(rng.below(bytes.len() + 1));
+        }
+        let text = String::from_utf8_lossy(&bytes);
+        if let Ok(m) = Message::parse(&text) {
+            parsed += 1;
+            exercise(&m, &mut rng);
+        }
+        let mut rest = bytes.as_slice();
+        while !rest.is_empty() {
+            let (piece, tail) = rest.split_at(rng.below(64).min(rest.len()));
+            let _ = framer.push(piece);
+            assert!(framer.pending() <= 512);
+            rest = tail;
+        }
+    }
+    // The mutations must actually reach the parser's interior.
+    assert!(parsed > 5_000, "only {parsed} inputs parsed");
+}
+
+#[test]
+fn pathological_input_is_linear() {
+    // Each location makes `get` walk a whole 1 MB field or segment list.
+    let locations = [
+        "MSH-3",
+        "MSH-3.2.2",
+        "MSH-500000",
+        "MSH-3[400000]",
+        "MSH-3.400000",
+        "PID-1",
+    ];
+    let best = |text: &str| -> Duration {
+        (0..2)
+            .map(|_| {
+                let t = Instant::now();
+                let m = parse(text);
+                for loc in locations {
+                    let _ = m.get(loc);
+                }
+                let _ = m.segment("ZZZ");
+                t.elapsed()
+            })
+            .min()
+            .unwrap_or_default()
+    };
+    for unit in ["|", "\\", "^", "~", "\\.br", "\rPID|"] {
+        let small = format!("MSH|^~\\&|{}", unit.repeat(100_000 / unit.len()));
+        let big = format!("MSH|^~\\&|{}", unit.repeat(1_000_000 / unit.len()));
+        let (t_small, t_big) = (best(&small), best(&big));
+        // Quadratic work would make the ratio ~100; the floor keeps a very
+        // fast small run from turning scheduler noise into a failure.
+        let ratio = t_big.as_secs_f64() / t_small.max(Duration::from_millis(2)).as_secs_f64();
+        assert!(ratio < 30.0, "{unit:?}: 100 KB {t_small:?}, 1 MB {t_big:?}");
+    }
+    for bare in ["|", "\\"] {
+        assert!(Message::parse(&bare.repeat(1_000_000)).is_err());
+    }
+    let m = parse(&format!("MSH|^~\\&|{}", "\\".repeat(1_000_000)));
+    assert_eq!(m.get("MSH-3").map(|v| v.len()), Some(1_000_000));
+}
+
+#[test]
+fn ack_accept_swaps_sender_and_receiver() {
+    let m = parse(&sample("\r"));
+    let text = ack(Some(&m), AckCode::AA, "ACK0001", "20240331013600", None);
+    assert_eq!(
+        text,
+        "MSH|^~\\&|GATEWAY|X26|PAS|RJZ|20240331013600||ACK^A01^ACK|ACK0001|P|2.4\rMSA|AA|MSG0000123\r"
+    );
+    let a = parse(&text);
+    assert_eq!(a.message_type(), Some(("ACK".into(), "A01".into())));
+    assert_eq!(a.get("MSA-2").as_deref(), Some("MSG0000123"));
+    assert!(a.segment("ERR").is_none());
+}
+
+#[test]
+fn ack_error_carries_err_segment() {
+    let m = parse(&sample("\r"));
+    let err = |location: &str| AckError {
+        location: Some(location.into()),
+        code: 102,
+        text: "NHS number fails check|digit^ & ~ \\".into(),
+    };
+    let text = ack(
+        Some(&m),
+        AckCode::AE,
+        "ACK2",
+        "2024",
+        Some(&err("PID-3[2].1")),
+    );
+    let a = parse(&text);
+    assert_eq!(a.get("MSA-1").as_deref(), Some("AE"));
+    assert_eq!(a.get("MSA-2").as_deref(), Some("MSG0000123"));
+    assert_eq!(a.get("MSA-3").as_deref(), Some(err("").text.as_str()));
+    assert_eq!(
+        a.segment("ERR").map(|s| s.raw()),
+        Some(
+            "ERR||PID^1^3^2^1|102^Data type error^HL70357|E||||NHS number fails check\\F\\digit\\S\\ \\T\\ \\R\\ \\E\\"
+        )
+    );
+    assert_eq!(a.get("ERR-8").as_deref(), Some(err("").text.as_str()));
+    for (location, erl) in [
+        ("PID-3", "PID^1^3"),
+        ("PID-3[2]", "PID^1^3^2"),
+        ("PID-3.1", "PID^1^3^1^1"),
+        ("PID-11.1.2", "PID^1^11^1^1^2"),
+        ("segment 3", ""),
+    ] {
+        let a = parse(&ack(
+            Some(&m),
+            AckCode::AE,
+            "X",
+            "2024",
+            Some(&err(location)),
+        ));
+        let raw = a.segment("ERR").and_then(|s| s.field(2)).map(|f| f.raw());
+        assert_eq!(raw.unwrap_or(""), erl, "{location}");
+    }
+}
+
+#[test]
+fn ack_reject_without_message() {
+    let text = ack(None, AckCode::AA, "ACK9", "20240331", None);
+    assert_eq!(text, "MSH|^~\\&|||||20240331||ACK|ACK9|P|2.5\rMSA|AR|\r");
+    let e = AckError {
+        location: None,
+        code: 207,
+        text: "unparseable".into(),
+    };
+    let a = parse(&ack(None, AckCode::AE, "ACK9", "20240331", Some(&e)));
+    assert_eq!(a.get("MSA-1").as_deref(), Some("AR"));
+    assert_eq!(a.get("MSA-2"), None);
+    assert_eq!(
+        a.segment("ERR").map(|s| s.raw()),
+        Some("ERR|||207^Application internal error^HL70357|E||||unparseable")
+    );
+}
+
+#[test]
+fn ack_transcodes_non_standard_delimiters() {
+    let m = parse("MSH$%*#@$PAS%1.2#S#3$RJZ$GW$X26$2024$$ADT%A03$ID#F#1|x$P$2.5");
+    let text = ack(Some(&m), AckCode::AA, "A1", "2024", None);
+    assert_eq!(
+        text,
+        "MSH|^~\\&|GW|X26|PAS^1.2%3|RJZ|2024||ACK^A03^ACK|A1|P|2.5\rMSA|AA|ID$1\\F\\x\r"
+    );
+    assert_eq!(parse(&text).get("MSA-2"), m.control_id());
+}
