@@ -647,3 +647,32 @@ async fn health_and_readiness() {
     assert_eq!(ready.json["status"], "ready");
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn a_search_for_many_identifiers_pages_through_every_match_once() {
+    // Alternatives are answered as a union of key lookups, and pages take
+    // their ids before their bodies: regression cover for both.
+    let gw = start().await;
+    let numbers: Vec<String> = (0..30).map(|i| common::nhs_number(500 + i)).collect();
+    for (i, n) in numbers.iter().enumerate() {
+        create(&gw, &patient(n, &format!("P{i}"))).await;
+    }
+    create(&gw, &patient(&common::nhs_number(900), "Other")).await;
+    let wanted: Vec<String> = numbers.iter().map(|n| format!("{NHS}|{n}")).collect();
+    let query = format!("Patient?identifier={}&_count=7", wanted.join(","));
+    let first = gw.get(&query).await;
+    assert_eq!(first.json["total"], 30, "{}", first.text);
+    let found = gw.search_all(&query).await;
+    let ids: Vec<&str> = found.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    let mut sorted = ids.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(ids.len(), 30);
+    assert_eq!(ids, sorted, "pages come in id order, each match once");
+    let family_names: std::collections::HashSet<&str> = found
+        .iter()
+        .map(|r| r["name"][0]["family"].as_str().unwrap())
+        .collect();
+    assert!(!family_names.contains("Other"));
+    gw.stop().await;
+}
