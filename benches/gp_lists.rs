@@ -12,6 +12,8 @@
 //!
 //! `cargo bench --bench gp_lists [-- --rows 50000]`
 
+mod support;
+
 use pathway_gateway::gp::dry_run::map_list;
 use pathway_gateway::gp::layout::Overrides;
 use pathway_gateway::gp::map::{
@@ -22,26 +24,8 @@ use pathway_gateway::gp::row::read_row;
 use pathway_gateway::validate::Validator;
 use serde_json::Value;
 use std::hint::black_box;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::Instant;
-
-fn nhs_number(i: usize) -> String {
-    let stem = 900_000_000 + 2 * i as u64;
-    for candidate in [stem, stem + 1] {
-        let digits = format!("{candidate:09}");
-        let sum: u64 = digits
-            .bytes()
-            .enumerate()
-            .map(|(k, b)| u64::from(b - b'0') * (10 - k as u64))
-            .sum();
-        let check = (11 - sum % 11) % 11;
-        if check < 10 {
-            return format!("{digits}{check}");
-        }
-    }
-    unreachable!("one of two consecutive stems has a valid check digit")
-}
+use support::{nhs_number, spawn_gateway};
 
 fn list(rows: usize) -> String {
     const FAMILY: [&str; 6] = ["Smith", "O'Brien, Jr", "Patel", "Nowak", "Begum", "Adeyemi"];
@@ -140,29 +124,12 @@ fn main() {
 
     // End to end against the real binary.
     let data = tempfile::tempdir().expect("temp dir");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pathway-gateway"))
-        .arg("serve")
-        .env("PATHWAY_HTTP__LISTEN", "127.0.0.1:0")
-        .env("PATHWAY_STORE__PATH", data.path())
-        .env("PATHWAY_LOG__FORMAT", "json")
-        .env("PATHWAY_LOG__LEVEL", "pathway_gateway::server=info,warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("gateway binary starts");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let addr = loop {
-        let line = lines.next().expect("gateway log").expect("log line");
-        let log: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
-        if let Some(addr) = log["fields"]["addr"].as_str() {
-            break addr.to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
+    let (mut child, base) = spawn_gateway(data.path());
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
-    let url = format!("http://{addr}/ingest/gp-risk-list?practice=G84001");
+    let url = format!("{base}/ingest/gp-risk-list?practice=G84001");
     let client = reqwest::Client::new();
     let post = |body: String| {
         let (client, url) = (client.clone(), url.clone());

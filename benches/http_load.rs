@@ -16,15 +16,17 @@
 //! After the create runs the benchmark counts the stored patients and checks
 //! that every 2xx it got is there.
 
+mod support;
+
 use axum::Router;
 use axum::body::Bytes;
 use axum::http::{StatusCode, header};
 use axum::routing::get;
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
+use support::{nhs_number, spawn_gateway};
 
 const SEEDED: usize = 10_000;
 
@@ -232,48 +234,6 @@ fn main() {
     if !consistent {
         std::process::exit(1);
     }
-}
-
-fn spawn_gateway(data: &Path) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pathway-gateway"))
-        .arg("serve")
-        .env("PATHWAY_HTTP__LISTEN", "127.0.0.1:0")
-        .env("PATHWAY_STORE__PATH", data)
-        .env("PATHWAY_LOG__FORMAT", "json")
-        .env("PATHWAY_LOG__LEVEL", "pathway_gateway::server=info,warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("gateway binary starts");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let addr = loop {
-        let line = lines.next().expect("gateway log").expect("log line");
-        let log: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
-        if let Some(addr) = log["fields"]["addr"].as_str() {
-            break addr.to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    (child, format!("http://{addr}"))
-}
-
-/// The seeded patient `i`'s NHS number: stem 900000000 + 2i, or the next
-/// stem when that one's Modulus 11 check value is 10 (two stems in a row
-/// cannot both be: their sums differ by 2). `wrk/search.lua` computes the same.
-fn nhs_number(i: usize) -> String {
-    let stem = 900_000_000 + 2 * i as u64;
-    for candidate in [stem, stem + 1] {
-        let digits = format!("{candidate:09}");
-        let sum: u64 = digits
-            .bytes()
-            .enumerate()
-            .map(|(k, b)| u64::from(b - b'0') * (10 - k as u64))
-            .sum();
-        let check = (11 - sum % 11) % 11;
-        if check < 10 {
-            return format!("{digits}{check}");
-        }
-    }
-    unreachable!("one of two consecutive stems has a valid check digit")
 }
 
 fn patient(i: usize) -> Value {

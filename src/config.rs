@@ -8,8 +8,9 @@
 //! The value is read as a TOML value when it is one (`8080`, `true`), and as a
 //! string otherwise.
 
-use crate::gp::layout::{Field, Overrides};
-use crate::gp::map::DEFAULT_SEVERE_FROM;
+use crate::gp::ingest::ListOptions;
+use crate::gp::layout::{Field, Format, Overrides};
+use crate::gp::map::{DEFAULT_SEVERE_FROM, MapContext};
 use crate::store::sqlite::SqliteOptions;
 use crate::validate::Validator;
 use crate::validate::profile::ONE_BROMLEY_PROFILES;
@@ -185,6 +186,28 @@ pub struct GpLists {
 }
 
 impl GpLists {
+    /// How to take a list from `practice` received at `received` (FHIR
+    /// dateTime), with this configuration's columns and threshold.
+    pub fn list_options(
+        &self,
+        practice: &str,
+        format: Option<Format>,
+        atomic: bool,
+        received: String,
+    ) -> ListOptions {
+        ListOptions {
+            practice: practice.to_string(),
+            format,
+            atomic,
+            overrides: self.overrides_for(practice),
+            cx: MapContext {
+                practice: practice.to_string(),
+                received,
+                severe_from: self.severe_from,
+            },
+        }
+    }
+
     /// The header names configured for a practice (its own over `*`).
     pub fn overrides_for(&self, practice: &str) -> Overrides {
         let mut out = self.columns.get("*").cloned().unwrap_or_default();

@@ -6,7 +6,6 @@ use clap::{Parser, Subcommand};
 use pathway_gateway::config::Config;
 use pathway_gateway::gp::dry_run;
 use pathway_gateway::gp::layout::Format;
-use pathway_gateway::gp::map::MapContext;
 use pathway_gateway::server;
 use pathway_gateway::validate::{Validator, files};
 use std::path::PathBuf;
@@ -177,17 +176,21 @@ fn map(
         Ok(bytes) => bytes,
         Err(err) => return usage(format!("cannot read {}: {err}", file.display())),
     };
-    let cx = MapContext {
-        practice: practice.clone(),
-        received: received.unwrap_or_else(|| {
-            jiff::Timestamp::now()
-                .strftime("%Y-%m-%dT%H:%M:%SZ")
-                .to_string()
-        }),
-        severe_from: config.gp_lists.severe_from,
-    };
-    let overrides = config.gp_lists.overrides_for(&practice);
-    match dry_run::map_list(&bytes, format, &overrides, &cx, &config.validator) {
+    let received = received.unwrap_or_else(|| {
+        jiff::Timestamp::now()
+            .strftime("%Y-%m-%dT%H:%M:%SZ")
+            .to_string()
+    });
+    let options = config
+        .gp_lists
+        .list_options(&practice, format, false, received);
+    match dry_run::map_list(
+        &bytes,
+        format,
+        &options.overrides,
+        &options.cx,
+        &config.validator,
+    ) {
         Ok(run) => {
             println!("{}", serde_json::to_string_pretty(&run).unwrap_or_default());
             if run.rejected == 0 {

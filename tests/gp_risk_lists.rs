@@ -301,6 +301,5 @@ async fn garbage_and_wrong_media_types_get_a_clear_4xx() {
     assert_eq!(no_practice.status, 400);
     let bad_format = upload(&gw, "G84001", &list(&[]), "&format=vision").await;
     assert_eq!(bad_format.status, 400);
-    // Every upload that got as far as being read was journaled.
     gw.stop().await;
 }

@@ -6,9 +6,8 @@ use super::AppState;
 use super::error::ApiError;
 use super::http::read_body_of;
 use crate::fhir::outcome::Issue;
-use crate::gp::ingest::{IngestError, ListOptions, SOURCE, ingest_list};
+use crate::gp::ingest::{IngestError, SOURCE, ingest_list};
 use crate::gp::layout::Format;
-use crate::gp::map::MapContext;
 use crate::store::JournalEntry;
 use axum::body::Body;
 use axum::extract::{RawQuery, State};
@@ -80,17 +79,12 @@ pub async fn gp_risk_list(
         })
         .await?;
 
-    let options = ListOptions {
-        overrides: state.gp_lists.overrides_for(&practice),
-        practice: practice.clone(),
+    let options = state.gp_lists.list_options(
+        &practice,
         format,
         atomic,
-        cx: MapContext {
-            practice,
-            received: received.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
-            severe_from: state.gp_lists.severe_from,
-        },
-    };
+        received.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+    );
     match ingest_list(
         state.store.as_ref(),
         &state.validator,

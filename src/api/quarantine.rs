@@ -6,8 +6,6 @@ use super::AppState;
 use super::error::ApiError;
 use crate::fhir::outcome::Issue;
 use crate::gp;
-use crate::gp::ingest::ListOptions;
-use crate::gp::map::MapContext;
 use crate::store::Quarantined;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{StatusCode, header};
@@ -97,16 +95,10 @@ pub async fn replay(
     let received = jiff::Timestamp::now()
         .strftime("%Y-%m-%dT%H:%M:%SZ")
         .to_string();
-    let options_for = |practice: &str, format| ListOptions {
-        practice: practice.to_string(),
-        format,
-        atomic: false,
-        overrides: state.gp_lists.overrides_for(practice),
-        cx: MapContext {
-            practice: practice.to_string(),
-            received: received.clone(),
-            severe_from: state.gp_lists.severe_from,
-        },
+    let options_for = |practice: &str, format| {
+        state
+            .gp_lists
+            .list_options(practice, format, false, received.clone())
     };
     let outcome = gp::ingest::replay_row(
         state.store.as_ref(),

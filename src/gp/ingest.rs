@@ -257,14 +257,7 @@ pub async fn replay_row(
         .iter()
         .filter_map(|h| h.as_str().map(str::to_string))
         .collect();
-    let text = format!(
-        "{}\n{raw}\n",
-        header
-            .iter()
-            .map(|h| csv_field(h))
-            .collect::<Vec<_>>()
-            .join(",")
-    );
+    let text = format!("{}\n{raw}\n", read::join_csv(&header));
     let list = read::open(text.as_bytes(), format, &options.overrides)?;
     let layout = list.layout.clone();
     let Some(Ok(mut record)) = list.into_iter().next() else {
@@ -844,13 +837,5 @@ fn quarantine_entry(
         reasons: serde_json::to_string(errors).unwrap_or_else(|_| "[]".to_string()),
         content_type: "application/json".to_string(),
         payload: payload.to_string().into_bytes(),
-    }
-}
-
-fn csv_field(field: &str) -> String {
-    if field.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", field.replace('"', "\"\""))
-    } else {
-        field.to_string()
     }
 }

@@ -197,7 +197,7 @@ fn decode(field: &[u8], encoding: Encoding) -> String {
 }
 
 /// Fields joined as a CSV row (RFC 4180 quoting where needed).
-fn join_csv(fields: &[String]) -> String {
+pub fn join_csv(fields: &[String]) -> String {
     fields
         .iter()
         .map(|f| {
