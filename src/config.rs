@@ -11,11 +11,12 @@
 use crate::gp::ingest::ListOptions;
 use crate::gp::layout::{Field, Format, Overrides};
 use crate::gp::map::{DEFAULT_SEVERE_FROM, MapContext};
+use crate::hl7v2::adt::AdtContext;
 use crate::store::sqlite::SqliteOptions;
 use crate::validate::Validator;
 use crate::validate::profile::ONE_BROMLEY_PROFILES;
 use serde::Deserialize;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -53,6 +54,8 @@ pub struct ConfigFile {
     pub validation: ValidationConfig,
     #[serde(default)]
     pub gp_lists: GpListsConfig,
+    #[serde(default)]
+    pub hl7v2: Hl7v2Config,
 }
 
 /// `[http]`: the FHIR REST listener.
@@ -176,6 +179,56 @@ impl Default for GpListsConfig {
     }
 }
 
+/// `[hl7v2]`: the ADT feed over MLLP (and `POST /ingest/hl7v2`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Hl7v2Config {
+    /// MLLP listen address; `""` turns the MLLP listener off (HTTP stays).
+    pub listen: String,
+    /// Largest message (MLLP frame or one message in an HTTP body), bytes.
+    pub max_message_bytes: usize,
+    /// A connection silent this long is closed.
+    pub idle_timeout_secs: u64,
+    /// Connections served at once; more wait in the accept backlog.
+    pub max_connections: usize,
+    /// Local PV1-2 patient classes → v3 ActCode, e.g. `D = "AMB"` (day case).
+    pub patient_class: BTreeMap<String, String>,
+}
+
+/// Default MLLP port (the conventional one for HL7 over MLLP).
+pub const DEFAULT_MLLP_LISTEN: &str = "127.0.0.1:2575";
+/// Default largest HL7 message: 1 MiB.
+pub const DEFAULT_HL7_MAX_BYTES: usize = 1024 * 1024;
+
+impl Default for Hl7v2Config {
+    fn default() -> Self {
+        Hl7v2Config {
+            listen: DEFAULT_MLLP_LISTEN.to_string(),
+            max_message_bytes: DEFAULT_HL7_MAX_BYTES,
+            idle_timeout_secs: 300,
+            max_connections: 256,
+            patient_class: BTreeMap::new(),
+        }
+    }
+}
+
+/// Checked `[hl7v2]`.
+#[derive(Debug, Clone)]
+pub struct Hl7v2 {
+    /// `None`: no MLLP listener.
+    pub listen: Option<SocketAddr>,
+    pub max_message_bytes: usize,
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+    pub cx: AdtContext,
+}
+
+/// v3 ActCode encounter classes a local PV1-2 code may map to (the
+/// `encounter-class` value set of `profiles/`).
+const ENCOUNTER_CLASSES: [&str; 11] = [
+    "AMB", "EMER", "FLD", "HH", "IMP", "ACUTE", "NONAC", "OBSENC", "PRENC", "SS", "VR",
+];
+
 /// Checked `[gp_lists]`.
 #[derive(Debug, Clone)]
 pub struct GpLists {
@@ -228,6 +281,7 @@ pub struct Config {
     /// profile stops start-up before any port is bound.
     pub validator: Arc<Validator>,
     pub gp_lists: GpLists,
+    pub hl7v2: Hl7v2,
 }
 
 #[derive(Debug, Clone)]
@@ -401,7 +455,54 @@ impl ConfigFile {
             }
             columns.insert(source, overrides);
         }
+        let mllp_listen = match self.hl7v2.listen.trim() {
+            "" => None,
+            text => Some(text.parse::<SocketAddr>().map_err(|_| {
+                bad(
+                    "hl7v2.listen",
+                    format!("\"{text}\" is not an address and port such as 127.0.0.1:2575 (\"\" turns MLLP off)"),
+                )
+            })?),
+        };
+        if !(64..=1 << 30).contains(&self.hl7v2.max_message_bytes) {
+            return Err(bad(
+                "hl7v2.max_message_bytes",
+                format!(
+                    "{} is outside 64 to 1073741824",
+                    self.hl7v2.max_message_bytes
+                ),
+            ));
+        }
+        if self.hl7v2.idle_timeout_secs == 0 {
+            return Err(bad(
+                "hl7v2.idle_timeout_secs",
+                "must be at least 1".to_string(),
+            ));
+        }
+        let max_connections =
+            in_range("hl7v2.max_connections", self.hl7v2.max_connections, 100_000)?;
+        for (code, class) in &self.hl7v2.patient_class {
+            if !ENCOUNTER_CLASSES.contains(&class.as_str()) {
+                return Err(bad(
+                    &format!("hl7v2.patient_class.{code}"),
+                    format!(
+                        "\"{class}\" is not an encounter class ({})",
+                        ENCOUNTER_CLASSES.join(", ")
+                    ),
+                ));
+            }
+        }
+        let hl7v2 = Hl7v2 {
+            listen: mllp_listen,
+            max_message_bytes: self.hl7v2.max_message_bytes,
+            idle_timeout: Duration::from_secs(self.hl7v2.idle_timeout_secs),
+            max_connections,
+            cx: AdtContext {
+                patient_class: self.hl7v2.patient_class,
+            },
+        };
         Ok(Config {
+            hl7v2,
             gp_lists: GpLists {
                 max_bytes: self.gp_lists.max_bytes,
                 severe_from: self.gp_lists.severe_from,

@@ -47,7 +47,7 @@ enum Command {
     /// Dry run: prints what an input would become (a FHIR transaction
     /// Bundle), with row errors and validation issues; exit 1 if any row fails.
     Map {
-        /// The kind of input: gp-csv.
+        /// The kind of input: gp-csv or hl7v2.
         #[arg(long, value_name = "KIND")]
         from: String,
         /// ODS code of the sending practice (gp-csv).
@@ -157,13 +157,15 @@ fn map(
         eprintln!("pathway-gateway map: {message}");
         std::process::ExitCode::from(2)
     };
-    if from != "gp-csv" {
-        return usage(format!("--from {from:?}: only gp-csv is supported so far"));
-    }
     let config = match Config::load(config.as_deref(), std::env::vars()) {
         Ok(config) => config,
         Err(err) => return usage(err.to_string()),
     };
+    match from {
+        "gp-csv" => {}
+        "hl7v2" => return map_hl7v2(&config, file),
+        other => return usage(format!("--from {other:?}: gp-csv or hl7v2")),
+    }
     let Some(practice) = practice.map(|p| p.to_ascii_uppercase()) else {
         return usage("--practice ODS is required for gp-csv".to_string());
     };
@@ -206,6 +208,27 @@ fn map(
             );
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// `map --from hl7v2`: the Bundle, and per message its ACK code, errors,
+/// unmapped fields and notes; exit 1 if any message would not get `AA`.
+fn map_hl7v2(config: &Config, file: &std::path::Path) -> std::process::ExitCode {
+    let bytes = match std::fs::read(file) {
+        Ok(bytes) => bytes,
+        Err(err) => {
+            eprintln!("pathway-gateway map: cannot read {}: {err}", file.display());
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let text = pathway_gateway::gp::read::utf8_or_windows_1252(&bytes);
+    let run =
+        pathway_gateway::hl7v2::dry_run::map_messages(&text, &config.hl7v2.cx, &config.validator);
+    println!("{}", serde_json::to_string_pretty(&run).unwrap_or_default());
+    if run.messages.iter().all(|m| m.ack == "AA") && !run.messages.is_empty() {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
     }
 }
 

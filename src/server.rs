@@ -3,6 +3,9 @@
 
 use crate::api::{AppState, app};
 use crate::config::Config;
+use crate::hl7v2::Frame;
+use crate::hl7v2::ingest::{Feed, SOURCE_MLLP};
+use crate::hl7v2::listener::{self, AckFuture, Handler, ListenerConfig};
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Store, StoreError};
 use std::future::Future;
@@ -18,20 +21,47 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
 }
 
-/// Serves the gateway on `listener` until `shutdown` completes.
+/// Serves the gateway on `listener` (HTTP), and MLLP on the configured
+/// address unless it is turned off, until `shutdown` completes.
 pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    let mllp = match config.hl7v2.listen {
+        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|err| {
+            std::io::Error::new(
+                err.kind(),
+                format!("cannot listen for MLLP on {addr}: {err}"),
+            )
+        })?),
+        None => None,
+    };
+    run_with(config, listener, mllp, shutdown).await
+}
+
+/// As [`run`], with the MLLP listener given (or none).
+pub async fn run_with(
+    config: Config,
+    listener: TcpListener,
+    mllp: Option<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
     let store = Arc::new(SqliteStore::open(config.store.clone())?);
     let draining = Arc::new(AtomicBool::new(false));
+    let feed = Arc::new(Feed::new(
+        store.clone(),
+        config.validator.clone(),
+        config.hl7v2.cx.clone(),
+    ));
     let state = AppState {
         store: store.clone(),
         http: Arc::new(config.http.clone()),
         draining: draining.clone(),
         validator: config.validator.clone(),
         gp_lists: Arc::new(config.gp_lists.clone()),
+        hl7v2: feed.clone(),
+        hl7v2_max_bytes: config.hl7v2.max_message_bytes,
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -39,7 +69,32 @@ pub async fn run(
         let _ = stop_tx.send(true);
     });
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, data = %config.store.dir.display(), "pathway-gateway listening");
+    let mllp_addr = match &mllp {
+        Some(mllp) => mllp.local_addr()?.to_string(),
+        None => "off".to_string(),
+    };
+    let mllp_task = match mllp {
+        Some(mllp) => {
+            let mut stopped = stop_rx.clone();
+            let options = ListenerConfig {
+                max_frame: config.hl7v2.max_message_bytes,
+                idle_timeout: config.hl7v2.idle_timeout,
+                max_connections: config.hl7v2.max_connections,
+                drain_timeout: config.http.shutdown_grace,
+            };
+            let handler: Arc<dyn Handler> = Arc::new(MllpHandler(feed.clone()));
+            Some(tokio::spawn(listener::serve(
+                mllp,
+                options,
+                handler,
+                async move {
+                    let _ = stopped.wait_for(|stop| *stop).await;
+                },
+            )))
+        }
+        None => None,
+    };
+    tracing::info!(%addr, mllp = %mllp_addr, data = %config.store.dir.display(), "pathway-gateway listening");
 
     let mut stopped = stop_rx.clone();
     let server = axum::serve(listener, app(state)).with_graceful_shutdown(async move {
@@ -58,9 +113,44 @@ pub async fn run(
             tracing::warn!("grace period over; closing with requests still in flight");
         }
     }
+    if let Some(task) = mllp_task {
+        match task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => tracing::error!(error = %err, "MLLP listener failed"),
+            Err(err) => tracing::error!(error = %err, "MLLP listener task failed"),
+        }
+    }
     store.close().await;
     tracing::info!("store closed; stopped");
     Ok(())
+}
+
+/// MLLP frames into the ADT feed. Garbage and oversized frames get an `AR`
+/// (they cannot be read, so nothing is kept).
+struct MllpHandler(Arc<Feed>);
+
+impl Handler for MllpHandler {
+    fn handle(&self, frame: Frame, peer: std::net::SocketAddr) -> AckFuture<'_> {
+        Box::pin(async move {
+            match frame {
+                Frame::Message(bytes) => self.0.receive(&bytes, SOURCE_MLLP).await.into_bytes(),
+                Frame::TooLarge { discarded } => {
+                    tracing::warn!(%peer, discarded, "MLLP frame over the size limit");
+                    self.0
+                        .unreadable(&format!(
+                            "the message is over the size limit ({discarded} bytes discarded)"
+                        ))
+                        .into_bytes()
+                }
+                Frame::Garbage(bytes) => {
+                    tracing::warn!(%peer, bytes = bytes.len(), "bytes outside an MLLP frame");
+                    self.0
+                        .unreadable("bytes outside an MLLP frame (0x0B ... 0x1C 0x0D)")
+                        .into_bytes()
+                }
+            }
+        })
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.

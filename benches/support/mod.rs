@@ -12,6 +12,7 @@ pub fn spawn_gateway(data: &Path) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_pathway-gateway"))
         .arg("serve")
         .env("PATHWAY_HTTP__LISTEN", "127.0.0.1:0")
+        .env("PATHWAY_HL7V2__LISTEN", "127.0.0.1:0")
         .env("PATHWAY_STORE__PATH", data)
         .env("PATHWAY_LOG__FORMAT", "json")
         .env("PATHWAY_LOG__LEVEL", "pathway_gateway::server=info,warn")

@@ -1,6 +1,7 @@
-//! Feeds in: `POST /ingest/gp-risk-list` (GP risk lists as CSV). The upload
+//! Feeds in: `POST /ingest/gp-risk-list` (GP risk lists as CSV; the upload
 //! is journaled before anything else, then read, mapped, validated and
-//! stored; the answer is the ingest report.
+//! stored; the answer is the ingest report) and `POST /ingest/hl7v2` (one
+//! or more ER7 messages; the answer is their ACKs, in order).
 
 use super::AppState;
 use super::error::ApiError;
@@ -8,6 +9,7 @@ use super::http::read_body_of;
 use crate::fhir::outcome::Issue;
 use crate::gp::ingest::{IngestError, SOURCE, ingest_list};
 use crate::gp::layout::Format;
+use crate::hl7v2::ingest::SOURCE_HTTP;
 use crate::store::JournalEntry;
 use axum::body::Body;
 use axum::extract::{RawQuery, State};
@@ -112,6 +114,99 @@ pub async fn gp_risk_list(
         )),
         Err(IngestError::Store(err)) => Err(err.into()),
     }
+}
+
+/// Media types an HL7 v2 body may be sent as.
+const HL7_MEDIA_TYPES: [&str; 4] = [
+    "x-application/hl7-v2+er7",
+    "application/hl7-v2",
+    "application/edi-hl7",
+    "text/plain",
+];
+
+/// `POST /ingest/hl7v2`: each message of the body goes through the same
+/// feed as MLLP (journal, map, validate, store) and gets its ACK. The
+/// answer is always 200 with the ACKs (one per message, in order, separated
+/// by a blank line); the ACK codes say what happened to each.
+pub async fn hl7v2(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let bytes = read_body_of(
+        &headers,
+        body,
+        state.http.max_body_bytes,
+        &HL7_MEDIA_TYPES,
+        "x-application/hl7-v2+er7",
+    )
+    .await?;
+    let messages = split_messages(&bytes);
+    if messages.is_empty() {
+        return Err(bad(
+            "the body holds no HL7 message (each must start with an MSH segment)".to_string(),
+        ));
+    }
+    let mut out = String::new();
+    for message in messages {
+        let ack = if message.len() > state.hl7v2_max_bytes {
+            state.hl7v2.unreadable(&format!(
+                "the message is {} bytes, over the limit of {}",
+                message.len(),
+                state.hl7v2_max_bytes
+            ))
+        } else {
+            state.hl7v2.receive(message, SOURCE_HTTP).await
+        };
+        if !out.is_empty() {
+            out.push('\n');
+        }
+        out.push_str(&ack);
+    }
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "x-application/hl7-v2+er7")],
+        out,
+    )
+        .into_response())
+}
+
+/// The messages of a body: each starts at an `MSH` that begins a segment
+/// (start of body, or after `\r` or `\n`). Batch envelopes (FHS, BHS, BTS,
+/// FTS) and anything before the first MSH are left out.
+pub fn split_messages(body: &[u8]) -> Vec<&[u8]> {
+    let starts_segment = |i: usize| i == 0 || matches!(body[i - 1], b'\r' | b'\n');
+    let mut starts: Vec<usize> = (0..body.len())
+        .filter(|&i| body[i..].starts_with(b"MSH") && starts_segment(i))
+        .collect();
+    starts.push(body.len());
+    starts
+        .windows(2)
+        .map(|w| trim_batch(&body[w[0]..w[1]]))
+        .collect()
+}
+
+/// A message without trailing batch segments or blank lines.
+fn trim_batch(message: &[u8]) -> &[u8] {
+    let mut end = message.len();
+    for (i, _) in message.iter().enumerate().rev() {
+        if i > 0 && !matches!(message[i - 1], b'\r' | b'\n') {
+            continue;
+        }
+        let rest = &message[i..];
+        if ["BTS", "FTS", "BHS", "FHS"]
+            .iter()
+            .any(|s| rest.starts_with(s.as_bytes()))
+        {
+            end = end.min(i);
+        }
+    }
+    let message = &message[..end];
+    let trimmed = message
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(0, |p| p + 1);
+    &message[..trimmed]
 }
 
 fn bad(text: String) -> ApiError {

@@ -13,6 +13,7 @@ pub mod rest;
 
 use crate::config::{GpLists, Http};
 use crate::fhir::outcome::Issue;
+use crate::hl7v2::ingest::Feed;
 use crate::store::Store;
 use crate::validate::Validator;
 use axum::Router;
@@ -36,6 +37,10 @@ pub struct AppState {
     /// Base R4 and the enforced profiles: every write passes through it.
     pub validator: Arc<Validator>,
     pub gp_lists: Arc<GpLists>,
+    /// The HL7 v2 ADT feed (shared with the MLLP listener).
+    pub hl7v2: Arc<Feed>,
+    /// Largest single HL7 message in `POST /ingest/hl7v2`.
+    pub hl7v2_max_bytes: usize,
 }
 
 /// The whole HTTP application.
@@ -63,6 +68,7 @@ pub fn app(state: AppState) -> Router {
             "/ingest/gp-risk-list",
             axum::routing::post(ingest::gp_risk_list),
         )
+        .route("/ingest/hl7v2", axum::routing::post(ingest::hl7v2))
         .route("/quarantine", get(quarantine::list))
         .route(
             "/quarantine/{id}/replay",

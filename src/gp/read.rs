@@ -196,6 +196,15 @@ fn decode(field: &[u8], encoding: Encoding) -> String {
     }
 }
 
+/// Bytes as text: UTF-8 when they are, else Windows-1252 (what Windows
+/// systems write when they do not write UTF-8). Never fails.
+pub fn utf8_or_windows_1252(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => std::borrow::Cow::Borrowed(text),
+        Err(_) => std::borrow::Cow::Owned(decode(bytes, Encoding::Windows1252)),
+    }
+}
+
 /// Fields joined as a CSV row (RFC 4180 quoting where needed).
 pub fn join_csv(fields: &[String]) -> String {
     fields

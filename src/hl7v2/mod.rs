@@ -12,9 +12,16 @@
 //! version specific. Nothing in this module allocates per byte of input more
 //! than a constant, recurses, or rescans input, so hostile input is linear.
 
+pub mod adt;
+pub mod client;
+pub mod datatypes;
+pub mod dry_run;
 mod er7;
 mod escape;
+pub mod ingest;
+pub mod listener;
 mod mllp;
+pub mod state;
 
 pub use er7::{Component, Delimiters, Field, Message, ParseError, Rep, Segment};
 pub use escape::{escape, unescape};

@@ -197,6 +197,39 @@ pub struct Quarantined {
     pub resolved_at_ms: Option<i64>,
 }
 
+/// An inbound message and what it does, applied as one: the journal entry,
+/// then (unless the journal says it is a repeat) the writes and the
+/// quarantine entries. Either all of it is durable or none: a message is
+/// never journaled without its effect, so a resend after a crash is applied
+/// rather than mistaken for a repeat.
+#[derive(Debug, Clone)]
+pub struct IngestRequest {
+    /// `None` when replaying a message journaled already.
+    pub journal: Option<JournalEntry>,
+    /// Applied atomically; if it rolls back, so does the journal entry.
+    pub write: Option<WriteRequest>,
+    /// Their `journal_id` is set to the new journal entry's.
+    pub quarantine: Vec<QuarantineEntry>,
+}
+
+/// What an [`IngestRequest`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IngestOutcome {
+    /// Same source, sender and message id as journal entry `journal_id`:
+    /// nothing was done. `held` has the reasons of that message's
+    /// quarantine entry while it is still held.
+    Repeat {
+        journal_id: i64,
+        held: Option<String>,
+    },
+    /// Stored (or, if `write` rolled back, nothing was stored at all).
+    Done {
+        journal_id: Option<i64>,
+        write: Option<WriteOutcome>,
+        quarantined: Vec<i64>,
+    },
+}
+
 /// A failure of the store itself (disk, database, shutdown): a 503 or 500,
 /// never the sender's fault.
 #[derive(Debug, thiserror::Error)]
@@ -230,6 +263,8 @@ pub trait Store: Send + Sync + 'static {
     async fn write(&self, request: WriteRequest) -> Result<WriteOutcome, StoreError>;
     /// Records a raw inbound payload durably.
     async fn journal(&self, entry: JournalEntry) -> Result<JournalReceipt, StoreError>;
+    /// Journals a message and applies its effect in one transaction.
+    async fn ingest(&self, request: IngestRequest) -> Result<IngestOutcome, StoreError>;
     /// A journal entry by id.
     async fn journal_entry(&self, id: i64) -> Result<Option<JournalEntry>, StoreError>;
     /// Keeps refused inputs, durably, returning their ids in order.

@@ -9,6 +9,8 @@ use std::path::PathBuf;
 use tokio::sync::oneshot;
 
 pub struct Gateway {
+    /// The MLLP listener's address.
+    pub mllp: std::net::SocketAddr,
     /// `http://127.0.0.1:PORT/fhir`
     pub fhir: String,
     pub root: String,
@@ -66,16 +68,22 @@ pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Gateway {
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
+    // MLLP on a free port too, so that tests can run side by side.
+    let mllp_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind MLLP");
+    let mllp = mllp_listener.local_addr().expect("MLLP addr");
     let (stop, stopped) = oneshot::channel::<()>();
     let data = config.store.dir.clone();
     let task = tokio::spawn(async move {
-        pathway_gateway::server::run(config, listener, async {
+        pathway_gateway::server::run_with(config, listener, Some(mllp_listener), async {
             let _ = stopped.await;
         })
         .await
         .expect("gateway runs");
     });
     Gateway {
+        mllp,
         fhir: format!("http://{addr}/fhir"),
         root: format!("http://{addr}"),
         client: reqwest::Client::new(),

@@ -14,8 +14,8 @@ mod search;
 mod writer;
 
 use super::{
-    JournalEntry, JournalReceipt, QuarantineEntry, Quarantined, SearchPage, Store, StoreError,
-    Stored, WriteOutcome, WriteRequest,
+    IngestOutcome, IngestRequest, JournalEntry, JournalReceipt, QuarantineEntry, Quarantined,
+    SearchPage, Store, StoreError, Stored, WriteOutcome, WriteRequest,
 };
 use crate::fhir::ResourceType;
 use crate::fhir::search::SearchQuery;
@@ -52,6 +52,10 @@ pub(super) enum Job {
     Journal(
         JournalEntry,
         oneshot::Sender<Result<JournalReceipt, StoreError>>,
+    ),
+    Ingest(
+        IngestRequest,
+        oneshot::Sender<Result<IngestOutcome, StoreError>>,
     ),
     Quarantine(
         Vec<QuarantineEntry>,
@@ -212,6 +216,10 @@ impl Store for SqliteStore {
 
     async fn journal(&self, entry: JournalEntry) -> Result<JournalReceipt, StoreError> {
         self.submit(|tx| Job::Journal(entry, tx)).await
+    }
+
+    async fn ingest(&self, request: IngestRequest) -> Result<IngestOutcome, StoreError> {
+        self.submit(|reply| Job::Ingest(request, reply)).await
     }
 
     async fn journal_entry(&self, id: i64) -> Result<Option<JournalEntry>, StoreError> {

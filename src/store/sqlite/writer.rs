@@ -9,8 +9,8 @@ use crate::fhir::json::rewrite_references;
 use crate::fhir::resource::{Prepared, assemble};
 use crate::fhir::search::{SearchQuery, reference_target};
 use crate::store::{
-    Change, JournalEntry, JournalReceipt, Mutation, MutationError, QuarantineEntry, StoreError,
-    Stored, WriteOutcome, WriteRequest, Written,
+    Change, IngestOutcome, IngestRequest, JournalEntry, JournalReceipt, Mutation, MutationError,
+    QuarantineEntry, StoreError, Stored, WriteOutcome, WriteRequest, Written,
 };
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 use std::collections::HashMap;
@@ -115,6 +115,10 @@ impl Writer {
                 Job::Journal(entry, reply) => {
                     let result = self.in_savepoint(|w| w.journal(&entry).map(Ok));
                     answers.push(Answer::Journal(reply, result));
+                }
+                Job::Ingest(request, reply) => {
+                    let result = self.in_savepoint(|w| w.ingest(&request, now));
+                    answers.push(Answer::Ingest(reply, result));
                 }
                 Job::Quarantine(entries, reply) => {
                     let result = self.in_savepoint(|w| w.quarantine(&entries, now).map(Ok));
@@ -518,6 +522,62 @@ impl Writer {
         Ok(changed == 1)
     }
 
+    /// The journal entry, then its writes and quarantine entries, all in
+    /// the caller's savepoint: a write that rolls back takes the journal
+    /// entry with it.
+    fn ingest(
+        &mut self,
+        request: &IngestRequest,
+        now: i64,
+    ) -> Result<Result<IngestOutcome, Rollback<IngestOutcome>>, StoreError> {
+        let mut journal_id = None;
+        if let Some(entry) = &request.journal {
+            let receipt = self.journal(entry)?;
+            if receipt.duplicate {
+                let held: Option<String> = self
+                    .conn
+                    .prepare_cached(
+                        "SELECT reasons FROM quarantine WHERE journal_id=?1 AND status='held' ORDER BY id LIMIT 1",
+                    )?
+                    .query_row(params![receipt.id], |row| row.get(0))
+                    .optional()?;
+                return Ok(Ok(IngestOutcome::Repeat {
+                    journal_id: receipt.id,
+                    held,
+                }));
+            }
+            journal_id = Some(receipt.id);
+        }
+        let mut write = None;
+        if let Some(request) = &request.write {
+            match self.apply(request, now)? {
+                Ok(outcome) => write = Some(outcome),
+                Err(Rollback(outcome)) => {
+                    return Ok(Err(Rollback(IngestOutcome::Done {
+                        journal_id: None,
+                        write: Some(outcome),
+                        quarantined: Vec::new(),
+                    })));
+                }
+            }
+        }
+        let entries: Vec<QuarantineEntry> = request
+            .quarantine
+            .iter()
+            .cloned()
+            .map(|mut e| {
+                e.journal_id = e.journal_id.or(journal_id);
+                e
+            })
+            .collect();
+        let quarantined = self.quarantine(&entries, now)?;
+        Ok(Ok(IngestOutcome::Done {
+            journal_id,
+            write,
+            quarantined,
+        }))
+    }
+
     fn journal(&mut self, entry: &JournalEntry) -> Result<JournalReceipt, StoreError> {
         if let Some(message_id) = &entry.message_id {
             let existing: Option<i64> = self
@@ -568,6 +628,10 @@ enum Answer {
         oneshot::Sender<Result<JournalReceipt, StoreError>>,
         Result<JournalReceipt, StoreError>,
     ),
+    Ingest(
+        oneshot::Sender<Result<IngestOutcome, StoreError>>,
+        Result<IngestOutcome, StoreError>,
+    ),
     Quarantine(
         oneshot::Sender<Result<Vec<i64>, StoreError>>,
         Result<Vec<i64>, StoreError>,
@@ -587,6 +651,9 @@ impl Answer {
             Answer::Journal(reply, result) => {
                 let _ = reply.send(result);
             }
+            Answer::Ingest(reply, result) => {
+                let _ = reply.send(result);
+            }
             Answer::Quarantine(reply, result) => {
                 let _ = reply.send(result);
             }
@@ -602,6 +669,9 @@ impl Answer {
                 let _ = reply.send(Err(failure(message)));
             }
             Answer::Journal(reply, _) => {
+                let _ = reply.send(Err(failure(message)));
+            }
+            Answer::Ingest(reply, _) => {
                 let _ = reply.send(Err(failure(message)));
             }
             Answer::Quarantine(reply, _) => {
@@ -625,6 +695,9 @@ fn answer_failure(job: Job, message: &str) {
             let _ = reply.send(Err(failure(message)));
         }
         Job::Journal(_, reply) => {
+            let _ = reply.send(Err(failure(message)));
+        }
+        Job::Ingest(_, reply) => {
             let _ = reply.send(Err(failure(message)));
         }
         Job::Quarantine(_, reply) => {

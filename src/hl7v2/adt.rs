@@ -1,0 +1,848 @@
+//! An ADT message → what it says about a patient and a visit, as FHIR
+//! values ([`Adt`]). Pure: the same message and [`AdtContext`] always give
+//! the same result; nothing here reads the store.
+//!
+//! Layers: message (this file: MSH, EVN, PID, PD1, PV1, MRG) → segment →
+//! datatype ([`super::datatypes`]: TS, XPN, XAD, XTN). NHS conventions from
+//! the ITK HL7 v2 ADT specification (HL7 UK "A3" profile, v2.4 with v2.5
+//! pre-adoption): the NHS number is the PID-3 repetition typed `NH`, MSH-4
+//! the trust's ODS code, PV1-19 the hospital provider spell.
+
+use super::datatypes::{self, DataError};
+use super::er7::{Message, Rep, Segment};
+use crate::gp::row::nhs_check_digit_ok;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+
+pub const NHS_NUMBER_SYSTEM: &str = "https://fhir.nhs.uk/Id/nhs-number";
+pub const ODS_SYSTEM: &str = "https://fhir.nhs.uk/Id/ods-organization-code";
+pub const GMP_SYSTEM: &str = "https://fhir.hl7.org.uk/Id/gmp-number";
+/// Local (hospital) patient identifiers: `{LOCAL_ID_SYSTEM}/{assigning authority}`.
+pub const LOCAL_ID_SYSTEM: &str = "https://fhir.onebromley.nhs.uk/Id/local-patient-identifier";
+/// Hospital provider spells (PV1-19): `{VISIT_SYSTEM}/{trust ODS code}`.
+pub const VISIT_SYSTEM: &str = "https://fhir.onebromley.nhs.uk/Id/hospital-provider-spell";
+pub const ACT_CODE_SYSTEM: &str = "http://terminology.hl7.org/CodeSystem/v3-ActCode";
+pub const ACT_PRIORITY_SYSTEM: &str = "http://terminology.hl7.org/CodeSystem/v3-ActPriority";
+const V2_0203: &str = "http://terminology.hl7.org/CodeSystem/v2-0203";
+const V2_0007: &str = "http://terminology.hl7.org/CodeSystem/v2-0007";
+const ADMISSION_METHOD_SYSTEM: &str =
+    "https://fhir.hl7.org.uk/CodeSystem/UKCore-AdmissionMethodEngland";
+pub const ADMISSION_METHOD_URL: &str =
+    "https://fhir.hl7.org.uk/StructureDefinition/Extension-UKCore-AdmissionMethod";
+const ADMIT_SOURCE_SYSTEM: &str =
+    "https://fhir.hl7.org.uk/CodeSystem/UKCore-SourceOfAdmissionEngland";
+pub const DISCHARGE_DESTINATION_SYSTEM: &str =
+    "https://fhir.hl7.org.uk/CodeSystem/UKCore-DischargeDestinationEngland";
+const VERIFICATION_URL: &str =
+    "https://fhir.hl7.org.uk/StructureDefinition/Extension-UKCore-NHSNumberVerificationStatus";
+const VERIFICATION_SYSTEM: &str =
+    "https://fhir.hl7.org.uk/CodeSystem/UKCore-NHSNumberVerificationStatusEngland";
+
+/// The ADT trigger events the gateway acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Event {
+    A01,
+    A02,
+    A03,
+    A04,
+    A05,
+    A08,
+    A11,
+    A12,
+    A13,
+    A28,
+    A31,
+    A40,
+}
+
+impl Event {
+    pub fn parse(code: &str) -> Option<Event> {
+        Some(match code {
+            "A01" => Event::A01,
+            "A02" => Event::A02,
+            "A03" => Event::A03,
+            "A04" => Event::A04,
+            "A05" => Event::A05,
+            "A08" => Event::A08,
+            "A11" => Event::A11,
+            "A12" => Event::A12,
+            "A13" => Event::A13,
+            "A28" => Event::A28,
+            "A31" => Event::A31,
+            "A40" => Event::A40,
+            _ => return None,
+        })
+    }
+
+    pub fn code(self) -> &'static str {
+        match self {
+            Event::A01 => "A01",
+            Event::A02 => "A02",
+            Event::A03 => "A03",
+            Event::A04 => "A04",
+            Event::A05 => "A05",
+            Event::A08 => "A08",
+            Event::A11 => "A11",
+            Event::A12 => "A12",
+            Event::A13 => "A13",
+            Event::A28 => "A28",
+            Event::A31 => "A31",
+            Event::A40 => "A40",
+        }
+    }
+
+    /// A28, A31 (person administration) and A40 (merge) touch patients only.
+    pub fn has_visit(self) -> bool {
+        !matches!(self, Event::A28 | Event::A31 | Event::A40)
+    }
+
+    /// The Encounter status this event sets (HL7 v2-to-FHIR ConceptMap
+    /// table-hl70003-to-encounter-status, with the choices documented in
+    /// `fixtures/hl7v2/README.md`); `None` leaves the status alone.
+    pub fn status(self) -> Option<&'static str> {
+        match self {
+            Event::A01 | Event::A02 | Event::A13 => Some("in-progress"),
+            Event::A03 => Some("finished"),
+            // Registration: the patient has arrived (ED or clinic) and is
+            // waiting to be seen. v2-to-FHIR says `planned`, which would
+            // hide every ED attendance from an "in hospital now" view.
+            Event::A04 => Some("arrived"),
+            Event::A05 => Some("planned"),
+            Event::A11 => Some("cancelled"),
+            Event::A08 | Event::A12 | Event::A28 | Event::A31 | Event::A40 => None,
+        }
+    }
+}
+
+/// What a mapping needs besides the message.
+#[derive(Debug, Clone, Default)]
+pub struct AdtContext {
+    /// Local PV1-2 codes → v3 ActCode (`[hl7v2.patient_class]`), checked
+    /// before the standard table so a trust can override it.
+    pub patient_class: BTreeMap<String, String>,
+}
+
+/// Why a message cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdtError {
+    /// Not a message type or event the gateway takes: `AR`.
+    Unsupported {
+        location: String,
+        code: u16,
+        reason: String,
+    },
+    /// Content that cannot be mapped: `AE`, quarantined.
+    Invalid(Vec<DataError>),
+}
+
+/// A patient as one message describes them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PatientFacts {
+    pub nhs_number: Option<String>,
+    /// Every identifier, as FHIR Identifiers (the NHS number first).
+    pub identifiers: Vec<Value>,
+    pub name: Vec<Value>,
+    pub telecom: Vec<Value>,
+    pub gender: Option<&'static str>,
+    pub birth_date: Option<String>,
+    /// `deceasedDateTime` or `deceasedBoolean`, with its member name.
+    pub deceased: Option<(&'static str, Value)>,
+    pub address: Vec<Value>,
+    pub general_practitioner: Vec<Value>,
+}
+
+impl PatientFacts {
+    /// `(system, value)` of every identifier, for finding the record.
+    pub fn keys(&self) -> Vec<(String, String)> {
+        identifier_keys(&self.identifiers)
+    }
+}
+
+/// The visit (hospital provider spell) a message is about.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Visit {
+    /// The Encounter identifier: PV1-19 with the trust's ODS code.
+    pub identifier: Value,
+    pub class: Value,
+    pub priority: Option<Value>,
+    pub admission_method: Option<Value>,
+    pub admit_source: Option<Value>,
+    pub discharge_disposition: Option<Value>,
+    pub start: Option<String>,
+    pub end: Option<String>,
+    /// PV1-3 as a `Encounter.location.location` Reference.
+    pub location: Option<Value>,
+}
+
+/// Everything the gateway takes from one ADT message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Adt {
+    pub event: Event,
+    pub control_id: String,
+    /// MSH-4: the sending trust's (or site's) ODS code.
+    pub sender: String,
+    /// When the event happened (EVN-2, else MSH-7), FHIR dateTime.
+    pub time: String,
+    /// The same instant in milliseconds since the epoch: the order events
+    /// are applied in, whatever order they arrive in.
+    pub time_ms: i64,
+    pub patient: PatientFacts,
+    pub visit: Option<Visit>,
+    /// A40: the identifiers of the record merged away (MRG-1).
+    pub prior: Vec<Value>,
+    /// Fields present in the message that the mapping does not use.
+    pub unmapped: Vec<String>,
+    /// Things worth knowing about the mapping (ambiguous local times).
+    pub notes: Vec<String>,
+}
+
+/// Fields each segment's mapping reads (HL7 field numbers); others with
+/// content are reported as unmapped. MSH is the envelope: all of it is used.
+const MAPPED: &[(&str, &[usize])] = &[
+    ("EVN", &[1, 2]),
+    ("PID", &[1, 2, 3, 5, 7, 8, 11, 13, 14, 29, 30, 32]),
+    ("PD1", &[3, 4]),
+    ("PV1", &[1, 2, 3, 4, 14, 19, 36, 44, 45]),
+    ("MRG", &[1]),
+];
+
+/// Reads an ADT message.
+pub fn read(msg: &Message, cx: &AdtContext) -> Result<Adt, AdtError> {
+    let (kind, trigger) = msg.message_type().unwrap_or_default();
+    if kind != "ADT" {
+        return Err(AdtError::Unsupported {
+            location: "MSH-9.1".into(),
+            code: 200,
+            reason: format!(
+                "message type {} is not supported here; this interface takes ADT messages",
+                if kind.is_empty() { "(empty)" } else { &kind }
+            ),
+        });
+    }
+    let Some(event) = Event::parse(&trigger) else {
+        return Err(AdtError::Unsupported {
+            location: "MSH-9.2".into(),
+            code: 201,
+            reason: format!(
+                "ADT event {} is not supported; supported: A01 A02 A03 A04 A05 A08 A11 A12 A13 A28 A31 A40",
+                if trigger.is_empty() {
+                    "(empty)"
+                } else {
+                    &trigger
+                }
+            ),
+        });
+    };
+    let mut errors = Vec::new();
+    let mut notes = Vec::new();
+    let control_id = msg.control_id().unwrap_or_default();
+    if control_id.is_empty() {
+        errors.push(missing("MSH-10", "message control id"));
+    }
+    let sender = msg.get("MSH-4").unwrap_or_default();
+    if sender.is_empty() {
+        errors.push(missing("MSH-4", "sending facility (the trust's ODS code)"));
+    }
+
+    // When: EVN-2 (recorded date/time), else MSH-7.
+    let (location, raw_time) = match msg.get("EVN-2") {
+        Some(t) => ("EVN-2", Some(t)),
+        None => ("MSH-7", msg.get("MSH-7")),
+    };
+    let mut time = None;
+    match raw_time.map(|t| datatypes::dtm(&t, location)) {
+        None => errors.push(missing("MSH-7", "date/time of message")),
+        Some(Err(e)) => errors.push(e),
+        Some(Ok(None)) => errors.push(missing(location, "event date/time")),
+        Some(Ok(Some(instant))) => {
+            notes.extend(instant.note.as_ref().map(|n| format!("{location}: {n}")));
+            match instant_ms(&instant.value) {
+                Some(ms) => time = Some((instant.value, ms)),
+                None => errors.push(DataError {
+                    location: location.into(),
+                    reason: format!("{} is not precise to the minute", instant.value),
+                }),
+            }
+        }
+    }
+
+    let pid = msg.segment("PID");
+    let patient = match pid {
+        Some(pid) => read_patient(msg, pid, &sender, &mut errors, &mut notes),
+        None => {
+            errors.push(missing("PID", "PID segment"));
+            PatientFacts::default()
+        }
+    };
+    if pid.is_some() && patient.identifiers.is_empty() {
+        errors.push(missing(
+            "PID-3",
+            "patient identifier (an NHS number or a hospital number)",
+        ));
+    }
+
+    let visit = if event.has_visit() {
+        match msg.segment("PV1") {
+            Some(pv1) => read_visit(pv1, &sender, cx, &mut errors, &mut notes),
+            None => {
+                errors.push(missing("PV1", "PV1 segment (the visit)"));
+                None
+            }
+        }
+    } else {
+        None
+    };
+
+    let mut prior = Vec::new();
+    if event == Event::A40 {
+        if let Some(field) = msg.segment("MRG").and_then(|s| s.field(1)) {
+            for (i, rep) in field.repetitions().enumerate() {
+                let location = format!("MRG-1[{}]", i + 1);
+                match patient_identifier(rep, &sender, &location) {
+                    Ok(Some(id)) => prior.push(id.1),
+                    Ok(None) => {}
+                    Err(e) => errors.push(e),
+                }
+            }
+        }
+        if prior.is_empty() {
+            errors.push(missing(
+                "MRG-1",
+                "prior patient identifier (the record merged away)",
+            ));
+        }
+    }
+
+    if !errors.is_empty() {
+        return Err(AdtError::Invalid(errors));
+    }
+    let (time, time_ms) = time.unwrap_or_default();
+    Ok(Adt {
+        event,
+        control_id,
+        sender,
+        time,
+        time_ms,
+        patient,
+        visit,
+        prior,
+        unmapped: unmapped(msg, event),
+        notes,
+    })
+}
+
+fn missing(location: &str, what: &str) -> DataError {
+    DataError {
+        location: location.into(),
+        reason: format!("{what} is required and missing"),
+    }
+}
+
+fn instant_ms(value: &str) -> Option<i64> {
+    if value.len() <= 10 {
+        // A date: midnight UTC orders it before anything later that day.
+        let date: jiff::civil::Date = value.parse().ok()?;
+        return Some(
+            date.to_zoned(jiff::tz::TimeZone::UTC)
+                .ok()?
+                .timestamp()
+                .as_millisecond(),
+        );
+    }
+    let ts: jiff::Timestamp = value.parse().ok()?;
+    Some(ts.as_millisecond())
+}
+
+fn read_patient(
+    msg: &Message,
+    pid: Segment<'_>,
+    sender: &str,
+    errors: &mut Vec<DataError>,
+    notes: &mut Vec<String>,
+) -> PatientFacts {
+    let mut facts = PatientFacts::default();
+    let mut nhs: Option<(String, Value)> = None;
+    let mut locals = Vec::new();
+    // PID-3, then the v2.2/2.3 legacy PID-2 (external id) if PID-3 has no NHS number.
+    for field_no in [3, 2] {
+        let Some(field) = pid.field(field_no) else {
+            continue;
+        };
+        for (i, rep) in field.repetitions().enumerate() {
+            let location = format!("PID-{field_no}[{}]", i + 1);
+            match patient_identifier(rep, sender, &location) {
+                Ok(Some((true, id))) => {
+                    if nhs.is_none() {
+                        let value = id["value"].as_str().unwrap_or_default().to_string();
+                        nhs = Some((value, id));
+                    }
+                }
+                Ok(Some((false, id))) if field_no == 3 => locals.push(id),
+                Ok(_) => {}
+                Err(e) => errors.push(e),
+            }
+        }
+    }
+    if let Some((number, mut id)) = nhs {
+        if let Some(status) = msg.get("PID-32") {
+            match verification(&status) {
+                Some(code) => {
+                    if let Some(o) = id.as_object_mut() {
+                        let mut with = serde_json::Map::new();
+                        with.insert(
+                            "extension".into(),
+                            json!([{
+                                "url": VERIFICATION_URL,
+                                "valueCodeableConcept": {"coding": [{"system": VERIFICATION_SYSTEM, "code": code}]}
+                            }]),
+                        );
+                        with.extend(std::mem::take(o));
+                        *o = with;
+                    }
+                }
+                None => errors.push(DataError {
+                    location: "PID-32".into(),
+                    reason: format!(
+                        "{status:?} is not an NHS number verification status (NSTS01 to NSTS08)"
+                    ),
+                }),
+            }
+        }
+        facts.nhs_number = Some(number);
+        facts.identifiers.push(id);
+    }
+    facts.identifiers.extend(locals);
+
+    if let Some(field) = pid.field(5) {
+        for (i, rep) in field.repetitions().enumerate() {
+            match datatypes::human_name(rep, &format!("PID-5[{}]", i + 1)) {
+                Ok(Some(name)) => facts.name.push(name),
+                Ok(None) => {}
+                Err(e) => errors.push(e),
+            }
+        }
+    }
+    match datatypes::date(pid.field(7).and_then(|f| f.repetition(1)), "PID-7") {
+        Ok(date) => facts.birth_date = date,
+        Err(e) => errors.push(e),
+    }
+    if let Some(sex) = msg.get("PID-8") {
+        match datatypes::gender(&sex, "PID-8") {
+            Ok(g) => facts.gender = g,
+            Err(e) => errors.push(e),
+        }
+    }
+    if let Some(field) = pid.field(11) {
+        for (i, rep) in field.repetitions().enumerate() {
+            match datatypes::address(rep, &format!("PID-11[{}]", i + 1)) {
+                Ok(Some(a)) => facts.address.push(a),
+                Ok(None) => {}
+                Err(e) => errors.push(e),
+            }
+        }
+    }
+    for (field_no, work) in [(13, false), (14, true)] {
+        let Some(field) = pid.field(field_no) else {
+            continue;
+        };
+        for (i, rep) in field.repetitions().enumerate() {
+            match datatypes::contact_point(rep, &format!("PID-{field_no}[{}]", i + 1)) {
+                Ok(Some(mut c)) => {
+                    if work && c.get("use").is_none() {
+                        c["use"] = json!("work");
+                    }
+                    facts.telecom.push(c);
+                }
+                Ok(None) => {}
+                Err(e) => errors.push(e),
+            }
+        }
+    }
+    match datatypes::ts(pid.field(29).and_then(|f| f.repetition(1)), "PID-29") {
+        Ok(Some(death)) => {
+            notes.extend(death.note.map(|n| format!("PID-29: {n}")));
+            facts.deceased = Some(("deceasedDateTime", json!(death.value)));
+        }
+        Ok(None) => match msg.get("PID-30").as_deref() {
+            Some("Y") => facts.deceased = Some(("deceasedBoolean", json!(true))),
+            Some("N") => facts.deceased = Some(("deceasedBoolean", json!(false))),
+            Some(other) => errors.push(DataError {
+                location: "PID-30".into(),
+                reason: format!("{other:?} is not Y or N (HL7 table 0136)"),
+            }),
+            None => {}
+        },
+        Err(e) => errors.push(e),
+    }
+
+    // PD1-3 registered practice (XON: ODS code in XON.10, or XON.3 before
+    // v2.5); PD1-4 the registered GP (XCN.1, a GMP code).
+    if let Some(pd1) = msg.segment("PD1") {
+        if let Some(rep) = pd1.field(3).and_then(|f| f.repetition(1)) {
+            let name = component(rep, 1);
+            let code = component(rep, 10).or_else(|| component(rep, 3));
+            match code {
+                Some(code) => {
+                    let mut reference = json!({
+                        "type": "Organization",
+                        "identifier": {"system": ODS_SYSTEM, "value": code}
+                    });
+                    if let Some(name) = name {
+                        reference["display"] = json!(name);
+                    }
+                    facts.general_practitioner.push(reference);
+                }
+                None if name.is_some() => errors.push(DataError {
+                    location: "PD1-3.3".into(),
+                    reason:
+                        "the registered practice has a name but no ODS code (PD1-3.10 or PD1-3.3)"
+                            .into(),
+                }),
+                None => {}
+            }
+        }
+        if let Some(rep) = pd1.field(4).and_then(|f| f.repetition(1))
+            && let Some(code) = component(rep, 1)
+        {
+            let mut reference = json!({"type": "Practitioner", "identifier": {"system": GMP_SYSTEM, "value": code}});
+            let family = component(rep, 2);
+            let given = component(rep, 3);
+            let prefix = component(rep, 6);
+            let display: Vec<String> = [prefix, given, family].into_iter().flatten().collect();
+            if !display.is_empty() {
+                reference["display"] = json!(display.join(" "));
+            }
+            facts.general_practitioner.push(reference);
+        }
+    }
+    facts
+}
+
+fn component(rep: Rep<'_>, n: usize) -> Option<String> {
+    let value = rep.component(n)?.value();
+    let value = value.trim();
+    (!value.is_empty() && value != "\"\"").then(|| value.to_string())
+}
+
+/// A CX repetition → `(is the NHS number, Identifier)`.
+fn patient_identifier(
+    rep: Rep<'_>,
+    sender: &str,
+    location: &str,
+) -> Result<Option<(bool, Value)>, DataError> {
+    let Some(value) = component(rep, 1) else {
+        return Ok(None);
+    };
+    let authority = component(rep, 4).unwrap_or_default();
+    let kind = component(rep, 5).unwrap_or_default();
+    // `NH` (HL7 table 0203), and receivers' variants such as `NH01`.
+    let is_nhs = kind.starts_with("NH") || (kind.is_empty() && authority == "NHS");
+    if is_nhs {
+        let digits: String = value.chars().filter(|c| !c.is_whitespace()).collect();
+        if digits.len() != 10 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(DataError {
+                location: format!("{location}.1"),
+                reason: format!("NHS number {value:?} is not 10 digits"),
+            });
+        }
+        if !nhs_check_digit_ok(&digits) {
+            return Err(DataError {
+                location: format!("{location}.1"),
+                reason: format!("NHS number {digits} fails the Modulus 11 check"),
+            });
+        }
+        return Ok(Some((
+            true,
+            json!({"system": NHS_NUMBER_SYSTEM, "value": digits}),
+        )));
+    }
+    let authority = if authority.is_empty() {
+        sender.to_string()
+    } else {
+        authority
+    };
+    let mut id = serde_json::Map::new();
+    if !kind.is_empty() {
+        id.insert(
+            "type".into(),
+            json!({"coding": [{"system": V2_0203, "code": kind}]}),
+        );
+    }
+    id.insert(
+        "system".into(),
+        json!(format!("{LOCAL_ID_SYSTEM}/{}", url_segment(&authority))),
+    );
+    id.insert("value".into(), json!(value));
+    if is_ods(&authority) {
+        id.insert(
+            "assigner".into(),
+            json!({"identifier": {"system": ODS_SYSTEM, "value": authority}}),
+        );
+    }
+    Ok(Some((false, Value::Object(id))))
+}
+
+/// ODS codes: 3 to 10 upper-case letters or digits.
+pub fn is_ods(code: &str) -> bool {
+    (3..=10).contains(&code.len())
+        && code
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+}
+
+/// An assigning authority as the last segment of a system URI.
+fn url_segment(value: &str) -> String {
+    value
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// ITK table 0445 `NSTS01`…`NSTS08` → UK Core `01`…`08`.
+fn verification(value: &str) -> Option<String> {
+    let code = value.strip_prefix("NSTS").unwrap_or(value);
+    matches!(code, "01" | "02" | "03" | "04" | "05" | "06" | "07" | "08").then(|| code.to_string())
+}
+
+fn read_visit(
+    pv1: Segment<'_>,
+    sender: &str,
+    cx: &AdtContext,
+    errors: &mut Vec<DataError>,
+    notes: &mut Vec<String>,
+) -> Option<Visit> {
+    let rep = |n: usize| pv1.field(n).and_then(|f| f.repetition(1));
+    let value = |n: usize| rep(n).and_then(|r| component(r, 1));
+    let before = errors.len();
+
+    let identifier = match rep(19).and_then(|r| component(r, 1).map(|v| (v, r))) {
+        Some((number, r)) => {
+            let trust = component(r, 4).unwrap_or_else(|| sender.to_string());
+            Some(
+                json!({"system": format!("{VISIT_SYSTEM}/{}", url_segment(&trust)), "value": number}),
+            )
+        }
+        None => {
+            errors.push(missing(
+                "PV1-19",
+                "visit number (the hospital provider spell)",
+            ));
+            None
+        }
+    };
+    let class = match value(2) {
+        Some(code) => match patient_class(&code, cx) {
+            Some(class) => Some(class),
+            None => {
+                errors.push(DataError {
+                    location: "PV1-2".into(),
+                    reason: format!(
+                        "patient class {code:?} has no Encounter.class mapping (E, I, O, P, or a local code in [hl7v2.patient_class])"
+                    ),
+                });
+                None
+            }
+        },
+        None => {
+            errors.push(missing("PV1-2", "patient class"));
+            None
+        }
+    };
+    let (priority, admission_method) = match value(4) {
+        Some(code) => match admission_priority(&code) {
+            Some(found) => found,
+            None => {
+                errors.push(DataError {
+                    location: "PV1-4".into(),
+                    reason: format!(
+                        "admission type {code:?} is neither HL7 table 0007 (E U A C R L N) nor an NHS admission method (11-13, 21-28, 2A-2D, 31-32, 81-83, 98, 99)"
+                    ),
+                });
+                (None, None)
+            }
+        },
+        None => (None, None),
+    };
+    let admit_source =
+        value(14).map(|code| json!({"coding": [{"system": ADMIT_SOURCE_SYSTEM, "code": code}]}));
+    let discharge_disposition = value(36)
+        .map(|code| json!({"coding": [{"system": DISCHARGE_DESTINATION_SYSTEM, "code": code}]}));
+    let mut time = |n: usize| match datatypes::ts(rep(n), &format!("PV1-{n}")) {
+        Ok(Some(t)) => {
+            notes.extend(t.note.map(|note| format!("PV1-{n}: {note}")));
+            Some(t.value)
+        }
+        Ok(None) => None,
+        Err(e) => {
+            errors.push(e);
+            None
+        }
+    };
+    let start = time(44);
+    let end = time(45);
+    let location = rep(3).and_then(|r| {
+        let parts: Vec<String> = [1, 2, 3].iter().filter_map(|&n| component(r, n)).collect();
+        let facility = component(r, 4);
+        if parts.is_empty() && facility.is_none() {
+            return None;
+        }
+        let mut display = parts.join(" ");
+        if let Some(site) = &facility {
+            if !display.is_empty() {
+                display.push_str(", ");
+            }
+            display.push_str(site);
+        }
+        let mut reference = json!({"display": display});
+        if let Some(site) = facility.filter(|s| is_ods(s))
+            && parts.is_empty()
+        {
+            reference =
+                json!({"identifier": {"system": ODS_SYSTEM, "value": site}, "display": display});
+        }
+        Some(reference)
+    });
+    if errors.len() > before {
+        return None;
+    }
+    Some(Visit {
+        identifier: identifier?,
+        class: class?,
+        priority,
+        admission_method,
+        admit_source,
+        discharge_disposition,
+        start,
+        end,
+        location,
+    })
+}
+
+/// PV1-2 → `Encounter.class` (v2-to-FHIR ConceptMap v2-0004 to
+/// encounter-class), a trust's local table first.
+fn patient_class(code: &str, cx: &AdtContext) -> Option<Value> {
+    let act = match cx.patient_class.get(code) {
+        Some(act) => act.as_str(),
+        None => match code {
+            "E" => "EMER",
+            "I" => "IMP",
+            "O" => "AMB",
+            "P" => "PRENC",
+            _ => return None,
+        },
+    };
+    let display = match act {
+        "EMER" => "emergency",
+        "IMP" => "inpatient encounter",
+        "AMB" => "ambulatory",
+        "PRENC" => "pre-admission",
+        "ACUTE" => "inpatient acute",
+        "NONAC" => "inpatient non-acute",
+        "OBSENC" => "observation encounter",
+        "SS" => "short stay",
+        "HH" => "home health",
+        "FLD" => "field",
+        "VR" => "virtual",
+        _ => "",
+    };
+    let mut coding = json!({"system": ACT_CODE_SYSTEM, "code": act});
+    if !display.is_empty() {
+        coding["display"] = json!(display);
+    }
+    Some(coding)
+}
+
+/// PV1-4 → (`Encounter.priority`, the UK Core AdmissionMethod extension
+/// value). Trusts send either HL7 table 0007 or the NHS Data Dictionary
+/// admission method; both are accepted (contract, "Admission priority").
+/// v3 ActPriority: `EL` elective (and `R` routine) are the elective codes;
+/// everything else is non-elective. Maternity and "other" admissions are
+/// non-elective without being emergencies: they map to `UR` (urgent).
+fn admission_priority(code: &str) -> Option<(Option<Value>, Option<Value>)> {
+    let v3 = |act: &str, display: &str| json!({"system": ACT_PRIORITY_SYSTEM, "code": act, "display": display});
+    let elective = v3("EL", "elective");
+    let emergency = v3("EM", "emergency");
+    let urgent = v3("UR", "urgent");
+    // HL7 table 0007 admission type.
+    let table = match code {
+        "E" | "A" => Some((emergency.clone(), "Emergency")),
+        "U" => Some((urgent.clone(), "Urgent")),
+        "C" => Some((elective.clone(), "Elective")),
+        "R" => Some((v3("R", "routine"), "Routine")),
+        "L" => Some((urgent.clone(), "Labor and Delivery")),
+        "N" => Some((urgent.clone(), "Newborn (Birth in healthcare facility)")),
+        _ => None,
+    };
+    if let Some((act, display)) = table {
+        let priority =
+            json!({"coding": [act, {"system": V2_0007, "code": code, "display": display}]});
+        return Some((Some(priority), None));
+    }
+    // NHS Data Dictionary ADMISSION METHOD.
+    let act = match code {
+        "11" | "12" | "13" => elective,
+        "21" | "22" | "23" | "24" | "25" | "28" | "2A" | "2B" | "2C" | "2D" => emergency,
+        "31" | "32" | "81" | "82" | "83" => urgent,
+        "98" | "99" => {
+            let method = json!({"coding": [{"system": ADMISSION_METHOD_SYSTEM, "code": code}]});
+            return Some((None, Some(method)));
+        }
+        _ => return None,
+    };
+    let method = json!({"coding": [{"system": ADMISSION_METHOD_SYSTEM, "code": code}]});
+    Some((Some(json!({"coding": [act]})), Some(method)))
+}
+
+/// `SEG-n` of every field with content that the mapping of `event` does not
+/// read, and every segment it does not read at all.
+fn unmapped(msg: &Message, event: Event) -> Vec<String> {
+    let mut out = Vec::new();
+    for segment in msg.segments() {
+        let id = segment.id();
+        if id == "MSH" {
+            continue;
+        }
+        let mapped = MAPPED.iter().find(|(s, _)| *s == id).map(|(_, f)| *f);
+        let used = match (id, mapped) {
+            ("PV1", Some(_)) if !event.has_visit() => None,
+            ("MRG", Some(_)) if event != Event::A40 => None,
+            (_, m) => m,
+        };
+        match used {
+            None => {
+                if segment.field_count() > 0 {
+                    out.push(format!("{id} (segment not mapped)"));
+                }
+            }
+            Some(fields) => {
+                for n in 1..=segment.field_count() {
+                    let Some(field) = segment.field(n) else {
+                        continue;
+                    };
+                    if !field.raw().trim().is_empty() && !fields.contains(&n) {
+                        out.push(format!("{id}-{n}"));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// `(system, value)` pairs of identifiers.
+pub fn identifier_keys(ids: &[Value]) -> Vec<(String, String)> {
+    ids.iter()
+        .filter_map(|id| {
+            Some((
+                id["system"].as_str()?.to_string(),
+                id["value"].as_str()?.to_string(),
+            ))
+        })
+        .collect()
+}

@@ -1,0 +1,240 @@
+//! `pathway-gateway map --from hl7v2 FILE`: what a file of ADT messages
+//! would become, without a store. The messages are applied in file order to
+//! an empty, in-memory record (the same [`super::state`] functions the feed
+//! uses), and the result is one FHIR transaction Bundle of conditional
+//! updates keyed on the identifiers, with, per message, the ACK code it
+//! would get, its errors, the fields the mapping does not use, and notes.
+
+use super::adt::{self, Adt, AdtContext, AdtError};
+use super::datatypes::DataError;
+use super::er7::Message;
+use super::state::{self, encounter_after, patient_after};
+use crate::fhir::outcome::Severity;
+use crate::validate::{Validator, has_errors};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+/// One message's part of the dry run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MessageRun {
+    /// 1-based position in the file.
+    pub message: usize,
+    pub control_id: String,
+    pub event: String,
+    /// `AA`, `AE` or `AR`: what the gateway would answer.
+    pub ack: &'static str,
+    pub errors: Vec<Located>,
+    /// Fields with content that the mapping does not use (`PID-13`, `NK1
+    /// (segment not mapped)`).
+    pub unmapped: Vec<String>,
+    pub notes: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Located {
+    pub location: String,
+    pub reason: String,
+}
+
+impl From<DataError> for Located {
+    fn from(e: DataError) -> Located {
+        Located {
+            location: e.location,
+            reason: e.reason,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DryRun {
+    pub messages: Vec<MessageRun>,
+    pub bundle: Value,
+}
+
+/// A record being built: its conditional-update key and current JSON.
+struct Record {
+    key: (String, String),
+    full_url: String,
+    resource: Value,
+}
+
+/// Maps every message of `text` (segments by `\r`, `\n` or `\r\n`;
+/// messages start at each `MSH`).
+pub fn map_messages(text: &str, cx: &AdtContext, validator: &Validator) -> DryRun {
+    let mut patients: Vec<Record> = Vec::new();
+    let mut encounters: Vec<Record> = Vec::new();
+    let mut runs = Vec::new();
+    for (i, raw) in crate::api::ingest::split_messages(text.as_bytes())
+        .into_iter()
+        .enumerate()
+    {
+        let raw = String::from_utf8_lossy(raw);
+        let mut run = MessageRun {
+            message: i + 1,
+            control_id: String::new(),
+            event: String::new(),
+            ack: "AA",
+            errors: Vec::new(),
+            unmapped: Vec::new(),
+            notes: Vec::new(),
+        };
+        let message = match Message::parse(&raw) {
+            Ok(m) => m,
+            Err(err) => {
+                run.ack = "AR";
+                run.errors.push(Located {
+                    location: err.location,
+                    reason: err.message,
+                });
+                runs.push(run);
+                continue;
+            }
+        };
+        run.control_id = message.control_id().unwrap_or_default();
+        run.event = message.get("MSH-9.2").unwrap_or_default();
+        match adt::read(&message, cx) {
+            Ok(adt) => {
+                run.unmapped = adt.unmapped.clone();
+                run.notes = adt.notes.clone();
+                let errors = apply(&adt, &mut patients, &mut encounters, validator);
+                if !errors.is_empty() {
+                    run.ack = "AE";
+                    run.errors = errors;
+                }
+            }
+            Err(AdtError::Unsupported {
+                location, reason, ..
+            }) => {
+                run.ack = "AR";
+                run.errors.push(Located { location, reason });
+            }
+            Err(AdtError::Invalid(errors)) => {
+                run.ack = "AE";
+                run.errors = errors.into_iter().map(Located::from).collect();
+            }
+        }
+        runs.push(run);
+    }
+    let entries: Vec<Value> = patients
+        .iter()
+        .map(|r| entry(r, "Patient"))
+        .chain(encounters.iter().map(|r| entry(r, "Encounter")))
+        .collect();
+    DryRun {
+        messages: runs,
+        bundle: json!({"resourceType": "Bundle", "type": "transaction", "entry": entries}),
+    }
+}
+
+/// Applies one message to the in-memory records; its validation errors
+/// (then nothing is changed).
+fn apply(
+    adt: &Adt,
+    patients: &mut Vec<Record>,
+    encounters: &mut Vec<Record>,
+    validator: &Validator,
+) -> Vec<Located> {
+    let keys = adt.patient.keys();
+    let at = patients
+        .iter()
+        .position(|r| keys.contains(&r.key))
+        .or_else(|| {
+            patients.iter().position(|r| {
+                adt::identifier_keys(r.resource["identifier"].as_array().map_or(&[][..], |a| a))
+                    .iter()
+                    .any(|k| keys.contains(k))
+            })
+        });
+    let current = at.map(|i| &patients[i].resource);
+    let patient = patient_after(current, adt);
+    let key = keys.first().cloned().unwrap_or_default();
+    let full_url = at.map_or_else(|| urn(&key), |i| patients[i].full_url.clone());
+    let mut errors = issues(validator, &patient);
+
+    let mut encounter = None;
+    if let Some(visit) = &adt.visit {
+        let visit_key = adt::identifier_keys(std::slice::from_ref(&visit.identifier))
+            .pop()
+            .unwrap_or_default();
+        let found = encounters.iter().position(|r| r.key == visit_key);
+        let current = found.map(|i| &encounters[i].resource);
+        let e = encounter_after(current, adt, visit, &full_url);
+        errors.extend(issues(validator, &e));
+        encounter = Some((found, visit_key, e));
+    }
+    if !errors.is_empty() {
+        return errors;
+    }
+    // A40: the record named in MRG-1 is retired into this one.
+    let prior = adt::identifier_keys(&adt.prior);
+    let mut patient = patient;
+    if let Some(old) = patients.iter_mut().enumerate().find_map(|(j, r)| {
+        let theirs =
+            adt::identifier_keys(r.resource["identifier"].as_array().map_or(&[][..], |a| a));
+        (Some(j) != at && theirs.iter().any(|k| prior.contains(k))).then_some(r)
+    }) {
+        patient = state::survivor(&patient, &old.full_url);
+        old.resource = state::retired(&old.resource, &full_url);
+        for e in encounters.iter_mut() {
+            if e.resource["subject"]["reference"] == old.full_url.as_str() {
+                e.resource = state::moved(&e.resource, &full_url);
+            }
+        }
+    }
+    match at {
+        Some(i) => patients[i].resource = patient,
+        None => patients.push(Record {
+            key,
+            full_url,
+            resource: patient,
+        }),
+    }
+    if let Some((found, key, e)) = encounter {
+        match found {
+            Some(i) => encounters[i].resource = e,
+            None => encounters.push(Record {
+                full_url: urn(&key),
+                key,
+                resource: e,
+            }),
+        }
+    }
+    Vec::new()
+}
+
+fn issues(validator: &Validator, resource: &Value) -> Vec<Located> {
+    let issues = validator.validate(resource);
+    if !has_errors(&issues) {
+        return Vec::new();
+    }
+    issues
+        .into_iter()
+        .filter(|i| matches!(i.severity, Severity::Error | Severity::Fatal))
+        .map(|i| Located {
+            location: i.expression.join(", "),
+            reason: i.diagnostics,
+        })
+        .collect()
+}
+
+/// A stable `urn:uuid:` for a record key, so the output is deterministic.
+fn urn(key: &(String, String)) -> String {
+    // FNV-1a: stable across builds, unlike the standard library's hasher.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key.0.bytes().chain([b'|']).chain(key.1.bytes()) {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    format!(
+        "urn:uuid:00000000-0000-4000-8000-{:012x}",
+        h & 0xffff_ffff_ffff
+    )
+}
+
+fn entry(record: &Record, ty: &str) -> Value {
+    let (system, value) = &record.key;
+    json!({
+        "fullUrl": record.full_url,
+        "resource": record.resource,
+        "request": {"method": "PUT", "url": format!("{ty}?identifier={system}|{value}")}
+    })
+}

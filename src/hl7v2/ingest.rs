@@ -1,0 +1,758 @@
+//! The ADT feed: one message in, one acknowledgement out, whether it came
+//! over MLLP or HTTP.
+//!
+//! ```text
+//! bytes ─ parse ─┬─ AR  cannot be read, or not an ADT event we take (not journaled)
+//!                └ map (adt) ─┬─ AE  content error: journal + quarantine, one commit
+//!                             └ plan (state) ─ validate ─┬─ AE  as above
+//!                                                        └─ AA  journal + writes, one commit
+//! ```
+//!
+//! Nothing is acknowledged before it is durable, and the journal entry is
+//! committed together with the message's effect: a resend after a crash
+//! finds no journal entry and is applied, and a resend after an `AA` finds
+//! one and changes nothing (same sender and MSH-10). A failure of the store
+//! itself is answered `AR` (HL7 v2.5 §2.9.2: rejected for a reason unrelated
+//! to content), which tells the sender to send it again.
+//!
+//! Messages naming the same patient are applied one at a time (a striped
+//! lock on their identifiers); the store's version checks catch any other
+//! writer, and the message is planned again from what is stored.
+
+use super::adt::{self, Adt, AdtContext, AdtError, NHS_NUMBER_SYSTEM};
+use super::datatypes::DataError;
+use super::er7::Message;
+use super::mllp::{AckCode, AckError, ack};
+use super::state::{self, encounter_after, patient_after, replaced_by, rewrite};
+use crate::fhir::outcome::Severity;
+use crate::fhir::resource::{Prepared, Rejection, prepare_json};
+use crate::fhir::search::{CURSOR_PARAM, SearchQuery, parse_search};
+use crate::fhir::{ResourceType, new_id};
+use crate::gp::read::utf8_or_windows_1252;
+use crate::store::{
+    Change, IngestOutcome, IngestRequest, JournalEntry, Mutation, MutationError, QuarantineEntry,
+    Store, StoreError, Stored, WriteOutcome, WriteRequest,
+};
+use crate::validate::Validator;
+use serde_json::{Value, json};
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use tokio::sync::{Mutex, MutexGuard};
+
+/// Journal and quarantine `source` of messages received over MLLP.
+pub const SOURCE_MLLP: &str = "hl7v2-mllp";
+/// … and over `POST /ingest/hl7v2`.
+pub const SOURCE_HTTP: &str = "hl7v2-http";
+/// How a raw message is labelled in the journal and quarantine.
+pub const CONTENT_TYPE: &str = "x-application/hl7-v2+er7";
+/// Attempts to plan and write a message when other writers keep changing
+/// its records.
+const MAX_ATTEMPTS: usize = 8;
+const LOCK_STRIPES: usize = 256;
+
+/// What became of a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Stored: `AA`.
+    Accepted { journal_id: Option<i64> },
+    /// A repeat of journal entry `journal_id`: nothing changed. `held` when
+    /// the original is in quarantine (then the answer is `AE` again).
+    Repeat {
+        journal_id: i64,
+        held: Option<String>,
+    },
+    /// Content error, quarantined: `AE`.
+    Quarantined {
+        quarantine_id: Option<i64>,
+        errors: Vec<DataError>,
+    },
+    /// Not something this interface takes, or not readable: `AR`.
+    Rejected(AckError),
+}
+
+/// The feed's shared state: the store, the validator, the mapping options.
+pub struct Feed {
+    store: Arc<dyn Store>,
+    validator: Arc<Validator>,
+    cx: AdtContext,
+    stripes: Vec<Mutex<()>>,
+    sequence: AtomicU64,
+}
+
+impl Feed {
+    pub fn new(store: Arc<dyn Store>, validator: Arc<Validator>, cx: AdtContext) -> Feed {
+        Feed {
+            store,
+            validator,
+            cx,
+            stripes: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+            sequence: AtomicU64::new(
+                u64::try_from(jiff::Timestamp::now().as_millisecond()).unwrap_or(0) * 1000,
+            ),
+        }
+    }
+
+    /// Takes one message and answers its ACK (ER7 text, `\r` segments).
+    pub async fn receive(&self, raw: &[u8], source: &str) -> String {
+        let text = utf8_or_windows_1252(raw);
+        let message = match Message::parse(&text) {
+            Ok(message) => message,
+            Err(err) => {
+                tracing::warn!(source, location = %err.location, error = %err.message, "HL7 message rejected: unreadable");
+                let error = AckError {
+                    location: Some(err.location),
+                    code: 100,
+                    text: format!("the message cannot be read: {}", err.message),
+                };
+                return self.ack(None, AckCode::AR, Some(&error));
+            }
+        };
+        let verdict = match self.process(&message, raw, source).await {
+            Ok(verdict) => verdict,
+            Err(err) => {
+                tracing::error!(source, error = %err, "HL7 message not stored");
+                Verdict::Rejected(AckError {
+                    location: None,
+                    code: 207,
+                    text: format!("not stored, please send again: {err}"),
+                })
+            }
+        };
+        self.acknowledge(&message, &verdict)
+    }
+
+    /// The `AR` for input that is not a message at all.
+    pub fn unreadable(&self, reason: &str) -> String {
+        let error = AckError {
+            location: None,
+            code: 100,
+            text: reason.to_string(),
+        };
+        self.ack(None, AckCode::AR, Some(&error))
+    }
+
+    /// The ACK for a verdict.
+    pub fn acknowledge(&self, message: &Message, verdict: &Verdict) -> String {
+        match verdict {
+            Verdict::Accepted { .. } => self.ack(Some(message), AckCode::AA, None),
+            Verdict::Repeat { held: None, .. } => self.ack(Some(message), AckCode::AA, None),
+            Verdict::Repeat {
+                held: Some(reasons),
+                ..
+            } => {
+                let error = AckError {
+                    location: None,
+                    code: 207,
+                    text: format!("a repeat of a message held in quarantine: {reasons}"),
+                };
+                self.ack(Some(message), AckCode::AE, Some(&error))
+            }
+            Verdict::Quarantined { errors, .. } => {
+                let error = ack_error(errors);
+                self.ack(Some(message), AckCode::AE, Some(&error))
+            }
+            Verdict::Rejected(error) => self.ack(Some(message), AckCode::AR, Some(error)),
+        }
+    }
+
+    fn ack(&self, message: Option<&Message>, code: AckCode, error: Option<&AckError>) -> String {
+        let control_id = format!("A{}", self.sequence.fetch_add(1, Ordering::Relaxed));
+        let now = jiff::Zoned::now()
+            .with_time_zone(london())
+            .strftime("%Y%m%d%H%M%S%z")
+            .to_string();
+        ack(message, code, &control_id, &now, error)
+    }
+
+    /// Journals, maps, validates and stores one parsed message.
+    pub async fn process(
+        &self,
+        message: &Message,
+        raw: &[u8],
+        source: &str,
+    ) -> Result<Verdict, StoreError> {
+        let journal = JournalEntry {
+            source: source.to_string(),
+            sender: message.get("MSH-4").unwrap_or_default(),
+            message_id: message.control_id(),
+            content_type: CONTENT_TYPE.to_string(),
+            received_at_ms: jiff::Timestamp::now().as_millisecond(),
+            payload: bytes::Bytes::copy_from_slice(raw),
+        };
+        self.apply(message, Some(journal), source).await
+    }
+
+    /// Runs a quarantined message again (it is journaled already).
+    pub async fn replay(&self, raw: &[u8], source: &str) -> Result<Verdict, StoreError> {
+        let text = utf8_or_windows_1252(raw);
+        match Message::parse(&text) {
+            Ok(message) => self.apply(&message, None, source).await,
+            Err(err) => Ok(Verdict::Rejected(AckError {
+                location: Some(err.location),
+                code: 100,
+                text: err.message,
+            })),
+        }
+    }
+
+    async fn apply(
+        &self,
+        message: &Message,
+        journal: Option<JournalEntry>,
+        source: &str,
+    ) -> Result<Verdict, StoreError> {
+        let adt = match adt::read(message, &self.cx) {
+            Ok(adt) => adt,
+            Err(AdtError::Unsupported {
+                location,
+                code,
+                reason,
+            }) => {
+                return Ok(Verdict::Rejected(AckError {
+                    location: Some(location),
+                    code,
+                    text: reason,
+                }));
+            }
+            Err(AdtError::Invalid(errors)) => {
+                return self.quarantine(message, journal, source, errors).await;
+            }
+        };
+        let _guards = self.lock(&adt).await;
+        for _ in 0..MAX_ATTEMPTS {
+            let mutations = match self.plan(&adt).await? {
+                Ok(mutations) => mutations,
+                Err(errors) => return self.quarantine(message, journal, source, errors).await,
+            };
+            let outcome = self
+                .store
+                .ingest(IngestRequest {
+                    journal: journal.clone(),
+                    write: Some(WriteRequest {
+                        mutations,
+                        atomic: true,
+                    }),
+                    quarantine: Vec::new(),
+                })
+                .await?;
+            match outcome {
+                IngestOutcome::Repeat { journal_id, held } => {
+                    return Ok(Verdict::Repeat { journal_id, held });
+                }
+                IngestOutcome::Done {
+                    journal_id,
+                    write: Some(WriteOutcome::Applied(results)),
+                    ..
+                } => {
+                    // A create that found its resource made by someone else
+                    // meanwhile: plan again on top of it.
+                    let raced = results
+                        .iter()
+                        .any(|r| matches!(r, Ok(w) if w.change == Change::Existing));
+                    if !raced {
+                        return Ok(Verdict::Accepted { journal_id });
+                    }
+                }
+                IngestOutcome::Done {
+                    write:
+                        Some(WriteOutcome::RolledBack {
+                            error: MutationError::VersionConflict { .. },
+                            ..
+                        }),
+                    ..
+                } => {}
+                IngestOutcome::Done {
+                    write: Some(WriteOutcome::RolledBack { error, .. }),
+                    ..
+                } => {
+                    let errors = vec![DataError {
+                        location: "PID-3".into(),
+                        reason: format!("cannot be stored: {error}"),
+                    }];
+                    return self.quarantine(message, journal, source, errors).await;
+                }
+                IngestOutcome::Done { journal_id, .. } => {
+                    return Ok(Verdict::Accepted { journal_id });
+                }
+            }
+        }
+        let errors = vec![DataError {
+            location: "MSH-10".into(),
+            reason: format!(
+                "the records this message changes kept changing under it ({MAX_ATTEMPTS} attempts)"
+            ),
+        }];
+        self.quarantine(message, journal, source, errors).await
+    }
+
+    async fn quarantine(
+        &self,
+        message: &Message,
+        journal: Option<JournalEntry>,
+        source: &str,
+        errors: Vec<DataError>,
+    ) -> Result<Verdict, StoreError> {
+        let reasons: Vec<Value> = errors
+            .iter()
+            .map(|e| json!({"location": e.location, "reason": e.reason}))
+            .collect();
+        let replay = journal.is_none();
+        let entry = QuarantineEntry {
+            source: source.to_string(),
+            sender: message.get("MSH-4").unwrap_or_default(),
+            journal_id: None,
+            received_at_ms: jiff::Timestamp::now().as_millisecond(),
+            location: format!("MSH-10 {}", message.control_id().unwrap_or_default()),
+            reasons: Value::Array(reasons).to_string(),
+            content_type: CONTENT_TYPE.to_string(),
+            payload: message.raw().as_bytes().to_vec(),
+        };
+        if replay {
+            // Already held: a failed replay stays where it is.
+            return Ok(Verdict::Quarantined {
+                quarantine_id: None,
+                errors,
+            });
+        }
+        let outcome = self
+            .store
+            .ingest(IngestRequest {
+                journal,
+                write: None,
+                quarantine: vec![entry],
+            })
+            .await?;
+        Ok(match outcome {
+            IngestOutcome::Repeat { journal_id, held } => Verdict::Repeat { journal_id, held },
+            IngestOutcome::Done { quarantined, .. } => Verdict::Quarantined {
+                quarantine_id: quarantined.first().copied(),
+                errors,
+            },
+        })
+    }
+
+    /// Locks the stripes of every identifier the message names.
+    async fn lock(&self, adt: &Adt) -> Vec<MutexGuard<'_, ()>> {
+        let mut stripes: Vec<usize> = adt
+            .patient
+            .keys()
+            .into_iter()
+            .chain(adt::identifier_keys(&adt.prior))
+            .map(|key| {
+                let mut h = DefaultHasher::new();
+                key.hash(&mut h);
+                (h.finish() % LOCK_STRIPES as u64) as usize
+            })
+            .collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        let mut guards = Vec::with_capacity(stripes.len());
+        for i in stripes {
+            guards.push(self.stripes[i].lock().await);
+        }
+        guards
+    }
+
+    /// The writes that apply `adt` to what is stored now.
+    async fn plan(&self, adt: &Adt) -> Result<Result<Vec<Mutation>, Vec<DataError>>, StoreError> {
+        let store = self.store.as_ref();
+        let facts = &adt.patient;
+        let mut mutations = Vec::new();
+
+        // Who: the record with the NHS number, else one with a hospital number.
+        let by_nhs = match &facts.nhs_number {
+            Some(n) => {
+                let found = find(
+                    store,
+                    ResourceType::Patient,
+                    &[(NHS_NUMBER_SYSTEM.into(), n.clone())],
+                )
+                .await?;
+                survivors(store, found).await?
+            }
+            None => Vec::new(),
+        };
+        let locals: Vec<(String, String)> = facts
+            .keys()
+            .into_iter()
+            .filter(|(system, _)| system != NHS_NUMBER_SYSTEM)
+            .collect();
+        let by_local = survivors(store, find(store, ResourceType::Patient, &locals).await?).await?;
+        if by_nhs.len() > 1 {
+            return Ok(Err(vec![DataError {
+                location: "PID-3".into(),
+                reason: format!(
+                    "NHS number {} is on {} patient records; merge them first",
+                    facts.nhs_number.as_deref().unwrap_or_default(),
+                    by_nhs.len()
+                ),
+            }]));
+        }
+        let (target, others) = match by_nhs.into_iter().next() {
+            Some(found) => {
+                let others: Vec<_> = by_local
+                    .into_iter()
+                    .filter(|(s, _)| s.id != found.0.id)
+                    .collect();
+                (Some(found), others)
+            }
+            None => {
+                let mut found = by_local.into_iter();
+                (found.next(), found.collect())
+            }
+        };
+        // Records found by hospital number that are not the target: the
+        // same person, untraced until now (merged in), or a clash.
+        let expected = facts
+            .nhs_number
+            .clone()
+            .or_else(|| target.as_ref().and_then(|(_, v)| nhs_number_of(v)));
+        let mut absorbed: Vec<(Stored, Value)> = Vec::new();
+        for (other, value) in others {
+            if let Some(theirs) = nhs_number_of(&value)
+                && Some(&theirs) != expected.as_ref()
+            {
+                return Ok(Err(vec![DataError {
+                    location: "PID-3".into(),
+                    reason: format!(
+                        "a hospital number in this message belongs to the patient with NHS number {theirs}, not {}",
+                        expected.as_deref().unwrap_or("(none)")
+                    ),
+                }]));
+            }
+            absorbed.push((other, value));
+        }
+        // A40: the records named in MRG-1 are merged into this one.
+        if !adt.prior.is_empty() {
+            let prior = survivors(
+                store,
+                find(
+                    store,
+                    ResourceType::Patient,
+                    &adt::identifier_keys(&adt.prior),
+                )
+                .await?,
+            )
+            .await?;
+            for found in prior {
+                let same = target.as_ref().is_some_and(|(t, _)| t.id == found.0.id);
+                if !same && !absorbed.iter().any(|(a, _)| a.id == found.0.id) {
+                    absorbed.push(found);
+                }
+            }
+        }
+
+        let mut patient = patient_after(target.as_ref().map(|(_, v)| v), adt);
+        let patient_ref = match &target {
+            Some((stored, _)) => format!("Patient/{}", stored.id),
+            None => format!("urn:uuid:{}", new_id()),
+        };
+        for (old, _) in &absorbed {
+            patient = state::survivor(&patient, &format!("Patient/{}", old.id));
+        }
+        match &target {
+            Some((stored, _)) => {
+                if let Some(text) = rewrite(&stored.body, &patient) {
+                    let resource = match self.prepared(&text, ResourceType::Patient) {
+                        Ok(r) => r,
+                        Err(errors) => return Ok(Err(errors)),
+                    };
+                    mutations.push(Mutation::Update {
+                        resource,
+                        id: stored.id.clone(),
+                        if_match: Some(stored.version),
+                        full_url: None,
+                    });
+                }
+            }
+            None => {
+                let resource = match self.prepared(&patient.to_string(), ResourceType::Patient) {
+                    Ok(r) => r,
+                    Err(errors) => return Ok(Err(errors)),
+                };
+                let (system, value) = match &facts.nhs_number {
+                    Some(n) => (NHS_NUMBER_SYSTEM.to_string(), n.clone()),
+                    None => locals.first().cloned().unwrap_or_default(),
+                };
+                mutations.push(Mutation::Create {
+                    resource,
+                    id: new_id(),
+                    if_none_exist: Some(identifier_query(
+                        ResourceType::Patient,
+                        &[(system, value)],
+                    )),
+                    full_url: Some(patient_ref.clone()),
+                });
+            }
+        }
+        for (old, value) in &absorbed {
+            let retired = state::retired(value, &patient_ref);
+            if let Some(text) = rewrite(&old.body, &retired) {
+                match self.prepared(&text, ResourceType::Patient) {
+                    Ok(resource) => mutations.push(Mutation::Update {
+                        resource,
+                        id: old.id.clone(),
+                        if_match: Some(old.version),
+                        full_url: None,
+                    }),
+                    Err(errors) => return Ok(Err(errors)),
+                }
+            }
+        }
+
+        // The visit.
+        let mut moved_ids = Vec::new();
+        if let Some(visit) = &adt.visit {
+            let key = adt::identifier_keys(std::slice::from_ref(&visit.identifier));
+            let found = find(store, ResourceType::Encounter, &key).await?;
+            if found.len() > 1 {
+                return Ok(Err(vec![DataError {
+                    location: "PV1-19".into(),
+                    reason: format!("visit number {} is on {} encounters", key[0].1, found.len()),
+                }]));
+            }
+            let current = found.into_iter().next();
+            let current_value = current
+                .as_ref()
+                .and_then(|s| serde_json::from_str::<Value>(&s.body).ok());
+            let encounter = encounter_after(current_value.as_ref(), adt, visit, &patient_ref);
+            match &current {
+                Some(stored) => {
+                    moved_ids.push(stored.id.clone());
+                    if let Some(text) = rewrite(&stored.body, &encounter) {
+                        match self.prepared(&text, ResourceType::Encounter) {
+                            Ok(resource) => mutations.push(Mutation::Update {
+                                resource,
+                                id: stored.id.clone(),
+                                if_match: Some(stored.version),
+                                full_url: None,
+                            }),
+                            Err(errors) => return Ok(Err(errors)),
+                        }
+                    }
+                }
+                None => match self.prepared(&encounter.to_string(), ResourceType::Encounter) {
+                    Ok(resource) => mutations.push(Mutation::Create {
+                        resource,
+                        id: new_id(),
+                        if_none_exist: Some(identifier_query(ResourceType::Encounter, &key)),
+                        full_url: None,
+                    }),
+                    Err(errors) => return Ok(Err(errors)),
+                },
+            }
+        }
+        // Encounters of merged-away records move to the survivor.
+        for (old, _) in &absorbed {
+            let subject = format!("Patient/{}", old.id);
+            for stored in search_all(store, ResourceType::Encounter, "subject", &subject).await? {
+                if moved_ids.contains(&stored.id) {
+                    continue;
+                }
+                let Ok(value) = serde_json::from_str::<Value>(&stored.body) else {
+                    continue;
+                };
+                let moved = state::moved(&value, &patient_ref);
+                if let Some(text) = rewrite(&stored.body, &moved) {
+                    match self.prepared(&text, ResourceType::Encounter) {
+                        Ok(resource) => mutations.push(Mutation::Update {
+                            resource,
+                            id: stored.id.clone(),
+                            if_match: Some(stored.version),
+                            full_url: None,
+                        }),
+                        Err(errors) => return Ok(Err(errors)),
+                    }
+                }
+            }
+        }
+        Ok(Ok(mutations))
+    }
+
+    fn prepared(&self, text: &str, ty: ResourceType) -> Result<Prepared, Vec<DataError>> {
+        prepare_json(text, Some(ty), &self.validator).map_err(|rejection| {
+            let issues = match rejection {
+                Rejection::Invalid(issues) => issues,
+                other => other.issues(),
+            };
+            issues
+                .into_iter()
+                .filter(|i| matches!(i.severity, Severity::Error | Severity::Fatal))
+                .map(|i| {
+                    let expression = i.expression.first().cloned().unwrap_or_default();
+                    DataError {
+                        location: hl7_location(&expression).to_string(),
+                        reason: if expression.is_empty() {
+                            i.diagnostics
+                        } else {
+                            format!("{} (at {expression})", i.diagnostics)
+                        },
+                    }
+                })
+                .collect()
+        })
+    }
+}
+
+/// Where in the message a validation issue on `expression` came from.
+fn hl7_location(expression: &str) -> &'static str {
+    const MAP: &[(&str, &str)] = &[
+        ("Patient.identifier", "PID-3"),
+        ("Patient.name", "PID-5"),
+        ("Patient.birthDate", "PID-7"),
+        ("Patient.gender", "PID-8"),
+        ("Patient.address", "PID-11"),
+        ("Patient.telecom", "PID-13"),
+        ("Patient.deceased", "PID-29"),
+        ("Patient.generalPractitioner", "PD1-3"),
+        ("Encounter.identifier", "PV1-19"),
+        ("Encounter.class", "PV1-2"),
+        ("Encounter.priority", "PV1-4"),
+        ("Encounter.period", "PV1-44"),
+        ("Encounter.hospitalization.admitSource", "PV1-14"),
+        ("Encounter.hospitalization.dischargeDisposition", "PV1-36"),
+        ("Encounter.hospitalization", "PV1-4"),
+        ("Encounter.location", "PV1-3"),
+        ("Encounter.serviceProvider", "MSH-4"),
+        ("Encounter", "PV1"),
+        ("Patient", "PID"),
+    ];
+    MAP.iter()
+        .find(|(prefix, _)| expression.starts_with(prefix))
+        .map_or("MSH", |(_, location)| location)
+}
+
+/// One ERR for all errors: the first one's location and code, every reason.
+fn ack_error(errors: &[DataError]) -> AckError {
+    let text = errors
+        .iter()
+        .map(|e| format!("{}: {}", e.location, e.reason))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let first = errors.first();
+    let code = match first {
+        Some(e) if e.reason.contains("required and missing") => 101,
+        _ => 102,
+    };
+    AckError {
+        location: first.map(|e| e.location.clone()),
+        code,
+        text,
+    }
+}
+
+pub fn london() -> jiff::tz::TimeZone {
+    jiff::tz::TimeZone::get("Europe/London").unwrap_or(jiff::tz::TimeZone::UTC)
+}
+
+fn nhs_number_of(patient: &Value) -> Option<String> {
+    patient["identifier"].as_array()?.iter().find_map(|id| {
+        (id["system"] == NHS_NUMBER_SYSTEM)
+            .then(|| id["value"].as_str().map(str::to_string))
+            .flatten()
+    })
+}
+
+fn identifier_query(ty: ResourceType, keys: &[(String, String)]) -> SearchQuery {
+    let value = keys
+        .iter()
+        .map(|(system, value)| format!("{}|{}", escape_token(system), escape_token(value)))
+        .collect::<Vec<_>>()
+        .join(",");
+    let pairs = [("identifier".to_string(), value)];
+    match parse_search(ty, &pairs, true) {
+        Ok((query, _)) => query,
+        Err(issue) => unreachable!("identifier search always parses: {issue:?}"),
+    }
+}
+
+/// FHIR search escaping of `,`, `|`, `$` and `\` in a token part.
+fn escape_token(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        if matches!(c, ',' | '|' | '$' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Resources of `ty` with any of these identifiers.
+async fn find(
+    store: &dyn Store,
+    ty: ResourceType,
+    keys: &[(String, String)],
+) -> Result<Vec<Stored>, StoreError> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut found = Vec::new();
+    for chunk in keys.chunks(100) {
+        let page = store.search(&identifier_query(ty, chunk)).await?;
+        found.extend(page.resources);
+    }
+    Ok(found)
+}
+
+/// The records found, each replaced by the one it was merged into (if
+/// any), without repeats.
+async fn survivors(
+    store: &dyn Store,
+    found: Vec<Stored>,
+) -> Result<Vec<(Stored, Value)>, StoreError> {
+    let mut out: Vec<(Stored, Value)> = Vec::new();
+    for stored in found {
+        let mut current = stored;
+        // Follow replaced-by links, at most a few hops (never a loop).
+        for _ in 0..8 {
+            let Ok(value) = serde_json::from_str::<Value>(&current.body) else {
+                break;
+            };
+            let next =
+                replaced_by(&value).and_then(|r| r.strip_prefix("Patient/").map(str::to_string));
+            match next {
+                Some(id) if id != current.id => match store.read(ResourceType::Patient, &id).await?
+                {
+                    Some(next) => current = next,
+                    None => break,
+                },
+                _ => break,
+            }
+        }
+        if out.iter().any(|(s, _)| s.id == current.id) {
+            continue;
+        }
+        if let Ok(value) = serde_json::from_str::<Value>(&current.body) {
+            out.push((current, value));
+        }
+    }
+    Ok(out)
+}
+
+/// Every resource with `param` = `value`, all pages.
+async fn search_all(
+    store: &dyn Store,
+    ty: ResourceType,
+    param: &str,
+    value: &str,
+) -> Result<Vec<Stored>, StoreError> {
+    let mut pairs = vec![
+        (param.to_string(), value.to_string()),
+        ("_count".to_string(), "1000".to_string()),
+    ];
+    let mut found = Vec::new();
+    while let Ok((query, _)) = parse_search(ty, &pairs, true) {
+        let page = store.search(&query).await?;
+        found.extend(page.resources);
+        match page.next_after {
+            Some(after) => {
+                pairs.retain(|(k, _)| k != CURSOR_PARAM);
+                pairs.push((CURSOR_PARAM.to_string(), after));
+            }
+            None => break,
+        }
+    }
+    Ok(found)
+}

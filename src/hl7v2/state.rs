@@ -1,0 +1,538 @@
+//! How an ADT event changes the stored Patient and Encounter. Pure
+//! functions of the stored JSON and the [`Adt`]: the store is read and
+//! written by [`super::ingest`].
+//!
+//! Out-of-order delivery converges because every change is ordered by the
+//! event's own time (EVN-2, else MSH-7), never by arrival:
+//! - `Encounter.statusHistory` holds one entry per status-changing event at
+//!   its event time; `status` is the latest entry's. A late A01 adds its
+//!   `in-progress` entry *before* the A03's `finished` and changes nothing
+//!   else; an A11 or A13 is simply a later entry.
+//! - `Encounter.location` entries are ordered by their start the same way
+//!   (A02 adds one, A12 removes the latest one before it).
+//! - Other members are replaced only by an event at least as recent as the
+//!   last one applied, recorded in the extension [`EVENT_TIME_URL`]; an
+//!   older event only fills members that are absent.
+//!
+//! Members an event does not change keep their stored bytes ([`rewrite`]).
+
+use super::adt::{Adt, Event, ODS_SYSTEM, Visit, is_ods};
+use crate::fhir::json::{encode_string, object_members};
+use serde_json::{Map, Value, json};
+
+/// The time of the latest source event applied to a resource (FHIR
+/// dateTime), so that an older event arriving late cannot overwrite it.
+pub const EVENT_TIME_URL: &str =
+    "https://fhir.onebromley.nhs.uk/StructureDefinition/Extension-OneBromley-SourceEventTime";
+
+/// The Patient after `adt`, from the stored one (or a new one).
+pub fn patient_after(current: Option<&Value>, adt: &Adt) -> Value {
+    let mut p = match current {
+        Some(Value::Object(o)) => o.clone(),
+        _ => {
+            let mut o = Map::new();
+            o.insert("resourceType".into(), json!("Patient"));
+            o
+        }
+    };
+    let newer = is_newer(&p, adt.time_ms);
+    let facts = &adt.patient;
+
+    // Identifiers: every one the message brings is added; none removed.
+    let mut ids = p
+        .get("identifier")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    for id in &facts.identifiers {
+        let same = |other: &Value| other["system"] == id["system"] && other["value"] == id["value"];
+        match ids.iter_mut().find(|other| same(other)) {
+            // The NHS number's verification status follows the latest event.
+            Some(existing) if newer && existing != id => *existing = id.clone(),
+            Some(_) => {}
+            None => {
+                if facts.nhs_number.is_some() && id["system"] == super::adt::NHS_NUMBER_SYSTEM {
+                    ids.insert(0, id.clone());
+                } else {
+                    ids.push(id.clone());
+                }
+            }
+        }
+    }
+    set(&mut p, "identifier", Some(json!(ids)), true);
+    set_list(&mut p, "name", &facts.name, newer);
+    set_list(&mut p, "telecom", &facts.telecom, newer);
+    set(&mut p, "gender", facts.gender.map(|g| json!(g)), newer);
+    set(
+        &mut p,
+        "birthDate",
+        facts.birth_date.as_ref().map(|d| json!(d)),
+        newer,
+    );
+    if let Some((key, value)) = &facts.deceased {
+        let has = p.contains_key("deceasedDateTime") || p.contains_key("deceasedBoolean");
+        if newer || !has {
+            p.remove("deceasedDateTime");
+            p.remove("deceasedBoolean");
+            p.insert((*key).into(), value.clone());
+        }
+    }
+    set_list(&mut p, "address", &facts.address, newer);
+    set_list(
+        &mut p,
+        "generalPractitioner",
+        &facts.general_practitioner,
+        newer,
+    );
+    stamp(&mut p, &adt.time, adt.time_ms);
+    Value::Object(order(p, PATIENT_ORDER))
+}
+
+/// The record merged away (A40, or an untraced record once its NHS number
+/// is known): inactive, and pointing at the one that replaces it.
+pub fn retired(old: &Value, survivor: &str) -> Value {
+    let mut p = old.as_object().cloned().unwrap_or_default();
+    p.insert("active".into(), json!(false));
+    add_link(&mut p, survivor, "replaced-by");
+    Value::Object(order(p, PATIENT_ORDER))
+}
+
+/// The surviving record of a merge, pointing at the one it replaces.
+pub fn survivor(current: &Value, old: &str) -> Value {
+    let mut p = current.as_object().cloned().unwrap_or_default();
+    add_link(&mut p, old, "replaces");
+    Value::Object(order(p, PATIENT_ORDER))
+}
+
+fn add_link(p: &mut Map<String, Value>, other: &str, kind: &str) {
+    let mut links = p
+        .get("link")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let link = json!({"other": {"reference": other}, "type": kind});
+    if !links.contains(&link) {
+        links.push(link);
+    }
+    p.insert("link".into(), json!(links));
+}
+
+/// The `Patient/{id}` a retired record was replaced by, if it was.
+pub fn replaced_by(patient: &Value) -> Option<String> {
+    patient["link"].as_array()?.iter().find_map(|link| {
+        (link["type"] == "replaced-by")
+            .then(|| link["other"]["reference"].as_str().map(str::to_string))
+            .flatten()
+    })
+}
+
+/// An Encounter moved to another patient (A40).
+pub fn moved(encounter: &Value, subject: &str) -> Value {
+    let mut e = encounter.as_object().cloned().unwrap_or_default();
+    e.insert("subject".into(), json!({"reference": subject}));
+    Value::Object(e)
+}
+
+/// The Encounter after `adt` (which has a `visit`), from the stored one or
+/// a new one; `subject` is the patient's reference.
+pub fn encounter_after(current: Option<&Value>, adt: &Adt, visit: &Visit, subject: &str) -> Value {
+    let mut e = match current {
+        Some(Value::Object(o)) => o.clone(),
+        _ => {
+            let mut o = Map::new();
+            o.insert("resourceType".into(), json!("Encounter"));
+            o
+        }
+    };
+    let newer = is_newer(&e, adt.time_ms);
+
+    let mut ids = e
+        .get("identifier")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    if !ids.contains(&visit.identifier) {
+        ids.push(visit.identifier.clone());
+    }
+    e.insert("identifier".into(), json!(ids));
+    e.insert("subject".into(), json!({"reference": subject}));
+    set(&mut e, "class", Some(visit.class.clone()), newer);
+    set(&mut e, "priority", visit.priority.clone(), newer);
+
+    // Status: the latest status event wins.
+    let mut latest = false;
+    if let Some(status) = adt.event.status() {
+        let mut history = e
+            .get("statusHistory")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        let entry = json!({"status": status, "period": {"start": adt.time}});
+        let exists = history
+            .iter()
+            .any(|h| h["status"] == status && h["period"]["start"] == adt.time.as_str());
+        if !exists {
+            history.push(entry);
+        }
+        history.sort_by_key(|h| start_ms(&h["period"]));
+        chain(&mut history);
+        latest = history
+            .last()
+            .is_some_and(|h| h["status"] == status && h["period"]["start"] == adt.time.as_str());
+        let current = history
+            .last()
+            .and_then(|h| h["status"].as_str())
+            .unwrap_or("unknown")
+            .to_string();
+        e.insert("status".into(), json!(current));
+        e.insert("statusHistory".into(), json!(history));
+    } else if !e.contains_key("status") {
+        e.insert("status".into(), json!("unknown"));
+    }
+    let status = e["status"].as_str().unwrap_or("unknown").to_string();
+
+    // Period: start from PV1-44; end only while finished.
+    let mut period = e
+        .get("period")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    if let Some(start) = &visit.start
+        && (newer || !period.contains_key("start"))
+    {
+        period.insert("start".into(), json!(start));
+    }
+    let ends = (adt.event == Event::A03 && latest) || (newer && status == "finished");
+    if status != "finished" {
+        period.remove("end");
+    } else if ends {
+        let end = visit
+            .end
+            .clone()
+            .or_else(|| (adt.event == Event::A03).then(|| adt.time.clone()));
+        if let Some(end) = end {
+            period.insert("end".into(), json!(end));
+        }
+    }
+    let period = order(period, &["start", "end"]);
+    if period.is_empty() {
+        e.remove("period");
+    } else {
+        e.insert("period".into(), Value::Object(period));
+    }
+
+    // Hospitalization: admission method and source, discharge destination.
+    let mut stay = e
+        .get("hospitalization")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    if let Some(method) = &visit.admission_method {
+        let ext =
+            json!([{"url": super::adt::ADMISSION_METHOD_URL, "valueCodeableConcept": method}]);
+        set(&mut stay, "extension", Some(ext), newer);
+    }
+    set(&mut stay, "admitSource", visit.admit_source.clone(), newer);
+    if status != "finished" {
+        stay.remove("dischargeDisposition");
+    } else if ends {
+        set(
+            &mut stay,
+            "dischargeDisposition",
+            visit.discharge_disposition.clone(),
+            true,
+        );
+    }
+    let stay = order(stay, &["extension", "admitSource", "dischargeDisposition"]);
+    if stay.is_empty() {
+        e.remove("hospitalization");
+    } else {
+        e.insert("hospitalization".into(), Value::Object(stay));
+    }
+
+    locations(&mut e, adt, visit, &status);
+
+    if !e.contains_key("serviceProvider") {
+        let provider = if is_ods(&adt.sender) {
+            json!({"identifier": {"system": ODS_SYSTEM, "value": adt.sender}})
+        } else {
+            json!({"display": adt.sender})
+        };
+        e.insert("serviceProvider".into(), provider);
+    }
+    stamp(&mut e, &adt.time, adt.time_ms);
+    Value::Object(order(e, ENCOUNTER_ORDER))
+}
+
+/// A02 adds a location at its event time, A12 removes the latest one
+/// before it; the first location comes from any event that has one.
+fn locations(e: &mut Map<String, Value>, adt: &Adt, visit: &Visit, status: &str) {
+    let mut list = e
+        .get("location")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    match (adt.event, &visit.location) {
+        (Event::A02, Some(place)) => {
+            let exists = list
+                .iter()
+                .any(|l| l["location"] == *place && l["period"]["start"] == adt.time.as_str());
+            if !exists {
+                list.push(json!({"location": place, "period": {"start": adt.time}}));
+            }
+        }
+        (Event::A12, _) => {
+            if list.len() > 1
+                && let Some(i) = list
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, l)| start_ms(&l["period"]) <= adt.time_ms)
+                    .max_by_key(|(_, l)| start_ms(&l["period"]))
+                    .map(|(i, _)| i)
+            {
+                list.remove(i);
+            }
+        }
+        (_, Some(place)) if list.is_empty() => {
+            let start = visit.start.clone().unwrap_or_else(|| adt.time.clone());
+            list.push(json!({"location": place, "period": {"start": start}}));
+        }
+        _ => {}
+    }
+    if list.is_empty() {
+        return;
+    }
+    list.sort_by_key(|l| start_ms(&l["period"]));
+    for l in list.iter_mut() {
+        if let Some(o) = l.as_object_mut() {
+            o.remove("status");
+            if let Some(p) = o.get_mut("period").and_then(Value::as_object_mut) {
+                p.remove("end");
+            }
+        }
+    }
+    chain(&mut list);
+    let n = list.len();
+    for (i, l) in list.iter_mut().enumerate() {
+        let last = i + 1 == n;
+        let state = if last && !matches!(status, "finished" | "cancelled") {
+            "active"
+        } else {
+            "completed"
+        };
+        if let Some(o) = l.as_object_mut() {
+            let place = o.remove("location").unwrap_or(Value::Null);
+            let period = o.remove("period").unwrap_or(Value::Null);
+            o.insert("location".into(), place);
+            o.insert("status".into(), json!(state));
+            o.insert("period".into(), period);
+        }
+    }
+    e.insert("location".into(), json!(list));
+}
+
+/// Each entry's period ends where the next one starts.
+fn chain(entries: &mut [Value]) {
+    let starts: Vec<Value> = entries
+        .iter()
+        .map(|h| h["period"]["start"].clone())
+        .collect();
+    for (i, entry) in entries.iter_mut().enumerate() {
+        let Some(period) = entry.get_mut("period").and_then(Value::as_object_mut) else {
+            continue;
+        };
+        match starts.get(i + 1) {
+            Some(next) if !next.is_null() => {
+                period.insert("end".into(), next.clone());
+            }
+            _ => {
+                period.remove("end");
+            }
+        }
+    }
+}
+
+fn start_ms(period: &Value) -> i64 {
+    period["start"]
+        .as_str()
+        .and_then(|s| s.parse::<jiff::Timestamp>().ok())
+        .map_or(i64::MIN, |t| t.as_millisecond())
+}
+
+/// Is an event at `time_ms` at least as recent as the last one applied?
+fn is_newer(resource: &Map<String, Value>, time_ms: i64) -> bool {
+    event_time(resource).is_none_or(|last| time_ms >= last)
+}
+
+fn event_time(resource: &Map<String, Value>) -> Option<i64> {
+    resource
+        .get("extension")?
+        .as_array()?
+        .iter()
+        .find(|x| x["url"] == EVENT_TIME_URL)?["valueDateTime"]
+        .as_str()?
+        .parse::<jiff::Timestamp>()
+        .ok()
+        .map(|t| t.as_millisecond())
+}
+
+/// Records the event time, if it is the latest.
+fn stamp(resource: &mut Map<String, Value>, time: &str, time_ms: i64) {
+    if event_time(resource).is_some_and(|last| last >= time_ms) {
+        return;
+    }
+    let mut ext = resource
+        .get("extension")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    ext.retain(|x| x["url"] != EVENT_TIME_URL);
+    ext.push(json!({"url": EVENT_TIME_URL, "valueDateTime": time}));
+    resource.insert("extension".into(), json!(ext));
+}
+
+/// Sets `key` to `value` when the event is newer or the member is absent.
+fn set(o: &mut Map<String, Value>, key: &str, value: Option<Value>, newer: bool) {
+    if let Some(value) = value
+        && (newer || !o.contains_key(key))
+    {
+        o.insert(key.into(), value);
+    }
+}
+
+fn set_list(o: &mut Map<String, Value>, key: &str, values: &[Value], newer: bool) {
+    if !values.is_empty() {
+        set(o, key, Some(json!(values)), newer);
+    }
+}
+
+const PATIENT_ORDER: &[&str] = &[
+    "resourceType",
+    "id",
+    "meta",
+    "implicitRules",
+    "language",
+    "text",
+    "contained",
+    "extension",
+    "modifierExtension",
+    "identifier",
+    "active",
+    "name",
+    "telecom",
+    "gender",
+    "birthDate",
+    "deceasedBoolean",
+    "deceasedDateTime",
+    "address",
+    "maritalStatus",
+    "multipleBirthBoolean",
+    "multipleBirthInteger",
+    "photo",
+    "contact",
+    "communication",
+    "generalPractitioner",
+    "managingOrganization",
+    "link",
+];
+
+const ENCOUNTER_ORDER: &[&str] = &[
+    "resourceType",
+    "id",
+    "meta",
+    "implicitRules",
+    "language",
+    "text",
+    "contained",
+    "extension",
+    "modifierExtension",
+    "identifier",
+    "status",
+    "statusHistory",
+    "class",
+    "classHistory",
+    "type",
+    "serviceType",
+    "priority",
+    "subject",
+    "episodeOfCare",
+    "basedOn",
+    "participant",
+    "appointment",
+    "period",
+    "length",
+    "reasonCode",
+    "reasonReference",
+    "diagnosis",
+    "account",
+    "hospitalization",
+    "location",
+    "serviceProvider",
+    "partOf",
+];
+
+/// The members in FHIR element order (unknown members last, as they were).
+fn order(mut o: Map<String, Value>, keys: &[&str]) -> Map<String, Value> {
+    let mut out = Map::new();
+    for key in keys {
+        if let Some(v) = o.remove(*key) {
+            out.insert((*key).to_string(), v);
+        }
+    }
+    out.extend(o);
+    out
+}
+
+/// `new` as JSON text in which every member equal (as a value) to the
+/// stored one keeps the stored bytes, so a decimal's `1.50` or a time's
+/// offset survive an update that does not touch them. `None` when nothing
+/// changed.
+pub fn rewrite(stored: &str, new: &Value) -> Option<String> {
+    let members = object_members(stored).ok()?;
+    let new = new.as_object()?;
+    let mut changed = members.len() != new.len();
+    let mut out = String::with_capacity(stored.len() + 256);
+    out.push('{');
+    for (i, (key, value)) in new.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&encode_string(key));
+        out.push(':');
+        let old = members.iter().find(|m| m.key == *key);
+        match old {
+            Some(m) if serde_json::from_str::<Value>(&m.value).ok().as_ref() == Some(value) => {
+                out.push_str(&m.value);
+            }
+            _ => {
+                changed = true;
+                out.push_str(&value.to_string());
+            }
+        }
+    }
+    out.push('}');
+    if !changed {
+        // Same members, same values: only the order could differ.
+        let same_order = members.iter().map(|m| &m.key).eq(new.keys());
+        if same_order {
+            return None;
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rewrite_keeps_untouched_bytes_and_reports_no_change() {
+        let stored = r#"{"resourceType":"Patient","id":"a","extension":[{"url":"x","valueDecimal":1.50}],"gender":"male"}"#;
+        let mut v: Value = serde_json::from_str(stored).unwrap();
+        assert_eq!(rewrite(stored, &v), None);
+        v["gender"] = json!("female");
+        let out = rewrite(stored, &v).unwrap();
+        assert!(out.contains(r#""valueDecimal":1.50"#), "{out}");
+        assert!(out.contains(r#""gender":"female""#), "{out}");
+    }
+}
