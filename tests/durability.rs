@@ -15,6 +15,7 @@ use std::time::Duration;
 struct Binary {
     child: Child,
     fhir: String,
+    mllp: String,
 }
 
 /// Starts `pathway-gateway serve` on a free loopback port with its data in `data`.
@@ -32,14 +33,17 @@ fn spawn(data: &Path) -> Binary {
         .expect("binary starts");
     let stdout = child.stdout.take().expect("stdout");
     let mut lines = BufReader::new(stdout).lines();
-    let addr = loop {
+    let (addr, mllp) = loop {
         let line = lines
             .next()
             .expect("a log line before exit")
             .expect("log line");
         let log: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
-        if let Some(addr) = log["fields"]["addr"].as_str() {
-            break addr.to_string();
+        if let (Some(addr), Some(mllp)) = (
+            log["fields"]["addr"].as_str(),
+            log["fields"]["mllp"].as_str(),
+        ) {
+            break (addr.to_string(), mllp.to_string());
         }
     };
     // Keep draining the log so the gateway never blocks on a full pipe.
@@ -47,6 +51,7 @@ fn spawn(data: &Path) -> Binary {
     Binary {
         child,
         fhir: format!("http://{addr}/fhir"),
+        mllp,
     }
 }
 
@@ -114,6 +119,75 @@ async fn acknowledged_creates_survive_kill_9() {
         );
         let stored: Value = response.json().await.unwrap();
         assert_eq!(&stored, created);
+    }
+    restarted.child.kill().unwrap();
+    restarted.child.wait().unwrap();
+}
+
+/// HL7 v2 over MLLP: 8 connections stream ADT messages until SIGKILL;
+/// every message that got an AA has its Encounter after the restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_hl7_messages_survive_kill_9() {
+    use pathway_gateway::hl7v2::client::MllpClient;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut gateway = spawn(&data);
+    let acknowledged: Arc<Mutex<Vec<String>>> = Arc::default();
+    let mut senders = Vec::new();
+    for conn in 0u32..8 {
+        let addr = gateway.mllp.clone();
+        let acknowledged = acknowledged.clone();
+        senders.push(tokio::spawn(async move {
+            let Ok(mut client) = MllpClient::connect(addr.as_str(), Duration::from_secs(10)).await
+            else {
+                return;
+            };
+            for i in 0u32.. {
+                let visit = format!("K{conn}x{i}");
+                let message = format!(
+                    "MSH|^~\\&|PAS|RJZ|PATHWAY|ONEBROMLEY|202611031940||ADT^A04|{visit}|P|2.4\rEVN|A04|202611031940\rPID|1||{}^^^NHS^NH\rPV1|1|E|ED^^^RJZ30|A|||||||||||||||{visit}^^^RJZ^VN\r",
+                    nhs_number(50_000 + conn * 10_000 + i)
+                );
+                let Ok(ack) = client.send(message.as_bytes()).await else {
+                    return;
+                };
+                if !String::from_utf8_lossy(&ack).contains("MSA|AA|") {
+                    return;
+                }
+                acknowledged.lock().unwrap().push(visit);
+            }
+        }));
+    }
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if acknowledged.lock().unwrap().len() >= 200 {
+            break;
+        }
+    }
+    gateway.child.kill().expect("SIGKILL");
+    gateway.child.wait().expect("reaped");
+    for sender in senders {
+        sender.await.unwrap();
+    }
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    assert!(acknowledged.len() >= 200);
+
+    let mut restarted = spawn(&data);
+    let client = reqwest::Client::new();
+    for visit in &acknowledged {
+        let found: Value = client
+            .get(format!("{}/Encounter?identifier={visit}", restarted.fhir))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            found["entry"].as_array().map(Vec::len),
+            Some(1),
+            "acknowledged visit {visit} lost"
+        );
     }
     restarted.child.kill().unwrap();
     restarted.child.wait().unwrap();

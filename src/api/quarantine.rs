@@ -6,6 +6,7 @@ use super::AppState;
 use super::error::ApiError;
 use crate::fhir::outcome::Issue;
 use crate::gp;
+use crate::hl7v2::ingest::Verdict;
 use crate::store::Quarantined;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{StatusCode, header};
@@ -83,6 +84,9 @@ pub async fn replay(
             ),
         ));
     }
+    if entry.entry.source.starts_with("hl7v2-") {
+        return replay_hl7v2(&state, id, &entry).await;
+    }
     if entry.entry.source != gp::ingest::SOURCE {
         return Err(ApiError::new(
             StatusCode::NOT_IMPLEMENTED,
@@ -125,6 +129,46 @@ pub async fn replay(
         Err(errors) => Ok(json_response(
             StatusCode::UNPROCESSABLE_ENTITY,
             &json!({"id": id, "status": "held", "errors": errors}),
+        )),
+    }
+}
+
+/// An HL7 message runs through the feed again (it is journaled already);
+/// the answer carries the ACK it would now get.
+async fn replay_hl7v2(
+    state: &AppState,
+    id: i64,
+    entry: &Quarantined,
+) -> Result<Response, ApiError> {
+    let feed = &state.hl7v2;
+    let verdict = feed
+        .replay(&entry.entry.payload, &entry.entry.source)
+        .await?;
+    let ack = match crate::hl7v2::Message::parse(&String::from_utf8_lossy(&entry.entry.payload)) {
+        Ok(message) => feed.acknowledge(&message, &verdict),
+        Err(_) => String::new(),
+    };
+    let ack = ack.replace('\r', "\n");
+    match verdict {
+        Verdict::Accepted { .. } | Verdict::Repeat { held: None, .. } => {
+            state.store.resolve_quarantined(id).await?;
+            Ok(json_response(
+                StatusCode::OK,
+                &json!({"id": id, "status": "replayed", "ack": ack}),
+            ))
+        }
+        Verdict::Quarantined { errors, .. } => Ok(json_response(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &json!({
+                "id": id,
+                "status": "held",
+                "errors": errors.iter().map(|e| json!({"location": e.location, "reason": e.reason})).collect::<Vec<_>>(),
+                "ack": ack,
+            }),
+        )),
+        Verdict::Rejected(_) | Verdict::Repeat { .. } => Ok(json_response(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &json!({"id": id, "status": "held", "ack": ack}),
         )),
     }
 }

@@ -402,6 +402,18 @@ impl Feed {
                 (found.next(), found.collect())
             }
         };
+        // Found by hospital number but traced to someone else: a clash.
+        if let (Some((_, value)), Some(ours)) = (&target, &facts.nhs_number)
+            && let Some(theirs) = nhs_number_of(value)
+            && &theirs != ours
+        {
+            return Ok(Err(vec![DataError {
+                location: "PID-3".into(),
+                reason: format!(
+                    "a hospital number in this message belongs to the patient with NHS number {theirs}, not {ours}"
+                ),
+            }]));
+        }
         // Records found by hospital number that are not the target: the
         // same person, untraced until now (merged in), or a clash.
         let expected = facts

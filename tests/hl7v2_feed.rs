@@ -1,0 +1,446 @@
+//! The HL7 v2 ADT feed as a trust's engine uses it: real MLLP connections
+//! to a running gateway, the ACK read back, and the Patient and Encounter
+//! state read over FHIR REST.
+
+mod common;
+
+use common::{Gateway, nhs_number, start};
+use pathway_gateway::hl7v2::client::MllpClient;
+use reqwest::StatusCode;
+use serde_json::Value;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An ADT message; `pid3` is PID-3 as sent, `pv1` the PV1 fields after PV1-1.
+fn adt(event: &str, control_id: &str, when: &str, pid3: &str, pv1: Option<&str>) -> String {
+    let mut m = format!(
+        "MSH|^~\\&|PAS|RJZ|PATHWAY|ONEBROMLEY|{when}||ADT^{event}|{control_id}|P|2.4\rEVN|{event}|{when}\rPID|1||{pid3}||PAGE^Margaret^^^MRS||19380305|F\r"
+    );
+    if let Some(pv1) = pv1 {
+        m.push_str(&format!("PV1|1|{pv1}\r"));
+    }
+    m
+}
+
+/// PV1 from PV1-2 on: class, location, admission type, visit, admit and discharge times.
+fn pv1(class: &str, visit: &str, admitted: &str, discharged: &str) -> String {
+    format!(
+        "{class}|WARD 5^^^RJZ30|21|||||||||||||||{visit}^^^RJZ^VN|||||||||||||||||||||||||{admitted}|{discharged}"
+    )
+}
+
+/// MSA-1 and, if any, ERR-2 of an ACK.
+fn ack_code(ack: &[u8]) -> (String, String, String) {
+    let text = String::from_utf8_lossy(ack);
+    let field = |segment: &str, n: usize| {
+        text.split('\r')
+            .find(|s| s.starts_with(segment))
+            .and_then(|s| s.split('|').nth(n))
+            .unwrap_or("")
+            .to_string()
+    };
+    (field("MSA", 1), field("MSA", 2), field("ERR", 2))
+}
+
+async fn send(client: &mut MllpClient, message: &str) -> (String, String, String) {
+    ack_code(&client.send(message.as_bytes()).await.expect("ACK"))
+}
+
+async fn encounter(gw: &Gateway, visit: &str) -> Value {
+    let found = gw
+        .search_all(&format!("Encounter?identifier={visit}"))
+        .await;
+    assert_eq!(found.len(), 1, "encounters with visit {visit}: {found:#?}");
+    found[0].clone()
+}
+
+async fn patients(gw: &Gateway, identifier: &str) -> Vec<Value> {
+    gw.search_all(&format!("Patient?identifier={identifier}"))
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acceptance_scenarios_over_mllp() {
+    let gw = start().await;
+    let mut c = MllpClient::connect(gw.mllp, TIMEOUT).await.unwrap();
+    let nhs = nhs_number(700);
+
+    // NHS number in the second PID-3 repetition, BST admission time.
+    let a01 = adt(
+        "A01",
+        "M1",
+        "202607141018",
+        &format!("K100^^^RJZ^MR~{nhs}^^^NHS^NH"),
+        Some(&pv1("I", "V1", "202607141015", "")),
+    );
+    assert_eq!(send(&mut c, &a01).await.0, "AA");
+    let found = patients(&gw, &nhs).await;
+    assert_eq!(found.len(), 1);
+    let ids: Vec<&str> = found[0]["identifier"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["value"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [nhs.as_str(), "K100"]);
+    let e = encounter(&gw, "V1").await;
+    assert_eq!(e["status"], "in-progress");
+    assert_eq!(e["period"]["start"], "2026-07-14T10:15:00+01:00");
+    assert_eq!(e["class"]["code"], "IMP");
+    assert_eq!(e["priority"]["coding"][0]["code"], "EM");
+
+    // The same message again: AA, and nothing changes.
+    let before = e["meta"]["versionId"].clone();
+    assert_eq!(send(&mut c, &a01).await.0, "AA");
+    assert_eq!(encounter(&gw, "V1").await["meta"]["versionId"], before);
+    assert_eq!(patients(&gw, &nhs).await[0]["meta"]["versionId"], "1");
+
+    // GMT: a January admission has +00:00.
+    let winter = adt(
+        "A01",
+        "M2",
+        "202601101018",
+        &format!("{nhs}^^^NHS^NH"),
+        Some(&pv1("I", "V2", "202601101015", "")),
+    );
+    assert_eq!(send(&mut c, &winter).await.0, "AA");
+    assert_eq!(
+        encounter(&gw, "V2").await["period"]["start"],
+        "2026-01-10T10:15:00+00:00"
+    );
+
+    // `\T\` in an address, segments ended by `\n`.
+    let other = nhs_number(701);
+    let a28 = format!(
+        "MSH|^~\\&|PAS|RJZ|PATHWAY|ONEBROMLEY|202602020900||ADT^A28|M3|P|2.4\nEVN|A28|202602020900\nPID|1||{other}^^^NHS^NH||HALL^Dennis||19410722|M|||Flat 3\\T\\4 Elm Court^^Orpington^^BR6 0AB\n"
+    );
+    assert_eq!(send(&mut c, &a28).await.0, "AA");
+    let hall = &patients(&gw, &other).await[0];
+    assert_eq!(hall["address"][0]["line"][0], "Flat 3&4 Elm Court");
+
+    // A03 before A01 (event times say A01 came first): stays finished.
+    let a03 = adt(
+        "A03",
+        "M5",
+        "202608050855",
+        &format!("{nhs}^^^NHS^NH"),
+        Some(&pv1("I", "V3", "202608010700", "202608050850")),
+    );
+    let late_a01 = adt(
+        "A01",
+        "M4",
+        "202608010702",
+        &format!("{nhs}^^^NHS^NH"),
+        Some(&pv1("I", "V3", "202608010700", "")),
+    );
+    assert_eq!(send(&mut c, &a03).await.0, "AA");
+    assert_eq!(send(&mut c, &late_a01).await.0, "AA");
+    let e = encounter(&gw, "V3").await;
+    assert_eq!(e["status"], "finished");
+    assert_eq!(e["period"]["end"], "2026-08-05T08:50:00+01:00");
+    assert_eq!(e["statusHistory"].as_array().unwrap().len(), 2);
+
+    // A01 then A11: cancelled.
+    let v4 = pv1("I", "V4", "202605020800", "");
+    let nh = format!("{nhs}^^^NHS^NH");
+    assert_eq!(
+        send(&mut c, &adt("A01", "M6", "202605020805", &nh, Some(&v4)))
+            .await
+            .0,
+        "AA"
+    );
+    assert_eq!(
+        send(&mut c, &adt("A11", "M7", "202605020840", &nh, Some(&v4)))
+            .await
+            .0,
+        "AA"
+    );
+    assert_eq!(encounter(&gw, "V4").await["status"], "cancelled");
+
+    // An untraced ED attendance, then A40 merges it into the traced record.
+    let ed = pv1("E", "E9", "202610251150", "");
+    assert_eq!(
+        send(
+            &mut c,
+            &adt("A04", "M8", "202610251158", "U77^^^RJZ^MR", Some(&ed))
+        )
+        .await
+        .0,
+        "AA"
+    );
+    let untraced = patients(&gw, "U77").await;
+    assert_eq!(untraced.len(), 1);
+    let a40 = format!(
+        "{}MRG|U77^^^RJZ^MR\r",
+        adt(
+            "A40",
+            "M9",
+            "202610251400",
+            &format!("{nhs}^^^NHS^NH"),
+            None
+        )
+    );
+    assert_eq!(send(&mut c, &a40).await.0, "AA");
+    let old = gw
+        .get(&format!("Patient/{}", untraced[0]["id"].as_str().unwrap()))
+        .await;
+    assert_eq!(old.json["active"], false);
+    assert_eq!(old.json["link"][0]["type"], "replaced-by");
+    let survivor = &patients(&gw, &nhs).await[0];
+    assert_eq!(
+        old.json["link"][0]["other"]["reference"],
+        format!("Patient/{}", survivor["id"].as_str().unwrap())
+    );
+    assert_eq!(
+        encounter(&gw, "E9").await["subject"]["reference"],
+        format!("Patient/{}", survivor["id"].as_str().unwrap())
+    );
+
+    // An ORU^R01: AR, nothing stored.
+    let oru = "MSH|^~\\&|LAB|RJZ|PATHWAY|ONEBROMLEY|202607141020||ORU^R01|M10|P|2.4\rPID|1||9990000018^^^NHS^NH\rOBX|1|NM|HB||135|g/L\r";
+    let (code, control, err) = send(&mut c, oru).await;
+    assert_eq!((code.as_str(), control.as_str()), ("AR", "M10"));
+    assert_eq!(err, "MSH^1^9^1^1");
+    assert!(patients(&gw, "9990000018").await.is_empty());
+
+    // An invalid NHS number: AE located at PID-3[2].1, held in quarantine.
+    let bad = adt(
+        "A01",
+        "M11",
+        "202607141018",
+        "K200^^^RJZ^MR~9990000019^^^NHS^NH",
+        Some(&pv1("I", "V11", "202607141015", "")),
+    );
+    let (code, _, err) = send(&mut c, &bad).await;
+    assert_eq!((code.as_str(), err.as_str()), ("AE", "PID^1^3^2^1"));
+    let held = gw
+        .send(gw.client.get(format!("{}/quarantine", gw.root)))
+        .await;
+    let entries = held.json["entries"].as_array().unwrap();
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["location"] == "MSH-10 M11" && e["reasons"][0]["location"] == "PID-3[2].1"),
+        "{}",
+        held.text
+    );
+    assert!(patients(&gw, "K200").await.is_empty());
+
+    // Garbage bytes before a frame: AR for the garbage, AA for the message.
+    let mut raw = tokio::net::TcpStream::connect(gw.mllp).await.unwrap();
+    let ok = adt(
+        "A08",
+        "M12",
+        "202607141100",
+        &format!("{nhs}^^^NHS^NH"),
+        Some(&pv1("I", "V1", "202607141015", "")),
+    );
+    let mut bytes = b"GET / HTTP/1.1\r\n\r\n".to_vec();
+    bytes.extend(pathway_gateway::hl7v2::frame(ok.as_bytes()));
+    raw.write_all(&bytes).await.unwrap();
+    let acks = read_acks(&mut raw, 2).await;
+    assert_eq!(ack_code(&acks[0]).0, "AR");
+    assert_eq!(ack_code(&acks[1]).0, "AA");
+    assert_eq!(encounter(&gw, "V1").await["status"], "in-progress");
+
+    gw.stop().await;
+}
+
+/// A message refused because its hospital number belongs to another
+/// patient is held; once the records are put right, replaying it stores it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quarantined_message_replays_after_a_fix() {
+    let gw = start().await;
+    let mut c = MllpClient::connect(gw.mllp, TIMEOUT).await.unwrap();
+    let (first, second) = (nhs_number(800), nhs_number(801));
+    let v = pv1("E", "E1", "202607141015", "");
+    let a04 = adt(
+        "A04",
+        "R1",
+        "202607141018",
+        &format!("H5^^^RJZ^MR~{first}^^^NHS^NH"),
+        Some(&v),
+    );
+    assert_eq!(send(&mut c, &a04).await.0, "AA");
+    let clash = adt(
+        "A04",
+        "R2",
+        "202607141118",
+        &format!("H5^^^RJZ^MR~{second}^^^NHS^NH"),
+        Some(&pv1("E", "E2", "202607141115", "")),
+    );
+    let (code, _, _) = send(&mut c, &clash).await;
+    assert_eq!(code, "AE");
+    let held = gw
+        .send(gw.client.get(format!("{}/quarantine", gw.root)))
+        .await;
+    let entry = held.json["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["location"] == "MSH-10 R2")
+        .cloned()
+        .expect("held");
+    assert!(
+        entry["reasons"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains(&first)
+    );
+    let replay = format!("{}/quarantine/{}/replay", gw.root, entry["id"]);
+
+    // Still wrong: stays held.
+    let again = gw.send(gw.client.post(&replay)).await;
+    assert_eq!(
+        again.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        again.text
+    );
+
+    // The trust says H5 was typed against the wrong patient: remove it.
+    let mut wrong = patients(&gw, &first).await.remove(0);
+    wrong["identifier"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|i| i["value"] != "H5");
+    let id = wrong["id"].as_str().unwrap().to_string();
+    let put = gw.put(&format!("Patient/{id}"), &wrong).await;
+    assert_eq!(put.status, StatusCode::OK, "{}", put.text);
+
+    let done = gw.send(gw.client.post(&replay)).await;
+    assert_eq!(done.status, StatusCode::OK, "{}", done.text);
+    assert!(done.json["ack"].as_str().unwrap().contains("MSA|AA|R2"));
+    assert_eq!(patients(&gw, &second).await.len(), 1);
+    assert_eq!(encounter(&gw, "E2").await["class"]["code"], "EMER");
+    gw.stop().await;
+}
+
+/// 16 connections × 100 messages: every one AA, stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixteen_connections_of_a_hundred_messages_are_all_stored_once() {
+    let gw = start().await;
+    let mut tasks = Vec::new();
+    for conn in 0..16u32 {
+        let addr = gw.mllp;
+        tasks.push(tokio::spawn(async move {
+            let mut c = MllpClient::connect(addr, TIMEOUT).await.unwrap();
+            let messages: Vec<String> = (0..100u32)
+                .map(|i| {
+                    let n = conn * 100 + i;
+                    adt(
+                        "A04",
+                        &format!("C{conn}-{i}"),
+                        "202611031940",
+                        &format!("{}^^^NHS^NH", nhs_number(10_000 + n * 3)),
+                        Some(&pv1("E", &format!("ED{n}"), "202611031935", "")),
+                    )
+                })
+                .collect();
+            // Half pipelined, half one at a time.
+            let mut codes = Vec::new();
+            if conn % 2 == 0 {
+                let refs: Vec<&[u8]> = messages.iter().map(|m| m.as_bytes()).collect();
+                for ack in c.send_all(&refs).await.unwrap() {
+                    codes.push(ack_code(&ack));
+                }
+            } else {
+                for m in &messages {
+                    codes.push(send(&mut c, m).await);
+                }
+            }
+            for (i, (code, control, _)) in codes.iter().enumerate() {
+                assert_eq!(code, "AA", "connection {conn} message {i}");
+                assert_eq!(control, &format!("C{conn}-{i}"));
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let encounters = gw.search_all("Encounter?_count=1000").await;
+    assert_eq!(encounters.len(), 1600);
+    let mut visits: Vec<String> = encounters
+        .iter()
+        .map(|e| e["identifier"][0]["value"].as_str().unwrap().to_string())
+        .collect();
+    visits.sort();
+    visits.dedup();
+    assert_eq!(visits.len(), 1600);
+    assert_eq!(gw.search_all("Patient?_count=1000").await.len(), 1600);
+    gw.stop().await;
+}
+
+/// `POST /ingest/hl7v2`: two messages in one body, two ACKs in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_ingest_answers_one_ack_per_message() {
+    let gw = start().await;
+    let nhs = nhs_number(900);
+    let body = format!(
+        "{}\n{}",
+        adt(
+            "A01",
+            "H1",
+            "202607141018",
+            &format!("{nhs}^^^NHS^NH"),
+            Some(&pv1("I", "HV1", "202607141015", ""))
+        ),
+        adt(
+            "A01",
+            "H2",
+            "202607141018",
+            "",
+            Some(&pv1("I", "HV2", "202607141015", ""))
+        )
+    );
+    let reply = gw
+        .send(
+            gw.client
+                .post(format!("{}/ingest/hl7v2", gw.root))
+                .header("content-type", "x-application/hl7-v2+er7")
+                .body(body),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    let acks: Vec<&str> = reply.text.split('\n').filter(|s| !s.is_empty()).collect();
+    assert_eq!(acks.len(), 2, "{}", reply.text);
+    assert_eq!(ack_code(acks[0].as_bytes()).0, "AA");
+    let (code, control, err) = ack_code(acks[1].as_bytes());
+    assert_eq!(
+        (code.as_str(), control.as_str(), err.as_str()),
+        ("AE", "H2", "PID^1^3")
+    );
+    assert_eq!(encounter(&gw, "HV1").await["status"], "in-progress");
+
+    let wrong = gw
+        .send(
+            gw.client
+                .post(format!("{}/ingest/hl7v2", gw.root))
+                .header("content-type", "application/json")
+                .body("{}"),
+        )
+        .await;
+    assert_eq!(wrong.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    gw.stop().await;
+}
+
+async fn read_acks(stream: &mut tokio::net::TcpStream, n: usize) -> Vec<Vec<u8>> {
+    let mut framer = pathway_gateway::hl7v2::Framer::new(1 << 20);
+    let mut acks = Vec::new();
+    let mut buf = [0u8; 4096];
+    while acks.len() < n {
+        let read = tokio::time::timeout(TIMEOUT, stream.read(&mut buf))
+            .await
+            .expect("ACK in time")
+            .unwrap();
+        assert!(read > 0, "connection closed before {n} ACKs");
+        for frame in framer.push(&buf[..read]) {
+            if let pathway_gateway::hl7v2::Frame::Message(m) = frame {
+                acks.push(m);
+            }
+        }
+    }
+    acks
+}
