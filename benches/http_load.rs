@@ -26,7 +26,7 @@ use serde_json::{Value, json};
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
-use support::{nhs_number, spawn_gateway};
+use support::{nhs_number, rss_kib, spawn_gateway};
 
 const SEEDED: usize = 10_000;
 
@@ -452,18 +452,4 @@ fn millis(text: &str) -> f64 {
         (text, f64::NAN)
     };
     number.parse::<f64>().map_or(f64::NAN, |n| n * factor)
-}
-
-/// (VmHWM, VmRSS) of a process, in KiB.
-fn rss_kib(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmHWM:"), field("VmRSS:"))
 }

@@ -11,7 +11,9 @@
 //! - [`api`]: the HTTP interface: FHIR REST under `/fhir`, health probes.
 //! - [`fhir`]: FHIR as carried: resource types, lossless stored JSON, search
 //!   parameters, dates, OperationOutcome.
-//! - [`hl7v2`]: HL7 v2 ER7 messages, escapes, MLLP framing and ACKs.
+//! - [`hl7v2`]: the HL7 v2 ADT feed: ER7, datatypes, mapping, event order,
+//!   MLLP listener and client.
+//! - [`replay`]: sends a folder of inputs to a running gateway.
 //! - [`gp`]: GP risk lists (EMIS Web, SystmOne CSV) into patients and referrals.
 //! - [`validate`]: FHIR R4 base validation and local profiles (`profiles/`).
 //! - [`fhirpath`]: a FHIRPath evaluator over FHIR JSON, for invariants and rules.
@@ -26,6 +28,7 @@ pub mod fhir;
 pub mod fhirpath;
 pub mod gp;
 pub mod hl7v2;
+pub mod replay;
 pub mod server;
 pub mod store;
 pub mod validate;

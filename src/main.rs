@@ -65,6 +65,19 @@ enum Command {
         #[arg(value_name = "FILE")]
         file: PathBuf,
     },
+    /// Sends a folder of inputs to a running gateway: `.hl7` over MLLP
+    /// (mllp://host:port) or HTTP, `.csv` risk lists and FHIR `.json` /
+    /// `.ndjson` over HTTP; exit 1 unless every one was accepted.
+    Replay {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+        /// mllp://host:port or http://host:port.
+        #[arg(long, value_name = "URL")]
+        to: String,
+        /// ODS code of the practice, for `.csv` risk lists.
+        #[arg(long, value_name = "ODS")]
+        practice: Option<String>,
+    },
     /// Lints a profiles directory (default ./profiles): unknown paths,
     /// unresolvable bindings and extensions, unsupported rules.
     CheckProfiles {
@@ -83,6 +96,7 @@ fn main() -> std::process::ExitCode {
             files,
         } => validate(profiles.as_deref(), &profile, json, &files),
         Command::CheckProfiles { dir } => check_profiles(&dir),
+        Command::Replay { dir, to, practice } => replay(&dir, &to, practice.as_deref()),
         Command::Map {
             from,
             practice,
@@ -229,6 +243,45 @@ fn map_hl7v2(config: &Config, file: &std::path::Path) -> std::process::ExitCode 
         std::process::ExitCode::SUCCESS
     } else {
         std::process::ExitCode::FAILURE
+    }
+}
+
+fn replay(dir: &std::path::Path, to: &str, practice: Option<&str>) -> std::process::ExitCode {
+    use pathway_gateway::replay::{Target, replay};
+    let target = match Target::parse(to) {
+        Ok(t) => t,
+        Err(err) => {
+            eprintln!("pathway-gateway replay: --to {err}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(err) => {
+            eprintln!("pathway-gateway replay: {err}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(replay(dir, &target, practice)) {
+        Ok(sent) => {
+            for s in &sent {
+                println!("{}\t{}\t{}", s.file.display(), s.item, s.outcome);
+            }
+            let accepted = sent.iter().filter(|s| s.ok).count();
+            println!("{accepted} of {} accepted", sent.len());
+            if accepted == sent.len() && !sent.is_empty() {
+                std::process::ExitCode::SUCCESS
+            } else {
+                std::process::ExitCode::FAILURE
+            }
+        }
+        Err(err) => {
+            eprintln!("pathway-gateway replay: {err}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }
 

@@ -444,3 +444,44 @@ async fn read_acks(stream: &mut tokio::net::TcpStream, n: usize) -> Vec<Vec<u8>>
     }
     acks
 }
+
+/// `replay DIR --to URL` (the library function behind it): the golden
+/// folder over MLLP, then again over HTTP, where every message is a repeat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_sends_the_fixture_folder_over_mllp_then_http() {
+    use pathway_gateway::replay::{Target, replay};
+    let gw = start().await;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/hl7v2");
+    let codes = |sent: &[pathway_gateway::replay::Sent]| {
+        let mut by_file: Vec<(String, String)> = sent
+            .iter()
+            .map(|s| {
+                let name = s.file.file_name().unwrap().to_string_lossy().to_string();
+                (name, s.outcome.clone())
+            })
+            .collect();
+        by_file.sort();
+        by_file
+    };
+    let over_mllp = replay(&dir, &Target::Mllp(gw.mllp.to_string()), None)
+        .await
+        .unwrap();
+    let refused: Vec<(String, String)> = codes(&over_mllp)
+        .into_iter()
+        .filter(|(_, code)| code != "AA")
+        .collect();
+    assert_eq!(
+        refused,
+        [
+            ("impossible-date.hl7".to_string(), "AE".to_string()),
+            ("invalid-nhs-number.hl7".to_string(), "AE".to_string()),
+            ("unsupported-oru.hl7".to_string(), "AR".to_string()),
+        ]
+    );
+    assert!(over_mllp.len() >= 25, "{over_mllp:?}");
+    let over_http = replay(&dir, &Target::Http(gw.root.clone()), None)
+        .await
+        .unwrap();
+    assert_eq!(codes(&over_http), codes(&over_mllp));
+    gw.stop().await;
+}

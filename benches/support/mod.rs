@@ -1,6 +1,9 @@
 //! What the benches that drive the real binary share: starting it on a
 //! fresh store, and the NHS numbers they load it with.
 
+// Each bench uses only part of this module.
+#![allow(dead_code)]
+
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -9,6 +12,12 @@ use std::process::{Child, Command, Stdio};
 /// Starts `pathway-gateway serve` on a free loopback port with its store in
 /// `data`; returns the process and its base URL.
 pub fn spawn_gateway(data: &Path) -> (Child, String) {
+    let (child, base, _) = spawn_gateway_mllp(data);
+    (child, base)
+}
+
+/// As [`spawn_gateway`], also returning the MLLP listener's address.
+pub fn spawn_gateway_mllp(data: &Path) -> (Child, String, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_pathway-gateway"))
         .arg("serve")
         .env("PATHWAY_HTTP__LISTEN", "127.0.0.1:0")
@@ -20,15 +29,16 @@ pub fn spawn_gateway(data: &Path) -> (Child, String) {
         .spawn()
         .expect("gateway binary starts");
     let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let addr = loop {
+    let (addr, mllp) = loop {
         let line = lines.next().expect("gateway log").expect("log line");
         let log: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
         if let Some(addr) = log["fields"]["addr"].as_str() {
-            break addr.to_string();
+            let mllp = log["fields"]["mllp"].as_str().unwrap_or_default();
+            break (addr.to_string(), mllp.to_string());
         }
     };
     std::thread::spawn(move || for _ in lines {});
-    (child, format!("http://{addr}"))
+    (child, format!("http://{addr}"), mllp)
 }
 
 /// The seeded patient `i`'s NHS number: stem 900000000 + 2i, or the next
@@ -49,4 +59,34 @@ pub fn nhs_number(i: usize) -> String {
         }
     }
     unreachable!("one of two consecutive stems has a valid check digit")
+}
+
+/// (VmHWM, VmRSS) of a process, in KiB.
+pub fn rss_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmHWM:"), field("VmRSS:"))
+}
+
+/// CPU time (user + system) a process has used so far, in seconds.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of stat, 12 and 13 after the name.
+    (ticks(11) + ticks(12)) / 100.0
 }

@@ -375,6 +375,13 @@ pub fn dtm(raw: &str, location: &str) -> Result<Option<Instant>, DataError> {
     }
 }
 
+/// Europe/London from the bundled tzdb, looked up once (a lookup costs
+/// more than the conversion itself).
+pub fn london_zone() -> Option<TimeZone> {
+    static ZONE: std::sync::OnceLock<Option<TimeZone>> = std::sync::OnceLock::new();
+    ZONE.get_or_init(|| TimeZone::get(LOCAL_ZONE).ok()).clone()
+}
+
 /// Resolves a UK local time in Europe/London (jiff's bundled IANA tzdb).
 ///
 /// - Ordinary times get the offset then in force.
@@ -391,8 +398,8 @@ pub fn dtm(raw: &str, location: &str) -> Result<Option<Instant>, DataError> {
 /// whole HL7 year range (0001-9999) works. Transitions fall on whole
 /// seconds, so the sent fraction is appended unchanged.
 fn london(civil: DateTime, fraction: &str) -> Result<Instant, String> {
-    let tz = TimeZone::get(LOCAL_ZONE)
-        .map_err(|e| format!("cannot be converted: time zone {LOCAL_ZONE} is unavailable ({e})"))?;
+    let tz = london_zone()
+        .ok_or_else(|| format!("cannot be converted: time zone {LOCAL_ZONE} is unavailable"))?;
     let (local, offset, note) = match tz.to_ambiguous_timestamp(civil).offset() {
         AmbiguousOffset::Unambiguous { offset } => (civil, offset, None),
         AmbiguousOffset::Fold { before, .. } => {

@@ -654,8 +654,8 @@ fn ack_error(errors: &[DataError]) -> AckError {
     }
 }
 
-pub fn london() -> jiff::tz::TimeZone {
-    jiff::tz::TimeZone::get("Europe/London").unwrap_or(jiff::tz::TimeZone::UTC)
+fn london() -> jiff::tz::TimeZone {
+    super::datatypes::london_zone().unwrap_or(jiff::tz::TimeZone::UTC)
 }
 
 fn nhs_number_of(patient: &Value) -> Option<String> {

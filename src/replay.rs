@@ -1,0 +1,197 @@
+//! `pathway-gateway replay DIR --to URL`: sends a folder of test inputs to a
+//! running gateway, file by file in name order, the way their senders would.
+//!
+//! - `.hl7`: each message over MLLP (`mllp://host:port`), waiting for its
+//!   ACK, or in one `POST /ingest/hl7v2` per file (`http://host:port`);
+//! - `.csv`: `POST /ingest/gp-risk-list?practice=…` (HTTP only; needs
+//!   `--practice`);
+//! - `.json`, `.ndjson`: FHIR resources, a Bundle to `POST /fhir`, anything
+//!   else to `POST /fhir/{resourceType}` (HTTP only).
+//!
+//! Golden expectations (`*.expected.json`) and other files are skipped.
+
+use crate::api::ingest::split_messages;
+use crate::hl7v2::client::MllpClient;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Where to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// `host:port` of an MLLP listener.
+    Mllp(String),
+    /// Base URL of the HTTP API (no trailing slash).
+    Http(String),
+}
+
+impl Target {
+    pub fn parse(url: &str) -> Result<Target, String> {
+        if let Some(addr) = url.strip_prefix("mllp://") {
+            return Ok(Target::Mllp(addr.trim_end_matches('/').to_string()));
+        }
+        if url.starts_with("http://") || url.starts_with("https://") {
+            return Ok(Target::Http(url.trim_end_matches('/').to_string()));
+        }
+        Err(format!(
+            "{url:?} is neither mllp://host:port nor http://host:port"
+        ))
+    }
+}
+
+/// One thing sent and what came back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sent {
+    pub file: PathBuf,
+    /// MSH-10, or the resource type, or the practice.
+    pub item: String,
+    /// The ACK code (`AA`, `AE`, `AR`) or the HTTP status.
+    pub outcome: String,
+    pub ok: bool,
+}
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Sends every input file of `dir`; a transport failure stops the replay.
+pub async fn replay(
+    dir: &Path,
+    target: &Target,
+    practice: Option<&str>,
+) -> Result<Vec<Sent>, String> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|err| format!("cannot read {}: {err}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && !p.to_string_lossy().ends_with(".expected.json"))
+        .collect();
+    files.sort();
+    let http = reqwest::Client::new();
+    let mut mllp: Option<MllpClient> = None;
+    let mut sent = Vec::new();
+    for file in files {
+        let ext = file.extension().and_then(|e| e.to_str()).unwrap_or("");
+        let bytes =
+            std::fs::read(&file).map_err(|err| format!("cannot read {}: {err}", file.display()))?;
+        match (ext, target) {
+            ("hl7", Target::Mllp(addr)) => {
+                if mllp.is_none() {
+                    mllp = Some(
+                        MllpClient::connect(addr.as_str(), TIMEOUT)
+                            .await
+                            .map_err(|err| format!("cannot connect to {addr}: {err}"))?,
+                    );
+                }
+                let Some(client) = mllp.as_mut() else {
+                    continue;
+                };
+                for message in split_messages(&bytes) {
+                    // ER7 segments end with `\r` on the wire.
+                    let wire: Vec<u8> = String::from_utf8_lossy(message)
+                        .replace("\r\n", "\r")
+                        .replace('\n', "\r")
+                        .into_bytes();
+                    let ack = client
+                        .send(&wire)
+                        .await
+                        .map_err(|err| format!("{}: no ACK: {err}", file.display()))?;
+                    sent.push(from_ack(&file, &ack));
+                }
+            }
+            ("hl7", Target::Http(base)) => {
+                let reply = post(
+                    &http,
+                    &format!("{base}/ingest/hl7v2"),
+                    "x-application/hl7-v2+er7",
+                    bytes,
+                )
+                .await?;
+                for ack in reply.1.split('\n').filter(|a| a.starts_with("MSH")) {
+                    sent.push(from_ack(&file, ack.as_bytes()));
+                }
+            }
+            ("csv", Target::Http(base)) => {
+                let practice = practice
+                    .ok_or_else(|| format!("{}: a CSV needs --practice ODS", file.display()))?;
+                let url = format!("{base}/ingest/gp-risk-list?practice={practice}");
+                let (status, _) = post(&http, &url, "text/csv", bytes).await?;
+                sent.push(status_of(&file, practice, status));
+            }
+            ("json" | "ndjson", Target::Http(base)) => {
+                let text = String::from_utf8_lossy(&bytes);
+                let resources: Vec<&str> = if ext == "ndjson" {
+                    text.lines().filter(|l| !l.trim().is_empty()).collect()
+                } else {
+                    vec![&text]
+                };
+                for resource in resources {
+                    let ty = serde_json::from_str::<serde_json::Value>(resource)
+                        .ok()
+                        .and_then(|v| v["resourceType"].as_str().map(str::to_string))
+                        .unwrap_or_default();
+                    let url = match ty.as_str() {
+                        "Bundle" => format!("{base}/fhir"),
+                        _ => format!("{base}/fhir/{ty}"),
+                    };
+                    let (status, _) = post(
+                        &http,
+                        &url,
+                        "application/fhir+json",
+                        resource.as_bytes().to_vec(),
+                    )
+                    .await?;
+                    sent.push(status_of(&file, &ty, status));
+                }
+            }
+            ("csv" | "json" | "ndjson", Target::Mllp(_)) => {
+                return Err(format!(
+                    "{}: only .hl7 files go over MLLP; use an http:// URL",
+                    file.display()
+                ));
+            }
+            _ => {}
+        }
+    }
+    Ok(sent)
+}
+
+async fn post(
+    http: &reqwest::Client,
+    url: &str,
+    content_type: &str,
+    body: Vec<u8>,
+) -> Result<(u16, String), String> {
+    let response = http
+        .post(url)
+        .header("content-type", content_type)
+        .timeout(TIMEOUT)
+        .body(body)
+        .send()
+        .await
+        .map_err(|err| format!("POST {url}: {err}"))?;
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap_or_default();
+    Ok((status, text))
+}
+
+fn from_ack(file: &Path, ack: &[u8]) -> Sent {
+    let text = String::from_utf8_lossy(ack);
+    let msa: Vec<&str> = text
+        .split('\r')
+        .find(|s| s.starts_with("MSA"))
+        .map(|s| s.split('|').collect())
+        .unwrap_or_default();
+    let code = msa.get(1).copied().unwrap_or("?").to_string();
+    Sent {
+        file: file.to_path_buf(),
+        item: msa.get(2).copied().unwrap_or("").to_string(),
+        ok: code == "AA",
+        outcome: code,
+    }
+}
+
+fn status_of(file: &Path, item: &str, status: u16) -> Sent {
+    Sent {
+        file: file.to_path_buf(),
+        item: item.to_string(),
+        outcome: status.to_string(),
+        ok: (200..300).contains(&status),
+    }
+}
