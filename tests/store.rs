@@ -109,3 +109,80 @@ async fn journal_keeps_payloads_and_recognises_repeats() {
     // Closed means closed: no write is accepted and silently dropped.
     assert!(store.write(create(&nhs_number(0))).await.is_err());
 }
+
+/// An update writes only the index rows that changed: what it drops is no
+/// longer found, what it adds is, and what it keeps still is.
+#[tokio::test]
+async fn updates_keep_the_search_index_exact() {
+    use pathway_gateway::fhir::search::parse_search;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 64);
+    let encounter = |ids: &[&str], status: &str, start: &str| {
+        let ids: Vec<String> = ids
+            .iter()
+            .map(|v| format!(r#"{{"system":"urn:test","value":"{v}"}}"#))
+            .collect();
+        format!(
+            r#"{{"resourceType":"Encounter","identifier":[{}],"status":"{status}","class":{{"system":"http://terminology.hl7.org/CodeSystem/v3-ActCode","code":"EMER"}},"subject":{{"reference":"Patient/p1"}},"period":{{"start":"{start}"}}}}"#,
+            ids.join(",")
+        )
+    };
+    let write = |body: String, update: Option<(String, i64)>| {
+        let resource =
+            prepare(body.as_bytes(), Some(ResourceType::Encounter), validator()).unwrap();
+        let mutation = match update {
+            None => Mutation::Create {
+                resource,
+                id: "e1".to_string(),
+                if_none_exist: None,
+                full_url: None,
+            },
+            Some((id, version)) => Mutation::Update {
+                resource,
+                id,
+                if_match: Some(version),
+                full_url: None,
+            },
+        };
+        WriteRequest {
+            mutations: vec![mutation],
+            atomic: true,
+        }
+    };
+    let ids = |pairs: &[(&str, &str)]| {
+        let pairs: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        parse_search(ResourceType::Encounter, &pairs, true)
+            .unwrap()
+            .0
+    };
+    let found = async |store: &SqliteStore, pairs: &[(&str, &str)]| {
+        store.search(&ids(pairs)).await.unwrap().total
+    };
+    store
+        .write(write(
+            encounter(&["A", "B"], "in-progress", "2026-07-14T10:15:00+01:00"),
+            None,
+        ))
+        .await
+        .unwrap();
+    store
+        .write(write(
+            encounter(&["B", "C"], "finished", "2026-07-15T10:15:00+01:00"),
+            Some(("e1".to_string(), 1)),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(found(&store, &[("identifier", "A")]).await, 0);
+    assert_eq!(found(&store, &[("identifier", "B")]).await, 1);
+    assert_eq!(found(&store, &[("identifier", "C")]).await, 1);
+    assert_eq!(found(&store, &[("status", "in-progress")]).await, 0);
+    assert_eq!(found(&store, &[("status", "finished")]).await, 1);
+    // The period is open (no end): the old start would match `lt`.
+    assert_eq!(found(&store, &[("date", "lt2026-07-15")]).await, 0);
+    assert_eq!(found(&store, &[("date", "ge2026-07-15")]).await, 1);
+    assert_eq!(found(&store, &[("subject", "Patient/p1")]).await, 1);
+    store.close().await;
+}

@@ -361,24 +361,32 @@ impl Feed {
         let mut mutations = Vec::new();
 
         // Who: the record with the NHS number, else one with a hospital number.
-        let by_nhs = match &facts.nhs_number {
-            Some(n) => {
-                let found = find(
-                    store,
-                    ResourceType::Patient,
-                    &[(NHS_NUMBER_SYSTEM.into(), n.clone())],
-                )
-                .await?;
-                survivors(store, found).await?
-            }
-            None => Vec::new(),
-        };
-        let locals: Vec<(String, String)> = facts
-            .keys()
-            .into_iter()
+        let keys = facts.keys();
+        let nhs_key = facts
+            .nhs_number
+            .as_ref()
+            .map(|n| (NHS_NUMBER_SYSTEM.to_string(), n.clone()));
+        let locals: Vec<(String, String)> = keys
+            .iter()
             .filter(|(system, _)| system != NHS_NUMBER_SYSTEM)
+            .cloned()
             .collect();
-        let by_local = survivors(store, find(store, ResourceType::Patient, &locals).await?).await?;
+        let (with_nhs, without): (Vec<Stored>, Vec<Stored>) = store
+            .by_identifier(ResourceType::Patient, &keys)
+            .await?
+            .into_iter()
+            .partition(|s| {
+                nhs_key.as_ref().is_some_and(|(system, value)| {
+                    serde_json::from_str::<Value>(&s.body).is_ok_and(|v| {
+                        adt::identifier_keys(v["identifier"].as_array().map_or(&[][..], |a| a))
+                            .iter()
+                            .any(|(sys, val)| sys == system && val == value)
+                    })
+                })
+            });
+        let by_nhs = survivors(store, with_nhs).await?;
+        let mut by_local = survivors(store, without).await?;
+        by_local.retain(|(s, _)| !by_nhs.iter().any(|(n, _)| n.id == s.id));
         if by_nhs.len() > 1 {
             return Ok(Err(vec![DataError {
                 location: "PID-3".into(),
@@ -437,16 +445,10 @@ impl Feed {
         }
         // A40: the records named in MRG-1 are merged into this one.
         if !adt.prior.is_empty() {
-            let prior = survivors(
-                store,
-                find(
-                    store,
-                    ResourceType::Patient,
-                    &adt::identifier_keys(&adt.prior),
-                )
-                .await?,
-            )
-            .await?;
+            let prior = store
+                .by_identifier(ResourceType::Patient, &adt::identifier_keys(&adt.prior))
+                .await?;
+            let prior = survivors(store, prior).await?;
             for found in prior {
                 let same = target.as_ref().is_some_and(|(t, _)| t.id == found.0.id);
                 if !same && !absorbed.iter().any(|(a, _)| a.id == found.0.id) {
@@ -517,7 +519,7 @@ impl Feed {
         let mut moved_ids = Vec::new();
         if let Some(visit) = &adt.visit {
             let key = adt::identifier_keys(std::slice::from_ref(&visit.identifier));
-            let found = find(store, ResourceType::Encounter, &key).await?;
+            let found = store.by_identifier(ResourceType::Encounter, &key).await?;
             if found.len() > 1 {
                 return Ok(Err(vec![DataError {
                     location: "PV1-19".into(),
@@ -689,23 +691,6 @@ fn escape_token(value: &str) -> String {
         out.push(c);
     }
     out
-}
-
-/// Resources of `ty` with any of these identifiers.
-async fn find(
-    store: &dyn Store,
-    ty: ResourceType,
-    keys: &[(String, String)],
-) -> Result<Vec<Stored>, StoreError> {
-    if keys.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut found = Vec::new();
-    for chunk in keys.chunks(100) {
-        let page = store.search(&identifier_query(ty, chunk)).await?;
-        found.extend(page.resources);
-    }
-    Ok(found)
 }
 
 /// The records found, each replaced by the one it was merged into (if

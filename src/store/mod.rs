@@ -260,6 +260,14 @@ pub trait Store: Send + Sync + 'static {
     /// Every version, newest first; empty if the resource does not exist.
     async fn history(&self, ty: ResourceType, id: &str) -> Result<Vec<Stored>, StoreError>;
     async fn search(&self, query: &SearchQuery) -> Result<SearchPage, StoreError>;
+    /// Current resources of `ty` with any of these identifiers `(system,
+    /// value)`, each once: point lookups for the feeds, without the paging
+    /// and counting of a search.
+    async fn by_identifier(
+        &self,
+        ty: ResourceType,
+        keys: &[(String, String)],
+    ) -> Result<Vec<Stored>, StoreError>;
     async fn write(&self, request: WriteRequest) -> Result<WriteOutcome, StoreError>;
     /// Records a raw inbound payload durably.
     async fn journal(&self, entry: JournalEntry) -> Result<JournalReceipt, StoreError>;

@@ -210,6 +210,41 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn by_identifier(
+        &self,
+        ty: ResourceType,
+        keys: &[(String, String)],
+    ) -> Result<Vec<Stored>, StoreError> {
+        self.read_inline(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT c.id, v.version, v.last_updated, v.body FROM idx_token t \
+                 CROSS JOIN current c ON c.type=t.type AND c.id=t.id \
+                 CROSS JOIN versions v ON v.type=c.type AND v.id=c.id AND v.version=c.version \
+                 WHERE t.type=?1 AND t.param='identifier' AND t.value=?2 AND t.system=?3",
+            )?;
+            let mut found: Vec<Stored> = Vec::new();
+            for (system, value) in keys {
+                let rows = stmt.query_map(params![ty.as_str(), value, system], |row| {
+                    Ok(Stored {
+                        resource_type: ty,
+                        id: row.get(0)?,
+                        version: row.get(1)?,
+                        last_updated_ms: row.get(2)?,
+                        body: row.get(3)?,
+                    })
+                })?;
+                for row in rows {
+                    let row = row?;
+                    if !found.iter().any(|f| f.id == row.id) {
+                        found.push(row);
+                    }
+                }
+            }
+            Ok(found)
+        })
+        .await
+    }
+
     async fn write(&self, request: WriteRequest) -> Result<WriteOutcome, StoreError> {
         self.submit(|tx| Job::Write(request, tx)).await
     }

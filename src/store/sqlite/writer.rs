@@ -424,14 +424,7 @@ impl Writer {
                  ON CONFLICT(type, id) DO UPDATE SET version=excluded.version, last_updated=excluded.last_updated",
             )?
             .execute(params![ty.as_str(), id, version, now])?;
-        if current.is_some() {
-            for table in ["idx_token", "idx_ref", "idx_date"] {
-                self.conn
-                    .prepare_cached(&format!("DELETE FROM {table} WHERE type=?1 AND id=?2"))?
-                    .execute(params![ty.as_str(), id])?;
-            }
-        }
-        self.index(resource, &id, map)?;
+        self.index(resource, &id, map, current.is_some())?;
         Ok(Ok(Written {
             change: if current.is_some() {
                 Change::Updated
@@ -448,22 +441,25 @@ impl Writer {
         }))
     }
 
+    /// Writes the resource's index rows. On an update only the rows that
+    /// differ from the stored ones are deleted and inserted: most updates
+    /// (an A08, a status change) keep most rows, and every row written
+    /// dirties pages of its table and two indexes that the commit must write.
     fn index(
         &mut self,
         resource: &Prepared,
         id: &str,
         map: &HashMap<String, String>,
+        update: bool,
     ) -> Result<(), StoreError> {
         let ty = resource.resource_type.as_str();
-        let mut token = self.conn.prepare_cached(
-            "INSERT OR IGNORE INTO idx_token(type, param, value, system, id) VALUES (?1, ?2, ?3, ?4, ?5)",
-        )?;
-        for t in &resource.index.tokens {
-            token.execute(params![ty, t.param, t.value, t.system, id])?;
-        }
-        let mut reference = self.conn.prepare_cached(
-            "INSERT OR IGNORE INTO idx_ref(type, param, target_id, target_type, id) VALUES (?1, ?2, ?3, ?4, ?5)",
-        )?;
+        let tokens: Vec<(&str, &str, &str)> = resource
+            .index
+            .tokens
+            .iter()
+            .map(|t| (t.param, t.value.as_str(), t.system.as_str()))
+            .collect();
+        let mut references: Vec<(&str, &str, &str)> = Vec::new();
         for r in &resource.index.references {
             let resolved = map.get(&r.reference).unwrap_or(&r.reference);
             let Some((target_type, target_id)) = reference_target(resolved) else {
@@ -472,13 +468,112 @@ impl Writer {
             if r.target.is_some_and(|only| only.as_str() != target_type) {
                 continue;
             }
-            reference.execute(params![ty, r.param, target_id, target_type, id])?;
+            references.push((r.param, target_id, target_type));
         }
-        let mut date = self.conn.prepare_cached(
+        let dates: Vec<(&str, i64, i64)> = resource
+            .index
+            .dates
+            .iter()
+            .map(|d| (d.param, d.range.start, d.range.end))
+            .collect();
+
+        let (mut old_tokens, mut old_refs, mut old_dates) = (Vec::new(), Vec::new(), Vec::new());
+        if update {
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT param, value, system FROM idx_token WHERE type=?1 AND id=?2",
+            )?;
+            for row in stmt.query_map(params![ty, id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))? {
+                old_tokens.push(row?);
+            }
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT param, target_id, target_type FROM idx_ref WHERE type=?1 AND id=?2",
+            )?;
+            for row in stmt.query_map(params![ty, id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))? {
+                old_refs.push(row?);
+            }
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT rowid, param, lo, hi FROM idx_date WHERE type=?1 AND id=?2",
+            )?;
+            for row in stmt.query_map(params![ty, id], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(3)?,
+                ))
+            })? {
+                old_dates.push(row?);
+            }
+        }
+        let old_tokens: Vec<(String, String, String)> = old_tokens;
+        let old_refs: Vec<(String, String, String)> = old_refs;
+
+        let mut delete = self.conn.prepare_cached(
+            "DELETE FROM idx_token WHERE type=?1 AND param=?2 AND value=?3 AND system=?4 AND id=?5",
+        )?;
+        for (param, value, system) in &old_tokens {
+            if !tokens.contains(&(param.as_str(), value.as_str(), system.as_str())) {
+                delete.execute(params![ty, param, value, system, id])?;
+            }
+        }
+        let mut insert = self.conn.prepare_cached(
+            "INSERT OR IGNORE INTO idx_token(type, param, value, system, id) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?;
+        for t in &tokens {
+            if !old_tokens
+                .iter()
+                .any(|(p, v, s)| (p.as_str(), v.as_str(), s.as_str()) == *t)
+            {
+                insert.execute(params![ty, t.0, t.1, t.2, id])?;
+            }
+        }
+
+        let mut delete = self.conn.prepare_cached(
+            "DELETE FROM idx_ref WHERE type=?1 AND param=?2 AND target_id=?3 AND target_type=?4 AND id=?5",
+        )?;
+        for (param, target_id, target_type) in &old_refs {
+            if !references.contains(&(param.as_str(), target_id.as_str(), target_type.as_str())) {
+                delete.execute(params![ty, param, target_id, target_type, id])?;
+            }
+        }
+        let mut insert = self.conn.prepare_cached(
+            "INSERT OR IGNORE INTO idx_ref(type, param, target_id, target_type, id) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?;
+        for r in &references {
+            if !old_refs
+                .iter()
+                .any(|(p, i, t)| (p.as_str(), i.as_str(), t.as_str()) == *r)
+            {
+                insert.execute(params![ty, r.0, r.1, r.2, id])?;
+            }
+        }
+
+        // Dates may repeat (no key): keep one stored row per wanted range.
+        let mut kept = vec![false; old_dates.len()];
+        let mut wanted = Vec::new();
+        for d in &dates {
+            match old_dates
+                .iter()
+                .enumerate()
+                .find(|(i, (_, p, lo, hi))| !kept[*i] && (p.as_str(), *lo, *hi) == *d)
+            {
+                Some((i, _)) => kept[i] = true,
+                None => wanted.push(*d),
+            }
+        }
+        let mut delete = self
+            .conn
+            .prepare_cached("DELETE FROM idx_date WHERE rowid=?1")?;
+        for (i, (rowid, ..)) in old_dates.iter().enumerate() {
+            if !kept[i] {
+                delete.execute(params![rowid])?;
+            }
+        }
+        let mut insert = self.conn.prepare_cached(
             "INSERT INTO idx_date(type, param, lo, hi, id) VALUES (?1, ?2, ?3, ?4, ?5)",
         )?;
-        for d in &resource.index.dates {
-            date.execute(params![ty, d.param, d.range.start, d.range.end, id])?;
+        for (param, lo, hi) in wanted {
+            insert.execute(params![ty, param, lo, hi, id])?;
         }
         Ok(())
     }
