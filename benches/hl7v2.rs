@@ -138,11 +138,11 @@ fn in_process() {
         let Ok(adt) = read(&message, &cx) else {
             return 0;
         };
-        let patient = patient_after(None, &adt);
+        let patient = patient_after(None, None, &adt);
         let encounter = adt
             .visit
             .as_ref()
-            .map(|v| encounter_after(None, &adt, v, "Patient/x"));
+            .map(|v| encounter_after(None, None, &adt, v, "Patient/x"));
         patient.as_object().map_or(0, |o| o.len()) + usize::from(encounter.is_some())
     });
     println!(

@@ -56,6 +56,8 @@ struct Record {
     key: (String, String),
     full_url: String,
     resource: Value,
+    /// The latest event applied (ms since the epoch).
+    clock: i64,
 }
 
 /// Maps every message of `text` (segments by `\r`, `\n` or `\r\n`;
@@ -146,7 +148,8 @@ fn apply(
             })
         });
     let current = at.map(|i| &patients[i].resource);
-    let patient = patient_after(current, adt);
+    let clock = at.map(|i| patients[i].clock);
+    let patient = patient_after(current, clock, adt);
     let key = keys.first().cloned().unwrap_or_default();
     let full_url = at.map_or_else(|| urn(&key), |i| patients[i].full_url.clone());
     let mut errors = issues(validator, &patient);
@@ -158,7 +161,8 @@ fn apply(
             .unwrap_or_default();
         let found = encounters.iter().position(|r| r.key == visit_key);
         let current = found.map(|i| &encounters[i].resource);
-        let e = encounter_after(current, adt, visit, &full_url);
+        let clock = found.map(|i| encounters[i].clock);
+        let e = encounter_after(current, clock, adt, visit, &full_url);
         errors.extend(issues(validator, &e));
         encounter = Some((found, visit_key, e));
     }
@@ -182,20 +186,28 @@ fn apply(
         }
     }
     match at {
-        Some(i) => patients[i].resource = patient,
+        Some(i) => {
+            patients[i].resource = patient;
+            patients[i].clock = patients[i].clock.max(adt.time_ms);
+        }
         None => patients.push(Record {
             key,
             full_url,
             resource: patient,
+            clock: adt.time_ms,
         }),
     }
     if let Some((found, key, e)) = encounter {
         match found {
-            Some(i) => encounters[i].resource = e,
+            Some(i) => {
+                encounters[i].resource = e;
+                encounters[i].clock = encounters[i].clock.max(adt.time_ms);
+            }
             None => encounters.push(Record {
                 full_url: urn(&key),
                 key,
                 resource: e,
+                clock: adt.time_ms,
             }),
         }
     }

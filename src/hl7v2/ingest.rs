@@ -30,8 +30,8 @@ use crate::fhir::search::{CURSOR_PARAM, SearchQuery, parse_search};
 use crate::fhir::{ResourceType, new_id};
 use crate::gp::read::utf8_or_windows_1252;
 use crate::store::{
-    Change, IngestOutcome, IngestRequest, JournalEntry, Mutation, MutationError, QuarantineEntry,
-    Store, StoreError, Stored, WriteOutcome, WriteRequest,
+    Change, EventClock, IngestOutcome, IngestRequest, JournalEntry, Mutation, MutationError,
+    QuarantineEntry, Store, StoreError, Stored, WriteOutcome, WriteRequest,
 };
 use crate::validate::Validator;
 use serde_json::{Value, json};
@@ -221,8 +221,8 @@ impl Feed {
         };
         let _guards = self.lock(&adt).await;
         for _ in 0..MAX_ATTEMPTS {
-            let mutations = match self.plan(&adt).await? {
-                Ok(mutations) => mutations,
+            let planned = match self.plan(&adt).await? {
+                Ok(planned) => planned,
                 Err(errors) => return self.quarantine(message, journal, source, errors).await,
             };
             let outcome = self
@@ -230,10 +230,11 @@ impl Feed {
                 .ingest(IngestRequest {
                     journal: journal.clone(),
                     write: Some(WriteRequest {
-                        mutations,
+                        mutations: planned.mutations,
                         atomic: true,
                     }),
                     quarantine: Vec::new(),
+                    clocks: planned.clocks,
                 })
                 .await?;
             match outcome {
@@ -321,6 +322,7 @@ impl Feed {
                 journal,
                 write: None,
                 quarantine: vec![entry],
+                clocks: Vec::new(),
             })
             .await?;
         Ok(match outcome {
@@ -355,7 +357,7 @@ impl Feed {
     }
 
     /// The writes that apply `adt` to what is stored now.
-    async fn plan(&self, adt: &Adt) -> Result<Result<Vec<Mutation>, Vec<DataError>>, StoreError> {
+    async fn plan(&self, adt: &Adt) -> Result<Result<Planned, Vec<DataError>>, StoreError> {
         let store = self.store.as_ref();
         let facts = &adt.patient;
         let mut mutations = Vec::new();
@@ -457,9 +459,21 @@ impl Feed {
             }
         }
 
-        let mut patient = patient_after(target.as_ref().map(|(_, v)| v), adt);
+        let patient_id = target
+            .as_ref()
+            .map_or_else(new_id, |(stored, _)| stored.id.clone());
+        let clock = match &target {
+            Some(_) => clock_of(store, ResourceType::Patient, &patient_id).await?,
+            None => None,
+        };
+        let mut clocks = vec![EventClock {
+            resource_type: ResourceType::Patient,
+            id: patient_id.clone(),
+            event_ms: adt.time_ms,
+        }];
+        let mut patient = patient_after(target.as_ref().map(|(_, v)| v), clock, adt);
         let patient_ref = match &target {
-            Some((stored, _)) => format!("Patient/{}", stored.id),
+            Some(_) => format!("Patient/{patient_id}"),
             None => format!("urn:uuid:{}", new_id()),
         };
         for (old, _) in &absorbed {
@@ -530,7 +544,18 @@ impl Feed {
             let current_value = current
                 .as_ref()
                 .and_then(|s| serde_json::from_str::<Value>(&s.body).ok());
-            let encounter = encounter_after(current_value.as_ref(), adt, visit, &patient_ref);
+            let encounter_id = current.as_ref().map_or_else(new_id, |s| s.id.clone());
+            let clock = match &current {
+                Some(_) => clock_of(store, ResourceType::Encounter, &encounter_id).await?,
+                None => None,
+            };
+            clocks.push(EventClock {
+                resource_type: ResourceType::Encounter,
+                id: encounter_id.clone(),
+                event_ms: adt.time_ms,
+            });
+            let encounter =
+                encounter_after(current_value.as_ref(), clock, adt, visit, &patient_ref);
             match &current {
                 Some(stored) => {
                     moved_ids.push(stored.id.clone());
@@ -549,7 +574,7 @@ impl Feed {
                 None => match self.prepared(&encounter.to_string(), ResourceType::Encounter) {
                     Ok(resource) => mutations.push(Mutation::Create {
                         resource,
-                        id: new_id(),
+                        id: encounter_id.clone(),
                         if_none_exist: Some(identifier_query(ResourceType::Encounter, &key)),
                         full_url: None,
                     }),
@@ -581,7 +606,7 @@ impl Feed {
                 }
             }
         }
-        Ok(Ok(mutations))
+        Ok(Ok(Planned { mutations, clocks }))
     }
 
     fn prepared(&self, text: &str, ty: ResourceType) -> Result<Prepared, Vec<DataError>> {
@@ -607,6 +632,26 @@ impl Feed {
                 .collect()
         })
     }
+}
+
+/// What applying a message takes: its writes, and the event clocks of the
+/// records it concerns.
+struct Planned {
+    mutations: Vec<Mutation>,
+    clocks: Vec<EventClock>,
+}
+
+async fn clock_of(
+    store: &dyn Store,
+    ty: ResourceType,
+    id: &str,
+) -> Result<Option<i64>, StoreError> {
+    Ok(store
+        .event_clocks(ty, &[id.to_string()])
+        .await?
+        .into_iter()
+        .next()
+        .flatten())
 }
 
 /// Where in the message a validation issue on `expression` came from.

@@ -11,8 +11,9 @@
 //! - `Encounter.location` entries are ordered by their start the same way
 //!   (A02 adds one, A12 removes the latest one before it).
 //! - Other members are replaced only by an event at least as recent as the
-//!   last one applied, recorded in the extension [`EVENT_TIME_URL`]; an
-//!   older event only fills members that are absent.
+//!   last one applied to the record (its event clock, kept by the store
+//!   beside the resource, not in it); an older event only fills members
+//!   that are absent.
 //!
 //! Members an event does not change keep their stored bytes ([`rewrite`]).
 
@@ -20,13 +21,9 @@ use super::adt::{Adt, Event, ODS_SYSTEM, Visit, is_ods};
 use crate::fhir::json::{encode_string, object_members};
 use serde_json::{Map, Value, json};
 
-/// The time of the latest source event applied to a resource (FHIR
-/// dateTime), so that an older event arriving late cannot overwrite it.
-pub const EVENT_TIME_URL: &str =
-    "https://fhir.onebromley.nhs.uk/StructureDefinition/Extension-OneBromley-SourceEventTime";
-
-/// The Patient after `adt`, from the stored one (or a new one).
-pub fn patient_after(current: Option<&Value>, adt: &Adt) -> Value {
+/// The Patient after `adt`, from the stored one (or a new one) whose last
+/// applied event was at `clock` (ms since the epoch).
+pub fn patient_after(current: Option<&Value>, clock: Option<i64>, adt: &Adt) -> Value {
     let mut p = match current {
         Some(Value::Object(o)) => o.clone(),
         _ => {
@@ -35,7 +32,7 @@ pub fn patient_after(current: Option<&Value>, adt: &Adt) -> Value {
             o
         }
     };
-    let newer = is_newer(&p, adt.time_ms);
+    let newer = is_newer(clock, adt.time_ms);
     let facts = &adt.patient;
 
     // Identifiers: every one the message brings is added; none removed.
@@ -84,7 +81,6 @@ pub fn patient_after(current: Option<&Value>, adt: &Adt) -> Value {
         &facts.general_practitioner,
         newer,
     );
-    stamp(&mut p, &adt.time, adt.time_ms);
     Value::Object(order(p, PATIENT_ORDER))
 }
 
@@ -134,8 +130,15 @@ pub fn moved(encounter: &Value, subject: &str) -> Value {
 }
 
 /// The Encounter after `adt` (which has a `visit`), from the stored one or
-/// a new one; `subject` is the patient's reference.
-pub fn encounter_after(current: Option<&Value>, adt: &Adt, visit: &Visit, subject: &str) -> Value {
+/// a new one, last changed by an event at `clock`; `subject` is the
+/// patient's reference.
+pub fn encounter_after(
+    current: Option<&Value>,
+    clock: Option<i64>,
+    adt: &Adt,
+    visit: &Visit,
+    subject: &str,
+) -> Value {
     let mut e = match current {
         Some(Value::Object(o)) => o.clone(),
         _ => {
@@ -144,7 +147,7 @@ pub fn encounter_after(current: Option<&Value>, adt: &Adt, visit: &Visit, subjec
             o
         }
     };
-    let newer = is_newer(&e, adt.time_ms);
+    let newer = is_newer(clock, adt.time_ms);
 
     let mut ids = e
         .get("identifier")
@@ -260,7 +263,6 @@ pub fn encounter_after(current: Option<&Value>, adt: &Adt, visit: &Visit, subjec
         };
         e.insert("serviceProvider".into(), provider);
     }
-    stamp(&mut e, &adt.time, adt.time_ms);
     Value::Object(order(e, ENCOUNTER_ORDER))
 }
 
@@ -360,35 +362,8 @@ fn start_ms(period: &Value) -> i64 {
 }
 
 /// Is an event at `time_ms` at least as recent as the last one applied?
-fn is_newer(resource: &Map<String, Value>, time_ms: i64) -> bool {
-    event_time(resource).is_none_or(|last| time_ms >= last)
-}
-
-fn event_time(resource: &Map<String, Value>) -> Option<i64> {
-    resource
-        .get("extension")?
-        .as_array()?
-        .iter()
-        .find(|x| x["url"] == EVENT_TIME_URL)?["valueDateTime"]
-        .as_str()?
-        .parse::<jiff::Timestamp>()
-        .ok()
-        .map(|t| t.as_millisecond())
-}
-
-/// Records the event time, if it is the latest.
-fn stamp(resource: &mut Map<String, Value>, time: &str, time_ms: i64) {
-    if event_time(resource).is_some_and(|last| last >= time_ms) {
-        return;
-    }
-    let mut ext = resource
-        .get("extension")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    ext.retain(|x| x["url"] != EVENT_TIME_URL);
-    ext.push(json!({"url": EVENT_TIME_URL, "valueDateTime": time}));
-    resource.insert("extension".into(), json!(ext));
+fn is_newer(clock: Option<i64>, time_ms: i64) -> bool {
+    clock.is_none_or(|last| time_ms >= last)
 }
 
 /// Sets `key` to `value` when the event is newer or the member is absent.
@@ -524,6 +499,31 @@ pub fn rewrite(stored: &str, new: &Value) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hl7v2::Message;
+    use crate::hl7v2::adt::{AdtContext, read};
+
+    fn a08(when: &str, family: &str, phone: &str) -> Adt {
+        let text = format!(
+            "MSH|^~\\&|PAS|RJZ|GW|OB|{when}||ADT^A08|{when}|P|2.4\rEVN|A08|{when}\rPID|1||9990000018^^^NHS^NH||{family}^Ann||19380305|F|||||{phone}\rPV1|1|I|||||||||||||||||V1^^^RJZ\r"
+        );
+        read(&Message::parse(&text).unwrap(), &AdtContext::default()).unwrap()
+    }
+
+    #[test]
+    fn an_older_event_only_fills_gaps_whatever_the_arrival_order() {
+        let newer = a08("202607150900", "SMITH", "");
+        let older = a08("202607140900", "PAGE", "01689 123456");
+        // Newer first, then the older one arrives late.
+        let p = patient_after(None, None, &newer);
+        let p = patient_after(Some(&p), Some(newer.time_ms), &older);
+        assert_eq!(p["name"][0]["family"], "SMITH");
+        assert_eq!(p["telecom"][0]["value"], "01689 123456");
+        // In order: the same result.
+        let q = patient_after(None, None, &older);
+        let q = patient_after(Some(&q), Some(older.time_ms), &newer);
+        assert_eq!(q["name"], p["name"]);
+        assert_eq!(q["telecom"], p["telecom"]);
+    }
 
     #[test]
     fn rewrite_keeps_untouched_bytes_and_reports_no_change() {

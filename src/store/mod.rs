@@ -210,6 +210,17 @@ pub struct IngestRequest {
     pub write: Option<WriteRequest>,
     /// Their `journal_id` is set to the new journal entry's.
     pub quarantine: Vec<QuarantineEntry>,
+    /// Event clocks to advance (never move back) once `write` is applied.
+    pub clocks: Vec<EventClock>,
+}
+
+/// The time of the latest source event applied to a resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventClock {
+    pub resource_type: ResourceType,
+    pub id: String,
+    /// Milliseconds since the epoch.
+    pub event_ms: i64,
 }
 
 /// What an [`IngestRequest`] did.
@@ -269,6 +280,12 @@ pub trait Store: Send + Sync + 'static {
         keys: &[(String, String)],
     ) -> Result<Vec<Stored>, StoreError>;
     async fn write(&self, request: WriteRequest) -> Result<WriteOutcome, StoreError>;
+    /// The event clocks of these resources (`None`: no event applied yet).
+    async fn event_clocks(
+        &self,
+        ty: ResourceType,
+        ids: &[String],
+    ) -> Result<Vec<Option<i64>>, StoreError>;
     /// Records a raw inbound payload durably.
     async fn journal(&self, entry: JournalEntry) -> Result<JournalReceipt, StoreError>;
     /// Journals a message and applies its effect in one transaction.

@@ -29,8 +29,9 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 /// The database file inside the data directory.
 pub const DB_FILE: &str = "gateway.sqlite";
 /// The schema this code writes; a newer file is refused rather than misread.
-/// 2: the quarantine table (added by re-running the idempotent schema).
-const SCHEMA_VERSION: i64 = 2;
+/// 2: the quarantine table; 3: event clocks (each added by re-running the
+/// idempotent schema).
+const SCHEMA_VERSION: i64 = 3;
 
 /// How the store is set up (checked configuration).
 #[derive(Debug, Clone)]
@@ -241,6 +242,25 @@ impl Store for SqliteStore {
                 }
             }
             Ok(found)
+        })
+        .await
+    }
+
+    async fn event_clocks(
+        &self,
+        ty: ResourceType,
+        ids: &[String],
+    ) -> Result<Vec<Option<i64>>, StoreError> {
+        self.read_inline(|conn| {
+            let mut stmt =
+                conn.prepare_cached("SELECT event_ms FROM event_clock WHERE type=?1 AND id=?2")?;
+            ids.iter()
+                .map(|id| {
+                    Ok(stmt
+                        .query_row(params![ty.as_str(), id], |row| row.get(0))
+                        .optional()?)
+                })
+                .collect()
         })
         .await
     }

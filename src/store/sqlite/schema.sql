@@ -83,3 +83,14 @@ CREATE TABLE IF NOT EXISTS quarantine (
     resolved_at  INTEGER
 );
 CREATE INDEX IF NOT EXISTS quarantine_held ON quarantine (status, id);
+
+-- The time of the latest source event applied to a resource (an HL7 v2
+-- EVN-2), so that an older event arriving late cannot overwrite what a newer
+-- one set. Kept beside the resource, not in it: a repeat of the same facts
+-- then writes this row only. (Schema version 3.)
+CREATE TABLE IF NOT EXISTS event_clock (
+    type     TEXT    NOT NULL,
+    id       TEXT    NOT NULL,
+    event_ms INTEGER NOT NULL,
+    PRIMARY KEY (type, id)
+) WITHOUT ROWID;

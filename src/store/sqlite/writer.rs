@@ -666,6 +666,13 @@ impl Writer {
             })
             .collect();
         let quarantined = self.quarantine(&entries, now)?;
+        let mut clock = self.conn.prepare_cached(
+            "INSERT INTO event_clock(type, id, event_ms) VALUES (?1, ?2, ?3) \
+             ON CONFLICT(type, id) DO UPDATE SET event_ms=max(event_ms, excluded.event_ms)",
+        )?;
+        for c in &request.clocks {
+            clock.execute(params![c.resource_type.as_str(), c.id, c.event_ms])?;
+        }
         Ok(Ok(IngestOutcome::Done {
             journal_id,
             write,
