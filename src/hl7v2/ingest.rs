@@ -268,8 +268,8 @@ impl Feed {
                     ..
                 } => {
                     let errors = vec![DataError {
-                        location: "PID-3".into(),
-                        reason: format!("cannot be stored: {error}"),
+                        location: "MSH-10".into(),
+                        reason: format!("the message's records cannot be stored: {error}"),
                     }];
                     return self.quarantine(message, journal, source, errors).await;
                 }

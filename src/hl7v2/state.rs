@@ -56,7 +56,7 @@ pub fn patient_after(current: Option<&Value>, clock: Option<i64>, adt: &Adt) -> 
             }
         }
     }
-    set(&mut p, "identifier", Some(json!(ids)), true);
+    set(&mut p, "identifier", Some(Value::Array(ids)), true);
     set_list(&mut p, "name", &facts.name, newer);
     set_list(&mut p, "telecom", &facts.telecom, newer);
     set(&mut p, "gender", facts.gender.map(|g| json!(g)), newer);
@@ -110,7 +110,7 @@ fn add_link(p: &mut Map<String, Value>, other: &str, kind: &str) {
     if !links.contains(&link) {
         links.push(link);
     }
-    p.insert("link".into(), json!(links));
+    p.insert("link".into(), Value::Array(links));
 }
 
 /// The `Patient/{id}` a retired record was replaced by, if it was.
@@ -157,7 +157,7 @@ pub fn encounter_after(
     if !ids.contains(&visit.identifier) {
         ids.push(visit.identifier.clone());
     }
-    e.insert("identifier".into(), json!(ids));
+    e.insert("identifier".into(), Value::Array(ids));
     e.insert("subject".into(), json!({"reference": subject}));
     set(&mut e, "class", Some(visit.class.clone()), newer);
     set(&mut e, "priority", visit.priority.clone(), newer);
@@ -188,7 +188,7 @@ pub fn encounter_after(
             .unwrap_or("unknown")
             .to_string();
         e.insert("status".into(), json!(current));
-        e.insert("statusHistory".into(), json!(history));
+        e.insert("statusHistory".into(), Value::Array(history));
     } else if !e.contains_key("status") {
         e.insert("status".into(), json!("unknown"));
     }
@@ -231,8 +231,7 @@ pub fn encounter_after(
         .cloned()
         .unwrap_or_default();
     if let Some(method) = &visit.admission_method {
-        let ext =
-            json!([{"url": super::adt::ADMISSION_METHOD_URL, "valueCodeableConcept": method}]);
+        let ext = json!([{"url": super::adt::ADMISSION_METHOD_URL, "valueCodeableConcept": method.clone()}]);
         set(&mut stay, "extension", Some(ext), newer);
     }
     set(&mut stay, "admitSource", visit.admit_source.clone(), newer);
@@ -280,7 +279,7 @@ fn locations(e: &mut Map<String, Value>, adt: &Adt, visit: &Visit, status: &str)
                 .iter()
                 .any(|l| l["location"] == *place && l["period"]["start"] == adt.time.as_str());
             if !exists {
-                list.push(json!({"location": place, "period": {"start": adt.time}}));
+                list.push(json!({"location": place.clone(), "period": {"start": adt.time}}));
             }
         }
         (Event::A12, _) => {
@@ -297,7 +296,7 @@ fn locations(e: &mut Map<String, Value>, adt: &Adt, visit: &Visit, status: &str)
         }
         (_, Some(place)) if list.is_empty() => {
             let start = visit.start.clone().unwrap_or_else(|| adt.time.clone());
-            list.push(json!({"location": place, "period": {"start": start}}));
+            list.push(json!({"location": place.clone(), "period": {"start": start}}));
         }
         _ => {}
     }
@@ -330,7 +329,7 @@ fn locations(e: &mut Map<String, Value>, adt: &Adt, visit: &Visit, status: &str)
             o.insert("period".into(), period);
         }
     }
-    e.insert("location".into(), json!(list));
+    e.insert("location".into(), Value::Array(list));
 }
 
 /// Each entry's period ends where the next one starts.
@@ -377,7 +376,7 @@ fn set(o: &mut Map<String, Value>, key: &str, value: Option<Value>, newer: bool)
 
 fn set_list(o: &mut Map<String, Value>, key: &str, values: &[Value], newer: bool) {
     if !values.is_empty() {
-        set(o, key, Some(json!(values)), newer);
+        set(o, key, Some(Value::Array(values.to_vec())), newer);
     }
 }
 
