@@ -65,7 +65,14 @@ impl Writer {
                 }
                 batch.truncate(at);
             }
-            self.commit_group(batch);
+            let late = if closing.is_none() {
+                Some(&mut jobs)
+            } else {
+                None
+            };
+            if let Some(done) = self.commit_group(batch, late) {
+                closing = Some(done);
+            }
         }
         // Whatever is still queued is refused: dropping a job tells its sender
         // the store is closed.
@@ -86,9 +93,18 @@ impl Writer {
     /// a savepoint cannot be undone, nothing of the group is committed and
     /// every job in it is refused: no client is told a write failed that is
     /// on disk, nor that one succeeded that is not.
-    fn commit_group(&mut self, batch: Vec<Job>) {
+    ///
+    /// Jobs that arrive while the group is being applied join it (up to
+    /// `max_batch`) rather than wait for the next commit: senders that wait
+    /// for their answer before sending again (an MLLP connection) then share
+    /// commits more. A `Close` among them ends the group and is returned.
+    fn commit_group(
+        &mut self,
+        batch: Vec<Job>,
+        mut late: Option<&mut mpsc::Receiver<Job>>,
+    ) -> Option<oneshot::Sender<()>> {
         if batch.is_empty() {
-            return;
+            return None;
         }
         let now = jiff::Timestamp::now().as_millisecond().max(self.last_ms);
         self.last_ms = now;
@@ -102,11 +118,20 @@ impl Writer {
             for job in batch {
                 answer_failure(job, &message);
             }
-            return;
+            return None;
         }
         let mut answers = Vec::with_capacity(batch.len());
+        let mut closing = None;
         let mut jobs = batch.into_iter();
-        for job in jobs.by_ref() {
+        loop {
+            let job = match jobs.next() {
+                Some(job) => job,
+                None if answers.len() >= self.max_batch => break,
+                None => match late.as_deref_mut().map(mpsc::Receiver::try_recv) {
+                    Some(Ok(job)) => job,
+                    _ => break,
+                },
+            };
             match job {
                 Job::Write(request, reply) => {
                     let result = self.in_savepoint(|w| w.apply(&request, now));
@@ -129,7 +154,8 @@ impl Writer {
                     answers.push(Answer::Resolve(reply, result));
                 }
                 Job::Close(done) => {
-                    let _ = done.send(());
+                    closing = Some(done);
+                    late = None;
                 }
             }
             if self.broken.is_none() && self.conn.is_autocommit() {
@@ -162,6 +188,7 @@ impl Writer {
                 }
             }
         }
+        closing
     }
 
     /// Runs `f` in a SAVEPOINT, rolled back if it fails or asks to. A
@@ -681,27 +708,14 @@ impl Writer {
     }
 
     fn journal(&mut self, entry: &JournalEntry) -> Result<JournalReceipt, StoreError> {
-        if let Some(message_id) = &entry.message_id {
-            let existing: Option<i64> = self
-                .conn
-                .prepare_cached(
-                    "SELECT id FROM journal WHERE source=?1 AND sender=?2 AND message_id=?3",
-                )?
-                .query_row(params![entry.source, entry.sender, message_id], |row| {
-                    row.get(0)
-                })
-                .optional()?;
-            if let Some(id) = existing {
-                return Ok(JournalReceipt {
-                    id,
-                    duplicate: true,
-                });
-            }
-        }
-        self.conn
+        // One statement for a new entry; a repeat (same source, sender and
+        // message id) inserts nothing and is then looked up.
+        let inserted = self
+            .conn
             .prepare_cached(
                 "INSERT INTO journal(received_at, source, sender, message_id, content_type, payload) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+                 ON CONFLICT(source, sender, message_id) WHERE message_id IS NOT NULL DO NOTHING",
             )?
             .execute(params![
                 entry.received_at_ms,
@@ -711,9 +725,24 @@ impl Writer {
                 entry.content_type,
                 entry.payload.as_ref()
             ])?;
+        if inserted == 1 {
+            return Ok(JournalReceipt {
+                id: self.conn.last_insert_rowid(),
+                duplicate: false,
+            });
+        }
+        let id: i64 = self
+            .conn
+            .prepare_cached(
+                "SELECT id FROM journal WHERE source=?1 AND sender=?2 AND message_id=?3",
+            )?
+            .query_row(
+                params![entry.source, entry.sender, entry.message_id],
+                |row| row.get(0),
+            )?;
         Ok(JournalReceipt {
-            id: self.conn.last_insert_rowid(),
-            duplicate: false,
+            id,
+            duplicate: true,
         })
     }
 }
