@@ -88,13 +88,24 @@ pub fn prepare_json(
     validator: &Validator,
 ) -> Result<Prepared, Rejection> {
     // The whole resource as a value, for the validator and the index; the
-    // stored members are taken from the sender's own bytes below.
+    // stored members are taken from the sender's own bytes.
     let value: Value = serde_json::from_str(text).map_err(|err| {
         Rejection::Malformed(Issue::error(
             "structure",
             format!("the body is not valid JSON: {err}"),
         ))
     })?;
+    prepare_parsed(text, &value, expected, validator)
+}
+
+/// As [`prepare_json`], when the caller has `text` parsed already as
+/// `value` (a feed that built the resource): saves parsing it again.
+pub fn prepare_parsed(
+    text: &str,
+    value: &Value,
+    expected: Option<ResourceType>,
+    validator: &Validator,
+) -> Result<Prepared, Rejection> {
     let members = json::object_members(text).map_err(|err| {
         Rejection::Malformed(Issue::error(
             "structure",
@@ -165,12 +176,12 @@ pub fn prepare_json(
         }
     };
 
-    let issues = validator.validate(&value);
+    let issues = validator.validate(value);
     if has_errors(&issues) {
         return Err(Rejection::Invalid(issues));
     }
 
-    let index = extract_index(resource_type, &value);
+    let index = extract_index(resource_type, value);
 
     let mut meta_extra = String::new();
     let mut rest = String::new();

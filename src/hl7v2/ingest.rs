@@ -25,7 +25,7 @@ use super::er7::Message;
 use super::mllp::{AckCode, AckError, ack};
 use super::state::{self, encounter_after, patient_after, replaced_by, rewrite};
 use crate::fhir::outcome::Severity;
-use crate::fhir::resource::{Prepared, Rejection, prepare_json};
+use crate::fhir::resource::{Prepared, Rejection, prepare_parsed};
 use crate::fhir::search::{CURSOR_PARAM, SearchQuery, parse_search};
 use crate::fhir::{ResourceType, new_id};
 use crate::gp::read::utf8_or_windows_1252;
@@ -482,7 +482,7 @@ impl Feed {
         match &target {
             Some((stored, _)) => {
                 if let Some(text) = rewrite(&stored.body, &patient) {
-                    let resource = match self.prepared(&text, ResourceType::Patient) {
+                    let resource = match self.prepared(&text, &patient, ResourceType::Patient) {
                         Ok(r) => r,
                         Err(errors) => return Ok(Err(errors)),
                     };
@@ -495,10 +495,11 @@ impl Feed {
                 }
             }
             None => {
-                let resource = match self.prepared(&patient.to_string(), ResourceType::Patient) {
-                    Ok(r) => r,
-                    Err(errors) => return Ok(Err(errors)),
-                };
+                let resource =
+                    match self.prepared(&patient.to_string(), &patient, ResourceType::Patient) {
+                        Ok(r) => r,
+                        Err(errors) => return Ok(Err(errors)),
+                    };
                 let (system, value) = match &facts.nhs_number {
                     Some(n) => (NHS_NUMBER_SYSTEM.to_string(), n.clone()),
                     None => locals.first().cloned().unwrap_or_default(),
@@ -517,7 +518,7 @@ impl Feed {
         for (old, value) in &absorbed {
             let retired = state::retired(value, &patient_ref);
             if let Some(text) = rewrite(&old.body, &retired) {
-                match self.prepared(&text, ResourceType::Patient) {
+                match self.prepared(&text, &retired, ResourceType::Patient) {
                     Ok(resource) => mutations.push(Mutation::Update {
                         resource,
                         id: old.id.clone(),
@@ -560,7 +561,7 @@ impl Feed {
                 Some(stored) => {
                     moved_ids.push(stored.id.clone());
                     if let Some(text) = rewrite(&stored.body, &encounter) {
-                        match self.prepared(&text, ResourceType::Encounter) {
+                        match self.prepared(&text, &encounter, ResourceType::Encounter) {
                             Ok(resource) => mutations.push(Mutation::Update {
                                 resource,
                                 id: stored.id.clone(),
@@ -571,15 +572,18 @@ impl Feed {
                         }
                     }
                 }
-                None => match self.prepared(&encounter.to_string(), ResourceType::Encounter) {
-                    Ok(resource) => mutations.push(Mutation::Create {
-                        resource,
-                        id: encounter_id.clone(),
-                        if_none_exist: Some(identifier_query(ResourceType::Encounter, &key)),
-                        full_url: None,
-                    }),
-                    Err(errors) => return Ok(Err(errors)),
-                },
+                None => {
+                    match self.prepared(&encounter.to_string(), &encounter, ResourceType::Encounter)
+                    {
+                        Ok(resource) => mutations.push(Mutation::Create {
+                            resource,
+                            id: encounter_id.clone(),
+                            if_none_exist: Some(identifier_query(ResourceType::Encounter, &key)),
+                            full_url: None,
+                        }),
+                        Err(errors) => return Ok(Err(errors)),
+                    }
+                }
             }
         }
         // Encounters of merged-away records move to the survivor.
@@ -594,7 +598,7 @@ impl Feed {
                 };
                 let moved = state::moved(&value, &patient_ref);
                 if let Some(text) = rewrite(&stored.body, &moved) {
-                    match self.prepared(&text, ResourceType::Encounter) {
+                    match self.prepared(&text, &moved, ResourceType::Encounter) {
                         Ok(resource) => mutations.push(Mutation::Update {
                             resource,
                             id: stored.id.clone(),
@@ -609,8 +613,14 @@ impl Feed {
         Ok(Ok(Planned { mutations, clocks }))
     }
 
-    fn prepared(&self, text: &str, ty: ResourceType) -> Result<Prepared, Vec<DataError>> {
-        prepare_json(text, Some(ty), &self.validator).map_err(|rejection| {
+    /// `text` is `value` as JSON (with stored bytes kept where unchanged).
+    fn prepared(
+        &self,
+        text: &str,
+        value: &Value,
+        ty: ResourceType,
+    ) -> Result<Prepared, Vec<DataError>> {
+        prepare_parsed(text, value, Some(ty), &self.validator).map_err(|rejection| {
             let issues = match rejection {
                 Rejection::Invalid(issues) => issues,
                 other => other.issues(),
