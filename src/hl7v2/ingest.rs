@@ -373,19 +373,14 @@ impl Feed {
             .filter(|(system, _)| system != NHS_NUMBER_SYSTEM)
             .cloned()
             .collect();
-        let (with_nhs, without): (Vec<Stored>, Vec<Stored>) = store
-            .by_identifier(ResourceType::Patient, &keys)
-            .await?
-            .into_iter()
-            .partition(|s| {
-                nhs_key.as_ref().is_some_and(|(system, value)| {
-                    serde_json::from_str::<Value>(&s.body).is_ok_and(|v| {
-                        adt::identifier_keys(v["identifier"].as_array().map_or(&[][..], |a| a))
-                            .iter()
-                            .any(|(sys, val)| sys == system && val == value)
-                    })
-                })
-            });
+        let found = parsed(store.by_identifier(ResourceType::Patient, &keys).await?);
+        let (with_nhs, without): (Vec<_>, Vec<_>) = found.into_iter().partition(|(_, v)| {
+            nhs_key.as_ref().is_some_and(|(system, value)| {
+                adt::identifier_keys(v["identifier"].as_array().map_or(&[][..], |a| a))
+                    .iter()
+                    .any(|(sys, val)| sys == system && val == value)
+            })
+        });
         let by_nhs = survivors(store, with_nhs).await?;
         let mut by_local = survivors(store, without).await?;
         by_local.retain(|(s, _)| !by_nhs.iter().any(|(n, _)| n.id == s.id));
@@ -450,7 +445,7 @@ impl Feed {
             let prior = store
                 .by_identifier(ResourceType::Patient, &adt::identifier_keys(&adt.prior))
                 .await?;
-            let prior = survivors(store, prior).await?;
+            let prior = survivors(store, parsed(prior)).await?;
             for found in prior {
                 let same = target.as_ref().is_some_and(|(t, _)| t.id == found.0.id);
                 if !same && !absorbed.iter().any(|(a, _)| a.id == found.0.id) {
@@ -752,35 +747,44 @@ fn escape_token(value: &str) -> String {
 /// any), without repeats.
 async fn survivors(
     store: &dyn Store,
-    found: Vec<Stored>,
+    found: Vec<(Stored, Value)>,
 ) -> Result<Vec<(Stored, Value)>, StoreError> {
     let mut out: Vec<(Stored, Value)> = Vec::new();
-    for stored in found {
-        let mut current = stored;
+    for (stored, value) in found {
+        let mut current = (stored, value);
         // Follow replaced-by links, at most a few hops (never a loop).
         for _ in 0..8 {
-            let Ok(value) = serde_json::from_str::<Value>(&current.body) else {
-                break;
-            };
-            let next =
-                replaced_by(&value).and_then(|r| r.strip_prefix("Patient/").map(str::to_string));
+            let next = replaced_by(&current.1)
+                .and_then(|r| r.strip_prefix("Patient/").map(str::to_string));
             match next {
-                Some(id) if id != current.id => match store.read(ResourceType::Patient, &id).await?
-                {
-                    Some(next) => current = next,
-                    None => break,
-                },
+                Some(id) if id != current.0.id => {
+                    match store.read(ResourceType::Patient, &id).await? {
+                        Some(next) => match serde_json::from_str::<Value>(&next.body) {
+                            Ok(value) => current = (next, value),
+                            Err(_) => break,
+                        },
+                        None => break,
+                    }
+                }
                 _ => break,
             }
         }
-        if out.iter().any(|(s, _)| s.id == current.id) {
-            continue;
-        }
-        if let Ok(value) = serde_json::from_str::<Value>(&current.body) {
-            out.push((current, value));
+        if !out.iter().any(|(s, _)| s.id == current.0.id) {
+            out.push(current);
         }
     }
     Ok(out)
+}
+
+/// Stored resources with their JSON parsed (any that does not parse left out).
+fn parsed(found: Vec<Stored>) -> Vec<(Stored, Value)> {
+    found
+        .into_iter()
+        .filter_map(|s| {
+            let value = serde_json::from_str::<Value>(&s.body).ok()?;
+            Some((s, value))
+        })
+        .collect()
 }
 
 /// Every resource with `param` = `value`, all pages.
