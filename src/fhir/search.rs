@@ -526,6 +526,35 @@ fn token_match(text: &str) -> TokenMatch {
     }
 }
 
+/// A search for resources of `ty` with any of these identifiers `(system,
+/// value)`, escaped as FHIR R4 §3.1.1.5.7 requires.
+pub fn identifier_query(ty: ResourceType, keys: &[(String, String)]) -> SearchQuery {
+    let value = keys
+        .iter()
+        .map(|(system, value)| format!("{}|{}", escape(system), escape(value)))
+        .collect::<Vec<_>>()
+        .join(",");
+    let pairs = [("identifier".to_string(), value)];
+    match parse_search(ty, &pairs, true) {
+        Ok((query, _)) => query,
+        // Every token is escaped here, and identifier is a parameter of
+        // every stored type: it always parses.
+        Err(issue) => unreachable!("identifier search always parses: {issue:?}"),
+    }
+}
+
+/// `,`, `|`, `$` and `\` escaped with `\` in a search value.
+fn escape(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        if matches!(c, ',' | '|' | '$' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// Splits on `sep` where it is not escaped with `\\` (FHIR R4 §3.1.1.5.7).
 /// Escapes are kept: [`unescape`] resolves them once the value is split fully.
 fn split_raw(text: &str, sep: char) -> Vec<&str> {

@@ -13,11 +13,11 @@ use super::read::{self, ListError, Record};
 use super::row::{RiskRow, RowError, normalise_nhs_number, read_row};
 use crate::fhir::outcome::Issue;
 use crate::fhir::resource::{Rejection, prepare_json};
-use crate::fhir::search::{CURSOR_PARAM, SearchQuery, parse_search};
+use crate::fhir::search::{CURSOR_PARAM, identifier_query, parse_search};
 use crate::fhir::{ResourceType, new_id};
 use crate::store::{
     Change, Mutation, MutationError, QuarantineEntry, Store, StoreError, Stored, WriteOutcome,
-    WriteRequest,
+    WriteRequest, search_all,
 };
 use crate::validate::Validator;
 use futures_util::future::{join, join_all};
@@ -313,8 +313,7 @@ async fn plan_row(
     let existing = store
         .search(&identifier_query(
             ResourceType::Patient,
-            NHS_NUMBER_SYSTEM,
-            &row.nhs_number,
+            &[(NHS_NUMBER_SYSTEM.to_string(), row.nhs_number.clone())],
         ))
         .await?;
     let current = existing.resources.into_iter().next();
@@ -357,15 +356,13 @@ async fn plan_chunk(
         .map(|(_, r)| format!("{NHS_NUMBER_SYSTEM}|{}", r.nhs_number))
         .collect();
     let mut patients: HashMap<String, Stored> = HashMap::new();
-    for batch in numbers.chunks(MAX_LOOKUP) {
-        for patient in search_all(store, ResourceType::Patient, "identifier", batch).await? {
-            if let Ok(value) = serde_json::from_str::<Value>(&patient.body) {
-                for identifier in value["identifier"].as_array().into_iter().flatten() {
-                    if identifier["system"] == NHS_NUMBER_SYSTEM
-                        && let Some(nhs) = identifier["value"].as_str()
-                    {
-                        patients.insert(nhs.to_string(), patient.clone());
-                    }
+    for patient in search_all(store, ResourceType::Patient, "identifier", &numbers).await? {
+        if let Ok(value) = serde_json::from_str::<Value>(&patient.body) {
+            for identifier in value["identifier"].as_array().into_iter().flatten() {
+                if identifier["system"] == NHS_NUMBER_SYSTEM
+                    && let Some(nhs) = identifier["value"].as_str()
+                {
+                    patients.insert(nhs.to_string(), patient.clone());
                 }
             }
         }
@@ -437,37 +434,6 @@ async fn referred_but_not_in(
     Ok(missing)
 }
 
-/// Values per search (the search API's own limit on alternatives).
-const MAX_LOOKUP: usize = 100;
-
-/// Every resource matching `param` = any of `values` (one search per page).
-async fn search_all(
-    store: &dyn Store,
-    ty: ResourceType,
-    param: &str,
-    values: &[String],
-) -> Result<Vec<Stored>, StoreError> {
-    let mut found = Vec::new();
-    for batch in values.chunks(MAX_LOOKUP) {
-        let mut pairs = vec![
-            (param.to_string(), batch.join(",")),
-            ("_count".to_string(), "1000".to_string()),
-        ];
-        while let Ok((query, _)) = parse_search(ty, &pairs, true) {
-            let page = store.search(&query).await?;
-            found.extend(page.resources);
-            match page.next_after {
-                Some(after) => {
-                    pairs.retain(|(k, _)| k != CURSOR_PARAM);
-                    pairs.push((CURSOR_PARAM.to_string(), after));
-                }
-                None => break,
-            }
-        }
-    }
-    Ok(found)
-}
-
 /// Which of `patients` (`Patient/{id}`) are on the proactive care pathway
 /// already: a proactive-care CarePlan that is draft, active or on hold.
 async fn patients_on_pathway(
@@ -535,8 +501,7 @@ fn plan_with(
                     id: new_id(),
                     if_none_exist: Some(identifier_query(
                         ResourceType::Patient,
-                        NHS_NUMBER_SYSTEM,
-                        &row.nhs_number,
+                        &[(NHS_NUMBER_SYSTEM.to_string(), row.nhs_number.clone())],
                     )),
                     full_url: Some(reference.clone()),
                 }),
@@ -571,8 +536,7 @@ fn plan_with(
                     id: new_id(),
                     if_none_exist: Some(identifier_query(
                         ResourceType::ServiceRequest,
-                        REFERRAL_ID_SYSTEM,
-                        &row.nhs_number,
+                        &[(REFERRAL_ID_SYSTEM.to_string(), row.nhs_number.clone())],
                     )),
                     full_url: Some(referral_ref),
                 });
@@ -581,8 +545,7 @@ fn plan_with(
                     id: new_id(),
                     if_none_exist: Some(identifier_query(
                         ResourceType::CarePlan,
-                        CARE_PLAN_ID_SYSTEM,
-                        &row.nhs_number,
+                        &[(CARE_PLAN_ID_SYSTEM.to_string(), row.nhs_number.clone())],
                     )),
                     full_url: None,
                 });
@@ -726,15 +689,6 @@ fn count(
             }
             _ => {}
         }
-    }
-}
-
-fn identifier_query(ty: ResourceType, system: &str, value: &str) -> SearchQuery {
-    let pairs = [("identifier".to_string(), format!("{system}|{value}"))];
-    match parse_search(ty, &pairs, true) {
-        Ok((query, _)) => query,
-        // The pair is built here from a checked NHS number: it always parses.
-        Err(issue) => unreachable!("identifier search always parses: {issue:?}"),
     }
 }
 

@@ -14,8 +14,7 @@ use crate::gp::row::nhs_check_digit_ok;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 
-pub const NHS_NUMBER_SYSTEM: &str = "https://fhir.nhs.uk/Id/nhs-number";
-pub const ODS_SYSTEM: &str = "https://fhir.nhs.uk/Id/ods-organization-code";
+pub use crate::gp::map::{NHS_NUMBER_SYSTEM, ODS_SYSTEM};
 pub const GMP_SYSTEM: &str = "https://fhir.hl7.org.uk/Id/gmp-number";
 /// Local (hospital) patient identifiers: `{LOCAL_ID_SYSTEM}/{assigning authority}`.
 pub const LOCAL_ID_SYSTEM: &str = "https://fhir.onebromley.nhs.uk/Id/local-patient-identifier";

@@ -26,12 +26,12 @@ use super::mllp::{AckCode, AckError, ack};
 use super::state::{self, encounter_after, patient_after, replaced_by, rewrite};
 use crate::fhir::outcome::Severity;
 use crate::fhir::resource::{Prepared, Rejection, prepare_parsed};
-use crate::fhir::search::{CURSOR_PARAM, SearchQuery, parse_search};
+use crate::fhir::search::identifier_query;
 use crate::fhir::{ResourceType, new_id};
 use crate::gp::read::utf8_or_windows_1252;
 use crate::store::{
     Change, EventClock, IngestOutcome, IngestRequest, JournalEntry, Mutation, MutationError,
-    QuarantineEntry, Store, StoreError, Stored, WriteOutcome, WriteRequest,
+    QuarantineEntry, Store, StoreError, Stored, WriteOutcome, WriteRequest, search_all,
 };
 use crate::validate::Validator;
 use serde_json::{Value, json};
@@ -476,17 +476,10 @@ impl Feed {
         }
         match &target {
             Some((stored, _)) => {
-                if let Some(text) = rewrite(&stored.body, &patient) {
-                    let resource = match self.prepared(&text, &patient, ResourceType::Patient) {
-                        Ok(r) => r,
-                        Err(errors) => return Ok(Err(errors)),
-                    };
-                    mutations.push(Mutation::Update {
-                        resource,
-                        id: stored.id.clone(),
-                        if_match: Some(stored.version),
-                        full_url: None,
-                    });
+                if let Err(errors) =
+                    self.update(stored, &patient, ResourceType::Patient, &mut mutations)
+                {
+                    return Ok(Err(errors));
                 }
             }
             None => {
@@ -512,16 +505,8 @@ impl Feed {
         }
         for (old, value) in &absorbed {
             let retired = state::retired(value, &patient_ref);
-            if let Some(text) = rewrite(&old.body, &retired) {
-                match self.prepared(&text, &retired, ResourceType::Patient) {
-                    Ok(resource) => mutations.push(Mutation::Update {
-                        resource,
-                        id: old.id.clone(),
-                        if_match: Some(old.version),
-                        full_url: None,
-                    }),
-                    Err(errors) => return Ok(Err(errors)),
-                }
+            if let Err(errors) = self.update(old, &retired, ResourceType::Patient, &mut mutations) {
+                return Ok(Err(errors));
             }
         }
 
@@ -555,16 +540,10 @@ impl Feed {
             match &current {
                 Some(stored) => {
                     moved_ids.push(stored.id.clone());
-                    if let Some(text) = rewrite(&stored.body, &encounter) {
-                        match self.prepared(&text, &encounter, ResourceType::Encounter) {
-                            Ok(resource) => mutations.push(Mutation::Update {
-                                resource,
-                                id: stored.id.clone(),
-                                if_match: Some(stored.version),
-                                full_url: None,
-                            }),
-                            Err(errors) => return Ok(Err(errors)),
-                        }
+                    if let Err(errors) =
+                        self.update(stored, &encounter, ResourceType::Encounter, &mut mutations)
+                    {
+                        return Ok(Err(errors));
                     }
                 }
                 None => {
@@ -584,7 +563,7 @@ impl Feed {
         // Encounters of merged-away records move to the survivor.
         for (old, _) in &absorbed {
             let subject = format!("Patient/{}", old.id);
-            for stored in search_all(store, ResourceType::Encounter, "subject", &subject).await? {
+            for stored in search_all(store, ResourceType::Encounter, "subject", &[subject]).await? {
                 if moved_ids.contains(&stored.id) {
                     continue;
                 }
@@ -592,20 +571,36 @@ impl Feed {
                     continue;
                 };
                 let moved = state::moved(&value, &patient_ref);
-                if let Some(text) = rewrite(&stored.body, &moved) {
-                    match self.prepared(&text, &moved, ResourceType::Encounter) {
-                        Ok(resource) => mutations.push(Mutation::Update {
-                            resource,
-                            id: stored.id.clone(),
-                            if_match: Some(stored.version),
-                            full_url: None,
-                        }),
-                        Err(errors) => return Ok(Err(errors)),
-                    }
+                if let Err(errors) =
+                    self.update(&stored, &moved, ResourceType::Encounter, &mut mutations)
+                {
+                    return Ok(Err(errors));
                 }
             }
         }
         Ok(Ok(Planned { mutations, clocks }))
+    }
+
+    /// Adds the update that turns `stored` into `new`, unless nothing
+    /// changes.
+    fn update(
+        &self,
+        stored: &Stored,
+        new: &Value,
+        ty: ResourceType,
+        mutations: &mut Vec<Mutation>,
+    ) -> Result<(), Vec<DataError>> {
+        let Some(text) = rewrite(&stored.body, new) else {
+            return Ok(());
+        };
+        let resource = self.prepared(&text, new, ty)?;
+        mutations.push(Mutation::Update {
+            resource,
+            id: stored.id.clone(),
+            if_match: Some(stored.version),
+            full_url: None,
+        });
+        Ok(())
     }
 
     /// `text` is `value` as JSON (with stored bytes kept where unchanged).
@@ -718,31 +713,6 @@ fn nhs_number_of(patient: &Value) -> Option<String> {
     })
 }
 
-fn identifier_query(ty: ResourceType, keys: &[(String, String)]) -> SearchQuery {
-    let value = keys
-        .iter()
-        .map(|(system, value)| format!("{}|{}", escape_token(system), escape_token(value)))
-        .collect::<Vec<_>>()
-        .join(",");
-    let pairs = [("identifier".to_string(), value)];
-    match parse_search(ty, &pairs, true) {
-        Ok((query, _)) => query,
-        Err(issue) => unreachable!("identifier search always parses: {issue:?}"),
-    }
-}
-
-/// FHIR search escaping of `,`, `|`, `$` and `\` in a token part.
-fn escape_token(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for c in value.chars() {
-        if matches!(c, ',' | '|' | '$' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
-}
-
 /// The records found, each replaced by the one it was merged into (if
 /// any), without repeats.
 async fn survivors(
@@ -785,30 +755,4 @@ fn parsed(found: Vec<Stored>) -> Vec<(Stored, Value)> {
             Some((s, value))
         })
         .collect()
-}
-
-/// Every resource with `param` = `value`, all pages.
-async fn search_all(
-    store: &dyn Store,
-    ty: ResourceType,
-    param: &str,
-    value: &str,
-) -> Result<Vec<Stored>, StoreError> {
-    let mut pairs = vec![
-        (param.to_string(), value.to_string()),
-        ("_count".to_string(), "1000".to_string()),
-    ];
-    let mut found = Vec::new();
-    while let Ok((query, _)) = parse_search(ty, &pairs, true) {
-        let page = store.search(&query).await?;
-        found.extend(page.resources);
-        match page.next_after {
-            Some(after) => {
-                pairs.retain(|(k, _)| k != CURSOR_PARAM);
-                pairs.push((CURSOR_PARAM.to_string(), after));
-            }
-            None => break,
-        }
-    }
-    Ok(found)
 }

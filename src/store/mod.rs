@@ -11,7 +11,7 @@ pub mod sqlite;
 
 use crate::fhir::ResourceType;
 use crate::fhir::resource::Prepared;
-use crate::fhir::search::SearchQuery;
+use crate::fhir::search::{CURSOR_PARAM, SearchQuery, parse_search};
 use async_trait::async_trait;
 
 /// One stored version of a resource.
@@ -309,4 +309,36 @@ pub trait Store: Send + Sync + 'static {
     async fn check(&self) -> Result<(), StoreError>;
     /// Finishes queued writes and closes the store cleanly.
     async fn close(&self);
+}
+
+/// Values per search: the search API's own limit on alternatives.
+const MAX_ALTERNATIVES: usize = 100;
+
+/// Every resource of `ty` whose `param` matches any of `values`, following
+/// every page (a search per 100 values).
+pub async fn search_all(
+    store: &dyn Store,
+    ty: ResourceType,
+    param: &str,
+    values: &[String],
+) -> Result<Vec<Stored>, StoreError> {
+    let mut found = Vec::new();
+    for batch in values.chunks(MAX_ALTERNATIVES) {
+        let mut pairs = vec![
+            (param.to_string(), batch.join(",")),
+            ("_count".to_string(), "1000".to_string()),
+        ];
+        while let Ok((query, _)) = parse_search(ty, &pairs, true) {
+            let page = store.search(&query).await?;
+            found.extend(page.resources);
+            match page.next_after {
+                Some(after) => {
+                    pairs.retain(|(k, _)| k != CURSOR_PARAM);
+                    pairs.push((CURSOR_PARAM.to_string(), after));
+                }
+                None => break,
+            }
+        }
+    }
+    Ok(found)
 }

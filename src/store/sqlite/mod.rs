@@ -218,7 +218,7 @@ impl Store for SqliteStore {
     ) -> Result<Vec<Stored>, StoreError> {
         self.read_inline(|conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT c.id, v.version, v.last_updated, v.body FROM idx_token t \
+                "SELECT v.version, v.last_updated, v.body, c.id FROM idx_token t \
                  CROSS JOIN current c ON c.type=t.type AND c.id=t.id \
                  CROSS JOIN versions v ON v.type=c.type AND v.id=c.id AND v.version=c.version \
                  WHERE t.type=?1 AND t.param='identifier' AND t.value=?2 AND t.system=?3",
@@ -226,13 +226,7 @@ impl Store for SqliteStore {
             let mut found: Vec<Stored> = Vec::new();
             for (system, value) in keys {
                 let rows = stmt.query_map(params![ty.as_str(), value, system], |row| {
-                    Ok(Stored {
-                        resource_type: ty,
-                        id: row.get(0)?,
-                        version: row.get(1)?,
-                        last_updated_ms: row.get(2)?,
-                        body: row.get(3)?,
-                    })
+                    stored_from_row(ty, row.get(3)?, row)
                 })?;
                 for row in rows {
                     let row = row?;

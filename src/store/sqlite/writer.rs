@@ -51,28 +51,13 @@ impl Writer {
             let Some(first) = jobs.blocking_recv() else {
                 break;
             };
-            let mut batch = vec![first];
-            while batch.len() < self.max_batch {
-                match jobs.try_recv() {
-                    Ok(job) => batch.push(job),
-                    Err(_) => break,
-                }
-            }
-            if let Some(at) = batch.iter().position(|j| matches!(j, Job::Close(_))) {
-                // Jobs queued behind Close still get an answer: the store is closed.
-                if let Job::Close(done) = batch.remove(at) {
-                    closing = Some(done);
-                }
-                batch.truncate(at);
-            }
-            let late = if closing.is_none() {
-                Some(&mut jobs)
-            } else {
-                None
+            // The group takes whatever else is queued, and what arrives
+            // while it is applied; a Close ends it. Jobs queued behind a
+            // Close are refused below: the store is closed.
+            closing = match first {
+                Job::Close(done) => Some(done),
+                job => self.commit_group(job, &mut jobs),
             };
-            if let Some(done) = self.commit_group(batch, late) {
-                closing = Some(done);
-            }
         }
         // Whatever is still queued is refused: dropping a job tells its sender
         // the store is closed.
@@ -94,18 +79,15 @@ impl Writer {
     /// every job in it is refused: no client is told a write failed that is
     /// on disk, nor that one succeeded that is not.
     ///
-    /// Jobs that arrive while the group is being applied join it (up to
-    /// `max_batch`) rather than wait for the next commit: senders that wait
-    /// for their answer before sending again (an MLLP connection) then share
-    /// commits more. A `Close` among them ends the group and is returned.
+    /// The group is `first` and every job queued or arriving while it is
+    /// applied, up to `max_batch`: senders that wait for their answer before
+    /// sending again (an MLLP connection) then share commits. A `Close`
+    /// among them ends the group and is returned.
     fn commit_group(
         &mut self,
-        batch: Vec<Job>,
-        mut late: Option<&mut mpsc::Receiver<Job>>,
+        first: Job,
+        queue: &mut mpsc::Receiver<Job>,
     ) -> Option<oneshot::Sender<()>> {
-        if batch.is_empty() {
-            return None;
-        }
         let now = jiff::Timestamp::now().as_millisecond().max(self.last_ms);
         self.last_ms = now;
         self.broken = None;
@@ -115,21 +97,19 @@ impl Writer {
         }
         if let Err(err) = self.conn.execute_batch("BEGIN IMMEDIATE") {
             let message = err.to_string();
-            for job in batch {
-                answer_failure(job, &message);
-            }
+            answer_failure(first, &message);
             return None;
         }
-        let mut answers = Vec::with_capacity(batch.len());
+        let mut answers = Vec::new();
         let mut closing = None;
-        let mut jobs = batch.into_iter();
+        let mut next = Some(first);
         loop {
-            let job = match jobs.next() {
+            let job = match next.take() {
                 Some(job) => job,
-                None if answers.len() >= self.max_batch => break,
-                None => match late.as_deref_mut().map(mpsc::Receiver::try_recv) {
-                    Some(Ok(job)) => job,
-                    _ => break,
+                None if closing.is_some() || answers.len() >= self.max_batch => break,
+                None => match queue.try_recv() {
+                    Ok(job) => job,
+                    Err(_) => break,
                 },
             };
             match job {
@@ -153,10 +133,7 @@ impl Writer {
                     let result = self.in_savepoint(|w| w.resolve_quarantined(id, now).map(Ok));
                     answers.push(Answer::Resolve(reply, result));
                 }
-                Job::Close(done) => {
-                    closing = Some(done);
-                    late = None;
-                }
+                Job::Close(done) => closing = Some(done),
             }
             if self.broken.is_none() && self.conn.is_autocommit() {
                 self.broken = Some("SQLite abandoned the transaction".to_string());
@@ -182,9 +159,6 @@ impl Writer {
                 }
                 for answer in answers {
                     answer.fail(&reason);
-                }
-                for job in jobs {
-                    answer_failure(job, &reason);
                 }
             }
         }
