@@ -10,7 +10,6 @@ use pathway_gateway::gp::dry_run::map_list;
 use pathway_gateway::gp::layout::Overrides;
 use pathway_gateway::gp::map::{DEFAULT_SEVERE_FROM, MapContext};
 use pathway_gateway::validate::{Validator, has_errors};
-use serde_json::Value;
 use std::path::{Path, PathBuf};
 
 const PRACTICE: &str = "G84001";
@@ -47,17 +46,9 @@ fn each_list_maps_to_its_expected_bundle_and_errors() {
         }
         let actual = serde_json::to_value(&run).unwrap();
         let expected_file = list.with_extension("expected.json");
-        if std::env::var_os("BLESS").is_some() {
-            let text = serde_json::to_string_pretty(&actual).unwrap();
-            std::fs::write(&expected_file, format!("{text}\n")).unwrap();
+        let Some(expected) = common::expected_json(&expected_file, &actual) else {
             continue;
-        }
-        let expected: Value = serde_json::from_str(
-            &std::fs::read_to_string(&expected_file).unwrap_or_else(|_| {
-                panic!("{} missing; run with BLESS=1", expected_file.display())
-            }),
-        )
-        .unwrap();
+        };
         assert_eq!(actual, expected, "{}", list.display());
     }
 }

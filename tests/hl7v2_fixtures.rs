@@ -5,10 +5,11 @@
 //! `BLESS=1 cargo test --test hl7v2_fixtures` rewrites the expectations
 //! (read the diff before committing it).
 
+mod common;
+
 use pathway_gateway::hl7v2::adt::AdtContext;
 use pathway_gateway::hl7v2::dry_run::map_messages;
 use pathway_gateway::validate::{Validator, has_errors};
-use serde_json::Value;
 use std::path::{Path, PathBuf};
 
 fn fixtures() -> Vec<PathBuf> {
@@ -32,17 +33,9 @@ fn each_message_file_maps_to_its_expected_json() {
         let run = map_messages(&text, &AdtContext::default(), &validator);
         let actual = serde_json::to_value(&run).unwrap();
         let expected_file = file.with_extension("expected.json");
-        if std::env::var_os("BLESS").is_some() {
-            let text = serde_json::to_string_pretty(&actual).unwrap();
-            std::fs::write(&expected_file, format!("{text}\n")).unwrap();
+        let Some(expected) = common::expected_json(&expected_file, &actual) else {
             continue;
-        }
-        let expected: Value = serde_json::from_str(
-            &std::fs::read_to_string(&expected_file).unwrap_or_else(|_| {
-                panic!("{} missing; run with BLESS=1", expected_file.display())
-            }),
-        )
-        .unwrap();
+        };
         // The expectation itself must be valid FHIR under the profiles.
         for entry in expected["bundle"]["entry"].as_array().unwrap() {
             let issues = validator.validate(&entry["resource"]);

@@ -253,3 +253,17 @@ pub fn nhs_number(n: u32) -> String {
         candidate += 1_000_000 / 2 + 1;
     }
 }
+
+/// A golden expectation: with `BLESS` set, writes `actual` to `file` (for
+/// review in the diff) and returns `None`; otherwise returns the JSON the
+/// file holds.
+pub fn expected_json(file: &std::path::Path, actual: &Value) -> Option<Value> {
+    if std::env::var_os("BLESS").is_some() {
+        let text = serde_json::to_string_pretty(actual).expect("JSON");
+        std::fs::write(file, format!("{text}\n")).expect("expectation written");
+        return None;
+    }
+    let text = std::fs::read_to_string(file)
+        .unwrap_or_else(|_| panic!("{} missing; run with BLESS=1", file.display()));
+    Some(serde_json::from_str(&text).expect("expectation is JSON"))
+}
