@@ -12,6 +12,10 @@ use crate::gp::ingest::ListOptions;
 use crate::gp::layout::{Field, Format, Overrides};
 use crate::gp::map::{DEFAULT_SEVERE_FROM, MapContext};
 use crate::hl7v2::adt::AdtContext;
+use crate::routing::care_homes::Register;
+use crate::routing::deliver::{Destination, DestinationConfig};
+use crate::routing::rules::{RoutingConfig, Rules};
+use crate::routing::{Policy, RoutingSetup};
 use crate::store::sqlite::SqliteOptions;
 use crate::validate::Validator;
 use crate::validate::profile::ONE_BROMLEY_PROFILES;
@@ -56,6 +60,23 @@ pub struct ConfigFile {
     pub gp_lists: GpListsConfig,
     #[serde(default)]
     pub hl7v2: Hl7v2Config,
+    /// `[destinations.NAME]`: the pathway services routing delivers to.
+    #[serde(default)]
+    pub destinations: BTreeMap<String, DestinationConfig>,
+    #[serde(default)]
+    pub care_homes: CareHomesConfig,
+    #[serde(default)]
+    pub delivery: Policy,
+    #[serde(default)]
+    pub routing: RoutingConfig,
+}
+
+/// `[care_homes]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CareHomesConfig {
+    /// CSV file `ods_code,name,postcode` (relative to the working directory).
+    pub register: Option<PathBuf>,
 }
 
 /// `[http]`: the FHIR REST listener.
@@ -282,6 +303,9 @@ pub struct Config {
     pub validator: Arc<Validator>,
     pub gp_lists: GpLists,
     pub hl7v2: Hl7v2,
+    /// Rules, destinations (with their HTTP clients), the care-home register
+    /// and the retry policy.
+    pub routing: RoutingSetup,
 }
 
 #[derive(Debug, Clone)]
@@ -501,7 +525,27 @@ impl ConfigFile {
                 patient_class: self.hl7v2.patient_class,
             },
         };
+        let rules = Rules::compile(&self.routing).map_err(ConfigError)?;
+        self.delivery.check().map_err(ConfigError)?;
+        let destinations = self
+            .destinations
+            .iter()
+            .map(|(name, config)| Destination::build(name, config).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(ConfigError)?;
+        let register = match &self.care_homes.register {
+            Some(path) => Register::load(path).map_err(|err| bad("care_homes.register", err))?,
+            None => Register::default(),
+        };
+        let routing = RoutingSetup {
+            rules: Arc::new(rules),
+            destinations,
+            register: Arc::new(register),
+            policy: self.delivery,
+            clock: Arc::new(crate::routing::SystemClock),
+        };
         Ok(Config {
+            routing,
             hl7v2,
             gp_lists: GpLists {
                 max_bytes: self.gp_lists.max_bytes,

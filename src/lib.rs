@@ -17,7 +17,10 @@
 //! - [`gp`]: GP risk lists (EMIS Web, SystmOne CSV) into patients and referrals.
 //! - [`validate`]: FHIR R4 base validation and local profiles (`profiles/`).
 //! - [`fhirpath`]: a FHIRPath evaluator over FHIR JSON, for invariants and rules.
-//! - [`store`]: durable versioned storage, search index, journal; SQLite by default.
+//! - [`store`]: durable versioned storage, search index, journal, routing
+//!   outbox and deliveries; SQLite by default.
+//! - [`routing`]: rules and triggers (FHIRPath) over stored versions, and
+//!   at-least-once delivery to pathway services.
 //!
 //! The typed FHIR model (`pathway-model`, beside this crate) is not on the
 //! request path: tests use it as an independent oracle for [`validate`].
@@ -29,6 +32,7 @@ pub mod fhirpath;
 pub mod gp;
 pub mod hl7v2;
 pub mod replay;
+pub mod routing;
 pub mod server;
 pub mod store;
 pub mod validate;

@@ -54,7 +54,12 @@ pub async fn run_with(
         config.validator.clone(),
         config.hl7v2.cx.clone(),
     ));
+    let routing = Arc::new(
+        crate::routing::Routing::start(&config.routing, store.clone(), config.validator.clone())
+            .await?,
+    );
     let state = AppState {
+        routing: routing.clone(),
         store: store.clone(),
         http: Arc::new(config.http.clone()),
         draining: draining.clone(),
@@ -120,6 +125,7 @@ pub async fn run_with(
             Err(err) => tracing::error!(error = %err, "MLLP listener task failed"),
         }
     }
+    routing.stop().await;
     store.close().await;
     tracing::info!("store closed; stopped");
     Ok(())

@@ -20,8 +20,17 @@ struct Binary {
 
 /// Starts `pathway-gateway serve` on a free loopback port with its data in `data`.
 fn spawn(data: &Path) -> Binary {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pathway-gateway"))
-        .arg("serve")
+    spawn_with(data, None)
+}
+
+/// As [`spawn`], with a configuration file.
+fn spawn_with(data: &Path, config: Option<&Path>) -> Binary {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_pathway-gateway"));
+    command.arg("serve");
+    if let Some(config) = config {
+        command.arg("--config").arg(config);
+    }
+    let mut child = command
         .env("PATHWAY_HTTP__LISTEN", "127.0.0.1:0")
         .env("PATHWAY_HL7V2__LISTEN", "127.0.0.1:0")
         .env("PATHWAY_STORE__PATH", data)
@@ -231,6 +240,123 @@ async fn sigterm_drains_and_closes_cleanly() {
     assert_eq!(read.status(), StatusCode::OK);
     again.child.kill().unwrap();
     again.child.wait().unwrap();
+}
+
+/// Routing: referrals queued while their receiver is down survive a SIGKILL
+/// of the gateway, and all of them are delivered once the receiver is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_deliveries_survive_kill_9_and_go_out_when_the_receiver_is_back() {
+    use common::receiver::Receiver;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // The receiver's port, reserved and let go: nothing listens there yet.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[destinations.proactive-care-mdt]\nurl = \"http://127.0.0.1:{port}/fhir\"\n\
+             [delivery]\ninitial_backoff_ms = 50\nmax_backoff_ms = 200\nmax_attempts = 1000\n"
+        ),
+    )
+    .unwrap();
+    let mut gateway = spawn_with(&data, Some(&config));
+    let root = gateway.fhir.trim_end_matches("/fhir").to_string();
+    let client = reqwest::Client::new();
+    let mut csv = String::from("nhs_number,family_name,birth_date,efi_category\n");
+    for n in 0..40 {
+        csv.push_str(&format!(
+            "{},Queued,1938-03-05,severe\n",
+            nhs_number(700 + n)
+        ));
+    }
+    let report: Value = client
+        .post(format!("{root}/ingest/gp-risk-list?practice=G84001"))
+        .header("content-type", "text/csv")
+        .body(csv)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(report["referrals_created"], 40, "{report}");
+    // Every delivery has been tried against the closed port.
+    let mut tried = 0;
+    for _ in 0..200 {
+        let list: Value = client
+            .get(format!(
+                "{root}/routing/deliveries?status=pending&limit=100"
+            ))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let list = list["deliveries"].as_array().unwrap().clone();
+        tried = list
+            .iter()
+            .filter(|d| {
+                d["attempts"].as_i64().unwrap() >= 1
+                    && d["last_error"]
+                        .as_str()
+                        .unwrap_or("")
+                        .contains("cannot connect")
+            })
+            .count();
+        if tried == 40 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        tried, 40,
+        "all 40 deliveries failed to connect at least once"
+    );
+    gateway.child.kill().expect("SIGKILL");
+    gateway.child.wait().expect("reaped");
+
+    let mut restarted = spawn_with(&data, Some(&config));
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .expect("the receiver's port is free again");
+    let receiver = Receiver::start_on(listener).await;
+    let log = receiver
+        .wait_for("all 40 referrals", Duration::from_secs(30), |log| {
+            log.iter()
+                .filter(|r| r.accepted())
+                .map(|r| r.idempotency_key.clone())
+                .collect::<std::collections::HashSet<_>>()
+                .len()
+                == 40
+        })
+        .await;
+    let delivered: std::collections::HashSet<String> = log
+        .iter()
+        .map(|r| r.body["id"].as_str().unwrap().to_string())
+        .collect();
+    let stored: Value = client
+        .get(format!("{}/ServiceRequest?_count=100", restarted.fhir))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let stored: std::collections::HashSet<String> = stored["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["resource"]["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(delivered, stored, "every referral, and only those");
+    restarted.child.kill().unwrap();
+    restarted.child.wait().unwrap();
 }
 
 #[test]

@@ -1,5 +1,5 @@
-//! The HTTP interface: the FHIR REST API under `/fhir`, and `/healthz`,
-//! `/readyz`. Handlers parse and check requests, call the [`Store`], and shape
+//! The HTTP interface: the FHIR REST API under `/fhir`, the feeds under
+//! `/ingest`, `/quarantine`, `/routing`, and `/healthz`, `/readyz`, `/metrics`. Handlers parse and check requests, call the [`Store`], and shape
 //! FHIR responses; they hold no state of their own.
 
 pub mod bundle;
@@ -10,6 +10,7 @@ pub mod ingest;
 pub mod operation;
 pub mod quarantine;
 pub mod rest;
+pub mod routing;
 
 use crate::config::{GpLists, Http};
 use crate::fhir::outcome::Issue;
@@ -41,6 +42,8 @@ pub struct AppState {
     pub hl7v2: Arc<Feed>,
     /// Largest single HL7 message in `POST /ingest/hl7v2`.
     pub hl7v2_max_bytes: usize,
+    /// The router and delivery scheduler.
+    pub routing: Arc<crate::routing::Routing>,
 }
 
 /// The whole HTTP application.
@@ -74,6 +77,13 @@ pub fn app(state: AppState) -> Router {
             "/quarantine/{id}/replay",
             axum::routing::post(quarantine::replay),
         )
+        .route("/routing/deliveries", get(routing::list))
+        .route("/routing/deliveries/{id}", get(routing::read))
+        .route(
+            "/routing/deliveries/{id}/retry",
+            axum::routing::post(routing::retry),
+        )
+        .route("/metrics", get(routing::metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(log_request))

@@ -605,6 +605,13 @@ impl<'a> Ctx<'_, 'a> {
             Kind::Var(Var::Resource) => Items::One(node(env.resource, None)),
             Kind::Var(Var::Root) => Items::One(node(env.root, None)),
             Kind::Var(Var::Context) => Items::One(node(env.focus, env.focus_type)),
+            Kind::Var(Var::External(name)) => {
+                let mut out = Items::NONE;
+                if let Some((_, value)) = env.vars.iter().find(|(n, _)| *n == &**name) {
+                    push_json(value, None, &mut out);
+                }
+                out
+            }
             Kind::Ident(name) => {
                 let is_type = name.starts_with(|c: char| c.is_ascii_uppercase());
                 let mut out = Items::NONE;

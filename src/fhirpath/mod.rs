@@ -35,6 +35,9 @@ pub struct Env<'a> {
     pub focus_type: Option<&'a str>,
     pub resource: &'a Value,
     pub root: &'a Value,
+    /// Values of the caller's `%name` variables (named when the expression was parsed with
+    /// [`Expression::parse_with`]). A JSON array is a collection; `null` is empty.
+    pub vars: &'a [(&'a str, &'a Value)],
 }
 
 impl<'a> Env<'a> {
@@ -45,6 +48,7 @@ impl<'a> Env<'a> {
             focus_type: None,
             resource,
             root: resource,
+            vars: &[],
         }
     }
 }
@@ -102,9 +106,15 @@ impl std::error::Error for EvalError {}
 
 impl Expression {
     pub fn parse(source: &str) -> Result<Expression, ParseError> {
+        Expression::parse_with(source, &[])
+    }
+
+    /// Parses an expression that may use the caller's variables `%name` for each name in
+    /// `externals` (their values come with [`Env::vars`]); any other `%name` is an error.
+    pub fn parse_with(source: &str, externals: &[&str]) -> Result<Expression, ParseError> {
         Ok(Expression {
             source: source.to_string(),
-            ast: parse::parse(source)?,
+            ast: parse::parse(source, externals)?,
         })
     }
 

@@ -25,13 +25,15 @@ pub(super) enum Lit {
     Qty(f64, Box<str>),
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(super) enum Var {
     This,
     Index,
     Resource,
     Root,
     Context,
+    /// `%name` supplied by the caller (see [`super::Env::vars`]).
+    External(Box<str>),
 }
 
 #[rustfmt::skip]
@@ -323,10 +325,12 @@ fn string(src: &str, start: usize) -> Result<(String, usize), ParseError> {
     Err(perr(start, "unterminated string"))
 }
 
-struct Parser {
+struct Parser<'x> {
     toks: Vec<(Tok, usize)>,
     pos: usize,
     nest: usize,
+    /// Names the caller will supply as `%name`.
+    externals: &'x [&'x str],
 }
 
 #[rustfmt::skip]
@@ -335,11 +339,12 @@ const CALENDAR_UNITS: &[&str] = &[
     "minute", "minutes", "second", "seconds", "millisecond", "milliseconds",
 ];
 
-pub(super) fn parse(src: &str) -> Result<Ast, ParseError> {
+pub(super) fn parse(src: &str, externals: &[&str]) -> Result<Ast, ParseError> {
     let mut p = Parser {
         toks: lex(src)?,
         pos: 0,
         nest: 0,
+        externals,
     };
     let ast = p.expr(0)?;
     match p.peek() {
@@ -351,7 +356,7 @@ pub(super) fn parse(src: &str) -> Result<Ast, ParseError> {
     }
 }
 
-impl Parser {
+impl Parser<'_> {
     fn peek(&self) -> &Tok {
         self.toks.get(self.pos).map_or(&Tok::Eof, |t| &t.0)
     }
@@ -508,6 +513,7 @@ impl Parser {
                     "ucum" => Kind::Lit(Lit::Static("http://unitsofmeasure.org")),
                     "sct" => Kind::Lit(Lit::Static("http://snomed.info/sct")),
                     "loinc" => Kind::Lit(Lit::Static("http://loinc.org")),
+                    name if self.externals.contains(&name) => Kind::Var(Var::External(name.into())),
                     _ => return Err(perr(at, format!("unknown environment variable %{v}"))),
                 },
                 at,

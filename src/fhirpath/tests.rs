@@ -22,6 +22,7 @@ fn sat_in(src: &str, focus: &Value, resource: &Value) -> bool {
         focus_type: None,
         resource,
         root: resource,
+        vars: &[],
     };
     match expr(src).is_satisfied(&env) {
         Ok(b) => b,
@@ -513,6 +514,7 @@ fn repeat_and_is_satisfied_errors() {
         focus_type: Some("HumanName"),
         resource: &pat,
         root: &pat,
+        vars: &[],
     };
     assert_eq!(
         expr("$this is HumanName and %resource.id = 'p1' and %context.family = 'Chalmers'")

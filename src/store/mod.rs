@@ -305,6 +305,16 @@ pub trait Store: Send + Sync + 'static {
     async fn quarantined_entry(&self, id: i64) -> Result<Option<Quarantined>, StoreError>;
     /// Marks a held entry replayed; false if it was not held.
     async fn resolve_quarantined(&self, id: i64) -> Result<bool, StoreError>;
+    /// The oldest `limit` outbox rows, with their resource versions.
+    async fn outbox(&self, limit: usize) -> Result<Vec<OutboxItem>, StoreError>;
+    /// Stores what a routing pass decided (see [`RouteRequest`]).
+    async fn route(&self, request: RouteRequest) -> Result<RouteOutcome, StoreError>;
+    /// Saves the new state of deliveries (status, attempts, last answer).
+    async fn update_deliveries(&self, deliveries: Vec<Delivery>) -> Result<(), StoreError>;
+    async fn deliveries(&self, query: DeliveryQuery) -> Result<Vec<Delivery>, StoreError>;
+    async fn delivery(&self, id: i64) -> Result<Option<Delivery>, StoreError>;
+    /// Signalled after every commit that added to the outbox.
+    fn outbox_signal(&self) -> std::sync::Arc<tokio::sync::Notify>;
     /// Is the store able to serve? (`/readyz`)
     async fn check(&self) -> Result<(), StoreError>;
     /// Finishes queued writes and closes the store cleanly.
@@ -341,4 +351,117 @@ pub async fn search_all(
         }
     }
     Ok(found)
+}
+
+// ---------------------------------------------------------------------------
+// Routing: the outbox and the deliveries derived from it.
+
+/// A resource version waiting to be routed: every version the store writes
+/// gets a row in the outbox in the same transaction, so nothing committed can
+/// be missed by routing, whatever crashes when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxItem {
+    /// Order of writing.
+    pub seq: i64,
+    pub resource: Stored,
+}
+
+/// A delivery decided by routing, not yet stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewDelivery {
+    /// The destination's configured name.
+    pub destination: String,
+    /// The rule that chose it.
+    pub rule: String,
+    /// Deliveries of one lane (a patient, at one destination) go in order.
+    pub lane: String,
+    pub resource_type: ResourceType,
+    pub resource_id: String,
+    pub version: i64,
+    /// The `Idempotency-Key` every attempt carries.
+    pub key: String,
+}
+
+/// What one pass of the router did, applied as one transaction: the outbox
+/// rows up to `routed_through` are removed, and the deliveries and the
+/// resources that triggers create are stored.
+#[derive(Debug, Clone)]
+pub struct RouteRequest {
+    pub routed_through: i64,
+    pub deliveries: Vec<NewDelivery>,
+    /// Conditional creates (each applied on its own; a refused one does not
+    /// stop the others).
+    pub triggered: Vec<Mutation>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteOutcome {
+    pub deliveries: Vec<Delivery>,
+    pub triggered: Vec<Result<Written, MutationError>>,
+}
+
+/// Where a delivery stands, as stored. (`waiting` is not stored: it is a
+/// pending delivery that the scheduler holds back.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DeliveryStatus {
+    Pending,
+    Delivered,
+    Dead,
+}
+
+impl DeliveryStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryStatus::Pending => "pending",
+            DeliveryStatus::Delivered => "delivered",
+            DeliveryStatus::Dead => "dead",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<DeliveryStatus> {
+        match text {
+            "pending" => Some(DeliveryStatus::Pending),
+            "delivered" => Some(DeliveryStatus::Delivered),
+            "dead" => Some(DeliveryStatus::Dead),
+            _ => None,
+        }
+    }
+}
+
+/// One resource version to send to one destination, and how it went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub id: i64,
+    pub key: String,
+    pub destination: String,
+    pub rule: String,
+    pub lane: String,
+    pub resource_type: ResourceType,
+    pub resource_id: String,
+    pub version: i64,
+    pub created_ms: i64,
+    pub status: DeliveryStatus,
+    /// Attempts made, in all.
+    pub attempts: i64,
+    /// `attempts` when the delivery was last retried by hand: the retry
+    /// budget counts from there.
+    pub budget_from: i64,
+    pub next_attempt_ms: Option<i64>,
+    pub last_error: Option<String>,
+    /// HTTP status of the last answer, if there was one.
+    pub last_status: Option<i64>,
+    /// The body of the last answer (kept for dead letters), shortened.
+    pub response: Option<String>,
+    pub delivered_ms: Option<i64>,
+}
+
+/// Which deliveries to list, oldest first.
+#[derive(Debug, Clone, Default)]
+pub struct DeliveryQuery {
+    /// Any of these; all statuses when empty.
+    pub statuses: Vec<DeliveryStatus>,
+    pub destination: Option<String>,
+    /// Only ids greater than this (paging).
+    pub after: i64,
+    pub limit: usize,
 }

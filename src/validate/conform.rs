@@ -107,6 +107,7 @@ impl<'p, 'a> Conform<'p, 'a> {
                 focus_type: None,
                 resource: self.root,
                 root: self.root,
+                vars: &[],
             };
             match constraint.expression.is_satisfied(&env) {
                 Ok(true) => {}

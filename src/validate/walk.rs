@@ -561,6 +561,7 @@ impl<'d, 'a> Walk<'d, 'a> {
                 focus_type: Some(def.name.as_str()),
                 resource: self.resource,
                 root: self.root,
+                vars: &[],
             };
             self.judge(invariant, invariant.expression.is_satisfied(&env));
         }

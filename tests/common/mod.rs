@@ -1,6 +1,8 @@
 //! Starts a real gateway on a loopback port with its own store, for tests.
 #![allow(dead_code)]
 
+pub mod receiver;
+
 use pathway_gateway::config::Config;
 use reqwest::StatusCode;
 use reqwest::header::HeaderMap;

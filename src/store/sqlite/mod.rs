@@ -10,12 +10,14 @@
 //! Conditional creates and updates are resolved inside the writer, so two
 //! concurrent creates with the same identifier cannot both miss each other.
 
+mod outbox;
 mod search;
 mod writer;
 
 use super::{
-    IngestOutcome, IngestRequest, JournalEntry, JournalReceipt, QuarantineEntry, Quarantined,
-    SearchPage, Store, StoreError, Stored, WriteOutcome, WriteRequest,
+    Delivery, DeliveryQuery, IngestOutcome, IngestRequest, JournalEntry, JournalReceipt,
+    OutboxItem, QuarantineEntry, Quarantined, RouteOutcome, RouteRequest, SearchPage, Store,
+    StoreError, Stored, WriteOutcome, WriteRequest,
 };
 use crate::fhir::ResourceType;
 use crate::fhir::search::SearchQuery;
@@ -29,9 +31,10 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 /// The database file inside the data directory.
 pub const DB_FILE: &str = "gateway.sqlite";
 /// The schema this code writes; a newer file is refused rather than misread.
-/// 2: the quarantine table; 3: event clocks (each added by re-running the
+/// 2: the quarantine table; 3: event clocks; 4: the routing outbox and
+/// deliveries (each added by re-running the
 /// idempotent schema).
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 /// How the store is set up (checked configuration).
 #[derive(Debug, Clone)]
@@ -63,12 +66,18 @@ pub(super) enum Job {
         oneshot::Sender<Result<Vec<i64>, StoreError>>,
     ),
     Resolve(i64, oneshot::Sender<Result<bool, StoreError>>),
+    Route(
+        RouteRequest,
+        oneshot::Sender<Result<RouteOutcome, StoreError>>,
+    ),
+    Deliveries(Vec<Delivery>, oneshot::Sender<Result<(), StoreError>>),
     Close(oneshot::Sender<()>),
 }
 
 pub struct SqliteStore {
     jobs: mpsc::Sender<Job>,
     readers: Arc<ReaderPool>,
+    outbox_signal: Arc<tokio::sync::Notify>,
 }
 
 struct ReaderPool {
@@ -87,11 +96,14 @@ impl SqliteStore {
         let conn = open_writer(&path)?;
         let (jobs, rx) = mpsc::channel(options.queue.max(1));
         let max_batch = options.max_batch.max(1);
+        let outbox_signal = Arc::new(tokio::sync::Notify::new());
+        let signal = outbox_signal.clone();
         std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || writer::Writer::new(conn, max_batch).run(rx))?;
+            .spawn(move || writer::Writer::new(conn, max_batch, signal).run(rx))?;
         Ok(SqliteStore {
             jobs,
+            outbox_signal,
             readers: Arc::new(ReaderPool {
                 path,
                 size: options.readers.max(1),
@@ -331,6 +343,35 @@ impl Store for SqliteStore {
 
     async fn resolve_quarantined(&self, id: i64) -> Result<bool, StoreError> {
         self.submit(|tx| Job::Resolve(id, tx)).await
+    }
+
+    async fn outbox(&self, limit: usize) -> Result<Vec<OutboxItem>, StoreError> {
+        self.with_reader(move |conn| outbox::outbox(conn, limit))
+            .await
+    }
+
+    async fn route(&self, request: RouteRequest) -> Result<RouteOutcome, StoreError> {
+        self.submit(|tx| Job::Route(request, tx)).await
+    }
+
+    async fn update_deliveries(&self, deliveries: Vec<Delivery>) -> Result<(), StoreError> {
+        if deliveries.is_empty() {
+            return Ok(());
+        }
+        self.submit(|tx| Job::Deliveries(deliveries, tx)).await
+    }
+
+    async fn deliveries(&self, query: DeliveryQuery) -> Result<Vec<Delivery>, StoreError> {
+        self.with_reader(move |conn| outbox::deliveries(conn, &query))
+            .await
+    }
+
+    async fn delivery(&self, id: i64) -> Result<Option<Delivery>, StoreError> {
+        self.read_inline(|conn| outbox::delivery(conn, id)).await
+    }
+
+    fn outbox_signal(&self) -> Arc<tokio::sync::Notify> {
+        self.outbox_signal.clone()
     }
 
     async fn check(&self) -> Result<(), StoreError> {

@@ -1,4 +1,5 @@
--- pathway-gateway store, schema version 1.
+-- pathway-gateway store, schema version 4 (each version adds to this file;
+-- it is re-run, idempotently, on upgrade).
 
 -- Every version of every resource: the full history.
 CREATE TABLE IF NOT EXISTS versions (
@@ -94,3 +95,37 @@ CREATE TABLE IF NOT EXISTS event_clock (
     event_ms INTEGER NOT NULL,
     PRIMARY KEY (type, id)
 ) WITHOUT ROWID;
+
+-- Routing (schema version 4). Every new resource version gets an outbox row
+-- in the transaction that writes it; the router turns rows into deliveries
+-- and removes them in one transaction, so a version is routed exactly once
+-- whatever crashes when.
+CREATE TABLE IF NOT EXISTS outbox (
+    seq     INTEGER PRIMARY KEY,
+    type    TEXT    NOT NULL,
+    id      TEXT    NOT NULL,
+    version INTEGER NOT NULL
+);
+
+-- One resource version to send to one destination. `lane` orders
+-- deliveries: one patient's deliveries to one destination go in id order.
+CREATE TABLE IF NOT EXISTS delivery (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,  -- public; never reused
+    key          TEXT    NOT NULL,                   -- Idempotency-Key
+    destination  TEXT    NOT NULL,
+    rule         TEXT    NOT NULL,
+    lane         TEXT    NOT NULL,
+    type         TEXT    NOT NULL,
+    res_id       TEXT    NOT NULL,
+    version      INTEGER NOT NULL,
+    created_at   INTEGER NOT NULL,
+    status       TEXT    NOT NULL,                   -- pending | delivered | dead
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    budget_from  INTEGER NOT NULL DEFAULT 0,
+    next_attempt INTEGER,
+    last_error   TEXT,
+    last_status  INTEGER,
+    response     TEXT,
+    delivered_at INTEGER
+);
+CREATE INDEX IF NOT EXISTS delivery_status ON delivery (status, id);

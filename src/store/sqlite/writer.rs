@@ -3,18 +3,20 @@
 //! Conditional creates and updates are resolved here, serialised with writes.
 
 use super::search::matching_ids_sql;
-use super::{Job, read_current};
+use super::{Job, outbox, read_current};
 use crate::fhir::ResourceType;
 use crate::fhir::json::rewrite_references;
 use crate::fhir::resource::{Prepared, assemble};
 use crate::fhir::search::{SearchQuery, reference_target};
 use crate::store::{
     Change, IngestOutcome, IngestRequest, JournalEntry, JournalReceipt, Mutation, MutationError,
-    QuarantineEntry, StoreError, Stored, WriteOutcome, WriteRequest, Written,
+    QuarantineEntry, RouteOutcome, RouteRequest, StoreError, Stored, WriteOutcome, WriteRequest,
+    Written,
 };
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 use std::collections::HashMap;
-use tokio::sync::{mpsc, oneshot};
+use std::sync::Arc;
+use tokio::sync::{Notify, mpsc, oneshot};
 
 pub(super) struct Writer {
     conn: Connection,
@@ -24,6 +26,10 @@ pub(super) struct Writer {
     last_ms: i64,
     /// Why the current group can no longer be committed, if it cannot.
     broken: Option<String>,
+    /// Did the current group add to the outbox?
+    enqueued: bool,
+    /// Told after a commit that added to the outbox (the router waits on it).
+    outbox_signal: Arc<Notify>,
 }
 
 /// A search condition of a given type, as written (its canonical parameters).
@@ -36,12 +42,14 @@ enum Plan {
 }
 
 impl Writer {
-    pub(super) fn new(conn: Connection, max_batch: usize) -> Self {
+    pub(super) fn new(conn: Connection, max_batch: usize, outbox_signal: Arc<Notify>) -> Self {
         Writer {
             conn,
             max_batch,
             last_ms: 0,
             broken: None,
+            enqueued: false,
+            outbox_signal,
         }
     }
 
@@ -91,6 +99,7 @@ impl Writer {
         let now = jiff::Timestamp::now().as_millisecond().max(self.last_ms);
         self.last_ms = now;
         self.broken = None;
+        self.enqueued = false;
         if !self.conn.is_autocommit() {
             // Left inside a transaction by an earlier failure: start clean.
             let _ = self.conn.execute_batch("ROLLBACK");
@@ -133,6 +142,15 @@ impl Writer {
                     let result = self.in_savepoint(|w| w.resolve_quarantined(id, now).map(Ok));
                     answers.push(Answer::Resolve(reply, result));
                 }
+                Job::Route(request, reply) => {
+                    let result = self.in_savepoint(|w| w.route(&request, now).map(Ok));
+                    answers.push(Answer::Route(reply, result));
+                }
+                Job::Deliveries(deliveries, reply) => {
+                    let result =
+                        self.in_savepoint(|w| outbox::update(&w.conn, &deliveries).map(Ok));
+                    answers.push(Answer::Deliveries(reply, result));
+                }
                 Job::Close(done) => closing = Some(done),
             }
             if self.broken.is_none() && self.conn.is_autocommit() {
@@ -148,6 +166,9 @@ impl Writer {
         };
         match result {
             Ok(()) => {
+                if self.enqueued {
+                    self.outbox_signal.notify_one();
+                }
                 for answer in answers {
                     answer.send();
                 }
@@ -425,6 +446,8 @@ impl Writer {
                  ON CONFLICT(type, id) DO UPDATE SET version=excluded.version, last_updated=excluded.last_updated",
             )?
             .execute(params![ty.as_str(), id, version, now])?;
+        outbox::enqueue(&self.conn, ty, &id, version)?;
+        self.enqueued = true;
         self.index(resource, &id, map, current.is_some())?;
         Ok(Ok(Written {
             change: if current.is_some() {
@@ -577,6 +600,31 @@ impl Writer {
             insert.execute(params![ty, param, lo, hi, id])?;
         }
         Ok(())
+    }
+
+    /// A routing pass: its deliveries, the removal of the outbox rows it
+    /// routed, and what its triggers create (each conditional create on its
+    /// own, so that one refused does not hold back the rest).
+    fn route(&mut self, request: &RouteRequest, now: i64) -> Result<RouteOutcome, StoreError> {
+        let deliveries = outbox::insert(&self.conn, &request.deliveries, now)?;
+        outbox::remove_routed(&self.conn, request.routed_through)?;
+        let triggered = if request.triggered.is_empty() {
+            Vec::new()
+        } else {
+            let write = WriteRequest {
+                mutations: request.triggered.clone(),
+                atomic: false,
+            };
+            match self.apply(&write, now)? {
+                Ok(WriteOutcome::Applied(results)) => results,
+                // Not atomic: applied entry by entry, never rolled back whole.
+                _ => return Err(failure("a routing batch was rolled back whole")),
+            }
+        };
+        Ok(RouteOutcome {
+            deliveries,
+            triggered,
+        })
     }
 
     fn quarantine(
@@ -745,6 +793,14 @@ enum Answer {
         oneshot::Sender<Result<bool, StoreError>>,
         Result<bool, StoreError>,
     ),
+    Route(
+        oneshot::Sender<Result<RouteOutcome, StoreError>>,
+        Result<RouteOutcome, StoreError>,
+    ),
+    Deliveries(
+        oneshot::Sender<Result<(), StoreError>>,
+        Result<(), StoreError>,
+    ),
 }
 
 impl Answer {
@@ -765,6 +821,12 @@ impl Answer {
             Answer::Resolve(reply, result) => {
                 let _ = reply.send(result);
             }
+            Answer::Route(reply, result) => {
+                let _ = reply.send(result);
+            }
+            Answer::Deliveries(reply, result) => {
+                let _ = reply.send(result);
+            }
         }
     }
 
@@ -783,6 +845,12 @@ impl Answer {
                 let _ = reply.send(Err(failure(message)));
             }
             Answer::Resolve(reply, _) => {
+                let _ = reply.send(Err(failure(message)));
+            }
+            Answer::Route(reply, _) => {
+                let _ = reply.send(Err(failure(message)));
+            }
+            Answer::Deliveries(reply, _) => {
                 let _ = reply.send(Err(failure(message)));
             }
         }
@@ -809,6 +877,12 @@ fn answer_failure(job: Job, message: &str) {
             let _ = reply.send(Err(failure(message)));
         }
         Job::Resolve(_, reply) => {
+            let _ = reply.send(Err(failure(message)));
+        }
+        Job::Route(_, reply) => {
+            let _ = reply.send(Err(failure(message)));
+        }
+        Job::Deliveries(_, reply) => {
             let _ = reply.send(Err(failure(message)));
         }
         Job::Close(done) => {

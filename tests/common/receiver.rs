@@ -1,0 +1,210 @@
+//! A real pathway-service receiver on loopback: takes `POST /fhir/{type}`,
+//! records what came (headers, body, what it answered) and answers as the
+//! test scripts it: fail the next N, refuse some, stall some, or accept.
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+/// How the receiver answers.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Statuses for the next requests, in order; then `status`.
+    pub next: VecDeque<u16>,
+    pub status: u16,
+    /// A `Retry-After` header on non-2xx answers.
+    pub retry_after: Option<String>,
+    /// Requests whose body contains the text get this status instead.
+    pub refuse_containing: Vec<(String, u16)>,
+    /// Requests whose body contains the text are answered only after this.
+    pub stall_containing: Vec<(String, Duration)>,
+}
+
+impl Default for Plan {
+    fn default() -> Self {
+        Plan {
+            next: VecDeque::new(),
+            status: 201,
+            retry_after: None,
+            refuse_containing: Vec::new(),
+            stall_containing: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub resource_type: String,
+    pub idempotency_key: String,
+    pub correlation_id: String,
+    pub authorization: Option<String>,
+    pub content_type: String,
+    pub body: Value,
+    pub answered: u16,
+    pub at: Instant,
+}
+
+impl Received {
+    pub fn accepted(&self) -> bool {
+        (200..300).contains(&self.answered)
+    }
+}
+
+#[derive(Default)]
+struct Shared {
+    plan: Mutex<Plan>,
+    log: Mutex<Vec<Received>>,
+    changed: Notify,
+}
+
+pub struct Receiver {
+    /// `http://127.0.0.1:PORT/fhir`
+    pub base: String,
+    shared: Arc<Shared>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Receiver {
+    pub async fn start() -> Receiver {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        Receiver::start_on(listener).await
+    }
+
+    pub async fn start_on(listener: TcpListener) -> Receiver {
+        let addr = listener.local_addr().expect("addr");
+        let shared = Arc::new(Shared::default());
+        let app = axum::Router::new()
+            .route("/fhir/{type}", axum::routing::post(receive))
+            .with_state(shared.clone());
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Receiver {
+            base: format!("http://{addr}/fhir"),
+            shared,
+            task,
+        }
+    }
+
+    pub fn plan(&self, change: impl FnOnce(&mut Plan)) {
+        change(&mut self.shared.plan.lock().unwrap());
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.shared.log.lock().unwrap().clone()
+    }
+
+    pub fn accepted(&self) -> Vec<Received> {
+        self.received()
+            .into_iter()
+            .filter(Received::accepted)
+            .collect()
+    }
+
+    /// Waits until `done` holds for what was received, or panics after
+    /// `timeout` naming `what` and what did arrive.
+    pub async fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        done: impl Fn(&[Received]) -> bool,
+    ) -> Vec<Received> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let changed = self.shared.changed.notified();
+            let log = self.received();
+            if done(&log) {
+                return log;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                let seen: Vec<_> = log
+                    .iter()
+                    .map(|r| format!("{} {} -> {}", r.resource_type, r.body["id"], r.answered))
+                    .collect();
+                panic!("timed out waiting for {what}; received: {seen:#?}");
+            }
+            let _ = tokio::time::timeout(left.min(Duration::from_millis(200)), changed).await;
+        }
+    }
+}
+
+async fn receive(
+    State(shared): State<Arc<Shared>>,
+    Path(resource_type): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let text = String::from_utf8_lossy(&body).into_owned();
+    let (status, retry_after, stall) = {
+        let mut plan = shared.plan.lock().unwrap();
+        let stall = plan
+            .stall_containing
+            .iter()
+            .find(|(needle, _)| text.contains(needle.as_str()))
+            .map(|(_, d)| *d);
+        let refused = plan
+            .refuse_containing
+            .iter()
+            .find(|(needle, _)| text.contains(needle.as_str()))
+            .map(|(_, s)| *s);
+        let status = match refused {
+            Some(status) => status,
+            None => plan.next.pop_front().unwrap_or(plan.status),
+        };
+        (status, plan.retry_after.clone(), stall)
+    };
+    if let Some(stall) = stall {
+        tokio::time::sleep(stall).await;
+    }
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let received = Received {
+        resource_type,
+        idempotency_key: header("idempotency-key").unwrap_or_default(),
+        correlation_id: header("x-correlation-id").unwrap_or_default(),
+        authorization: header("authorization"),
+        content_type: header("content-type").unwrap_or_default(),
+        body: serde_json::from_str(&text).unwrap_or(Value::Null),
+        answered: status,
+        at: Instant::now(),
+    };
+    shared.log.lock().unwrap().push(received);
+    shared.changed.notify_waiters();
+    let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    if code.is_success() {
+        return (code, [("content-type", "application/fhir+json")], text).into_response();
+    }
+    let outcome = json!({"resourceType": "OperationOutcome", "issue": [{
+        "severity": "error", "code": "processing", "diagnostics": format!("test receiver answered {status}")
+    }]});
+    let mut response = (
+        code,
+        [("content-type", "application/fhir+json")],
+        outcome.to_string(),
+    )
+        .into_response();
+    if let Some(after) = retry_after
+        && let Ok(value) = after.parse()
+    {
+        response.headers_mut().insert("retry-after", value);
+    }
+    response
+}
