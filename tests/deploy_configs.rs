@@ -31,3 +31,58 @@ fn the_shipped_example_states_the_defaults() {
     assert_eq!(example.store.readers, defaults.store.readers);
     assert_eq!(example.log.filter, defaults.log.filter);
 }
+
+#[test]
+fn the_shipped_example_keeps_the_routing_defaults_and_its_commented_rules_are_valid() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/gateway.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let example = Config::from_toml(&text, "deploy/gateway.toml", Vec::new()).unwrap();
+    let defaults = Config::defaults();
+    let names = |c: &Config| {
+        let r = &c.routing.rules;
+        (
+            r.rules.iter().map(|x| x.name.clone()).collect::<Vec<_>>(),
+            r.triggers
+                .iter()
+                .map(|x| x.name.clone())
+                .collect::<Vec<_>>(),
+        )
+    };
+    assert_eq!(names(&example), names(&defaults));
+    let (p, d) = (example.routing.policy, defaults.routing.policy);
+    assert_eq!(
+        (p.initial_backoff_ms, p.max_backoff_ms, p.max_attempts),
+        (d.initial_backoff_ms, d.max_backoff_ms, d.max_attempts)
+    );
+    // Uncomment the example rule and trigger: they load, and the trigger
+    // replaces the default of the same name.
+    let mut uncommented = text.clone();
+    let mut block = false;
+    for line in text.lines() {
+        if line.starts_with("# [[routing.") {
+            block = true;
+        }
+        if block {
+            match line.strip_prefix("# ") {
+                Some(code) => {
+                    uncommented.push('\n');
+                    uncommented.push_str(code);
+                }
+                None => block = false,
+            }
+        }
+    }
+    let with_examples = Config::from_toml(&uncommented, "uncommented", Vec::new())
+        .unwrap_or_else(|err| panic!("{err}\n{uncommented}"));
+    let (rules, triggers) = names(&with_examples);
+    assert!(rules.contains(&"ed-attendances-to-audit".to_string()));
+    assert_eq!(triggers, names(&defaults).1);
+    let at_home = with_examples
+        .routing
+        .rules
+        .triggers
+        .iter()
+        .find(|t| t.name == "at-home-supported-discharge")
+        .unwrap();
+    assert!(at_home.when.source().contains("%age >= 75"));
+}

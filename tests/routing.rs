@@ -722,6 +722,14 @@ async fn one_stuck_patient_does_not_hold_up_others_and_each_patients_order_is_ke
             "{w}"
         );
     }
+    let behind = gw
+        .send(gw.client.post(format!(
+            "{}/routing/deliveries/{}/retry",
+            gw.root, waiting[0]["id"]
+        )))
+        .await;
+    assert_eq!(behind.status, 409, "{}", behind.text);
+    assert!(behind.text.contains("retry that one"), "{}", behind.text);
     let pending = deliveries(&gw, "?status=pending").await;
     assert_eq!(pending.len(), 1);
     assert!(

@@ -18,8 +18,17 @@ pub fn spawn_gateway(data: &Path) -> (Child, String) {
 
 /// As [`spawn_gateway`], also returning the MLLP listener's address.
 pub fn spawn_gateway_mllp(data: &Path) -> (Child, String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pathway-gateway"))
-        .arg("serve")
+    spawn_gateway_with(data, None)
+}
+
+/// As [`spawn_gateway_mllp`], with a configuration file.
+pub fn spawn_gateway_with(data: &Path, config: Option<&Path>) -> (Child, String, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_pathway-gateway"));
+    command.arg("serve");
+    if let Some(config) = config {
+        command.arg("--config").arg(config);
+    }
+    let mut child = command
         .env("PATHWAY_HTTP__LISTEN", "127.0.0.1:0")
         .env("PATHWAY_HL7V2__LISTEN", "127.0.0.1:0")
         .env("PATHWAY_STORE__PATH", data)

@@ -186,6 +186,10 @@ pub async fn retry(
                 &describe(&delivery, None),
             ))
         }
+        RetryAnswer::Behind(head) => Err(conflict(format!(
+            "delivery {} waits behind delivery {head} for the same patient and destination; retry that one",
+            delivery.id
+        ))),
         RetryAnswer::InFlight => Err(conflict(format!(
             "delivery {} is being attempted now",
             delivery.id
@@ -232,7 +236,7 @@ fn describe(d: &Delivery, held_because: Option<&str>) -> Value {
         "resource": format!("{}/{}/_history/{}", d.resource_type, d.resource_id, d.version),
         "patient": d.lane,
         "idempotency_key": d.key,
-        "created": time(Some(d.created_ms)),
+        "committed": time(Some(d.created_ms)),
         "attempts": d.attempts,
         "next_attempt": if d.status == DeliveryStatus::Pending { time(d.next_attempt_ms) } else { None },
         "last_status": d.last_status,

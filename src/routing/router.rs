@@ -186,6 +186,7 @@ impl Router {
                                 resource_type: ty,
                                 resource_id: stored.id.clone(),
                                 version: stored.version,
+                                committed_ms: stored.last_updated_ms,
                                 key: uuid::Uuid::now_v7().to_string(),
                             });
                         }

@@ -60,6 +60,8 @@ pub enum RetryAnswer {
     NotOpen,
     /// Being attempted right now.
     InFlight,
+    /// Waits behind this earlier delivery of the same patient: retry that.
+    Behind(i64),
 }
 
 struct Lane {
@@ -389,11 +391,16 @@ impl Scheduler {
         let Some(lane) = self.lanes.get_mut(&key) else {
             return RetryAnswer::NotOpen;
         };
-        let at_head = lane.queue.front().is_some_and(|h| h.id == id);
-        if at_head && lane.in_flight {
+        let Some(head) = lane.queue.front() else {
+            return RetryAnswer::NotOpen;
+        };
+        if head.id != id {
+            return RetryAnswer::Behind(head.id);
+        }
+        if lane.in_flight {
             return RetryAnswer::InFlight;
         }
-        let Some(delivery) = lane.queue.iter_mut().find(|d| d.id == id) else {
+        let Some(delivery) = lane.queue.front_mut() else {
             return RetryAnswer::NotOpen;
         };
         if delivery.status == DeliveryStatus::Dead {
@@ -407,9 +414,7 @@ impl Scheduler {
             delivery: saved.clone(),
             ack: Some(ack),
         });
-        if at_head {
-            self.consider(&key);
-        }
+        self.consider(&key);
         RetryAnswer::Scheduled {
             delivery: Box::new(saved),
             saved: acked,

@@ -378,6 +378,8 @@ pub struct NewDelivery {
     pub resource_type: ResourceType,
     pub resource_id: String,
     pub version: i64,
+    /// When the version was committed: latency is counted from here.
+    pub committed_ms: i64,
     /// The `Idempotency-Key` every attempt carries.
     pub key: String,
 }
@@ -439,6 +441,7 @@ pub struct Delivery {
     pub resource_type: ResourceType,
     pub resource_id: String,
     pub version: i64,
+    /// When the version it sends was committed.
     pub created_ms: i64,
     pub status: DeliveryStatus,
     /// Attempts made, in all.

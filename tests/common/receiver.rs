@@ -62,6 +62,16 @@ struct Shared {
     plan: Mutex<Plan>,
     log: Mutex<Vec<Received>>,
     changed: Notify,
+    /// TLS handshakes that failed (a TLS receiver only).
+    tls_failures: std::sync::atomic::AtomicUsize,
+}
+
+/// A TLS receiver's certificate, and the CA its clients must have
+/// certificates from (mutual TLS) if any.
+pub struct Tls {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+    pub client_ca: Option<std::path::PathBuf>,
 }
 
 pub struct Receiver {
@@ -97,6 +107,81 @@ impl Receiver {
             shared,
             task,
         }
+    }
+
+    /// An HTTPS receiver (rustls), requiring client certificates when
+    /// `tls.client_ca` is set.
+    pub async fn start_tls(tls: Tls) -> Receiver {
+        use tokio_rustls::rustls::pki_types::pem::PemObject;
+        use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        use tokio_rustls::rustls::{self, RootCertStore, server::WebPkiClientVerifier};
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let certs: Vec<CertificateDer> = CertificateDer::pem_file_iter(&tls.cert)
+            .expect("server certificate")
+            .map(|c| c.expect("PEM certificate"))
+            .collect();
+        let key = PrivateKeyDer::from_pem_file(&tls.key).expect("server key");
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions");
+        let builder = match &tls.client_ca {
+            Some(ca) => {
+                let mut roots = RootCertStore::empty();
+                for cert in CertificateDer::pem_file_iter(ca).expect("client CA") {
+                    roots
+                        .add(cert.expect("PEM certificate"))
+                        .expect("CA certificate");
+                }
+                let verifier =
+                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                        .build()
+                        .expect("client verifier");
+                builder.with_client_cert_verifier(verifier)
+            }
+            None => builder.with_no_client_auth(),
+        };
+        let config = builder
+            .with_single_cert(certs, key)
+            .expect("server TLS config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let shared = Arc::new(Shared::default());
+        let app = axum::Router::new()
+            .route("/fhir/{type}", axum::routing::post(receive))
+            .with_state(shared.clone());
+        let counts = shared.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (acceptor, app, counts) = (acceptor.clone(), app.clone(), counts.clone());
+                tokio::spawn(async move {
+                    let Ok(stream) = acceptor.accept(tcp).await else {
+                        counts
+                            .tls_failures
+                            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        return;
+                    };
+                    let service = hyper_util::service::TowerToHyperService::new(app);
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Receiver {
+            base: format!("https://{addr}/fhir"),
+            shared,
+            task,
+        }
+    }
+
+    pub fn tls_failures(&self) -> usize {
+        self.shared
+            .tls_failures
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn plan(&self, change: impl FnOnce(&mut Plan)) {

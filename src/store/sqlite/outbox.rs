@@ -113,7 +113,7 @@ pub(super) fn insert(
 ) -> Result<Vec<Delivery>, StoreError> {
     let mut stmt = conn.prepare_cached(
         "INSERT INTO delivery(key, destination, rule, lane, type, res_id, version, created_at, status, next_attempt) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending', ?8)",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending', ?9)",
     )?;
     let mut stored = Vec::with_capacity(deliveries.len());
     for new in deliveries {
@@ -125,6 +125,7 @@ pub(super) fn insert(
             new.resource_type.as_str(),
             new.resource_id,
             new.version,
+            new.committed_ms,
             now
         ])?;
         stored.push(Delivery {
@@ -136,7 +137,7 @@ pub(super) fn insert(
             resource_type: new.resource_type,
             resource_id: new.resource_id.clone(),
             version: new.version,
-            created_ms: now,
+            created_ms: new.committed_ms,
             status: DeliveryStatus::Pending,
             attempts: 0,
             budget_from: 0,

@@ -118,7 +118,7 @@ CREATE TABLE IF NOT EXISTS delivery (
     type         TEXT    NOT NULL,
     res_id       TEXT    NOT NULL,
     version      INTEGER NOT NULL,
-    created_at   INTEGER NOT NULL,
+    created_at   INTEGER NOT NULL,                   -- when the version was committed
     status       TEXT    NOT NULL,                   -- pending | delivered | dead
     attempts     INTEGER NOT NULL DEFAULT 0,
     budget_from  INTEGER NOT NULL DEFAULT 0,
