@@ -359,6 +359,75 @@ async fn queued_deliveries_survive_kill_9_and_go_out_when_the_receiver_is_back()
     restarted.child.wait().unwrap();
 }
 
+/// Deliveries in flight when the gateway is killed (the receiver has the
+/// requests but has not answered) are made again after the restart, with
+/// the same idempotency keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_in_flight_at_a_crash_are_made_again_after_restart() {
+    use common::receiver::Receiver;
+    let receiver = Receiver::start().await;
+    receiver
+        .plan(|p| p.stall_containing = vec![("ServiceRequest".into(), Duration::from_secs(3600))]);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[destinations.proactive-care-mdt]\nurl = \"{}\"\ntimeout_ms = 600000\n",
+            receiver.base
+        ),
+    )
+    .unwrap();
+    let mut gateway = spawn_with(&data, Some(&config));
+    let root = gateway.fhir.trim_end_matches("/fhir").to_string();
+    let client = reqwest::Client::new();
+    let mut csv = String::from("nhs_number,family_name,birth_date,efi_category\n");
+    for n in 0..10 {
+        csv.push_str(&format!(
+            "{},InFlight,1938-03-05,severe\n",
+            nhs_number(800 + n)
+        ));
+    }
+    let response = client
+        .post(format!("{root}/ingest/gp-risk-list?practice=G84001"))
+        .header("content-type", "text/csv")
+        .body(csv)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    for _ in 0..200 {
+        if receiver.arrived().len() == 10 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let in_flight: std::collections::HashSet<String> = receiver.arrived().into_iter().collect();
+    assert_eq!(in_flight.len(), 10, "all ten in flight, none answered");
+    assert!(receiver.received().is_empty());
+    gateway.child.kill().expect("SIGKILL");
+    gateway.child.wait().expect("reaped");
+
+    receiver.plan(|p| p.stall_containing.clear());
+    let mut restarted = spawn_with(&data, Some(&config));
+    let log = receiver
+        .wait_for("the ten made again", Duration::from_secs(30), |log| {
+            log.iter().filter(|r| r.accepted()).count() == 10
+        })
+        .await;
+    let again: std::collections::HashSet<String> =
+        log.iter().map(|r| r.idempotency_key.clone()).collect();
+    assert_eq!(again, in_flight, "the same ten keys, made again");
+    assert_eq!(
+        receiver.arrived().len(),
+        20,
+        "each referral twice: in flight, then again"
+    );
+    restarted.child.kill().unwrap();
+    restarted.child.wait().unwrap();
+}
+
 #[test]
 fn bad_configuration_stops_the_binary_with_a_clear_message() {
     let dir = tempfile::tempdir().unwrap();

@@ -64,6 +64,9 @@ struct Shared {
     changed: Notify,
     /// TLS handshakes that failed (a TLS receiver only).
     tls_failures: std::sync::atomic::AtomicUsize,
+    /// Idempotency keys of the requests that have arrived, answered or not
+    /// (a stalled one is recorded in `log` only when it is answered).
+    arrived: Mutex<Vec<String>>,
 }
 
 /// A TLS receiver's certificate, and the CA its clients must have
@@ -178,6 +181,11 @@ impl Receiver {
         }
     }
 
+    /// The idempotency keys of every request that has arrived, in order.
+    pub fn arrived(&self) -> Vec<String> {
+        self.shared.arrived.lock().unwrap().clone()
+    }
+
     pub fn tls_failures(&self) -> usize {
         self.shared
             .tls_failures
@@ -233,6 +241,12 @@ async fn receive(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    shared.arrived.lock().unwrap().push(key);
     let text = String::from_utf8_lossy(&body).into_owned();
     let (status, retry_after, stall) = {
         let mut plan = shared.plan.lock().unwrap();
