@@ -95,6 +95,7 @@ async fn a_receiver_failing_three_times_gets_each_referral_once_per_key() {
         [destinations.proactive-care-mdt]
         url = "{}"
         bearer_token = "mdt-token"
+        headers = {{ "X-Api-Key" = "key-123" }}
         [delivery]
         initial_backoff_ms = 20
         max_backoff_ms = 100
@@ -139,6 +140,7 @@ async fn a_receiver_failing_three_times_gets_each_referral_once_per_key() {
             "proactive-care-assessment"
         );
         assert_eq!(r.authorization.as_deref(), Some("Bearer mdt-token"));
+        assert_eq!(r.headers["x-api-key"], "key-123");
         assert_eq!(r.content_type, "application/fhir+json");
         assert_eq!(
             r.correlation_id,
@@ -184,6 +186,64 @@ async fn a_receiver_failing_three_times_gets_each_referral_once_per_key() {
             metrics.text
         );
     }
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn retry_after_is_honoured_and_a_receiver_that_does_not_answer_in_time_is_tried_again() {
+    let mdt = Receiver::start().await;
+    mdt.plan(|p| {
+        p.next = [429].into();
+        p.retry_after = Some("1".into());
+    });
+    let slow = Receiver::start().await;
+    slow.plan(|p| p.stall_containing = vec![("ServiceRequest".into(), Duration::from_secs(30))]);
+    let setup = routing(&format!(
+        r#"
+        [destinations.proactive-care-mdt]
+        url = "{}"
+        [destinations.slow]
+        url = "{}"
+        timeout_ms = 200
+        [delivery]
+        initial_backoff_ms = 20
+        max_backoff_ms = 5000
+        [[routing.rules]]
+        name = "copy-to-slow"
+        resource = "ServiceRequest"
+        when = "true"
+        to = ["slow"]
+        "#,
+        mdt.base, slow.base
+    ));
+    let gw = common::start_with(|c| c.routing = setup).await;
+    upload(&gw, &severe_list(&[(&nhs_number(61), "Ford")])).await;
+    let log = mdt
+        .wait_for(
+            "the delivery after Retry-After",
+            Duration::from_secs(10),
+            |log| log.iter().any(Received::accepted),
+        )
+        .await;
+    assert_eq!(log.len(), 2);
+    assert_eq!(log[0].answered, 429);
+    let waited = log[1].at.duration_since(log[0].at);
+    assert!(
+        waited >= Duration::from_millis(950),
+        "Retry-After: 1 waited {waited:?}, not the 20 ms backoff"
+    );
+
+    let slow_one = wait_deliveries(&gw, "?destination=slow", "timed-out attempts", |l| {
+        l.len() == 1 && l[0]["attempts"].as_i64().unwrap() >= 2
+    })
+    .await;
+    assert_eq!(slow_one[0]["status"], "pending");
+    let error = slow_one[0]["last_error"].as_str().unwrap();
+    assert!(
+        error.starts_with("no answer from") && error.ends_with("in time"),
+        "{error}"
+    );
+    assert!(slow_one[0]["last_status"].is_null());
     gw.stop().await;
 }
 
