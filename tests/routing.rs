@@ -247,6 +247,54 @@ async fn retry_after_is_honoured_and_a_receiver_that_does_not_answer_in_time_is_
     gw.stop().await;
 }
 
+#[tokio::test]
+async fn a_patient_with_a_backlog_does_not_keep_the_only_slot_from_others() {
+    let audit = Receiver::start().await;
+    audit.plan(|p| p.stall_containing = vec![("Backlog".into(), Duration::from_millis(40))]);
+    let setup = routing(&format!(
+        r#"
+        [destinations.audit]
+        url = "{}"
+        concurrency = 1
+        [routing]
+        defaults = false
+        [[routing.rules]]
+        name = "every-patient-change"
+        resource = "Patient"
+        when = "true"
+        to = ["audit"]
+        "#,
+        audit.base
+    ));
+    let gw = common::start_with(|c| c.routing = setup).await;
+    let busy = gw
+        .post("Patient", &common::patient(&nhs_number(71), "Backlog"))
+        .await;
+    let id = busy.json["id"].as_str().unwrap().to_string();
+    let mut body = busy.json.clone();
+    for version in 2..=20 {
+        body["name"][0]["given"] = json!([format!("V{version}")]);
+        assert_eq!(gw.put(&format!("Patient/{id}"), &body).await.status, 200);
+    }
+    let other = gw
+        .post("Patient", &common::patient(&nhs_number(72), "Other"))
+        .await;
+    let log = audit
+        .wait_for("all 21 versions", Duration::from_secs(20), |log| {
+            log.len() == 21
+        })
+        .await;
+    let position = log
+        .iter()
+        .position(|r| r.body["id"] == other.json["id"])
+        .unwrap();
+    assert!(
+        position <= 3,
+        "the other patient went out at position {position} of 21, not behind the backlog"
+    );
+    gw.stop().await;
+}
+
 fn uuid_like(key: &str) -> bool {
     key.len() == 36 && key.chars().filter(|c| *c == '-').count() == 4
 }
@@ -260,9 +308,14 @@ async fn a_refused_delivery_goes_dead_and_a_manual_retry_delivers_it_after_a_fix
         mdt.base
     ));
     let gw = common::start_with(|c| c.routing = setup).await;
-    upload(&gw, &severe_list(&[(&nhs_number(3), "Cole")])).await;
+    upload(
+        &gw,
+        &severe_list(&[(&nhs_number(3), "Cole"), (&nhs_number(5), "Cole")]),
+    )
+    .await;
 
-    let dead = wait_deliveries(&gw, "?status=dead", "a dead letter", |l| l.len() == 1).await;
+    let both = wait_deliveries(&gw, "?status=dead", "two dead letters", |l| l.len() == 2).await;
+    let dead = &both[..1];
     let dead = &dead[0];
     assert_eq!(dead["attempts"], 1, "a 400 is not retried: {dead}");
     assert_eq!(dead["last_status"], 400);
@@ -278,7 +331,7 @@ async fn a_refused_delivery_goes_dead_and_a_manual_retry_delivers_it_after_a_fix
         "{dead}"
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(mdt.received().len(), 1, "a dead letter waits for a person");
+    assert_eq!(mdt.received().len(), 2, "a dead letter waits for a person");
 
     // The receiver is fixed; someone retries it.
     mdt.plan(|p| p.status = 201);
@@ -293,11 +346,22 @@ async fn a_refused_delivery_goes_dead_and_a_manual_retry_delivers_it_after_a_fix
     let after = wait_deliveries(&gw, "?status=delivered", "delivered", |l| l.len() == 1).await;
     assert_eq!(after[0]["id"], id);
     assert_eq!(after[0]["attempts"], 2);
+    // The other one, with every dead delivery of the destination.
+    let bulk = gw
+        .send(gw.client.post(format!(
+            "{}/routing/deliveries/retry?destination=proactive-care-mdt",
+            gw.root
+        )))
+        .await;
+    assert_eq!(bulk.status, 202, "{}", bulk.text);
+    assert_eq!(bulk.json["retried"], 1);
+    wait_deliveries(&gw, "?status=delivered", "both delivered", |l| l.len() == 2).await;
     let received = mdt.received();
+    assert_eq!(received.len(), 4);
     assert_eq!(
         by_key(&received).len(),
-        1,
-        "the retry carries the same idempotency key"
+        2,
+        "a retry carries the same idempotency key"
     );
 
     let again = gw.send(gw.client.post(&url)).await;

@@ -78,6 +78,10 @@ pub fn app(state: AppState) -> Router {
             axum::routing::post(quarantine::replay),
         )
         .route("/routing/deliveries", get(routing::list))
+        .route(
+            "/routing/deliveries/retry",
+            axum::routing::post(routing::retry_dead),
+        )
         .route("/routing/deliveries/{id}", get(routing::read))
         .route(
             "/routing/deliveries/{id}/retry",

@@ -15,6 +15,8 @@ use serde_json::{Value, json};
 
 const DEFAULT_PAGE: usize = 100;
 const MAX_PAGE: usize = 1000;
+/// Pages of stored rows looked through for one answer.
+const MAX_PAGES_SCANNED: usize = 20;
 
 /// What the list may ask for: a stored status, or `waiting` (pending, but
 /// held back by hours or by an earlier delivery of the same patient).
@@ -73,8 +75,12 @@ pub async fn list(
     // Pending and waiting are one stored status: page through it until the
     // page is full of the kind asked for.
     let mut found: Vec<(Delivery, Option<String>)> = Vec::new();
+    // `cursor`: the last row looked at. Pending and waiting share a stored
+    // status, so at most MAX_PAGES_SCANNED pages are looked through for one
+    // answer; `next` goes on from where it stopped.
     let mut cursor = after;
-    while found.len() < limit {
+    let mut more = false;
+    for _ in 0..MAX_PAGES_SCANNED {
         let page = state
             .store
             .deliveries(DeliveryQuery {
@@ -84,11 +90,7 @@ pub async fn list(
                 limit,
             })
             .await?;
-        let exhausted = page.len() < limit;
-        let Some(last) = page.last() else {
-            break;
-        };
-        cursor = last.id;
+        more = page.len() == limit;
         let pending: Vec<i64> = page
             .iter()
             .filter(|d| d.status == DeliveryStatus::Pending)
@@ -96,6 +98,11 @@ pub async fn list(
             .collect();
         let mut reasons = state.routing.held_because(pending).await.into_iter();
         for delivery in page {
+            if found.len() == limit {
+                more = true;
+                break;
+            }
+            cursor = delivery.id;
             let reason = if delivery.status == DeliveryStatus::Pending {
                 reasons.next().flatten()
             } else {
@@ -106,34 +113,30 @@ pub async fn list(
                 Some(Wanted::Waiting) => reason.is_some(),
                 _ => true,
             };
-            if keep && found.len() < limit {
-                cursor = delivery.id;
+            if keep {
                 found.push((delivery, reason));
             }
         }
-        if exhausted {
+        if found.len() == limit || !more {
             break;
         }
     }
-    let next = (found.len() == limit)
-        .then(|| found.last().map(|(d, _)| d.id))
-        .flatten()
-        .map(|last| {
-            let mut link = format!("/routing/deliveries?after={last}&limit={limit}");
-            if let Some(w) = wanted {
-                link.push_str("&status=");
-                link.push_str(match w {
-                    Wanted::Stored(s) => s.as_str(),
-                    Wanted::Pending => "pending",
-                    Wanted::Waiting => "waiting",
-                });
-            }
-            if let Some(d) = &destination {
-                link.push_str("&destination=");
-                link.extend(form_urlencoded::byte_serialize(d.as_bytes()));
-            }
-            link
-        });
+    let next = more.then_some(cursor).map(|last| {
+        let mut link = format!("/routing/deliveries?after={last}&limit={limit}");
+        if let Some(w) = wanted {
+            link.push_str("&status=");
+            link.push_str(match w {
+                Wanted::Stored(s) => s.as_str(),
+                Wanted::Pending => "pending",
+                Wanted::Waiting => "waiting",
+            });
+        }
+        if let Some(d) = &destination {
+            link.push_str("&destination=");
+            link.extend(form_urlencoded::byte_serialize(d.as_bytes()));
+        }
+        link
+    });
     let body = json!({
         "deliveries": found.iter().map(|(d, why)| describe(d, why.as_deref())).collect::<Vec<_>>(),
         "next": next,
@@ -194,11 +197,44 @@ pub async fn retry(
             "delivery {} is being attempted now",
             delivery.id
         ))),
-        RetryAnswer::NotOpen => Err(conflict(format!(
+        RetryAnswer::NotConfigured => Err(conflict(format!(
             "delivery {} cannot be retried: its destination `{}` is not configured",
             delivery.id, delivery.destination
         ))),
+        RetryAnswer::NotOpen => Err(conflict(format!(
+            "delivery {} is not waiting to be sent (it may have been delivered a moment ago); look it up again",
+            delivery.id
+        ))),
+        RetryAnswer::Stopping => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Issue::error(
+                "transient",
+                "routing is shutting down; retry after the restart",
+            ),
+        )),
     }
+}
+
+/// `POST /routing/deliveries/retry?destination=NAME`: every dead delivery
+/// to a destination (after its token or URL was fixed, say).
+pub async fn retry_dead(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let destination = form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .find(|(k, _)| k == "destination")
+        .map(|(_, v)| v.into_owned())
+        .ok_or_else(|| {
+            ApiError::bad_request(Issue::error(
+                "required",
+                "name the destination: POST /routing/deliveries/retry?destination=NAME",
+            ))
+        })?;
+    let retried = state.routing.retry_dead(&destination).await?;
+    Ok(json_response(
+        StatusCode::ACCEPTED,
+        &json!({"destination": destination, "retried": retried}),
+    ))
 }
 
 pub async fn metrics(State(state): State<AppState>) -> Response {

@@ -181,7 +181,7 @@ impl Destination {
 pub enum Outcome {
     /// 2xx.
     Delivered { status: u16 },
-    /// 408, 429, 5xx, a timeout or a connection failure: try again later
+    /// 408, 409, 423, 425, 429, 5xx, a timeout or a connection failure: try again later
     /// (no sooner than `retry_after`, when the answer said).
     Retry {
         status: Option<u16>,
@@ -280,7 +280,10 @@ pub async fn attempt(destination: &Destination, request: Request<'_>, now_ms: i6
             response: Some(text),
         };
     }
-    if code == 408 || code == 429 || status.is_server_error() {
+    // 408 and 429 by definition; 409 and 425 are what a receiver that
+    // honours Idempotency-Key answers while the first request with the key
+    // is still being processed; 423 is a resource locked for now.
+    if matches!(code, 408 | 409 | 423 | 425 | 429) || status.is_server_error() {
         return Outcome::Retry {
             status: Some(code),
             error: format!("{url} answered {status}"),

@@ -34,6 +34,9 @@ impl Hours {
             open: time(open)?,
             close: time(close)?,
         };
+        if hours.open == Time::MAX {
+            return Err(format!("`{text}` opens at 24:00; write 00:00"));
+        }
         if hours.open == hours.close {
             return Err(format!(
                 "`{text}` opens and closes at the same time; leave `hours` out for always open"
@@ -157,6 +160,7 @@ mod tests {
                 .unwrap_err()
                 .contains("same time")
         );
+        assert!(Hours::parse("24:00-08:00").unwrap_err().contains("00:00"));
         assert_eq!(
             Hours::parse("00:00-24:00").unwrap().to_string(),
             "00:00-24:00"

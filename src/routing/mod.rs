@@ -37,6 +37,8 @@ pub use scheduler::RetryAnswer;
 
 /// Outbox rows routed per transaction.
 const ROUTE_BATCH: usize = 256;
+/// Longest `delivery.max_backoff_ms`: a week.
+const MAX_BACKOFF_LIMIT_MS: i64 = 7 * 24 * 3600 * 1000;
 
 /// Where routing gets the time: the system clock, or a test's.
 pub trait Clock: Send + Sync + std::fmt::Debug + 'static {
@@ -103,6 +105,12 @@ impl Policy {
         }
         if self.max_backoff_ms < self.initial_backoff_ms {
             return Err("delivery.max_backoff_ms: must be at least initial_backoff_ms".into());
+        }
+        if self.max_backoff_ms > MAX_BACKOFF_LIMIT_MS {
+            return Err(format!(
+                "delivery.max_backoff_ms: {} is over a week ({MAX_BACKOFF_LIMIT_MS})",
+                self.max_backoff_ms
+            ));
         }
         if self.max_attempts == 0 {
             return Err("delivery.max_attempts: must be above 0".into());
@@ -204,8 +212,8 @@ impl Routing {
         // every change has been handed to it) and it has saved them all.
         let tasks = vec![
             tokio::spawn(router.run(stopped.clone())),
-            tokio::spawn(scheduler.run(received, stopped)),
-            tokio::spawn(scheduler::persist(store, persisted)),
+            tokio::spawn(scheduler.run(received, stopped.clone())),
+            tokio::spawn(scheduler::persist(store, persisted, stopped)),
         ];
         Ok(Routing {
             commands,
@@ -226,6 +234,27 @@ impl Routing {
             return RetryAnswer::NotOpen;
         }
         answer.await.unwrap_or(RetryAnswer::NotOpen)
+    }
+
+    /// Manual retry of every dead delivery to `destination`: how many.
+    pub async fn retry_dead(&self, destination: &str) -> Result<usize, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        if self
+            .commands
+            .send(scheduler::Command::RetryDead {
+                destination: destination.to_string(),
+                reply,
+            })
+            .is_err()
+        {
+            return Err(StoreError::Closed);
+        }
+        let saves = answer.await.map_err(|_| StoreError::Closed)?;
+        let count = saves.len();
+        for saved in saves {
+            saved.await.map_err(|_| StoreError::Closed)??;
+        }
+        Ok(count)
     }
 
     /// Why each pending delivery is held back (`None`: it is not).

@@ -372,11 +372,17 @@ fn patient_of(ty: ResourceType, id: &str, resource: &Value) -> Option<String> {
         return Some(id.to_string());
     }
     ["subject", "patient"].iter().find_map(|member| {
-        resource[member]["reference"]
-            .as_str()
-            .and_then(|r| r.rsplit_once("Patient/").map(|(_, id)| id))
-            .filter(|id| !id.is_empty() && !id.contains('/'))
-            .map(str::to_string)
+        let reference = resource[member]["reference"].as_str()?;
+        let reference = reference
+            .split_once("/_history/")
+            .map_or(reference, |(r, _)| r);
+        let (_, id) = reference.rsplit_once("Patient/")?;
+        // A FHIR id: 1 to 64 of A-Z a-z 0-9 - .
+        let valid = (1..=64).contains(&id.len())
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+        valid.then(|| id.to_string())
     })
 }
 
@@ -454,5 +460,12 @@ mod tests {
             patient_of(ResourceType::CarePlan, "c1", &absolute).as_deref(),
             Some("p2")
         );
+        let versioned = json!({"subject": {"reference": "Patient/p3/_history/2"}});
+        assert_eq!(
+            patient_of(ResourceType::Encounter, "e2", &versioned).as_deref(),
+            Some("p3")
+        );
+        let odd = json!({"subject": {"reference": "Patient/a,b"}});
+        assert_eq!(patient_of(ResourceType::Encounter, "e3", &odd), None);
     }
 }

@@ -25,6 +25,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 /// Longest sleep while a timer is pending: a test clock may jump.
 const MAX_NAP_MS: i64 = 200;
+/// How long shutdown waits for attempts in flight.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 type LaneKey = (usize, Arc<str>);
 
@@ -38,6 +40,12 @@ pub(super) enum Command {
     Retry {
         id: i64,
         reply: oneshot::Sender<RetryAnswer>,
+    },
+    /// Retry every dead delivery to a destination; the answers say when
+    /// each is saved.
+    RetryDead {
+        destination: String,
+        reply: oneshot::Sender<Vec<oneshot::Receiver<Result<(), StoreError>>>>,
     },
     /// Why each of these pending deliveries is held back, if it is.
     Inspect {
@@ -56,8 +64,13 @@ pub enum RetryAnswer {
         delivery: Box<Delivery>,
         saved: oneshot::Receiver<Result<(), StoreError>>,
     },
-    /// Not an open delivery of a configured destination.
+    /// Not open here: delivered a moment ago, or not yet handed over by
+    /// the router.
     NotOpen,
+    /// Its destination is not configured.
+    NotConfigured,
+    /// Routing is shutting down.
+    Stopping,
     /// Being attempted right now.
     InFlight,
     /// Waits behind this earlier delivery of the same patient: retry that.
@@ -67,6 +80,8 @@ pub enum RetryAnswer {
 struct Lane {
     queue: VecDeque<Delivery>,
     in_flight: bool,
+    /// In its destination's `ready` queue.
+    in_ready: bool,
     /// The destination was closed when the head was due: it waits until then.
     closed_until: Option<i64>,
 }
@@ -100,6 +115,8 @@ pub(super) struct Scheduler {
     commands: mpsc::UnboundedSender<Command>,
     persist: mpsc::UnboundedSender<Persist>,
     random: u64,
+    /// Shutting down: no new attempts; those in flight are waited for.
+    stopping: bool,
 }
 
 impl Scheduler {
@@ -139,6 +156,7 @@ impl Scheduler {
             commands,
             persist,
             random: seed,
+            stopping: false,
         };
         (scheduler, persisted)
     }
@@ -164,6 +182,16 @@ impl Scheduler {
             }
             self.fire_timers();
         }
+        // Let attempts in flight finish (and their results be saved), for
+        // a while: what does not finish is made again after the restart.
+        self.stopping = true;
+        let deadline = tokio::time::Instant::now() + STOP_GRACE;
+        while self.dests.iter().any(|d| d.in_flight > 0) {
+            match tokio::time::timeout_at(deadline, commands.recv()).await {
+                Ok(Some(command)) => self.handle(command),
+                _ => break,
+            }
+        }
     }
 
     fn handle(&mut self, command: Command) {
@@ -176,6 +204,27 @@ impl Scheduler {
             Command::Done { id, outcome } => self.done(id, outcome),
             Command::Retry { id, reply } => {
                 let _ = reply.send(self.retry(id));
+            }
+            Command::RetryDead { destination, reply } => {
+                let dead: Vec<i64> = match self.by_name.get(&destination) {
+                    Some(&dest) => self
+                        .lanes
+                        .iter()
+                        .filter(|(key, _)| key.0 == dest)
+                        .filter_map(|(_, lane)| lane.queue.front())
+                        .filter(|head| head.status == DeliveryStatus::Dead)
+                        .map(|head| head.id)
+                        .collect(),
+                    None => Vec::new(),
+                };
+                let saves = dead
+                    .into_iter()
+                    .filter_map(|id| match self.retry(id) {
+                        RetryAnswer::Scheduled { saved, .. } => Some(saved),
+                        _ => None,
+                    })
+                    .collect();
+                let _ = reply.send(saves);
             }
             Command::Inspect { ids, reply } => {
                 let reasons = ids.iter().map(|id| self.held_because(*id)).collect();
@@ -198,6 +247,7 @@ impl Scheduler {
         let lane = self.lanes.entry(key.clone()).or_insert_with(|| Lane {
             queue: VecDeque::new(),
             in_flight: false,
+            in_ready: false,
             closed_until: None,
         });
         lane.queue.push_back(delivery);
@@ -208,6 +258,12 @@ impl Scheduler {
 
     /// Looks at a lane's head: attempt it now, or set a timer for when.
     fn consider(&mut self, key: &LaneKey) {
+        self.consider_lane(key, false);
+    }
+
+    /// As `consider`; `its_turn` when the lane comes off the `ready` queue
+    /// (otherwise it queues behind lanes already there).
+    fn consider_lane(&mut self, key: &LaneKey, its_turn: bool) {
         let now = self.clock.now_ms();
         let Some(lane) = self.lanes.get_mut(key) else {
             return;
@@ -236,8 +292,14 @@ impl Scheduler {
             return;
         }
         lane.closed_until = None;
-        if dest.in_flight >= dest.destination.concurrency {
-            if !dest.ready.contains(&key.1) {
+        if self.stopping {
+            return;
+        }
+        let queue_first = !its_turn && !dest.ready.is_empty();
+        if dest.in_flight >= dest.destination.concurrency || queue_first {
+            // Lanes that were waiting for a slot go first.
+            if !lane.in_ready {
+                lane.in_ready = true;
                 dest.ready.push_back(key.1.clone());
             }
             return;
@@ -253,6 +315,7 @@ impl Scheduler {
             return;
         };
         lane.in_flight = true;
+        lane.in_ready = false;
         let dest = &mut self.dests[key.0];
         dest.in_flight += 1;
         let now = self.clock.now_ms();
@@ -267,11 +330,13 @@ impl Scheduler {
         let clock = self.clock.clone();
         let head = head.clone();
         tokio::spawn(async move {
-            let outcome = send(&*store, &destination, &head, &*clock).await;
-            let _ = commands.send(Command::Done {
+            // Reports even if the attempt panics, so its slot is not lost.
+            let mut guard = DoneGuard {
+                commands,
                 id: head.id,
-                outcome,
-            });
+                outcome: None,
+            };
+            guard.outcome = Some(send(&*store, &destination, &head, &*clock).await);
         });
     }
 
@@ -322,11 +387,13 @@ impl Scheduler {
                     ));
                     dest.counters.dead_letters += 1;
                 } else {
+                    // Retry-After is honoured, but never below the initial
+                    // backoff: `0` or a date in the past must not spin.
                     let delay = match retry_after_ms {
-                        Some(ms) => ms.min(policy.max_backoff_ms),
+                        Some(ms) => ms.clamp(policy.initial_backoff_ms, policy.max_backoff_ms),
                         None => policy.backoff_ms(head.attempts - head.budget_from, jitter),
                     };
-                    head.next_attempt_ms = Some(now + delay);
+                    head.next_attempt_ms = Some(now.saturating_add(delay));
                     head.last_error = Some(error);
                 }
             }
@@ -356,17 +423,23 @@ impl Scheduler {
             delivery: saved,
             ack: None,
         });
-        self.consider(&key);
+        // The slot goes to lanes already waiting for one before this lane's
+        // next delivery (`consider` queues it behind them).
         self.fill_slots(key.0);
+        self.consider(&key);
     }
 
     /// Starts lanes that were waiting for a slot at `dest`.
     fn fill_slots(&mut self, dest: usize) {
         while self.dests[dest].in_flight < self.dests[dest].destination.concurrency {
-            let Some(lane) = self.dests[dest].ready.pop_front() else {
+            let Some(name) = self.dests[dest].ready.pop_front() else {
                 break;
             };
-            self.consider(&(dest, lane));
+            let key = (dest, name);
+            if let Some(lane) = self.lanes.get_mut(&key) {
+                lane.in_ready = false;
+            }
+            self.consider_lane(&key, true);
         }
     }
 
@@ -384,6 +457,12 @@ impl Scheduler {
     }
 
     fn retry(&mut self, id: i64) -> RetryAnswer {
+        if self.stopping {
+            return RetryAnswer::Stopping;
+        }
+        if self.unconfigured.contains_key(&id) {
+            return RetryAnswer::NotConfigured;
+        }
         let Some(key) = self.lane_of.get(&id).cloned() else {
             return RetryAnswer::NotOpen;
         };
@@ -457,6 +536,7 @@ impl Scheduler {
                 match delivery.status {
                     DeliveryStatus::Dead => depth.dead += 1,
                     _ if i > 0 || lane.closed_until.is_some() => depth.waiting += 1,
+                    _ if lane.in_flight => {}
                     _ => depth.pending += 1,
                 }
             }
@@ -477,6 +557,29 @@ impl Scheduler {
         x ^= x << 17;
         self.random = x;
         x
+    }
+}
+
+/// Sends an attempt's outcome when dropped: at the end of the attempt, or
+/// while unwinding from a panic in it (then as a failure to retry).
+struct DoneGuard {
+    commands: mpsc::UnboundedSender<Command>,
+    id: i64,
+    outcome: Option<Outcome>,
+}
+
+impl Drop for DoneGuard {
+    fn drop(&mut self) {
+        let outcome = self.outcome.take().unwrap_or_else(|| Outcome::Retry {
+            status: None,
+            error: "the attempt failed inside the gateway (see its log)".to_string(),
+            retry_after_ms: None,
+            response: None,
+        });
+        let _ = self.commands.send(Command::Done {
+            id: self.id,
+            outcome,
+        });
     }
 }
 
@@ -541,7 +644,14 @@ async fn send(
 
 /// Saves delivery changes in the order they were made, many per commit.
 /// A failed save is tried again: a change is never dropped.
-pub(super) async fn persist(store: Arc<dyn Store>, mut changes: mpsc::UnboundedReceiver<Persist>) {
+///
+/// At shutdown (`stop`), a save that keeps failing is given up after a
+/// while: those deliveries are attempted again from their last saved state.
+pub(super) async fn persist(
+    store: Arc<dyn Store>,
+    mut changes: mpsc::UnboundedReceiver<Persist>,
+    stop: watch::Receiver<bool>,
+) {
     let mut batch: Vec<Persist> = Vec::new();
     while let Some(first) = changes.recv().await {
         batch.push(first);
@@ -565,6 +675,10 @@ pub(super) async fn persist(store: Arc<dyn Store>, mut changes: mpsc::UnboundedR
                             let _ = ack.send(Err(StoreError::Closed));
                         }
                     }
+                    return;
+                }
+                Err(err) if *stop.borrow() => {
+                    tracing::error!(error = %err, changes = batch.len(), "saving delivery state failed at shutdown; those deliveries will be attempted again");
                     return;
                 }
                 Err(err) => {
