@@ -69,6 +69,8 @@ pub struct ConfigFile {
     pub delivery: Policy,
     #[serde(default)]
     pub routing: RoutingConfig,
+    #[serde(default)]
+    pub outcomes: crate::outcomes::OutcomesConfig,
 }
 
 /// `[care_homes]`
@@ -306,6 +308,8 @@ pub struct Config {
     /// Rules, destinations (with their HTTP clients), the care-home register
     /// and the retry policy.
     pub routing: RoutingSetup,
+    /// Outcome definitions: windows, unit costs, opt-outs.
+    pub outcomes: crate::outcomes::Settings,
 }
 
 #[derive(Debug, Clone)]
@@ -544,7 +548,9 @@ impl ConfigFile {
             policy: self.delivery,
             clock: Arc::new(crate::routing::SystemClock),
         };
+        let outcomes = self.outcomes.check().map_err(ConfigError)?;
         Ok(Config {
+            outcomes,
             routing,
             hl7v2,
             gp_lists: GpLists {

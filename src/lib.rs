@@ -19,6 +19,7 @@
 //! - [`fhirpath`]: a FHIRPath evaluator over FHIR JSON, for invariants and rules.
 //! - [`store`]: durable versioned storage, search index, journal, routing
 //!   outbox and deliveries; SQLite by default.
+//! - [`outcomes`]: the pathway outcome figures (report), from the store.
 //! - [`routing`]: rules and triggers (FHIRPath) over stored versions, and
 //!   at-least-once delivery to pathway services.
 //!
@@ -31,6 +32,7 @@ pub mod fhir;
 pub mod fhirpath;
 pub mod gp;
 pub mod hl7v2;
+pub mod outcomes;
 pub mod replay;
 pub mod routing;
 pub mod server;

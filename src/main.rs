@@ -78,6 +78,25 @@ enum Command {
         #[arg(long, value_name = "ODS")]
         practice: Option<String>,
     },
+    /// Prints the pathway outcome report computed from the store (the one
+    /// `serve` uses): a table, or `--format json|csv`.
+    Report {
+        /// The reporting date (default: today in London), YYYY-MM-DD.
+        #[arg(long, value_name = "DATE")]
+        as_of: Option<String>,
+        /// Count referrals and discharges from this date (default: all).
+        #[arg(long, value_name = "DATE")]
+        from: Option<String>,
+        /// ... up to this date (default: --as-of).
+        #[arg(long, value_name = "DATE")]
+        to: Option<String>,
+        /// table, json or csv.
+        #[arg(long, value_name = "FORMAT", default_value = "table")]
+        format: String,
+        /// Configuration file (default: ./gateway.toml if present).
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
+    },
     /// Lints a profiles directory (default ./profiles): unknown paths,
     /// unresolvable bindings and extensions, unsupported rules.
     CheckProfiles {
@@ -96,6 +115,19 @@ fn main() -> std::process::ExitCode {
             files,
         } => validate(profiles.as_deref(), &profile, json, &files),
         Command::CheckProfiles { dir } => check_profiles(&dir),
+        Command::Report {
+            as_of,
+            from,
+            to,
+            format,
+            config,
+        } => match report(as_of, from, to, &format, config) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("pathway-gateway report: {err:#}");
+                std::process::ExitCode::from(2)
+            }
+        },
         Command::Replay { dir, to, practice } => replay(&dir, &to, practice.as_deref()),
         Command::Map {
             from,
@@ -133,6 +165,71 @@ fn main() -> std::process::ExitCode {
             }
         }
     }
+}
+
+fn report(
+    as_of: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    format: &str,
+    config: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    use pathway_gateway::outcomes;
+    if !matches!(format, "table" | "json" | "csv") {
+        anyhow::bail!("--format {format}: not table, json or csv");
+    }
+    let config = Config::load(config.as_deref(), std::env::vars())?;
+    let date = |name: &str, text: Option<String>| {
+        text.map(|t| outcomes::parse_date(name, &t))
+            .transpose()
+            .map_err(anyhow::Error::msg)
+    };
+    let as_of = date("--as-of", as_of)?.unwrap_or_else(outcomes::today);
+    let period = outcomes::measure::Period {
+        as_of,
+        from: date("--from", from)?,
+        to: date("--to", to)?.unwrap_or(as_of),
+    };
+    let runtime = tokio::runtime::Runtime::new()?;
+    let report = runtime.block_on(async {
+        use pathway_gateway::store::Store;
+        let store = pathway_gateway::store::sqlite::SqliteStore::open(config.store.clone())
+            .with_context(|| format!("cannot open the store in {}", config.store.dir.display()))?;
+        let report =
+            outcomes::report(&store, &config.routing.register, &config.outcomes, period).await;
+        store.close().await;
+        anyhow::Ok(report?)
+    })?;
+    let value = serde_json::to_value(&report)?;
+    match format {
+        "json" => println!("{}", serde_json::to_string_pretty(&value)?),
+        "csv" => {
+            println!("section,measure,value");
+            for (section, measure, value) in outcomes::rows(&value) {
+                println!("{section},{measure},{value}");
+            }
+        }
+        _ => {
+            let rows = outcomes::rows(&value);
+            let width = rows.iter().map(|(_, m, _)| m.len()).max().unwrap_or(0);
+            let mut section_now = String::new();
+            for (section, measure, value) in rows {
+                if section != section_now {
+                    println!(
+                        "{}",
+                        if section.is_empty() {
+                            "report"
+                        } else {
+                            &section
+                        }
+                    );
+                    section_now = section;
+                }
+                println!("  {measure:<width$}  {value}");
+            }
+        }
+    }
+    Ok(())
 }
 
 fn validate(

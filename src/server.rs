@@ -65,6 +65,8 @@ pub async fn run_with(
         draining: draining.clone(),
         validator: config.validator.clone(),
         gp_lists: Arc::new(config.gp_lists.clone()),
+        register: config.routing.register.clone(),
+        outcomes: Arc::new(config.outcomes.clone()),
         hl7v2: feed.clone(),
         hl7v2_max_bytes: config.hl7v2.max_message_bytes,
     };

@@ -8,6 +8,7 @@ pub mod error;
 pub mod http;
 pub mod ingest;
 pub mod operation;
+pub mod outcomes;
 pub mod quarantine;
 pub mod rest;
 pub mod routing;
@@ -44,6 +45,10 @@ pub struct AppState {
     pub hl7v2_max_bytes: usize,
     /// The router and delivery scheduler.
     pub routing: Arc<crate::routing::Routing>,
+    /// The care-home register (residents, for routing and outcomes).
+    pub register: Arc<crate::routing::care_homes::Register>,
+    /// Outcome definitions.
+    pub outcomes: Arc<crate::outcomes::Settings>,
 }
 
 /// The whole HTTP application.
@@ -88,6 +93,7 @@ pub fn app(state: AppState) -> Router {
             axum::routing::post(routing::retry),
         )
         .route("/metrics", get(routing::metrics))
+        .route("/outcomes/report", get(outcomes::report_json))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(log_request))

@@ -23,6 +23,7 @@ pub enum ParamKind {
     Token,
     Reference,
     Date,
+    String,
 }
 
 impl ParamKind {
@@ -31,6 +32,7 @@ impl ParamKind {
             ParamKind::Token => "token",
             ParamKind::Reference => "reference",
             ParamKind::Date => "date",
+            ParamKind::String => "string",
         }
     }
 }
@@ -46,6 +48,10 @@ enum Source {
     Reference(&'static str, Option<ResourceType>),
     /// A top-level `Period` element.
     Period(&'static str),
+    /// The codings of a top-level CodeableConcept, list of them, or Coding.
+    Coding(&'static str),
+    /// `address[*].postalCode`, kept normalised (see [`normalise_string`]).
+    Postcode,
 }
 
 /// A search parameter the gateway supports.
@@ -98,6 +104,26 @@ const PATIENT: SearchParam = SearchParam {
     documentation: "The subject, when it is a Patient: Patient/id or id",
     source: Source::Reference("subject", Some(ResourceType::Patient)),
 };
+const POSTCODE: SearchParam = SearchParam {
+    name: "address-postalcode",
+    kind: ParamKind::String,
+    definition: "http://hl7.org/fhir/SearchParameter/individual-address-postalcode",
+    documentation: "A postcode of any address; starts-with, ignoring case and spaces",
+    source: Source::Postcode,
+};
+const fn coding(
+    name: &'static str,
+    element: &'static str,
+    definition: &'static str,
+) -> SearchParam {
+    SearchParam {
+        name,
+        kind: ParamKind::Token,
+        definition,
+        documentation: "A code: system|code, code, |code or system|",
+        source: Source::Coding(element),
+    }
+}
 const ENCOUNTER_DATE: SearchParam = SearchParam {
     name: "date",
     kind: ParamKind::Date,
@@ -108,25 +134,40 @@ const ENCOUNTER_DATE: SearchParam = SearchParam {
 
 /// The search parameters of `ty` (besides `_id`, `_count`, which all have).
 pub fn params_for(ty: ResourceType) -> &'static [SearchParam] {
-    const PATIENT_PARAMS: &[SearchParam] = &[IDENTIFIER_PATIENT];
+    const PATIENT_PARAMS: &[SearchParam] = &[IDENTIFIER_PATIENT, POSTCODE];
     const ENCOUNTER_PARAMS: &[SearchParam] = &[
         IDENTIFIER_CLINICAL,
         status("http://hl7.org/fhir/SearchParameter/Encounter-status"),
         subject("http://hl7.org/fhir/SearchParameter/Encounter-subject"),
         PATIENT,
         ENCOUNTER_DATE,
+        coding(
+            "class",
+            "class",
+            "http://hl7.org/fhir/SearchParameter/Encounter-class",
+        ),
     ];
     const CAREPLAN_PARAMS: &[SearchParam] = &[
         IDENTIFIER_CLINICAL,
         status("http://hl7.org/fhir/SearchParameter/CarePlan-status"),
         subject("http://hl7.org/fhir/SearchParameter/CarePlan-subject"),
         PATIENT,
+        coding(
+            "category",
+            "category",
+            "http://hl7.org/fhir/SearchParameter/CarePlan-category",
+        ),
     ];
     const SERVICEREQUEST_PARAMS: &[SearchParam] = &[
         IDENTIFIER_CLINICAL,
         status("http://hl7.org/fhir/SearchParameter/ServiceRequest-status"),
         subject("http://hl7.org/fhir/SearchParameter/ServiceRequest-subject"),
         PATIENT,
+        coding(
+            "code",
+            "code",
+            "http://hl7.org/fhir/SearchParameter/clinical-code",
+        ),
     ];
     match ty {
         ResourceType::Patient => PATIENT_PARAMS,
@@ -174,7 +215,11 @@ pub struct IndexEntries {
 pub fn indexed_elements(ty: ResourceType) -> impl Iterator<Item = &'static str> {
     params_for(ty).iter().map(|p| match p.source {
         Source::Identifier => "identifier",
-        Source::Code(element) | Source::Reference(element, _) | Source::Period(element) => element,
+        Source::Code(element)
+        | Source::Reference(element, _)
+        | Source::Period(element)
+        | Source::Coding(element) => element,
+        Source::Postcode => "address",
     })
 }
 
@@ -210,6 +255,46 @@ pub fn extract_index(ty: ResourceType, resource: &Value) -> IndexEntries {
                         reference: reference.to_string(),
                         target,
                     });
+                }
+            }
+            Source::Coding(element) => {
+                let value = &resource[element];
+                let concepts: Vec<&Value> = match value {
+                    Value::Array(items) => items.iter().collect(),
+                    other => vec![other],
+                };
+                for concept in concepts {
+                    let codings: Vec<&Value> = match concept["coding"].as_array() {
+                        Some(codings) => codings.iter().collect(),
+                        // A Coding itself (Encounter.class).
+                        None => vec![concept],
+                    };
+                    for coding in codings {
+                        if let Some(code) = coding["code"].as_str() {
+                            let token = TokenEntry {
+                                param: param.name,
+                                system: coding["system"].as_str().unwrap_or("").to_string(),
+                                value: code.to_string(),
+                            };
+                            if !entries.tokens.contains(&token) {
+                                entries.tokens.push(token);
+                            }
+                        }
+                    }
+                }
+            }
+            Source::Postcode => {
+                for address in resource["address"].as_array().into_iter().flatten() {
+                    if let Some(postcode) = address["postalCode"].as_str() {
+                        let token = TokenEntry {
+                            param: param.name,
+                            system: String::new(),
+                            value: normalise_string(postcode),
+                        };
+                        if !token.value.is_empty() && !entries.tokens.contains(&token) {
+                            entries.tokens.push(token);
+                        }
+                    }
                 }
             }
             Source::Period(element) => {
@@ -266,6 +351,17 @@ pub enum TokenMatch {
     NoSystem(String),
     /// `system|`: any value in the system.
     System(String),
+    /// A string parameter: values (normalised) starting with this.
+    Prefix(String),
+}
+
+/// How string parameters are indexed and searched: upper case, without
+/// white space (`br1 3pt` finds `BR1 3PT`).
+pub fn normalise_string(text: &str) -> String {
+    text.chars()
+        .filter(|c| !c.is_whitespace())
+        .flat_map(char::to_uppercase)
+        .collect()
 }
 
 /// A date prefix (FHIR R4 §3.1.1.4.2).
@@ -465,6 +561,13 @@ fn parse_clause(param: &SearchParam, value: &str) -> Result<Clause, String> {
         ParamKind::Token => Ok(Clause::Token {
             param: param.name,
             any_of: alternatives.iter().map(|a| token_match(a)).collect(),
+        }),
+        ParamKind::String => Ok(Clause::Token {
+            param: param.name,
+            any_of: alternatives
+                .iter()
+                .map(|a| TokenMatch::Prefix(normalise_string(&unescape(a))))
+                .collect(),
         }),
         ParamKind::Reference => {
             let mut any_of = Vec::new();

@@ -102,6 +102,14 @@ impl Register {
         Ok(register)
     }
 
+    /// Every care home's postcode, as written in the register.
+    pub fn postcodes(&self) -> Vec<&str> {
+        self.by_postcode
+            .values()
+            .map(|h| h.postcode.as_str())
+            .collect()
+    }
+
     pub fn len(&self) -> usize {
         self.by_postcode.len()
     }

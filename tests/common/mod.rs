@@ -107,6 +107,22 @@ impl Gateway {
         }
     }
 
+    /// Stops the gateway and copies its data directory `from` to `to`
+    /// before the temporary directory goes.
+    pub async fn stop_keeping(mut self, from: &std::path::Path, to: &std::path::Path) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("gateway task");
+        }
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+
     pub async fn send(&self, request: reqwest::RequestBuilder) -> Reply {
         let response = request.send().await.expect("request sent");
         let status = response.status();

@@ -32,9 +32,10 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 pub const DB_FILE: &str = "gateway.sqlite";
 /// The schema this code writes; a newer file is refused rather than misread.
 /// 2: the quarantine table; 3: event clocks; 4: the routing outbox and
-/// deliveries (each added by re-running the
+/// deliveries; 5: search parameters `address-postalcode`, `class`,
+/// `category`, `code` (index rows added for stored resources) (each added by re-running the
 /// idempotent schema).
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 5;
 
 /// How the store is set up (checked configuration).
 #[derive(Debug, Clone)]
@@ -451,10 +452,52 @@ fn open_writer(path: &Path) -> Result<Connection, StoreError> {
         });
     }
     if found < SCHEMA_VERSION {
+        conn.execute_batch("BEGIN IMMEDIATE")?;
         conn.execute_batch(include_str!("schema.sql"))?;
+        if found > 0 && found < 5 {
+            index_new_params(
+                &conn,
+                &[
+                    (ResourceType::Patient, "address-postalcode"),
+                    (ResourceType::Encounter, "class"),
+                    (ResourceType::CarePlan, "category"),
+                    (ResourceType::ServiceRequest, "code"),
+                ],
+            )?;
+        }
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        conn.execute_batch("COMMIT")?;
     }
     Ok(conn)
+}
+
+/// Adds the index rows of search parameters new in this version for the
+/// resources stored before it.
+fn index_new_params(conn: &Connection, params: &[(ResourceType, &str)]) -> Result<(), StoreError> {
+    let mut insert = conn.prepare(
+        "INSERT OR IGNORE INTO idx_token(type, param, value, system, id) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    for (ty, param) in params {
+        let mut select = conn.prepare(
+            "SELECT c.id, v.body FROM current c \
+             JOIN versions v ON v.type=c.type AND v.id=c.id AND v.version=c.version WHERE c.type=?1",
+        )?;
+        let rows = select.query_map([ty.as_str()], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+        })?;
+        for row in rows {
+            let (id, body) = row?;
+            let Ok(value) = serde_json::from_str::<serde_json::Value>(&body) else {
+                continue;
+            };
+            for token in crate::fhir::search::extract_index(*ty, &value).tokens {
+                if token.param == *param {
+                    insert.execute(params![ty.as_str(), param, token.value, token.system, id])?;
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn open_reader(path: &Path) -> Result<Connection, StoreError> {

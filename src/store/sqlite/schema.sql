@@ -1,4 +1,4 @@
--- pathway-gateway store, schema version 4 (each version adds to this file;
+-- pathway-gateway store, schema version 5 (each version adds to this file;
 -- it is re-run, idempotently, on upgrade).
 
 -- Every version of every resource: the full history.

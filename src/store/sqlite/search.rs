@@ -52,6 +52,13 @@ pub(super) fn matching_ids_sql(query: &SearchQuery) -> (String, Vec<SqlValue>) {
                             args.push(text(s));
                             "system=?"
                         }
+                        TokenMatch::Prefix(p) => {
+                            // Text compares bytewise: every value starting
+                            // with `p` sorts between it and `p` + U+10FFFF.
+                            args.push(text(p));
+                            args.push(text(&format!("{p}\u{10FFFF}")));
+                            "value>=? AND value<?"
+                        }
                     };
                     lookups.push(format!(
                         "SELECT id FROM idx_token WHERE type=? AND param=? AND {condition}"

@@ -1,0 +1,298 @@
+//! Outcome figures from a simulated cohort, driven only through the public
+//! interfaces (risk-list CSV, FHIR REST, HL7 v2 over MLLP): the report
+//! reproduces the figures the simulator knows to be true, opted-out patients
+//! are in no figure but still have their care routed, and the `report`
+//! command prints the same report from the store.
+
+mod common;
+
+use common::Gateway;
+use common::receiver::Receiver;
+use pathway_gateway::config::Config;
+use pathway_gateway::hl7v2::client::MllpClient;
+use pathway_gateway::outcomes::simulate::{self, Cohort};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::time::Duration;
+
+const REFERRAL: &str = "https://fhir.onebromley.nhs.uk/CodeSystem/pathway-referral";
+const PATHWAY: &str = "https://fhir.onebromley.nhs.uk/CodeSystem/care-pathway";
+const CARE_PLAN_ID: &str = "https://fhir.onebromley.nhs.uk/Id/proactive-care-plan";
+const OPT_OUT: &str =
+    "https://fhir.onebromley.nhs.uk/StructureDefinition/Extension-OneBromley-NationalDataOptOut";
+
+/// Sends the cohort's feeds the way its senders would.
+async fn send(gw: &Gateway, cohort: &Cohort) {
+    let reply = gw
+        .send(
+            gw.client
+                .post(format!(
+                    "{}/ingest/gp-risk-list?practice={}",
+                    gw.root, cohort.practice
+                ))
+                .header("content-type", "text/csv")
+                .body(cohort.gp_list.clone()),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(reply.json["rejected"], 0, "{}", reply.text);
+
+    let patients: HashMap<String, Value> = gw
+        .search_all("Patient?_count=1000")
+        .await
+        .into_iter()
+        .map(|p| (p["identifier"][0]["value"].as_str().unwrap().to_string(), p))
+        .collect();
+    for nhs in &cohort.opt_out_flag {
+        let mut patient = patients[nhs].clone();
+        patient["extension"] = json!([{"url": OPT_OUT, "valueBoolean": true}]);
+        let path = format!("Patient/{}", patient["id"].as_str().unwrap());
+        let put = gw.put(&path, &patient).await;
+        assert_eq!(put.status, 200, "{}", put.text);
+    }
+    // The MDT assessments: each referred patient's draft plan turns active.
+    for (nhs, assessed) in &cohort.assessments {
+        let found = gw
+            .get(&format!("CarePlan?identifier={CARE_PLAN_ID}|{nhs}"))
+            .await;
+        let mut plan = found.json["entry"][0]["resource"].clone();
+        plan["status"] = json!("active");
+        plan["period"] = json!({"start": assessed.to_string()});
+        let put = gw
+            .put(&format!("CarePlan/{}", plan["id"].as_str().unwrap()), &plan)
+            .await;
+        assert_eq!(put.status, 200, "{}", put.text);
+    }
+    for request in &cohort.requests {
+        let id = patients[&request.nhs_number]["id"].as_str().unwrap();
+        let pathway = match request.code {
+            c if c.starts_with("at-home-") => "bromley-at-home",
+            c if c.starts_with("care-home-") => "care-home",
+            _ => "proactive-care",
+        };
+        let mut sr = json!({
+            "resourceType": "ServiceRequest",
+            "status": request.status,
+            "intent": "order",
+            "category": [{"coding": [{"system": PATHWAY, "code": pathway}]}],
+            "code": {"coding": [{"system": REFERRAL, "code": request.code}]},
+            "subject": {"reference": format!("Patient/{id}")},
+            "authoredOn": request.authored.to_string(),
+        });
+        if let Some(done) = request.done_on {
+            sr["occurrenceDateTime"] = json!(done.to_string());
+        }
+        let created = gw.post("ServiceRequest", &sr).await;
+        assert_eq!(created.status, 201, "{}", created.text);
+    }
+    let mut mllp = MllpClient::connect(gw.mllp, Duration::from_secs(5))
+        .await
+        .unwrap();
+    for message in &cohort.adt {
+        let ack = mllp.send(message.as_bytes()).await.unwrap();
+        let ack = String::from_utf8_lossy(&ack).into_owned();
+        assert!(ack.contains("MSA|AA|"), "{ack}\nfor\n{message}");
+    }
+}
+
+fn check(report: &Value, cohort: &Cohort) {
+    let e = &cohort.expected;
+    let pc = &report["proactive_care"];
+    let figures = [
+        (
+            "proactive_care.referrals",
+            &pc["referrals"],
+            e.referrals as i64,
+        ),
+        ("proactive_care.cohort", &pc["cohort"], e.cohort as i64),
+        (
+            "ed_contacts.before",
+            &pc["ed_contacts"]["before"],
+            e.ed_before,
+        ),
+        ("ed_contacts.after", &pc["ed_contacts"]["after"], e.ed_after),
+        (
+            "non_elective.before",
+            &pc["non_elective_admissions"]["before"],
+            e.nel_before,
+        ),
+        (
+            "non_elective.after",
+            &pc["non_elective_admissions"]["after"],
+            e.nel_after,
+        ),
+        (
+            "at_home.referrals",
+            &report["bromley_at_home"]["referrals"],
+            e.at_home_referrals as i64,
+        ),
+        (
+            "at_home.admitted",
+            &report["bromley_at_home"]["admitted"],
+            e.at_home_admitted as i64,
+        ),
+        (
+            "care_homes.residents",
+            &report["care_homes"]["residents"],
+            e.residents as i64,
+        ),
+        (
+            "care_homes.discharges",
+            &report["care_homes"]["discharges"],
+            e.discharges as i64,
+        ),
+        (
+            "care_homes.discharges_reviewed",
+            &report["care_homes"]["discharges_reviewed"],
+            e.discharges_reviewed as i64,
+        ),
+        (
+            "opted_out_excluded",
+            &report["opted_out_excluded"],
+            e.opted_out as i64,
+        ),
+    ];
+    for (name, actual, expected) in figures {
+        assert_eq!(actual.as_i64(), Some(expected), "{name}\n{report:#}");
+    }
+    let pct = |part: usize, whole: usize| ((part as f64 * 1000.0 / whole as f64).round()) / 10.0;
+    let homes = &report["care_homes"];
+    for (name, part) in [
+        ("admission_assessment_pct", e.admission_assessed),
+        ("assessed_last_6_months_pct", e.assessed_last_6_months),
+        (
+            "medicines_review_last_12_months_pct",
+            e.medicines_reviewed_last_12_months,
+        ),
+    ] {
+        assert_eq!(
+            homes[name].as_f64(),
+            Some(pct(part, e.residents)),
+            "{name}\n{report:#}"
+        );
+    }
+    let ed = &pc["ed_contacts"];
+    let fewer = e.ed_before - e.ed_after;
+    assert_eq!(ed["fewer"].as_i64(), Some(fewer));
+    let saved = ((fewer as f64 * 182.84) * 100.0).round() / 100.0;
+    assert_eq!(ed["cost_saved_gbp"].as_f64(), Some(saved));
+    assert_eq!(report["window_weeks"], 13);
+    assert_eq!(report["bromley_at_home"]["admitted_within_days"], 30);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_simulated_cohort_reproduces_its_known_figures() {
+    let cohort = simulate::generate(pathway_gateway::outcomes::today(), 30, 7);
+    assert!(cohort.expected.cohort >= 10 && cohort.expected.ed_before > 0);
+    let dir = tempfile::tempdir().unwrap();
+    let register = dir.path().join("care-homes.csv");
+    std::fs::write(&register, &cohort.register).unwrap();
+    let opt_out = dir.path().join("opt-out.txt");
+    std::fs::write(&opt_out, cohort.opt_out_file.join("\n")).unwrap();
+    let mdt = Receiver::start().await;
+    let toml = format!(
+        "[destinations.proactive-care-mdt]\nurl = \"{}\"\n[care_homes]\nregister = \"{}\"\n[outcomes]\nopt_out_file = \"{}\"\n",
+        mdt.base,
+        register.display(),
+        opt_out.display()
+    );
+    let config_file = dir.path().join("gateway.toml");
+    std::fs::write(&config_file, &toml).unwrap();
+    let loaded = Config::from_toml(&toml, "test", Vec::<(String, String)>::new()).unwrap();
+    let gw = common::start_with(|c| {
+        c.routing = loaded.routing;
+        c.outcomes = loaded.outcomes;
+    })
+    .await;
+    send(&gw, &cohort).await;
+
+    let url = format!("{}/outcomes/report?as_of={}", gw.root, cohort.as_of);
+    let report = gw.get_url(&url).await;
+    assert_eq!(report.status, 200, "{}", report.text);
+    check(&report.json, &cohort);
+
+    // Opted-out patients are in no figure, but their ED attendances still
+    // reach the MDT.
+    let opted_out: Vec<String> = gw
+        .search_all("Patient?_count=1000")
+        .await
+        .into_iter()
+        .filter(|p| {
+            let nhs = p["identifier"][0]["value"].as_str().unwrap().to_string();
+            cohort.opt_out_file.contains(&nhs) || cohort.opt_out_flag.contains(&nhs)
+        })
+        .map(|p| format!("Patient/{}", p["id"].as_str().unwrap()))
+        .collect();
+    mdt.wait_for(
+        "ED attendances of opted-out patients",
+        Duration::from_secs(20),
+        |log| {
+            log.iter().any(|r| {
+                r.resource_type == "Encounter"
+                    && opted_out.contains(
+                        &r.body["subject"]["reference"]
+                            .as_str()
+                            .unwrap_or("")
+                            .to_string(),
+                    )
+            })
+        },
+    )
+    .await;
+
+    // A period: nothing referred before today.
+    let before = gw
+        .get_url(&format!(
+            "{}/outcomes/report?as_of={}&to={}",
+            gw.root,
+            cohort.as_of,
+            cohort.today.yesterday().unwrap()
+        ))
+        .await;
+    assert_eq!(before.json["proactive_care"]["referrals"], 0);
+    assert_eq!(before.json["bromley_at_home"]["referrals"], 0);
+    let bad = gw
+        .get_url(&format!("{}/outcomes/report?as_of=2026-02-30", gw.root))
+        .await;
+    assert_eq!(bad.status, 400);
+    assert_eq!(bad.outcome_issue()["expression"][0], "as_of");
+    // The command prints the same report from the store (beside the
+    // running gateway: SQLite's WAL lets it read).
+    let data = gw.data.clone();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_pathway-gateway"))
+        .args([
+            "report",
+            "--format",
+            "json",
+            "--as-of",
+            &cohort.as_of.to_string(),
+            "--config",
+        ])
+        .arg(&config_file)
+        .env("PATHWAY_STORE__PATH", &data)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let printed: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(printed, report.json);
+    let table = std::process::Command::new(env!("CARGO_BIN_EXE_pathway-gateway"))
+        .args(["report", "--as-of", &cohort.as_of.to_string(), "--config"])
+        .arg(&config_file)
+        .env("PATHWAY_STORE__PATH", &data)
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.contains("proactive_care"), "{table}");
+    let cohort_size = cohort.expected.cohort.to_string();
+    assert!(
+        table
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["cohort", cohort_size.as_str()]),
+        "{table}"
+    );
+    gw.stop().await;
+}
