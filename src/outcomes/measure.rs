@@ -200,10 +200,13 @@ pub fn measure(facts: &Facts, period: Period, settings: &Settings) -> Report {
 
     // Care homes.
     let residents: Vec<&String> = facts.residents.iter().filter(|p| counted(p)).collect();
+    let mut requests_of: HashMap<&str, Vec<&RequestFact>> = HashMap::new();
+    for r in &facts.requests {
+        requests_of.entry(r.patient.as_str()).or_default().push(r);
+    }
     let done = |patient: &str, codes: &[&str], since: Option<Date>| {
-        facts.requests.iter().any(|r| {
-            r.patient == patient
-                && codes.contains(&r.code.as_str())
+        requests_of.get(patient).into_iter().flatten().any(|r| {
+            codes.contains(&r.code.as_str())
                 && r.completed()
                 && r.done_on
                     .is_some_and(|d| d <= period.as_of && since.is_none_or(|s| d >= s))
@@ -233,7 +236,8 @@ pub fn measure(facts: &Facts, period: Period, settings: &Settings) -> Report {
             twelve_months,
         )
     });
-    let (discharges, reviewed) = post_discharge_reviews(facts, &residents, period, &by_patient);
+    let (discharges, reviewed) =
+        post_discharge_reviews(&requests_of, &residents, period, &by_patient);
 
     let opted_out_excluded = facts.opted_out.len();
     Report {
@@ -271,7 +275,7 @@ pub fn measure(facts: &Facts, period: Period, settings: &Settings) -> Report {
 /// one done on or after the discharge day and before the patient's next
 /// discharge.
 fn post_discharge_reviews(
-    facts: &Facts,
+    requests_of: &HashMap<&str, Vec<&RequestFact>>,
     residents: &[&String],
     period: Period,
     by_patient: &HashMap<&str, Vec<&EncounterFact>>,
@@ -287,12 +291,13 @@ fn post_discharge_reviews(
             .filter(|(d, _)| *d <= period.as_of)
             .collect();
         stays.sort();
-        let reviews: Vec<&RequestFact> = facts
-            .requests
-            .iter()
+        let reviews: Vec<&RequestFact> = requests_of
+            .get(patient.as_str())
+            .into_iter()
+            .flatten()
+            .copied()
             .filter(|r| {
-                r.patient == **patient
-                    && r.code == "care-home-post-discharge-review"
+                r.code == "care-home-post-discharge-review"
                     && r.completed()
                     && r.done_on.is_some_and(|d| d <= period.as_of)
             })

@@ -15,7 +15,7 @@ use crate::fhir::search::normalise_string;
 use crate::gp::map::{PATHWAY_SYSTEM, REFERRAL_SYSTEM};
 use crate::routing::care_homes::Register;
 use crate::routing::rules::REFERRALS;
-use crate::store::{Store, StoreError, Stored, search_all};
+use crate::store::{Store, StoreError, Stored};
 use jiff::civil::Date;
 use measure::{Facts, Period, Report};
 use serde::Deserialize;
@@ -174,34 +174,39 @@ pub async fn gather(
     settings: &Settings,
 ) -> Result<Facts, StoreError> {
     let mut facts = Facts::default();
-    let codes: Vec<String> = REFERRALS
+    let codes: Vec<(String, String)> = REFERRALS
         .iter()
-        .map(|r| format!("{REFERRAL_SYSTEM}|{}", r.code))
+        .map(|r| (REFERRAL_SYSTEM.to_string(), r.code.to_string()))
         .collect();
-    for stored in search_all(store, ResourceType::ServiceRequest, "code", &codes).await? {
+    let requests = store
+        .by_token(ResourceType::ServiceRequest, "code", &codes)
+        .await?;
+    for stored in requests {
         if let Some(fact) = parse(&stored).as_ref().and_then(facts::request) {
             facts.requests.push(fact);
         }
     }
-    let proactive = [format!("{PATHWAY_SYSTEM}|proactive-care")];
-    for stored in search_all(store, ResourceType::CarePlan, "category", &proactive).await? {
+    let proactive = [(PATHWAY_SYSTEM.to_string(), "proactive-care".to_string())];
+    let plans = store
+        .by_token(ResourceType::CarePlan, "category", &proactive)
+        .await?;
+    for stored in plans {
         if let Some((patient, date)) = parse(&stored).as_ref().and_then(facts::assessment) {
             let earliest = facts.assessments.entry(patient).or_insert(date);
             *earliest = (*earliest).min(date);
         }
     }
     let mut patients: HashMap<String, Value> = HashMap::new();
-    let postcodes = register.postcodes();
+    let postcodes: Vec<(String, String)> = register
+        .postcodes()
+        .iter()
+        .map(|p| (String::new(), normalise_string(p)))
+        .collect();
     if !postcodes.is_empty() {
-        let postcodes: Vec<String> = postcodes.iter().map(|p| normalise_string(p)).collect();
-        for stored in search_all(
-            store,
-            ResourceType::Patient,
-            "address-postalcode",
-            &postcodes,
-        )
-        .await?
-        {
+        let residents = store
+            .by_token(ResourceType::Patient, "address-postalcode", &postcodes)
+            .await?;
+        for stored in residents {
             if let Some(patient) = parse(&stored) {
                 if register.home_of(&patient).is_some() {
                     facts.residents.insert(stored.id.clone());
@@ -227,9 +232,15 @@ pub async fn gather(
             facts.opted_out.insert(id.clone());
         }
     }
-    let mut ids: Vec<String> = named.into_iter().collect();
-    ids.sort();
-    for stored in search_all(store, ResourceType::Encounter, "patient", &ids).await? {
+    let mut targets: Vec<(ResourceType, String)> = named
+        .into_iter()
+        .map(|id| (ResourceType::Patient, id))
+        .collect();
+    targets.sort();
+    let encounters = store
+        .by_reference(ResourceType::Encounter, "patient", targets)
+        .await?;
+    for stored in encounters {
         if let Some(fact) = parse(&stored)
             .as_ref()
             .and_then(|e| facts::encounter(&stored.id, e))

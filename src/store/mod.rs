@@ -279,6 +279,24 @@ pub trait Store: Send + Sync + 'static {
         ty: ResourceType,
         keys: &[(String, String)],
     ) -> Result<Vec<Stored>, StoreError>;
+    /// Current resources of `ty` whose token parameter `param` has any of
+    /// these `(system, value)` (string parameters: system `""`, value
+    /// normalised), each once.
+    async fn by_token(
+        &self,
+        ty: ResourceType,
+        param: &str,
+        keys: &[(String, String)],
+    ) -> Result<Vec<Stored>, StoreError>;
+    /// Current resources of `ty` whose reference parameter `param` points at
+    /// any of these `(type, id)`, each once: many point lookups in one go
+    /// (outcome reports read every encounter of thousands of patients).
+    async fn by_reference(
+        &self,
+        ty: ResourceType,
+        param: &str,
+        targets: Vec<(ResourceType, String)>,
+    ) -> Result<Vec<Stored>, StoreError>;
     async fn write(&self, request: WriteRequest) -> Result<WriteOutcome, StoreError>;
     /// The event clocks of these resources (`None`: no event applied yet).
     async fn event_clocks(

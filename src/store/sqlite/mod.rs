@@ -253,6 +253,71 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn by_token(
+        &self,
+        ty: ResourceType,
+        param: &str,
+        keys: &[(String, String)],
+    ) -> Result<Vec<Stored>, StoreError> {
+        let (param, keys) = (param.to_string(), keys.to_vec());
+        self.with_reader(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT v.version, v.last_updated, v.body, c.id FROM idx_token t \
+                 CROSS JOIN current c ON c.type=t.type AND c.id=t.id \
+                 CROSS JOIN versions v ON v.type=c.type AND v.id=c.id AND v.version=c.version \
+                 WHERE t.type=?1 AND t.param=?2 AND t.value=?3 AND t.system=?4",
+            )?;
+            let mut seen = std::collections::HashSet::new();
+            let mut found = Vec::new();
+            for (system, value) in &keys {
+                let rows = stmt.query_map(params![ty.as_str(), param, value, system], |row| {
+                    stored_from_row(ty, row.get(3)?, row)
+                })?;
+                for row in rows {
+                    let row = row?;
+                    if seen.insert(row.id.clone()) {
+                        found.push(row);
+                    }
+                }
+            }
+            Ok(found)
+        })
+        .await
+    }
+
+    async fn by_reference(
+        &self,
+        ty: ResourceType,
+        param: &str,
+        targets: Vec<(ResourceType, String)>,
+    ) -> Result<Vec<Stored>, StoreError> {
+        let param = param.to_string();
+        self.with_reader(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT v.version, v.last_updated, v.body, c.id FROM idx_ref r \
+                 CROSS JOIN current c ON c.type=r.type AND c.id=r.id \
+                 CROSS JOIN versions v ON v.type=c.type AND v.id=c.id AND v.version=c.version \
+                 WHERE r.type=?1 AND r.param=?2 AND r.target_id=?3 AND r.target_type=?4",
+            )?;
+            let mut seen = std::collections::HashSet::new();
+            let mut found = Vec::new();
+            for (target_type, id) in &targets {
+                let rows = stmt.query_map(
+                    params![ty.as_str(), param, id, target_type.as_str()],
+                    |row| stored_from_row(ty, row.get(3)?, row),
+                )?;
+                for row in rows {
+                    let row = row?;
+                    if seen.insert(row.id.clone()) {
+                        found.push(row);
+                    }
+                }
+            }
+            Ok(found)
+        })
+        .await
+    }
+
     async fn event_clocks(
         &self,
         ty: ResourceType,
