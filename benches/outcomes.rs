@@ -7,6 +7,7 @@
 //! of the resources the report reads.
 //!
 //! `cargo bench --bench outcomes [-- --patients 300000 --encounters 1000000 --pathway 3000]`
+//! (`--store DIR` keeps the loaded store there, and reuses it when it exists).
 
 use pathway_gateway::fhir::ResourceType;
 use pathway_gateway::fhir::resource::prepare_json;
@@ -58,8 +59,14 @@ async fn main() {
     let encounters = arg("--encounters", 1_000_000);
     let pathway = arg("--pathway", 3_000).min(patients);
     let dir = tempfile::tempdir().unwrap();
+    let kept = std::env::args()
+        .skip_while(|a| a != "--store")
+        .nth(1)
+        .map(std::path::PathBuf::from);
+    let data = kept.clone().unwrap_or_else(|| dir.path().join("data"));
+    let reuse = data.join("gateway.sqlite").exists();
     let store = SqliteStore::open(SqliteOptions {
-        dir: dir.path().join("data"),
+        dir: data,
         max_batch: 512,
         queue: 4096,
         readers: 4,
@@ -70,6 +77,12 @@ async fn main() {
     let started = Instant::now();
     let mut batch: Vec<Mutation> = Vec::new();
     let mut written = 0usize;
+    let (patients, encounters, pathway) = if reuse {
+        println!("reusing the store in {}", kept.as_ref().unwrap().display());
+        (0, 0, 0)
+    } else {
+        (patients, encounters, pathway)
+    };
     async fn flush(store: &SqliteStore, batch: &mut Vec<Mutation>, written: &mut usize) {
         if batch.is_empty() {
             return;

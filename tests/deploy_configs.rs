@@ -30,6 +30,7 @@ fn the_shipped_example_states_the_defaults() {
     assert_eq!(example.store.queue, defaults.store.queue);
     assert_eq!(example.store.readers, defaults.store.readers);
     assert_eq!(example.log.filter, defaults.log.filter);
+    assert_eq!(example.outcomes, defaults.outcomes);
 }
 
 #[test]

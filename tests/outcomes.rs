@@ -180,8 +180,17 @@ fn check(report: &Value, cohort: &Cohort) {
     assert_eq!(report["bromley_at_home"]["admitted_within_days"], 30);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_simulated_cohort_reproduces_its_known_figures() {
+/// A gateway loaded with a simulated cohort (30 on the pathway), with the
+/// MDT at a receiver, the cohort's register and opt-out file configured.
+struct Loaded {
+    gw: Gateway,
+    cohort: Cohort,
+    mdt: Receiver,
+    config_file: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+async fn loaded() -> Loaded {
     let cohort = simulate::generate(pathway_gateway::outcomes::today(), 30, 7);
     assert!(cohort.expected.cohort >= 10 && cohort.expected.ed_before > 0);
     let dir = tempfile::tempdir().unwrap();
@@ -205,6 +214,24 @@ async fn a_simulated_cohort_reproduces_its_known_figures() {
     })
     .await;
     send(&gw, &cohort).await;
+    Loaded {
+        gw,
+        cohort,
+        mdt,
+        config_file,
+        _dir: dir,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_simulated_cohort_reproduces_its_known_figures() {
+    let Loaded {
+        gw,
+        cohort,
+        mdt,
+        config_file,
+        _dir,
+    } = loaded().await;
 
     let url = format!("{}/outcomes/report?as_of={}", gw.root, cohort.as_of);
     let report = gw.get_url(&url).await;
@@ -294,5 +321,145 @@ async fn a_simulated_cohort_reproduces_its_known_figures() {
             .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["cohort", cohort_size.as_str()]),
         "{table}"
     );
+    gw.stop().await;
+}
+
+/// Chromium, when installed (CI installs Debian's `chromium`; with
+/// `CI_REQUIRE_CHROMIUM=1` a missing one fails the test).
+fn chromium() -> Option<std::path::PathBuf> {
+    let found = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+        .iter()
+        .map(std::path::PathBuf::from)
+        .find(|p| p.exists());
+    if found.is_none() && std::env::var_os("CI_REQUIRE_CHROMIUM").is_some() {
+        panic!("CI_REQUIRE_CHROMIUM is set but there is no /usr/bin/chromium");
+    }
+    found
+}
+
+fn headless(
+    chromium: &std::path::Path,
+    profile: &std::path::Path,
+    args: &[&str],
+) -> std::process::Output {
+    std::process::Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(args)
+        .output()
+        .expect("chromium runs")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_renders_in_headless_chromium_with_the_headline_figures() {
+    let Loaded { gw, cohort, .. } = loaded().await;
+    let url = format!("{}/outcomes?as_of={}", gw.root, cohort.as_of);
+    let page = gw.get_url(&url).await;
+    assert_eq!(page.status, 200);
+    assert!(page.header("content-type").starts_with("text/html"));
+    assert!(
+        !page.text.contains("http://") && !page.text.contains("https://"),
+        "no external resources"
+    );
+
+    let e = &cohort.expected;
+    let tile = |id: &str, value: &str| format!(r#"id="{id}"><div class="n">{value}</div>"#);
+    assert!(
+        page.text.contains(&tile("cohort", &e.cohort.to_string())),
+        "{}",
+        page.text
+    );
+    let Some(chromium) = chromium() else {
+        eprintln!("browser part skipped: no chromium (apt-get install chromium)");
+        gw.stop().await;
+        return;
+    };
+    let profile = tempfile::tempdir().unwrap();
+    let url_for_chromium = url.clone();
+    let chromium_for_dom = chromium.clone();
+    let profile_path = profile.path().to_path_buf();
+    let dom = tokio::task::spawn_blocking(move || {
+        headless(
+            &chromium_for_dom,
+            &profile_path,
+            &["--dump-dom", &url_for_chromium],
+        )
+    })
+    .await
+    .unwrap();
+    assert!(
+        dom.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dom.stderr)
+    );
+    let dom = String::from_utf8_lossy(&dom.stdout).into_owned();
+    assert!(
+        dom.contains(&tile("cohort", &e.cohort.to_string())),
+        "{dom}"
+    );
+    let ed_pct = if e.ed_before == 0 {
+        0.0
+    } else {
+        ((e.ed_before - e.ed_after) as f64 * 1000.0 / e.ed_before as f64).round() / 10.0
+    };
+    assert!(dom.contains(&tile("ed", &format!("{ed_pct:.1}%"))), "{dom}");
+    assert!(
+        dom.contains(&tile("referrals", &e.referrals.to_string())),
+        "{dom}"
+    );
+    assert!(
+        dom.contains(&format!("{} residents;", e.residents)),
+        "{dom}"
+    );
+    assert_eq!(dom.matches("<svg").count(), 3, "three charts");
+    let rows = dom.matches("<tr><td>").count();
+    let lacking_admission = e.residents - e.admission_assessed;
+    assert!(
+        rows >= lacking_admission && rows <= e.residents,
+        "{rows} overdue rows"
+    );
+    assert!(dom.contains("no admission assessment"));
+
+    let shot = profile.path().join("dashboard.png");
+    let shot_arg = format!("--screenshot={}", shot.display());
+    let profile_path = profile.path().to_path_buf();
+    let done = tokio::task::spawn_blocking(move || {
+        headless(
+            &chromium,
+            &profile_path,
+            &[&shot_arg, "--window-size=1280,2200", &url],
+        )
+    })
+    .await
+    .unwrap();
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    let png = std::fs::read(&shot).expect("a screenshot");
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    let width = u32::from_be_bytes(png[16..20].try_into().unwrap());
+    let height = u32::from_be_bytes(png[20..24].try_into().unwrap());
+    assert_eq!((width, height), (1280, 2200));
+    // A blank page compresses to a few kilobytes; charts and tables do not.
+    assert!(
+        png.len() > 40_000,
+        "screenshot of {} bytes looks blank",
+        png.len()
+    );
+    if let Some(dir) = std::env::var_os("DASHBOARD_SCREENSHOT_DIR") {
+        std::fs::copy(&shot, std::path::Path::new(&dir).join("dashboard.png")).unwrap();
+    }
     gw.stop().await;
 }

@@ -94,6 +94,7 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/metrics", get(routing::metrics))
         .route("/outcomes/report", get(outcomes::report_json))
+        .route("/outcomes", get(outcomes::dashboard_html))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(log_request))

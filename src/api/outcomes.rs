@@ -31,6 +31,27 @@ pub async fn report_json(
         .into_response())
 }
 
+/// `GET /outcomes[?as_of=…&from=…&to=…]`: the dashboard.
+pub async fn dashboard_html(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let period = read_period(query.as_deref().unwrap_or(""))?;
+    let page = crate::outcomes::dashboard(
+        state.store.as_ref(),
+        &state.register,
+        &state.outcomes,
+        period,
+    )
+    .await?;
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        page,
+    )
+        .into_response())
+}
+
 /// `as_of` (default today in London), `from` (default open), `to`
 /// (default `as_of`).
 pub fn read_period(query: &str) -> Result<Period, ApiError> {

@@ -28,6 +28,129 @@ pub struct Facts {
     pub residents: HashSet<String>,
     /// Patients with a national data opt-out: in no figure.
     pub opted_out: HashSet<String>,
+    /// Residents as a worklist shows them: NHS number, name, care home.
+    pub people: HashMap<String, Person>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Person {
+    pub nhs_number: String,
+    pub name: String,
+    pub care_home: String,
+}
+
+/// A care-home resident with something overdue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Overdue {
+    pub patient: String,
+    pub person: Person,
+    pub reasons: Vec<String>,
+}
+
+/// Residents overdue, by the same rules as the figures: no admission
+/// assessment; no assessment in the last 6 months; no medicines review in
+/// the last 12 months; a discharge (in the period) with no review after it.
+pub fn worklist(facts: &Facts, period: Period) -> Vec<Overdue> {
+    let mut list = Vec::new();
+    let mut residents: Vec<&String> = facts
+        .residents
+        .iter()
+        .filter(|p| !facts.opted_out.contains(*p))
+        .collect();
+    residents.sort();
+    let mut requests_of: HashMap<&str, Vec<&RequestFact>> = HashMap::new();
+    for r in &facts.requests {
+        requests_of.entry(r.patient.as_str()).or_default().push(r);
+    }
+    let mut by_patient: HashMap<&str, Vec<&EncounterFact>> = HashMap::new();
+    for e in &facts.encounters {
+        by_patient.entry(e.patient.as_str()).or_default().push(e);
+    }
+    let done = |patient: &str, codes: &[&str], since: Option<Date>| {
+        requests_of.get(patient).into_iter().flatten().any(|r| {
+            codes.contains(&r.code.as_str())
+                && r.completed()
+                && r.done_on
+                    .is_some_and(|d| d <= period.as_of && since.is_none_or(|s| d >= s))
+        })
+    };
+    let six_months = period.as_of.checked_sub(6.months()).ok();
+    let twelve_months = period.as_of.checked_sub(12.months()).ok();
+    for patient in residents {
+        let mut reasons = Vec::new();
+        if !done(patient, &["care-home-admission-assessment"], None) {
+            reasons.push("no admission assessment".to_string());
+        }
+        if !done(
+            patient,
+            &[
+                "care-home-admission-assessment",
+                "care-home-periodic-assessment",
+            ],
+            six_months,
+        ) {
+            reasons.push("no assessment in the last 6 months".to_string());
+        }
+        if !done(
+            patient,
+            &[
+                "care-home-medicines-review",
+                "care-home-post-discharge-review",
+            ],
+            twelve_months,
+        ) {
+            reasons.push("no medicines review in the last 12 months".to_string());
+        }
+        let (discharges, reviewed) =
+            post_discharge_reviews(&requests_of, &[patient], period, &by_patient);
+        if reviewed < discharges {
+            reasons.push(format!(
+                "{} discharge(s) without a review",
+                discharges - reviewed
+            ));
+        }
+        if !reasons.is_empty() {
+            list.push(Overdue {
+                patient: patient.clone(),
+                person: facts.people.get(patient).cloned().unwrap_or_default(),
+                reasons,
+            });
+        }
+    }
+    list
+}
+
+/// Referrals per calendar month (`YYYY-MM`) for the 12 months up to
+/// `as_of`: proactive care and Bromley @Home, opt-outs excluded.
+pub fn referrals_by_month(facts: &Facts, period: Period) -> Vec<(String, usize, usize)> {
+    let mut months: Vec<(String, usize, usize)> = (0..12)
+        .rev()
+        .filter_map(|back| {
+            period
+                .as_of
+                .first_of_month()
+                .checked_sub(back.months())
+                .ok()
+        })
+        .map(|d| (d.strftime("%Y-%m").to_string(), 0, 0))
+        .collect();
+    for r in &facts.requests {
+        if facts.opted_out.contains(&r.patient) {
+            continue;
+        }
+        let Some(authored) = r.authored.filter(|d| *d <= period.as_of) else {
+            continue;
+        };
+        let month = authored.strftime("%Y-%m").to_string();
+        if let Some(slot) = months.iter_mut().find(|(m, _, _)| *m == month) {
+            if r.code == "proactive-care-assessment" {
+                slot.1 += 1;
+            } else if r.code.starts_with("at-home-") {
+                slot.2 += 1;
+            }
+        }
+    }
+    months
 }
 
 /// The reporting dates: `as_of`, and the period referrals and discharges

@@ -6,6 +6,7 @@
 //! store with indexed lookups (no scan of every encounter) and holds the
 //! settings (`[outcomes]`).
 
+pub mod dashboard;
 pub mod facts;
 pub mod measure;
 pub mod simulate;
@@ -165,6 +166,20 @@ pub async fn report(
     Ok(measure::measure(&facts, period, settings))
 }
 
+/// The dashboard page for `period`, from the store.
+pub async fn dashboard(
+    store: &dyn Store,
+    register: &Register,
+    settings: &Settings,
+    period: Period,
+) -> Result<String, StoreError> {
+    let facts = gather(store, register, settings).await?;
+    let report = measure::measure(&facts, period, settings);
+    let months = measure::referrals_by_month(&facts, period);
+    let overdue = measure::worklist(&facts, period);
+    Ok(dashboard::render(&report, &months, &overdue))
+}
+
 /// Reads what the figures need: the pathway ServiceRequests (by code), the
 /// proactive-care CarePlans (by category), the residents (by postcode),
 /// then the encounters and Patients of just the patients those name.
@@ -208,8 +223,11 @@ pub async fn gather(
             .await?;
         for stored in residents {
             if let Some(patient) = parse(&stored) {
-                if register.home_of(&patient).is_some() {
+                if let Some(home) = register.home_of(&patient) {
                     facts.residents.insert(stored.id.clone());
+                    facts
+                        .people
+                        .insert(stored.id.clone(), person(&patient, &home.name));
                 }
                 patients.insert(stored.id, patient);
             }
@@ -218,12 +236,14 @@ pub async fn gather(
     let mut named: HashSet<String> = facts.requests.iter().map(|r| r.patient.clone()).collect();
     named.extend(facts.assessments.keys().cloned());
     named.extend(facts.residents.iter().cloned());
-    for id in &named {
-        if !patients.contains_key(id)
-            && let Some(stored) = store.read(ResourceType::Patient, id).await?
-            && let Some(patient) = parse(&stored)
-        {
-            patients.insert(id.clone(), patient);
+    let unread: Vec<String> = named
+        .iter()
+        .filter(|id| !patients.contains_key(*id))
+        .cloned()
+        .collect();
+    for stored in store.read_many(ResourceType::Patient, unread).await? {
+        if let Some(patient) = parse(&stored) {
+            patients.insert(stored.id.clone(), patient);
         }
     }
     for (id, patient) in &patients {
@@ -237,9 +257,16 @@ pub async fn gather(
         .map(|id| (ResourceType::Patient, id))
         .collect();
     targets.sort();
-    let encounters = store
-        .by_reference(ResourceType::Encounter, "patient", targets)
-        .await?;
+    // In parallel on several read connections: this is most of the
+    // report's time on a large store.
+    let chunk = targets.len().div_ceil(READ_PARALLELISM).max(1);
+    let reads = targets
+        .chunks(chunk)
+        .map(|part| store.by_reference(ResourceType::Encounter, "patient", part.to_vec()));
+    let mut encounters = Vec::new();
+    for part in futures_util::future::join_all(reads).await {
+        encounters.extend(part?);
+    }
     for stored in encounters {
         if let Some(fact) = parse(&stored)
             .as_ref()
@@ -250,6 +277,30 @@ pub async fn gather(
     }
     Ok(facts)
 }
+
+fn person(patient: &Value, care_home: &str) -> measure::Person {
+    let name = &patient["name"][0];
+    let given: Vec<&str> = name["given"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    measure::Person {
+        nhs_number: facts::patient(patient).0.unwrap_or_default(),
+        name: format!(
+            "{} {}",
+            given.join(" "),
+            name["family"].as_str().unwrap_or("")
+        )
+        .trim()
+        .to_string(),
+        care_home: care_home.to_string(),
+    }
+}
+
+/// Read connections the report uses at once.
+const READ_PARALLELISM: usize = 4;
 
 fn parse(stored: &Stored) -> Option<Value> {
     serde_json::from_str(&stored.body).ok()

@@ -279,6 +279,13 @@ pub trait Store: Send + Sync + 'static {
         ty: ResourceType,
         keys: &[(String, String)],
     ) -> Result<Vec<Stored>, StoreError>;
+    /// The current versions of these resources (those that exist), in one
+    /// go on one connection.
+    async fn read_many(
+        &self,
+        ty: ResourceType,
+        ids: Vec<String>,
+    ) -> Result<Vec<Stored>, StoreError>;
     /// Current resources of `ty` whose token parameter `param` has any of
     /// these `(system, value)` (string parameters: system `""`, value
     /// normalised), each once.

@@ -253,6 +253,23 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn read_many(
+        &self,
+        ty: ResourceType,
+        ids: Vec<String>,
+    ) -> Result<Vec<Stored>, StoreError> {
+        self.with_reader(move |conn| {
+            let mut found = Vec::with_capacity(ids.len());
+            for id in &ids {
+                if let Some(stored) = read_current(conn, ty, id)? {
+                    found.push(stored);
+                }
+            }
+            Ok(found)
+        })
+        .await
+    }
+
     async fn by_token(
         &self,
         ty: ResourceType,
