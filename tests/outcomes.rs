@@ -306,6 +306,26 @@ async fn a_simulated_cohort_reproduces_its_known_figures() {
     );
     let printed: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(printed, report.json);
+    let csv = std::process::Command::new(env!("CARGO_BIN_EXE_pathway-gateway"))
+        .args([
+            "report",
+            "--format",
+            "csv",
+            "--as-of",
+            &cohort.as_of.to_string(),
+            "--config",
+        ])
+        .arg(&config_file)
+        .env("PATHWAY_STORE__PATH", &data)
+        .output()
+        .unwrap();
+    let csv = String::from_utf8_lossy(&csv.stdout);
+    assert!(csv.starts_with("section,measure,value\n"), "{csv}");
+    let line = format!(
+        "proactive_care,ed_contacts.before,{}",
+        cohort.expected.ed_before
+    );
+    assert!(csv.lines().any(|l| l == line), "{line} not in\n{csv}");
     let table = std::process::Command::new(env!("CARGO_BIN_EXE_pathway-gateway"))
         .args(["report", "--as-of", &cohort.as_of.to_string(), "--config"])
         .arg(&config_file)
@@ -421,7 +441,7 @@ async fn the_dashboard_renders_in_headless_chromium_with_the_headline_figures() 
         dom.contains(&format!("{} residents;", e.residents)),
         "{dom}"
     );
-    assert_eq!(dom.matches("<svg").count(), 3, "three charts");
+    assert_eq!(dom.matches("<svg").count(), 4, "four charts");
     let rows = dom.matches("<tr><td>").count();
     let lacking_admission = e.residents - e.admission_assessed;
     assert!(

@@ -135,7 +135,7 @@ fn before_after_chart(report: &Report) -> String {
 fn percent_bars(rows: &[(&str, f64)]) -> String {
     let (width, label) = (720.0, 330.0);
     let mut svg = format!(
-        r#"<svg role="img" aria-label="Care-home compliance" viewBox="0 0 {width} {h}" width="{width}" height="{h}">"#,
+        r#"<svg role="img" aria-label="Percentages" viewBox="0 0 {width} {h}" width="{width}" height="{h}">"#,
         h = rows.len() * 32 + 8
     );
     for (i, (name, pct)) in rows.iter().enumerate() {
@@ -215,6 +215,7 @@ th, td {{ text-align: left; border-bottom: 1px solid #d8dde0; padding: 6px 8px; 
 {before_after}
 <h2>Bromley @Home</h2>
 <p id="at-home">{at_home_referrals} referrals; {admitted} ({admitted_pct:.1}%) admitted within {days} days.</p>
+{at_home_chart}
 <h2>Care homes</h2>
 <p id="residents">{residents} residents; {discharges} hospital discharges in the period, {reviewed} reviewed after.</p>
 {compliance}
@@ -226,6 +227,13 @@ th, td {{ text-align: left; border-bottom: 1px solid #d8dde0; padding: 6px 8px; 
         admitted = at_home.admitted,
         admitted_pct = at_home.admitted_pct,
         days = at_home.admitted_within_days,
+        at_home_chart = percent_bars(&[(
+            &format!(
+                "Admitted within {} days of referral",
+                at_home.admitted_within_days
+            ),
+            at_home.admitted_pct
+        )]),
         residents = homes.residents,
         discharges = homes.discharges,
         reviewed = homes.discharges_reviewed,
