@@ -97,6 +97,26 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         config: Option<PathBuf>,
     },
+    /// A simulated cohort, for demos: `--out DIR` writes its care-home
+    /// register, opt-out list and a gateway.toml that uses them (serve with
+    /// it); `--to URL` sends its feeds to that running gateway (risk list and
+    /// FHIR over HTTP, ADT over MLLP) and prints the figures the report and
+    /// dashboard must show.
+    Simulate {
+        /// Patients on the pathway (half as many @Home and care-home patients).
+        #[arg(long, default_value_t = 100)]
+        size: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// The gateway's HTTP root, e.g. http://127.0.0.1:8080.
+        #[arg(long, value_name = "URL")]
+        to: Option<String>,
+        /// The gateway's MLLP listener.
+        #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:2575")]
+        mllp: String,
+    },
     /// Lints a profiles directory (default ./profiles): unknown paths,
     /// unresolvable bindings and extensions, unsupported rules.
     CheckProfiles {
@@ -115,6 +135,19 @@ fn main() -> std::process::ExitCode {
             files,
         } => validate(profiles.as_deref(), &profile, json, &files),
         Command::CheckProfiles { dir } => check_profiles(&dir),
+        Command::Simulate {
+            size,
+            seed,
+            out,
+            to,
+            mllp,
+        } => match simulate(size, seed, out, to, &mllp) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("pathway-gateway simulate: {err:#}");
+                std::process::ExitCode::FAILURE
+            }
+        },
         Command::Report {
             as_of,
             from,
@@ -167,6 +200,86 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+fn simulate(
+    size: usize,
+    seed: u64,
+    out: Option<PathBuf>,
+    to: Option<String>,
+    mllp: &str,
+) -> anyhow::Result<()> {
+    use pathway_gateway::outcomes::{self, simulate};
+    if out.is_none() && to.is_none() {
+        anyhow::bail!(
+            "give --out DIR (files for the gateway's configuration), --to URL (send), or both"
+        );
+    }
+    let cohort = simulate::generate(outcomes::today(), size, seed);
+    if let Some(dir) = &out {
+        std::fs::create_dir_all(dir)?;
+        let dir = std::fs::canonicalize(dir)?;
+        let register = dir.join("care-homes.csv");
+        let opt_outs = dir.join("opt-outs.txt");
+        std::fs::write(&register, &cohort.register)?;
+        std::fs::write(&opt_outs, cohort.opt_out_file.join("\n") + "\n")?;
+        let config = dir.join("gateway.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "# A simulated cohort's care homes and opt-outs.\n[care_homes]\nregister = \"{}\"\n\n[outcomes]\nopt_out_file = \"{}\"\n",
+                register.display(),
+                opt_outs.display()
+            ),
+        )?;
+        println!(
+            "wrote {}, {} and {}",
+            register.display(),
+            opt_outs.display(),
+            config.display()
+        );
+        println!(
+            "serve with: pathway-gateway serve --config {}",
+            config.display()
+        );
+    }
+    if let Some(base) = &to {
+        let runtime = tokio::runtime::Runtime::new()?;
+        runtime
+            .block_on(simulate::send(&cohort, base, mllp))
+            .map_err(anyhow::Error::msg)?;
+        let e = &cohort.expected;
+        println!(
+            "sent: a risk list of {} rows, {} assessments, {} requests, {} ADT messages",
+            cohort.gp_list.lines().count() - 1,
+            cohort.assessments.len(),
+            cohort.requests.len(),
+            cohort.adt.len()
+        );
+        println!("report date: {}", cohort.as_of);
+        println!(
+            "  {}/outcomes?as_of={}",
+            base.trim_end_matches('/'),
+            cohort.as_of
+        );
+        println!(
+            "expected: referrals {}, cohort {}, ED contacts {} -> {}, non-elective admissions {} -> {}, \
+             @Home referrals {} (admitted {}), care-home residents {} (discharges {}, reviewed {}), opted out {}",
+            e.referrals,
+            e.cohort,
+            e.ed_before,
+            e.ed_after,
+            e.nel_before,
+            e.nel_after,
+            e.at_home_referrals,
+            e.at_home_admitted,
+            e.residents,
+            e.discharges,
+            e.discharges_reviewed,
+            e.opted_out
+        );
+    }
+    Ok(())
+}
+
 fn report(
     as_of: Option<String>,
     from: Option<String>,
@@ -206,13 +319,13 @@ fn report(
         "csv" => {
             println!("section,measure,value");
             for (section, measure, value) in outcomes::rows(&value) {
-                println!("{section},{measure},{value}");
+                println!("{section},{measure},{}", outcomes::csv_field(&value));
             }
         }
         _ => {
             let rows = outcomes::rows(&value);
             let width = rows.iter().map(|(_, m, _)| m.len()).max().unwrap_or(0);
-            let mut section_now = String::new();
+            let mut section_now = String::from("-");
             for (section, measure, value) in rows {
                 if section != section_now {
                     println!(

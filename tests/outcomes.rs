@@ -9,91 +9,9 @@ mod common;
 use common::Gateway;
 use common::receiver::Receiver;
 use pathway_gateway::config::Config;
-use pathway_gateway::hl7v2::client::MllpClient;
 use pathway_gateway::outcomes::simulate::{self, Cohort};
-use serde_json::{Value, json};
-use std::collections::HashMap;
+use serde_json::Value;
 use std::time::Duration;
-
-const REFERRAL: &str = "https://fhir.onebromley.nhs.uk/CodeSystem/pathway-referral";
-const PATHWAY: &str = "https://fhir.onebromley.nhs.uk/CodeSystem/care-pathway";
-const CARE_PLAN_ID: &str = "https://fhir.onebromley.nhs.uk/Id/proactive-care-plan";
-const OPT_OUT: &str =
-    "https://fhir.onebromley.nhs.uk/StructureDefinition/Extension-OneBromley-NationalDataOptOut";
-
-/// Sends the cohort's feeds the way its senders would.
-async fn send(gw: &Gateway, cohort: &Cohort) {
-    let reply = gw
-        .send(
-            gw.client
-                .post(format!(
-                    "{}/ingest/gp-risk-list?practice={}",
-                    gw.root, cohort.practice
-                ))
-                .header("content-type", "text/csv")
-                .body(cohort.gp_list.clone()),
-        )
-        .await;
-    assert_eq!(reply.status, 200, "{}", reply.text);
-    assert_eq!(reply.json["rejected"], 0, "{}", reply.text);
-
-    let patients: HashMap<String, Value> = gw
-        .search_all("Patient?_count=1000")
-        .await
-        .into_iter()
-        .map(|p| (p["identifier"][0]["value"].as_str().unwrap().to_string(), p))
-        .collect();
-    for nhs in &cohort.opt_out_flag {
-        let mut patient = patients[nhs].clone();
-        patient["extension"] = json!([{"url": OPT_OUT, "valueBoolean": true}]);
-        let path = format!("Patient/{}", patient["id"].as_str().unwrap());
-        let put = gw.put(&path, &patient).await;
-        assert_eq!(put.status, 200, "{}", put.text);
-    }
-    // The MDT assessments: each referred patient's draft plan turns active.
-    for (nhs, assessed) in &cohort.assessments {
-        let found = gw
-            .get(&format!("CarePlan?identifier={CARE_PLAN_ID}|{nhs}"))
-            .await;
-        let mut plan = found.json["entry"][0]["resource"].clone();
-        plan["status"] = json!("active");
-        plan["period"] = json!({"start": assessed.to_string()});
-        let put = gw
-            .put(&format!("CarePlan/{}", plan["id"].as_str().unwrap()), &plan)
-            .await;
-        assert_eq!(put.status, 200, "{}", put.text);
-    }
-    for request in &cohort.requests {
-        let id = patients[&request.nhs_number]["id"].as_str().unwrap();
-        let pathway = match request.code {
-            c if c.starts_with("at-home-") => "bromley-at-home",
-            c if c.starts_with("care-home-") => "care-home",
-            _ => "proactive-care",
-        };
-        let mut sr = json!({
-            "resourceType": "ServiceRequest",
-            "status": request.status,
-            "intent": "order",
-            "category": [{"coding": [{"system": PATHWAY, "code": pathway}]}],
-            "code": {"coding": [{"system": REFERRAL, "code": request.code}]},
-            "subject": {"reference": format!("Patient/{id}")},
-            "authoredOn": request.authored.to_string(),
-        });
-        if let Some(done) = request.done_on {
-            sr["occurrenceDateTime"] = json!(done.to_string());
-        }
-        let created = gw.post("ServiceRequest", &sr).await;
-        assert_eq!(created.status, 201, "{}", created.text);
-    }
-    let mut mllp = MllpClient::connect(gw.mllp, Duration::from_secs(5))
-        .await
-        .unwrap();
-    for message in &cohort.adt {
-        let ack = mllp.send(message.as_bytes()).await.unwrap();
-        let ack = String::from_utf8_lossy(&ack).into_owned();
-        assert!(ack.contains("MSA|AA|"), "{ack}\nfor\n{message}");
-    }
-}
 
 fn check(report: &Value, cohort: &Cohort) {
     let e = &cohort.expected;
@@ -213,7 +131,9 @@ async fn loaded() -> Loaded {
         c.outcomes = loaded.outcomes;
     })
     .await;
-    send(&gw, &cohort).await;
+    simulate::send(&cohort, &gw.root, &gw.mllp.to_string())
+        .await
+        .expect("the cohort is sent");
     Loaded {
         gw,
         cohort,

@@ -306,6 +306,15 @@ fn parse(stored: &Stored) -> Option<Value> {
     serde_json::from_str(&stored.body).ok()
 }
 
+/// A CSV field, quoted when it must be (RFC 4180).
+pub fn csv_field(text: &str) -> String {
+    if text.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text.to_string()
+    }
+}
+
 /// A report as rows of (section, measure, value) for tables and CSV:
 /// `proactive_care`, `ed_contacts.before`, `12`.
 pub fn rows(report: &Value) -> Vec<(String, String, String)> {
@@ -322,12 +331,7 @@ pub fn rows(report: &Value) -> Vec<(String, String, String)> {
                 }
             }
             Value::String(text) => {
-                let text = if text.contains([',', '"']) {
-                    format!("\"{}\"", text.replace('"', "\"\""))
-                } else {
-                    text.clone()
-                };
-                out.push((section.to_string(), prefix.to_string(), text));
+                out.push((section.to_string(), prefix.to_string(), text.clone()))
             }
             Value::Null => out.push((section.to_string(), prefix.to_string(), String::new())),
             other => out.push((section.to_string(), prefix.to_string(), other.to_string())),

@@ -528,3 +528,139 @@ fn continue_periodic(b: &mut Builder, nhs: &str, i: usize, as_of: Date, due: boo
         );
     }
 }
+
+/// Sends a cohort to a running gateway the way its senders would: the risk
+/// list (`POST /ingest/gp-risk-list`), opt-out flags and MDT assessments
+/// (FHIR `PUT`), requests (FHIR `POST`) and the ADT messages over MLLP.
+/// `base` is the gateway's root URL (`http://127.0.0.1:8080`).
+pub async fn send(cohort: &Cohort, base: &str, mllp: &str) -> Result<(), String> {
+    use serde_json::{Value, json};
+    let client = reqwest::Client::new();
+    let fhir = format!("{}/fhir", base.trim_end_matches('/'));
+    let call = |request: reqwest::RequestBuilder, what: String| async move {
+        let response = request
+            .send()
+            .await
+            .map_err(|err| format!("{what}: {err}"))?;
+        let status = response.status();
+        let text = response
+            .text()
+            .await
+            .map_err(|err| format!("{what}: {err}"))?;
+        if !status.is_success() {
+            return Err(format!("{what}: {status}: {text}"));
+        }
+        serde_json::from_str::<Value>(&text).map_err(|err| format!("{what}: {err}"))
+    };
+    let report = call(
+        client
+            .post(format!(
+                "{}/ingest/gp-risk-list?practice={}",
+                base.trim_end_matches('/'),
+                cohort.practice
+            ))
+            .header("content-type", "text/csv")
+            .body(cohort.gp_list.clone()),
+        "the risk list".into(),
+    )
+    .await?;
+    if report["rejected"] != 0 {
+        return Err(format!("the risk list had rejected rows: {report}"));
+    }
+    let fhir_json = |r: reqwest::RequestBuilder, body: &Value| {
+        r.header("content-type", "application/fhir+json")
+            .body(body.to_string())
+    };
+    let mut patients: std::collections::HashMap<String, String> = Default::default();
+    for nhs in cohort
+        .opt_out_flag
+        .iter()
+        .chain(cohort.requests.iter().map(|r| &r.nhs_number))
+    {
+        if patients.contains_key(nhs) {
+            continue;
+        }
+        let found = call(
+            client.get(format!(
+                "{fhir}/Patient?identifier=https://fhir.nhs.uk/Id/nhs-number|{nhs}"
+            )),
+            format!("finding patient {nhs}"),
+        )
+        .await?;
+        let mut patient = found["entry"][0]["resource"].clone();
+        let id = patient["id"]
+            .as_str()
+            .ok_or_else(|| format!("patient {nhs} not found"))?
+            .to_string();
+        if cohort.opt_out_flag.contains(nhs) {
+            patient["extension"] =
+                json!([{"url": super::facts::OPT_OUT_URL, "valueBoolean": true}]);
+            call(
+                fhir_json(client.put(format!("{fhir}/Patient/{id}")), &patient),
+                format!("flagging the opt-out of {nhs}"),
+            )
+            .await?;
+        }
+        patients.insert(nhs.clone(), id);
+    }
+    for (nhs, assessed) in &cohort.assessments {
+        let found = call(
+            client.get(format!(
+                "{fhir}/CarePlan?identifier=https://fhir.onebromley.nhs.uk/Id/proactive-care-plan|{nhs}"
+            )),
+            format!("finding the care plan of {nhs}"),
+        )
+        .await?;
+        let mut plan = found["entry"][0]["resource"].clone();
+        let id = plan["id"]
+            .as_str()
+            .ok_or_else(|| format!("no care plan for {nhs}"))?
+            .to_string();
+        plan["status"] = json!("active");
+        plan["period"] = json!({"start": assessed.to_string()});
+        call(
+            fhir_json(client.put(format!("{fhir}/CarePlan/{id}")), &plan),
+            format!("the assessment of {nhs}"),
+        )
+        .await?;
+    }
+    for request in &cohort.requests {
+        let pathway = match request.code {
+            c if c.starts_with("at-home-") => "bromley-at-home",
+            c if c.starts_with("care-home-") => "care-home",
+            _ => "proactive-care",
+        };
+        let mut sr = json!({
+            "resourceType": "ServiceRequest",
+            "status": request.status,
+            "intent": "order",
+            "category": [{"coding": [{"system": crate::gp::map::PATHWAY_SYSTEM, "code": pathway}]}],
+            "code": {"coding": [{"system": crate::gp::map::REFERRAL_SYSTEM, "code": request.code}]},
+            "subject": {"reference": format!("Patient/{}", patients[&request.nhs_number])},
+            "authoredOn": request.authored.to_string(),
+        });
+        if let Some(done) = request.done_on {
+            sr["occurrenceDateTime"] = json!(done.to_string());
+        }
+        call(
+            fhir_json(client.post(format!("{fhir}/ServiceRequest")), &sr),
+            format!("a {} request", request.code),
+        )
+        .await?;
+    }
+    let mut connection =
+        crate::hl7v2::client::MllpClient::connect(mllp, std::time::Duration::from_secs(10))
+            .await
+            .map_err(|err| format!("MLLP {mllp}: {err}"))?;
+    for message in &cohort.adt {
+        let ack = connection
+            .send(message.as_bytes())
+            .await
+            .map_err(|err| format!("MLLP {mllp}: {err}"))?;
+        let ack = String::from_utf8_lossy(&ack);
+        if !ack.contains("MSA|AA|") {
+            return Err(format!("an ADT message was not accepted: {ack}"));
+        }
+    }
+    Ok(())
+}
