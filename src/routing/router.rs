@@ -78,7 +78,7 @@ impl Router {
 
     /// Routes one batch of the outbox; the number of versions routed.
     async fn pass(&self) -> Result<usize, StoreError> {
-        let items = self.store.outbox(ROUTE_BATCH).await?;
+        let items = self.store.outbox(ROUTE_BATCH, self.bodies_for()).await?;
         let Some(last) = items.last() else {
             return Ok(0);
         };
@@ -226,6 +226,21 @@ impl Router {
             }
         }
         Ok(())
+    }
+
+    /// The types some rule (to a configured destination) or trigger looks at.
+    fn bodies_for(&self) -> Vec<ResourceType> {
+        let mut types: Vec<ResourceType> = self
+            .rules
+            .rules
+            .iter()
+            .filter(|r| r.to.iter().any(|d| self.configured.contains(d)))
+            .map(|r| r.resource)
+            .chain(self.rules.triggers.iter().map(|t| t.resource))
+            .collect();
+        types.sort_by_key(|t| t.as_str());
+        types.dedup();
+        types
     }
 
     fn rule_error(&self, name: &str, ty: ResourceType, id: &str, err: &str) {

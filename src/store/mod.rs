@@ -330,8 +330,14 @@ pub trait Store: Send + Sync + 'static {
     async fn quarantined_entry(&self, id: i64) -> Result<Option<Quarantined>, StoreError>;
     /// Marks a held entry replayed; false if it was not held.
     async fn resolve_quarantined(&self, id: i64) -> Result<bool, StoreError>;
-    /// The oldest `limit` outbox rows, with their resource versions.
-    async fn outbox(&self, limit: usize) -> Result<Vec<OutboxItem>, StoreError>;
+    /// The oldest `limit` outbox rows, with their resource versions: the
+    /// JSON only for the types in `bodies_for` (empty for the others, which
+    /// no rule looks at).
+    async fn outbox(
+        &self,
+        limit: usize,
+        bodies_for: Vec<ResourceType>,
+    ) -> Result<Vec<OutboxItem>, StoreError>;
     /// Stores what a routing pass decided (see [`RouteRequest`]).
     async fn route(&self, request: RouteRequest) -> Result<RouteOutcome, StoreError>;
     /// Saves the new state of deliveries (status, attempts, last answer).

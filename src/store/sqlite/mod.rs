@@ -428,8 +428,12 @@ impl Store for SqliteStore {
         self.submit(|tx| Job::Resolve(id, tx)).await
     }
 
-    async fn outbox(&self, limit: usize) -> Result<Vec<OutboxItem>, StoreError> {
-        self.with_reader(move |conn| outbox::outbox(conn, limit))
+    async fn outbox(
+        &self,
+        limit: usize,
+        bodies_for: Vec<ResourceType>,
+    ) -> Result<Vec<OutboxItem>, StoreError> {
+        self.with_reader(move |conn| outbox::outbox(conn, limit, &bodies_for))
             .await
     }
 

@@ -9,12 +9,14 @@ use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 
 /// Oldest first. (Sequence numbers may be reused once the table is empty, so
 /// readers take from the start rather than after a remembered number.)
-pub(super) fn outbox(conn: &Connection, limit: usize) -> Result<Vec<OutboxItem>, StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT o.seq, o.type, o.id, v.version, v.last_updated, v.body FROM outbox o \
-         JOIN versions v ON v.type=o.type AND v.id=o.id AND v.version=o.version \
-         ORDER BY o.seq LIMIT ?1",
-    )?;
+/// Bodies are read only for the types in `bodies_for`.
+pub(super) fn outbox(
+    conn: &Connection,
+    limit: usize,
+    bodies_for: &[ResourceType],
+) -> Result<Vec<OutboxItem>, StoreError> {
+    let mut stmt =
+        conn.prepare_cached("SELECT seq, type, id, version FROM outbox ORDER BY seq LIMIT ?1")?;
     let rows = stmt.query_map([limit as i64], |row| {
         Ok(OutboxItem {
             seq: row.get(0)?,
@@ -22,12 +24,31 @@ pub(super) fn outbox(conn: &Connection, limit: usize) -> Result<Vec<OutboxItem>,
                 resource_type: parse_type(&row.get::<_, String>(1)?, 1)?,
                 id: row.get(2)?,
                 version: row.get(3)?,
-                last_updated_ms: row.get(4)?,
-                body: row.get(5)?,
+                last_updated_ms: 0,
+                body: String::new(),
             },
         })
     })?;
-    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    let mut items = rows.collect::<Result<Vec<_>, _>>()?;
+    let mut body = conn.prepare_cached(
+        "SELECT last_updated, body FROM versions WHERE type=?1 AND id=?2 AND version=?3",
+    )?;
+    for item in &mut items {
+        let r = &mut item.resource;
+        if !bodies_for.contains(&r.resource_type) {
+            continue;
+        }
+        if let Some((last_updated, text)) = body
+            .query_row(params![r.resource_type.as_str(), r.id, r.version], |row| {
+                Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
+            })
+            .optional()?
+        {
+            r.last_updated_ms = last_updated;
+            r.body = text;
+        }
+    }
+    Ok(items)
 }
 
 const COLUMNS: &str = "id, key, destination, rule, lane, type, res_id, version, created_at, status, \
