@@ -70,6 +70,7 @@ async fn main() {
         max_batch: 512,
         queue: 4096,
         readers: 4,
+        outbox_types: None,
     })
     .unwrap();
     let validator = Validator::load(None, &[]).unwrap();

@@ -63,6 +63,7 @@ fn main() {
         max_batch: 512,
         queue: 4096,
         readers: 4,
+        outbox_types: None,
     })
     .expect("store");
     let runtime = tokio::runtime::Builder::new_current_thread()

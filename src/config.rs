@@ -438,6 +438,8 @@ impl ConfigFile {
             )?,
             queue: in_range("store.write_queue", self.store.write_queue, 1_000_000)?,
             readers: in_range("store.read_connections", self.store.read_connections, 256)?,
+            // Set from the routing rules when the gateway starts.
+            outbox_types: None,
         };
         if let Err(err) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(bad("log.level", format!("\"{}\": {err}", self.log.level)));

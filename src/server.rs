@@ -47,7 +47,11 @@ pub async fn run_with(
     mllp: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let store = Arc::new(SqliteStore::open(config.store.clone())?);
+    // Only versions of types some rule or trigger looks at go through the
+    // outbox.
+    let mut options = config.store.clone();
+    options.outbox_types = Some(config.routing.routed_types());
+    let store = Arc::new(SqliteStore::open(options)?);
     let draining = Arc::new(AtomicBool::new(false));
     let feed = Arc::new(Feed::new(
         store.clone(),

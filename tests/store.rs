@@ -16,6 +16,7 @@ fn open(dir: &std::path::Path, max_batch: usize) -> SqliteStore {
         max_batch,
         queue: 1024,
         readers: 2,
+        outbox_types: None,
     })
     .unwrap()
 }

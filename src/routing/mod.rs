@@ -154,6 +154,25 @@ impl Default for RoutingSetup {
     }
 }
 
+impl RoutingSetup {
+    /// The types some rule (with a configured destination) or trigger looks
+    /// at: only their versions need routing.
+    pub fn routed_types(&self) -> Vec<crate::fhir::ResourceType> {
+        let configured: HashSet<&str> = self.destinations.iter().map(|d| d.name.as_str()).collect();
+        let mut types: Vec<crate::fhir::ResourceType> = self
+            .rules
+            .rules
+            .iter()
+            .filter(|r| r.to.iter().any(|d| configured.contains(d.as_str())))
+            .map(|r| r.resource)
+            .chain(self.rules.triggers.iter().map(|t| t.resource))
+            .collect();
+        types.sort_by_key(|t| t.as_str());
+        types.dedup();
+        types
+    }
+}
+
 /// The running router and scheduler.
 pub struct Routing {
     commands: mpsc::UnboundedSender<scheduler::Command>,
@@ -202,6 +221,7 @@ impl Routing {
             store: store.clone(),
             rules: setup.rules.clone(),
             configured,
+            routed: setup.routed_types(),
             register: setup.register.clone(),
             validator,
             clock: setup.clock.clone(),

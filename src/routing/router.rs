@@ -32,6 +32,8 @@ pub(super) struct Router {
     pub rules: Arc<Rules>,
     /// Destinations with a configured URL: rules naming others are idle.
     pub configured: HashSet<String>,
+    /// The types some active rule or trigger looks at.
+    pub routed: Vec<ResourceType>,
     pub register: Arc<Register>,
     pub validator: Arc<Validator>,
     pub clock: Arc<dyn Clock>,
@@ -78,7 +80,7 @@ impl Router {
 
     /// Routes one batch of the outbox; the number of versions routed.
     async fn pass(&self) -> Result<usize, StoreError> {
-        let items = self.store.outbox(ROUTE_BATCH, self.bodies_for()).await?;
+        let items = self.store.outbox(ROUTE_BATCH, self.routed.clone()).await?;
         let Some(last) = items.last() else {
             return Ok(0);
         };
@@ -226,21 +228,6 @@ impl Router {
             }
         }
         Ok(())
-    }
-
-    /// The types some rule (to a configured destination) or trigger looks at.
-    fn bodies_for(&self) -> Vec<ResourceType> {
-        let mut types: Vec<ResourceType> = self
-            .rules
-            .rules
-            .iter()
-            .filter(|r| r.to.iter().any(|d| self.configured.contains(d)))
-            .map(|r| r.resource)
-            .chain(self.rules.triggers.iter().map(|t| t.resource))
-            .collect();
-        types.sort_by_key(|t| t.as_str());
-        types.dedup();
-        types
     }
 
     fn rule_error(&self, name: &str, ty: ResourceType, id: &str, err: &str) {

@@ -47,6 +47,9 @@ pub struct SqliteOptions {
     pub queue: usize,
     /// Read connections (concurrent reads).
     pub readers: usize,
+    /// The types whose new versions get an outbox row (those some routing
+    /// rule or trigger looks at); `None`: every type.
+    pub outbox_types: Option<Vec<ResourceType>>,
 }
 
 pub(super) enum Job {
@@ -99,9 +102,10 @@ impl SqliteStore {
         let max_batch = options.max_batch.max(1);
         let outbox_signal = Arc::new(tokio::sync::Notify::new());
         let signal = outbox_signal.clone();
+        let outbox_types = options.outbox_types.clone();
         std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || writer::Writer::new(conn, max_batch, signal).run(rx))?;
+            .spawn(move || writer::Writer::new(conn, max_batch, signal, outbox_types).run(rx))?;
         Ok(SqliteStore {
             jobs,
             outbox_signal,

@@ -30,6 +30,8 @@ pub(super) struct Writer {
     enqueued: bool,
     /// Told after a commit that added to the outbox (the router waits on it).
     outbox_signal: Arc<Notify>,
+    /// Types routed (`None`: all).
+    outbox_types: Option<Vec<ResourceType>>,
 }
 
 /// A search condition of a given type, as written (its canonical parameters).
@@ -42,8 +44,14 @@ enum Plan {
 }
 
 impl Writer {
-    pub(super) fn new(conn: Connection, max_batch: usize, outbox_signal: Arc<Notify>) -> Self {
+    pub(super) fn new(
+        conn: Connection,
+        max_batch: usize,
+        outbox_signal: Arc<Notify>,
+        outbox_types: Option<Vec<ResourceType>>,
+    ) -> Self {
         Writer {
+            outbox_types,
             conn,
             max_batch,
             last_ms: 0,
@@ -446,8 +454,14 @@ impl Writer {
                  ON CONFLICT(type, id) DO UPDATE SET version=excluded.version, last_updated=excluded.last_updated",
             )?
             .execute(params![ty.as_str(), id, version, now])?;
-        outbox::enqueue(&self.conn, ty, &id, version)?;
-        self.enqueued = true;
+        if self
+            .outbox_types
+            .as_ref()
+            .is_none_or(|types| types.contains(&ty))
+        {
+            outbox::enqueue(&self.conn, ty, &id, version)?;
+            self.enqueued = true;
+        }
         self.index(resource, &id, map, current.is_some())?;
         Ok(Ok(Written {
             change: if current.is_some() {
