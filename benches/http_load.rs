@@ -424,6 +424,14 @@ fn run_oha(name: &str, url: &str, rate: u32, body: Option<&str>, options: &Optio
     let errors: u64 = report["errorDistribution"]
         .as_object()
         .map_or(0, |e| e.values().filter_map(Value::as_u64).sum());
+    if errors > 0 || ok < all {
+        // Say what failed: client errors (timeouts, aborted at the end of
+        // the run) are not the gateway's answers.
+        eprintln!(
+            "{name}: status codes {}, client errors {}",
+            report["statusCodeDistribution"], report["errorDistribution"]
+        );
+    }
     let run = Run {
         name: name.to_string(),
         requests: all,
