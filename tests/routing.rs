@@ -250,7 +250,7 @@ async fn retry_after_is_honoured_and_a_receiver_that_does_not_answer_in_time_is_
 #[tokio::test]
 async fn a_patient_with_a_backlog_does_not_keep_the_only_slot_from_others() {
     let audit = Receiver::start().await;
-    audit.plan(|p| p.stall_containing = vec![("Backlog".into(), Duration::from_millis(40))]);
+    audit.plan(|p| p.stall_containing = vec![("Backlog".into(), Duration::from_millis(100))]);
     let setup = routing(&format!(
         r#"
         [destinations.audit]
@@ -279,18 +279,31 @@ async fn a_patient_with_a_backlog_does_not_keep_the_only_slot_from_others() {
     let other = gw
         .post("Patient", &common::patient(&nhs_number(72), "Other"))
         .await;
+    let created = std::time::Instant::now();
     let log = audit
-        .wait_for("all 21 versions", Duration::from_secs(20), |log| {
+        .wait_for("all 21 versions", Duration::from_secs(30), |log| {
             log.len() == 21
         })
         .await;
-    let position = log
+    let went = log
         .iter()
-        .position(|r| r.body["id"] == other.json["id"])
-        .unwrap();
+        .find(|r| r.body["id"] == other.json["id"])
+        .unwrap()
+        .at;
+    let backlog = |r: &&Received| r.body["id"] == id.as_str();
+    let jumped = log.iter().filter(backlog).filter(|r| r.at > went).count();
+    let ahead = log
+        .iter()
+        .filter(backlog)
+        .filter(|r| r.at > created && r.at < went)
+        .count();
     assert!(
-        position <= 3,
-        "the other patient went out at position {position} of 21, not behind the backlog"
+        jumped >= 5,
+        "a backlog was there to wait behind ({jumped} after)"
+    );
+    assert!(
+        ahead <= 2,
+        "{ahead} of the backlog went out between the other patient's create and its delivery"
     );
     gw.stop().await;
 }
