@@ -299,7 +299,7 @@ async fn a_patient_with_a_backlog_does_not_keep_the_only_slot_from_others() {
         .count();
     assert!(
         jumped >= 5,
-        "a backlog was there to wait behind ({jumped} after)"
+        "the other patient went out with only {jumped} of the backlog after it (without a fair share it goes last)"
     );
     assert!(
         ahead <= 2,
