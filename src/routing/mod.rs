@@ -193,7 +193,7 @@ impl Routing {
             setup.destinations.iter().map(|d| d.name.clone()).collect();
         for name in setup.rules.destinations() {
             if !configured.contains(name) {
-                tracing::warn!(
+                tracing::info!(
                     destination = name,
                     "a routing rule names this destination, which has no [destinations.{name}] url: nothing is routed to it"
                 );
