@@ -303,6 +303,11 @@ fn report(
         from: date("--from", from)?,
         to: date("--to", to)?.unwrap_or(as_of),
     };
+    if let Some(from) = period.from
+        && from > period.to
+    {
+        anyhow::bail!("--from {from} is after --to {}", period.to);
+    }
     let runtime = tokio::runtime::Runtime::new()?;
     let report = runtime.block_on(async {
         use pathway_gateway::store::Store;

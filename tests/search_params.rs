@@ -41,6 +41,8 @@ async fn postcode_code_category_and_class_searches() {
         ids(&gw.get("Patient?address-postalcode=SE1,BR1").await.json).len(),
         2
     );
+    let blank = gw.get("Patient?address-postalcode=%20").await;
+    assert_eq!(blank.status, 400, "{}", blank.text);
 
     let sr = gw
         .post(

@@ -562,13 +562,23 @@ fn parse_clause(param: &SearchParam, value: &str) -> Result<Clause, String> {
             param: param.name,
             any_of: alternatives.iter().map(|a| token_match(a)).collect(),
         }),
-        ParamKind::String => Ok(Clause::Token {
-            param: param.name,
-            any_of: alternatives
-                .iter()
-                .map(|a| TokenMatch::Prefix(normalise_string(&unescape(a))))
-                .collect(),
-        }),
+        ParamKind::String => {
+            let mut any_of = Vec::new();
+            for alternative in &alternatives {
+                let value = normalise_string(&unescape(alternative));
+                if value.is_empty() {
+                    return Err(format!(
+                        "empty value for search parameter \"{}\" (spaces only)",
+                        param.name
+                    ));
+                }
+                any_of.push(TokenMatch::Prefix(value));
+            }
+            Ok(Clause::Token {
+                param: param.name,
+                any_of,
+            })
+        }
         ParamKind::Reference => {
             let mut any_of = Vec::new();
             for alternative in alternatives.iter().map(|a| unescape(a)) {

@@ -79,7 +79,8 @@ pub struct RequestFact {
     pub code: String,
     pub status: String,
     pub authored: Option<Date>,
-    /// When it was done: `occurrenceDateTime`, or `occurrencePeriod.end`.
+    /// When it was done: `occurrenceDateTime`, or `occurrencePeriod.end`
+    /// (or its start, when it has no end).
     pub done_on: Option<Date>,
     /// The encounter it was made for (`Encounter/{id}` → id).
     pub encounter: Option<String>,
@@ -94,7 +95,8 @@ pub fn request(resource: &Value) -> Option<RequestFact> {
         .to_string();
     let occurrence = resource["occurrenceDateTime"]
         .as_str()
-        .or_else(|| resource["occurrencePeriod"]["end"].as_str());
+        .or_else(|| resource["occurrencePeriod"]["end"].as_str())
+        .or_else(|| resource["occurrencePeriod"]["start"].as_str());
     Some(RequestFact {
         patient: patient_id(resource)?,
         code,
@@ -132,16 +134,17 @@ pub fn assessment(resource: &Value) -> Option<(String, Date)> {
     Some((patient_id(resource)?, start))
 }
 
-/// A Patient's NHS number and whether it carries the national data opt-out
-/// flag.
-pub fn patient(resource: &Value) -> (Option<String>, bool) {
+/// A Patient's NHS numbers (digits only: `943 476 5919` is `9434765919`)
+/// and whether it carries the national data opt-out flag.
+pub fn patient(resource: &Value) -> (Vec<String>, bool) {
     let nhs = resource["identifier"]
         .as_array()
         .into_iter()
         .flatten()
-        .find(|i| i["system"] == NHS_NUMBER_SYSTEM)
-        .and_then(|i| i["value"].as_str())
-        .map(str::to_string);
+        .filter(|i| i["system"] == NHS_NUMBER_SYSTEM)
+        .filter_map(|i| i["value"].as_str())
+        .map(|v| v.chars().filter(char::is_ascii_digit).collect())
+        .collect();
     let opted_out = resource["extension"]
         .as_array()
         .into_iter()
@@ -150,13 +153,14 @@ pub fn patient(resource: &Value) -> (Option<String>, bool) {
     (nhs, opted_out)
 }
 
-/// `subject` → `Patient/{id}` → id.
+/// `subject` → `Patient/{id}` (or `Patient/{id}/_history/{v}`) → id, as
+/// the search index reads it.
 fn patient_id(resource: &Value) -> Option<String> {
-    resource["subject"]["reference"]
-        .as_str()?
-        .strip_prefix("Patient/")
-        .filter(|id| !id.contains('/'))
-        .map(str::to_string)
+    let reference = resource["subject"]["reference"].as_str()?;
+    match crate::fhir::search::reference_target(reference) {
+        Some(("Patient", id)) => Some(id.to_string()),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -179,6 +183,23 @@ mod tests {
         assert_eq!(london_date("2026-06-04T23:30:00Z"), Some(d("2026-06-05")));
         assert_eq!(london_date("2026-03"), None);
         assert_eq!(london_date("garbage"), None);
+    }
+
+    #[test]
+    fn patients_nhs_numbers_are_digits_and_the_flag_is_read() {
+        let p = json!({"identifier": [
+            {"system": NHS_NUMBER_SYSTEM, "value": "943 476 5919"},
+            {"system": "https://fhir.onebromley.nhs.uk/Id/local-patient-identifier/RJZ", "value": "K1"},
+            {"system": NHS_NUMBER_SYSTEM, "value": "9990000018"}],
+            "extension": [{"url": OPT_OUT_URL, "valueBoolean": true}]});
+        assert_eq!(
+            patient(&p),
+            (
+                vec!["9434765919".to_string(), "9990000018".to_string()],
+                true
+            )
+        );
+        assert_eq!(patient(&json!({})), (vec![], false));
     }
 
     #[test]

@@ -252,6 +252,8 @@ fn before_after(before: i64, after: i64, cost: &UnitCost) -> BeforeAfter {
 
 pub fn measure(facts: &Facts, period: Period, settings: &Settings) -> Report {
     let counted = |patient: &str| !facts.opted_out.contains(patient);
+    // A referral entered in error was never made.
+    let made = |r: &&RequestFact| r.status != "entered-in-error";
     let weeks = settings.window_weeks;
     let window = (7 * weeks).days();
 
@@ -259,6 +261,7 @@ pub fn measure(facts: &Facts, period: Period, settings: &Settings) -> Report {
     let referrals = facts
         .requests
         .iter()
+        .filter(made)
         .filter(|r| r.code == "proactive-care-assessment" && counted(&r.patient))
         .filter(|r| r.authored.is_some_and(|d| period.contains(d)))
         .count();
@@ -300,6 +303,7 @@ pub fn measure(facts: &Facts, period: Period, settings: &Settings) -> Report {
     let at_home: Vec<&RequestFact> = facts
         .requests
         .iter()
+        .filter(made)
         .filter(|r| r.code.starts_with("at-home-") && counted(&r.patient))
         .filter(|r| r.authored.is_some_and(|d| period.contains(d)))
         .collect();
@@ -316,7 +320,8 @@ pub fn measure(facts: &Facts, period: Period, settings: &Settings) -> Report {
                 .flatten()
                 .any(|e| {
                     e.contact == Some(Contact::NonElectiveAdmission)
-                        && e.start.is_some_and(|s| referred <= s && s <= until)
+                        && e.start
+                            .is_some_and(|s| referred <= s && s <= until && s <= period.as_of)
                 })
         })
         .count();
@@ -362,7 +367,16 @@ pub fn measure(facts: &Facts, period: Period, settings: &Settings) -> Report {
     let (discharges, reviewed) =
         post_discharge_reviews(&requests_of, &residents, period, &by_patient);
 
-    let opted_out_excluded = facts.opted_out.len();
+    // Opted-out patients who would otherwise be in a figure.
+    let opted_out_excluded = facts
+        .opted_out
+        .iter()
+        .filter(|p| {
+            facts.assessments.contains_key(*p)
+                || facts.residents.contains(*p)
+                || facts.requests.iter().any(|r| &r.patient == *p)
+        })
+        .count();
     Report {
         as_of: period.as_of.to_string(),
         from: period.from.map(|d| d.to_string()),

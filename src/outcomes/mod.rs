@@ -247,12 +247,23 @@ pub async fn gather(
         }
     }
     for (id, patient) in &patients {
-        let (nhs, flagged) = facts::patient(patient);
-        if flagged || nhs.is_some_and(|n| settings.opted_out.contains(&n)) {
+        let (numbers, flagged) = facts::patient(patient);
+        if flagged || numbers.iter().any(|n| settings.opted_out.contains(n)) {
             facts.opted_out.insert(id.clone());
         }
     }
-    let mut targets: Vec<(ResourceType, String)> = named
+    // Encounters count only for the cohort's candidates, @Home referrals and
+    // residents: not for every patient a referral names.
+    let mut counted: HashSet<String> = facts.assessments.keys().cloned().collect();
+    counted.extend(
+        facts
+            .requests
+            .iter()
+            .filter(|r| r.code.starts_with("at-home-"))
+            .map(|r| r.patient.clone()),
+    );
+    counted.extend(facts.residents.iter().cloned());
+    let mut targets: Vec<(ResourceType, String)> = counted
         .into_iter()
         .map(|id| (ResourceType::Patient, id))
         .collect();
@@ -287,7 +298,11 @@ fn person(patient: &Value, care_home: &str) -> measure::Person {
         .filter_map(Value::as_str)
         .collect();
     measure::Person {
-        nhs_number: facts::patient(patient).0.unwrap_or_default(),
+        nhs_number: facts::patient(patient)
+            .0
+            .into_iter()
+            .next()
+            .unwrap_or_default(),
         name: format!(
             "{} {}",
             given.join(" "),
@@ -299,8 +314,9 @@ fn person(patient: &Value, care_home: &str) -> measure::Person {
     }
 }
 
-/// Read connections the report uses at once.
-const READ_PARALLELISM: usize = 4;
+/// Read connections the report uses at once (of `store.read_connections`,
+/// 4 by default: FHIR reads keep the rest).
+const READ_PARALLELISM: usize = 2;
 
 fn parse(stored: &Stored) -> Option<Value> {
     serde_json::from_str(&stored.body).ok()

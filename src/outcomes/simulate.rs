@@ -429,6 +429,36 @@ pub fn generate(today: Date, size: usize, seed: u64) -> Cohort {
         }
     }
 
+    // Noise: an opted-out patient referred and admitted in time, and a
+    // referral entered in error.
+    let nhs = b.patient(next(), "AtHomeOptedOut", "BR5 2YY", false);
+    b.cohort.opt_out_file.push(nhs.clone());
+    b.cohort.expected.opted_out += 1;
+    let referred = b.day(20);
+    b.request(
+        &nhs,
+        "at-home-admission-avoidance",
+        "active",
+        referred,
+        None,
+    );
+    b.visit(
+        &nhs,
+        "I",
+        "E",
+        referred.checked_add(3.days()).unwrap(),
+        Some(2),
+        "",
+    );
+    let nhs = b.patient(next(), "AtHomeInError", "BR5 2YY", false);
+    b.request(
+        &nhs,
+        "at-home-admission-avoidance",
+        "entered-in-error",
+        b.day(21),
+        None,
+    );
+
     // Care homes: residents by postcode; assessments and reviews at known
     // distances from as_of; discharges with and without a review after.
     let as_of = b.cohort.as_of;
@@ -498,6 +528,19 @@ pub fn generate(today: Date, size: usize, seed: u64) -> Cohort {
             }
         }
     }
+    // An opted-out resident, assessed and discharged: in no figure.
+    let nhs = b.patient(next(), "ResidentOptedOut", HOMES[0].2, false);
+    b.cohort.opt_out_flag.push(nhs.clone());
+    b.cohort.expected.opted_out += 1;
+    let on = as_of.checked_sub(30.days()).unwrap();
+    b.request(
+        &nhs,
+        "care-home-admission-assessment",
+        "completed",
+        on,
+        Some(on),
+    );
+    b.visit(&nhs, "I", "E", b.day(40), Some(4), "54");
     b.cohort
 }
 

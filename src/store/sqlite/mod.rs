@@ -545,6 +545,9 @@ fn open_writer(path: &Path) -> Result<Connection, StoreError> {
         conn.execute_batch("BEGIN IMMEDIATE")?;
         conn.execute_batch(include_str!("schema.sql"))?;
         if found > 0 && found < 5 {
+            tracing::info!(
+                "upgrading the store to schema 5: indexing stored resources for new search parameters (a minute per million resources)"
+            );
             index_new_params(
                 &conn,
                 &[
