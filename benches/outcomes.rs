@@ -112,22 +112,7 @@ async fn main() {
             full_url: None,
         }
     };
-    let nhs = |i: usize| {
-        let mut stem = 900_000_000 + i as u64 * 3;
-        loop {
-            let digits = format!("{stem:09}");
-            let sum: u64 = digits
-                .bytes()
-                .enumerate()
-                .map(|(k, b)| u64::from(b - b'0') * (10 - k as u64))
-                .sum();
-            let check = (11 - sum % 11) % 11;
-            if check < 10 {
-                return format!("{digits}{check}");
-            }
-            stem += 1;
-        }
-    };
+    let nhs = pathway_gateway::outcomes::simulate::nhs_number;
     // Patients: the first `pathway` are on the pathway; the last RESIDENTS
     // live in care homes.
     for i in 0..patients {

@@ -297,17 +297,12 @@ fn report(
             .transpose()
             .map_err(anyhow::Error::msg)
     };
-    let as_of = date("--as-of", as_of)?.unwrap_or_else(outcomes::today);
-    let period = outcomes::measure::Period {
-        as_of,
-        from: date("--from", from)?,
-        to: date("--to", to)?.unwrap_or(as_of),
-    };
-    if let Some(from) = period.from
-        && from > period.to
-    {
-        anyhow::bail!("--from {from} is after --to {}", period.to);
-    }
+    let period = outcomes::measure::Period::new(
+        date("--as-of", as_of)?,
+        date("--from", from)?,
+        date("--to", to)?,
+    )
+    .map_err(anyhow::Error::msg)?;
     let runtime = tokio::runtime::Runtime::new()?;
     let report = runtime.block_on(async {
         use pathway_gateway::store::Store;

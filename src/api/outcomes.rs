@@ -73,12 +73,5 @@ pub fn read_period(query: &str) -> Result<Period, ApiError> {
         };
         *slot = Some(parse_date(&key, &value).map_err(|m| bad(m, &key))?);
     }
-    let as_of = as_of.unwrap_or_else(crate::outcomes::today);
-    let to = to.unwrap_or(as_of);
-    if let Some(from) = from
-        && from > to
-    {
-        return Err(bad(format!("from ({from}) is after to ({to})"), "from"));
-    }
-    Ok(Period { as_of, from, to })
+    Period::new(as_of, from, to).map_err(|m| bad(m, "from"))
 }

@@ -58,55 +58,23 @@ pub fn worklist(facts: &Facts, period: Period) -> Vec<Overdue> {
         .filter(|p| !facts.opted_out.contains(*p))
         .collect();
     residents.sort();
-    let mut requests_of: HashMap<&str, Vec<&RequestFact>> = HashMap::new();
-    for r in &facts.requests {
-        requests_of.entry(r.patient.as_str()).or_default().push(r);
-    }
-    let mut by_patient: HashMap<&str, Vec<&EncounterFact>> = HashMap::new();
-    for e in &facts.encounters {
-        by_patient.entry(e.patient.as_str()).or_default().push(e);
-    }
-    let done = |patient: &str, codes: &[&str], since: Option<Date>| {
-        requests_of.get(patient).into_iter().flatten().any(|r| {
-            codes.contains(&r.code.as_str())
-                && r.completed()
-                && r.done_on
-                    .is_some_and(|d| d <= period.as_of && since.is_none_or(|s| d >= s))
-        })
-    };
-    let six_months = period.as_of.checked_sub(6.months()).ok();
-    let twelve_months = period.as_of.checked_sub(12.months()).ok();
+    let index = ByPatient::new(facts);
     for patient in residents {
+        let care = index.care_home(patient, period);
         let mut reasons = Vec::new();
-        if !done(patient, &["care-home-admission-assessment"], None) {
+        if !care.admission_assessed {
             reasons.push("no admission assessment".to_string());
         }
-        if !done(
-            patient,
-            &[
-                "care-home-admission-assessment",
-                "care-home-periodic-assessment",
-            ],
-            six_months,
-        ) {
+        if !care.assessed_recently {
             reasons.push("no assessment in the last 6 months".to_string());
         }
-        if !done(
-            patient,
-            &[
-                "care-home-medicines-review",
-                "care-home-post-discharge-review",
-            ],
-            twelve_months,
-        ) {
+        if !care.medicines_reviewed {
             reasons.push("no medicines review in the last 12 months".to_string());
         }
-        let (discharges, reviewed) =
-            post_discharge_reviews(&requests_of, &[patient], period, &by_patient);
-        if reviewed < discharges {
+        if care.reviewed < care.discharges {
             reasons.push(format!(
                 "{} discharge(s) without a review",
-                discharges - reviewed
+                care.discharges - care.reviewed
             ));
         }
         if !reasons.is_empty() {
@@ -163,6 +131,23 @@ pub struct Period {
 }
 
 impl Period {
+    /// `as_of` (default today in London), `from` (default open), `to`
+    /// (default `as_of`); `from` after `to` is refused.
+    pub fn new(
+        as_of: Option<Date>,
+        from: Option<Date>,
+        to: Option<Date>,
+    ) -> Result<Period, String> {
+        let as_of = as_of.unwrap_or_else(super::today);
+        let to = to.unwrap_or(as_of);
+        if let Some(from) = from
+            && from > to
+        {
+            return Err(format!("from ({from}) is after to ({to})"));
+        }
+        Ok(Period { as_of, from, to })
+    }
+
     fn contains(&self, date: Date) -> bool {
         self.from.is_none_or(|from| date >= from) && date <= self.to
     }
@@ -272,10 +257,8 @@ pub fn measure(facts: &Facts, period: Period, settings: &Settings) -> Report {
         .filter(|(_, a)| a.checked_add(window).is_ok_and(|end| end <= period.as_of))
         .map(|(p, a)| (p, *a))
         .collect();
-    let mut by_patient: HashMap<&str, Vec<&EncounterFact>> = HashMap::new();
-    for e in &facts.encounters {
-        by_patient.entry(e.patient.as_str()).or_default().push(e);
-    }
+    let index = ByPatient::new(facts);
+    let by_patient = &index.encounters;
     let (mut ed, mut nel) = ((0, 0), (0, 0));
     for (patient, assessed) in &cohort {
         let (Ok(first), Ok(last)) = (assessed.checked_sub(window), assessed.checked_add(window))
@@ -328,44 +311,16 @@ pub fn measure(facts: &Facts, period: Period, settings: &Settings) -> Report {
 
     // Care homes.
     let residents: Vec<&String> = facts.residents.iter().filter(|p| counted(p)).collect();
-    let mut requests_of: HashMap<&str, Vec<&RequestFact>> = HashMap::new();
-    for r in &facts.requests {
-        requests_of.entry(r.patient.as_str()).or_default().push(r);
-    }
-    let done = |patient: &str, codes: &[&str], since: Option<Date>| {
-        requests_of.get(patient).into_iter().flatten().any(|r| {
-            codes.contains(&r.code.as_str())
-                && r.completed()
-                && r.done_on
-                    .is_some_and(|d| d <= period.as_of && since.is_none_or(|s| d >= s))
-        })
-    };
-    let six_months = period.as_of.checked_sub(6.months()).ok();
-    let twelve_months = period.as_of.checked_sub(12.months()).ok();
-    let count = |test: &dyn Fn(&str) -> bool| residents.iter().filter(|p| test(p)).count();
-    let admission_assessed = count(&|p| done(p, &["care-home-admission-assessment"], None));
-    let assessed_recently = count(&|p| {
-        done(
-            p,
-            &[
-                "care-home-admission-assessment",
-                "care-home-periodic-assessment",
-            ],
-            six_months,
-        )
-    });
-    let medicines_reviewed = count(&|p| {
-        done(
-            p,
-            &[
-                "care-home-medicines-review",
-                "care-home-post-discharge-review",
-            ],
-            twelve_months,
-        )
-    });
-    let (discharges, reviewed) =
-        post_discharge_reviews(&requests_of, &residents, period, &by_patient);
+    let care: Vec<CareHomeStatus> = residents
+        .iter()
+        .map(|p| index.care_home(p, period))
+        .collect();
+    let count = |test: fn(&CareHomeStatus) -> bool| care.iter().filter(|c| test(c)).count();
+    let admission_assessed = count(|c| c.admission_assessed);
+    let assessed_recently = count(|c| c.assessed_recently);
+    let medicines_reviewed = count(|c| c.medicines_reviewed);
+    let discharges: usize = care.iter().map(|c| c.discharges).sum();
+    let reviewed: usize = care.iter().map(|c| c.reviewed).sum();
 
     // Opted-out patients who would otherwise be in a figure.
     let opted_out_excluded = facts
@@ -407,20 +362,102 @@ pub fn measure(facts: &Facts, period: Period, settings: &Settings) -> Report {
     }
 }
 
-/// Residents' hospital discharges in the period, and how many were followed
-/// by a completed post-discharge review: one made for that encounter, or
-/// one done on or after the discharge day and before the patient's next
-/// discharge.
-fn post_discharge_reviews(
-    requests_of: &HashMap<&str, Vec<&RequestFact>>,
-    residents: &[&String],
-    period: Period,
-    by_patient: &HashMap<&str, Vec<&EncounterFact>>,
-) -> (usize, usize) {
-    let (mut discharges, mut reviewed) = (0, 0);
-    for patient in residents {
-        let mut stays: Vec<(Date, &str)> = by_patient
-            .get(patient.as_str())
+/// A patient's requests and encounters, looked up by patient.
+struct ByPatient<'a> {
+    requests: HashMap<&'a str, Vec<&'a RequestFact>>,
+    encounters: HashMap<&'a str, Vec<&'a EncounterFact>>,
+}
+
+/// Where one care-home resident stands, by the rules of the figures.
+struct CareHomeStatus {
+    admission_assessed: bool,
+    /// An admission or periodic assessment in the last 6 months.
+    assessed_recently: bool,
+    /// A medicines review (or a post-discharge review, which has one) in
+    /// the last 12 months.
+    medicines_reviewed: bool,
+    /// Hospital discharges in the period, and those followed by a review.
+    discharges: usize,
+    reviewed: usize,
+}
+
+impl<'a> ByPatient<'a> {
+    fn new(facts: &'a Facts) -> ByPatient<'a> {
+        let mut index = ByPatient {
+            requests: HashMap::new(),
+            encounters: HashMap::new(),
+        };
+        for r in &facts.requests {
+            index
+                .requests
+                .entry(r.patient.as_str())
+                .or_default()
+                .push(r);
+        }
+        for e in &facts.encounters {
+            index
+                .encounters
+                .entry(e.patient.as_str())
+                .or_default()
+                .push(e);
+        }
+        index
+    }
+
+    /// Completed requests of `patient` with one of `codes`, done by `as_of`
+    /// (and on or after `since`).
+    fn done(&self, patient: &str, codes: &[&str], since: Option<Date>, as_of: Date) -> bool {
+        self.requests.get(patient).into_iter().flatten().any(|r| {
+            codes.contains(&r.code.as_str())
+                && r.completed()
+                && r.done_on
+                    .is_some_and(|d| d <= as_of && since.is_none_or(|s| d >= s))
+        })
+    }
+
+    fn care_home(&self, patient: &str, period: Period) -> CareHomeStatus {
+        let as_of = period.as_of;
+        let six_months = as_of.checked_sub(6.months()).ok();
+        let twelve_months = as_of.checked_sub(12.months()).ok();
+        let (discharges, reviewed) = self.post_discharge_reviews(patient, period);
+        CareHomeStatus {
+            admission_assessed: self.done(
+                patient,
+                &["care-home-admission-assessment"],
+                None,
+                as_of,
+            ),
+            assessed_recently: self.done(
+                patient,
+                &[
+                    "care-home-admission-assessment",
+                    "care-home-periodic-assessment",
+                ],
+                six_months,
+                as_of,
+            ),
+            medicines_reviewed: self.done(
+                patient,
+                &[
+                    "care-home-medicines-review",
+                    "care-home-post-discharge-review",
+                ],
+                twelve_months,
+                as_of,
+            ),
+            discharges,
+            reviewed,
+        }
+    }
+
+    /// A resident's hospital discharges in the period, and how many were
+    /// followed by a completed post-discharge review: one made for that
+    /// encounter, or one done on or after the discharge day and before the
+    /// patient's next discharge.
+    fn post_discharge_reviews(&self, patient: &str, period: Period) -> (usize, usize) {
+        let mut stays: Vec<(Date, &str)> = self
+            .encounters
+            .get(patient)
             .into_iter()
             .flatten()
             .filter(|e| e.inpatient)
@@ -428,8 +465,9 @@ fn post_discharge_reviews(
             .filter(|(d, _)| *d <= period.as_of)
             .collect();
         stays.sort();
-        let reviews: Vec<&RequestFact> = requests_of
-            .get(patient.as_str())
+        let reviews: Vec<&RequestFact> = self
+            .requests
+            .get(patient)
             .into_iter()
             .flatten()
             .copied()
@@ -439,6 +477,7 @@ fn post_discharge_reviews(
                     && r.done_on.is_some_and(|d| d <= period.as_of)
             })
             .collect();
+        let (mut discharges, mut reviewed) = (0, 0);
         for (i, (discharged, encounter)) in stays.iter().enumerate() {
             if !period.contains(*discharged) {
                 continue;
@@ -454,8 +493,8 @@ fn post_discharge_reviews(
                 reviewed += 1;
             }
         }
+        (discharges, reviewed)
     }
-    (discharges, reviewed)
 }
 
 #[cfg(test)]

@@ -233,28 +233,8 @@ impl Store for SqliteStore {
         ty: ResourceType,
         keys: &[(String, String)],
     ) -> Result<Vec<Stored>, StoreError> {
-        self.read_inline(|conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT v.version, v.last_updated, v.body, c.id FROM idx_token t \
-                 CROSS JOIN current c ON c.type=t.type AND c.id=t.id \
-                 CROSS JOIN versions v ON v.type=c.type AND v.id=c.id AND v.version=c.version \
-                 WHERE t.type=?1 AND t.param='identifier' AND t.value=?2 AND t.system=?3",
-            )?;
-            let mut found: Vec<Stored> = Vec::new();
-            for (system, value) in keys {
-                let rows = stmt.query_map(params![ty.as_str(), value, system], |row| {
-                    stored_from_row(ty, row.get(3)?, row)
-                })?;
-                for row in rows {
-                    let row = row?;
-                    if !found.iter().any(|f| f.id == row.id) {
-                        found.push(row);
-                    }
-                }
-            }
-            Ok(found)
-        })
-        .await
+        self.read_inline(|conn| by_token(conn, ty, "identifier", keys))
+            .await
     }
 
     async fn read_many(
@@ -281,29 +261,8 @@ impl Store for SqliteStore {
         keys: &[(String, String)],
     ) -> Result<Vec<Stored>, StoreError> {
         let (param, keys) = (param.to_string(), keys.to_vec());
-        self.with_reader(move |conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT v.version, v.last_updated, v.body, c.id FROM idx_token t \
-                 CROSS JOIN current c ON c.type=t.type AND c.id=t.id \
-                 CROSS JOIN versions v ON v.type=c.type AND v.id=c.id AND v.version=c.version \
-                 WHERE t.type=?1 AND t.param=?2 AND t.value=?3 AND t.system=?4",
-            )?;
-            let mut seen = std::collections::HashSet::new();
-            let mut found = Vec::new();
-            for (system, value) in &keys {
-                let rows = stmt.query_map(params![ty.as_str(), param, value, system], |row| {
-                    stored_from_row(ty, row.get(3)?, row)
-                })?;
-                for row in rows {
-                    let row = row?;
-                    if seen.insert(row.id.clone()) {
-                        found.push(row);
-                    }
-                }
-            }
-            Ok(found)
-        })
-        .await
+        self.with_reader(move |conn| by_token(conn, ty, &param, &keys))
+            .await
     }
 
     async fn by_reference(
@@ -613,6 +572,36 @@ pub(super) fn stored_from_row(
         last_updated_ms: row.get(1)?,
         body: row.get(2)?,
     })
+}
+
+/// Current resources of `ty` whose token `param` has any of these
+/// `(system, value)`, each once, in the order found.
+fn by_token(
+    conn: &Connection,
+    ty: ResourceType,
+    param: &str,
+    keys: &[(String, String)],
+) -> Result<Vec<Stored>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT v.version, v.last_updated, v.body, c.id FROM idx_token t \
+         CROSS JOIN current c ON c.type=t.type AND c.id=t.id \
+         CROSS JOIN versions v ON v.type=c.type AND v.id=c.id AND v.version=c.version \
+         WHERE t.type=?1 AND t.param=?2 AND t.value=?3 AND t.system=?4",
+    )?;
+    let mut seen = std::collections::HashSet::new();
+    let mut found = Vec::new();
+    for (system, value) in keys {
+        let rows = stmt.query_map(params![ty.as_str(), param, value, system], |row| {
+            stored_from_row(ty, row.get(3)?, row)
+        })?;
+        for row in rows {
+            let row = row?;
+            if seen.insert(row.id.clone()) {
+                found.push(row);
+            }
+        }
+    }
+    Ok(found)
 }
 
 pub(super) fn read_current(
