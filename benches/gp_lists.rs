@@ -10,7 +10,7 @@
 //!   referrals), wall time to the report, and the gateway's peak RSS;
 //! - the same list again (every row matched, nothing written).
 //!
-//! `cargo bench --bench gp_lists [-- --rows 50000]`
+//! `cargo bench --bench gp_lists [-- --rows 50000] [--write FILE: only write the list]`
 
 mod support;
 
@@ -72,6 +72,11 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(50_000);
     let text = list(rows);
+    if let Some(path) = std::env::args().skip_while(|a| a != "--write").nth(1) {
+        std::fs::write(&path, &text).expect("list written");
+        println!("list written to {path}");
+        return;
+    }
     println!("list: {rows} rows, {:.1} MB", text.len() as f64 / 1e6);
     let cx = MapContext {
         practice: "G84001".to_string(),

@@ -128,6 +128,7 @@ async fn a_store_from_before_the_new_parameters_is_indexed_for_them_when_opened(
     let copy = keep.path().join("data");
     gw.stop_keeping(&data, &copy).await;
     let db = rusqlite::Connection::open(copy.join("gateway.sqlite")).unwrap();
+    common::make_schema_5(&db);
     db.execute(
         "DELETE FROM idx_token WHERE param = 'address-postalcode'",
         [],

@@ -187,3 +187,180 @@ async fn updates_keep_the_search_index_exact() {
     assert_eq!(found(&store, &[("subject", "Patient/p1")]).await, 1);
     store.close().await;
 }
+
+#[tokio::test]
+async fn a_schema_5_store_is_upgraded_with_its_history_and_exact_search_index() {
+    use pathway_gateway::fhir::search::parse_search;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 64);
+    let nhs = nhs_number(41);
+    let WriteOutcome::Applied(results) = store.write(create(&nhs)).await.unwrap() else {
+        panic!("created")
+    };
+    let id = results[0].as_ref().unwrap().resource.id.clone();
+    let patient = format!(
+        r#"{{"resourceType":"Patient","id":"{id}","identifier":[{{"system":"https://fhir.nhs.uk/Id/nhs-number","value":"{nhs}"}}],"gender":"female"}}"#
+    );
+    let encounter = |identifier: &str, start: &str| {
+        format!(
+            r#"{{"resourceType":"Encounter","identifier":[{{"system":"urn:test","value":"{identifier}"}}],"status":"in-progress","class":{{"system":"http://terminology.hl7.org/CodeSystem/v3-ActCode","code":"EMER"}},"subject":{{"reference":"Patient/{id}"}},"period":{{"start":"{start}"}}}}"#
+        )
+    };
+    let update = |ty: ResourceType, id: &str, body: String, version: i64| WriteRequest {
+        mutations: vec![Mutation::Update {
+            resource: prepare(body.as_bytes(), Some(ty), validator()).unwrap(),
+            id: id.to_string(),
+            if_match: Some(version),
+            full_url: None,
+        }],
+        atomic: true,
+    };
+    let applied =
+        |outcome: WriteOutcome| matches!(outcome, WriteOutcome::Applied(r) if r[0].is_ok());
+    assert!(applied(
+        store
+            .write(update(ResourceType::Patient, &id, patient, 1))
+            .await
+            .unwrap()
+    ));
+    let first = encounter("A", "2026-07-14T10:15:00+01:00");
+    let made = WriteRequest {
+        mutations: vec![Mutation::Create {
+            resource: prepare(first.as_bytes(), Some(ResourceType::Encounter), validator())
+                .unwrap(),
+            id: "e1".to_string(),
+            if_none_exist: None,
+            full_url: None,
+        }],
+        atomic: true,
+    };
+    assert!(applied(store.write(made).await.unwrap()));
+    store.close().await;
+
+    // Make the file what schema 5 wrote.
+    let path = dir.path().join("gateway.sqlite");
+    let db = rusqlite::Connection::open(&path).unwrap();
+    common::make_schema_5(&db);
+    drop(db);
+
+    let store = open(dir.path(), 64);
+    let history = store.history(ResourceType::Patient, &id).await.unwrap();
+    assert_eq!(
+        history.iter().map(|s| s.version).collect::<Vec<_>>(),
+        [2, 1]
+    );
+    assert!(history[0].body.contains(r#""gender":"female""#));
+    let v1 = store
+        .vread(ResourceType::Patient, &id, 1)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!v1.body.contains("gender"));
+    // An update after the upgrade removes exactly the index rows that no
+    // longer hold: the upgrade recorded them.
+    let moved = encounter("B", "2026-07-15T10:15:00+01:00");
+    assert!(applied(
+        store
+            .write(update(ResourceType::Encounter, "e1", moved, 1))
+            .await
+            .unwrap()
+    ));
+    let found = async |pairs: &[(&str, String)]| {
+        let pairs: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
+        let query = parse_search(ResourceType::Encounter, &pairs, true)
+            .unwrap()
+            .0;
+        store.search(&query).await.unwrap().total
+    };
+    assert_eq!(found(&[("identifier", "urn:test|A".into())]).await, 0);
+    assert_eq!(found(&[("identifier", "urn:test|B".into())]).await, 1);
+    assert_eq!(found(&[("identifier", "urn:test|".into())]).await, 1);
+    assert_eq!(found(&[("date", "lt2026-07-15".into())]).await, 0);
+    assert_eq!(found(&[("date", "ge2026-07-15".into())]).await, 1);
+    assert_eq!(found(&[("subject", format!("Patient/{id}"))]).await, 1);
+    store.close().await;
+
+    let db = rusqlite::Connection::open(&path).unwrap();
+    let sql = |name: &str| -> Option<String> {
+        db.query_row(
+            "SELECT sql FROM sqlite_schema WHERE name = ?1",
+            [name],
+            |r| r.get(0),
+        )
+        .ok()
+    };
+    assert!(!sql("versions").unwrap().contains("WITHOUT ROWID"));
+    assert!(sql("idx_date").unwrap().contains("WITHOUT ROWID"));
+    assert_eq!(sql("idx_token_owner"), None);
+    assert_eq!(sql("idx_date_owner"), None);
+    let version: i64 = db
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 6);
+    let count: i64 = db
+        .query_row("SELECT count(*) FROM versions", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(count, 4);
+    // The upgrade recorded the index rows of what it did not rewrite.
+    let keys: String = db
+        .query_row(
+            "SELECT keys FROM current WHERE type = 'Patient' AND id = ?1",
+            [&id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let keys: serde_json::Value = serde_json::from_str(&keys).unwrap();
+    assert_eq!(
+        keys["t"],
+        serde_json::json!([["identifier", nhs, "https://fhir.nhs.uk/Id/nhs-number"]])
+    );
+}
+
+#[tokio::test]
+async fn the_wal_is_checkpointed_into_the_database_while_writes_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 64);
+    let db = dir.path().join("gateway.sqlite");
+    let size = |p: &std::path::Path| std::fs::metadata(p).map_or(0, |m| m.len());
+    let empty = size(&db);
+    // Each group commit adds pages to the WAL; past 1,000 pages the
+    // checkpoint thread copies them into the database file.
+    for group in 0..40 {
+        let requests = (0..100)
+            .map(|i| create(&nhs_number(group * 100 + i)))
+            .collect();
+        let results = store.write_each(requests).await.unwrap();
+        assert!(
+            results
+                .iter()
+                .all(|r| matches!(r, Ok(WriteOutcome::Applied(_))))
+        );
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while size(&db) < empty + 1_000_000 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(
+        size(&db) >= empty + 1_000_000,
+        "the database file is still {} bytes (WAL {} bytes): nothing was checkpointed",
+        size(&db),
+        size(&dir.path().join("gateway.sqlite-wal"))
+    );
+    store.close().await;
+    let reopened = open(dir.path(), 64);
+    let query = pathway_gateway::fhir::search::parse_search(
+        ResourceType::Patient,
+        &[(
+            "identifier".to_string(),
+            "https://fhir.nhs.uk/Id/nhs-number|".to_string(),
+        )],
+        true,
+    )
+    .unwrap()
+    .0;
+    assert_eq!(reopened.search(&query).await.unwrap().total, 4000);
+    reopened.close().await;
+}

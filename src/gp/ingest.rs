@@ -12,24 +12,28 @@ use super::map::{
 use super::read::{self, ListError, Record};
 use super::row::{RiskRow, RowError, normalise_nhs_number, read_row};
 use crate::fhir::outcome::Issue;
-use crate::fhir::resource::{Rejection, prepare_json};
-use crate::fhir::search::{CURSOR_PARAM, identifier_query, parse_search};
+use crate::fhir::resource::{Rejection, prepare_json, prepare_parsed};
+use crate::fhir::search::identifier_query;
 use crate::fhir::{ResourceType, new_id};
 use crate::store::{
     Change, Mutation, MutationError, QuarantineEntry, Store, StoreError, Stored, WriteOutcome,
-    WriteRequest, search_all,
+    WriteRequest,
 };
 use crate::validate::Validator;
-use futures_util::future::{join, join_all};
+use futures_util::future::join;
 use serde::Serialize;
 use serde_json::{Value, json};
 use std::collections::{HashMap, HashSet};
 
 /// The journal and quarantine `source` of risk lists.
 pub const SOURCE: &str = "gp-risk-list";
-/// Rows mapped and written together: enough for group commit to pay off,
-/// few enough to bound what is held at once.
-const CHUNK_ROWS: usize = 256;
+/// Rows mapped and written together, as one writer job (each row its own
+/// transaction, all in one commit): enough for a commit to be shared by
+/// ~2,000 resources, few enough to bound what is held at once and how long
+/// other writers wait behind a chunk (~40 ms). Measured on a 50,000-row
+/// list: 256 rows a chunk took 7.1 s end to end, 1,024 took 5.3 s, 2,048
+/// 4.8–5.0 s with a third more memory.
+const CHUNK_ROWS: usize = 1024;
 /// Times a row is retried when its patient changed under it (If-Match).
 const MAX_ATTEMPTS: usize = 3;
 
@@ -148,13 +152,15 @@ pub async fn ingest_list(
         if chunk.len() == CHUNK_ROWS || (end && !chunk.is_empty()) {
             report.rows += chunk.len();
             let records: Vec<Record> = std::mem::take(&mut chunk);
-            // Pipelined: this chunk is planned (parse, map, validate: CPU
-            // here) while the previous one is written (the writer thread),
-            // so the two cores share the work. A patient in both chunks is
-            // safe: creates are conditional and updates carry If-Match.
             let previous = std::mem::take(&mut writing);
-            let (planned, written) = join(
-                plan_chunk(store, validator, &layout, records, options),
+            // Pipelined: this chunk is planned (parse, map, validate: CPU on
+            // this thread) while the previous one is written (the writer
+            // thread), so the two cores share the work. The write goes
+            // first: its job must be sent before planning, which may not
+            // yield until it is done, takes this thread. A patient in both
+            // chunks is safe: creates are conditional and updates carry
+            // If-Match.
+            let (written, planned) = join(
                 write_plans(
                     store,
                     validator,
@@ -164,6 +170,7 @@ pub async fn ingest_list(
                     &mut report,
                     &mut rejected,
                 ),
+                plan_chunk(store, validator, &layout, records, options),
             )
             .await;
             written?;
@@ -318,7 +325,7 @@ async fn plan_row(
         .await?;
     let current = existing.resources.into_iter().next();
     let on_pathway = match &current {
-        Some(p) => !patients_on_pathway(store, &[format!("Patient/{}", p.id)])
+        Some(p) => !patients_on_pathway(store, vec![(ResourceType::Patient, p.id.clone())])
             .await?
             .is_empty(),
         None => false,
@@ -351,12 +358,12 @@ async fn plan_chunk(
             Err(errors) => rejected.push((record, errors)),
         }
     }
-    let numbers: Vec<String> = rows
+    let numbers: Vec<(String, String)> = rows
         .iter()
-        .map(|(_, r)| format!("{NHS_NUMBER_SYSTEM}|{}", r.nhs_number))
+        .map(|(_, r)| (NHS_NUMBER_SYSTEM.to_string(), r.nhs_number.clone()))
         .collect();
     let mut patients: HashMap<String, Stored> = HashMap::new();
-    for patient in search_all(store, ResourceType::Patient, "identifier", &numbers).await? {
+    for patient in store.by_identifier(ResourceType::Patient, &numbers).await? {
         if let Ok(value) = serde_json::from_str::<Value>(&patient.body) {
             for identifier in value["identifier"].as_array().into_iter().flatten() {
                 if identifier["system"] == NHS_NUMBER_SYSTEM
@@ -367,11 +374,11 @@ async fn plan_chunk(
             }
         }
     }
-    let subjects: Vec<String> = patients
+    let subjects: Vec<(ResourceType, String)> = patients
         .values()
-        .map(|p| format!("Patient/{}", p.id))
+        .map(|p| (ResourceType::Patient, p.id.clone()))
         .collect();
-    let on_pathway = patients_on_pathway(store, &subjects).await?;
+    let on_pathway = patients_on_pathway(store, subjects).await?;
     let mut plans = Vec::with_capacity(rows.len());
     for (record, row) in rows {
         let current = patients.get(&row.nhs_number);
@@ -385,21 +392,28 @@ async fn plan_chunk(
 }
 
 /// Patients with a live proactive-care referral from `practice` whose NHS
-/// number is not in `seen`, sorted.
+/// number is not in `seen`, sorted. The referrals' identifiers (their NHS
+/// numbers) come from the index; only referrals of patients missing from the
+/// list are read.
 async fn referred_but_not_in(
     store: &dyn Store,
     practice: &str,
     seen: &HashSet<String>,
 ) -> Result<Vec<String>, StoreError> {
+    let unseen: Vec<String> = store
+        .identifiers_in(ResourceType::ServiceRequest, REFERRAL_ID_SYSTEM)
+        .await?
+        .into_iter()
+        .filter(|(nhs, _)| !seen.contains(nhs))
+        .map(|(_, id)| id)
+        .collect();
     let mut missing = Vec::new();
-    let mut pairs = vec![
-        ("identifier".to_string(), format!("{REFERRAL_ID_SYSTEM}|")),
-        ("_count".to_string(), "1000".to_string()),
-    ];
-    // Page by page, so that only a page of referrals is held at a time.
-    while let Ok((query, _)) = parse_search(ResourceType::ServiceRequest, &pairs, true) {
-        let page = store.search(&query).await?;
-        for referral in &page.resources {
+    // A page at a time, so that only a page of referrals is held.
+    for ids in unseen.chunks(1000) {
+        for referral in store
+            .read_many(ResourceType::ServiceRequest, ids.to_vec())
+            .await?
+        {
             let Ok(referral) = serde_json::from_str::<Value>(&referral.body) else {
                 continue;
             };
@@ -417,20 +431,13 @@ async fn referred_but_not_in(
             if let Some(nhs) = nhs
                 && from_practice
                 && live
-                && !seen.contains(nhs)
             {
                 missing.push(nhs.to_string());
             }
         }
-        match page.next_after {
-            Some(after) => {
-                pairs.retain(|(k, _)| k != CURSOR_PARAM);
-                pairs.push((CURSOR_PARAM.to_string(), after));
-            }
-            None => break,
-        }
     }
     missing.sort();
+    missing.dedup();
     Ok(missing)
 }
 
@@ -438,10 +445,16 @@ async fn referred_but_not_in(
 /// already: a proactive-care CarePlan that is draft, active or on hold.
 async fn patients_on_pathway(
     store: &dyn Store,
-    patients: &[String],
+    patients: Vec<(ResourceType, String)>,
 ) -> Result<HashSet<String>, StoreError> {
     let mut on = HashSet::new();
-    for plan in search_all(store, ResourceType::CarePlan, "subject", patients).await? {
+    if patients.is_empty() {
+        return Ok(on);
+    }
+    for plan in store
+        .by_reference(ResourceType::CarePlan, "subject", patients)
+        .await?
+    {
         let Ok(plan) = serde_json::from_str::<Value>(&plan.body) else {
             continue;
         };
@@ -495,7 +508,7 @@ fn plan_with(
         None => {
             let patient = map_patient(&row, cx);
             let reference = format!("urn:uuid:{}", new_id());
-            match prepare_json(&patient.to_string(), Some(ResourceType::Patient), validator) {
+            match prepare_value(&patient, ResourceType::Patient, validator) {
                 Ok(resource) => mutations.push(Mutation::Create {
                     resource,
                     id: new_id(),
@@ -518,16 +531,9 @@ fn plan_with(
         let referral_ref = format!("urn:uuid:{}", new_id());
         let (service_request, care_plan) =
             map_referral(&row, cx, &reason, &patient_ref, &referral_ref);
-        let service_request = prepare_json(
-            &service_request.to_string(),
-            Some(ResourceType::ServiceRequest),
-            validator,
-        );
-        let care_plan = prepare_json(
-            &care_plan.to_string(),
-            Some(ResourceType::CarePlan),
-            validator,
-        );
+        let service_request =
+            prepare_value(&service_request, ResourceType::ServiceRequest, validator);
+        let care_plan = prepare_value(&care_plan, ResourceType::CarePlan, validator);
         match (service_request, care_plan) {
             (Ok(sr), Ok(cp)) => {
                 referral_at = Some(mutations.len());
@@ -578,13 +584,16 @@ async fn write_plans(
         if pending.is_empty() {
             break;
         }
-        let writes = pending.iter().map(|plan| {
-            store.write(WriteRequest {
+        // One job for the chunk: each row its own transaction, all in one
+        // commit, without a channel message and a wake-up per row.
+        let requests = pending
+            .iter()
+            .map(|plan| WriteRequest {
                 mutations: plan.mutations.clone(),
                 atomic: true,
             })
-        });
-        let outcomes = join_all(writes).await;
+            .collect();
+        let outcomes = store.write_each(requests).await?;
         let mut retry = Vec::new();
         for (plan, outcome) in pending.into_iter().zip(outcomes) {
             match outcome? {
@@ -792,4 +801,13 @@ fn quarantine_entry(
         content_type: "application/json".to_string(),
         payload: payload.to_string().into_bytes(),
     }
+}
+
+/// Prepares a resource the mapping built, without parsing it back.
+fn prepare_value(
+    value: &Value,
+    ty: ResourceType,
+    validator: &Validator,
+) -> Result<crate::fhir::resource::Prepared, Rejection> {
+    prepare_parsed(&value.to_string(), value, Some(ty), validator)
 }

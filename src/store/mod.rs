@@ -279,6 +279,14 @@ pub trait Store: Send + Sync + 'static {
         ty: ResourceType,
         keys: &[(String, String)],
     ) -> Result<Vec<Stored>, StoreError>;
+    /// The `(value, id)` of every identifier in `system` on current
+    /// resources of `ty`, from the index alone (no bodies read), in value
+    /// order.
+    async fn identifiers_in(
+        &self,
+        ty: ResourceType,
+        system: &str,
+    ) -> Result<Vec<(String, String)>, StoreError>;
     /// The current versions of these resources (those that exist), in one
     /// go on one connection.
     async fn read_many(
@@ -305,6 +313,12 @@ pub trait Store: Send + Sync + 'static {
         targets: Vec<(ResourceType, String)>,
     ) -> Result<Vec<Stored>, StoreError>;
     async fn write(&self, request: WriteRequest) -> Result<WriteOutcome, StoreError>;
+    /// Applies each request on its own, as [`Store::write`] would, in one
+    /// go: one result per request, in order (bulk feeds: a GP list's rows).
+    async fn write_each(
+        &self,
+        requests: Vec<WriteRequest>,
+    ) -> Result<Vec<Result<WriteOutcome, StoreError>>, StoreError>;
     /// The event clocks of these resources (`None`: no event applied yet).
     async fn event_clocks(
         &self,

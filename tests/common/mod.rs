@@ -285,3 +285,33 @@ pub fn expected_json(file: &std::path::Path, actual: &Value) -> Option<Value> {
         .unwrap_or_else(|_| panic!("{} missing; run with BLESS=1", file.display()));
     Some(serde_json::from_str(&text).expect("expectation is JSON"))
 }
+
+/// Reshapes a store file (schema 6) as schema 5 wrote it: `versions` keyed
+/// WITHOUT ROWID, no `current.keys`, owner indexes on the index tables,
+/// `idx_date` a rowid table. For tests of the upgrade.
+pub fn make_schema_5(db: &rusqlite::Connection) {
+    db.execute_batch(
+        "DROP INDEX versions_key;
+         ALTER TABLE versions RENAME TO v6;
+         CREATE TABLE versions (type TEXT NOT NULL, id TEXT NOT NULL, version INTEGER NOT NULL,
+             last_updated INTEGER NOT NULL, body TEXT NOT NULL,
+             PRIMARY KEY (type, id, version)) WITHOUT ROWID;
+         INSERT INTO versions SELECT type, id, version, last_updated, body FROM v6;
+         DROP TABLE v6;
+         ALTER TABLE current DROP COLUMN keys;
+         CREATE INDEX idx_token_owner ON idx_token (type, id);
+         CREATE INDEX idx_token_system ON idx_token (type, param, system);
+         CREATE INDEX idx_ref_owner ON idx_ref (type, id);
+         DROP INDEX idx_date_hi;
+         ALTER TABLE idx_date RENAME TO d6;
+         CREATE TABLE idx_date (type TEXT NOT NULL, param TEXT NOT NULL, lo INTEGER NOT NULL,
+             hi INTEGER NOT NULL, id TEXT NOT NULL);
+         CREATE INDEX idx_date_lo ON idx_date (type, param, lo);
+         CREATE INDEX idx_date_hi ON idx_date (type, param, hi);
+         CREATE INDEX idx_date_owner ON idx_date (type, id);
+         INSERT INTO idx_date SELECT type, param, lo, hi, id FROM d6;
+         DROP TABLE d6;
+         PRAGMA user_version = 5;",
+    )
+    .expect("a schema 6 store reshaped as schema 5");
+}

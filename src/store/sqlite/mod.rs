@@ -10,6 +10,8 @@
 //! Conditional creates and updates are resolved inside the writer, so two
 //! concurrent creates with the same identifier cannot both miss each other.
 
+mod checkpoint;
+mod keys;
 mod outbox;
 mod search;
 mod writer;
@@ -33,9 +35,11 @@ pub const DB_FILE: &str = "gateway.sqlite";
 /// The schema this code writes; a newer file is refused rather than misread.
 /// 2: the quarantine table; 3: event clocks; 4: the routing outbox and
 /// deliveries; 5: search parameters `address-postalcode`, `class`,
-/// `category`, `code` (index rows added for stored resources) (each added by re-running the
-/// idempotent schema).
-const SCHEMA_VERSION: i64 = 5;
+/// `category`, `code` (index rows added for stored resources); 6: `versions`
+/// as a rowid table, index rows kept in `current.keys` instead of owner
+/// indexes, `idx_date` keyed (tables rebuilt on upgrade). Each adds to the idempotent schema,
+/// which is re-run.
+const SCHEMA_VERSION: i64 = 6;
 
 /// How the store is set up (checked configuration).
 #[derive(Debug, Clone)]
@@ -56,6 +60,11 @@ pub(super) enum Job {
     Write(
         WriteRequest,
         oneshot::Sender<Result<WriteOutcome, StoreError>>,
+    ),
+    /// Many requests, each applied on its own, in one group.
+    WriteEach(
+        Vec<WriteRequest>,
+        oneshot::Sender<Result<Vec<Result<WriteOutcome, StoreError>>, StoreError>>,
     ),
     Journal(
         JournalEntry,
@@ -97,7 +106,8 @@ impl SqliteStore {
     pub fn open(options: SqliteOptions) -> Result<Self, StoreError> {
         std::fs::create_dir_all(&options.dir)?;
         let path = options.dir.join(DB_FILE);
-        let conn = open_writer(&path)?;
+        let mut conn = open_writer(&path)?;
+        let checkpointer = checkpoint::Checkpointer::start(&mut conn, open_checkpointer(&path)?)?;
         let (jobs, rx) = mpsc::channel(options.queue.max(1));
         let max_batch = options.max_batch.max(1);
         let outbox_signal = Arc::new(tokio::sync::Notify::new());
@@ -105,7 +115,9 @@ impl SqliteStore {
         let outbox_types = options.outbox_types.clone();
         std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || writer::Writer::new(conn, max_batch, signal, outbox_types).run(rx))?;
+            .spawn(move || {
+                writer::Writer::new(conn, checkpointer, max_batch, signal, outbox_types).run(rx)
+            })?;
         Ok(SqliteStore {
             jobs,
             outbox_signal,
@@ -237,6 +249,27 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn identifiers_in(
+        &self,
+        ty: ResourceType,
+        system: &str,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let system = system.to_string();
+        self.with_reader(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT value, id FROM idx_token WHERE type=?1 AND param='identifier' AND system=?2 \
+                 ORDER BY value, id",
+            )?;
+            let pairs = stmt
+                .query_map(params![ty.as_str(), system], |row| {
+                    Ok((row.get(0)?, row.get(1)?))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(pairs)
+        })
+        .await
+    }
+
     async fn read_many(
         &self,
         ty: ResourceType,
@@ -319,6 +352,13 @@ impl Store for SqliteStore {
 
     async fn write(&self, request: WriteRequest) -> Result<WriteOutcome, StoreError> {
         self.submit(|tx| Job::Write(request, tx)).await
+    }
+
+    async fn write_each(
+        &self,
+        requests: Vec<WriteRequest>,
+    ) -> Result<Vec<Result<WriteOutcome, StoreError>>, StoreError> {
+        self.submit(|tx| Job::WriteEach(requests, tx)).await
     }
 
     async fn journal(&self, entry: JournalEntry) -> Result<JournalReceipt, StoreError> {
@@ -502,7 +542,11 @@ fn open_writer(path: &Path) -> Result<Connection, StoreError> {
     }
     if found < SCHEMA_VERSION {
         conn.execute_batch("BEGIN IMMEDIATE")?;
-        conn.execute_batch(include_str!("schema.sql"))?;
+        // Upgrades that reshape tables run before the schema, whose
+        // `IF NOT EXISTS` would otherwise skip them.
+        if found > 0 && found < 6 {
+            rebuild_versions(&conn)?;
+        }
         if found > 0 && found < 5 {
             tracing::info!(
                 "upgrading the store to schema 5: indexing stored resources for new search parameters (a minute per million resources)"
@@ -517,10 +561,71 @@ fn open_writer(path: &Path) -> Result<Connection, StoreError> {
                 ],
             )?;
         }
+        if found > 0 && found < 6 {
+            keep_index_keys(&conn)?;
+        }
+        conn.execute_batch(include_str!("schema.sql"))?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         conn.execute_batch("COMMIT")?;
     }
     Ok(conn)
+}
+
+/// Schema 6: copies the history from the keyed WITHOUT ROWID `versions`
+/// table into the rowid table the schema now declares, in key order.
+fn rebuild_versions(conn: &Connection) -> Result<(), StoreError> {
+    tracing::info!(
+        "upgrading the store to schema 6: rewriting the version history table (a minute per million versions)"
+    );
+    conn.execute_batch(
+        "ALTER TABLE versions RENAME TO versions_v5;
+         CREATE TABLE versions (
+             type         TEXT    NOT NULL,
+             id           TEXT    NOT NULL,
+             version      INTEGER NOT NULL,
+             last_updated INTEGER NOT NULL,
+             body         TEXT    NOT NULL
+         );
+         INSERT INTO versions(type, id, version, last_updated, body)
+             SELECT type, id, version, last_updated, body FROM versions_v5;
+         DROP TABLE versions_v5;",
+    )?;
+    Ok(())
+}
+
+/// Schema 6: records each current version's index rows beside it (from the
+/// index tables, through their owner indexes, which it then drops), and
+/// keys `idx_date` WITHOUT ROWID.
+fn keep_index_keys(conn: &Connection) -> Result<(), StoreError> {
+    conn.execute_batch(
+        "ALTER TABLE current ADD COLUMN keys TEXT;
+         UPDATE current SET keys = json_object(
+             't', json(coalesce((SELECT json_group_array(json_array(t.param, t.value, t.system))
+                  FROM idx_token t WHERE t.type = current.type AND t.id = current.id), '[]')),
+             'r', json(coalesce((SELECT json_group_array(json_array(r.param, r.target_id, r.target_type))
+                  FROM idx_ref r WHERE r.type = current.type AND r.id = current.id), '[]')),
+             'd', json(coalesce((SELECT json_group_array(json_array(d.param, d.lo, d.hi))
+                  FROM idx_date d WHERE d.type = current.type AND d.id = current.id), '[]')));
+         DROP INDEX IF EXISTS idx_token_owner;
+         DROP INDEX IF EXISTS idx_token_system;
+         DROP INDEX IF EXISTS idx_ref_owner;
+         DROP INDEX IF EXISTS idx_date_owner;
+         DROP INDEX IF EXISTS idx_date_lo;
+         DROP INDEX IF EXISTS idx_date_hi;
+         ALTER TABLE idx_date RENAME TO idx_date_v5;
+         CREATE TABLE idx_date (
+             type  TEXT    NOT NULL,
+             param TEXT    NOT NULL,
+             lo    INTEGER NOT NULL,
+             hi    INTEGER NOT NULL,
+             id    TEXT    NOT NULL,
+             PRIMARY KEY (type, param, lo, hi, id)
+         ) WITHOUT ROWID;
+         INSERT OR IGNORE INTO idx_date(type, param, lo, hi, id)
+             SELECT type, param, lo, hi, id FROM idx_date_v5;
+         DROP TABLE idx_date_v5;",
+    )?;
+    Ok(())
 }
 
 /// Adds the index rows of search parameters new in this version for the
@@ -550,6 +655,14 @@ fn index_new_params(conn: &Connection, params: &[(ResourceType, &str)]) -> Resul
         }
     }
     Ok(())
+}
+
+/// The checkpoint thread's connection: durable as the writer's.
+fn open_checkpointer(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path)?;
+    configure(&conn)?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    Ok(conn)
 }
 
 fn open_reader(path: &Path) -> Result<Connection, StoreError> {
@@ -602,6 +715,28 @@ fn by_token(
         }
     }
     Ok(found)
+}
+
+/// The current version with its index rows ([`keys::Keys`]), for the writer.
+fn read_current_keyed(
+    conn: &Connection,
+    ty: ResourceType,
+    id: &str,
+) -> Result<Option<(Stored, Option<keys::Keys>)>, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT v.version, v.last_updated, v.body, c.keys FROM current c \
+             JOIN versions v ON v.type=c.type AND v.id=c.id AND v.version=c.version \
+             WHERE c.type=?1 AND c.id=?2",
+        )?
+        .query_row(params![ty.as_str(), id], |row| {
+            let keys: Option<String> = row.get(3)?;
+            Ok((
+                stored_from_row(ty, id.to_string(), row)?,
+                keys.as_deref().and_then(keys::Keys::decode),
+            ))
+        })
+        .optional()?)
 }
 
 pub(super) fn read_current(

@@ -1,26 +1,35 @@
--- pathway-gateway store, schema version 5 (each version adds to this file;
+-- pathway-gateway store, schema version 6 (each version adds to this file;
 -- it is re-run, idempotently, on upgrade).
 
--- Every version of every resource: the full history.
+-- Every version of every resource: the full history. A rowid table (schema
+-- version 6; before, WITHOUT ROWID keyed by type, id, version): bodies are
+-- appended in write order to densely packed pages, and the key is a small
+-- separate index. Keyed WITHOUT ROWID, a body over ~1,000 bytes spilled into
+-- an overflow page of its own and pages were left less than half full, so a
+-- write dirtied (and the WAL carried) several times the pages it needed.
 CREATE TABLE IF NOT EXISTS versions (
     type         TEXT    NOT NULL,
     id           TEXT    NOT NULL,
     version      INTEGER NOT NULL,
     last_updated INTEGER NOT NULL,  -- ms since the Unix epoch
-    body         TEXT    NOT NULL,  -- the resource JSON, exactly as served
-    PRIMARY KEY (type, id, version)
-) WITHOUT ROWID;
+    body         TEXT    NOT NULL   -- the resource JSON, exactly as served
+);
+CREATE UNIQUE INDEX IF NOT EXISTS versions_key ON versions (type, id, version);
 
--- The current version of each resource.
+-- The current version of each resource, with its index rows as JSON
+-- (`keys`, schema version 6): an update deletes exactly the rows that no
+-- longer hold, so the index tables need no second B-tree ordered by owner.
 CREATE TABLE IF NOT EXISTS current (
     type         TEXT    NOT NULL,
     id           TEXT    NOT NULL,
     version      INTEGER NOT NULL,
     last_updated INTEGER NOT NULL,
+    keys         TEXT,
     PRIMARY KEY (type, id)
 ) WITHOUT ROWID;
 
--- Search index of current versions: tokens (identifier, status).
+-- Search index of current versions: tokens (identifier, status, codes). A
+-- search by system alone (`system|`) scans its parameter's rows.
 CREATE TABLE IF NOT EXISTS idx_token (
     type   TEXT NOT NULL,
     param  TEXT NOT NULL,
@@ -29,8 +38,6 @@ CREATE TABLE IF NOT EXISTS idx_token (
     id     TEXT NOT NULL,
     PRIMARY KEY (type, param, value, system, id)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS idx_token_owner ON idx_token (type, id);
-CREATE INDEX IF NOT EXISTS idx_token_system ON idx_token (type, param, system);
 
 -- References (subject, patient), resolved to type and id.
 CREATE TABLE IF NOT EXISTS idx_ref (
@@ -41,19 +48,18 @@ CREATE TABLE IF NOT EXISTS idx_ref (
     id          TEXT NOT NULL,
     PRIMARY KEY (type, param, target_id, target_type, id)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS idx_ref_owner ON idx_ref (type, id);
 
--- Dates as half-open ranges [lo, hi) of ms since the epoch.
+-- Dates as half-open ranges [lo, hi) of ms since the epoch (keyed WITHOUT
+-- ROWID since schema version 6).
 CREATE TABLE IF NOT EXISTS idx_date (
     type  TEXT    NOT NULL,
     param TEXT    NOT NULL,
     lo    INTEGER NOT NULL,
     hi    INTEGER NOT NULL,
-    id    TEXT    NOT NULL
-);
-CREATE INDEX IF NOT EXISTS idx_date_lo ON idx_date (type, param, lo);
+    id    TEXT    NOT NULL,
+    PRIMARY KEY (type, param, lo, hi, id)
+) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS idx_date_hi ON idx_date (type, param, hi);
-CREATE INDEX IF NOT EXISTS idx_date_owner ON idx_date (type, id);
 
 -- Raw inbound payloads, journaled before they are acknowledged.
 CREATE TABLE IF NOT EXISTS journal (

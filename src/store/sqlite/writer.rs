@@ -2,12 +2,14 @@
 //! SAVEPOINT, commits them together (group commit) and only then answers.
 //! Conditional creates and updates are resolved here, serialised with writes.
 
+use super::checkpoint::Checkpointer;
+use super::keys::{Keys, missing_from};
 use super::search::matching_ids_sql;
-use super::{Job, outbox, read_current};
+use super::{Job, outbox, read_current, read_current_keyed};
 use crate::fhir::ResourceType;
 use crate::fhir::json::rewrite_references;
 use crate::fhir::resource::{Prepared, assemble};
-use crate::fhir::search::{SearchQuery, reference_target};
+use crate::fhir::search::{Clause, IndexEntries, SearchQuery, TokenMatch, reference_target};
 use crate::store::{
     Change, IngestOutcome, IngestRequest, JournalEntry, JournalReceipt, Mutation, MutationError,
     QuarantineEntry, RouteOutcome, RouteRequest, StoreError, Stored, WriteOutcome, WriteRequest,
@@ -20,6 +22,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 
 pub(super) struct Writer {
     conn: Connection,
+    checkpointer: Checkpointer,
     max_batch: usize,
     /// lastUpdated of the latest commit: never goes backwards, even if the
     /// wall clock does.
@@ -46,6 +49,7 @@ enum Plan {
 impl Writer {
     pub(super) fn new(
         conn: Connection,
+        checkpointer: Checkpointer,
         max_batch: usize,
         outbox_signal: Arc<Notify>,
         outbox_types: Option<Vec<ResourceType>>,
@@ -53,6 +57,7 @@ impl Writer {
         Writer {
             outbox_types,
             conn,
+            checkpointer,
             max_batch,
             last_ms: 0,
             broken: None,
@@ -79,6 +84,7 @@ impl Writer {
         // the store is closed.
         jobs.close();
         while jobs.try_recv().is_ok() {}
+        self.checkpointer.stop();
         if let Err(err) = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);") {
             tracing::warn!(error = %err, "WAL checkpoint at close failed");
         }
@@ -131,15 +137,25 @@ impl Writer {
             };
             match job {
                 Job::Write(request, reply) => {
-                    let result = self.in_savepoint(|w| w.apply(&request, now));
+                    let result = self.unguarded(|w| w.apply(&request, now));
                     answers.push(Answer::Write(reply, result));
+                }
+                Job::WriteEach(requests, reply) => {
+                    let mut results = Vec::with_capacity(requests.len());
+                    for request in &requests {
+                        results.push(self.unguarded(|w| w.apply(request, now)));
+                        if self.broken.is_some() {
+                            break;
+                        }
+                    }
+                    answers.push(Answer::WriteEach(reply, Ok(results)));
                 }
                 Job::Journal(entry, reply) => {
                     let result = self.in_savepoint(|w| w.journal(&entry).map(Ok));
                     answers.push(Answer::Journal(reply, result));
                 }
                 Job::Ingest(request, reply) => {
-                    let result = self.in_savepoint(|w| w.ingest(&request, now));
+                    let result = self.unguarded(|w| w.ingest(&request, now));
                     answers.push(Answer::Ingest(reply, result));
                 }
                 Job::Quarantine(entries, reply) => {
@@ -235,76 +251,52 @@ impl Writer {
         }
     }
 
+    /// Applies a request. An atomic one is checked whole before anything is
+    /// written (conditions, If-Match, ids), so that when it is refused
+    /// nothing needs undoing; a batch applies each entry in its own
+    /// savepoint. Either way the result never asks the caller to roll back
+    /// writes: see [`Writer::unguarded`].
+    /// Runs `f` without a savepoint, for jobs that check everything before
+    /// they write ([`Writer::apply`], [`Writer::ingest`]): a savepoint costs
+    /// three statements and a copy of every page the job touches. Should such
+    /// a job fail or refuse after writing after all, the group cannot be
+    /// committed and is refused whole (see [`Writer::commit_group`]).
+    fn unguarded<T>(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> Result<Result<T, Rollback<T>>, StoreError>,
+    ) -> Result<T, StoreError> {
+        let before = self.conn.total_changes();
+        let result = f(self);
+        if !matches!(result, Ok(Ok(_))) && self.conn.total_changes() != before {
+            self.broken
+                .get_or_insert_with(|| "a job failed after writing".to_string());
+        }
+        match result? {
+            Ok(value) | Err(Rollback(value)) => Ok(value),
+        }
+    }
+
     fn apply(
         &mut self,
         request: &WriteRequest,
         now: i64,
     ) -> Result<Result<WriteOutcome, Rollback<WriteOutcome>>, StoreError> {
         if request.atomic {
-            let mut map = HashMap::new();
-            let mut plans = Vec::with_capacity(request.mutations.len());
-            // Conditions are resolved before anything is written, so two
-            // entries with one condition would both miss and both create.
-            let mut conditions: HashMap<ConditionKey, usize> = HashMap::new();
-            for (index, mutation) in request.mutations.iter().enumerate() {
-                if let Some(query) = mutation.condition() {
-                    let key = (
-                        mutation.resource().resource_type,
-                        query.canonical.as_slice(),
-                    );
-                    if let Some(first) = conditions.insert(key, index) {
-                        let error = MutationError::SameResource {
-                            first,
-                            target: "the resource its condition names".to_string(),
-                        };
-                        return Ok(Err(Rollback(WriteOutcome::RolledBack { index, error })));
-                    }
-                }
-            }
-            for (index, mutation) in request.mutations.iter().enumerate() {
-                match self.resolve(mutation, &mut map)? {
-                    Ok(plan) => plans.push(plan),
-                    Err(error) => {
-                        return Ok(Err(Rollback(WriteOutcome::RolledBack { index, error })));
-                    }
-                }
-            }
-            // FHIR R4 §3.1.0.11.2: entries of one transaction must not
-            // touch the same resource.
-            let mut touched: HashMap<(ResourceType, &str), usize> = HashMap::new();
-            for (index, (mutation, plan)) in request.mutations.iter().zip(&plans).enumerate() {
-                // Conditional creates that found what they look for change nothing.
-                let Plan::Put(id) = plan else { continue };
-                let ty = mutation.resource().resource_type;
-                if let Some(first) = touched.insert((ty, id.as_str()), index) {
-                    let error = MutationError::SameResource {
-                        first,
-                        target: format!("{ty}/{id}"),
-                    };
-                    return Ok(Err(Rollback(WriteOutcome::RolledBack { index, error })));
-                }
-            }
-            let mut results = Vec::with_capacity(plans.len());
-            for (index, (mutation, plan)) in request.mutations.iter().zip(plans).enumerate() {
-                match self.execute(mutation, plan, &map, now)? {
-                    Ok(written) => results.push(Ok(written)),
-                    Err(error) => {
-                        return Ok(Err(Rollback(WriteOutcome::RolledBack { index, error })));
-                    }
-                }
-            }
-            Ok(Ok(WriteOutcome::Applied(results)))
+            Ok(match self.check(request)? {
+                Ok(checked) => Ok(self.write_checked(request, checked, now)?),
+                Err(refused) => Err(Rollback(refused)),
+            })
         } else {
             let mut results = Vec::with_capacity(request.mutations.len());
             for mutation in &request.mutations {
                 let result = self.in_savepoint(|w| {
                     let mut map = HashMap::new();
-                    let outcome = match w.resolve(mutation, &mut map)? {
-                        Ok(plan) => w.execute(mutation, plan, &map, now)?,
+                    let step = match w.resolve(mutation, &mut map)? {
+                        Ok(plan) => w.prepare_step(mutation, plan)?,
                         Err(error) => Err(error),
                     };
-                    Ok(match outcome {
-                        Ok(written) => Ok(Ok(written)),
+                    Ok(match step {
+                        Ok(step) => Ok(Ok(w.execute(mutation, step, &map, now)?)),
                         Err(error) => Err(Rollback(Err(error))),
                     })
                 })?;
@@ -312,6 +304,79 @@ impl Writer {
             }
             Ok(Ok(WriteOutcome::Applied(results)))
         }
+    }
+
+    /// Everything an atomic request must pass, checked before any of it is
+    /// written: `Err` is the refusal, with nothing written.
+    fn check(
+        &mut self,
+        request: &WriteRequest,
+    ) -> Result<Result<Checked, WriteOutcome>, StoreError> {
+        let refuse = |index, error| Ok(Err(WriteOutcome::RolledBack { index, error }));
+        let mut map = HashMap::new();
+        let mut plans = Vec::with_capacity(request.mutations.len());
+        // Conditions are resolved before anything is written, so two
+        // entries with one condition would both miss and both create.
+        let mut conditions: HashMap<ConditionKey, usize> = HashMap::new();
+        for (index, mutation) in request.mutations.iter().enumerate() {
+            if let Some(query) = mutation.condition() {
+                let key = (
+                    mutation.resource().resource_type,
+                    query.canonical.as_slice(),
+                );
+                if let Some(first) = conditions.insert(key, index) {
+                    let error = MutationError::SameResource {
+                        first,
+                        target: "the resource its condition names".to_string(),
+                    };
+                    return refuse(index, error);
+                }
+            }
+        }
+        for (index, mutation) in request.mutations.iter().enumerate() {
+            match self.resolve(mutation, &mut map)? {
+                Ok(plan) => plans.push(plan),
+                Err(error) => return refuse(index, error),
+            }
+        }
+        // FHIR R4 §3.1.0.11.2: entries of one transaction must not
+        // touch the same resource.
+        let mut touched: HashMap<(ResourceType, &str), usize> = HashMap::new();
+        for (index, (mutation, plan)) in request.mutations.iter().zip(&plans).enumerate() {
+            // Conditional creates that found what they look for change nothing.
+            let Plan::Put(id) = plan else { continue };
+            let ty = mutation.resource().resource_type;
+            if let Some(first) = touched.insert((ty, id.as_str()), index) {
+                let error = MutationError::SameResource {
+                    first,
+                    target: format!("{ty}/{id}"),
+                };
+                return refuse(index, error);
+            }
+        }
+        // No two entries touch one resource, so what each finds stored now
+        // is what it finds when it is written.
+        let mut steps = Vec::with_capacity(plans.len());
+        for (index, (mutation, plan)) in request.mutations.iter().zip(plans).enumerate() {
+            match self.prepare_step(mutation, plan)? {
+                Ok(step) => steps.push(step),
+                Err(error) => return refuse(index, error),
+            }
+        }
+        Ok(Ok(Checked { map, steps }))
+    }
+
+    fn write_checked(
+        &mut self,
+        request: &WriteRequest,
+        checked: Checked,
+        now: i64,
+    ) -> Result<WriteOutcome, StoreError> {
+        let mut results = Vec::with_capacity(checked.steps.len());
+        for (mutation, step) in request.mutations.iter().zip(checked.steps) {
+            results.push(Ok(self.execute(mutation, step, &checked.map, now)?));
+        }
+        Ok(WriteOutcome::Applied(results))
     }
 
     /// Decides which resource a mutation touches, and records what its
@@ -373,6 +438,20 @@ impl Writer {
     }
 
     fn matching_ids(&mut self, query: &SearchQuery) -> Result<Vec<String>, StoreError> {
+        // The usual condition, one identifier: a point lookup, without
+        // building its SQL again for every request.
+        if let [Clause::Token { param, any_of }] = query.clauses.as_slice()
+            && let [TokenMatch::SystemValue(system, value)] = any_of.as_slice()
+        {
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT id FROM idx_token WHERE type=?1 AND param=?2 AND value=?3 AND system=?4 LIMIT 2",
+            )?;
+            let ty = query.resource_type.as_str();
+            let ids = stmt
+                .query_map(params![ty, param, value, system], |row| row.get(0))?
+                .collect::<Result<Vec<String>, _>>()?;
+            return Ok(ids);
+        }
         let (sql, args) = matching_ids_sql(query);
         let mut stmt = self.conn.prepare_cached(&format!("{sql} LIMIT 2"))?;
         let ids = stmt
@@ -381,24 +460,19 @@ impl Writer {
         Ok(ids)
     }
 
-    fn execute(
+    /// Reads what a planned mutation finds stored and checks its If-Match.
+    fn prepare_step(
         &mut self,
         mutation: &Mutation,
         plan: Plan,
-        map: &HashMap<String, String>,
-        now: i64,
-    ) -> Result<Result<Written, MutationError>, StoreError> {
-        let resource = mutation.resource();
-        let ty = resource.resource_type;
+    ) -> Result<Result<Step, MutationError>, StoreError> {
+        let ty = mutation.resource().resource_type;
         let id = match plan {
             Plan::Existing(id) => {
-                let current = read_current(&self.conn, ty, &id)?;
-                return Ok(current
-                    .map(|resource| Written {
-                        change: Change::Existing,
-                        resource,
-                    })
-                    .ok_or_else(|| MutationError::Conflict(format!("{ty}/{id} vanished"))));
+                return Ok(match read_current(&self.conn, ty, &id)? {
+                    Some(resource) => Ok(Step::Existing(resource)),
+                    None => Err(MutationError::Conflict(format!("{ty}/{id} vanished"))),
+                });
             }
             Plan::Put(id) => id,
         };
@@ -407,7 +481,7 @@ impl Writer {
         let current = if fresh {
             None
         } else {
-            read_current(&self.conn, ty, &id)?
+            read_current_keyed(&self.conn, ty, &id)?
         };
         let if_match = match mutation {
             Mutation::Update { if_match, .. } | Mutation::ConditionalUpdate { if_match, .. } => {
@@ -416,14 +490,46 @@ impl Writer {
             Mutation::Create { .. } => None,
         };
         if let Some(expected) = if_match
-            && current.as_ref().map(|c| c.version) != Some(expected)
+            && current.as_ref().map(|c| c.0.version) != Some(expected)
         {
             return Ok(Err(MutationError::VersionConflict {
                 expected,
-                current: current
-                    .map_or("none (it does not exist)".into(), |c| c.version.to_string()),
+                current: current.map_or("none (it does not exist)".into(), |c| {
+                    c.0.version.to_string()
+                }),
             }));
         }
+        Ok(Ok(Step::Put { id, current }))
+    }
+
+    /// Writes a checked step: the new version, its index rows, its outbox row.
+    fn execute(
+        &mut self,
+        mutation: &Mutation,
+        step: Step,
+        map: &HashMap<String, String>,
+        now: i64,
+    ) -> Result<Written, StoreError> {
+        let resource = mutation.resource();
+        let ty = resource.resource_type;
+        let (id, current, old_keys) = match step {
+            Step::Existing(resource) => {
+                return Ok(Written {
+                    change: Change::Existing,
+                    resource,
+                });
+            }
+            Step::Put { id, current: None } => (id, None, None),
+            Step::Put {
+                id,
+                current: Some((current, keys)),
+            } => {
+                // Index rows not recorded beside it (never, once upgraded):
+                // the stored body says what they are.
+                let keys = keys.or_else(|| keys_of(&current));
+                (id, Some(current), keys)
+            }
+        };
         let rest = rewrite_references(&resource.rest, map);
         if let Some(current) = &current {
             let same = assemble(
@@ -435,10 +541,10 @@ impl Writer {
                 &rest,
             );
             if same == current.body {
-                return Ok(Ok(Written {
+                return Ok(Written {
                     change: Change::Unchanged,
                     resource: current.clone(),
-                }));
+                });
             }
         }
         let version = current.as_ref().map_or(1, |c| c.version + 1);
@@ -448,12 +554,14 @@ impl Writer {
                 "INSERT INTO versions(type, id, version, last_updated, body) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?
             .execute(params![ty.as_str(), id, version, now, body])?;
+        let keys = self.index(resource, &id, map, old_keys)?;
         self.conn
             .prepare_cached(
-                "INSERT INTO current(type, id, version, last_updated) VALUES (?1, ?2, ?3, ?4) \
-                 ON CONFLICT(type, id) DO UPDATE SET version=excluded.version, last_updated=excluded.last_updated",
+                "INSERT INTO current(type, id, version, last_updated, keys) VALUES (?1, ?2, ?3, ?4, ?5) \
+                 ON CONFLICT(type, id) DO UPDATE SET version=excluded.version, \
+                 last_updated=excluded.last_updated, keys=excluded.keys",
             )?
-            .execute(params![ty.as_str(), id, version, now])?;
+            .execute(params![ty.as_str(), id, version, now, keys.encode()])?;
         if self
             .outbox_types
             .as_ref()
@@ -462,8 +570,7 @@ impl Writer {
             outbox::enqueue(&self.conn, ty, &id, version)?;
             self.enqueued = true;
         }
-        self.index(resource, &id, map, current.is_some())?;
-        Ok(Ok(Written {
+        Ok(Written {
             change: if current.is_some() {
                 Change::Updated
             } else {
@@ -476,144 +583,64 @@ impl Writer {
                 last_updated_ms: now,
                 body,
             },
-        }))
+        })
     }
 
-    /// Writes the resource's index rows. On an update only the rows that
-    /// differ from the stored ones are deleted and inserted: most updates
-    /// (an A08, a status change) keep most rows, and every row written
-    /// dirties pages of its table and two indexes that the commit must write.
+    /// Writes the resource's index rows and returns them as [`Keys`], to be
+    /// kept in `current`. On an update only the rows that differ from the
+    /// stored ones (`old`) are deleted and inserted: most updates (an A08, a
+    /// status change) keep most rows, and every row written dirties pages
+    /// the commit must write.
     fn index(
         &mut self,
         resource: &Prepared,
         id: &str,
         map: &HashMap<String, String>,
-        update: bool,
-    ) -> Result<(), StoreError> {
+        old: Option<Keys>,
+    ) -> Result<Keys, StoreError> {
         let ty = resource.resource_type.as_str();
-        let tokens: Vec<(&str, &str, &str)> = resource
-            .index
-            .tokens
-            .iter()
-            .map(|t| (t.param, t.value.as_str(), t.system.as_str()))
-            .collect();
-        let mut references: Vec<(&str, &str, &str)> = Vec::new();
-        for r in &resource.index.references {
-            let resolved = map.get(&r.reference).unwrap_or(&r.reference);
-            let Some((target_type, target_id)) = reference_target(resolved) else {
-                continue;
-            };
-            if r.target.is_some_and(|only| only.as_str() != target_type) {
-                continue;
-            }
-            references.push((r.param, target_id, target_type));
-        }
-        let dates: Vec<(&str, i64, i64)> = resource
-            .index
-            .dates
-            .iter()
-            .map(|d| (d.param, d.range.start, d.range.end))
-            .collect();
-
-        let (mut old_tokens, mut old_refs, mut old_dates) = (Vec::new(), Vec::new(), Vec::new());
-        if update {
-            let mut stmt = self.conn.prepare_cached(
-                "SELECT param, value, system FROM idx_token WHERE type=?1 AND id=?2",
-            )?;
-            for row in stmt.query_map(params![ty, id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))? {
-                old_tokens.push(row?);
-            }
-            let mut stmt = self.conn.prepare_cached(
-                "SELECT param, target_id, target_type FROM idx_ref WHERE type=?1 AND id=?2",
-            )?;
-            for row in stmt.query_map(params![ty, id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))? {
-                old_refs.push(row?);
-            }
-            let mut stmt = self.conn.prepare_cached(
-                "SELECT rowid, param, lo, hi FROM idx_date WHERE type=?1 AND id=?2",
-            )?;
-            for row in stmt.query_map(params![ty, id], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, i64>(3)?,
-                ))
-            })? {
-                old_dates.push(row?);
-            }
-        }
-        let old_tokens: Vec<(String, String, String)> = old_tokens;
-        let old_refs: Vec<(String, String, String)> = old_refs;
+        let keys = keys_from(&resource.index, map);
+        let old = old.unwrap_or_default();
 
         let mut delete = self.conn.prepare_cached(
             "DELETE FROM idx_token WHERE type=?1 AND param=?2 AND value=?3 AND system=?4 AND id=?5",
         )?;
-        for (param, value, system) in &old_tokens {
-            if !tokens.contains(&(param.as_str(), value.as_str(), system.as_str())) {
-                delete.execute(params![ty, param, value, system, id])?;
-            }
+        for (param, value, system) in missing_from(&old.tokens, &keys.tokens) {
+            delete.execute(params![ty, param, value, system, id])?;
         }
         let mut insert = self.conn.prepare_cached(
             "INSERT OR IGNORE INTO idx_token(type, param, value, system, id) VALUES (?1, ?2, ?3, ?4, ?5)",
         )?;
-        for t in &tokens {
-            if !old_tokens
-                .iter()
-                .any(|(p, v, s)| (p.as_str(), v.as_str(), s.as_str()) == *t)
-            {
-                insert.execute(params![ty, t.0, t.1, t.2, id])?;
-            }
+        for (param, value, system) in missing_from(&keys.tokens, &old.tokens) {
+            insert.execute(params![ty, param, value, system, id])?;
         }
 
         let mut delete = self.conn.prepare_cached(
             "DELETE FROM idx_ref WHERE type=?1 AND param=?2 AND target_id=?3 AND target_type=?4 AND id=?5",
         )?;
-        for (param, target_id, target_type) in &old_refs {
-            if !references.contains(&(param.as_str(), target_id.as_str(), target_type.as_str())) {
-                delete.execute(params![ty, param, target_id, target_type, id])?;
-            }
+        for (param, target_id, target_type) in missing_from(&old.refs, &keys.refs) {
+            delete.execute(params![ty, param, target_id, target_type, id])?;
         }
         let mut insert = self.conn.prepare_cached(
             "INSERT OR IGNORE INTO idx_ref(type, param, target_id, target_type, id) VALUES (?1, ?2, ?3, ?4, ?5)",
         )?;
-        for r in &references {
-            if !old_refs
-                .iter()
-                .any(|(p, i, t)| (p.as_str(), i.as_str(), t.as_str()) == *r)
-            {
-                insert.execute(params![ty, r.0, r.1, r.2, id])?;
-            }
+        for (param, target_id, target_type) in missing_from(&keys.refs, &old.refs) {
+            insert.execute(params![ty, param, target_id, target_type, id])?;
         }
 
-        // Dates may repeat (no key): keep one stored row per wanted range.
-        let mut kept = vec![false; old_dates.len()];
-        let mut wanted = Vec::new();
-        for d in &dates {
-            match old_dates
-                .iter()
-                .enumerate()
-                .find(|(i, (_, p, lo, hi))| !kept[*i] && (p.as_str(), *lo, *hi) == *d)
-            {
-                Some((i, _)) => kept[i] = true,
-                None => wanted.push(*d),
-            }
-        }
-        let mut delete = self
-            .conn
-            .prepare_cached("DELETE FROM idx_date WHERE rowid=?1")?;
-        for (i, (rowid, ..)) in old_dates.iter().enumerate() {
-            if !kept[i] {
-                delete.execute(params![rowid])?;
-            }
+        let mut delete = self.conn.prepare_cached(
+            "DELETE FROM idx_date WHERE type=?1 AND param=?2 AND lo=?3 AND hi=?4 AND id=?5",
+        )?;
+        for (param, lo, hi) in missing_from(&old.dates, &keys.dates) {
+            delete.execute(params![ty, param, lo, hi, id])?;
         }
         let mut insert = self.conn.prepare_cached(
-            "INSERT INTO idx_date(type, param, lo, hi, id) VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT OR IGNORE INTO idx_date(type, param, lo, hi, id) VALUES (?1, ?2, ?3, ?4, ?5)",
         )?;
-        for (param, lo, hi) in wanted {
+        for (param, lo, hi) in missing_from(&keys.dates, &old.dates) {
             insert.execute(params![ty, param, lo, hi, id])?;
         }
-        Ok(())
+        Ok(keys)
     }
 
     /// A routing pass: its deliveries, the removal of the outbox rows it
@@ -680,45 +707,54 @@ impl Writer {
         Ok(changed == 1)
     }
 
-    /// The journal entry, then its writes and quarantine entries, all in
-    /// the caller's savepoint: a write that rolls back takes the journal
-    /// entry with it.
+    /// The journal entry, then its writes, quarantine entries and event
+    /// clocks. A repeat and a refused write are found before anything is
+    /// written: a write refused leaves no journal entry either.
     fn ingest(
         &mut self,
         request: &IngestRequest,
         now: i64,
     ) -> Result<Result<IngestOutcome, Rollback<IngestOutcome>>, StoreError> {
-        let mut journal_id = None;
-        if let Some(entry) = &request.journal {
-            let receipt = self.journal(entry)?;
-            if receipt.duplicate {
-                let held: Option<String> = self
-                    .conn
-                    .prepare_cached(
-                        "SELECT reasons FROM quarantine WHERE journal_id=?1 AND status='held' ORDER BY id LIMIT 1",
-                    )?
-                    .query_row(params![receipt.id], |row| row.get(0))
-                    .optional()?;
-                return Ok(Ok(IngestOutcome::Repeat {
-                    journal_id: receipt.id,
-                    held,
-                }));
-            }
-            journal_id = Some(receipt.id);
+        if let Some(entry) = &request.journal
+            && let Some(id) = self.journaled(entry)?
+        {
+            let held: Option<String> = self
+                .conn
+                .prepare_cached(
+                    "SELECT reasons FROM quarantine WHERE journal_id=?1 AND status='held' ORDER BY id LIMIT 1",
+                )?
+                .query_row(params![id], |row| row.get(0))
+                .optional()?;
+            return Ok(Ok(IngestOutcome::Repeat {
+                journal_id: id,
+                held,
+            }));
         }
-        let mut write = None;
-        if let Some(request) = &request.write {
-            match self.apply(request, now)? {
-                Ok(outcome) => write = Some(outcome),
-                Err(Rollback(outcome)) => {
+        let checked = match &request.write {
+            Some(write) if write.atomic => match self.check(write)? {
+                Ok(checked) => Some(checked),
+                Err(refused) => {
                     return Ok(Err(Rollback(IngestOutcome::Done {
                         journal_id: None,
-                        write: Some(outcome),
+                        write: Some(refused),
                         quarantined: Vec::new(),
                     })));
                 }
-            }
+            },
+            _ => None,
+        };
+        let mut journal_id = None;
+        if let Some(entry) = &request.journal {
+            journal_id = Some(self.journal(entry)?.id);
         }
+        let write = match (&request.write, checked) {
+            (Some(write), Some(checked)) => Some(self.write_checked(write, checked, now)?),
+            // A batch: applied entry by entry, never refused whole.
+            (Some(write), None) => match self.apply(write, now)? {
+                Ok(outcome) | Err(Rollback(outcome)) => Some(outcome),
+            },
+            (None, _) => None,
+        };
         let entries: Vec<QuarantineEntry> = request
             .quarantine
             .iter()
@@ -741,6 +777,23 @@ impl Writer {
             write,
             quarantined,
         }))
+    }
+
+    /// The id of the journal entry `entry` repeats (same source, sender and
+    /// message id), if any.
+    fn journaled(&mut self, entry: &JournalEntry) -> Result<Option<i64>, StoreError> {
+        let Some(message_id) = &entry.message_id else {
+            return Ok(None);
+        };
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT id FROM journal WHERE source=?1 AND sender=?2 AND message_id=?3",
+            )?
+            .query_row(params![entry.source, entry.sender, message_id], |row| {
+                row.get(0)
+            })
+            .optional()?)
     }
 
     fn journal(&mut self, entry: &JournalEntry) -> Result<JournalReceipt, StoreError> {
@@ -783,14 +836,71 @@ impl Writer {
     }
 }
 
+/// The answer to a [`Job::WriteEach`]: one result per request.
+type EachResult = Result<Vec<Result<WriteOutcome, StoreError>>, StoreError>;
+
 /// A result to keep while undoing what produced it (a failed atomic request).
 struct Rollback<T>(T);
+
+/// The index rows of a stored version, from its body.
+fn keys_of(stored: &Stored) -> Option<Keys> {
+    let value: serde_json::Value = serde_json::from_str(&stored.body).ok()?;
+    let index = crate::fhir::search::extract_index(stored.resource_type, &value);
+    Some(keys_from(&index, &HashMap::new()))
+}
+
+/// The index rows of extracted entries, references resolved through `map`
+/// (a transaction's `fullUrl`s).
+fn keys_from(index: &IndexEntries, map: &HashMap<String, String>) -> Keys {
+    let mut keys = Keys::default();
+    for t in &index.tokens {
+        keys.tokens
+            .push((t.param.to_string(), t.value.clone(), t.system.clone()));
+    }
+    for r in &index.references {
+        let resolved = map.get(&r.reference).unwrap_or(&r.reference);
+        if let Some((target_type, target_id)) = reference_target(resolved)
+            && r.target.is_none_or(|only| only.as_str() == target_type)
+        {
+            keys.refs.push((
+                r.param.to_string(),
+                target_id.to_string(),
+                target_type.to_string(),
+            ));
+        }
+    }
+    for d in &index.dates {
+        keys.dates
+            .push((d.param.to_string(), d.range.start, d.range.end));
+    }
+    keys.normalised()
+}
+
+/// An atomic request that passed its checks: what its `fullUrl`s resolve to
+/// and, for each entry, what it found stored.
+struct Checked {
+    map: HashMap<String, String>,
+    steps: Vec<Step>,
+}
+
+/// A mutation ready to write.
+enum Step {
+    /// A conditional create that found its resource: nothing to write.
+    Existing(Stored),
+    /// A new version of `id`; `current` is what is stored now, with its
+    /// index rows (`None` inside: unknown, all are written).
+    Put {
+        id: String,
+        current: Option<(Stored, Option<Keys>)>,
+    },
+}
 
 enum Answer {
     Write(
         oneshot::Sender<Result<WriteOutcome, StoreError>>,
         Result<WriteOutcome, StoreError>,
     ),
+    WriteEach(oneshot::Sender<EachResult>, EachResult),
     Journal(
         oneshot::Sender<Result<JournalReceipt, StoreError>>,
         Result<JournalReceipt, StoreError>,
@@ -823,6 +933,9 @@ impl Answer {
             Answer::Write(reply, result) => {
                 let _ = reply.send(result);
             }
+            Answer::WriteEach(reply, result) => {
+                let _ = reply.send(result);
+            }
             Answer::Journal(reply, result) => {
                 let _ = reply.send(result);
             }
@@ -847,6 +960,9 @@ impl Answer {
     fn fail(self, message: &str) {
         match self {
             Answer::Write(reply, _) => {
+                let _ = reply.send(Err(failure(message)));
+            }
+            Answer::WriteEach(reply, _) => {
                 let _ = reply.send(Err(failure(message)));
             }
             Answer::Journal(reply, _) => {
@@ -879,6 +995,9 @@ fn failure(message: &str) -> StoreError {
 fn answer_failure(job: Job, message: &str) {
     match job {
         Job::Write(_, reply) => {
+            let _ = reply.send(Err(failure(message)));
+        }
+        Job::WriteEach(_, reply) => {
             let _ = reply.send(Err(failure(message)));
         }
         Job::Journal(_, reply) => {
