@@ -10,6 +10,10 @@ use pathway_gateway::server;
 use pathway_gateway::validate::{Validator, files};
 use std::path::PathBuf;
 
+/// mimalloc rather than glibc malloc: see Cargo.toml.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "pathway-gateway",

@@ -586,10 +586,12 @@ async fn write_plans(
         }
         // One job for the chunk: each row its own transaction, all in one
         // commit, without a channel message and a wake-up per row.
+        // A plan refused is planned again from its row: its mutations are
+        // not needed after this.
         let requests = pending
-            .iter()
+            .iter_mut()
             .map(|plan| WriteRequest {
-                mutations: plan.mutations.clone(),
+                mutations: std::mem::take(&mut plan.mutations),
                 atomic: true,
             })
             .collect();
@@ -638,15 +640,15 @@ async fn write_plans(
 /// An atomic list: every row's writes in one transaction.
 async fn write_atomically(
     store: &dyn Store,
-    plans: Vec<Plan>,
+    mut plans: Vec<Plan>,
     report: &mut Report,
     rejected: &mut Vec<(Record, Vec<RowError>)>,
 ) -> Result<(), StoreError> {
     let mut bounds = Vec::with_capacity(plans.len());
     let mut mutations = Vec::new();
-    for plan in &plans {
+    for plan in &mut plans {
         let start = mutations.len();
-        mutations.extend(plan.mutations.iter().cloned());
+        mutations.append(&mut plan.mutations);
         bounds.push(start..mutations.len());
     }
     match store

@@ -7,13 +7,14 @@
 //! on its own connection, which never blocks the writer (nor is blocked by
 //! it), so copying pages overlaps the next commits instead of delaying them.
 
+use crate::store::StoreError;
 use rusqlite::Connection;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
-/// WAL pages after a commit from which a checkpoint is asked for (SQLite's
-/// own default for automatic checkpoints).
-pub(super) const CHECKPOINT_PAGES: i32 = 1000;
+/// WAL size after a commit from which a checkpoint is asked for: SQLite's
+/// own default for automatic checkpoints (1,000 pages of 4 KiB).
+pub(super) const CHECKPOINT_BYTES: i64 = 4 * 1024 * 1024;
 
 #[derive(Default)]
 struct State {
@@ -37,22 +38,22 @@ pub(super) struct Checkpointer {
 impl Checkpointer {
     /// Starts the thread on `conn` (a connection to the same file) and
     /// hooks `writer`'s commits to it.
-    pub fn start(writer: &mut Connection, conn: Connection) -> std::io::Result<Self> {
+    pub fn start(writer: &mut Connection, conn: Connection) -> Result<Self, StoreError> {
         let shared = Arc::new(Shared::default());
         let signal = shared.clone();
+        let page_size: i64 = writer.pragma_query_value(None, "page_size", |r| r.get(0))?;
+        let threshold = (CHECKPOINT_BYTES / page_size.max(512)).max(1) as i32;
         // Replaces SQLite's automatic checkpoint hook on the writer.
-        writer
-            .wal_hook(Some(move |_: &mut rusqlite::hooks::Wal, pages: i32| {
-                if pages >= CHECKPOINT_PAGES {
-                    let mut state = signal.state.lock().unwrap_or_else(|e| e.into_inner());
-                    if !state.due {
-                        state.due = true;
-                        signal.wake.notify_one();
-                    }
+        writer.wal_hook(Some(move |_: &mut rusqlite::hooks::Wal, pages: i32| {
+            if pages >= threshold {
+                let mut state = signal.state.lock().unwrap_or_else(|e| e.into_inner());
+                if !state.due {
+                    state.due = true;
+                    signal.wake.notify_one();
                 }
-                Ok(())
-            }))
-            .map_err(std::io::Error::other)?;
+            }
+            Ok(())
+        }))?;
         let worker = shared.clone();
         let thread = std::thread::Builder::new()
             .name("store-checkpoint".into())
