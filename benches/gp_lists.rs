@@ -12,6 +12,10 @@
 //!
 //! `cargo bench --bench gp_lists [-- --rows 50000] [--write FILE: only write the list]`
 
+/// The gateway binary's allocator, so that in-process figures match it.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod support;
 
 use pathway_gateway::gp::dry_run::map_list;

@@ -13,6 +13,10 @@
 //!
 //! `cargo bench --bench hl7v2 [-- --messages 1500]` (per connection)
 
+/// The gateway binary's allocator, so that in-process figures match it.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod support;
 
 use pathway_gateway::hl7v2::Message;

@@ -363,10 +363,10 @@ async fn the_wal_is_checkpointed_into_the_database_while_writes_go_on() {
     .0;
     assert_eq!(reopened.search(&query).await.unwrap().total, 4000);
     reopened.close().await;
-    // A new store is made with 16 KiB pages.
+    // A new store is made with 4 KiB pages (see open_writer).
     let page_size: i64 = rusqlite::Connection::open(&db)
         .unwrap()
         .pragma_query_value(None, "page_size", |r| r.get(0))
         .unwrap();
-    assert_eq!(page_size, 16_384);
+    assert_eq!(page_size, 4_096);
 }

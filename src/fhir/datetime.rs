@@ -155,10 +155,21 @@ fn parse_parts(text: &str) -> Option<(DateTime, Precision, Option<Offset>)> {
 
 /// An instant as FHIR writes it (`2026-11-22T10:29:36.123Z`).
 pub fn format_instant(millis: i64) -> String {
-    match Timestamp::from_millisecond(millis) {
-        Ok(ts) => ts.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
-        Err(_) => "1970-01-01T00:00:00.000Z".to_string(),
+    // A group commit stamps every version with one instant: format it once.
+    thread_local! {
+        static LAST: std::cell::RefCell<(i64, String)> = const { std::cell::RefCell::new((i64::MIN, String::new())) };
     }
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if last.0 != millis {
+            let text = match Timestamp::from_millisecond(millis) {
+                Ok(ts) => ts.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
+                Err(_) => "1970-01-01T00:00:00.000Z".to_string(),
+            };
+            *last = (millis, text);
+        }
+        last.1.clone()
+    })
 }
 
 /// An instant as HTTP writes it (`Sun, 22 Nov 2026 10:29:36 GMT`, RFC 9110).

@@ -109,93 +109,96 @@ pub async fn ingest_list(
         ..Report::default()
     };
     let mut rejected: Vec<(Record, Vec<RowError>)> = Vec::new();
-    let mut chunk: Vec<Record> = Vec::with_capacity(CHUNK_ROWS);
     let mut held: Vec<Plan> = Vec::new(); // atomic: every plan, written at the end
     let mut seen: HashSet<String> = HashSet::new();
-    let mut writing: Vec<Plan> = Vec::new();
-    let mut list = list;
-    loop {
-        let next = list.next();
-        let end = next.is_none();
-        match next {
-            Some(Ok(record)) => {
-                if let Some((i, _)) = layout.column(Field::NhsNumber)
-                    && let Some(Ok(nhs)) = record.fields.get(i).map(|v| normalise_nhs_number(v))
-                {
-                    seen.insert(nhs);
+    // Pipelined: chunks are planned (parse, map, validate, look up: CPU on
+    // this thread) while earlier ones are written (the store's writer
+    // thread), so the two cores share the work. The planner may run one
+    // chunk ahead of the writes; a patient in two chunks is still safe:
+    // creates are conditional and updates carry If-Match.
+    let (to_write, mut writes) = tokio::sync::mpsc::channel::<Vec<Plan>>(1);
+    let mut written = Report::default();
+    let mut refused: Vec<(Record, Vec<RowError>)> = Vec::new();
+    let planner = async {
+        let mut chunk: Vec<Record> = Vec::with_capacity(CHUNK_ROWS);
+        let mut list = list;
+        loop {
+            let next = list.next();
+            let end = next.is_none();
+            match next {
+                Some(Ok(record)) => {
+                    if let Some((i, _)) = layout.column(Field::NhsNumber)
+                        && let Some(Ok(nhs)) = record.fields.get(i).map(|v| normalise_nhs_number(v))
+                    {
+                        seen.insert(nhs);
+                    }
+                    chunk.push(record)
                 }
-                chunk.push(record)
+                Some(Err(err)) => {
+                    // A CSV fault (a quote never closed) ends the list here.
+                    let line = match &err {
+                        ListError::Csv { line, .. } => *line,
+                        _ => 0,
+                    };
+                    report.rows += 1;
+                    let error = RowError {
+                        row: line,
+                        column: String::new(),
+                        reason: err.to_string(),
+                    };
+                    rejected.push((
+                        Record {
+                            line,
+                            fields: Vec::new(),
+                            raw: String::new(),
+                        },
+                        vec![error],
+                    ));
+                }
+                None => {}
             }
-            Some(Err(err)) => {
-                // A CSV fault (a quote never closed) ends the list here.
-                let line = match &err {
-                    ListError::Csv { line, .. } => *line,
-                    _ => 0,
-                };
-                report.rows += 1;
-                let error = RowError {
-                    row: line,
-                    column: String::new(),
-                    reason: err.to_string(),
-                };
-                rejected.push((
-                    Record {
-                        line,
-                        fields: Vec::new(),
-                        raw: String::new(),
-                    },
-                    vec![error],
-                ));
+            if chunk.len() == CHUNK_ROWS || (end && !chunk.is_empty()) {
+                report.rows += chunk.len();
+                let records: Vec<Record> = std::mem::take(&mut chunk);
+                let (plans, mut bad) =
+                    plan_chunk(store, validator, &layout, records, options).await?;
+                rejected.append(&mut bad);
+                if options.atomic {
+                    held.extend(plans);
+                } else if to_write.send(plans).await.is_err() {
+                    // The writes stopped on a store error, reported below.
+                    break;
+                }
             }
-            None => {}
+            if end {
+                break;
+            }
         }
-        if chunk.len() == CHUNK_ROWS || (end && !chunk.is_empty()) {
-            report.rows += chunk.len();
-            let records: Vec<Record> = std::mem::take(&mut chunk);
-            let previous = std::mem::take(&mut writing);
-            // Pipelined: this chunk is planned (parse, map, validate: CPU on
-            // this thread) while the previous one is written (the writer
-            // thread), so the two cores share the work. The write goes
-            // first: its job must be sent before planning, which may not
-            // yield until it is done, takes this thread. A patient in both
-            // chunks is safe: creates are conditional and updates carry
-            // If-Match.
-            let (written, planned) = join(
-                write_plans(
-                    store,
-                    validator,
-                    &layout,
-                    options,
-                    previous,
-                    &mut report,
-                    &mut rejected,
-                ),
-                plan_chunk(store, validator, &layout, records, options),
+        drop(to_write);
+        Ok::<(), StoreError>(())
+    };
+    let writer = async {
+        while let Some(plans) = writes.recv().await {
+            write_plans(
+                store,
+                validator,
+                &layout,
+                options,
+                plans,
+                &mut written,
+                &mut refused,
             )
-            .await;
-            written?;
-            let (plans, mut bad) = planned?;
-            rejected.append(&mut bad);
-            if options.atomic {
-                held.extend(plans);
-            } else {
-                writing = plans;
-            }
+            .await?;
         }
-        if end {
-            break;
-        }
-    }
-    write_plans(
-        store,
-        validator,
-        &layout,
-        options,
-        writing,
-        &mut report,
-        &mut rejected,
-    )
-    .await?;
+        Ok::<(), StoreError>(())
+    };
+    let (wrote, planned) = join(writer, planner).await;
+    wrote?;
+    planned?;
+    report.patients_created += written.patients_created;
+    report.patients_updated += written.patients_updated;
+    report.referrals_created += written.referrals_created;
+    rejected.append(&mut refused);
     if options.atomic {
         if rejected.is_empty() {
             write_atomically(store, held, &mut report, &mut rejected).await?;
@@ -380,7 +383,12 @@ async fn plan_chunk(
         .collect();
     let on_pathway = patients_on_pathway(store, subjects).await?;
     let mut plans = Vec::with_capacity(rows.len());
-    for (record, row) in rows {
+    for (i, (record, row)) in rows.into_iter().enumerate() {
+        // Lets the writes' side of the pipeline send the next chunk as soon
+        // as the writer is free, rather than when this chunk is planned.
+        if i % 64 == 63 {
+            tokio::task::yield_now().await;
+        }
         let current = patients.get(&row.nhs_number);
         let on = current.is_some_and(|p| on_pathway.contains(&format!("Patient/{}", p.id)));
         match plan_with(validator, layout, row, &record.raw, current, on, options) {

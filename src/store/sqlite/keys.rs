@@ -5,18 +5,19 @@
 //! `idx_ref` is one B-tree insert, not two or three.
 //!
 //! Stored as JSON, `{"t":[[param,value,system]…],"r":[[param,target_id,
-//! target_type]…],"d":[[param,lo,hi]…]}`, which SQLite's JSON functions can
-//! also build (the schema 6 upgrade does, from the index tables).
+//! target_type]…],"d":[[param,lo,hi]…]}` (empty lists left out), which
+//! SQLite's JSON functions can also build (the schema 6 upgrade does, from
+//! the index tables).
 
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(super) struct Keys {
-    #[serde(rename = "t", default)]
+    #[serde(rename = "t", default, skip_serializing_if = "Vec::is_empty")]
     pub tokens: Vec<(String, String, String)>,
-    #[serde(rename = "r", default)]
+    #[serde(rename = "r", default, skip_serializing_if = "Vec::is_empty")]
     pub refs: Vec<(String, String, String)>,
-    #[serde(rename = "d", default)]
+    #[serde(rename = "d", default, skip_serializing_if = "Vec::is_empty")]
     pub dates: Vec<(String, i64, i64)>,
 }
 

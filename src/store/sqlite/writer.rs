@@ -602,43 +602,64 @@ impl Writer {
         let keys = keys_from(&resource.index, map);
         let old = old.unwrap_or_default();
 
-        let mut delete = self.conn.prepare_cached(
-            "DELETE FROM idx_token WHERE type=?1 AND param=?2 AND value=?3 AND system=?4 AND id=?5",
-        )?;
-        for (param, value, system) in missing_from(&old.tokens, &keys.tokens) {
-            delete.execute(params![ty, param, value, system, id])?;
+        // Statements are taken from the cache only when there are rows for
+        // them: a cache lookup hashes the SQL, and most writes (creates)
+        // delete nothing.
+        let gone: Vec<_> = missing_from(&old.tokens, &keys.tokens).collect();
+        if !gone.is_empty() {
+            let mut delete = self.conn.prepare_cached(
+                "DELETE FROM idx_token WHERE type=?1 AND param=?2 AND value=?3 AND system=?4 AND id=?5",
+            )?;
+            for (param, value, system) in gone {
+                delete.execute(params![ty, param, value, system, id])?;
+            }
         }
-        let mut insert = self.conn.prepare_cached(
-            "INSERT OR IGNORE INTO idx_token(type, param, value, system, id) VALUES (?1, ?2, ?3, ?4, ?5)",
-        )?;
-        for (param, value, system) in missing_from(&keys.tokens, &old.tokens) {
-            insert.execute(params![ty, param, value, system, id])?;
-        }
-
-        let mut delete = self.conn.prepare_cached(
-            "DELETE FROM idx_ref WHERE type=?1 AND param=?2 AND target_id=?3 AND target_type=?4 AND id=?5",
-        )?;
-        for (param, target_id, target_type) in missing_from(&old.refs, &keys.refs) {
-            delete.execute(params![ty, param, target_id, target_type, id])?;
-        }
-        let mut insert = self.conn.prepare_cached(
-            "INSERT OR IGNORE INTO idx_ref(type, param, target_id, target_type, id) VALUES (?1, ?2, ?3, ?4, ?5)",
-        )?;
-        for (param, target_id, target_type) in missing_from(&keys.refs, &old.refs) {
-            insert.execute(params![ty, param, target_id, target_type, id])?;
+        let new: Vec<_> = missing_from(&keys.tokens, &old.tokens).collect();
+        if !new.is_empty() {
+            let mut insert = self.conn.prepare_cached(
+                "INSERT OR IGNORE INTO idx_token(type, param, value, system, id) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            for (param, value, system) in new {
+                insert.execute(params![ty, param, value, system, id])?;
+            }
         }
 
-        let mut delete = self.conn.prepare_cached(
-            "DELETE FROM idx_date WHERE type=?1 AND param=?2 AND lo=?3 AND hi=?4 AND id=?5",
-        )?;
-        for (param, lo, hi) in missing_from(&old.dates, &keys.dates) {
-            delete.execute(params![ty, param, lo, hi, id])?;
+        let gone: Vec<_> = missing_from(&old.refs, &keys.refs).collect();
+        if !gone.is_empty() {
+            let mut delete = self.conn.prepare_cached(
+                "DELETE FROM idx_ref WHERE type=?1 AND param=?2 AND target_id=?3 AND target_type=?4 AND id=?5",
+            )?;
+            for (param, target_id, target_type) in gone {
+                delete.execute(params![ty, param, target_id, target_type, id])?;
+            }
         }
-        let mut insert = self.conn.prepare_cached(
-            "INSERT OR IGNORE INTO idx_date(type, param, lo, hi, id) VALUES (?1, ?2, ?3, ?4, ?5)",
-        )?;
-        for (param, lo, hi) in missing_from(&keys.dates, &old.dates) {
-            insert.execute(params![ty, param, lo, hi, id])?;
+        let new: Vec<_> = missing_from(&keys.refs, &old.refs).collect();
+        if !new.is_empty() {
+            let mut insert = self.conn.prepare_cached(
+                "INSERT OR IGNORE INTO idx_ref(type, param, target_id, target_type, id) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            for (param, target_id, target_type) in new {
+                insert.execute(params![ty, param, target_id, target_type, id])?;
+            }
+        }
+
+        let gone: Vec<_> = missing_from(&old.dates, &keys.dates).collect();
+        if !gone.is_empty() {
+            let mut delete = self.conn.prepare_cached(
+                "DELETE FROM idx_date WHERE type=?1 AND param=?2 AND lo=?3 AND hi=?4 AND id=?5",
+            )?;
+            for (param, lo, hi) in gone {
+                delete.execute(params![ty, param, lo, hi, id])?;
+            }
+        }
+        let new: Vec<_> = missing_from(&keys.dates, &old.dates).collect();
+        if !new.is_empty() {
+            let mut insert = self.conn.prepare_cached(
+                "INSERT OR IGNORE INTO idx_date(type, param, lo, hi, id) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            for (param, lo, hi) in new {
+                insert.execute(params![ty, param, lo, hi, id])?;
+            }
         }
         Ok(keys)
     }
