@@ -113,9 +113,10 @@ pub async fn ingest_list(
     let mut seen: HashSet<String> = HashSet::new();
     // Pipelined: chunks are planned (parse, map, validate, look up: CPU on
     // this thread) while earlier ones are written (the store's writer
-    // thread), so the two cores share the work. The planner may run one
-    // chunk ahead of the writes; a patient in two chunks is still safe:
-    // creates are conditional and updates carry If-Match.
+    // thread), so the two cores share the work. The planner may run up to
+    // two chunks ahead of what is committed (one being written, one
+    // queued); a patient in several chunks is still safe: creates are
+    // conditional and updates carry If-Match.
     let (to_write, mut writes) = tokio::sync::mpsc::channel::<Vec<Plan>>(1);
     let mut written = Report::default();
     let mut refused: Vec<(Record, Vec<RowError>)> = Vec::new();

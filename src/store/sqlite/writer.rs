@@ -265,6 +265,13 @@ impl Writer {
         &mut self,
         f: impl FnOnce(&mut Self) -> Result<Result<T, Rollback<T>>, StoreError>,
     ) -> Result<T, StoreError> {
+        // Outside the group's transaction (SQLite abandoned it), every
+        // statement would commit on its own: refuse, and break the group.
+        if self.conn.is_autocommit() {
+            let reason = "the group's transaction is gone".to_string();
+            self.broken.get_or_insert(reason.clone());
+            return Err(StoreError::Io(std::io::Error::other(reason)));
+        }
         let before = self.conn.total_changes();
         let result = f(self);
         if !matches!(result, Ok(Ok(_))) && self.conn.total_changes() != before {
