@@ -370,3 +370,73 @@ async fn the_wal_is_checkpointed_into_the_database_while_writes_go_on() {
         .unwrap();
     assert_eq!(page_size, 4_096);
 }
+
+#[tokio::test]
+async fn write_each_applies_each_request_alone_and_a_refused_one_leaves_nothing() {
+    use pathway_gateway::store::MutationError;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 64);
+    let WriteOutcome::Applied(made) = store.write(create(&nhs_number(1))).await.unwrap() else {
+        panic!("created")
+    };
+    let a = made[0].as_ref().unwrap().resource.id.clone();
+    let stale_update = {
+        let body = format!(
+            r#"{{"resourceType":"Patient","id":"{a}","identifier":[{{"system":"https://fhir.nhs.uk/Id/nhs-number","value":"{}"}}],"gender":"male"}}"#,
+            nhs_number(1)
+        );
+        Mutation::Update {
+            resource: prepare(body.as_bytes(), Some(ResourceType::Patient), validator()).unwrap(),
+            id: a.clone(),
+            if_match: Some(2),
+            full_url: None,
+        }
+    };
+    // The middle request creates C, then updates A with a stale If-Match:
+    // refused whole, so C must not be stored either.
+    let mut refused = create(&nhs_number(3));
+    refused.mutations.push(stale_update);
+    let results = store
+        .write_each(vec![
+            create(&nhs_number(2)),
+            refused,
+            create(&nhs_number(4)),
+        ])
+        .await
+        .unwrap();
+    assert!(matches!(results[0], Ok(WriteOutcome::Applied(_))));
+    assert!(matches!(
+        &results[1],
+        Ok(WriteOutcome::RolledBack {
+            index: 1,
+            error: MutationError::VersionConflict { expected: 2, .. }
+        })
+    ));
+    assert!(matches!(results[2], Ok(WriteOutcome::Applied(_))));
+    let stored = |n: u32| {
+        let store = &store;
+        async move {
+            store
+                .by_identifier(
+                    ResourceType::Patient,
+                    &[(
+                        "https://fhir.nhs.uk/Id/nhs-number".to_string(),
+                        nhs_number(n),
+                    )],
+                )
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(stored(2).await.len(), 1);
+    assert_eq!(
+        stored(3).await.len(),
+        0,
+        "the refused request's create was written"
+    );
+    assert_eq!(stored(4).await.len(), 1);
+    let a_now = stored(1).await;
+    assert_eq!(a_now[0].version, 1);
+    assert!(!a_now[0].body.contains("gender"));
+    store.close().await;
+}
