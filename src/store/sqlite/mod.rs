@@ -552,10 +552,14 @@ fn open_writer(path: &Path) -> Result<Connection, StoreError> {
     }
     if found < SCHEMA_VERSION {
         conn.execute_batch("BEGIN IMMEDIATE")?;
-        // Upgrades that reshape tables run before the schema, whose
-        // `IF NOT EXISTS` would otherwise skip them.
+        // Tables schema 6 reshapes are set aside first, so that the schema
+        // (all `IF NOT EXISTS`) creates them anew; their rows follow.
         if found > 0 && found < 6 {
-            rebuild_versions(&conn)?;
+            set_aside_for_schema_6(&conn)?;
+        }
+        conn.execute_batch(include_str!("schema.sql"))?;
+        if found > 0 && found < 6 {
+            move_versions_into_schema_6(&conn)?;
         }
         if found > 0 && found < 5 {
             tracing::info!(
@@ -572,31 +576,35 @@ fn open_writer(path: &Path) -> Result<Connection, StoreError> {
             )?;
         }
         if found > 0 && found < 6 {
+            // After the schema 5 rows, which the keys must include.
             keep_index_keys(&conn)?;
         }
-        conn.execute_batch(include_str!("schema.sql"))?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         conn.execute_batch("COMMIT")?;
     }
     Ok(conn)
 }
 
-/// Schema 6: copies the history from the keyed WITHOUT ROWID `versions`
-/// table into the rowid table the schema now declares, in key order.
-fn rebuild_versions(conn: &Connection) -> Result<(), StoreError> {
+/// Schema 6, before the schema: renames the tables it reshapes (`versions`
+/// keyed WITHOUT ROWID, `idx_date` a rowid table with three indexes) out of
+/// the way. `idx_date_owner` goes with its table, for [`keep_index_keys`].
+fn set_aside_for_schema_6(conn: &Connection) -> Result<(), StoreError> {
     tracing::info!(
-        "upgrading the store to schema 6: rewriting the version history table (a minute per million versions)"
+        "upgrading the store to schema 6: rewriting the version history and date index (a minute per million versions)"
     );
     conn.execute_batch(
         "ALTER TABLE versions RENAME TO versions_v5;
-         CREATE TABLE versions (
-             type         TEXT    NOT NULL,
-             id           TEXT    NOT NULL,
-             version      INTEGER NOT NULL,
-             last_updated INTEGER NOT NULL,
-             body         TEXT    NOT NULL
-         );
-         INSERT INTO versions(type, id, version, last_updated, body)
+         DROP INDEX IF EXISTS idx_date_lo;
+         DROP INDEX IF EXISTS idx_date_hi;
+         ALTER TABLE idx_date RENAME TO idx_date_v5;",
+    )?;
+    Ok(())
+}
+
+/// Schema 6, after the schema: the history into the rowid `versions` table.
+fn move_versions_into_schema_6(conn: &Connection) -> Result<(), StoreError> {
+    conn.execute_batch(
+        "INSERT INTO versions(type, id, version, last_updated, body)
              SELECT type, id, version, last_updated, body FROM versions_v5;
          DROP TABLE versions_v5;",
     )?;
@@ -605,7 +613,7 @@ fn rebuild_versions(conn: &Connection) -> Result<(), StoreError> {
 
 /// Schema 6: records each current version's index rows beside it (from the
 /// index tables, through their owner indexes, which it then drops), and
-/// keys `idx_date` WITHOUT ROWID.
+/// moves the date rows into the keyed `idx_date`.
 fn keep_index_keys(conn: &Connection) -> Result<(), StoreError> {
     conn.execute_batch(
         "ALTER TABLE current ADD COLUMN keys TEXT;
@@ -615,25 +623,13 @@ fn keep_index_keys(conn: &Connection) -> Result<(), StoreError> {
              'r', json(coalesce((SELECT json_group_array(json_array(r.param, r.target_id, r.target_type))
                   FROM idx_ref r WHERE r.type = current.type AND r.id = current.id), '[]')),
              'd', json(coalesce((SELECT json_group_array(json_array(d.param, d.lo, d.hi))
-                  FROM idx_date d WHERE d.type = current.type AND d.id = current.id), '[]')));
-         DROP INDEX IF EXISTS idx_token_owner;
-         DROP INDEX IF EXISTS idx_token_system;
-         DROP INDEX IF EXISTS idx_ref_owner;
-         DROP INDEX IF EXISTS idx_date_owner;
-         DROP INDEX IF EXISTS idx_date_lo;
-         DROP INDEX IF EXISTS idx_date_hi;
-         ALTER TABLE idx_date RENAME TO idx_date_v5;
-         CREATE TABLE idx_date (
-             type  TEXT    NOT NULL,
-             param TEXT    NOT NULL,
-             lo    INTEGER NOT NULL,
-             hi    INTEGER NOT NULL,
-             id    TEXT    NOT NULL,
-             PRIMARY KEY (type, param, lo, hi, id)
-         ) WITHOUT ROWID;
+                  FROM idx_date_v5 d WHERE d.type = current.type AND d.id = current.id), '[]')));
          INSERT OR IGNORE INTO idx_date(type, param, lo, hi, id)
              SELECT type, param, lo, hi, id FROM idx_date_v5;
-         DROP TABLE idx_date_v5;",
+         DROP TABLE idx_date_v5;
+         DROP INDEX IF EXISTS idx_token_owner;
+         DROP INDEX IF EXISTS idx_token_system;
+         DROP INDEX IF EXISTS idx_ref_owner;",
     )?;
     Ok(())
 }

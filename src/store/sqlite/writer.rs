@@ -609,65 +609,30 @@ impl Writer {
         let keys = keys_from(&resource.index, map);
         let old = old.unwrap_or_default();
 
-        // Statements are taken from the cache only when there are rows for
-        // them: a cache lookup hashes the SQL, and most writes (creates)
-        // delete nothing.
-        let gone: Vec<_> = missing_from(&old.tokens, &keys.tokens).collect();
-        if !gone.is_empty() {
-            let mut delete = self.conn.prepare_cached(
-                "DELETE FROM idx_token WHERE type=?1 AND param=?2 AND value=?3 AND system=?4 AND id=?5",
-            )?;
-            for (param, value, system) in gone {
-                delete.execute(params![ty, param, value, system, id])?;
-            }
-        }
-        let new: Vec<_> = missing_from(&keys.tokens, &old.tokens).collect();
-        if !new.is_empty() {
-            let mut insert = self.conn.prepare_cached(
-                "INSERT OR IGNORE INTO idx_token(type, param, value, system, id) VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?;
-            for (param, value, system) in new {
-                insert.execute(params![ty, param, value, system, id])?;
-            }
-        }
-
-        let gone: Vec<_> = missing_from(&old.refs, &keys.refs).collect();
-        if !gone.is_empty() {
-            let mut delete = self.conn.prepare_cached(
-                "DELETE FROM idx_ref WHERE type=?1 AND param=?2 AND target_id=?3 AND target_type=?4 AND id=?5",
-            )?;
-            for (param, target_id, target_type) in gone {
-                delete.execute(params![ty, param, target_id, target_type, id])?;
-            }
-        }
-        let new: Vec<_> = missing_from(&keys.refs, &old.refs).collect();
-        if !new.is_empty() {
-            let mut insert = self.conn.prepare_cached(
-                "INSERT OR IGNORE INTO idx_ref(type, param, target_id, target_type, id) VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?;
-            for (param, target_id, target_type) in new {
-                insert.execute(params![ty, param, target_id, target_type, id])?;
-            }
-        }
-
-        let gone: Vec<_> = missing_from(&old.dates, &keys.dates).collect();
-        if !gone.is_empty() {
-            let mut delete = self.conn.prepare_cached(
-                "DELETE FROM idx_date WHERE type=?1 AND param=?2 AND lo=?3 AND hi=?4 AND id=?5",
-            )?;
-            for (param, lo, hi) in gone {
-                delete.execute(params![ty, param, lo, hi, id])?;
-            }
-        }
-        let new: Vec<_> = missing_from(&keys.dates, &old.dates).collect();
-        if !new.is_empty() {
-            let mut insert = self.conn.prepare_cached(
-                "INSERT OR IGNORE INTO idx_date(type, param, lo, hi, id) VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?;
-            for (param, lo, hi) in new {
-                insert.execute(params![ty, param, lo, hi, id])?;
-            }
-        }
+        sync_rows(
+            &self.conn,
+            "DELETE FROM idx_token WHERE type=?1 AND param=?2 AND value=?3 AND system=?4 AND id=?5",
+            "INSERT OR IGNORE INTO idx_token(type, param, value, system, id) VALUES (?1, ?2, ?3, ?4, ?5)",
+            (ty, id),
+            (&old.tokens, &keys.tokens),
+            |(param, value, system)| [param, value, system],
+        )?;
+        sync_rows(
+            &self.conn,
+            "DELETE FROM idx_ref WHERE type=?1 AND param=?2 AND target_id=?3 AND target_type=?4 AND id=?5",
+            "INSERT OR IGNORE INTO idx_ref(type, param, target_id, target_type, id) VALUES (?1, ?2, ?3, ?4, ?5)",
+            (ty, id),
+            (&old.refs, &keys.refs),
+            |(param, target_id, target_type)| [param, target_id, target_type],
+        )?;
+        sync_rows(
+            &self.conn,
+            "DELETE FROM idx_date WHERE type=?1 AND param=?2 AND lo=?3 AND hi=?4 AND id=?5",
+            "INSERT OR IGNORE INTO idx_date(type, param, lo, hi, id) VALUES (?1, ?2, ?3, ?4, ?5)",
+            (ty, id),
+            (&old.dates, &keys.dates),
+            |(param, lo, hi)| [param, lo, hi],
+        )?;
         Ok(keys)
     }
 
@@ -848,15 +813,9 @@ impl Writer {
                 duplicate: false,
             });
         }
-        let id: i64 = self
-            .conn
-            .prepare_cached(
-                "SELECT id FROM journal WHERE source=?1 AND sender=?2 AND message_id=?3",
-            )?
-            .query_row(
-                params![entry.source, entry.sender, entry.message_id],
-                |row| row.get(0),
-            )?;
+        let id = self
+            .journaled(entry)?
+            .ok_or_else(|| failure("a journal entry was neither inserted nor found"))?;
         Ok(JournalReceipt {
             id,
             duplicate: true,
@@ -869,6 +828,34 @@ type EachResult = Result<Vec<Result<WriteOutcome, StoreError>>, StoreError>;
 
 /// A result to keep while undoing what produced it (a failed atomic request).
 struct Rollback<T>(T);
+
+/// Makes one index table hold `new` instead of `old` for resource
+/// `(type, id)`: deletes the rows only in `old`, inserts those only in `new`
+/// (both sorted). `delete` and `insert` bind type, the row's three columns
+/// and id. Statements are taken from the cache only when there are rows for
+/// them: a cache lookup hashes the SQL, and most writes (creates) delete
+/// nothing.
+fn sync_rows<T: Ord>(
+    conn: &Connection,
+    delete: &str,
+    insert: &str,
+    (ty, id): (&str, &str),
+    (old, new): (&[T], &[T]),
+    columns: impl Fn(&T) -> [&dyn rusqlite::ToSql; 3],
+) -> Result<(), StoreError> {
+    for (sql, rows, without) in [(delete, old, new), (insert, new, old)] {
+        let mut rows = missing_from(rows, without).peekable();
+        if rows.peek().is_none() {
+            continue;
+        }
+        let mut stmt = conn.prepare_cached(sql)?;
+        for row in rows {
+            let [a, b, c] = columns(row);
+            stmt.execute(params![ty, a, b, c, id])?;
+        }
+    }
+    Ok(())
+}
 
 /// The index rows of a stored version, from its body.
 fn keys_of(stored: &Stored) -> Option<Keys> {
