@@ -1,20 +1,37 @@
-//! WAL checkpoints on a thread of their own.
+//! WAL checkpoints on a thread of their own, and a WAL that stays bounded.
 //!
 //! SQLite's default is to checkpoint inside the commit that takes the WAL
 //! past 1,000 pages: the writer thread then copies every page into the
 //! database file and fsyncs it while the jobs queued behind it wait. Here the
-//! writer's WAL hook only signals, and this thread runs a PASSIVE checkpoint
-//! on its own connection, which never blocks the writer (nor is blocked by
-//! it), so copying pages overlaps the next commits instead of delaying them.
+//! writer's WAL hook only signals, once per 1,000 pages written, and this
+//! thread runs a PASSIVE checkpoint on its own connection, which never blocks
+//! the writer (nor is blocked by it), so copying pages overlaps the next
+//! commits instead of delaying them.
+//!
+//! Copying pages is not enough to bound the WAL: SQLite starts writing it
+//! over from the beginning only when a write transaction begins with every
+//! frame already copied. Under steady writes that moment never comes by
+//! itself (the writer begins its next group while the checkpoint copies the
+//! last one), and the WAL grew by ~74 KB per HL7 v2 message without end
+//! (443 MB after 6,000 messages). So once the WAL passes [`RESTART_FRAMES`]
+//! this thread checkpoints again and again until it has nearly caught up,
+//! and then the writer, between two groups, copies the few frames left
+//! ([`Checkpointer::settle`]); its next transaction starts the WAL over.
 
 use crate::store::StoreError;
 use rusqlite::Connection;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
-/// WAL size after a commit from which a checkpoint is asked for: SQLite's
-/// own default for automatic checkpoints (1,000 pages of 4 KiB).
+/// WAL growth after which a checkpoint is asked for: SQLite's own default
+/// for automatic checkpoints (1,000 pages of 4 KiB).
 pub(super) const CHECKPOINT_BYTES: i64 = 4 * 1024 * 1024;
+/// WAL size past which the WAL is brought back to its beginning.
+pub(super) const RESTART_BYTES: i64 = 4 * CHECKPOINT_BYTES;
+/// Most frames the writer copies itself to let the WAL start over: the
+/// pages of a few groups, a fraction of a millisecond to copy.
+const SETTLE_BYTES: i64 = 1024 * 1024;
 
 #[derive(Default)]
 struct State {
@@ -26,6 +43,10 @@ struct State {
 struct Shared {
     state: Mutex<State>,
     wake: Condvar,
+    /// Frames in the WAL after the writer's last commit.
+    frames: AtomicI32,
+    /// Frames the last checkpoint found copied (of the WAL as it was then).
+    copied: AtomicI32,
 }
 
 /// The checkpoint thread; stopped (and joined) by [`Checkpointer::stop`] or
@@ -33,6 +54,8 @@ struct Shared {
 pub(super) struct Checkpointer {
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
+    restart_frames: i32,
+    settle_frames: i32,
 }
 
 impl Checkpointer {
@@ -41,11 +64,26 @@ impl Checkpointer {
     pub fn start(writer: &mut Connection, conn: Connection) -> Result<Self, StoreError> {
         let shared = Arc::new(Shared::default());
         let signal = shared.clone();
-        let page_size: i64 = writer.pragma_query_value(None, "page_size", |r| r.get(0))?;
-        let threshold = (CHECKPOINT_BYTES / page_size.max(512)).max(1) as i32;
-        // Replaces SQLite's automatic checkpoint hook on the writer.
+        let page_size: i64 = writer
+            .pragma_query_value(None, "page_size", |r| r.get::<_, i64>(0))?
+            .max(512);
+        let frames = |bytes: i64| i32::try_from(bytes / page_size).unwrap_or(i32::MAX).max(1);
+        let threshold = frames(CHECKPOINT_BYTES);
+        let restart_frames = frames(RESTART_BYTES);
+        // Replaces SQLite's automatic checkpoint hook on the writer. It asks
+        // once per `threshold` pages written, not at every commit past the
+        // threshold (a checkpoint per commit copied a few pages each time,
+        // with two fsyncs).
+        let mut asked_at = 0;
         writer.wal_hook(Some(move |_: &mut rusqlite::hooks::Wal, pages: i32| {
-            if pages >= threshold {
+            signal.frames.store(pages, Ordering::Relaxed);
+            if pages < asked_at {
+                // The WAL started over from its beginning.
+                asked_at = 0;
+                signal.copied.store(0, Ordering::Relaxed);
+            }
+            if pages - asked_at >= threshold {
+                asked_at = pages;
                 let mut state = signal.state.lock().unwrap_or_else(|e| e.into_inner());
                 if !state.due {
                     state.due = true;
@@ -57,11 +95,29 @@ impl Checkpointer {
         let worker = shared.clone();
         let thread = std::thread::Builder::new()
             .name("store-checkpoint".into())
-            .spawn(move || run(&worker, &conn))?;
+            .spawn(move || run(&worker, &conn, restart_frames))?;
         Ok(Checkpointer {
             shared,
             thread: Some(thread),
+            restart_frames,
+            settle_frames: frames(SETTLE_BYTES),
         })
+    }
+
+    /// Called by the writer between groups: when the WAL is past its bound
+    /// and the checkpoint thread has copied all but a few frames, copies
+    /// those on the writer's connection, so that its next transaction
+    /// starts the WAL over. Does nothing otherwise.
+    pub fn settle(&self, writer: &Connection) {
+        let frames = self.shared.frames.load(Ordering::Relaxed);
+        let copied = self.shared.copied.load(Ordering::Relaxed);
+        if frames < self.restart_frames || frames - copied > self.settle_frames {
+            return;
+        }
+        match passive(writer) {
+            Ok((_, copied)) => self.shared.copied.store(copied, Ordering::Relaxed),
+            Err(err) => tracing::warn!(error = %err, "WAL checkpoint by the writer failed"),
+        }
     }
 
     /// Finishes a checkpoint under way and ends the thread.
@@ -83,7 +139,15 @@ impl Drop for Checkpointer {
     }
 }
 
-fn run(shared: &Shared, conn: &Connection) {
+/// A PASSIVE checkpoint: copies what no reader still needs, waits for no
+/// one. Answers the WAL's frames and how many of them are copied.
+fn passive(conn: &Connection) -> rusqlite::Result<(i32, i32)> {
+    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+        Ok((row.get(1)?, row.get(2)?))
+    })
+}
+
+fn run(shared: &Shared, conn: &Connection, restart_frames: i32) {
     loop {
         {
             let mut state = shared.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -95,10 +159,30 @@ fn run(shared: &Shared, conn: &Connection) {
             }
             state.due = false;
         }
-        // PASSIVE: copies what no reader still needs, waits for no one. What
-        // it cannot copy yet is copied by a later one.
-        if let Err(err) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-            tracing::warn!(error = %err, "WAL checkpoint failed; the next commit asks again");
+        // Past the bound, again until (nearly) everything is copied: each
+        // pass copies what was written during the one before.
+        let mut before = -1;
+        loop {
+            match passive(conn) {
+                Ok((frames, copied)) => {
+                    shared.copied.store(copied, Ordering::Relaxed);
+                    if frames < restart_frames || copied >= frames {
+                        break;
+                    }
+                    if copied == before {
+                        // A reader still needs the frames after `copied`.
+                        std::thread::sleep(std::time::Duration::from_millis(1));
+                    }
+                    before = copied;
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "WAL checkpoint failed; the next commit asks again");
+                    break;
+                }
+            }
+            if shared.state.lock().map_or(true, |s| s.closing) {
+                return;
+            }
         }
     }
 }

@@ -196,6 +196,7 @@ impl Writer {
                 for answer in answers {
                     answer.send();
                 }
+                self.checkpointer.settle(&self.conn);
             }
             Err(reason) => {
                 tracing::error!(error = %reason, "group commit failed; every write in it is refused");
