@@ -373,7 +373,24 @@ impl Feed {
             .filter(|(system, _)| system != NHS_NUMBER_SYSTEM)
             .cloned()
             .collect();
-        let found = parsed(store.by_identifier(ResourceType::Patient, &keys).await?);
+        // The patient's and the visit's records, with their event clocks,
+        // in one read.
+        let visit_key = adt
+            .visit
+            .as_ref()
+            .map(|v| adt::identifier_keys(std::slice::from_ref(&v.identifier)));
+        let mut lookups = vec![(ResourceType::Patient, keys.as_slice())];
+        if let Some(key) = &visit_key {
+            lookups.push((ResourceType::Encounter, key.as_slice()));
+        }
+        let mut lookups = store.by_identifier_clocked(&lookups).await?.into_iter();
+        let (patients, encounters) = (
+            lookups.next().unwrap_or_default(),
+            lookups.next().unwrap_or_default(),
+        );
+        let known_clocks: Vec<(String, Option<i64>)> =
+            patients.iter().map(|(s, c)| (s.id.clone(), *c)).collect();
+        let found = parsed(patients.into_iter().map(|(s, _)| s).collect());
         let (with_nhs, without): (Vec<_>, Vec<_>) = found.into_iter().partition(|(_, v)| {
             nhs_key.as_ref().is_some_and(|(system, value)| {
                 adt::identifier_keys(v["identifier"].as_array().map_or(&[][..], |a| a))
@@ -458,7 +475,11 @@ impl Feed {
             .as_ref()
             .map_or_else(new_id, |(stored, _)| stored.id.clone());
         let clock = match &target {
-            Some(_) => clock_of(store, ResourceType::Patient, &patient_id).await?,
+            Some(_) => match known_clocks.iter().find(|(id, _)| *id == patient_id) {
+                Some((_, clock)) => *clock,
+                // Reached through a merge: not among those looked up.
+                None => clock_of(store, ResourceType::Patient, &patient_id).await?,
+            },
             None => None,
         };
         let mut clocks = vec![EventClock {
@@ -475,9 +496,9 @@ impl Feed {
             patient = state::survivor(&patient, &format!("Patient/{}", old.id));
         }
         match &target {
-            Some((stored, _)) => {
+            Some((stored, old)) => {
                 if let Err(errors) =
-                    self.update(stored, &patient, ResourceType::Patient, &mut mutations)
+                    self.update(stored, old, &patient, ResourceType::Patient, &mut mutations)
                 {
                     return Ok(Err(errors));
                 }
@@ -505,31 +526,34 @@ impl Feed {
         }
         for (old, value) in &absorbed {
             let retired = state::retired(value, &patient_ref);
-            if let Err(errors) = self.update(old, &retired, ResourceType::Patient, &mut mutations) {
+            if let Err(errors) =
+                self.update(old, value, &retired, ResourceType::Patient, &mut mutations)
+            {
                 return Ok(Err(errors));
             }
         }
 
         // The visit.
         let mut moved_ids = Vec::new();
-        if let Some(visit) = &adt.visit {
-            let key = adt::identifier_keys(std::slice::from_ref(&visit.identifier));
-            let found = store.by_identifier(ResourceType::Encounter, &key).await?;
-            if found.len() > 1 {
+        if let (Some(visit), Some(key)) = (&adt.visit, &visit_key) {
+            if encounters.len() > 1 {
                 return Ok(Err(vec![DataError {
                     location: "PV1-19".into(),
-                    reason: format!("visit number {} is on {} encounters", key[0].1, found.len()),
+                    reason: format!(
+                        "visit number {} is on {} encounters",
+                        key[0].1,
+                        encounters.len()
+                    ),
                 }]));
             }
-            let current = found.into_iter().next();
+            let (current, clock) = match encounters.into_iter().next() {
+                Some((stored, clock)) => (Some(stored), clock),
+                None => (None, None),
+            };
             let current_value = current
                 .as_ref()
                 .and_then(|s| serde_json::from_str::<Value>(&s.body).ok());
             let encounter_id = current.as_ref().map_or_else(new_id, |s| s.id.clone());
-            let clock = match &current {
-                Some(_) => clock_of(store, ResourceType::Encounter, &encounter_id).await?,
-                None => None,
-            };
             clocks.push(EventClock {
                 resource_type: ResourceType::Encounter,
                 id: encounter_id.clone(),
@@ -540,8 +564,15 @@ impl Feed {
             match &current {
                 Some(stored) => {
                     moved_ids.push(stored.id.clone());
-                    if let Err(errors) =
-                        self.update(stored, &encounter, ResourceType::Encounter, &mut mutations)
+                    // (A stored body that does not parse is left as it is.)
+                    if let Some(old) = &current_value
+                        && let Err(errors) = self.update(
+                            stored,
+                            old,
+                            &encounter,
+                            ResourceType::Encounter,
+                            &mut mutations,
+                        )
                     {
                         return Ok(Err(errors));
                     }
@@ -552,7 +583,7 @@ impl Feed {
                         Ok(resource) => mutations.push(Mutation::Create {
                             resource,
                             id: encounter_id.clone(),
-                            if_none_exist: Some(identifier_query(ResourceType::Encounter, &key)),
+                            if_none_exist: Some(identifier_query(ResourceType::Encounter, key)),
                             full_url: None,
                         }),
                         Err(errors) => return Ok(Err(errors)),
@@ -571,9 +602,13 @@ impl Feed {
                     continue;
                 };
                 let moved = state::moved(&value, &patient_ref);
-                if let Err(errors) =
-                    self.update(&stored, &moved, ResourceType::Encounter, &mut mutations)
-                {
+                if let Err(errors) = self.update(
+                    &stored,
+                    &value,
+                    &moved,
+                    ResourceType::Encounter,
+                    &mut mutations,
+                ) {
                     return Ok(Err(errors));
                 }
             }
@@ -586,11 +621,12 @@ impl Feed {
     fn update(
         &self,
         stored: &Stored,
+        old: &Value,
         new: &Value,
         ty: ResourceType,
         mutations: &mut Vec<Mutation>,
     ) -> Result<(), Vec<DataError>> {
-        let Some(text) = rewrite(&stored.body, new) else {
+        let Some(text) = rewrite(&stored.body, old, new) else {
             return Ok(());
         };
         let resource = self.prepared(&text, new, ty)?;

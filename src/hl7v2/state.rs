@@ -460,10 +460,10 @@ fn order(mut o: Map<String, Value>, keys: &[&str]) -> Map<String, Value> {
 /// `new` as JSON text in which every member equal (as a value) to the
 /// stored one keeps the stored bytes, so a decimal's `1.50` or a time's
 /// offset survive an update that does not touch them. `None` when nothing
-/// changed.
-pub fn rewrite(stored: &str, new: &Value) -> Option<String> {
+/// changed. `old` is `stored` parsed (the caller has it already).
+pub fn rewrite(stored: &str, old: &Value, new: &Value) -> Option<String> {
     let members = object_members(stored).ok()?;
-    let new = new.as_object()?;
+    let (old, new) = (old.as_object()?, new.as_object()?);
     let mut changed = members.len() != new.len();
     let mut out = String::with_capacity(stored.len() + 256);
     out.push('{');
@@ -473,9 +473,9 @@ pub fn rewrite(stored: &str, new: &Value) -> Option<String> {
         }
         out.push_str(&encode_string(key));
         out.push(':');
-        let old = members.iter().find(|m| m.key == *key);
-        match old {
-            Some(m) if serde_json::from_str::<Value>(&m.value).ok().as_ref() == Some(value) => {
+        let kept = members.iter().find(|m| m.key == *key);
+        match kept {
+            Some(m) if old.get(key) == Some(value) => {
                 out.push_str(&m.value);
             }
             _ => {
@@ -528,9 +528,10 @@ mod tests {
     fn rewrite_keeps_untouched_bytes_and_reports_no_change() {
         let stored = r#"{"resourceType":"Patient","id":"a","extension":[{"url":"x","valueDecimal":1.50}],"gender":"male"}"#;
         let mut v: Value = serde_json::from_str(stored).unwrap();
-        assert_eq!(rewrite(stored, &v), None);
+        let old = v.clone();
+        assert_eq!(rewrite(stored, &old, &v), None);
         v["gender"] = json!("female");
-        let out = rewrite(stored, &v).unwrap();
+        let out = rewrite(stored, &old, &v).unwrap();
         assert!(out.contains(r#""valueDecimal":1.50"#), "{out}");
         assert!(out.contains(r#""gender":"female""#), "{out}");
     }

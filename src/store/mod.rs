@@ -279,6 +279,13 @@ pub trait Store: Send + Sync + 'static {
         ty: ResourceType,
         keys: &[(String, String)],
     ) -> Result<Vec<Stored>, StoreError>;
+    /// [`Store::by_identifier`] for several types at once, each resource
+    /// with its event clock ([`Store::event_clocks`]), all from one
+    /// snapshot: the lookups an HL7 v2 message is planned from, in one read.
+    async fn by_identifier_clocked(
+        &self,
+        lookups: &[(ResourceType, &[(String, String)])],
+    ) -> Result<Vec<Vec<(Stored, Option<i64>)>>, StoreError>;
     /// The `(value, id)` of every identifier in `system` on current
     /// resources of `ty`, from the index alone (no bodies read), in value
     /// order.

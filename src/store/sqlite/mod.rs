@@ -252,6 +252,32 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn by_identifier_clocked(
+        &self,
+        lookups: &[(ResourceType, &[(String, String)])],
+    ) -> Result<Vec<Vec<(Stored, Option<i64>)>>, StoreError> {
+        // One transaction: a reader's page cache is emptied at the start of
+        // each one after any commit, so separate reads re-read the same
+        // interior pages (measured: a fifth of the HL7 v2 feed's CPU).
+        self.read_inline(|conn| {
+            conn.prepare_cached("BEGIN")?.execute([])?;
+            let found = lookups
+                .iter()
+                .map(|(ty, keys)| by_identifier_clocked(conn, *ty, keys))
+                .collect::<Result<Vec<_>, _>>();
+            let commit = conn
+                .prepare_cached("COMMIT")
+                .and_then(|mut s| s.execute([]));
+            if !conn.is_autocommit() {
+                // Never lend a connection on in a stale snapshot.
+                let _ = conn.execute_batch("ROLLBACK");
+            }
+            commit?;
+            found
+        })
+        .await
+    }
+
     async fn identifiers_in(
         &self,
         ty: ResourceType,
@@ -716,6 +742,34 @@ fn by_token(
         for row in rows {
             let row = row?;
             if seen.insert(row.id.clone()) {
+                found.push(row);
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// [`by_token`] on identifiers, each found with its event clock.
+fn by_identifier_clocked(
+    conn: &Connection,
+    ty: ResourceType,
+    keys: &[(String, String)],
+) -> Result<Vec<(Stored, Option<i64>)>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT v.version, v.last_updated, v.body, c.id, e.event_ms FROM idx_token t \
+         CROSS JOIN current c ON c.type=t.type AND c.id=t.id \
+         CROSS JOIN versions v ON v.type=c.type AND v.id=c.id AND v.version=c.version \
+         LEFT JOIN event_clock e ON e.type=c.type AND e.id=c.id \
+         WHERE t.type=?1 AND t.param='identifier' AND t.value=?2 AND t.system=?3",
+    )?;
+    let mut found: Vec<(Stored, Option<i64>)> = Vec::new();
+    for (system, value) in keys {
+        let rows = stmt.query_map(params![ty.as_str(), value, system], |row| {
+            Ok((stored_from_row(ty, row.get(3)?, row)?, row.get(4)?))
+        })?;
+        for row in rows {
+            let row = row?;
+            if !found.iter().any(|(s, _)| s.id == row.0.id) {
                 found.push(row);
             }
         }
