@@ -188,6 +188,115 @@ async fn updates_keep_the_search_index_exact() {
     store.close().await;
 }
 
+/// Schema 7 keeps each resource's event clock and its version's row beside
+/// it in `current`: a schema 6 store keeps its clocks and reads through the
+/// upgrade.
+#[tokio::test]
+async fn a_schema_6_store_is_upgraded_with_its_event_clocks() {
+    use pathway_gateway::store::{EventClock, IngestOutcome, IngestRequest};
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 64);
+    let mut ids = Vec::new();
+    for (i, event_ms) in [(1, Some(1_700_000_000_000)), (2, None)] {
+        let request = create(&nhs_number(60 + i));
+        let id = match &request.mutations[0] {
+            Mutation::Create { id, .. } => id.clone(),
+            _ => unreachable!(),
+        };
+        let outcome = store
+            .ingest(IngestRequest {
+                journal: None,
+                write: Some(request),
+                quarantine: Vec::new(),
+                clocks: event_ms
+                    .map(|event_ms| EventClock {
+                        resource_type: ResourceType::Patient,
+                        id: id.clone(),
+                        event_ms,
+                    })
+                    .into_iter()
+                    .collect(),
+            })
+            .await
+            .unwrap();
+        assert!(matches!(outcome, IngestOutcome::Done { .. }));
+        ids.push(id);
+    }
+    // A later clock only moves it forward; an earlier one does not.
+    for event_ms in [1_700_000_500_000, 1_600_000_000_000] {
+        store
+            .ingest(IngestRequest {
+                journal: None,
+                write: None,
+                quarantine: Vec::new(),
+                clocks: vec![EventClock {
+                    resource_type: ResourceType::Patient,
+                    id: ids[0].clone(),
+                    event_ms,
+                }],
+            })
+            .await
+            .unwrap();
+    }
+    let clocks = store
+        .event_clocks(ResourceType::Patient, &ids)
+        .await
+        .unwrap();
+    assert_eq!(clocks, [Some(1_700_000_500_000), None]);
+    store.close().await;
+
+    let path = dir.path().join("gateway.sqlite");
+    let db = rusqlite::Connection::open(&path).unwrap();
+    common::make_schema_6(&db);
+    drop(db);
+
+    let store = open(dir.path(), 64);
+    let unknown = "no-such-patient".to_string();
+    let clocks = store
+        .event_clocks(
+            ResourceType::Patient,
+            &[ids[0].clone(), ids[1].clone(), unknown],
+        )
+        .await
+        .unwrap();
+    assert_eq!(clocks, [Some(1_700_000_500_000), None, None]);
+    let key = [(
+        "https://fhir.nhs.uk/Id/nhs-number".to_string(),
+        nhs_number(61),
+    )];
+    let found = store
+        .by_identifier_clocked(&[(ResourceType::Patient, &key)])
+        .await
+        .unwrap();
+    assert_eq!(found[0].len(), 1);
+    assert_eq!(found[0][0].0.id, ids[0]);
+    assert_eq!(found[0][0].1, Some(1_700_000_500_000));
+    let read = store
+        .read(ResourceType::Patient, &ids[1])
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(read.version, 1);
+    assert!(read.body.contains(&nhs_number(62)));
+    store.close().await;
+
+    let db = rusqlite::Connection::open(&path).unwrap();
+    let tables: i64 = db
+        .query_row(
+            "SELECT count(*) FROM sqlite_schema WHERE name = 'event_clock'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(tables, 0);
+    let unpointed: i64 = db
+        .query_row("SELECT count(*) FROM current WHERE vrow IS NULL", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(unpointed, 0);
+}
+
 #[tokio::test]
 async fn a_schema_5_store_is_upgraded_with_its_history_and_exact_search_index() {
     use pathway_gateway::fhir::search::parse_search;
@@ -299,7 +408,8 @@ async fn a_schema_5_store_is_upgraded_with_its_history_and_exact_search_index() 
     let version: i64 = db
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 6);
+    assert_eq!(version, 7);
+    assert_eq!(sql("event_clock"), None);
     let count: i64 = db
         .query_row("SELECT count(*) FROM versions", [], |r| r.get(0))
         .unwrap();

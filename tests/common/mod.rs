@@ -286,10 +286,25 @@ pub fn expected_json(file: &std::path::Path, actual: &Value) -> Option<Value> {
     Some(serde_json::from_str(&text).expect("expectation is JSON"))
 }
 
-/// Reshapes a store file (schema 6) as schema 5 wrote it: `versions` keyed
+/// Reshapes a store file (schema 7) as schema 6 wrote it: event clocks in a
+/// table of their own, no `current.vrow`. For tests of the upgrade.
+pub fn make_schema_6(db: &rusqlite::Connection) {
+    db.execute_batch(
+        "CREATE TABLE event_clock (type TEXT NOT NULL, id TEXT NOT NULL,
+             event_ms INTEGER NOT NULL, PRIMARY KEY (type, id)) WITHOUT ROWID;
+         INSERT INTO event_clock SELECT type, id, event_ms FROM current WHERE event_ms IS NOT NULL;
+         ALTER TABLE current DROP COLUMN vrow;
+         ALTER TABLE current DROP COLUMN event_ms;
+         PRAGMA user_version = 6;",
+    )
+    .expect("a schema 7 store reshaped as schema 6");
+}
+
+/// Reshapes a store file (schema 7) as schema 5 wrote it: `versions` keyed
 /// WITHOUT ROWID, no `current.keys`, owner indexes on the index tables,
 /// `idx_date` a rowid table. For tests of the upgrade.
 pub fn make_schema_5(db: &rusqlite::Connection) {
+    make_schema_6(db);
     db.execute_batch(
         "DROP INDEX versions_key;
          ALTER TABLE versions RENAME TO v6;

@@ -42,7 +42,7 @@ pub const DB_FILE: &str = "gateway.sqlite";
 /// as a rowid table, index rows kept in `current.keys` instead of owner
 /// indexes, `idx_date` keyed (tables rebuilt on upgrade). Each adds to the idempotent schema,
 /// which is re-run.
-const SCHEMA_VERSION: i64 = 6;
+const SCHEMA_VERSION: i64 = 7;
 
 /// How the store is set up (checked configuration).
 #[derive(Debug, Clone)]
@@ -338,7 +338,7 @@ impl Store for SqliteStore {
             let mut stmt = conn.prepare_cached(
                 "SELECT v.version, v.last_updated, v.body, c.id FROM idx_ref r \
                  CROSS JOIN current c ON c.type=r.type AND c.id=r.id \
-                 CROSS JOIN versions v ON v.type=c.type AND v.id=c.id AND v.version=c.version \
+                 CROSS JOIN versions v ON v.rowid=c.vrow \
                  WHERE r.type=?1 AND r.param=?2 AND r.target_id=?3 AND r.target_type=?4",
             )?;
             let mut seen = std::collections::HashSet::new();
@@ -367,12 +367,13 @@ impl Store for SqliteStore {
     ) -> Result<Vec<Option<i64>>, StoreError> {
         self.read_inline(|conn| {
             let mut stmt =
-                conn.prepare_cached("SELECT event_ms FROM event_clock WHERE type=?1 AND id=?2")?;
+                conn.prepare_cached("SELECT event_ms FROM current WHERE type=?1 AND id=?2")?;
             ids.iter()
                 .map(|id| {
                     Ok(stmt
-                        .query_row(params![ty.as_str(), id], |row| row.get(0))
-                        .optional()?)
+                        .query_row(params![ty.as_str(), id], |row| row.get::<_, Option<i64>>(0))
+                        .optional()?
+                        .flatten())
                 })
                 .collect()
         })
@@ -605,6 +606,10 @@ fn open_writer(path: &Path) -> Result<Connection, StoreError> {
             // After the schema 5 rows, which the keys must include.
             keep_index_keys(&conn)?;
         }
+        if found > 0 && found < 7 {
+            // After the history's move into the rowid table (schema 6).
+            point_current_at_versions(&conn)?;
+        }
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         conn.execute_batch("COMMIT")?;
     }
@@ -657,6 +662,31 @@ fn keep_index_keys(conn: &Connection) -> Result<(), StoreError> {
          DROP INDEX IF EXISTS idx_token_system;
          DROP INDEX IF EXISTS idx_ref_owner;",
     )?;
+    Ok(())
+}
+
+/// Schema 7: each current version's row in `versions` and its event clock
+/// (until now a table of its own) beside it.
+fn point_current_at_versions(conn: &Connection) -> Result<(), StoreError> {
+    tracing::info!("upgrading the store to schema 7 (seconds per million resources)");
+    conn.execute_batch(
+        "ALTER TABLE current ADD COLUMN vrow INTEGER;
+         ALTER TABLE current ADD COLUMN event_ms INTEGER;
+         UPDATE current SET vrow = (SELECT v.rowid FROM versions v
+             WHERE v.type = current.type AND v.id = current.id AND v.version = current.version);",
+    )?;
+    let clocks: bool = conn.query_row(
+        "SELECT count(*) > 0 FROM sqlite_schema WHERE type = 'table' AND name = 'event_clock'",
+        [],
+        |row| row.get(0),
+    )?;
+    if clocks {
+        conn.execute_batch(
+            "UPDATE current SET event_ms = (SELECT e.event_ms FROM event_clock e
+                 WHERE e.type = current.type AND e.id = current.id);
+             DROP TABLE event_clock;",
+        )?;
+    }
     Ok(())
 }
 
@@ -730,7 +760,7 @@ fn by_token(
     let mut stmt = conn.prepare_cached(
         "SELECT v.version, v.last_updated, v.body, c.id FROM idx_token t \
          CROSS JOIN current c ON c.type=t.type AND c.id=t.id \
-         CROSS JOIN versions v ON v.type=c.type AND v.id=c.id AND v.version=c.version \
+         CROSS JOIN versions v ON v.rowid=c.vrow \
          WHERE t.type=?1 AND t.param=?2 AND t.value=?3 AND t.system=?4",
     )?;
     let mut seen = std::collections::HashSet::new();
@@ -756,10 +786,9 @@ fn by_identifier_clocked(
     keys: &[(String, String)],
 ) -> Result<Vec<(Stored, Option<i64>)>, StoreError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT v.version, v.last_updated, v.body, c.id, e.event_ms FROM idx_token t \
+        "SELECT v.version, v.last_updated, v.body, c.id, c.event_ms FROM idx_token t \
          CROSS JOIN current c ON c.type=t.type AND c.id=t.id \
-         CROSS JOIN versions v ON v.type=c.type AND v.id=c.id AND v.version=c.version \
-         LEFT JOIN event_clock e ON e.type=c.type AND e.id=c.id \
+         CROSS JOIN versions v ON v.rowid=c.vrow \
          WHERE t.type=?1 AND t.param='identifier' AND t.value=?2 AND t.system=?3",
     )?;
     let mut found: Vec<(Stored, Option<i64>)> = Vec::new();
@@ -786,7 +815,7 @@ fn read_current_keyed(
     Ok(conn
         .prepare_cached(
             "SELECT v.version, v.last_updated, v.body, c.keys FROM current c \
-             JOIN versions v ON v.type=c.type AND v.id=c.id AND v.version=c.version \
+             CROSS JOIN versions v ON v.rowid=c.vrow \
              WHERE c.type=?1 AND c.id=?2",
         )?
         .query_row(params![ty.as_str(), id], |row| {
@@ -807,7 +836,7 @@ pub(super) fn read_current(
     Ok(conn
         .prepare_cached(
             "SELECT v.version, v.last_updated, v.body FROM current c \
-             JOIN versions v ON v.type=c.type AND v.id=c.id AND v.version=c.version \
+             CROSS JOIN versions v ON v.rowid=c.vrow \
              WHERE c.type=?1 AND c.id=?2",
         )?
         .query_row(params![ty.as_str(), id], |row| {

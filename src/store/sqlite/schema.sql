@@ -1,4 +1,4 @@
--- pathway-gateway store, schema version 6 (each version adds to this file;
+-- pathway-gateway store, schema version 7 (each version adds to this file;
 -- it is re-run, idempotently, on upgrade).
 
 -- Every version of every resource: the full history. A rowid table (schema
@@ -19,12 +19,19 @@ CREATE UNIQUE INDEX IF NOT EXISTS versions_key ON versions (type, id, version);
 -- The current version of each resource, with its index rows as JSON
 -- (`keys`, schema version 6): an update deletes exactly the rows that no
 -- longer hold, so the index tables need no second B-tree ordered by owner.
+-- `vrow` is the version's rowid in `versions`: a read goes from here to the
+-- body without `versions_key`. `event_ms` is the time of the latest source
+-- event applied (an HL7 v2 EVN-2), so that an older event arriving late
+-- cannot overwrite what a newer one set; NULL when none. (Both schema
+-- version 7; `event_ms` was a table of its own from version 3.)
 CREATE TABLE IF NOT EXISTS current (
     type         TEXT    NOT NULL,
     id           TEXT    NOT NULL,
     version      INTEGER NOT NULL,
     last_updated INTEGER NOT NULL,
     keys         TEXT,
+    vrow         INTEGER,
+    event_ms     INTEGER,
     PRIMARY KEY (type, id)
 ) WITHOUT ROWID;
 
@@ -90,17 +97,6 @@ CREATE TABLE IF NOT EXISTS quarantine (
     resolved_at  INTEGER
 );
 CREATE INDEX IF NOT EXISTS quarantine_held ON quarantine (status, id);
-
--- The time of the latest source event applied to a resource (an HL7 v2
--- EVN-2), so that an older event arriving late cannot overwrite what a newer
--- one set. Kept beside the resource, not in it: a repeat of the same facts
--- then writes this row only. (Schema version 3.)
-CREATE TABLE IF NOT EXISTS event_clock (
-    type     TEXT    NOT NULL,
-    id       TEXT    NOT NULL,
-    event_ms INTEGER NOT NULL,
-    PRIMARY KEY (type, id)
-) WITHOUT ROWID;
 
 -- Routing (schema version 4). Every new resource version gets an outbox row
 -- in the transaction that writes it; the router turns rows into deliveries

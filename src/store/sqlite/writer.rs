@@ -562,14 +562,15 @@ impl Writer {
                 "INSERT INTO versions(type, id, version, last_updated, body) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?
             .execute(params![ty.as_str(), id, version, now, body])?;
+        let row = self.conn.last_insert_rowid();
         let keys = self.index(resource, &id, map, old_keys)?;
         self.conn
             .prepare_cached(
-                "INSERT INTO current(type, id, version, last_updated, keys) VALUES (?1, ?2, ?3, ?4, ?5) \
+                "INSERT INTO current(type, id, version, last_updated, keys, vrow) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
                  ON CONFLICT(type, id) DO UPDATE SET version=excluded.version, \
-                 last_updated=excluded.last_updated, keys=excluded.keys",
+                 last_updated=excluded.last_updated, keys=excluded.keys, vrow=excluded.vrow",
             )?
-            .execute(params![ty.as_str(), id, version, now, keys.encode()])?;
+            .execute(params![ty.as_str(), id, version, now, keys.encode(), row])?;
         if self
             .outbox_types
             .as_ref()
@@ -759,9 +760,10 @@ impl Writer {
             })
             .collect();
         let quarantined = self.quarantine(&entries, now)?;
+        // Of resources written above or before (a clock of a create that
+        // found its resource made meanwhile names no resource: no row).
         let mut clock = self.conn.prepare_cached(
-            "INSERT INTO event_clock(type, id, event_ms) VALUES (?1, ?2, ?3) \
-             ON CONFLICT(type, id) DO UPDATE SET event_ms=max(event_ms, excluded.event_ms)",
+            "UPDATE current SET event_ms = max(coalesce(event_ms, ?3), ?3) WHERE type=?1 AND id=?2",
         )?;
         for c in &request.clocks {
             clock.execute(params![c.resource_type.as_str(), c.id, c.event_ms])?;
