@@ -506,6 +506,80 @@ async fn the_wal_stays_bounded_under_writes_that_never_pause() {
     store.close().await;
 }
 
+/// Commits larger than the checkpoint thread can catch up with between two
+/// of them (a GP list's chunks) still let the WAL start over: the writer
+/// copies what is left once the WAL reaches its limit (64 MiB). Without
+/// that, the WAL reached 224 MB during a 50,000-row list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wal_stays_bounded_under_large_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(open(dir.path(), 1));
+    let wal = dir.path().join("gateway.sqlite-wal");
+    // Commits of 100 resources of ~30 KB (3 MB each), from 3 senders so
+    // that the next is always queued: about 200 MB through the WAL.
+    let padding = "x".repeat(30_000);
+    let template: Vec<WriteRequest> = (0..100)
+        .map(|i| {
+            let nhs = nhs_number(i);
+            let body = format!(
+                r#"{{"resourceType":"Patient","identifier":[{{"system":"https://fhir.nhs.uk/Id/nhs-number","value":"{nhs}"}}],"name":[{{"text":"{padding}"}}]}}"#
+            );
+            WriteRequest {
+                mutations: vec![Mutation::Create {
+                    resource: prepare(body.as_bytes(), Some(ResourceType::Patient), validator())
+                        .unwrap(),
+                    id: String::new(),
+                    if_none_exist: None,
+                    full_url: None,
+                }],
+                atomic: true,
+            }
+        })
+        .collect();
+    let template = Arc::new(template);
+    let mut senders = Vec::new();
+    for _ in 0..3 {
+        let (store, template, wal) = (store.clone(), template.clone(), wal.clone());
+        senders.push(tokio::spawn(async move {
+            let mut largest = 0;
+            for _ in 0..20 {
+                let requests = template
+                    .iter()
+                    .cloned()
+                    .map(|mut request| {
+                        if let Mutation::Create { id, .. } = &mut request.mutations[0] {
+                            *id = pathway_gateway::fhir::new_id();
+                        }
+                        request
+                    })
+                    .collect();
+                let results = store.write_each(requests).await.unwrap();
+                assert!(
+                    results
+                        .iter()
+                        .all(|r| matches!(r, Ok(WriteOutcome::Applied(_))))
+                );
+                largest = largest.max(std::fs::metadata(&wal).map_or(0, |m| m.len()));
+            }
+            largest
+        }));
+    }
+    let mut largest = 0;
+    for sender in senders {
+        largest = largest.max(sender.await.unwrap());
+    }
+    let database = std::fs::metadata(dir.path().join("gateway.sqlite")).map_or(0, |m| m.len());
+    assert!(
+        database > 150_000_000,
+        "the database file is {database} bytes: the writes did not get through"
+    );
+    assert!(
+        largest < 100 * 1024 * 1024,
+        "the WAL reached {largest} bytes (database {database} bytes)"
+    );
+    store.close().await;
+}
+
 #[tokio::test]
 async fn the_wal_is_checkpointed_into_the_database_while_writes_go_on() {
     let dir = tempfile::tempdir().unwrap();

@@ -32,6 +32,11 @@ pub(super) const RESTART_BYTES: i64 = 4 * CHECKPOINT_BYTES;
 /// Most frames the writer copies itself to let the WAL start over: the
 /// pages of a few groups, a fraction of a millisecond to copy.
 const SETTLE_BYTES: i64 = 1024 * 1024;
+/// WAL size at which the writer copies whatever is left, however much: when
+/// each commit is larger than [`SETTLE_BYTES`] (a GP list's chunks, ~12 MB)
+/// the checkpoint thread is never that close right after one, and the WAL
+/// reached 224 MB during a 50,000-row list.
+pub(super) const LIMIT_BYTES: i64 = 4 * RESTART_BYTES;
 
 #[derive(Default)]
 struct State {
@@ -56,6 +61,7 @@ pub(super) struct Checkpointer {
     thread: Option<JoinHandle<()>>,
     restart_frames: i32,
     settle_frames: i32,
+    limit_frames: i32,
 }
 
 impl Checkpointer {
@@ -101,17 +107,21 @@ impl Checkpointer {
             thread: Some(thread),
             restart_frames,
             settle_frames: frames(SETTLE_BYTES),
+            limit_frames: frames(LIMIT_BYTES),
         })
     }
 
     /// Called by the writer between groups: when the WAL is past its bound
-    /// and the checkpoint thread has copied all but a few frames, copies
-    /// those on the writer's connection, so that its next transaction
-    /// starts the WAL over. Does nothing otherwise.
+    /// and the checkpoint thread has copied all but a few frames (or the
+    /// WAL has reached [`LIMIT_BYTES`]), copies the rest on the writer's
+    /// connection, so that its next transaction starts the WAL over. Does
+    /// nothing otherwise.
     pub fn settle(&self, writer: &Connection) {
         let frames = self.shared.frames.load(Ordering::Relaxed);
         let copied = self.shared.copied.load(Ordering::Relaxed);
-        if frames < self.restart_frames || frames - copied > self.settle_frames {
+        if frames < self.restart_frames
+            || (frames - copied > self.settle_frames && frames < self.limit_frames)
+        {
             return;
         }
         match passive(writer) {
