@@ -13,7 +13,7 @@
 //! frame already copied. Under steady writes that moment never comes by
 //! itself (the writer begins its next group while the checkpoint copies the
 //! last one), and the WAL grew by ~74 KB per HL7 v2 message without end
-//! (443 MB after 6,000 messages). So once the WAL passes [`RESTART_FRAMES`]
+//! (443 MB after 6,000 messages). So once the WAL passes [`RESTART_BYTES`]
 //! this thread checkpoints again and again until it has nearly caught up,
 //! and then the writer, between two groups, copies the few frames left
 //! ([`Checkpointer::settle`]); its next transaction starts the WAL over.
@@ -125,7 +125,9 @@ impl Checkpointer {
             return;
         }
         match passive(writer) {
-            Ok((_, copied)) => self.shared.copied.store(copied, Ordering::Relaxed),
+            // (-1: the checkpoint thread was at work; it records its own.)
+            Ok((_, copied)) if copied >= 0 => self.shared.copied.store(copied, Ordering::Relaxed),
+            Ok(_) => {}
             Err(err) => tracing::warn!(error = %err, "WAL checkpoint by the writer failed"),
         }
     }
