@@ -485,3 +485,30 @@ async fn replay_sends_the_fixture_folder_over_mllp_then_http() {
     assert_eq!(codes(&over_http), codes(&over_mllp));
     gw.stop().await;
 }
+
+/// A patient first created by a message keeps that message's event time:
+/// an older message arriving afterwards only fills gaps. (The clock was
+/// recorded under an id other than the new patient's, so the older message
+/// overwrote the name.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_patients_first_event_orders_later_arrivals() {
+    let gw = start().await;
+    let mut c = MllpClient::connect(gw.mllp, TIMEOUT).await.unwrap();
+    let nhs = nhs_number(720);
+    let newer = format!(
+        "MSH|^~\\&|PAS|RJZ|PATHWAY|ONEBROMLEY|202607150900||ADT^A28|N1|P|2.4\rEVN|A28|202607150900\rPID|1||{nhs}^^^NHS^NH||SMITH^Ann||19380305|F\r"
+    );
+    let older = format!(
+        "MSH|^~\\&|PAS|RJZ|PATHWAY|ONEBROMLEY|202607140900||ADT^A31|N2|P|2.4\rEVN|A31|202607140900\rPID|1||{nhs}^^^NHS^NH||PAGE^Ann||19380305|F|||||01689 123456\r"
+    );
+    assert_eq!(send(&mut c, &newer).await.0, "AA");
+    assert_eq!(send(&mut c, &older).await.0, "AA");
+    let found = patients(&gw, &nhs).await;
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0]["name"][0]["family"], "SMITH", "{:#}", found[0]);
+    assert_eq!(
+        found[0]["telecom"][0]["value"], "01689 123456",
+        "{:#}",
+        found[0]
+    );
+}

@@ -388,8 +388,10 @@ impl Feed {
             lookups.next().unwrap_or_default(),
             lookups.next().unwrap_or_default(),
         );
-        let known_clocks: Vec<(String, Option<i64>)> =
-            patients.iter().map(|(s, c)| (s.id.clone(), *c)).collect();
+        let known_clocks: Vec<(String, i64, Option<i64>)> = patients
+            .iter()
+            .map(|(s, c)| (s.id.clone(), s.version, *c))
+            .collect();
         let found = parsed(patients.into_iter().map(|(s, _)| s).collect());
         let (with_nhs, without): (Vec<_>, Vec<_>) = found.into_iter().partition(|(_, v)| {
             nhs_key.as_ref().is_some_and(|(system, value)| {
@@ -475,9 +477,14 @@ impl Feed {
             .as_ref()
             .map_or_else(new_id, |(stored, _)| stored.id.clone());
         let clock = match &target {
-            Some(_) => match known_clocks.iter().find(|(id, _)| *id == patient_id) {
-                Some((_, clock)) => *clock,
-                // Reached through a merge: not among those looked up.
+            Some((stored, _)) => match known_clocks
+                .iter()
+                .find(|(id, version, _)| *id == patient_id && *version == stored.version)
+            {
+                Some((_, _, clock)) => *clock,
+                // Reached through a merge, read after the lookup: its clock
+                // is read after its body, as the writer's version check
+                // expects.
                 None => clock_of(store, ResourceType::Patient, &patient_id).await?,
             },
             None => None,
@@ -515,7 +522,8 @@ impl Feed {
                 };
                 mutations.push(Mutation::Create {
                     resource,
-                    id: new_id(),
+                    // The id the event clock above is recorded under.
+                    id: patient_id.clone(),
                     if_none_exist: Some(identifier_query(
                         ResourceType::Patient,
                         &[(system, value)],

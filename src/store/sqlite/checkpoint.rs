@@ -80,14 +80,16 @@ impl Checkpointer {
         // once per `threshold` pages written, not at every commit past the
         // threshold (a checkpoint per commit copied a few pages each time,
         // with two fsyncs).
-        let mut asked_at = 0;
+        let (mut asked_at, mut last) = (0, 0);
         writer.wal_hook(Some(move |_: &mut rusqlite::hooks::Wal, pages: i32| {
             signal.frames.store(pages, Ordering::Relaxed);
-            if pages < asked_at {
-                // The WAL started over from its beginning.
+            if pages < last {
+                // The WAL started over from its beginning (a commit holds
+                // fewer pages than the whole WAL before it).
                 asked_at = 0;
                 signal.copied.store(0, Ordering::Relaxed);
             }
+            last = pages;
             if pages - asked_at >= threshold {
                 asked_at = pages;
                 let mut state = signal.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -118,7 +120,11 @@ impl Checkpointer {
     /// nothing otherwise.
     pub fn settle(&self, writer: &Connection) {
         let frames = self.shared.frames.load(Ordering::Relaxed);
-        let copied = self.shared.copied.load(Ordering::Relaxed);
+        // More copied than written: a count from before the WAL started
+        // over; nothing is known copied of this one.
+        let copied = Some(self.shared.copied.load(Ordering::Relaxed))
+            .filter(|c| *c <= frames)
+            .unwrap_or(0);
         if frames < self.restart_frames
             || (frames - copied > self.settle_frames && frames < self.limit_frames)
         {
@@ -174,19 +180,26 @@ fn run(shared: &Shared, conn: &Connection, restart_frames: i32) {
         // Past the bound, again until (nearly) everything is copied: each
         // pass copies what was written during the one before.
         let mut before = -1;
+        let mut pause = std::time::Duration::from_millis(1);
         loop {
             match passive(conn) {
-                Ok((frames, copied)) => {
+                // -1: the writer was checkpointing (see `settle`).
+                Ok((frames, copied)) if copied >= 0 => {
                     shared.copied.store(copied, Ordering::Relaxed);
                     if frames < restart_frames || copied >= frames {
                         break;
                     }
                     if copied == before {
-                        // A reader still needs the frames after `copied`.
-                        std::thread::sleep(std::time::Duration::from_millis(1));
+                        // A reader still needs the frames after `copied`:
+                        // wait for it, less often the longer it reads.
+                        std::thread::sleep(pause);
+                        pause = (pause * 2).min(std::time::Duration::from_millis(64));
+                    } else {
+                        pause = std::time::Duration::from_millis(1);
                     }
                     before = copied;
                 }
+                Ok(_) => break,
                 Err(err) => {
                     tracing::warn!(error = %err, "WAL checkpoint failed; the next commit asks again");
                     break;

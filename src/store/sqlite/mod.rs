@@ -338,7 +338,7 @@ impl Store for SqliteStore {
             let mut stmt = conn.prepare_cached(
                 "SELECT v.version, v.last_updated, v.body, c.id FROM idx_ref r \
                  CROSS JOIN current c ON c.type=r.type AND c.id=r.id \
-                 CROSS JOIN versions v ON v.rowid=c.vrow \
+                 CROSS JOIN versions v ON v.rowid=c.vrow AND v.type=c.type AND v.id=c.id AND v.version=c.version \
                  WHERE r.type=?1 AND r.param=?2 AND r.target_id=?3 AND r.target_type=?4",
             )?;
             let mut seen = std::collections::HashSet::new();
@@ -760,7 +760,7 @@ fn by_token(
     let mut stmt = conn.prepare_cached(
         "SELECT v.version, v.last_updated, v.body, c.id FROM idx_token t \
          CROSS JOIN current c ON c.type=t.type AND c.id=t.id \
-         CROSS JOIN versions v ON v.rowid=c.vrow \
+         CROSS JOIN versions v ON v.rowid=c.vrow AND v.type=c.type AND v.id=c.id AND v.version=c.version \
          WHERE t.type=?1 AND t.param=?2 AND t.value=?3 AND t.system=?4",
     )?;
     let mut seen = std::collections::HashSet::new();
@@ -788,7 +788,7 @@ fn by_identifier_clocked(
     let mut stmt = conn.prepare_cached(
         "SELECT v.version, v.last_updated, v.body, c.id, c.event_ms FROM idx_token t \
          CROSS JOIN current c ON c.type=t.type AND c.id=t.id \
-         CROSS JOIN versions v ON v.rowid=c.vrow \
+         CROSS JOIN versions v ON v.rowid=c.vrow AND v.type=c.type AND v.id=c.id AND v.version=c.version \
          WHERE t.type=?1 AND t.param='identifier' AND t.value=?2 AND t.system=?3",
     )?;
     let mut found: Vec<(Stored, Option<i64>)> = Vec::new();
@@ -815,7 +815,7 @@ fn read_current_keyed(
     Ok(conn
         .prepare_cached(
             "SELECT v.version, v.last_updated, v.body, c.keys FROM current c \
-             CROSS JOIN versions v ON v.rowid=c.vrow \
+             CROSS JOIN versions v ON v.rowid=c.vrow AND v.type=c.type AND v.id=c.id AND v.version=c.version \
              WHERE c.type=?1 AND c.id=?2",
         )?
         .query_row(params![ty.as_str(), id], |row| {
@@ -836,7 +836,7 @@ pub(super) fn read_current(
     Ok(conn
         .prepare_cached(
             "SELECT v.version, v.last_updated, v.body FROM current c \
-             CROSS JOIN versions v ON v.rowid=c.vrow \
+             CROSS JOIN versions v ON v.rowid=c.vrow AND v.type=c.type AND v.id=c.id AND v.version=c.version \
              WHERE c.type=?1 AND c.id=?2",
         )?
         .query_row(params![ty.as_str(), id], |row| {

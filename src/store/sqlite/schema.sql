@@ -20,7 +20,10 @@ CREATE UNIQUE INDEX IF NOT EXISTS versions_key ON versions (type, id, version);
 -- (`keys`, schema version 6): an update deletes exactly the rows that no
 -- longer hold, so the index tables need no second B-tree ordered by owner.
 -- `vrow` is the version's rowid in `versions`: a read goes from here to the
--- body without `versions_key`. `event_ms` is the time of the latest source
+-- body without `versions_key`. (`versions` has no INTEGER PRIMARY KEY, and
+-- SQLite allows VACUUM to renumber such rowids: every read also checks the
+-- row's type, id and version, so a renumbered store serves nothing wrong.
+-- The gateway never runs VACUUM.) `event_ms` is the time of the latest source
 -- event applied (an HL7 v2 EVN-2), so that an older event arriving late
 -- cannot overwrite what a newer one set; NULL when none. (Both schema
 -- version 7; `event_ms` was a table of its own from version 3.)

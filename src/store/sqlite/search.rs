@@ -151,7 +151,7 @@ pub(super) fn search(conn: &Connection, query: &SearchQuery) -> Result<SearchPag
         "SELECT m.id, v.version, v.last_updated, v.body \
          FROM (SELECT id FROM ({ids_sql}) WHERE id > ? ORDER BY id LIMIT ?) m \
          CROSS JOIN current c ON c.type=? AND c.id=m.id \
-         CROSS JOIN versions v ON v.rowid=c.vrow \
+         CROSS JOIN versions v ON v.rowid=c.vrow AND v.type=c.type AND v.id=c.id AND v.version=c.version \
          ORDER BY m.id"
     ))?;
     let mut resources = stmt
