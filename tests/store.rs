@@ -27,9 +27,19 @@ fn validator() -> &'static Validator {
 }
 
 fn create(nhs: &str) -> WriteRequest {
-    let body = format!(
+    create_body(&format!(
         r#"{{"resourceType":"Patient","identifier":[{{"system":"https://fhir.nhs.uk/Id/nhs-number","value":"{nhs}"}}]}}"#
-    );
+    ))
+}
+
+/// [`create`], the patient with a name `text` (bulk for the WAL tests).
+fn create_named(nhs: &str, text: &str) -> WriteRequest {
+    create_body(&format!(
+        r#"{{"resourceType":"Patient","identifier":[{{"system":"https://fhir.nhs.uk/Id/nhs-number","value":"{nhs}"}}],"name":[{{"text":"{text}"}}]}}"#
+    ))
+}
+
+fn create_body(body: &str) -> WriteRequest {
     WriteRequest {
         mutations: vec![Mutation::Create {
             resource: prepare(body.as_bytes(), Some(ResourceType::Patient), validator()).unwrap(),
@@ -465,20 +475,7 @@ async fn the_wal_stays_bounded_under_writes_that_never_pause() {
         writers.push(tokio::spawn(async move {
             let mut largest = 0;
             for i in 0..600 {
-                let nhs = nhs_number(w * 1000 + i);
-                let body = format!(
-                    r#"{{"resourceType":"Patient","identifier":[{{"system":"https://fhir.nhs.uk/Id/nhs-number","value":"{nhs}"}}],"name":[{{"text":"{padding}"}}]}}"#
-                );
-                let request = WriteRequest {
-                    mutations: vec![Mutation::Create {
-                        resource: prepare(body.as_bytes(), Some(ResourceType::Patient), validator())
-                            .unwrap(),
-                        id: pathway_gateway::fhir::new_id(),
-                        if_none_exist: None,
-                        full_url: None,
-                    }],
-                    atomic: true,
-                };
+                let request = create_named(&nhs_number(w * 1000 + i), &padding);
                 let outcome = store.write(request).await.unwrap();
                 assert!(matches!(outcome, WriteOutcome::Applied(_)));
                 largest = largest.max(std::fs::metadata(&wal).map_or(0, |m| m.len()));
@@ -519,22 +516,7 @@ async fn the_wal_stays_bounded_under_large_commits() {
     // that the next is always queued: about 200 MB through the WAL.
     let padding = "x".repeat(30_000);
     let template: Vec<WriteRequest> = (0..100)
-        .map(|i| {
-            let nhs = nhs_number(i);
-            let body = format!(
-                r#"{{"resourceType":"Patient","identifier":[{{"system":"https://fhir.nhs.uk/Id/nhs-number","value":"{nhs}"}}],"name":[{{"text":"{padding}"}}]}}"#
-            );
-            WriteRequest {
-                mutations: vec![Mutation::Create {
-                    resource: prepare(body.as_bytes(), Some(ResourceType::Patient), validator())
-                        .unwrap(),
-                    id: String::new(),
-                    if_none_exist: None,
-                    full_url: None,
-                }],
-                atomic: true,
-            }
-        })
+        .map(|i| create_named(&nhs_number(i), &padding))
         .collect();
     let template = Arc::new(template);
     let mut senders = Vec::new();

@@ -2,13 +2,24 @@
 //!
 //! SQLite allows one writer at a time and an fsync costs milliseconds, so all
 //! writes go to a single writer thread that takes every request waiting in its
-//! queue, applies each inside its own SAVEPOINT, and commits them together:
+//! queue, applies each on its own (checked whole before it writes, or inside a
+//! SAVEPOINT), and commits them together:
 //! one fsync for the whole group (group commit). Nobody is answered before the
 //! commit that holds their write is on disk. Reads run on a small pool of
 //! read-only connections, which WAL lets proceed beside the writer.
 //!
 //! Conditional creates and updates are resolved inside the writer, so two
 //! concurrent creates with the same identifier cannot both miss each other.
+
+/// The join from a row `c` of `current` to its version's row `v`: straight
+/// through `vrow`, checked against the row's key, as VACUUM may renumber the
+/// rowids of a table without an INTEGER PRIMARY KEY and a renumbered row must
+/// not serve another resource's body.
+macro_rules! version_of_current {
+    () => {
+        "CROSS JOIN versions v ON v.rowid=c.vrow AND v.type=c.type AND v.id=c.id AND v.version=c.version"
+    };
+}
 
 mod checkpoint;
 mod keys;
@@ -263,7 +274,7 @@ impl Store for SqliteStore {
             conn.prepare_cached("BEGIN")?.execute([])?;
             let found = lookups
                 .iter()
-                .map(|(ty, keys)| by_identifier_clocked(conn, *ty, keys))
+                .map(|(ty, keys)| by_token_clocked(conn, *ty, "identifier", keys))
                 .collect::<Result<Vec<_>, _>>();
             let commit = conn
                 .prepare_cached("COMMIT")
@@ -335,12 +346,12 @@ impl Store for SqliteStore {
     ) -> Result<Vec<Stored>, StoreError> {
         let param = param.to_string();
         self.with_reader(move |conn| {
-            let mut stmt = conn.prepare_cached(
+            let mut stmt = conn.prepare_cached(concat!(
                 "SELECT v.version, v.last_updated, v.body, c.id FROM idx_ref r \
-                 CROSS JOIN current c ON c.type=r.type AND c.id=r.id \
-                 CROSS JOIN versions v ON v.rowid=c.vrow AND v.type=c.type AND v.id=c.id AND v.version=c.version \
-                 WHERE r.type=?1 AND r.param=?2 AND r.target_id=?3 AND r.target_type=?4",
-            )?;
+                 CROSS JOIN current c ON c.type=r.type AND c.id=r.id ",
+                version_of_current!(),
+                " WHERE r.type=?1 AND r.param=?2 AND r.target_id=?3 AND r.target_type=?4",
+            ))?;
             let mut seen = std::collections::HashSet::new();
             let mut found = Vec::new();
             for (target_type, id) in &targets {
@@ -757,48 +768,34 @@ fn by_token(
     param: &str,
     keys: &[(String, String)],
 ) -> Result<Vec<Stored>, StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT v.version, v.last_updated, v.body, c.id FROM idx_token t \
-         CROSS JOIN current c ON c.type=t.type AND c.id=t.id \
-         CROSS JOIN versions v ON v.rowid=c.vrow AND v.type=c.type AND v.id=c.id AND v.version=c.version \
-         WHERE t.type=?1 AND t.param=?2 AND t.value=?3 AND t.system=?4",
-    )?;
+    Ok(by_token_clocked(conn, ty, param, keys)?
+        .into_iter()
+        .map(|(stored, _)| stored)
+        .collect())
+}
+
+/// [`by_token`], each resource found with its event clock.
+fn by_token_clocked(
+    conn: &Connection,
+    ty: ResourceType,
+    param: &str,
+    keys: &[(String, String)],
+) -> Result<Vec<(Stored, Option<i64>)>, StoreError> {
+    let mut stmt = conn.prepare_cached(concat!(
+        "SELECT v.version, v.last_updated, v.body, c.id, c.event_ms FROM idx_token t \
+         CROSS JOIN current c ON c.type=t.type AND c.id=t.id ",
+        version_of_current!(),
+        " WHERE t.type=?1 AND t.param=?2 AND t.value=?3 AND t.system=?4",
+    ))?;
     let mut seen = std::collections::HashSet::new();
     let mut found = Vec::new();
     for (system, value) in keys {
         let rows = stmt.query_map(params![ty.as_str(), param, value, system], |row| {
-            stored_from_row(ty, row.get(3)?, row)
-        })?;
-        for row in rows {
-            let row = row?;
-            if seen.insert(row.id.clone()) {
-                found.push(row);
-            }
-        }
-    }
-    Ok(found)
-}
-
-/// [`by_token`] on identifiers, each found with its event clock.
-fn by_identifier_clocked(
-    conn: &Connection,
-    ty: ResourceType,
-    keys: &[(String, String)],
-) -> Result<Vec<(Stored, Option<i64>)>, StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT v.version, v.last_updated, v.body, c.id, c.event_ms FROM idx_token t \
-         CROSS JOIN current c ON c.type=t.type AND c.id=t.id \
-         CROSS JOIN versions v ON v.rowid=c.vrow AND v.type=c.type AND v.id=c.id AND v.version=c.version \
-         WHERE t.type=?1 AND t.param='identifier' AND t.value=?2 AND t.system=?3",
-    )?;
-    let mut found: Vec<(Stored, Option<i64>)> = Vec::new();
-    for (system, value) in keys {
-        let rows = stmt.query_map(params![ty.as_str(), value, system], |row| {
             Ok((stored_from_row(ty, row.get(3)?, row)?, row.get(4)?))
         })?;
         for row in rows {
-            let row = row?;
-            if !found.iter().any(|(s, _)| s.id == row.0.id) {
+            let row: (Stored, Option<i64>) = row?;
+            if seen.insert(row.0.id.clone()) {
                 found.push(row);
             }
         }
@@ -813,11 +810,11 @@ fn read_current_keyed(
     id: &str,
 ) -> Result<Option<(Stored, Option<keys::Keys>)>, StoreError> {
     Ok(conn
-        .prepare_cached(
-            "SELECT v.version, v.last_updated, v.body, c.keys FROM current c \
-             CROSS JOIN versions v ON v.rowid=c.vrow AND v.type=c.type AND v.id=c.id AND v.version=c.version \
-             WHERE c.type=?1 AND c.id=?2",
-        )?
+        .prepare_cached(concat!(
+            "SELECT v.version, v.last_updated, v.body, c.keys FROM current c ",
+            version_of_current!(),
+            " WHERE c.type=?1 AND c.id=?2",
+        ))?
         .query_row(params![ty.as_str(), id], |row| {
             let keys: Option<String> = row.get(3)?;
             Ok((
@@ -834,11 +831,11 @@ pub(super) fn read_current(
     id: &str,
 ) -> Result<Option<Stored>, StoreError> {
     Ok(conn
-        .prepare_cached(
-            "SELECT v.version, v.last_updated, v.body FROM current c \
-             CROSS JOIN versions v ON v.rowid=c.vrow AND v.type=c.type AND v.id=c.id AND v.version=c.version \
-             WHERE c.type=?1 AND c.id=?2",
-        )?
+        .prepare_cached(concat!(
+            "SELECT v.version, v.last_updated, v.body FROM current c ",
+            version_of_current!(),
+            " WHERE c.type=?1 AND c.id=?2",
+        ))?
         .query_row(params![ty.as_str(), id], |row| {
             stored_from_row(ty, id.to_string(), row)
         })

@@ -150,9 +150,9 @@ pub(super) fn search(conn: &Connection, query: &SearchQuery) -> Result<SearchPag
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT m.id, v.version, v.last_updated, v.body \
          FROM (SELECT id FROM ({ids_sql}) WHERE id > ? ORDER BY id LIMIT ?) m \
-         CROSS JOIN current c ON c.type=? AND c.id=m.id \
-         CROSS JOIN versions v ON v.rowid=c.vrow AND v.type=c.type AND v.id=c.id AND v.version=c.version \
-         ORDER BY m.id"
+         CROSS JOIN current c ON c.type=? AND c.id=m.id {} \
+         ORDER BY m.id",
+        version_of_current!()
     ))?;
     let mut resources = stmt
         .query_map(params_from_iter(args.iter()), |row| {

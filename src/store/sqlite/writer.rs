@@ -1,5 +1,6 @@
-//! The single writer: takes every job waiting, applies each in its own
-//! SAVEPOINT, commits them together (group commit) and only then answers.
+//! The single writer: takes every job waiting, applies each on its own
+//! (checked whole before it writes, or inside a SAVEPOINT), commits them
+//! together (group commit) and only then answers.
 //! Conditional creates and updates are resolved here, serialised with writes.
 
 use super::checkpoint::Checkpointer;
@@ -211,6 +212,17 @@ impl Writer {
         closing
     }
 
+    /// Refuses, and breaks the group, outside the group's transaction
+    /// (SQLite abandoned it): every statement would commit on its own.
+    fn within_group(&mut self) -> Result<(), StoreError> {
+        if !self.conn.is_autocommit() {
+            return Ok(());
+        }
+        let reason = "the group's transaction is gone".to_string();
+        self.broken.get_or_insert(reason.clone());
+        Err(StoreError::Io(std::io::Error::other(reason)))
+    }
+
     /// Runs `f` in a SAVEPOINT, rolled back if it fails or asks to. A
     /// savepoint that cannot be opened inside the group's transaction, or
     /// cannot be undone, breaks the group (see [`Writer::commit_group`]).
@@ -218,11 +230,7 @@ impl Writer {
         &mut self,
         f: impl FnOnce(&mut Self) -> Result<Result<T, Rollback<T>>, StoreError>,
     ) -> Result<T, StoreError> {
-        if self.conn.is_autocommit() {
-            let reason = "the group's transaction is gone".to_string();
-            self.broken.get_or_insert(reason.clone());
-            return Err(StoreError::Io(std::io::Error::other(reason)));
-        }
+        self.within_group()?;
         // Cached statements: every request of every group runs these three,
         // and execute_batch would parse them each time.
         self.conn.prepare_cached("SAVEPOINT job")?.execute([])?;
@@ -252,11 +260,6 @@ impl Writer {
         }
     }
 
-    /// Applies a request. An atomic one is checked whole before anything is
-    /// written (conditions, If-Match, ids), so that when it is refused
-    /// nothing needs undoing; a batch applies each entry in its own
-    /// savepoint. Either way the result never asks the caller to roll back
-    /// writes: see [`Writer::unguarded`].
     /// Runs `f` without a savepoint, for jobs that check everything before
     /// they write ([`Writer::apply`], [`Writer::ingest`]): a savepoint costs
     /// three statements and a copy of every page the job touches. Should such
@@ -266,13 +269,7 @@ impl Writer {
         &mut self,
         f: impl FnOnce(&mut Self) -> Result<Result<T, Rollback<T>>, StoreError>,
     ) -> Result<T, StoreError> {
-        // Outside the group's transaction (SQLite abandoned it), every
-        // statement would commit on its own: refuse, and break the group.
-        if self.conn.is_autocommit() {
-            let reason = "the group's transaction is gone".to_string();
-            self.broken.get_or_insert(reason.clone());
-            return Err(StoreError::Io(std::io::Error::other(reason)));
-        }
+        self.within_group()?;
         let before = self.conn.total_changes();
         let result = f(self);
         if !matches!(result, Ok(Ok(_))) && self.conn.total_changes() != before {
@@ -284,6 +281,11 @@ impl Writer {
         }
     }
 
+    /// Applies a request. An atomic one is checked whole before anything is
+    /// written (conditions, If-Match, ids), so that when it is refused
+    /// nothing needs undoing; a batch applies each entry in its own
+    /// savepoint. Either way the result never asks the caller to roll back
+    /// writes: see [`Writer::unguarded`].
     fn apply(
         &mut self,
         request: &WriteRequest,
