@@ -13,11 +13,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::net::TcpListener;
 
+/// Why serving stopped. The cause is the error's source, which `{:#}`
+/// (as `main` logs it) prints after the message.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("cannot open the store: {0}")]
+    #[error("cannot open the store")]
     Store(#[from] StoreError),
-    #[error("HTTP server error: {0}")]
+    #[error("HTTP server error")]
     Io(#[from] std::io::Error),
 }
 
@@ -51,7 +53,7 @@ pub async fn run_with(
     // outbox.
     let mut options = config.store.clone();
     options.outbox_types = Some(config.routing.routed_types());
-    let store = Arc::new(SqliteStore::open(options)?);
+    let store = Arc::new(SqliteStore::open_serving(options)?);
     let draining = Arc::new(AtomicBool::new(false));
     let feed = Arc::new(Feed::new(
         store.clone(),

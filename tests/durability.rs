@@ -443,3 +443,59 @@ fn bad_configuration_stops_the_binary_with_a_clear_message() {
     assert!(stderr.contains("Invalid configuration"), "{stderr}");
     assert!(stderr.contains("port"), "{stderr}");
 }
+
+/// Two gateways writing one store would each answer reads from what it
+/// wrote itself: the second is refused at start, and the store is free again
+/// once the first is gone, even by SIGKILL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_gateway_on_one_store_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut first = spawn(&data);
+    let client = reqwest::Client::new();
+    let created: Value = client
+        .post(format!("{}/Patient", first.fhir))
+        .header("content-type", "application/fhir+json")
+        .body(patient(&nhs_number(7), "Alone").to_string())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_pathway-gateway"))
+        .arg("serve")
+        .env("PATHWAY_HTTP__LISTEN", "127.0.0.1:0")
+        .env("PATHWAY_HL7V2__LISTEN", "127.0.0.1:0")
+        .env("PATHWAY_STORE__PATH", &data)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("in use by another running gateway"),
+        "{stderr}"
+    );
+    // The first is unharmed.
+    let id = created["id"].as_str().unwrap();
+    let read = client
+        .get(format!("{}/Patient/{id}", first.fhir))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status(), StatusCode::OK);
+    first.child.kill().expect("SIGKILL");
+    first.child.wait().expect("reaped");
+    let mut next = spawn(&data);
+    let read: Value = client
+        .get(format!("{}/Patient/{id}", next.fhir))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(read["name"], created["name"]);
+    next.child.kill().expect("SIGKILL");
+    next.child.wait().expect("reaped");
+}

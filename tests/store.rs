@@ -683,3 +683,165 @@ async fn write_each_applies_each_request_alone_and_a_refused_one_leaves_nothing(
     assert!(!a_now[0].body.contains("gender"));
     store.close().await;
 }
+
+fn options(dir: &std::path::Path) -> SqliteOptions {
+    SqliteOptions {
+        dir: dir.to_path_buf(),
+        max_batch: 64,
+        queue: 1024,
+        readers: 2,
+        outbox_types: None,
+    }
+}
+
+/// Patient `id` at `if_match` with the name `text`.
+fn update_named(id: &str, nhs: &str, if_match: i64, text: &str) -> WriteRequest {
+    let body = format!(
+        r#"{{"resourceType":"Patient","id":"{id}","identifier":[{{"system":"https://fhir.nhs.uk/Id/nhs-number","value":"{nhs}"}}],"name":[{{"text":"{text}"}}]}}"#
+    );
+    WriteRequest {
+        mutations: vec![Mutation::Update {
+            resource: prepare(body.as_bytes(), Some(ResourceType::Patient), validator()).unwrap(),
+            id: id.to_string(),
+            if_match: Some(if_match),
+            full_url: None,
+        }],
+        atomic: true,
+    }
+}
+
+fn written(outcome: WriteOutcome) -> pathway_gateway::store::Stored {
+    match outcome {
+        WriteOutcome::Applied(mut results) => results.remove(0).unwrap().resource,
+        other => panic!("not applied: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_serving_store_holds_its_directory_alone() {
+    use pathway_gateway::store::StoreError;
+    let dir = tempfile::tempdir().unwrap();
+    let serving = SqliteStore::open_serving(options(dir.path())).unwrap();
+    let second = SqliteStore::open_serving(options(dir.path()));
+    let Err(err @ StoreError::InUse(_)) = second else {
+        panic!("a second serving store opened beside the first");
+    };
+    assert!(
+        err.to_string()
+            .contains("in use by another running gateway")
+    );
+    // A reader beside it (as `report` is) still opens, and sees its writes.
+    let made = written(serving.write(create(&nhs_number(1))).await.unwrap());
+    let beside = open(dir.path(), 8);
+    let seen = beside.read(ResourceType::Patient, &made.id).await.unwrap();
+    assert_eq!(seen.map(|s| s.version), Some(1));
+    beside.close().await;
+    serving.close().await;
+    let again = SqliteStore::open_serving(options(dir.path())).unwrap();
+    let seen = again.read(ResourceType::Patient, &made.id).await.unwrap();
+    assert_eq!(seen.map(|s| s.body), Some(made.body));
+    again.close().await;
+}
+
+/// Reads by id are answered from memory once a serving store holds the
+/// resource: each must see every write acknowledged before it began, and
+/// no reader may see a resource's versions go backwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_from_memory_follow_every_acknowledged_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteStore::open_serving(options(dir.path())).unwrap());
+    let mut ids = Vec::new();
+    for n in 0..8 {
+        ids.push(written(store.write(create(&nhs_number(n))).await.unwrap()).id);
+    }
+    let ids = Arc::new(ids);
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut readers = Vec::new();
+    for _ in 0..3 {
+        let (store, ids, done) = (store.clone(), ids.clone(), done.clone());
+        readers.push(tokio::spawn(async move {
+            let mut seen = vec![0i64; ids.len()];
+            let mut reads = 0u64;
+            while !done.load(std::sync::atomic::Ordering::Acquire) {
+                for (i, id) in ids.iter().enumerate() {
+                    let stored = store
+                        .read(ResourceType::Patient, id)
+                        .await
+                        .unwrap()
+                        .unwrap();
+                    assert!(
+                        stored.version >= seen[i],
+                        "{id} went back from version {} to {}",
+                        seen[i],
+                        stored.version
+                    );
+                    assert!(
+                        stored
+                            .body
+                            .contains(&format!("\"versionId\":\"{}\"", stored.version))
+                    );
+                    seen[i] = stored.version;
+                    reads += 1;
+                }
+                tokio::task::yield_now().await;
+            }
+            reads
+        }));
+    }
+    let mut writers = Vec::new();
+    for (n, id) in ids.iter().enumerate() {
+        let (store, id) = (store.clone(), id.clone());
+        writers.push(tokio::spawn(async move {
+            let nhs = nhs_number(n as u32);
+            for version in 1..=40 {
+                let text = format!("edit {version}");
+                let made = written(
+                    store
+                        .write(update_named(&id, &nhs, version, &text))
+                        .await
+                        .unwrap(),
+                );
+                assert_eq!(made.version, version + 1);
+                let read = store
+                    .read(ResourceType::Patient, &id)
+                    .await
+                    .unwrap()
+                    .unwrap();
+                assert_eq!(
+                    read.version, made.version,
+                    "a read missed an acknowledged write"
+                );
+                assert_eq!(read.body, made.body);
+            }
+        }));
+    }
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    done.store(true, std::sync::atomic::Ordering::Release);
+    for reader in readers {
+        assert!(reader.await.unwrap() > 0);
+    }
+    // A refused write changes nothing that is served.
+    let outcome = store
+        .write(update_named(&ids[0], &nhs_number(0), 3, "stale"))
+        .await
+        .unwrap();
+    assert!(matches!(outcome, WriteOutcome::RolledBack { .. }));
+    let read = store
+        .read(ResourceType::Patient, &ids[0])
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(read.version, 41);
+    assert!(read.body.contains("edit 40"));
+    // What is served from memory is what SQLite holds.
+    let beside = open(dir.path(), 8);
+    for id in ids.iter() {
+        let from_memory = store.read(ResourceType::Patient, id).await.unwrap();
+        let from_sqlite = beside.read(ResourceType::Patient, id).await.unwrap();
+        assert_eq!(from_memory, from_sqlite);
+    }
+    beside.close().await;
+    store.close().await;
+}

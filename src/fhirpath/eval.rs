@@ -607,8 +607,13 @@ impl<'a> Ctx<'_, 'a> {
             Kind::Var(Var::Context) => Items::One(node(env.focus, env.focus_type)),
             Kind::Var(Var::External(name)) => {
                 let mut out = Items::NONE;
-                if let Some((_, value)) = env.vars.iter().find(|(n, _)| *n == &**name) {
-                    push_json(value, None, &mut out);
+                match env.vars.iter().find(|(n, _)| *n == &**name) {
+                    Some((_, value)) => push_json(value, None, &mut out),
+                    None => {
+                        if let Some(unbound) = env.unbound {
+                            unbound.set(true);
+                        }
+                    }
                 }
                 out
             }

@@ -13,6 +13,7 @@ mod temporal;
 mod tests;
 
 use std::borrow::Cow;
+use std::cell::Cell;
 use std::fmt;
 
 use serde_json::Value;
@@ -38,6 +39,9 @@ pub struct Env<'a> {
     /// Values of the caller's `%name` variables (named when the expression was parsed with
     /// [`Expression::parse_with`]). A JSON array is a collection; `null` is empty.
     pub vars: &'a [(&'a str, &'a Value)],
+    /// Set when the expression reads a `%name` that `vars` does not bind:
+    /// the result did not depend on any variable unless it is set.
+    pub unbound: Option<&'a Cell<bool>>,
 }
 
 impl<'a> Env<'a> {
@@ -49,6 +53,7 @@ impl<'a> Env<'a> {
             resource,
             root: resource,
             vars: &[],
+            unbound: None,
         }
     }
 }

@@ -23,6 +23,7 @@ fn sat_in(src: &str, focus: &Value, resource: &Value) -> bool {
         resource,
         root: resource,
         vars: &[],
+        unbound: None,
     };
     match expr(src).is_satisfied(&env) {
         Ok(b) => b,
@@ -515,6 +516,7 @@ fn repeat_and_is_satisfied_errors() {
         resource: &pat,
         root: &pat,
         vars: &[],
+        unbound: None,
     };
     assert_eq!(
         expr("$this is HumanName and %resource.id = 'p1' and %context.family = 'Chalmers'")
@@ -818,4 +820,39 @@ fn bench_invariants() {
             start.elapsed().as_nanos() as f64 / 1e6
         );
     }
+}
+
+#[test]
+fn an_unbound_variable_is_reported_only_when_it_is_read() {
+    let when = Expression::parse_with(
+        "status = 'finished' and %age >= 65 and %careHome.empty()",
+        &["age", "careHome"],
+    )
+    .unwrap();
+    let unbound = std::cell::Cell::new(false);
+    let open = json!({"resourceType": "Encounter", "status": "in-progress"});
+    let env = Env {
+        unbound: Some(&unbound),
+        ..Env::new(&open)
+    };
+    assert_eq!(when.evaluate(&env).unwrap(), vec![Item::Boolean(false)]);
+    assert!(!unbound.get(), "the left side decided alone");
+    let finished = json!({"resourceType": "Encounter", "status": "finished"});
+    let env = Env {
+        unbound: Some(&unbound),
+        ..Env::new(&finished)
+    };
+    when.evaluate(&env).unwrap();
+    assert!(unbound.get(), "%age was read and not bound");
+    // Bound, it is not reported.
+    unbound.set(false);
+    let (age, home) = (json!(80), Value::Null);
+    let vars = [("age", &age), ("careHome", &home)];
+    let env = Env {
+        vars: &vars,
+        unbound: Some(&unbound),
+        ..Env::new(&finished)
+    };
+    assert_eq!(when.evaluate(&env).unwrap(), vec![Item::Boolean(true)]);
+    assert!(!unbound.get());
 }

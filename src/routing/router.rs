@@ -11,7 +11,7 @@ use super::{Clock, ROUTE_BATCH};
 use crate::fhir::ResourceType;
 use crate::fhir::resource::prepare_parsed;
 use crate::fhir::search::identifier_query;
-use crate::fhirpath::Env;
+use crate::fhirpath::{Env, Expression};
 use crate::gp::map::{ODS_SYSTEM, PATHWAY_SYSTEM, REFERRAL_SYSTEM, SERVICE_SYSTEM};
 use crate::hl7v2::datatypes::london_zone;
 use crate::store::{
@@ -19,6 +19,7 @@ use crate::store::{
 };
 use crate::validate::Validator;
 use serde_json::{Value, json};
+use std::cell::Cell;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -150,31 +151,64 @@ impl Router {
             return Ok(());
         };
         let patient_id = patient_of(ty, &stored.id, &resource);
-        let uses = rules
+        // Each expression first without the context: one that reads no
+        // variable (a trigger's `status = 'finished' and …` on an encounter
+        // still open) is decided without reading the patient or the care
+        // plans. Only those that read one are evaluated again with it.
+        let expressions: Vec<(&Expression, Uses)> = rules
             .iter()
-            .map(|r| r.uses)
-            .chain(triggers.iter().map(|t| t.uses))
-            .fold(Uses::default(), Uses::union);
-        let context = self
-            .context(ty, &resource, patient_id.as_deref(), uses)
-            .await?;
-        let vars: Vec<(&str, &Value)> = vec![
-            ("patient", &context.patient),
-            ("carePlans", &context.care_plans),
-            ("careHome", &context.care_home),
-            ("age", &context.age),
-        ];
-        let env = Env {
-            vars: &vars,
-            ..Env::new(&resource)
+            .map(|r| (&r.when, r.uses))
+            .chain(triggers.iter().map(|t| (&t.when, t.uses)))
+            .collect();
+        let mut uses = Uses::default();
+        let mut decided: Vec<Option<Result<bool, String>>> = {
+            let unbound = Cell::new(false);
+            let bare = Env {
+                unbound: Some(&unbound),
+                ..Env::new(&resource)
+            };
+            expressions
+                .iter()
+                .map(|(expression, used)| {
+                    unbound.set(false);
+                    let result = holds(expression, &bare);
+                    if unbound.get() {
+                        uses = uses.union(*used);
+                        return None;
+                    }
+                    Some(result)
+                })
+                .collect()
         };
+        let context = if decided.iter().all(Option::is_some) {
+            Context::default()
+        } else {
+            self.context(ty, &resource, patient_id.as_deref(), uses)
+                .await?
+        };
+        if decided.iter().any(Option::is_none) {
+            let vars: Vec<(&str, &Value)> = vec![
+                ("patient", &context.patient),
+                ("carePlans", &context.care_plans),
+                ("careHome", &context.care_home),
+                ("age", &context.age),
+            ];
+            let env = Env {
+                vars: &vars,
+                ..Env::new(&resource)
+            };
+            for ((expression, _), decision) in expressions.iter().zip(decided.iter_mut()) {
+                decision.get_or_insert_with(|| holds(expression, &env));
+            }
+        }
+        let mut decisions = decided.into_iter().flatten();
         let lane = match &patient_id {
             Some(id) => format!("Patient/{id}"),
             None => format!("{ty}/{}", stored.id),
         };
         let mut chosen: Vec<&str> = Vec::new();
-        for rule in rules {
-            match holds(&rule.when, &env) {
+        for rule in &rules {
+            match decisions.next().unwrap_or(Ok(false)) {
                 Ok(true) => {
                     for destination in &rule.to {
                         if self.configured.contains(destination)
@@ -198,8 +232,8 @@ impl Router {
                 Err(err) => self.rule_error(&rule.name, ty, &stored.id, &err),
             }
         }
-        for trigger in triggers {
-            match holds(&trigger.when, &env) {
+        for trigger in &triggers {
+            match decisions.next().unwrap_or(Ok(false)) {
                 Ok(true) => {
                     let Some(patient) = &patient_id else {
                         self.rule_error(

@@ -253,6 +253,8 @@ pub enum StoreError {
     Io(#[from] std::io::Error),
     #[error("the store's schema version {found} is newer than this gateway knows ({known})")]
     SchemaTooNew { found: i64, known: i64 },
+    #[error("the store in {} is in use by another running gateway", .0.display())]
+    InUse(std::path::PathBuf),
 }
 
 /// Where resources live. Implementations must make a write durable before

@@ -108,6 +108,7 @@ impl<'p, 'a> Conform<'p, 'a> {
                 resource: self.root,
                 root: self.root,
                 vars: &[],
+                unbound: None,
             };
             match constraint.expression.is_satisfied(&env) {
                 Ok(true) => {}

@@ -562,6 +562,7 @@ impl<'d, 'a> Walk<'d, 'a> {
                 resource: self.resource,
                 root: self.root,
                 vars: &[],
+                unbound: None,
             };
             self.judge(invariant, invariant.expression.is_satisfied(&env));
         }

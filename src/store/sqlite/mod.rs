@@ -6,7 +6,9 @@
 //! SAVEPOINT), and commits them together:
 //! one fsync for the whole group (group commit). Nobody is answered before the
 //! commit that holds their write is on disk. Reads run on a small pool of
-//! read-only connections, which WAL lets proceed beside the writer.
+//! read-only connections, which WAL lets proceed beside the writer; the
+//! current versions most recently written or read are also kept in memory
+//! ([`cache`]), where the serving gateway answers reads by id from.
 //!
 //! Conditional creates and updates are resolved inside the writer, so two
 //! concurrent creates with the same identifier cannot both miss each other.
@@ -21,6 +23,7 @@ macro_rules! version_of_current {
     };
 }
 
+mod cache;
 mod checkpoint;
 mod keys;
 mod outbox;
@@ -105,7 +108,13 @@ pub struct SqliteStore {
     jobs: mpsc::Sender<Job>,
     readers: Arc<ReaderPool>,
     outbox_signal: Arc<tokio::sync::Notify>,
+    cache: Arc<cache::Cache>,
+    /// The data directory's lock, held by a serving store until it closes.
+    lock: Mutex<Option<std::fs::File>>,
 }
+
+/// The lock file in the data directory: held by the gateway serving it.
+pub const LOCK_FILE: &str = "gateway.lock";
 
 struct ReaderPool {
     path: PathBuf,
@@ -117,9 +126,38 @@ struct ReaderPool {
 
 impl SqliteStore {
     /// Opens (or creates) the store in `options.dir` and starts its writer.
+    /// Reads by id go to SQLite (a running gateway may write beside it).
     pub fn open(options: SqliteOptions) -> Result<Self, StoreError> {
+        Self::open_with(options, None)
+    }
+
+    /// As [`SqliteStore::open`], for the gateway that serves the store: it
+    /// takes the data directory's lock (refused with
+    /// [`StoreError::InUse`] while another holds it), so that every commit
+    /// goes through this store's writer, and answers reads by id of the
+    /// resources it has in memory without SQLite.
+    pub fn open_serving(options: SqliteOptions) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(&options.dir)?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(options.dir.join(LOCK_FILE))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(StoreError::InUse(options.dir.clone()));
+            }
+            Err(std::fs::TryLockError::Error(err)) => return Err(err.into()),
+        }
+        Self::open_with(options, Some(file))
+    }
+
+    fn open_with(options: SqliteOptions, lock: Option<std::fs::File>) -> Result<Self, StoreError> {
         std::fs::create_dir_all(&options.dir)?;
         let path = options.dir.join(DB_FILE);
+        let cache = Arc::new(cache::Cache::new(cache::CAPACITY, lock.is_some()));
+        let writer_cache = cache.clone();
         let mut conn = open_writer(&path)?;
         let checkpointer = checkpoint::Checkpointer::start(&mut conn, open_checkpointer(&path)?)?;
         let (jobs, rx) = mpsc::channel(options.queue.max(1));
@@ -130,11 +168,21 @@ impl SqliteStore {
         std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || {
-                writer::Writer::new(conn, checkpointer, max_batch, signal, outbox_types).run(rx)
+                writer::Writer::new(
+                    conn,
+                    checkpointer,
+                    max_batch,
+                    signal,
+                    outbox_types,
+                    writer_cache,
+                )
+                .run(rx)
             })?;
         Ok(SqliteStore {
             jobs,
             outbox_signal,
+            cache,
+            lock: Mutex::new(lock),
             readers: Arc::new(ReaderPool {
                 path,
                 size: options.readers.max(1),
@@ -212,7 +260,15 @@ impl ReaderPool {
 #[async_trait]
 impl Store for SqliteStore {
     async fn read(&self, ty: ResourceType, id: &str) -> Result<Option<Stored>, StoreError> {
-        self.read_inline(|conn| read_current(conn, ty, id)).await
+        if let Some(stored) = self.cache.current(ty, id) {
+            return Ok(Some(Stored::clone(&stored)));
+        }
+        let epoch = self.cache.epoch();
+        let found = self.read_inline(|conn| read_current(conn, ty, id)).await?;
+        if let Some(stored) = &found {
+            self.cache.fill(epoch, stored);
+        }
+        Ok(found)
     }
 
     async fn vread(
@@ -259,7 +315,7 @@ impl Store for SqliteStore {
         ty: ResourceType,
         keys: &[(String, String)],
     ) -> Result<Vec<Stored>, StoreError> {
-        self.read_inline(|conn| by_token(conn, ty, "identifier", keys))
+        self.read_inline(|conn| by_token(conn, &self.cache, ty, "identifier", keys))
             .await
     }
 
@@ -274,7 +330,7 @@ impl Store for SqliteStore {
             conn.prepare_cached("BEGIN")?.execute([])?;
             let found = lookups
                 .iter()
-                .map(|(ty, keys)| by_token_clocked(conn, *ty, "identifier", keys))
+                .map(|(ty, keys)| by_token_clocked(conn, &self.cache, *ty, "identifier", keys))
                 .collect::<Result<Vec<_>, _>>();
             let commit = conn
                 .prepare_cached("COMMIT")
@@ -334,7 +390,8 @@ impl Store for SqliteStore {
         keys: &[(String, String)],
     ) -> Result<Vec<Stored>, StoreError> {
         let (param, keys) = (param.to_string(), keys.to_vec());
-        self.with_reader(move |conn| by_token(conn, ty, &param, &keys))
+        let cache = self.cache.clone();
+        self.with_reader(move |conn| by_token(conn, &cache, ty, &param, &keys))
             .await
     }
 
@@ -477,7 +534,8 @@ impl Store for SqliteStore {
         limit: usize,
         bodies_for: Vec<ResourceType>,
     ) -> Result<Vec<OutboxItem>, StoreError> {
-        self.with_reader(move |conn| outbox::outbox(conn, limit, &bodies_for))
+        let cache = self.cache.clone();
+        self.with_reader(move |conn| outbox::outbox(conn, &cache, limit, &bodies_for))
             .await
     }
 
@@ -517,6 +575,7 @@ impl Store for SqliteStore {
     }
 
     async fn close(&self) {
+        self.cache.stop_current();
         let (tx, rx) = oneshot::channel();
         if self.jobs.send(Job::Close(tx)).await.is_ok() {
             let _ = rx.await;
@@ -525,6 +584,10 @@ impl Store for SqliteStore {
             idle.clear();
         }
         self.readers.permits.close();
+        // Released once the writer has stopped: another gateway may serve.
+        if let Ok(mut lock) = self.lock.lock() {
+            lock.take();
+        }
     }
 }
 
@@ -764,43 +827,80 @@ pub(super) fn stored_from_row(
 /// `(system, value)`, each once, in the order found.
 fn by_token(
     conn: &Connection,
+    cache: &cache::Cache,
     ty: ResourceType,
     param: &str,
     keys: &[(String, String)],
 ) -> Result<Vec<Stored>, StoreError> {
-    Ok(by_token_clocked(conn, ty, param, keys)?
+    Ok(by_token_clocked(conn, cache, ty, param, keys)?
         .into_iter()
         .map(|(stored, _)| stored)
         .collect())
 }
 
-/// [`by_token`], each resource found with its event clock.
+/// As [`by_token`], with each resource's event clock. Bodies come from the
+/// cache when it holds the version found, else from `versions`.
 fn by_token_clocked(
     conn: &Connection,
+    cache: &cache::Cache,
     ty: ResourceType,
     param: &str,
     keys: &[(String, String)],
 ) -> Result<Vec<(Stored, Option<i64>)>, StoreError> {
-    let mut stmt = conn.prepare_cached(concat!(
-        "SELECT v.version, v.last_updated, v.body, c.id, c.event_ms FROM idx_token t \
-         CROSS JOIN current c ON c.type=t.type AND c.id=t.id ",
-        version_of_current!(),
-        " WHERE t.type=?1 AND t.param=?2 AND t.value=?3 AND t.system=?4",
-    ))?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT c.id, c.version, c.event_ms, c.vrow FROM idx_token t \
+         CROSS JOIN current c ON c.type=t.type AND c.id=t.id \
+         WHERE t.type=?1 AND t.param=?2 AND t.value=?3 AND t.system=?4",
+    )?;
     let mut seen = std::collections::HashSet::new();
     let mut found = Vec::new();
     for (system, value) in keys {
         let rows = stmt.query_map(params![ty.as_str(), param, value, system], |row| {
-            Ok((stored_from_row(ty, row.get(3)?, row)?, row.get(4)?))
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, i64>(1)?,
+                row.get::<_, Option<i64>>(2)?,
+                row.get::<_, Option<i64>>(3)?,
+            ))
         })?;
         for row in rows {
-            let row: (Stored, Option<i64>) = row?;
-            if seen.insert(row.0.id.clone()) {
-                found.push(row);
+            let (id, version, clock, vrow) = row?;
+            if !seen.insert(id.clone()) {
+                continue;
+            }
+            let stored = match cache.version(ty, &id, version) {
+                Some(stored) => Some(Stored::clone(&stored)),
+                None => version_at(conn, ty, id, version, vrow)?,
+            };
+            if let Some(stored) = stored {
+                found.push((stored, clock));
             }
         }
     }
     Ok(found)
+}
+
+/// Version `version` of `ty/id`, at `vrow` in `versions` (checked against
+/// its key, as in [`version_of_current!`]).
+fn version_at(
+    conn: &Connection,
+    ty: ResourceType,
+    id: String,
+    version: i64,
+    vrow: Option<i64>,
+) -> Result<Option<Stored>, StoreError> {
+    let Some(vrow) = vrow else {
+        return Ok(None);
+    };
+    Ok(conn
+        .prepare_cached(
+            "SELECT version, last_updated, body FROM versions \
+             WHERE rowid=?1 AND type=?2 AND id=?3 AND version=?4",
+        )?
+        .query_row(params![vrow, ty.as_str(), &id, version], |row| {
+            stored_from_row(ty, id.clone(), row)
+        })
+        .optional()?)
 }
 
 /// The current version with its index rows ([`keys::Keys`]), for the writer.

@@ -12,6 +12,7 @@ use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 /// Bodies are read only for the types in `bodies_for`.
 pub(super) fn outbox(
     conn: &Connection,
+    cache: &super::cache::Cache,
     limit: usize,
     bodies_for: &[ResourceType],
 ) -> Result<Vec<OutboxItem>, StoreError> {
@@ -36,6 +37,11 @@ pub(super) fn outbox(
     for item in &mut items {
         let r = &mut item.resource;
         if !bodies_for.contains(&r.resource_type) {
+            continue;
+        }
+        if let Some(stored) = cache.version(r.resource_type, &r.id, r.version) {
+            r.last_updated_ms = stored.last_updated_ms;
+            r.body = stored.body.clone();
             continue;
         }
         if let Some((last_updated, text)) = body

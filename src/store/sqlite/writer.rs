@@ -3,6 +3,7 @@
 //! together (group commit) and only then answers.
 //! Conditional creates and updates are resolved here, serialised with writes.
 
+use super::cache::Cache;
 use super::checkpoint::Checkpointer;
 use super::keys::{Keys, missing_from};
 use super::search::matching_ids_sql;
@@ -36,6 +37,11 @@ pub(super) struct Writer {
     outbox_signal: Arc<Notify>,
     /// Types routed (`None`: all).
     outbox_types: Option<Vec<ResourceType>>,
+    /// Where committed versions are published.
+    cache: Arc<Cache>,
+    /// The versions the current group has written (a savepoint rolled back
+    /// takes its own out again).
+    fresh: Vec<Stored>,
 }
 
 /// A search condition of a given type, as written (its canonical parameters).
@@ -54,8 +60,11 @@ impl Writer {
         max_batch: usize,
         outbox_signal: Arc<Notify>,
         outbox_types: Option<Vec<ResourceType>>,
+        cache: Arc<Cache>,
     ) -> Self {
         Writer {
+            cache,
+            fresh: Vec::new(),
             outbox_types,
             conn,
             checkpointer,
@@ -115,6 +124,7 @@ impl Writer {
         self.last_ms = now;
         self.broken = None;
         self.enqueued = false;
+        self.fresh.clear();
         if !self.conn.is_autocommit() {
             // Left inside a transaction by an earlier failure: start clean.
             let _ = self.conn.execute_batch("ROLLBACK");
@@ -191,6 +201,11 @@ impl Writer {
         };
         match result {
             Ok(()) => {
+                if !self.fresh.is_empty() {
+                    // Before anyone is answered: a client told its write is
+                    // done then reads it from the cache.
+                    self.cache.publish(std::mem::take(&mut self.fresh));
+                }
                 if self.enqueued {
                     self.outbox_signal.notify_one();
                 }
@@ -201,6 +216,7 @@ impl Writer {
             }
             Err(reason) => {
                 tracing::error!(error = %reason, "group commit failed; every write in it is refused");
+                self.fresh.clear();
                 if !self.conn.is_autocommit() {
                     let _ = self.conn.execute_batch("ROLLBACK");
                 }
@@ -234,11 +250,13 @@ impl Writer {
         // Cached statements: every request of every group runs these three,
         // and execute_batch would parse them each time.
         self.conn.prepare_cached("SAVEPOINT job")?.execute([])?;
+        let written_before = self.fresh.len();
         let result = f(self);
         let keep = matches!(result, Ok(Ok(_)));
         let undo = if keep {
             Ok(())
         } else {
+            self.fresh.truncate(written_before);
             self.conn
                 .prepare_cached("ROLLBACK TO job")
                 .and_then(|mut s| s.execute([]))
@@ -581,19 +599,21 @@ impl Writer {
             outbox::enqueue(&self.conn, ty, &id, version)?;
             self.enqueued = true;
         }
+        let resource = Stored {
+            resource_type: ty,
+            id,
+            version,
+            last_updated_ms: now,
+            body,
+        };
+        self.fresh.push(resource.clone());
         Ok(Written {
             change: if current.is_some() {
                 Change::Updated
             } else {
                 Change::Created
             },
-            resource: Stored {
-                resource_type: ty,
-                id,
-                version,
-                last_updated_ms: now,
-                body,
-            },
+            resource,
         })
     }
 
