@@ -845,3 +845,134 @@ async fn reads_from_memory_follow_every_acknowledged_write() {
     beside.close().await;
     store.close().await;
 }
+
+const NHS: &str = "https://fhir.nhs.uk/Id/nhs-number";
+const MRN: &str = "https://example.org/mrn";
+
+/// Patient `id` with these `(system, value)` identifiers, written with an
+/// event clock, as the HL7 v2 feed writes.
+async fn put_identified(
+    store: &SqliteStore,
+    id: &str,
+    if_match: Option<i64>,
+    identifiers: &[(&str, &str)],
+    event_ms: i64,
+) {
+    use pathway_gateway::store::{EventClock, IngestOutcome, IngestRequest};
+    let identifiers: Vec<String> = identifiers
+        .iter()
+        .map(|(system, value)| format!(r#"{{"system":"{system}","value":"{value}"}}"#))
+        .collect();
+    let body = format!(
+        r#"{{"resourceType":"Patient","id":"{id}","identifier":[{}]}}"#,
+        identifiers.join(",")
+    );
+    let resource = prepare(body.as_bytes(), Some(ResourceType::Patient), validator()).unwrap();
+    let mutation = match if_match {
+        Some(version) => Mutation::Update {
+            resource,
+            id: id.into(),
+            if_match: Some(version),
+            full_url: None,
+        },
+        None => Mutation::Create {
+            resource,
+            id: id.into(),
+            if_none_exist: None,
+            full_url: None,
+        },
+    };
+    let outcome = store
+        .ingest(IngestRequest {
+            journal: None,
+            write: Some(WriteRequest {
+                mutations: vec![mutation],
+                atomic: true,
+            }),
+            quarantine: Vec::new(),
+            clocks: vec![EventClock {
+                resource_type: ResourceType::Patient,
+                id: id.into(),
+                event_ms,
+            }],
+        })
+        .await
+        .unwrap();
+    assert!(matches!(
+        outcome,
+        IngestOutcome::Done {
+            write: Some(WriteOutcome::Applied(_)),
+            ..
+        }
+    ));
+}
+
+/// Lookups by identifier, as `(id, version, clock)` per lookup.
+async fn looked_up(store: &SqliteStore, keys: &[(&str, &str)]) -> Vec<(String, i64, Option<i64>)> {
+    let keys: Vec<(String, String)> = keys
+        .iter()
+        .map(|(s, v)| (s.to_string(), v.to_string()))
+        .collect();
+    store
+        .by_identifier_clocked(&[(ResourceType::Patient, &keys[..])])
+        .await
+        .unwrap()
+        .remove(0)
+        .into_iter()
+        .map(|(s, clock)| (s.id, s.version, clock))
+        .collect()
+}
+
+/// The HL7 v2 feed's lookups by identifier are answered from memory by the
+/// serving store once its writer has published the identifiers; what they
+/// answer must be what SQLite holds, through identifiers shared, moved and
+/// removed.
+#[tokio::test]
+async fn lookups_by_identifier_from_memory_match_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open_serving(options(dir.path())).unwrap();
+    let beside = open(dir.path(), 8);
+    let (n1, n2) = (nhs_number(1), nhs_number(2));
+    let agree = |keys: Vec<(&'static str, String)>| {
+        let (store, beside) = (&store, &beside);
+        async move {
+            let keys: Vec<(&str, &str)> = keys.iter().map(|(s, v)| (*s, v.as_str())).collect();
+            let from_memory = looked_up(store, &keys).await;
+            assert_eq!(from_memory, looked_up(beside, &keys).await, "{keys:?}");
+            from_memory
+        }
+    };
+    put_identified(&store, "a", None, &[(NHS, &n1), (MRN, "M1")], 1_000).await;
+    put_identified(&store, "b", None, &[(NHS, &n2), (MRN, "M1")], 2_000).await;
+    let both = agree(vec![(NHS, n1.clone()), (MRN, "M1".into())]).await;
+    assert_eq!(
+        both,
+        vec![("a".into(), 1, Some(1_000)), ("b".into(), 1, Some(2_000))]
+    );
+    // A's hospital number moves from M1 to M2; an older event leaves its
+    // clock where it was.
+    put_identified(&store, "a", Some(1), &[(NHS, &n1), (MRN, "M2")], 500).await;
+    assert_eq!(
+        agree(vec![(MRN, "M1".into())]).await,
+        vec![("b".into(), 1, Some(2_000))]
+    );
+    assert_eq!(
+        agree(vec![(MRN, "M2".into()), (NHS, n1.clone())]).await,
+        vec![("a".into(), 2, Some(1_000))]
+    );
+    assert_eq!(agree(vec![(MRN, "M9".into())]).await, vec![]);
+
+    // Answered from memory: with the index rows removed behind the store's
+    // back (what the serving lock exists to prevent), it still finds them.
+    let conn = rusqlite::Connection::open(dir.path().join("gateway.sqlite")).unwrap();
+    conn.execute("DELETE FROM idx_token WHERE value='M2'", [])
+        .unwrap();
+    let keys = [(MRN, "M2")];
+    assert_eq!(looked_up(&beside, &keys).await, vec![]);
+    assert_eq!(
+        looked_up(&store, &keys).await,
+        vec![("a".into(), 2, Some(1_000))]
+    );
+    beside.close().await;
+    store.close().await;
+}

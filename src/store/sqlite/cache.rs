@@ -4,16 +4,19 @@
 //! so under steady writes every SQLite read starts cold; and each read
 //! transaction takes the WAL read lock (an `fcntl` on `-shm`). This cache
 //! skips both for the resources in it. It is filled by the writer with every
-//! version it commits, and by readers with what they read while nothing was
-//! committed.
+//! commit, and by readers with what they read while nothing was committed.
 //!
-//! Two uses, with different guarantees:
+//! It holds, for recent resources, the current version, and the event clock
+//! (`current.event_ms`) when known; and for recent identifiers (`system`,
+//! `value`, of a type), every current resource that has it, as `idx_token`
+//! does. Two uses, with different guarantees:
 //! - **By version** ([`Cache::version`]): a version's body never changes, so
 //!   an entry for `(type, id, version)` is right whatever happened since.
 //!   Readers that learn a current version from SQLite take its body from here.
-//! - **Current** ([`Cache::current`]): a read by id answered without SQLite.
-//!   Only right if every commit to the store goes through this process's
-//!   writer, which publishes each before answering it: a store opened with
+//! - **Current** ([`Cache::current`], [`Cache::lookup`]): a read by id or by
+//!   identifier answered without SQLite. Only right if every commit to the
+//!   store goes through this process's writer, which publishes each before
+//!   answering it: a store opened with
 //!   [`super::SqliteStore::open_serving`], which holds the data directory's
 //!   lock so that no other gateway writes beside it.
 
@@ -21,28 +24,79 @@ use crate::fhir::ResourceType;
 use crate::store::Stored;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
-/// Entries kept; the oldest inserted goes first. About 1–2 KB each.
+/// Resources kept; the oldest inserted goes first. About 1–2 KB each.
 pub(super) const CAPACITY: usize = 16_384;
+
+/// Identifiers kept, per resource kept.
+const TOKENS_PER_RESOURCE: usize = 2;
 
 type Key = (ResourceType, Box<str>);
 
+/// An identifier of a type: `(type, system, value)`.
+pub(super) type TokenKey = (ResourceType, Box<str>, Box<str>);
+
+/// What one commit changed, in the order the writer made the changes.
+#[derive(Default)]
+pub(super) struct Published {
+    /// New versions.
+    pub versions: Vec<Stored>,
+    /// Identifiers some write added or removed, each with every current
+    /// resource that has it after that write (as the writer's transaction
+    /// saw it).
+    pub tokens: Vec<(TokenKey, Vec<String>)>,
+    /// Event clocks set, as they stand after the update.
+    pub clocks: Vec<(ResourceType, String, Option<i64>)>,
+}
+
+impl Published {
+    pub fn is_empty(&self) -> bool {
+        self.versions.is_empty() && self.tokens.is_empty() && self.clocks.is_empty()
+    }
+
+    /// How far each list has grown, to cut it back to with [`Published::truncate`].
+    pub fn mark(&self) -> (usize, usize, usize) {
+        (self.versions.len(), self.tokens.len(), self.clocks.len())
+    }
+
+    pub fn truncate(&mut self, (versions, tokens, clocks): (usize, usize, usize)) {
+        self.versions.truncate(versions);
+        self.tokens.truncate(tokens);
+        self.clocks.truncate(clocks);
+    }
+
+    pub fn clear(&mut self) {
+        self.truncate((0, 0, 0));
+    }
+}
+
 pub(super) struct Cache {
     inner: Mutex<Inner>,
-    /// Whether [`Cache::current`] may answer.
+    /// Whether [`Cache::current`] and [`Cache::lookup`] may answer.
     exact: AtomicBool,
+}
+
+struct Entry {
+    stored: Arc<Stored>,
+    /// `None`: not known here (read from SQLite when needed).
+    clock: Option<Option<i64>>,
 }
 
 struct Inner {
     /// Counts the writer's commits: a reader's fill is refused if one
     /// happened since its read began.
     epoch: u64,
-    entries: HashMap<ResourceType, HashMap<Box<str>, Arc<Stored>>>,
+    entries: HashMap<ResourceType, HashMap<Box<str>, Entry>>,
     len: usize,
     order: VecDeque<Key>,
     capacity: usize,
+    tokens: HashMap<TokenKey, Vec<Box<str>>>,
+    token_order: VecDeque<TokenKey>,
 }
+
+/// A resource found by [`Cache::lookup`], with its event clock.
+pub(super) type Found = (Stored, Option<i64>);
 
 impl Cache {
     pub(super) fn new(capacity: usize, exact: bool) -> Cache {
@@ -53,35 +107,77 @@ impl Cache {
                 len: 0,
                 order: VecDeque::new(),
                 capacity: capacity.max(1),
+                tokens: HashMap::new(),
+                token_order: VecDeque::new(),
             }),
             exact: AtomicBool::new(exact),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock leaves no half-made entry (each
         // change is one insert or remove), so a poisoned lock is still good.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn is_exact(&self) -> bool {
+        self.exact.load(Ordering::Acquire)
+    }
+
+    /// Whether lookups by identifier are answered here (and the writer
+    /// should publish the identifiers it changes).
+    pub(super) fn keeps_lookups(&self) -> bool {
+        self.is_exact()
+    }
+
     /// The current version of `ty/id`, when this process writes the store
     /// alone and has it.
     pub(super) fn current(&self, ty: ResourceType, id: &str) -> Option<Arc<Stored>> {
-        if !self.exact.load(Ordering::Acquire) {
+        if !self.is_exact() {
             return None;
         }
-        self.lock().get(ty, id).cloned()
+        self.lock().get(ty, id).map(|e| e.stored.clone())
     }
 
     /// Version `version` of `ty/id`, if it is the one held.
     pub(super) fn version(&self, ty: ResourceType, id: &str, version: i64) -> Option<Arc<Stored>> {
         self.lock()
             .get(ty, id)
-            .filter(|s| s.version == version)
-            .cloned()
+            .filter(|e| e.stored.version == version)
+            .map(|e| e.stored.clone())
     }
 
-    /// Stops answering [`Cache::current`] (the store is closing; a writer
+    /// For each `(type, identifiers)`, the current resources with any of the
+    /// identifiers (each once, in the order found) with their event clocks:
+    /// all from one commit's state, or `None` unless this process writes
+    /// the store alone and every identifier, resource and clock is held.
+    pub(super) fn lookup(
+        &self,
+        lookups: &[(ResourceType, &[(String, String)])],
+    ) -> Option<Vec<Vec<Found>>> {
+        if !self.is_exact() {
+            return None;
+        }
+        let inner = self.lock();
+        let mut out = Vec::with_capacity(lookups.len());
+        for (ty, keys) in lookups {
+            let mut found: Vec<Found> = Vec::new();
+            for (system, value) in keys.iter() {
+                let key: TokenKey = (*ty, system.as_str().into(), value.as_str().into());
+                for id in inner.tokens.get(&key)? {
+                    if found.iter().any(|(s, _)| s.id.as_str() == &**id) {
+                        continue;
+                    }
+                    let entry = inner.get(*ty, id)?;
+                    found.push((Stored::clone(&entry.stored), entry.clock?));
+                }
+            }
+            out.push(found);
+        }
+        Some(out)
+    }
+
+    /// Stops answering from memory (the store is closing; a writer
     /// elsewhere may follow).
     pub(super) fn stop_current(&self) {
         self.exact.store(false, Ordering::Release);
@@ -102,29 +198,79 @@ impl Cache {
             return;
         }
         if inner.get(stored.resource_type, &stored.id).is_none() {
-            inner.insert(Arc::new(stored.clone()));
+            inner.insert(Arc::new(stored.clone()), None);
         }
     }
 
-    /// The writer's committed versions, published before it answers anyone.
-    pub(super) fn publish(&self, written: Vec<Stored>) {
+    /// Keeps what a reader's lookup by identifier read (`found[i]` for
+    /// `lookups[i]`, complete), unless the writer has committed since
+    /// `epoch`.
+    pub(super) fn fill_lookup(
+        &self,
+        epoch: u64,
+        lookups: &[(ResourceType, &[(String, String)])],
+        found: &[Vec<Found>],
+        // For each lookup, for each identifier, the ids that have it.
+        holders: &[Vec<Vec<String>>],
+    ) {
+        let mut inner = self.lock();
+        if inner.epoch != epoch {
+            return;
+        }
+        for (((ty, keys), found), holders) in lookups.iter().zip(found).zip(holders) {
+            for (stored, clock) in found {
+                inner.insert(Arc::new(stored.clone()), Some(*clock));
+            }
+            for ((system, value), ids) in keys.iter().zip(holders) {
+                inner.set_token((*ty, system.as_str().into(), value.as_str().into()), ids);
+            }
+        }
+    }
+
+    /// The writer's commit, published before it answers anyone.
+    pub(super) fn publish(&self, published: Published) {
         let mut inner = self.lock();
         inner.epoch += 1;
-        for stored in written {
-            inner.insert(Arc::new(stored));
+        for stored in published.versions {
+            // A new resource has no event clock yet; a new version leaves it
+            // as it was. (Resources are never deleted, so version 1 is new.)
+            let clock = if stored.version == 1 {
+                Some(None)
+            } else {
+                inner
+                    .get(stored.resource_type, &stored.id)
+                    .and_then(|e| e.clock)
+            };
+            inner.insert(Arc::new(stored), clock);
+        }
+        for (key, ids) in published.tokens {
+            inner.set_token(key, &ids);
+        }
+        for (ty, id, clock) in published.clocks {
+            if let Some(entry) = inner
+                .entries
+                .get_mut(&ty)
+                .and_then(|m| m.get_mut(id.as_str()))
+            {
+                entry.clock = Some(clock);
+            }
         }
     }
 }
 
 impl Inner {
-    fn get(&self, ty: ResourceType, id: &str) -> Option<&Arc<Stored>> {
+    fn get(&self, ty: ResourceType, id: &str) -> Option<&Entry> {
         self.entries.get(&ty)?.get(id)
     }
 
-    fn insert(&mut self, stored: Arc<Stored>) {
+    /// Holds `stored` as current, replacing what was; `clock` as given.
+    fn insert(&mut self, stored: Arc<Stored>, clock: Option<Option<i64>>) {
         let key: Key = (stored.resource_type, stored.id.as_str().into());
         let of_type = self.entries.entry(key.0).or_default();
-        if of_type.insert(key.1.clone(), stored).is_some() {
+        if of_type
+            .insert(key.1.clone(), Entry { stored, clock })
+            .is_some()
+        {
             return;
         }
         self.len += 1;
@@ -138,6 +284,20 @@ impl Inner {
             {
                 self.len -= 1;
             }
+        }
+    }
+
+    fn set_token(&mut self, key: TokenKey, ids: &[String]) {
+        let ids = ids.iter().map(|id| id.as_str().into()).collect();
+        if self.tokens.insert(key.clone(), ids).is_some() {
+            return;
+        }
+        self.token_order.push_back(key);
+        while self.tokens.len() > self.capacity * TOKENS_PER_RESOURCE {
+            let Some(old) = self.token_order.pop_front() else {
+                break;
+            };
+            self.tokens.remove(&old);
         }
     }
 }
@@ -156,11 +316,22 @@ mod tests {
         }
     }
 
+    fn versions(list: Vec<Stored>) -> Published {
+        Published {
+            versions: list,
+            ..Published::default()
+        }
+    }
+
+    fn token(value: &str) -> TokenKey {
+        (ResourceType::Patient, "sys".into(), value.into())
+    }
+
     #[test]
     fn a_fill_after_a_commit_is_refused() {
         let cache = Cache::new(8, true);
         let epoch = cache.epoch();
-        cache.publish(vec![stored("a", 2)]);
+        cache.publish(versions(vec![stored("a", 2)]));
         cache.fill(epoch, &stored("a", 1));
         cache.fill(epoch, &stored("b", 1));
         assert_eq!(
@@ -185,18 +356,88 @@ mod tests {
     #[test]
     fn versions_are_matched_and_the_oldest_entries_go_first() {
         let cache = Cache::new(2, false);
-        cache.publish(vec![stored("a", 1), stored("b", 1)]);
+        cache.publish(versions(vec![stored("a", 1), stored("b", 1)]));
         assert!(
             cache.current(ResourceType::Patient, "a").is_none(),
             "not exact"
         );
         assert!(cache.version(ResourceType::Patient, "a", 1).is_some());
         assert!(cache.version(ResourceType::Patient, "a", 2).is_none());
-        cache.publish(vec![stored("a", 2)]);
+        cache.publish(versions(vec![stored("a", 2)]));
         assert!(cache.version(ResourceType::Patient, "a", 2).is_some());
-        cache.publish(vec![stored("c", 1)]);
+        cache.publish(versions(vec![stored("c", 1)]));
         assert!(cache.version(ResourceType::Patient, "a", 2).is_none());
         assert!(cache.version(ResourceType::Patient, "b", 1).is_some());
         assert!(cache.version(ResourceType::Patient, "c", 1).is_some());
+    }
+
+    #[test]
+    fn a_lookup_answers_only_when_every_identifier_resource_and_clock_is_held() {
+        let cache = Cache::new(8, true);
+        let keys = [
+            ("sys".to_string(), "1".to_string()),
+            ("sys".to_string(), "2".to_string()),
+        ];
+        let lookups = [(ResourceType::Patient, &keys[..])];
+        cache.publish(Published {
+            versions: vec![stored("a", 1)],
+            tokens: vec![(token("1"), vec!["a".into()])],
+            clocks: vec![(ResourceType::Patient, "a".into(), Some(5))],
+        });
+        assert!(cache.lookup(&lookups).is_none(), "identifier 2 is not held");
+        cache.publish(Published {
+            tokens: vec![(token("2"), vec![])],
+            ..Published::default()
+        });
+        let found = cache.lookup(&lookups).unwrap();
+        assert_eq!(found[0].len(), 1);
+        assert_eq!((found[0][0].0.id.as_str(), found[0][0].1), ("a", Some(5)));
+        // A new version keeps the clock; another holder of identifier 2
+        // without a known clock (a new version of a resource not held)
+        // makes the lookup go to SQLite.
+        cache.publish(Published {
+            versions: vec![stored("a", 2), stored("b", 4)],
+            tokens: vec![(token("2"), vec!["a".into(), "b".into()])],
+            clocks: vec![],
+        });
+        assert!(cache.lookup(&lookups).is_none(), "b's clock is not known");
+        cache.publish(Published {
+            clocks: vec![(ResourceType::Patient, "b".into(), None)],
+            ..Published::default()
+        });
+        let found = cache.lookup(&lookups).unwrap();
+        let ids: Vec<_> = found[0]
+            .iter()
+            .map(|(s, c)| (s.id.as_str(), s.version, *c))
+            .collect();
+        assert_eq!(ids, vec![("a", 2, Some(5)), ("b", 4, None)]);
+        // A new resource has no clock yet, and that is known.
+        cache.publish(Published {
+            versions: vec![stored("c", 1)],
+            tokens: vec![(token("1"), vec!["a".into(), "c".into()])],
+            clocks: vec![],
+        });
+        let found = cache.lookup(&lookups).unwrap();
+        assert_eq!(found[0].len(), 3);
+        assert_eq!(found[0][1].0.id, "c");
+        assert_eq!(found[0][1].1, None);
+        // Not answered once the store stops being the only writer.
+        cache.stop_current();
+        assert!(cache.lookup(&lookups).is_none());
+    }
+
+    #[test]
+    fn a_lookup_fill_after_a_commit_is_refused() {
+        let cache = Cache::new(8, true);
+        let keys = [("sys".to_string(), "1".to_string())];
+        let lookups = [(ResourceType::Patient, &keys[..])];
+        let found = vec![vec![(stored("a", 1), Some(3))]];
+        let holders = vec![vec![vec!["a".to_string()]]];
+        let epoch = cache.epoch();
+        cache.publish(versions(vec![stored("z", 1)]));
+        cache.fill_lookup(epoch, &lookups, &found, &holders);
+        assert!(cache.lookup(&lookups).is_none());
+        cache.fill_lookup(cache.epoch(), &lookups, &found, &holders);
+        assert_eq!(cache.lookup(&lookups).unwrap()[0][0].1, Some(3));
     }
 }

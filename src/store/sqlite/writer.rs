@@ -3,7 +3,7 @@
 //! together (group commit) and only then answers.
 //! Conditional creates and updates are resolved here, serialised with writes.
 
-use super::cache::Cache;
+use super::cache::{Cache, Published};
 use super::checkpoint::Checkpointer;
 use super::keys::{Keys, missing_from};
 use super::search::matching_ids_sql;
@@ -39,9 +39,9 @@ pub(super) struct Writer {
     outbox_types: Option<Vec<ResourceType>>,
     /// Where committed versions are published.
     cache: Arc<Cache>,
-    /// The versions the current group has written (a savepoint rolled back
-    /// takes its own out again).
-    fresh: Vec<Stored>,
+    /// What the current group has changed, for the cache (a savepoint
+    /// rolled back takes its own out again).
+    fresh: Published,
 }
 
 /// A search condition of a given type, as written (its canonical parameters).
@@ -64,7 +64,7 @@ impl Writer {
     ) -> Self {
         Writer {
             cache,
-            fresh: Vec::new(),
+            fresh: Published::default(),
             outbox_types,
             conn,
             checkpointer,
@@ -250,7 +250,7 @@ impl Writer {
         // Cached statements: every request of every group runs these three,
         // and execute_batch would parse them each time.
         self.conn.prepare_cached("SAVEPOINT job")?.execute([])?;
-        let written_before = self.fresh.len();
+        let written_before = self.fresh.mark();
         let result = f(self);
         let keep = matches!(result, Ok(Ok(_)));
         let undo = if keep {
@@ -606,7 +606,7 @@ impl Writer {
             last_updated_ms: now,
             body,
         };
-        self.fresh.push(resource.clone());
+        self.fresh.versions.push(resource.clone());
         Ok(Written {
             change: if current.is_some() {
                 Change::Updated
@@ -657,7 +657,44 @@ impl Writer {
             (&old.dates, &keys.dates),
             |(param, lo, hi)| [param, lo, hi],
         )?;
+        if self.cache.keeps_lookups() {
+            self.changed_identifiers(resource.resource_type, &old, &keys)?;
+        }
         Ok(keys)
+    }
+
+    /// For the cache: each identifier `old` or `new` has and the other has
+    /// not, with every resource that has it now.
+    fn changed_identifiers(
+        &mut self,
+        ty: ResourceType,
+        old: &Keys,
+        new: &Keys,
+    ) -> Result<(), StoreError> {
+        let identifiers = |keys: &'_ Keys| -> Vec<(String, String)> {
+            keys.tokens
+                .iter()
+                .filter(|(param, _, _)| param == "identifier")
+                .map(|(_, value, system)| (system.clone(), value.clone()))
+                .collect()
+        };
+        let (before, after) = (identifiers(old), identifiers(new));
+        let mut holders = self.conn.prepare_cached(
+            "SELECT id FROM idx_token WHERE type=?1 AND param='identifier' AND value=?2 AND system=?3",
+        )?;
+        for (system, value) in after
+            .iter()
+            .filter(|k| !before.contains(k))
+            .chain(before.iter().filter(|k| !after.contains(k)))
+        {
+            let ids = holders
+                .query_map(params![ty.as_str(), value, system], |row| row.get(0))?
+                .collect::<Result<Vec<String>, _>>()?;
+            self.fresh
+                .tokens
+                .push(((ty, system.as_str().into(), value.as_str().into()), ids));
+        }
+        Ok(())
     }
 
     /// A routing pass: its deliveries, the removal of the outbox rows it
@@ -785,10 +822,18 @@ impl Writer {
         // Of resources written above or before (a clock of a create that
         // found its resource made meanwhile names no resource: no row).
         let mut clock = self.conn.prepare_cached(
-            "UPDATE current SET event_ms = max(coalesce(event_ms, ?3), ?3) WHERE type=?1 AND id=?2",
+            "UPDATE current SET event_ms = max(coalesce(event_ms, ?3), ?3) WHERE type=?1 AND id=?2 \
+             RETURNING event_ms",
         )?;
         for c in &request.clocks {
-            clock.execute(params![c.resource_type.as_str(), c.id, c.event_ms])?;
+            let set: Option<Option<i64>> = clock
+                .query_row(params![c.resource_type.as_str(), c.id, c.event_ms], |row| {
+                    row.get(0)
+                })
+                .optional()?;
+            if let Some(set) = set {
+                self.fresh.clocks.push((c.resource_type, c.id.clone(), set));
+            }
         }
         Ok(Ok(IngestOutcome::Done {
             journal_id,
