@@ -71,6 +71,7 @@ async fn main() {
         queue: 4096,
         readers: 4,
         outbox_types: None,
+        cache_resources: 16_384,
     })
     .unwrap();
     let validator = Validator::load(None, &[]).unwrap();

@@ -64,6 +64,7 @@ fn main() {
         queue: 4096,
         readers: 4,
         outbox_types: None,
+        cache_resources: 16_384,
     })
     .expect("store");
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -120,6 +120,8 @@ pub struct StoreConfig {
     pub write_queue: usize,
     /// Concurrent read connections.
     pub read_connections: usize,
+    /// Current resources kept in memory (0: none; ~2 KB each).
+    pub cache_resources: usize,
 }
 
 impl Default for StoreConfig {
@@ -129,6 +131,7 @@ impl Default for StoreConfig {
             group_commit_max: DEFAULT_GROUP_COMMIT_MAX,
             write_queue: DEFAULT_WRITE_QUEUE,
             read_connections: DEFAULT_READ_CONNECTIONS,
+            cache_resources: crate::store::sqlite::DEFAULT_CACHE_RESOURCES,
         }
     }
 }
@@ -438,6 +441,14 @@ impl ConfigFile {
             )?,
             queue: in_range("store.write_queue", self.store.write_queue, 1_000_000)?,
             readers: in_range("store.read_connections", self.store.read_connections, 256)?,
+            cache_resources: if self.store.cache_resources <= 1_000_000 {
+                self.store.cache_resources
+            } else {
+                return Err(bad(
+                    "store.cache_resources",
+                    format!("{} is outside 0 to 1000000", self.store.cache_resources),
+                ));
+            },
             // Set from the routing rules when the gateway starts.
             outbox_types: None,
         };
@@ -630,11 +641,17 @@ mod tests {
             &[
                 ("PATHWAY_HTTP__LISTEN", "127.0.0.1:9001"),
                 ("PATHWAY_STORE__READ_CONNECTIONS", "8"),
+                ("PATHWAY_STORE__CACHE_RESOURCES", "0"),
             ],
         )
         .unwrap();
         assert_eq!(config.http.listen.port(), 9001);
         assert_eq!(config.store.readers, 8);
+        assert_eq!(config.store.cache_resources, 0);
+        assert_eq!(
+            load("", &[]).unwrap().store.cache_resources,
+            crate::store::sqlite::DEFAULT_CACHE_RESOURCES
+        );
     }
 
     #[test]
@@ -656,6 +673,10 @@ mod tests {
             ("[http]\nbase_url = \"ftp://x\"\n", "http.base_url"),
             ("[log]\nformat = \"xml\"\n", "log.format"),
             ("[store]\ngroup_commit_max = 0\n", "store.group_commit_max"),
+            (
+                "[store]\ncache_resources = 2000000\n",
+                "store.cache_resources",
+            ),
             ("[http]\nlisten = 8080\n", "http.listen"),
         ] {
             let err = load(text, &[]).unwrap_err().to_string();

@@ -17,6 +17,7 @@ fn open(dir: &std::path::Path, max_batch: usize) -> SqliteStore {
         queue: 1024,
         readers: 2,
         outbox_types: None,
+        cache_resources: 16_384,
     })
     .unwrap()
 }
@@ -691,6 +692,7 @@ fn options(dir: &std::path::Path) -> SqliteOptions {
         queue: 1024,
         readers: 2,
         outbox_types: None,
+        cache_resources: 16_384,
     }
 }
 

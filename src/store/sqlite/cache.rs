@@ -26,9 +26,6 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-/// Resources kept; the oldest inserted goes first. About 1–2 KB each.
-pub(super) const CAPACITY: usize = 16_384;
-
 /// Identifiers kept, per resource kept.
 const TOKENS_PER_RESOURCE: usize = 2;
 
@@ -106,7 +103,7 @@ impl Cache {
                 entries: HashMap::new(),
                 len: 0,
                 order: VecDeque::new(),
-                capacity: capacity.max(1),
+                capacity,
                 tokens: HashMap::new(),
                 token_order: VecDeque::new(),
             }),
@@ -127,7 +124,7 @@ impl Cache {
     /// Whether lookups by identifier are answered here (and the writer
     /// should publish the identifiers it changes).
     pub(super) fn keeps_lookups(&self) -> bool {
-        self.is_exact()
+        self.is_exact() && self.lock().capacity > 0
     }
 
     /// The current version of `ty/id`, when this process writes the store
@@ -264,7 +261,11 @@ impl Inner {
     }
 
     /// Holds `stored` as current, replacing what was; `clock` as given.
+    /// The oldest inserted goes first once `capacity` are held.
     fn insert(&mut self, stored: Arc<Stored>, clock: Option<Option<i64>>) {
+        if self.capacity == 0 {
+            return;
+        }
         let key: Key = (stored.resource_type, stored.id.as_str().into());
         let of_type = self.entries.entry(key.0).or_default();
         if of_type
@@ -288,6 +289,9 @@ impl Inner {
     }
 
     fn set_token(&mut self, key: TokenKey, ids: &[String]) {
+        if self.capacity == 0 {
+            return;
+        }
         let ids = ids.iter().map(|id| id.as_str().into()).collect();
         if self.tokens.insert(key.clone(), ids).is_some() {
             return;
@@ -424,6 +428,24 @@ mod tests {
         // Not answered once the store stops being the only writer.
         cache.stop_current();
         assert!(cache.lookup(&lookups).is_none());
+    }
+
+    #[test]
+    fn a_cache_of_no_entries_answers_nothing() {
+        let cache = Cache::new(0, true);
+        assert!(!cache.keeps_lookups());
+        cache.publish(Published {
+            versions: vec![stored("a", 1)],
+            tokens: vec![(token("1"), vec!["a".into()])],
+            clocks: vec![],
+        });
+        assert!(cache.current(ResourceType::Patient, "a").is_none());
+        let keys = [("sys".to_string(), "1".to_string())];
+        assert!(
+            cache
+                .lookup(&[(ResourceType::Patient, &keys[..])])
+                .is_none()
+        );
     }
 
     #[test]

@@ -71,7 +71,12 @@ pub struct SqliteOptions {
     /// The types whose new versions get an outbox row (those some routing
     /// rule or trigger looks at); `None`: every type.
     pub outbox_types: Option<Vec<ResourceType>>,
+    /// Current resources kept in memory ([`cache`]); 0 keeps none.
+    pub cache_resources: usize,
 }
+
+/// Current resources kept in memory unless configured otherwise.
+pub const DEFAULT_CACHE_RESOURCES: usize = 16_384;
 
 pub(super) enum Job {
     Write(
@@ -156,7 +161,7 @@ impl SqliteStore {
     fn open_with(options: SqliteOptions, lock: Option<std::fs::File>) -> Result<Self, StoreError> {
         std::fs::create_dir_all(&options.dir)?;
         let path = options.dir.join(DB_FILE);
-        let cache = Arc::new(cache::Cache::new(cache::CAPACITY, lock.is_some()));
+        let cache = Arc::new(cache::Cache::new(options.cache_resources, lock.is_some()));
         let writer_cache = cache.clone();
         let mut conn = open_writer(&path)?;
         let checkpointer = checkpoint::Checkpointer::start(&mut conn, open_checkpointer(&path)?)?;
