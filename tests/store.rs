@@ -978,3 +978,29 @@ async fn lookups_by_identifier_from_memory_match_sqlite() {
     beside.close().await;
     store.close().await;
 }
+
+/// An identifier on more resources than the cache keeps for one is
+/// answered from SQLite, whole.
+#[tokio::test]
+async fn an_identifier_on_many_resources_is_looked_up_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open_serving(options(dir.path())).unwrap();
+    for n in 0..70u32 {
+        let nhs = nhs_number(n);
+        put_identified(
+            &store,
+            &format!("p{n}"),
+            None,
+            &[(NHS, &nhs), (MRN, "SHARED")],
+            1,
+        )
+        .await;
+        let found = looked_up(&store, &[(MRN, "SHARED")]).await;
+        assert_eq!(found.len(), n as usize + 1);
+    }
+    put_identified(&store, "p0", Some(1), &[(NHS, &nhs_number(0))], 2).await;
+    let found = looked_up(&store, &[(MRN, "SHARED")]).await;
+    assert_eq!(found.len(), 69);
+    assert!(found.iter().all(|(id, _, _)| id != "p0"));
+    store.close().await;
+}

@@ -29,6 +29,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 /// Identifiers kept, per resource kept.
 const TOKENS_PER_RESOURCE: usize = 2;
 
+/// Most resources an identifier kept may have: one that more have is not
+/// kept (every write changing it would read all its holders again).
+pub(super) const MAX_HOLDERS: usize = 64;
+
 type Key = (ResourceType, Box<str>);
 
 /// An identifier of a type: `(type, system, value)`.
@@ -41,8 +45,8 @@ pub(super) struct Published {
     pub versions: Vec<Stored>,
     /// Identifiers some write added or removed, each with every current
     /// resource that has it after that write (as the writer's transaction
-    /// saw it).
-    pub tokens: Vec<(TokenKey, Vec<String>)>,
+    /// saw it), or `None` when too many have it to keep.
+    pub tokens: Vec<(TokenKey, Option<Vec<String>>)>,
     /// Event clocks set, as they stand after the update.
     pub clocks: Vec<(ResourceType, String, Option<i64>)>,
 }
@@ -219,7 +223,9 @@ impl Cache {
                 inner.insert(Arc::new(stored.clone()), Some(*clock));
             }
             for ((system, value), ids) in keys.iter().zip(holders) {
-                inner.set_token((*ty, system.as_str().into(), value.as_str().into()), ids);
+                if ids.len() <= MAX_HOLDERS {
+                    inner.set_token((*ty, system.as_str().into(), value.as_str().into()), ids);
+                }
             }
         }
     }
@@ -241,7 +247,12 @@ impl Cache {
             inner.insert(Arc::new(stored), clock);
         }
         for (key, ids) in published.tokens {
-            inner.set_token(key, &ids);
+            match ids {
+                Some(ids) => inner.set_token(key, &ids),
+                None => {
+                    inner.tokens.remove(&key);
+                }
+            }
         }
         for (ty, id, clock) in published.clocks {
             if let Some(entry) = inner
@@ -385,12 +396,12 @@ mod tests {
         let lookups = [(ResourceType::Patient, &keys[..])];
         cache.publish(Published {
             versions: vec![stored("a", 1)],
-            tokens: vec![(token("1"), vec!["a".into()])],
+            tokens: vec![(token("1"), Some(vec!["a".into()]))],
             clocks: vec![(ResourceType::Patient, "a".into(), Some(5))],
         });
         assert!(cache.lookup(&lookups).is_none(), "identifier 2 is not held");
         cache.publish(Published {
-            tokens: vec![(token("2"), vec![])],
+            tokens: vec![(token("2"), Some(vec![]))],
             ..Published::default()
         });
         let found = cache.lookup(&lookups).unwrap();
@@ -401,7 +412,7 @@ mod tests {
         // makes the lookup go to SQLite.
         cache.publish(Published {
             versions: vec![stored("a", 2), stored("b", 4)],
-            tokens: vec![(token("2"), vec!["a".into(), "b".into()])],
+            tokens: vec![(token("2"), Some(vec!["a".into(), "b".into()]))],
             clocks: vec![],
         });
         assert!(cache.lookup(&lookups).is_none(), "b's clock is not known");
@@ -418,13 +429,19 @@ mod tests {
         // A new resource has no clock yet, and that is known.
         cache.publish(Published {
             versions: vec![stored("c", 1)],
-            tokens: vec![(token("1"), vec!["a".into(), "c".into()])],
+            tokens: vec![(token("1"), Some(vec!["a".into(), "c".into()]))],
             clocks: vec![],
         });
         let found = cache.lookup(&lookups).unwrap();
         assert_eq!(found[0].len(), 3);
         assert_eq!(found[0][1].0.id, "c");
         assert_eq!(found[0][1].1, None);
+        // An identifier with too many holders to keep is forgotten.
+        cache.publish(Published {
+            tokens: vec![(token("2"), None)],
+            ..Published::default()
+        });
+        assert!(cache.lookup(&lookups).is_none());
         // Not answered once the store stops being the only writer.
         cache.stop_current();
         assert!(cache.lookup(&lookups).is_none());
@@ -436,7 +453,7 @@ mod tests {
         assert!(!cache.keeps_lookups());
         cache.publish(Published {
             versions: vec![stored("a", 1)],
-            tokens: vec![(token("1"), vec!["a".into()])],
+            tokens: vec![(token("1"), Some(vec!["a".into()]))],
             clocks: vec![],
         });
         assert!(cache.current(ResourceType::Patient, "a").is_none());

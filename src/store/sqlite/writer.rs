@@ -3,7 +3,7 @@
 //! together (group commit) and only then answers.
 //! Conditional creates and updates are resolved here, serialised with writes.
 
-use super::cache::{Cache, Published};
+use super::cache::{Cache, MAX_HOLDERS, Published};
 use super::checkpoint::Checkpointer;
 use super::keys::{Keys, missing_from};
 use super::search::matching_ids_sql;
@@ -679,8 +679,10 @@ impl Writer {
                 .collect()
         };
         let (before, after) = (identifiers(old), identifiers(new));
+        // An identifier on more than MAX_HOLDERS resources is forgotten.
         let mut holders = self.conn.prepare_cached(
-            "SELECT id FROM idx_token WHERE type=?1 AND param='identifier' AND value=?2 AND system=?3",
+            "SELECT id FROM idx_token WHERE type=?1 AND param='identifier' AND value=?2 AND system=?3 \
+             LIMIT ?4",
         )?;
         for (system, value) in after
             .iter()
@@ -688,8 +690,12 @@ impl Writer {
             .chain(before.iter().filter(|k| !after.contains(k)))
         {
             let ids = holders
-                .query_map(params![ty.as_str(), value, system], |row| row.get(0))?
+                .query_map(
+                    params![ty.as_str(), value, system, MAX_HOLDERS as i64 + 1],
+                    |row| row.get(0),
+                )?
                 .collect::<Result<Vec<String>, _>>()?;
+            let ids = (ids.len() <= MAX_HOLDERS).then_some(ids);
             self.fresh
                 .tokens
                 .push(((ty, system.as_str().into(), value.as_str().into()), ids));
