@@ -1004,3 +1004,87 @@ async fn an_identifier_on_many_resources_is_looked_up_whole() {
     assert!(found.iter().all(|(id, _, _)| id != "p0"));
     store.close().await;
 }
+
+/// A transaction resolves its conditions before it writes: a create whose
+/// If-None-Exist matched nothing may still share its identifier with an
+/// earlier entry of the same transaction, and the lookup must find both.
+#[tokio::test]
+async fn a_conditional_create_beside_a_plain_one_in_a_transaction_is_looked_up_whole() {
+    use pathway_gateway::fhir::search::identifier_query;
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open_serving(options(dir.path())).unwrap();
+    let beside = open(dir.path(), 8);
+    let nhs = nhs_number(5);
+    let body = format!(
+        r#"{{"resourceType":"Patient","identifier":[{{"system":"{NHS}","value":"{nhs}"}}]}}"#
+    );
+    let prepared = || prepare(body.as_bytes(), Some(ResourceType::Patient), validator()).unwrap();
+    let request = WriteRequest {
+        mutations: vec![
+            Mutation::Create {
+                resource: prepared(),
+                id: "plain".into(),
+                if_none_exist: None,
+                full_url: None,
+            },
+            Mutation::Create {
+                resource: prepared(),
+                id: "conditional".into(),
+                if_none_exist: Some(identifier_query(
+                    ResourceType::Patient,
+                    &[(NHS.to_string(), nhs.clone())],
+                )),
+                full_url: None,
+            },
+        ],
+        atomic: true,
+    };
+    let WriteOutcome::Applied(results) = store.write(request).await.unwrap() else {
+        panic!("applied");
+    };
+    let changes: Vec<Change> = results.into_iter().map(|r| r.unwrap().change).collect();
+    assert_eq!(changes, [Change::Created, Change::Created]);
+    let from_memory = looked_up(&store, &[(NHS, &nhs)]).await;
+    assert_eq!(from_memory.len(), 2, "{from_memory:?}");
+    assert_eq!(from_memory, looked_up(&beside, &[(NHS, &nhs)]).await);
+    beside.close().await;
+    store.close().await;
+}
+
+/// What a bulk job (a GP list's chunk) writes is taken out of memory, not
+/// put in: reads and lookups after it find its versions in SQLite.
+#[tokio::test]
+async fn a_bulk_write_takes_what_it_changes_out_of_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open_serving(options(dir.path())).unwrap();
+    let beside = open(dir.path(), 8);
+    let nhs = nhs_number(9);
+    put_identified(&store, "k", None, &[(NHS, &nhs), (MRN, "B1")], 1).await;
+    assert_eq!(looked_up(&store, &[(MRN, "B1")]).await.len(), 1);
+    let read = store
+        .read(ResourceType::Patient, "k")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(read.version, 1);
+    let results = store
+        .write_each(vec![update_named("k", &nhs, 1, "bulk")])
+        .await
+        .unwrap();
+    assert!(matches!(results[0], Ok(WriteOutcome::Applied(_))));
+    let read = store
+        .read(ResourceType::Patient, "k")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(read.version, 2);
+    assert!(read.body.contains("bulk"));
+    // The update dropped the hospital number B1.
+    assert_eq!(looked_up(&store, &[(MRN, "B1")]).await, vec![]);
+    assert_eq!(
+        looked_up(&store, &[(NHS, &nhs)]).await,
+        looked_up(&beside, &[(NHS, &nhs)]).await
+    );
+    beside.close().await;
+    store.close().await;
+}

@@ -49,26 +49,37 @@ pub(super) struct Published {
     pub tokens: Vec<(TokenKey, Option<Vec<String>>)>,
     /// Event clocks set, as they stand after the update.
     pub clocks: Vec<(ResourceType, String, Option<i64>)>,
+    /// Resources with a new version that is not kept: taken out.
+    pub forgotten: Vec<(ResourceType, String)>,
 }
 
 impl Published {
     pub fn is_empty(&self) -> bool {
-        self.versions.is_empty() && self.tokens.is_empty() && self.clocks.is_empty()
+        self.versions.is_empty()
+            && self.tokens.is_empty()
+            && self.clocks.is_empty()
+            && self.forgotten.is_empty()
     }
 
     /// How far each list has grown, to cut it back to with [`Published::truncate`].
-    pub fn mark(&self) -> (usize, usize, usize) {
-        (self.versions.len(), self.tokens.len(), self.clocks.len())
+    pub fn mark(&self) -> [usize; 4] {
+        [
+            self.versions.len(),
+            self.tokens.len(),
+            self.clocks.len(),
+            self.forgotten.len(),
+        ]
     }
 
-    pub fn truncate(&mut self, (versions, tokens, clocks): (usize, usize, usize)) {
+    pub fn truncate(&mut self, [versions, tokens, clocks, forgotten]: [usize; 4]) {
         self.versions.truncate(versions);
         self.tokens.truncate(tokens);
         self.clocks.truncate(clocks);
+        self.forgotten.truncate(forgotten);
     }
 
     pub fn clear(&mut self) {
-        self.truncate((0, 0, 0));
+        self.truncate([0; 4]);
     }
 }
 
@@ -76,6 +87,8 @@ pub(super) struct Cache {
     inner: Mutex<Inner>,
     /// Whether [`Cache::current`] and [`Cache::lookup`] may answer.
     exact: AtomicBool,
+    /// Whether anything is kept at all (a capacity above 0).
+    keeps: bool,
 }
 
 struct Entry {
@@ -112,6 +125,7 @@ impl Cache {
                 token_order: VecDeque::new(),
             }),
             exact: AtomicBool::new(exact),
+            keeps: capacity > 0,
         }
     }
 
@@ -128,7 +142,7 @@ impl Cache {
     /// Whether lookups by identifier are answered here (and the writer
     /// should publish the identifiers it changes).
     pub(super) fn keeps_lookups(&self) -> bool {
-        self.is_exact() && self.lock().capacity > 0
+        self.keeps && self.is_exact()
     }
 
     /// The current version of `ty/id`, when this process writes the store
@@ -252,6 +266,13 @@ impl Cache {
                 None => {
                     inner.tokens.remove(&key);
                 }
+            }
+        }
+        for (ty, id) in published.forgotten {
+            if let Some(of_type) = inner.entries.get_mut(&ty)
+                && of_type.remove(id.as_str()).is_some()
+            {
+                inner.len -= 1;
             }
         }
         for (ty, id, clock) in published.clocks {
@@ -398,6 +419,7 @@ mod tests {
             versions: vec![stored("a", 1)],
             tokens: vec![(token("1"), Some(vec!["a".into()]))],
             clocks: vec![(ResourceType::Patient, "a".into(), Some(5))],
+            forgotten: vec![],
         });
         assert!(cache.lookup(&lookups).is_none(), "identifier 2 is not held");
         cache.publish(Published {
@@ -414,6 +436,7 @@ mod tests {
             versions: vec![stored("a", 2), stored("b", 4)],
             tokens: vec![(token("2"), Some(vec!["a".into(), "b".into()]))],
             clocks: vec![],
+            forgotten: vec![],
         });
         assert!(cache.lookup(&lookups).is_none(), "b's clock is not known");
         cache.publish(Published {
@@ -431,6 +454,7 @@ mod tests {
             versions: vec![stored("c", 1)],
             tokens: vec![(token("1"), Some(vec!["a".into(), "c".into()]))],
             clocks: vec![],
+            forgotten: vec![],
         });
         let found = cache.lookup(&lookups).unwrap();
         assert_eq!(found[0].len(), 3);
@@ -448,6 +472,25 @@ mod tests {
     }
 
     #[test]
+    fn a_resource_forgotten_is_read_from_sqlite_again() {
+        let cache = Cache::new(4, true);
+        cache.publish(versions(vec![stored("a", 1), stored("b", 1)]));
+        cache.publish(Published {
+            forgotten: vec![(ResourceType::Patient, "a".into())],
+            ..Published::default()
+        });
+        assert!(cache.current(ResourceType::Patient, "a").is_none());
+        assert!(cache.current(ResourceType::Patient, "b").is_some());
+        // Its place is free again.
+        cache.publish(versions(vec![
+            stored("c", 1),
+            stored("d", 1),
+            stored("e", 1),
+        ]));
+        assert!(cache.current(ResourceType::Patient, "e").is_some());
+    }
+
+    #[test]
     fn a_cache_of_no_entries_answers_nothing() {
         let cache = Cache::new(0, true);
         assert!(!cache.keeps_lookups());
@@ -455,6 +498,7 @@ mod tests {
             versions: vec![stored("a", 1)],
             tokens: vec![(token("1"), Some(vec!["a".into()]))],
             clocks: vec![],
+            forgotten: vec![],
         });
         assert!(cache.current(ResourceType::Patient, "a").is_none());
         let keys = [("sys".to_string(), "1".to_string())];

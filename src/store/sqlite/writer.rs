@@ -3,7 +3,7 @@
 //! together (group commit) and only then answers.
 //! Conditional creates and updates are resolved here, serialised with writes.
 
-use super::cache::{Cache, MAX_HOLDERS, Published};
+use super::cache::{Cache, MAX_HOLDERS, Published, TokenKey};
 use super::checkpoint::Checkpointer;
 use super::keys::{Keys, missing_from};
 use super::search::matching_ids_sql;
@@ -42,6 +42,46 @@ pub(super) struct Writer {
     /// What the current group has changed, for the cache (a savepoint
     /// rolled back takes its own out again).
     fresh: Published,
+    /// The identifiers the current request has changed so far: a request
+    /// resolves all its conditions before it writes, so one it changes
+    /// twice cannot take the shortcut of [`Writer::changed_identifiers`].
+    request_tokens: Vec<TokenKey>,
+    /// Applying a bulk job ([`Job::WriteEach`], a GP list's chunk): what it
+    /// writes is taken out of the cache rather than put in (thousands of
+    /// resources a commit, most never read soon after; copying them cost
+    /// the writer, the GP list's critical path, a tenth more time).
+    bulk: bool,
+    /// The thread that publishes each group and answers its jobs (`None`:
+    /// done here, if the thread could not be started).
+    answering: Option<std::sync::mpsc::Sender<Done>>,
+}
+
+/// A group's end, handed to the answering thread.
+enum Done {
+    Committed(Published, Vec<Answer>),
+    Failed(String, Vec<Answer>),
+}
+
+impl Done {
+    /// Publishes a committed group to the cache, then answers its jobs:
+    /// nobody is told a write is done before a read would find it.
+    fn deliver(self, cache: &Cache) {
+        match self {
+            Done::Committed(published, answers) => {
+                if !published.is_empty() {
+                    cache.publish(published);
+                }
+                for answer in answers {
+                    answer.send();
+                }
+            }
+            Done::Failed(reason, answers) => {
+                for answer in answers {
+                    answer.fail(&reason);
+                }
+            }
+        }
+    }
 }
 
 /// A search condition of a given type, as written (its canonical parameters).
@@ -65,6 +105,9 @@ impl Writer {
         Writer {
             cache,
             fresh: Published::default(),
+            request_tokens: Vec::new(),
+            bulk: false,
+            answering: None,
             outbox_types,
             conn,
             checkpointer,
@@ -77,6 +120,29 @@ impl Writer {
     }
 
     pub(super) fn run(mut self, mut jobs: mpsc::Receiver<Job>) {
+        // Groups are published and answered on a thread of their own, in
+        // commit order, while this one goes on to the next group: the
+        // writer is the store's critical path (a GP list's upload waits on
+        // it alone).
+        let (tx, rx) = std::sync::mpsc::channel::<Done>();
+        let cache = self.cache.clone();
+        let answering = std::thread::Builder::new()
+            .name("store-answers".into())
+            .spawn(move || {
+                for done in rx {
+                    done.deliver(&cache);
+                }
+            });
+        let answering = match answering {
+            Ok(thread) => {
+                self.answering = Some(tx);
+                Some(thread)
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "no answering thread; the writer answers");
+                None
+            }
+        };
         let mut closing = None;
         while closing.is_none() {
             let Some(first) = jobs.blocking_recv() else {
@@ -99,8 +165,24 @@ impl Writer {
             tracing::warn!(error = %err, "WAL checkpoint at close failed");
         }
         drop(self.conn);
+        // Every group answered before the store says it is closed.
+        self.answering = None;
+        if let Some(thread) = answering {
+            let _ = thread.join();
+        }
         if let Some(done) = closing {
             let _ = done.send(());
+        }
+    }
+
+    fn finish(&mut self, done: Done) {
+        match &self.answering {
+            Some(tx) => {
+                if let Err(std::sync::mpsc::SendError(done)) = tx.send(done) {
+                    done.deliver(&self.cache);
+                }
+            }
+            None => done.deliver(&self.cache),
         }
     }
 
@@ -125,6 +207,7 @@ impl Writer {
         self.broken = None;
         self.enqueued = false;
         self.fresh.clear();
+        self.request_tokens.clear();
         if !self.conn.is_autocommit() {
             // Left inside a transaction by an earlier failure: start clean.
             let _ = self.conn.execute_batch("ROLLBACK");
@@ -153,12 +236,14 @@ impl Writer {
                 }
                 Job::WriteEach(requests, reply) => {
                     let mut results = Vec::with_capacity(requests.len());
+                    self.bulk = true;
                     for request in &requests {
                         results.push(self.unguarded(|w| w.apply(request, now)));
                         if self.broken.is_some() {
                             break;
                         }
                     }
+                    self.bulk = false;
                     answers.push(Answer::WriteEach(reply, Ok(results)));
                 }
                 Job::Journal(entry, reply) => {
@@ -201,16 +286,10 @@ impl Writer {
         };
         match result {
             Ok(()) => {
-                if !self.fresh.is_empty() {
-                    // Before anyone is answered: a client told its write is
-                    // done then reads it from the cache.
-                    self.cache.publish(std::mem::take(&mut self.fresh));
-                }
+                let published = std::mem::take(&mut self.fresh);
+                self.finish(Done::Committed(published, answers));
                 if self.enqueued {
                     self.outbox_signal.notify_one();
-                }
-                for answer in answers {
-                    answer.send();
                 }
                 self.checkpointer.settle(&self.conn);
             }
@@ -220,9 +299,7 @@ impl Writer {
                 if !self.conn.is_autocommit() {
                     let _ = self.conn.execute_batch("ROLLBACK");
                 }
-                for answer in answers {
-                    answer.fail(&reason);
-                }
+                self.finish(Done::Failed(reason, answers));
             }
         }
         closing
@@ -341,6 +418,7 @@ impl Writer {
         request: &WriteRequest,
     ) -> Result<Result<Checked, WriteOutcome>, StoreError> {
         let refuse = |index, error| Ok(Err(WriteOutcome::RolledBack { index, error }));
+        self.request_tokens.clear();
         let mut map = HashMap::new();
         let mut plans = Vec::with_capacity(request.mutations.len());
         // Conditions are resolved before anything is written, so two
@@ -583,7 +661,19 @@ impl Writer {
             )?
             .execute(params![ty.as_str(), id, version, now, body])?;
         let row = self.conn.last_insert_rowid();
-        let keys = self.index(resource, &id, map, old_keys)?;
+        // A create whose If-None-Exist matched nothing: no other resource
+        // of its type has the identifiers it names.
+        let unheld = match (mutation, &current) {
+            (
+                Mutation::Create {
+                    if_none_exist: Some(condition),
+                    ..
+                },
+                None,
+            ) => identifiers_of(condition),
+            _ => Vec::new(),
+        };
+        let keys = self.index(resource, &id, map, old_keys, &unheld)?;
         self.conn
             .prepare_cached(
                 "INSERT INTO current(type, id, version, last_updated, keys, vrow) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
@@ -606,7 +696,11 @@ impl Writer {
             last_updated_ms: now,
             body,
         };
-        self.fresh.versions.push(resource.clone());
+        if self.bulk {
+            self.fresh.forgotten.push((ty, resource.id.clone()));
+        } else {
+            self.fresh.versions.push(resource.clone());
+        }
         Ok(Written {
             change: if current.is_some() {
                 Change::Updated
@@ -628,6 +722,7 @@ impl Writer {
         id: &str,
         map: &HashMap<String, String>,
         old: Option<Keys>,
+        unheld: &[(String, String)],
     ) -> Result<Keys, StoreError> {
         let ty = resource.resource_type.as_str();
         let keys = keys_from(&resource.index, map);
@@ -658,47 +753,63 @@ impl Writer {
             |(param, lo, hi)| [param, lo, hi],
         )?;
         if self.cache.keeps_lookups() {
-            self.changed_identifiers(resource.resource_type, &old, &keys)?;
+            self.changed_identifiers(resource.resource_type, id, &old, &keys, unheld)?;
         }
         Ok(keys)
     }
 
     /// For the cache: each identifier `old` or `new` has and the other has
-    /// not, with every resource that has it now.
+    /// not, with every resource that has it now. Those in `unheld` (no
+    /// other resource has them) are not read.
     fn changed_identifiers(
         &mut self,
         ty: ResourceType,
+        id: &str,
         old: &Keys,
         new: &Keys,
+        unheld: &[(String, String)],
     ) -> Result<(), StoreError> {
-        let identifiers = |keys: &'_ Keys| -> Vec<(String, String)> {
-            keys.tokens
-                .iter()
-                .filter(|(param, _, _)| param == "identifier")
-                .map(|(_, value, system)| (system.clone(), value.clone()))
-                .collect()
-        };
-        let (before, after) = (identifiers(old), identifiers(new));
-        // An identifier on more than MAX_HOLDERS resources is forgotten.
-        let mut holders = self.conn.prepare_cached(
-            "SELECT id FROM idx_token WHERE type=?1 AND param='identifier' AND value=?2 AND system=?3 \
-             LIMIT ?4",
-        )?;
-        for (system, value) in after
+        let (before, after) = (identifier_rows(old), identifier_rows(new));
+        let changed = after
             .iter()
             .filter(|k| !before.contains(k))
-            .chain(before.iter().filter(|k| !after.contains(k)))
-        {
-            let ids = holders
+            .chain(before.iter().filter(|k| !after.contains(k)));
+        for &(value, system) in changed {
+            let first_in_request = !self
+                .request_tokens
+                .iter()
+                .any(|(t, s, v)| *t == ty && &**s == system && &**v == value);
+            let key: TokenKey = (ty, system.into(), value.into());
+            if first_in_request {
+                self.request_tokens.push(key.clone());
+            }
+            // Named by a create's If-None-Exist that matched nothing, and not
+            // changed before in this request: this resource alone has it.
+            if self.bulk {
+                self.fresh.tokens.push((key, None));
+                continue;
+            }
+            let alone = first_in_request
+                && after.contains(&(value, system))
+                && unheld.iter().any(|(s, v)| s == system && v == value);
+            if alone {
+                self.fresh.tokens.push((key, Some(vec![id.to_string()])));
+                continue;
+            }
+            // An identifier on more than MAX_HOLDERS resources is forgotten.
+            let ids = self
+                .conn
+                .prepare_cached(
+                    "SELECT id FROM idx_token WHERE type=?1 AND param='identifier' AND value=?2 AND system=?3 \
+                     LIMIT ?4",
+                )?
                 .query_map(
                     params![ty.as_str(), value, system, MAX_HOLDERS as i64 + 1],
                     |row| row.get(0),
                 )?
                 .collect::<Result<Vec<String>, _>>()?;
             let ids = (ids.len() <= MAX_HOLDERS).then_some(ids);
-            self.fresh
-                .tokens
-                .push(((ty, system.as_str().into(), value.as_str().into()), ids));
+            self.fresh.tokens.push((key, ids));
         }
         Ok(())
     }
@@ -911,6 +1022,37 @@ struct Rollback<T>(T);
 /// and id. Statements are taken from the cache only when there are rows for
 /// them: a cache lookup hashes the SQL, and most writes (creates) delete
 /// nothing.
+/// `(value, system)` of each of `keys`' identifier rows.
+fn identifier_rows(keys: &Keys) -> Vec<(&str, &str)> {
+    keys.tokens
+        .iter()
+        .filter(|(param, _, _)| param == "identifier")
+        .map(|(_, value, system)| (value.as_str(), system.as_str()))
+        .collect()
+}
+
+/// The `(system, value)` identifiers a condition asks for, when it is one
+/// `identifier` clause of exact tokens (as [`crate::fhir::search::identifier_query`]
+/// builds): a condition that matches nothing then means no resource of its
+/// type has any of them. Empty for any other condition.
+fn identifiers_of(condition: &SearchQuery) -> Vec<(String, String)> {
+    let [Clause::Token { param, any_of }] = condition.clauses.as_slice() else {
+        return Vec::new();
+    };
+    if *param != "identifier" {
+        return Vec::new();
+    }
+    let mut out = Vec::with_capacity(any_of.len());
+    for token in any_of {
+        match token {
+            TokenMatch::SystemValue(system, value) => out.push((system.clone(), value.clone())),
+            TokenMatch::NoSystem(value) => out.push((String::new(), value.clone())),
+            _ => return Vec::new(),
+        }
+    }
+    out
+}
+
 fn sync_rows<T: Ord>(
     conn: &Connection,
     delete: &str,
