@@ -76,7 +76,7 @@ pub struct SqliteOptions {
 }
 
 /// Current resources kept in memory unless configured otherwise.
-pub const DEFAULT_CACHE_RESOURCES: usize = 16_384;
+pub const DEFAULT_CACHE_RESOURCES: usize = 12_288;
 
 pub(super) enum Job {
     Write(

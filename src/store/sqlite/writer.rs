@@ -54,6 +54,8 @@ pub(super) struct Writer {
     /// The thread that publishes each group and answers its jobs (`None`:
     /// done here, if the thread could not be started).
     answering: Option<std::sync::mpsc::Sender<Done>>,
+    /// Groups handed to the answering thread and not yet delivered.
+    handed: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// A group's end, handed to the answering thread.
@@ -108,6 +110,7 @@ impl Writer {
             request_tokens: Vec::new(),
             bulk: false,
             answering: None,
+            handed: Arc::default(),
             outbox_types,
             conn,
             checkpointer,
@@ -120,17 +123,19 @@ impl Writer {
     }
 
     pub(super) fn run(mut self, mut jobs: mpsc::Receiver<Job>) {
-        // Groups are published and answered on a thread of their own, in
-        // commit order, while this one goes on to the next group: the
+        // Large groups are published and answered on a thread of their own,
+        // in commit order, while this one goes on to the next group: the
         // writer is the store's critical path (a GP list's upload waits on
-        // it alone).
+        // it alone). See [`Writer::finish`].
         let (tx, rx) = std::sync::mpsc::channel::<Done>();
         let cache = self.cache.clone();
+        let handed = self.handed.clone();
         let answering = std::thread::Builder::new()
             .name("store-answers".into())
             .spawn(move || {
                 for done in rx {
                     done.deliver(&cache);
+                    handed.fetch_sub(1, std::sync::atomic::Ordering::Release);
                 }
             });
         let answering = match answering {
@@ -175,14 +180,29 @@ impl Writer {
         }
     }
 
+    /// Publishes and answers a group. A large one (a GP list's chunk) goes
+    /// to the answering thread; a small one (a few creates, an HL7 v2
+    /// message or two) is delivered here, where waking another thread would
+    /// cost more than it saves and, with the cores busy, add its wait for
+    /// a core to every answer. Unless the thread still has groups to
+    /// deliver: groups are delivered in commit order.
     fn finish(&mut self, done: Done) {
+        use std::sync::atomic::Ordering;
+        let large = match &done {
+            Done::Committed(published, answers) => {
+                published.versions.len() + published.forgotten.len() + answers.len() > 64
+            }
+            Done::Failed(_, answers) => answers.len() > 64,
+        };
         match &self.answering {
-            Some(tx) => {
+            Some(tx) if large || self.handed.load(Ordering::Acquire) > 0 => {
+                self.handed.fetch_add(1, Ordering::AcqRel);
                 if let Err(std::sync::mpsc::SendError(done)) = tx.send(done) {
+                    self.handed.fetch_sub(1, Ordering::AcqRel);
                     done.deliver(&self.cache);
                 }
             }
-            None => done.deliver(&self.cache),
+            _ => done.deliver(&self.cache),
         }
     }
 
