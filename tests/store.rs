@@ -1088,3 +1088,54 @@ async fn a_bulk_write_takes_what_it_changes_out_of_memory() {
     beside.close().await;
     store.close().await;
 }
+
+/// Large groups are answered from a thread of their own, small ones by the
+/// writer: either way a reader finds what it was told is stored, newest
+/// last.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_and_small_groups_are_answered_in_commit_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteStore::open_serving(options(dir.path())).unwrap());
+    for round in 0..5u32 {
+        // A large group (200 creates in one bulk job) and small writes
+        // behind it on one resource of an earlier round.
+        let bulk: Vec<WriteRequest> = (0..200)
+            .map(|i| create_named(&nhs_number(round * 1000 + i), "bulk"))
+            .collect();
+        let large = {
+            let store = store.clone();
+            tokio::spawn(async move { store.write_each(bulk).await.unwrap() })
+        };
+        let id = format!("r{round}");
+        let nhs = nhs_number(900_000 + round);
+        put_identified(&store, &id, None, &[(NHS, &nhs)], 1).await;
+        for version in 1..=5 {
+            let made = written(
+                store
+                    .write(update_named(&id, &nhs, version, &format!("v{version}")))
+                    .await
+                    .unwrap(),
+            );
+            let read = store
+                .read(ResourceType::Patient, &id)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(read.version, made.version);
+        }
+        let results = large.await.unwrap();
+        for result in results {
+            let WriteOutcome::Applied(mut made) = result.unwrap() else {
+                panic!("applied")
+            };
+            let made = made.remove(0).unwrap().resource;
+            let read = store.read(ResourceType::Patient, &made.id).await.unwrap();
+            assert_eq!(read.map(|r| r.version), Some(1));
+        }
+        assert_eq!(
+            looked_up(&store, &[(NHS, &nhs)]).await,
+            vec![(id.clone(), 6, Some(1))]
+        );
+    }
+    store.close().await;
+}
