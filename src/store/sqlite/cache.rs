@@ -4,7 +4,9 @@
 //! so under steady writes every SQLite read starts cold; and each read
 //! transaction takes the WAL read lock (an `fcntl` on `-shm`). This cache
 //! skips both for the resources in it. It is filled by the writer with every
-//! commit, and by readers with what they read while nothing was committed.
+//! commit (a bulk job's writes are taken out instead: a GP list's chunk,
+//! thousands of resources rarely read soon after), and by readers with what
+//! they read while nothing was committed.
 //!
 //! It holds, for recent resources, the current version, and the event clock
 //! (`current.event_ms`) when known; and for recent identifiers (`system`,

@@ -8,7 +8,8 @@
 //! commit that holds their write is on disk. Reads run on a small pool of
 //! read-only connections, which WAL lets proceed beside the writer; the
 //! current versions most recently written or read are also kept in memory
-//! ([`cache`]), where the serving gateway answers reads by id from.
+//! ([`cache`]), from which the serving gateway answers reads by id and
+//! lookups by identifier.
 //!
 //! Conditional creates and updates are resolved inside the writer, so two
 //! concurrent creates with the same identifier cannot both miss each other.
