@@ -847,25 +847,16 @@ fn by_token(
     param: &str,
     keys: &[(String, String)],
 ) -> Result<Vec<Stored>, StoreError> {
-    Ok(by_token_clocked(conn, cache, ty, param, keys)?
+    Ok(by_token_held(conn, cache, ty, param, keys)?
+        .0
         .into_iter()
         .map(|(stored, _)| stored)
         .collect())
 }
 
-/// As [`by_token`], with each resource's event clock. Bodies come from the
-/// cache when it holds the version found, else from `versions`.
-fn by_token_clocked(
-    conn: &Connection,
-    cache: &cache::Cache,
-    ty: ResourceType,
-    param: &str,
-    keys: &[(String, String)],
-) -> Result<Vec<(Stored, Option<i64>)>, StoreError> {
-    Ok(by_token_held(conn, cache, ty, param, keys)?.0)
-}
-
-/// As [`by_token_clocked`], with the ids that hold each key.
+/// As [`by_token`], with each resource's event clock, and for each key the
+/// ids that hold it. Bodies come from the cache when it holds the version
+/// found, else from `versions`.
 fn by_token_held(
     conn: &Connection,
     cache: &cache::Cache,

@@ -683,17 +683,17 @@ impl Writer {
         let row = self.conn.last_insert_rowid();
         // A create whose If-None-Exist matched nothing: no other resource
         // of its type has the identifiers it names.
-        let unheld = match (mutation, &current) {
+        let matched_nothing = match (mutation, &current) {
             (
                 Mutation::Create {
                     if_none_exist: Some(condition),
                     ..
                 },
                 None,
-            ) => identifiers_of(condition),
-            _ => Vec::new(),
+            ) => Some(condition),
+            _ => None,
         };
-        let keys = self.index(resource, &id, map, old_keys, &unheld)?;
+        let keys = self.index(resource, &id, map, old_keys, matched_nothing)?;
         self.conn
             .prepare_cached(
                 "INSERT INTO current(type, id, version, last_updated, keys, vrow) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
@@ -742,7 +742,7 @@ impl Writer {
         id: &str,
         map: &HashMap<String, String>,
         old: Option<Keys>,
-        unheld: &[(String, String)],
+        matched_nothing: Option<&SearchQuery>,
     ) -> Result<Keys, StoreError> {
         let ty = resource.resource_type.as_str();
         let keys = keys_from(&resource.index, map);
@@ -773,23 +773,29 @@ impl Writer {
             |(param, lo, hi)| [param, lo, hi],
         )?;
         if self.cache.keeps_lookups() {
-            self.changed_identifiers(resource.resource_type, id, &old, &keys, unheld)?;
+            self.changed_identifiers(resource.resource_type, id, &old, &keys, matched_nothing)?;
         }
         Ok(keys)
     }
 
     /// For the cache: each identifier `old` or `new` has and the other has
-    /// not, with every resource that has it now. Those in `unheld` (no
-    /// other resource has them) are not read.
+    /// not, with every resource that has it now. Those named by
+    /// `matched_nothing` (a create's If-None-Exist that matched nothing: no
+    /// other resource has them) are not read. A bulk job publishes each as
+    /// forgotten instead.
     fn changed_identifiers(
         &mut self,
         ty: ResourceType,
         id: &str,
         old: &Keys,
         new: &Keys,
-        unheld: &[(String, String)],
+        matched_nothing: Option<&SearchQuery>,
     ) -> Result<(), StoreError> {
         let (before, after) = (identifier_rows(old), identifier_rows(new));
+        let unheld = match matched_nothing {
+            Some(condition) if !self.bulk => identifiers_of(condition),
+            _ => Vec::new(),
+        };
         let changed = after
             .iter()
             .filter(|k| !before.contains(k))
@@ -803,12 +809,12 @@ impl Writer {
             if first_in_request {
                 self.request_tokens.push(key.clone());
             }
-            // Named by a create's If-None-Exist that matched nothing, and not
-            // changed before in this request: this resource alone has it.
             if self.bulk {
                 self.fresh.tokens.push((key, None));
                 continue;
             }
+            // Named by a create's If-None-Exist that matched nothing, and not
+            // changed before in this request: this resource alone has it.
             let alone = first_in_request
                 && after.contains(&(value, system))
                 && unheld.iter().any(|(s, v)| s == system && v == value);
