@@ -1002,6 +1002,34 @@ async fn an_identifier_on_many_resources_is_looked_up_whole() {
     let found = looked_up(&store, &[(MRN, "SHARED")]).await;
     assert_eq!(found.len(), 69);
     assert!(found.iter().all(|(id, _, _)| id != "p0"));
+
+    // Thinned out below the limit, read (and so perhaps kept), then shared
+    // again: each lookup still finds exactly the holders SQLite has.
+    for n in 1..=10u32 {
+        put_identified(
+            &store,
+            &format!("p{n}"),
+            Some(1),
+            &[(NHS, &nhs_number(n))],
+            2,
+        )
+        .await;
+    }
+    let found = looked_up(&store, &[(MRN, "SHARED")]).await;
+    assert_eq!(found.len(), 59);
+    let removed: Vec<String> = (0..=10).map(|n| format!("p{n}")).collect();
+    assert!(found.iter().all(|(id, _, _)| !removed.contains(id)));
+    put_identified(
+        &store,
+        "p1",
+        Some(2),
+        &[(NHS, &nhs_number(1)), (MRN, "SHARED")],
+        3,
+    )
+    .await;
+    let found = looked_up(&store, &[(MRN, "SHARED")]).await;
+    assert_eq!(found.len(), 60);
+    assert!(found.contains(&("p1".into(), 3, Some(3))));
     store.close().await;
 }
 

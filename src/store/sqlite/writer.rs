@@ -18,7 +18,7 @@ use crate::store::{
     Written,
 };
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use tokio::sync::{Notify, mpsc, oneshot};
 
@@ -46,6 +46,11 @@ pub(super) struct Writer {
     /// resolves all its conditions before it writes, so one it changes
     /// twice cannot take the shortcut of [`Writer::changed_identifiers`].
     request_tokens: Vec<TokenKey>,
+    /// Identifiers last seen on more than [`MAX_HOLDERS`] resources (at
+    /// most [`MAX_CROWDED`]): a change to one is published as forgotten
+    /// without reading its holders again. A hint only: forgetting is always
+    /// right, and an identifier that thins out again is simply never kept.
+    crowded: HashSet<TokenKey>,
     /// Applying a bulk job ([`Job::WriteEach`], a GP list's chunk): what it
     /// writes is taken out of the cache rather than put in (thousands of
     /// resources a commit, most never read soon after; copying them cost
@@ -57,6 +62,9 @@ pub(super) struct Writer {
     /// Groups handed to the answering thread and not yet delivered.
     handed: Arc<std::sync::atomic::AtomicUsize>,
 }
+
+/// How many crowded identifiers the writer remembers (a few hundred KB).
+const MAX_CROWDED: usize = 4_096;
 
 /// A group's end, handed to the answering thread.
 enum Done {
@@ -108,6 +116,7 @@ impl Writer {
             cache,
             fresh: Published::default(),
             request_tokens: Vec::new(),
+            crowded: HashSet::new(),
             bulk: false,
             answering: None,
             handed: Arc::default(),
@@ -819,7 +828,14 @@ impl Writer {
                 && after.contains(&(value, system))
                 && unheld.iter().any(|(s, v)| s == system && v == value);
             if alone {
+                if !self.crowded.is_empty() {
+                    self.crowded.remove(&key);
+                }
                 self.fresh.tokens.push((key, Some(vec![id.to_string()])));
+                continue;
+            }
+            if self.crowded.contains(&key) {
+                self.fresh.tokens.push((key, None));
                 continue;
             }
             // An identifier on more than MAX_HOLDERS resources is forgotten.
@@ -835,6 +851,12 @@ impl Writer {
                 )?
                 .collect::<Result<Vec<String>, _>>()?;
             let ids = (ids.len() <= MAX_HOLDERS).then_some(ids);
+            if ids.is_none() {
+                if self.crowded.len() >= MAX_CROWDED {
+                    self.crowded.clear();
+                }
+                self.crowded.insert(key.clone());
+            }
             self.fresh.tokens.push((key, ids));
         }
         Ok(())
