@@ -512,3 +512,65 @@ async fn a_new_patients_first_event_orders_later_arrivals() {
         found[0]
     );
 }
+
+/// A new patient's first message racing a conditional create of the same
+/// NHS number over FHIR REST: whichever commits first, the message's facts
+/// (its hospital number, its visit) end up on the one Patient record. The
+/// message's create then finds the record made meanwhile, and the feed
+/// plans again on top of it; the retry must apply the message, not take it
+/// for a repeat of itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_racing_a_rest_create_of_its_patient_is_applied_whole() {
+    let gw = start().await;
+    const CONNECTIONS: u32 = 4;
+    const EACH: u32 = 40;
+    let mut tasks = Vec::new();
+    for conn in 0..CONNECTIONS {
+        let (addr, client, fhir) = (gw.mllp, gw.client.clone(), gw.fhir.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut c = MllpClient::connect(addr, TIMEOUT).await.unwrap();
+            for i in 0..EACH {
+                let n = conn * EACH + i;
+                let nhs = nhs_number(20_000 + n * 7);
+                let message = adt(
+                    "A04",
+                    &format!("R{n}"),
+                    "202611031940",
+                    &format!("RACE{n}^^^RJZ^MR~{nhs}^^^NHS^NH"),
+                    Some(&pv1("E", &format!("RV{n}"), "202611031935", "")),
+                );
+                let create = client
+                    .post(format!("{fhir}/Patient"))
+                    .header("content-type", "application/fhir+json")
+                    .header(
+                        "if-none-exist",
+                        format!("identifier=https://fhir.nhs.uk/Id/nhs-number|{nhs}"),
+                    )
+                    .body(common::patient(&nhs, "PAGE").to_string())
+                    .send();
+                let (ack, created) = tokio::join!(send(&mut c, &message), create);
+                assert_eq!(ack.0, "AA", "message R{n}: {ack:?}");
+                assert!(created.unwrap().status().is_success());
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    for n in 0..CONNECTIONS * EACH {
+        let nhs = nhs_number(20_000 + n * 7);
+        let found = patients(&gw, &nhs).await;
+        assert_eq!(found.len(), 1, "patients with NHS number {nhs}");
+        let identifiers = found[0]["identifier"].to_string();
+        assert!(
+            identifiers.contains(&format!("RACE{n}")),
+            "message R{n}'s hospital number is not on its patient: {identifiers}"
+        );
+        let visit = encounter(&gw, &format!("RV{n}")).await;
+        assert_eq!(
+            visit["subject"]["reference"],
+            format!("Patient/{}", found[0]["id"].as_str().unwrap())
+        );
+    }
+    gw.stop().await;
+}
