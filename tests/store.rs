@@ -1167,3 +1167,92 @@ async fn large_and_small_groups_are_answered_in_commit_order() {
     }
     store.close().await;
 }
+
+/// An ingest request planned on "no such patient" whose conditional create
+/// finds one made meanwhile is refused whole: neither its other writes nor
+/// its journal entry are kept, so the sender can plan again with the same
+/// entry, which then goes in with the message's whole effect.
+#[tokio::test]
+async fn an_ingest_whose_create_was_raced_is_refused_whole() {
+    use pathway_gateway::fhir::search::identifier_query;
+    use pathway_gateway::store::{IngestOutcome, IngestRequest, MutationError};
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 8);
+    let nhs = nhs_number(42);
+    let made_meanwhile = store.write(create(&nhs)).await.unwrap();
+    let WriteOutcome::Applied(made) = made_meanwhile else {
+        panic!("not applied: {made_meanwhile:?}");
+    };
+    let existing = made[0].as_ref().unwrap().resource.id.clone();
+
+    let entry = JournalEntry {
+        source: "hl7v2-mllp".into(),
+        sender: "RJZ".into(),
+        message_id: Some("RACED1".into()),
+        content_type: "x-application/hl7-v2+er7".into(),
+        received_at_ms: 1_700_000_000_000,
+        payload: bytes::Bytes::from_static(b"MSH|^~\\&|PAS|RJZ|...\r"),
+    };
+    let patient = format!(
+        r#"{{"resourceType":"Patient","identifier":[{{"system":"{NHS}","value":"{nhs}"}},{{"system":"{MRN}","value":"K1"}}]}}"#
+    );
+    let encounter = r#"{"resourceType":"Encounter","status":"arrived","class":{"system":"http://terminology.hl7.org/CodeSystem/v3-ActCode","code":"EMER"},"identifier":[{"system":"https://example.org/visit","value":"V1"}],"subject":{"reference":"urn:uuid:4f8a3c1e-0000-4000-8000-000000000001"}}"#;
+    let request = || IngestRequest {
+        journal: Some(entry.clone()),
+        write: Some(WriteRequest {
+            mutations: vec![
+                Mutation::Create {
+                    resource: prepare(patient.as_bytes(), Some(ResourceType::Patient), validator())
+                        .unwrap(),
+                    id: pathway_gateway::fhir::new_id(),
+                    if_none_exist: Some(identifier_query(
+                        ResourceType::Patient,
+                        &[(NHS.to_string(), nhs.clone())],
+                    )),
+                    full_url: Some("urn:uuid:4f8a3c1e-0000-4000-8000-000000000001".into()),
+                },
+                Mutation::Create {
+                    resource: prepare(
+                        encounter.as_bytes(),
+                        Some(ResourceType::Encounter),
+                        validator(),
+                    )
+                    .unwrap(),
+                    id: pathway_gateway::fhir::new_id(),
+                    if_none_exist: None,
+                    full_url: None,
+                },
+            ],
+            atomic: true,
+        }),
+        quarantine: Vec::new(),
+        clocks: Vec::new(),
+    };
+    match store.ingest(request()).await.unwrap() {
+        IngestOutcome::Done {
+            journal_id: None,
+            write:
+                Some(WriteOutcome::RolledBack {
+                    index: 0,
+                    error: MutationError::CreatedMeanwhile(found),
+                }),
+            ..
+        } => assert_eq!(found, format!("Patient/{existing}")),
+        other => panic!("not refused as raced: {other:?}"),
+    }
+    // Nothing of it was kept: no encounter, and the entry is not journaled.
+    let visits = store
+        .by_identifier(
+            ResourceType::Encounter,
+            &[("https://example.org/visit".into(), "V1".into())],
+        )
+        .await
+        .unwrap();
+    assert!(visits.is_empty(), "{visits:?}");
+    let receipt = store.journal(entry.clone()).await.unwrap();
+    assert!(
+        !receipt.duplicate,
+        "the refused request left its journal entry"
+    );
+    store.close().await;
+}

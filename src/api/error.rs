@@ -34,21 +34,25 @@ impl ApiError {
     }
 
     /// A failed mutation: 412 for If-Match and multiple matches, 409 for two
-    /// entries of a transaction changing one resource or an id already in
-    /// use, 400 otherwise.
+    /// entries of a transaction changing one resource, an id already in
+    /// use or a create raced by another, 400 otherwise.
     pub fn from_mutation(error: &MutationError, expression: Option<String>) -> Self {
         let status = match error {
             MutationError::VersionConflict { .. } | MutationError::MultipleMatches => {
                 StatusCode::PRECONDITION_FAILED
             }
             MutationError::Conflict(_) => StatusCode::BAD_REQUEST,
-            MutationError::SameResource { .. } | MutationError::IdInUse(_) => StatusCode::CONFLICT,
+            MutationError::SameResource { .. }
+            | MutationError::IdInUse(_)
+            | MutationError::CreatedMeanwhile(_) => StatusCode::CONFLICT,
         };
         let code = match error {
             MutationError::VersionConflict { .. } => "conflict",
             MutationError::MultipleMatches => "multiple-matches",
             MutationError::Conflict(_) => "invalid",
-            MutationError::SameResource { .. } | MutationError::IdInUse(_) => "conflict",
+            MutationError::SameResource { .. }
+            | MutationError::IdInUse(_)
+            | MutationError::CreatedMeanwhile(_) => "conflict",
         };
         let mut issue = Issue::error(code, error.to_string());
         if let Some(expression) = expression {

@@ -30,7 +30,7 @@ use crate::fhir::search::identifier_query;
 use crate::fhir::{ResourceType, new_id};
 use crate::gp::read::utf8_or_windows_1252;
 use crate::store::{
-    Change, EventClock, IngestOutcome, IngestRequest, JournalEntry, Mutation, MutationError,
+    EventClock, IngestOutcome, IngestRequest, JournalEntry, Mutation, MutationError,
     QuarantineEntry, Store, StoreError, Stored, WriteOutcome, WriteRequest, search_all,
 };
 use crate::validate::Validator;
@@ -204,11 +204,9 @@ impl Feed {
     async fn apply(
         &self,
         message: &Message,
-        mut journal: Option<JournalEntry>,
+        journal: Option<JournalEntry>,
         source: &str,
     ) -> Result<Verdict, StoreError> {
-        // The journal entry an earlier attempt committed, if one did.
-        let mut journaled_as = None;
         let adt = match adt::read(message, &self.cx) {
             Ok(adt) => adt,
             Err(AdtError::Unsupported {
@@ -223,20 +221,14 @@ impl Feed {
                 }));
             }
             Err(AdtError::Invalid(errors)) => {
-                return self
-                    .quarantine(message, journal, journaled_as, source, errors)
-                    .await;
+                return self.quarantine(message, journal, source, errors).await;
             }
         };
         let _guards = self.lock(&adt).await;
         for _ in 0..MAX_ATTEMPTS {
             let planned = match self.plan(&adt).await? {
                 Ok(planned) => planned,
-                Err(errors) => {
-                    return self
-                        .quarantine(message, journal, journaled_as, source, errors)
-                        .await;
-                }
+                Err(errors) => return self.quarantine(message, journal, source, errors).await,
             };
             let outcome = self
                 .store
@@ -254,30 +246,15 @@ impl Feed {
                 IngestOutcome::Repeat { journal_id, held } => {
                     return Ok(Verdict::Repeat { journal_id, held });
                 }
-                IngestOutcome::Done {
-                    journal_id,
-                    write: Some(WriteOutcome::Applied(results)),
-                    ..
-                } => {
-                    // A create that found its resource made by someone else
-                    // meanwhile: plan again on top of it.
-                    let raced = results
-                        .iter()
-                        .any(|r| matches!(r, Ok(w) if w.change == Change::Existing));
-                    if !raced {
-                        return Ok(Verdict::Accepted {
-                            journal_id: journal_id.or(journaled_as),
-                        });
-                    }
-                    // Journaled with what that attempt wrote: the next one
-                    // applies the message on top, as the same message.
-                    journaled_as = journaled_as.or(journal_id);
-                    journal = None;
-                }
+                // A record changed, or a create's record made, by someone
+                // else since the plan: nothing was written (the journal
+                // entry neither); plan again on top of what is there now.
                 IngestOutcome::Done {
                     write:
                         Some(WriteOutcome::RolledBack {
-                            error: MutationError::VersionConflict { .. },
+                            error:
+                                MutationError::VersionConflict { .. }
+                                | MutationError::CreatedMeanwhile(_),
                             ..
                         }),
                     ..
@@ -290,14 +267,10 @@ impl Feed {
                         location: "MSH-10".into(),
                         reason: format!("the message's records cannot be stored: {error}"),
                     }];
-                    return self
-                        .quarantine(message, journal, journaled_as, source, errors)
-                        .await;
+                    return self.quarantine(message, journal, source, errors).await;
                 }
                 IngestOutcome::Done { journal_id, .. } => {
-                    return Ok(Verdict::Accepted {
-                        journal_id: journal_id.or(journaled_as),
-                    });
+                    return Ok(Verdict::Accepted { journal_id });
                 }
             }
         }
@@ -307,18 +280,13 @@ impl Feed {
                 "the records this message changes kept changing under it ({MAX_ATTEMPTS} attempts)"
             ),
         }];
-        self.quarantine(message, journal, journaled_as, source, errors)
-            .await
+        self.quarantine(message, journal, source, errors).await
     }
 
-    /// Holds `message` with its reasons. `journal` is its entry if not yet
-    /// journaled; `journaled_as` the entry an earlier attempt of this
-    /// receipt committed; neither: a replay, whose entry is held already.
     async fn quarantine(
         &self,
         message: &Message,
         journal: Option<JournalEntry>,
-        journaled_as: Option<i64>,
         source: &str,
         errors: Vec<DataError>,
     ) -> Result<Verdict, StoreError> {
@@ -326,11 +294,11 @@ impl Feed {
             .iter()
             .map(|e| json!({"location": e.location, "reason": e.reason}))
             .collect();
-        let replay = journal.is_none() && journaled_as.is_none();
+        let replay = journal.is_none();
         let entry = QuarantineEntry {
             source: source.to_string(),
             sender: message.get("MSH-4").unwrap_or_default(),
-            journal_id: journaled_as,
+            journal_id: None,
             received_at_ms: jiff::Timestamp::now().as_millisecond(),
             location: format!("MSH-10 {}", message.control_id().unwrap_or_default()),
             reasons: Value::Array(reasons).to_string(),

@@ -123,6 +123,10 @@ pub enum MutationError {
         "this entry and entry {first} both change {target}; a transaction may change a resource once"
     )]
     SameResource { first: usize, target: String },
+    /// An [`IngestRequest`]'s conditional create found `{0}`, made since
+    /// its sender looked and found nothing: plan again on top of it.
+    #[error("{0}, which this create's condition names, was created meanwhile")]
+    CreatedMeanwhile(String),
 }
 
 /// The answer to a [`WriteRequest`].
@@ -207,6 +211,11 @@ pub struct IngestRequest {
     /// `None` when replaying a message journaled already.
     pub journal: Option<JournalEntry>,
     /// Applied atomically; if it rolls back, so does the journal entry.
+    /// An atomic write whose conditional create finds its resource rolls
+    /// back ([`MutationError::CreatedMeanwhile`]) instead of answering it
+    /// as existing: the sender planned the create because it found nothing,
+    /// so the rest of its plan assumed no such resource, and a journal
+    /// entry committed with half a plan would make a resend a repeat.
     pub write: Option<WriteRequest>,
     /// Their `journal_id` is set to the new journal entry's.
     pub quarantine: Vec<QuarantineEntry>,

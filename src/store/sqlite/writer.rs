@@ -927,8 +927,9 @@ impl Writer {
     }
 
     /// The journal entry, then its writes, quarantine entries and event
-    /// clocks. A repeat and a refused write are found before anything is
-    /// written: a write refused leaves no journal entry either.
+    /// clocks. A repeat and a refused write (or a raced create, see
+    /// [`IngestRequest::write`]) are found before anything is written: a
+    /// write refused leaves no journal entry either.
     fn ingest(
         &mut self,
         request: &IngestRequest,
@@ -951,7 +952,30 @@ impl Writer {
         }
         let checked = match &request.write {
             Some(write) if write.atomic => match self.check(write)? {
-                Ok(checked) => Some(checked),
+                Ok(checked) => {
+                    // See `IngestRequest::write`: a create raced is refused.
+                    let raced =
+                        checked
+                            .steps
+                            .iter()
+                            .enumerate()
+                            .find_map(|(index, step)| match step {
+                                Step::Existing(found) => Some((index, found)),
+                                Step::Put { .. } => None,
+                            });
+                    if let Some((index, found)) = raced {
+                        let error = MutationError::CreatedMeanwhile(format!(
+                            "{}/{}",
+                            found.resource_type, found.id
+                        ));
+                        return Ok(Err(Rollback(IngestOutcome::Done {
+                            journal_id: None,
+                            write: Some(WriteOutcome::RolledBack { index, error }),
+                            quarantined: Vec::new(),
+                        })));
+                    }
+                    Some(checked)
+                }
                 Err(refused) => {
                     return Ok(Err(Rollback(IngestOutcome::Done {
                         journal_id: None,
