@@ -303,3 +303,74 @@ async fn garbage_and_wrong_media_types_get_a_clear_4xx() {
     assert_eq!(bad_format.status, 400);
     gw.stop().await;
 }
+
+/// Patients created over FHIR REST while a list naming them is planned and
+/// written: a row whose patient appeared meanwhile is planned again on top
+/// of it, so every patient ends up registered with the sending practice
+/// (the row's facts merged), never left as the REST client made it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_whose_patients_are_created_meanwhile_are_merged_into_them() {
+    race_a_list("", 30_000).await;
+}
+
+/// The same in an atomic list: stored whole, then the raced rows merged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_atomic_lists_rows_whose_patients_are_created_meanwhile_are_merged_too() {
+    race_a_list("&atomic=true", 31_000).await;
+}
+
+/// Uploads a list of 600 new patients (NHS numbers from `first`) while
+/// creating the same patients over FHIR REST, then checks every patient.
+async fn race_a_list(extra: &str, first: u32) {
+    let gw = common::start().await;
+    const ROWS: u32 = 600;
+    let numbers: Vec<String> = (0..ROWS).map(|i| nhs_number(first + i)).collect();
+    let rows: Vec<(&str, &str, &str, &str)> = numbers
+        .iter()
+        .map(|n| (n.as_str(), "Race", "05-Mar-1938", "0.12"))
+        .collect();
+    let body = list(&rows);
+    let creates = {
+        let (client, fhir, numbers) = (gw.client.clone(), gw.fhir.clone(), numbers.clone());
+        tokio::spawn(async move {
+            for chunk in numbers.chunks(8) {
+                let mut sent = Vec::new();
+                for n in chunk {
+                    sent.push(
+                        client
+                            .post(format!("{fhir}/Patient"))
+                            .header("content-type", "application/fhir+json")
+                            .header(
+                                "if-none-exist",
+                                format!("identifier=https://fhir.nhs.uk/Id/nhs-number|{n}"),
+                            )
+                            .body(common::patient(n, "Race").to_string())
+                            .send(),
+                    );
+                }
+                for reply in futures_util::future::join_all(sent).await {
+                    assert!(reply.unwrap().status().is_success());
+                }
+            }
+        })
+    };
+    let uploaded = upload(&gw, "G84001", &body, extra).await;
+    creates.await.unwrap();
+    assert_eq!(uploaded.status, 200, "{}", uploaded.text);
+    assert_eq!(uploaded.json["accepted"], ROWS, "{}", uploaded.text);
+    for n in &numbers {
+        let found = gw
+            .get(&format!(
+                "Patient?identifier=https://fhir.nhs.uk/Id/nhs-number|{n}"
+            ))
+            .await;
+        assert_eq!(found.json["total"], 1, "{n}");
+        assert_eq!(
+            found.json["entry"][0]["resource"]["generalPractitioner"][0]["identifier"]["value"],
+            "G84001",
+            "patient {n} was not merged with its row: {}",
+            found.json["entry"][0]["resource"]
+        );
+    }
+    gw.stop().await;
+}

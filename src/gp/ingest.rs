@@ -202,7 +202,14 @@ pub async fn ingest_list(
     rejected.append(&mut refused);
     if options.atomic {
         if rejected.is_empty() {
-            write_atomically(store, held, &mut report, &mut rejected).await?;
+            write_atomically(
+                store,
+                (validator, &layout, options),
+                held,
+                &mut report,
+                &mut rejected,
+            )
+            .await?;
         } else {
             report.stored = false;
         }
@@ -608,6 +615,16 @@ async fn write_plans(
         let mut retry = Vec::new();
         for (plan, outcome) in pending.into_iter().zip(outcomes) {
             match outcome? {
+                // The row's patient was created by someone else since the
+                // row was planned: what was written stands (its referral
+                // points at that patient), and the row is planned again so
+                // that its facts are merged into the patient.
+                WriteOutcome::Applied(results)
+                    if raced_patient(&results) && attempt + 1 < MAX_ATTEMPTS =>
+                {
+                    count(&plan, &results, report);
+                    retry.push(plan);
+                }
                 WriteOutcome::Applied(results) => count(&plan, &results, report),
                 WriteOutcome::RolledBack {
                     error: MutationError::VersionConflict { .. },
@@ -646,9 +663,11 @@ async fn write_plans(
     Ok(())
 }
 
-/// An atomic list: every row's writes in one transaction.
+/// An atomic list: every row's writes in one transaction. `again` plans
+/// rows again whose patient someone else created meanwhile.
 async fn write_atomically(
     store: &dyn Store,
+    again: (&Validator, &Layout, &ListOptions),
     mut plans: Vec<Plan>,
     report: &mut Report,
     rejected: &mut Vec<(Record, Vec<RowError>)>,
@@ -668,8 +687,33 @@ async fn write_atomically(
         .await?
     {
         WriteOutcome::Applied(results) => {
-            for (plan, range) in plans.iter().zip(bounds) {
-                count(plan, &results[range], report);
+            let mut raced = Vec::new();
+            for (plan, range) in plans.into_iter().zip(bounds) {
+                count(&plan, &results[range.clone()], report);
+                if raced_patient(&results[range]) {
+                    raced.push(plan);
+                }
+            }
+            // Rows whose patient was created by someone else meanwhile:
+            // the list is stored; their facts are merged in after it.
+            if !raced.is_empty() {
+                let (validator, layout, options) = again;
+                let mut replanned = Vec::with_capacity(raced.len());
+                for plan in raced {
+                    let record = Record {
+                        line: plan.row.row,
+                        fields: plan_fields(&plan, layout),
+                        raw: plan.raw.clone(),
+                    };
+                    match plan_row(store, validator, layout, &record, options).await? {
+                        Ok(plan) => replanned.push(plan),
+                        Err(errors) => rejected.push((record, errors)),
+                    }
+                }
+                write_plans(
+                    store, validator, layout, options, replanned, report, rejected,
+                )
+                .await?;
             }
         }
         WriteOutcome::RolledBack { index, error } => {
@@ -692,6 +736,15 @@ async fn write_atomically(
         }
     }
     Ok(())
+}
+
+/// Did a row's conditional Patient create find its patient? A row plans
+/// one only when it found no patient, so someone else made it meanwhile.
+fn raced_patient(results: &[Result<crate::store::Written, MutationError>]) -> bool {
+    results.iter().any(|result| {
+        matches!(result, Ok(w) if w.change == Change::Existing
+            && w.resource.resource_type == ResourceType::Patient)
+    })
 }
 
 fn count(
