@@ -10,7 +10,7 @@
 //!
 //! Golden expectations (`*.expected.json`) and other files are skipped.
 
-use crate::api::ingest::split_messages;
+use crate::api::ingest::{before_first_message, split_messages};
 use crate::hl7v2::client::MllpClient;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -82,6 +82,14 @@ pub async fn replay(
                 let Some(client) = mllp.as_mut() else {
                     continue;
                 };
+                if before_first_message(&bytes).is_some() {
+                    sent.push(Sent {
+                        file: file.clone(),
+                        item: "(bytes before the first MSH segment)".into(),
+                        outcome: "not a message, not sent".into(),
+                        ok: false,
+                    });
+                }
                 for message in split_messages(&bytes) {
                     // ER7 segments end with `\r` on the wire.
                     let wire: Vec<u8> = String::from_utf8_lossy(message)

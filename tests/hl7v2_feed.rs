@@ -414,6 +414,46 @@ async fn http_ingest_answers_one_ack_per_message() {
     );
     assert_eq!(encounter(&gw, "HV1").await["status"], "in-progress");
 
+    // A file saved with a byte-order mark: its first message is still one.
+    let post = |body: String| {
+        gw.client
+            .post(format!("{}/ingest/hl7v2", gw.root))
+            .header("content-type", "x-application/hl7-v2+er7")
+            .body(body)
+    };
+    let with_bom = format!(
+        "\u{feff}{}",
+        adt(
+            "A01",
+            "H3",
+            "202607141018",
+            &format!("{}^^^NHS^NH", nhs_number(901)),
+            Some(&pv1("I", "HV3", "202607141015", ""))
+        )
+    );
+    let reply = gw.send(post(with_bom)).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    assert_eq!(ack_code(reply.text.as_bytes()).0, "AA", "{}", reply.text);
+    assert_eq!(encounter(&gw, "HV3").await["status"], "in-progress");
+
+    // Bytes before the first message are answered, not dropped unseen.
+    let after_junk = format!(
+        "not a message\r{}",
+        adt(
+            "A01",
+            "H4",
+            "202607141018",
+            &format!("{}^^^NHS^NH", nhs_number(902)),
+            Some(&pv1("I", "HV4", "202607141015", ""))
+        )
+    );
+    let reply = gw.send(post(after_junk)).await;
+    let acks: Vec<&str> = reply.text.split('\n').filter(|s| !s.is_empty()).collect();
+    assert_eq!(acks.len(), 2, "{}", reply.text);
+    assert_eq!(ack_code(acks[0].as_bytes()).0, "AR", "{}", reply.text);
+    assert_eq!(ack_code(acks[1].as_bytes()).0, "AA", "{}", reply.text);
+    assert_eq!(encounter(&gw, "HV4").await["status"], "in-progress");
+
     let wrong = gw
         .send(
             gw.client

@@ -126,8 +126,9 @@ const HL7_MEDIA_TYPES: [&str; 4] = [
 
 /// `POST /ingest/hl7v2`: each message of the body goes through the same
 /// feed as MLLP (journal, map, validate, store) and gets its ACK. The
-/// answer is always 200 with the ACKs (one per message, in order, separated
-/// by a blank line); the ACK codes say what happened to each.
+/// answer is always 200 with the ACKs (one per message, in order, one per
+/// line), preceded by an `AR` if the body starts with bytes that are not a
+/// message; the ACK codes say what happened to each.
 pub async fn hl7v2(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -148,6 +149,12 @@ pub async fn hl7v2(
         ));
     }
     let mut out = String::new();
+    if let Some(junk) = before_first_message(&bytes) {
+        out.push_str(&state.hl7v2.unreadable(&format!(
+            "{} bytes before the first MSH segment are not an HL7 message",
+            junk.len()
+        )));
+    }
     for message in messages {
         let ack = if message.len() > state.hl7v2_max_bytes {
             state.hl7v2.unreadable(&format!(
@@ -172,17 +179,50 @@ pub async fn hl7v2(
 }
 
 /// The messages of a body: each starts at an `MSH` that begins a segment
-/// (start of body, or after `\r` or `\n`). Batch envelopes (FHS, BHS, BTS,
-/// FTS) and anything before the first MSH are left out.
+/// (start of body, or after `\r` or `\n`; spaces, tabs and, at the start, a
+/// byte-order mark before it are not content). Batch envelopes (FHS, BHS,
+/// BTS, FTS) and anything before the first MSH (see
+/// [`before_first_message`]) are left out.
 pub fn split_messages(body: &[u8]) -> Vec<&[u8]> {
-    let starts_segment = |i: usize| i == 0 || matches!(body[i - 1], b'\r' | b'\n');
-    let mut starts: Vec<usize> = (0..body.len())
-        .filter(|&i| body[i..].starts_with(b"MSH") && starts_segment(i))
-        .collect();
+    let mut starts = message_starts(body);
     starts.push(body.len());
     starts
         .windows(2)
         .map(|w| trim_batch(&body[w[0]..w[1]]))
+        .collect()
+}
+
+/// What a body holds before its first message other than blanks, a
+/// byte-order mark and batch headers (FHS, BHS): bytes that are not a
+/// message, to be answered as such rather than dropped unseen.
+pub fn before_first_message(body: &[u8]) -> Option<&[u8]> {
+    let first = message_starts(body).first().copied().unwrap_or(body.len());
+    let head = &body[..first];
+    let head = head.strip_prefix(UTF8_BOM).unwrap_or(head);
+    let content = head
+        .split(|b| matches!(b, b'\r' | b'\n'))
+        .map(<[u8]>::trim_ascii)
+        .any(|line| !line.is_empty() && !line.starts_with(b"FHS") && !line.starts_with(b"BHS"));
+    content.then(|| head.trim_ascii())
+}
+
+const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// Where the body's messages start: each `MSH` with only blanks (and, at
+/// the start of the body, a byte-order mark) between it and the start of
+/// the body or a line break.
+fn message_starts(body: &[u8]) -> Vec<usize> {
+    let starts_segment = |i: usize| {
+        let mut j = i;
+        while j > 0 && matches!(body[j - 1], b' ' | b'\t') {
+            j -= 1;
+        }
+        j == 0
+            || matches!(body[j - 1], b'\r' | b'\n')
+            || (j == UTF8_BOM.len() && body.starts_with(UTF8_BOM))
+    };
+    (0..body.len())
+        .filter(|&i| body[i..].starts_with(b"MSH") && starts_segment(i))
         .collect()
 }
 
@@ -211,4 +251,38 @@ fn trim_batch(message: &[u8]) -> &[u8] {
 
 fn bad(text: String) -> ApiError {
     ApiError::bad_request(Issue::error("invalid", text))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{before_first_message, split_messages};
+
+    const A: &str = "MSH|^~\\&|PAS|RJZ|||202607141018||ADT^A01|M1|P|2.4\rPID|1||K1^^^RJZ^MR";
+    const B: &str = "MSH|^~\\&|PAS|RJZ|||202607141018||ADT^A01|M2|P|2.4\rPID|1||K2^^^RJZ^MR";
+
+    #[test]
+    fn a_byte_order_mark_or_blanks_before_the_first_message_hide_nothing() {
+        for lead in ["\u{feff}", " ", "\t ", "\u{feff} \r\n", "\r\n\r\n"] {
+            let body = format!("{lead}{A}\r\n{B}\r\n");
+            let messages = split_messages(body.as_bytes());
+            assert_eq!(messages, vec![A.as_bytes(), B.as_bytes()], "lead {lead:?}");
+            assert_eq!(before_first_message(body.as_bytes()), None, "lead {lead:?}");
+        }
+    }
+
+    #[test]
+    fn content_before_the_first_message_is_reported_and_batch_headers_are_not() {
+        let body = format!("hello\r{A}\r{B}");
+        assert_eq!(split_messages(body.as_bytes()).len(), 2);
+        assert_eq!(before_first_message(body.as_bytes()), Some(&b"hello"[..]));
+        let batch = format!("FHS|^~\\&|PAS\rBHS|^~\\&|PAS\r{A}\rBTS|1\rFTS|1\r");
+        assert_eq!(split_messages(batch.as_bytes()), vec![A.as_bytes()]);
+        assert_eq!(before_first_message(batch.as_bytes()), None);
+        assert_eq!(
+            before_first_message(b"not hl7 at all"),
+            Some(&b"not hl7 at all"[..])
+        );
+        // An MSH inside a field is not a message start.
+        assert_eq!(split_messages(b"PID|1||MSH").len(), 0);
+    }
 }
