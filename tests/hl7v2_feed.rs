@@ -614,3 +614,63 @@ async fn a_message_racing_a_rest_create_of_its_patient_is_applied_whole() {
     }
     gw.stop().await;
 }
+
+/// A40 moves what put the merged-away record on a pathway, not only its
+/// encounters: the care plan and the referral then name the survivor, so
+/// the router's `%carePlans` (and the outcome measures) find them there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merge_moves_care_plans_and_referrals_to_the_survivor() {
+    let gw = start().await;
+    let mut c = MllpClient::connect(gw.mllp, TIMEOUT).await.unwrap();
+    let ed = pv1("E", "E88", "202610251150", "");
+    let a04 = adt("A04", "P1", "202610251158", "U88^^^RJZ^MR", Some(&ed));
+    assert_eq!(send(&mut c, &a04).await.0, "AA");
+    let merged = patients(&gw, "U88").await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let plan = gw
+        .post("CarePlan", &common::care_plan(&format!("Patient/{merged}")))
+        .await;
+    assert_eq!(plan.status, StatusCode::CREATED, "{}", plan.text);
+    let referral = gw
+        .post(
+            "ServiceRequest",
+            &common::service_request(&format!("Patient/{merged}")),
+        )
+        .await;
+    assert_eq!(referral.status, StatusCode::CREATED, "{}", referral.text);
+
+    let nhs = nhs_number(888);
+    let a40 = format!(
+        "{}MRG|U88^^^RJZ^MR\r",
+        adt(
+            "A40",
+            "P2",
+            "202610251400",
+            &format!("{nhs}^^^NHS^NH"),
+            None
+        )
+    );
+    assert_eq!(send(&mut c, &a40).await.0, "AA");
+    let survivor = format!(
+        "Patient/{}",
+        patients(&gw, &nhs).await[0]["id"].as_str().unwrap()
+    );
+    assert_ne!(survivor, format!("Patient/{merged}"));
+    for (ty, created) in [("CarePlan", &plan), ("ServiceRequest", &referral)] {
+        let now = gw
+            .get(&format!("{ty}/{}", created.json["id"].as_str().unwrap()))
+            .await;
+        assert_eq!(
+            now.json["subject"]["reference"], survivor,
+            "{ty}: {}",
+            now.text
+        );
+    }
+    assert_eq!(
+        encounter(&gw, "E88").await["subject"]["reference"],
+        survivor
+    );
+    gw.stop().await;
+}

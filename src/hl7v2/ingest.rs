@@ -56,6 +56,13 @@ const MAX_ATTEMPTS: usize = 8;
 /// 2026-11-23). A stripe is a few dozen bytes.
 const LOCK_STRIPES: usize = 4096;
 
+/// The types whose `subject` a merge (A40) moves to the surviving record.
+const MOVED_ON_MERGE: [ResourceType; 3] = [
+    ResourceType::Encounter,
+    ResourceType::CarePlan,
+    ResourceType::ServiceRequest,
+];
+
 /// What became of a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
@@ -595,25 +602,24 @@ impl Feed {
                 }
             }
         }
-        // Encounters of merged-away records move to the survivor.
+        // What is about merged-away records moves to the survivor: their
+        // encounters, and the care plans and referrals that put them on a
+        // pathway (the router's `%carePlans` and the outcome measures look
+        // for those by subject).
         for (old, _) in &absorbed {
-            let subject = format!("Patient/{}", old.id);
-            for stored in search_all(store, ResourceType::Encounter, "subject", &[subject]).await? {
-                if moved_ids.contains(&stored.id) {
-                    continue;
-                }
-                let Ok(value) = serde_json::from_str::<Value>(&stored.body) else {
-                    continue;
-                };
-                let moved = state::moved(&value, &patient_ref);
-                if let Err(errors) = self.update(
-                    &stored,
-                    &value,
-                    &moved,
-                    ResourceType::Encounter,
-                    &mut mutations,
-                ) {
-                    return Ok(Err(errors));
+            let subject = [format!("Patient/{}", old.id)];
+            for ty in MOVED_ON_MERGE {
+                for stored in search_all(store, ty, "subject", &subject).await? {
+                    if ty == ResourceType::Encounter && moved_ids.contains(&stored.id) {
+                        continue;
+                    }
+                    let Ok(value) = serde_json::from_str::<Value>(&stored.body) else {
+                        continue;
+                    };
+                    let moved = state::moved(&value, &patient_ref);
+                    if let Err(errors) = self.update(&stored, &value, &moved, ty, &mut mutations) {
+                        return Ok(Err(errors));
+                    }
                 }
             }
         }

@@ -122,11 +122,12 @@ pub fn replaced_by(patient: &Value) -> Option<String> {
     })
 }
 
-/// An Encounter moved to another patient (A40).
-pub fn moved(encounter: &Value, subject: &str) -> Value {
-    let mut e = encounter.as_object().cloned().unwrap_or_default();
-    e.insert("subject".into(), json!({"reference": subject}));
-    Value::Object(e)
+/// A resource (an Encounter, CarePlan or ServiceRequest) moved to another
+/// patient by a merge (A40): its `subject` names the survivor.
+pub fn moved(resource: &Value, subject: &str) -> Value {
+    let mut moved = resource.as_object().cloned().unwrap_or_default();
+    moved.insert("subject".into(), json!({"reference": subject}));
+    Value::Object(moved)
 }
 
 /// The Encounter after `adt` (which has a `visit`), from the stored one or
