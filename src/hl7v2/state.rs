@@ -44,8 +44,22 @@ pub fn patient_after(current: Option<&Value>, clock: Option<i64>, adt: &Adt) -> 
     for id in &facts.identifiers {
         let same = |other: &Value| other["system"] == id["system"] && other["value"] == id["value"];
         match ids.iter_mut().find(|other| same(other)) {
-            // The NHS number's verification status follows the latest event.
-            Some(existing) if newer && existing != id => *existing = id.clone(),
+            // The NHS number's verification status follows the latest event
+            // that sends one (an empty PID-32 is "not sent", not "removed").
+            Some(existing) if newer && existing != id => {
+                let kept = existing
+                    .get("extension")
+                    .filter(|_| id.get("extension").is_none());
+                *existing = match kept {
+                    Some(extension) => {
+                        let mut with = Map::new();
+                        with.insert("extension".into(), extension.clone());
+                        with.extend(id.as_object().cloned().unwrap_or_default());
+                        Value::Object(with)
+                    }
+                    None => id.clone(),
+                };
+            }
             Some(_) => {}
             None => {
                 if facts.nhs_number.is_some() && id["system"] == super::adt::NHS_NUMBER_SYSTEM {
@@ -178,7 +192,9 @@ pub fn encounter_after(
         if !exists {
             history.push(entry);
         }
-        history.sort_by_key(|h| start_ms(&h["period"]));
+        // In time order; at one time (EVN-2 is often to the minute) a
+        // cancellation after what it cancels, whichever arrived first.
+        history.sort_by_key(|h| (start_ms(&h["period"]), h["status"] == "cancelled"));
         chain(&mut history);
         latest = history
             .last()
@@ -354,11 +370,13 @@ fn chain(entries: &mut [Value]) {
     }
 }
 
+/// When a period starts, at any precision (an event time sent as a date
+/// alone is the start of that day), for ordering.
 fn start_ms(period: &Value) -> i64 {
     period["start"]
         .as_str()
-        .and_then(|s| s.parse::<jiff::Timestamp>().ok())
-        .map_or(i64::MIN, |t| t.as_millisecond())
+        .and_then(crate::fhir::datetime::parse_range)
+        .map_or(i64::MIN, |range| range.start)
 }
 
 /// Is an event at `time_ms` at least as recent as the last one applied?
@@ -523,6 +541,76 @@ mod tests {
         let q = patient_after(Some(&q), Some(older.time_ms), &newer);
         assert_eq!(q["name"], p["name"]);
         assert_eq!(q["telecom"], p["telecom"]);
+    }
+
+    fn event(event: &str, when: &str, pid32: &str, pv1: &str) -> Adt {
+        let mut pid = vec![""; 33];
+        pid[0] = "PID";
+        pid[1] = "1";
+        pid[3] = "9990000018^^^NHS^NH";
+        pid[5] = "PAGE^Ann";
+        pid[7] = "19380305";
+        pid[8] = "F";
+        pid[32] = pid32;
+        let pid = pid.join("|");
+        let text = format!(
+            "MSH|^~\\&|PAS|RJZ|GW|OB|202608010700||ADT^{event}|{event}{when}|P|2.4\rEVN|{event}|{when}\r{pid}\rPV1|1|{pv1}\r"
+        );
+        read(&Message::parse(&text).unwrap(), &AdtContext::default()).unwrap()
+    }
+
+    /// The Encounter after `events`, applied in the order given.
+    fn encounter_of(events: &[&Adt]) -> Value {
+        let mut e: Option<Value> = None;
+        let mut clock = None;
+        for adt in events {
+            let visit = adt.visit.as_ref().unwrap();
+            e = Some(encounter_after(e.as_ref(), clock, adt, visit, "Patient/p"));
+            clock = Some(clock.map_or(adt.time_ms, |c: i64| c.max(adt.time_ms)));
+        }
+        e.unwrap()
+    }
+
+    const VISIT: &str = "I|WARD 5^^^RJZ30|21|||||||||||||||V9^^^RJZ^VN";
+
+    #[test]
+    fn a_cancel_sent_in_the_same_minute_as_what_it_cancels_wins_in_either_order() {
+        let admit = event("A01", "202607141018", "", VISIT);
+        let cancel = event("A11", "202607141018", "", VISIT);
+        for order in [[&admit, &cancel], [&cancel, &admit]] {
+            assert_eq!(encounter_of(&order)["status"], "cancelled");
+        }
+    }
+
+    #[test]
+    fn an_event_sent_with_a_date_alone_is_ordered_by_that_day() {
+        let admit = event("A01", "202608010702", "", VISIT);
+        let discharge = event("A03", "20260805", "", VISIT);
+        for order in [[&admit, &discharge], [&discharge, &admit]] {
+            let e = encounter_of(&order);
+            assert_eq!(e["status"], "finished", "{e}");
+        }
+    }
+
+    #[test]
+    fn a_message_without_a_verification_status_keeps_the_one_recorded() {
+        let traced = event("A01", "202607141018", "NSTS01", VISIT);
+        let later = event("A08", "202607141100", "", VISIT);
+        let p = patient_after(None, None, &traced);
+        let p = patient_after(Some(&p), Some(traced.time_ms), &later);
+        let nhs = &p["identifier"][0];
+        assert_eq!(nhs["value"], "9990000018");
+        assert_eq!(
+            nhs["extension"][0]["valueCodeableConcept"]["coding"][0]["code"], "01",
+            "{nhs}"
+        );
+        // A later status replaces it.
+        let retraced = event("A08", "202607141200", "NSTS02", VISIT);
+        let p = patient_after(Some(&p), Some(later.time_ms), &retraced);
+        assert_eq!(
+            p["identifier"][0]["extension"][0]["valueCodeableConcept"]["coding"][0]["code"],
+            "02"
+        );
     }
 
     #[test]
