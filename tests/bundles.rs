@@ -331,3 +331,65 @@ async fn bundles_that_are_not_transactions_or_batches_are_refused() {
     assert_eq!(empty.json["type"], "transaction-response");
     gw.stop().await;
 }
+
+/// A `urn:uuid:` reference that no entry resolves would be stored pointing
+/// nowhere: a transaction holding one is refused whole, naming the entry,
+/// and so is a plain create carrying one.
+#[tokio::test]
+async fn a_placeholder_reference_no_entry_resolves_is_refused() {
+    let gw = start().await;
+    let tx = bundle(
+        "transaction",
+        vec![
+            entry_post(
+                "urn:uuid:6c1b6a4e-2c1e-4f1a-9d3a-0b5f0c1d2e3f",
+                patient("9997574915", "Mensah"),
+            ),
+            entry_post(
+                "urn:uuid:0a3c7c36-6d1a-4a8e-9e1b-1f4b7a9c0d11",
+                encounter(
+                    "urn:uuid:99999999-2c1e-4f1a-9d3a-0b5f0c1d2e3f",
+                    "EMER",
+                    "2026-11-20T22:10:00+00:00",
+                    None,
+                ),
+            ),
+        ],
+    );
+    let reply = gw.post("", &tx).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{}", reply.text);
+    let issue = reply.outcome_issue();
+    assert_eq!(issue["expression"][0], "Bundle.entry[1]", "{}", reply.text);
+    assert!(
+        issue["diagnostics"]
+            .as_str()
+            .unwrap()
+            .contains("urn:uuid:99999999-2c1e-4f1a-9d3a-0b5f0c1d2e3f"),
+        "{}",
+        reply.text
+    );
+    assert!(gw.search_all("Patient").await.is_empty());
+
+    let alone = gw
+        .post(
+            "Encounter",
+            &encounter(
+                "urn:uuid:6c1b6a4e-2c1e-4f1a-9d3a-0b5f0c1d2e3f",
+                "EMER",
+                "2026-11-20T22:10:00+00:00",
+                None,
+            ),
+        )
+        .await;
+    assert_eq!(alone.status, StatusCode::BAD_REQUEST, "{}", alone.text);
+    assert!(gw.search_all("Encounter").await.is_empty());
+    // An identifier whose value is a urn:uuid is no reference: stored.
+    let mut identified = patient("9992319488", "Okafor");
+    identified["identifier"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"system": "urn:ietf:rfc:3986", "value": "urn:uuid:0a3c7c36-6d1a-4a8e-9e1b-1f4b7a9c0d11"}));
+    let kept = gw.post("Patient", &identified).await;
+    assert_eq!(kept.status, StatusCode::CREATED, "{}", kept.text);
+    gw.stop().await;
+}

@@ -157,6 +157,39 @@ pub fn rewrite_references<'a>(compact: &'a str, map: &HashMap<String, String>) -
     Cow::Owned(out)
 }
 
+/// The first `reference` member of minified JSON whose value is a
+/// placeholder (`urn:uuid:`, `urn:oid:`), which only an entry of the same
+/// Bundle can give meaning to, that `map` does not resolve.
+pub fn unresolved_placeholder(compact: &str, map: &HashMap<String, String>) -> Option<String> {
+    if !compact.contains("\"urn:") {
+        return None;
+    }
+    let bytes = compact.as_bytes();
+    let mut pos = 0;
+    let mut after_reference_key = false;
+    while pos < bytes.len() {
+        if bytes[pos] != b'"' {
+            pos += 1;
+            continue;
+        }
+        let end = string_end(bytes, pos).unwrap_or(bytes.len());
+        if bytes.get(end) == Some(&b':') {
+            after_reference_key = &compact[pos..end] == "\"reference\"";
+        } else {
+            if after_reference_key
+                && let Some(value) = decode_string(&compact[pos..end])
+                && (value.starts_with("urn:uuid:") || value.starts_with("urn:oid:"))
+                && !map.contains_key(&value)
+            {
+                return Some(value);
+            }
+            after_reference_key = false;
+        }
+        pos = end;
+    }
+    None
+}
+
 /// A JSON string literal for `value`.
 pub fn encode_string(value: &str) -> String {
     serde_json::to_string(value).unwrap_or_else(|_| "\"\"".to_string())

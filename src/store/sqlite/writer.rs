@@ -9,7 +9,7 @@ use super::keys::{Keys, missing_from};
 use super::search::matching_ids_sql;
 use super::{Job, outbox, read_current, read_current_keyed};
 use crate::fhir::ResourceType;
-use crate::fhir::json::rewrite_references;
+use crate::fhir::json::{rewrite_references, unresolved_placeholder};
 use crate::fhir::resource::{Prepared, assemble};
 use crate::fhir::search::{Clause, IndexEntries, SearchQuery, TokenMatch, reference_target};
 use crate::store::{
@@ -426,7 +426,10 @@ impl Writer {
                 let result = self.in_savepoint(|w| {
                     let mut map = HashMap::new();
                     let step = match w.resolve(mutation, &mut map)? {
-                        Ok(plan) => w.prepare_step(mutation, plan)?,
+                        Ok(plan) => match placeholders_resolved(mutation, &map) {
+                            Ok(()) => w.prepare_step(mutation, plan)?,
+                            Err(error) => Err(error),
+                        },
                         Err(error) => Err(error),
                     };
                     Ok(match step {
@@ -472,6 +475,11 @@ impl Writer {
             match self.resolve(mutation, &mut map)? {
                 Ok(plan) => plans.push(plan),
                 Err(error) => return refuse(index, error),
+            }
+        }
+        for (index, mutation) in request.mutations.iter().enumerate() {
+            if let Err(error) = placeholders_resolved(mutation, &map) {
+                return refuse(index, error);
             }
         }
         // FHIR R4 §3.1.0.11.2: entries of one transaction must not
@@ -1094,6 +1102,22 @@ struct Rollback<T>(T);
 /// and id. Statements are taken from the cache only when there are rows for
 /// them: a cache lookup hashes the SQL, and most writes (creates) delete
 /// nothing.
+/// Refuses a mutation that would store a placeholder reference (`urn:uuid:`
+/// or `urn:oid:`) no entry of its request resolves: it would point nowhere,
+/// and no search could find it.
+fn placeholders_resolved(
+    mutation: &Mutation,
+    map: &HashMap<String, String>,
+) -> Result<(), MutationError> {
+    match unresolved_placeholder(&mutation.resource().rest, map) {
+        None => Ok(()),
+        Some(reference) => Err(MutationError::Conflict(format!(
+            "the reference {reference:?} points nowhere: a urn:uuid or urn:oid reference must be \
+             the fullUrl of another entry of the same transaction Bundle"
+        ))),
+    }
+}
+
 /// `(value, system)` of each of `keys`' identifier rows.
 fn identifier_rows(keys: &Keys) -> Vec<(&str, &str)> {
     keys.tokens
