@@ -393,3 +393,30 @@ async fn a_placeholder_reference_no_entry_resolves_is_refused() {
     assert_eq!(kept.status, StatusCode::CREATED, "{}", kept.text);
     gw.stop().await;
 }
+
+/// A search entry that cannot run fails the transaction before anything is
+/// written, not after the writes are committed.
+#[tokio::test]
+async fn a_transaction_with_a_search_that_cannot_run_stores_nothing() {
+    let gw = start().await;
+    let tx = bundle(
+        "transaction",
+        vec![
+            entry_post(
+                "urn:uuid:6c1b6a4e-2c1e-4f1a-9d3a-0b5f0c1d2e3f",
+                patient("9997574915", "Mensah"),
+            ),
+            json!({"request": {"method": "GET", "url": "Patient?_count=many"}}),
+        ],
+    );
+    let reply = gw.post("", &tx).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{}", reply.text);
+    let expressions = reply.outcome_issue()["expression"].to_string();
+    assert!(
+        expressions.contains("Bundle.entry[1].request.url"),
+        "{}",
+        reply.text
+    );
+    assert!(gw.search_all("Patient").await.is_empty());
+    gw.stop().await;
+}

@@ -10,11 +10,12 @@ use super::error::ApiError;
 use super::http::{
     Prefer, Return, base_url, etag, fhir_json, read_body, version_of_etag, write_status,
 };
-use super::rest::{bundle_head, condition, json_str, resource_type, run_search};
+use super::rest::{bundle_head, condition, json_str, query_pairs, resource_type, run_search};
 use crate::fhir::datetime::format_instant;
 use crate::fhir::json::{array_elements, object_members};
 use crate::fhir::outcome::{Issue, operation_outcome};
 use crate::fhir::resource::prepare_json;
+use crate::fhir::search::parse_search;
 use crate::fhir::{ResourceType, is_valid_id, new_id};
 use crate::store::{Mutation, MutationError, Stored, WriteOutcome, WriteRequest, Written};
 use crate::validate::Validator;
@@ -110,6 +111,15 @@ pub async fn transaction_or_batch(
             plan = Err(ApiError::bad_request(
                 Issue::error("duplicate", format!("fullUrl \"{full_url}\" appears twice"))
                     .at(format!("Bundle.entry[{index}].fullUrl")),
+            ));
+        }
+        // A search that cannot run is refused now, with the writes, rather
+        // than after they are committed.
+        if let Ok(Plan::Query(Query::Search { ty, query })) = &plan
+            && let Err(error) = parse_search(*ty, &query_pairs(Some(query)), prefer.strict)
+        {
+            plan = Err(ApiError::bad_request(
+                error.at(format!("Bundle.entry[{index}].request.url")),
             ));
         }
         plans.push(plan);
