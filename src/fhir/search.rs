@@ -469,15 +469,24 @@ pub fn parse_search(
         let located = |msg: String| Issue::error("value", msg).at(format!("{ty}?{name}"));
         match name.as_str() {
             "_count" => {
-                query.count = value
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|n| *n <= MAX_COUNT)
-                    .ok_or_else(|| {
-                        located(format!(
-                            "_count must be a whole number from 0 to {MAX_COUNT}, not \"{value}\""
-                        ))
-                    })?;
+                let asked = value.parse::<usize>().map_err(|_| {
+                    located(format!(
+                        "_count must be a whole number from 0 to {MAX_COUNT}, not \"{value}\""
+                    ))
+                })?;
+                // A server may return fewer than asked (R4 3.1.1.5.8): pages
+                // stop at MAX_COUNT, and the `next` link carries on.
+                if asked > MAX_COUNT {
+                    skipped.push(Issue {
+                        severity: super::outcome::Severity::Warning,
+                        ..Issue::error(
+                            "too-costly",
+                            format!("_count {asked} is over this server's most, {MAX_COUNT}: pages hold {MAX_COUNT}"),
+                        )
+                        .at(format!("{ty}?{name}"))
+                    });
+                }
+                query.count = asked.min(MAX_COUNT);
                 continue;
             }
             CURSOR_PARAM => {
@@ -806,12 +815,26 @@ mod tests {
     fn refuses_bad_counts_and_dates() {
         for (k, v) in [
             ("_count", "-1"),
-            ("_count", "5000"),
+            ("_count", "many"),
             ("date", "ge2020-13-01"),
         ] {
             assert!(
                 parse_search(ResourceType::Encounter, &pairs(&[(k, v)]), true).is_err(),
                 "{k}={v}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_count_over_the_most_is_capped_with_a_warning() {
+        for strict in [true, false] {
+            let (query, warnings) =
+                parse_search(ResourceType::Patient, &pairs(&[("_count", "5000")]), strict).unwrap();
+            assert_eq!(query.count, MAX_COUNT);
+            assert_eq!(warnings.len(), 1);
+            assert_eq!(
+                warnings[0].severity,
+                super::super::outcome::Severity::Warning
             );
         }
     }

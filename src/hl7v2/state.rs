@@ -311,6 +311,14 @@ fn locations(e: &mut Map<String, Value>, adt: &Adt, visit: &Visit, status: &str)
                 list.remove(i);
             }
         }
+        // The admitting location, also when a transfer arrived first.
+        (Event::A01 | Event::A04, Some(place)) => {
+            let start = visit.start.clone().unwrap_or_else(|| adt.time.clone());
+            let at = start_ms(&json!({ "start": start }));
+            if !list.iter().any(|l| start_ms(&l["period"]) <= at) {
+                list.push(json!({"location": place.clone(), "period": {"start": start}}));
+            }
+        }
         (_, Some(place)) if list.is_empty() => {
             let start = visit.start.clone().unwrap_or_else(|| adt.time.clone());
             list.push(json!({"location": place.clone(), "period": {"start": start}}));
@@ -590,6 +598,30 @@ mod tests {
             let e = encounter_of(&order);
             assert_eq!(e["status"], "finished", "{e}");
         }
+    }
+
+    #[test]
+    fn a_transfer_arriving_before_its_admission_keeps_the_admitting_location() {
+        let pv1 = |place: &str| {
+            let mut f = vec![""; 45];
+            f[2] = "I";
+            f[3] = place;
+            f[19] = "V7^^^RJZ^VN";
+            f[44] = "202607141015";
+            f[2..].join("|")
+        };
+        let admit = event("A01", "202607141018", "", &pv1("AMU^^^RJZ30"));
+        let transfer = event("A02", "202607141400", "", &pv1("WARD 9^^^RJZ30"));
+        let in_order = encounter_of(&[&admit, &transfer]);
+        let late_admission = encounter_of(&[&transfer, &admit]);
+        assert_eq!(in_order["location"], late_admission["location"]);
+        let places: Vec<&Value> = late_admission["location"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| &l["status"])
+            .collect();
+        assert_eq!(places, [&json!("completed"), &json!("active")]);
     }
 
     #[test]
