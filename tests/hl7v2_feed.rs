@@ -674,3 +674,38 @@ async fn a_merge_moves_care_plans_and_referrals_to_the_survivor() {
     );
     gw.stop().await;
 }
+
+/// An A40 that arrives before any message of the record it merges away
+/// (MRG-1 a hospital number nobody has yet) gives the survivor that number
+/// as an old identifier, so the late messages of the merged record land on
+/// the survivor: the same patient and visit as in the order sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merge_that_arrives_before_the_merged_record_still_converges() {
+    let gw = start().await;
+    let mut c = MllpClient::connect(gw.mllp, TIMEOUT).await.unwrap();
+    let nhs = nhs_number(889);
+    let a40 = format!(
+        "{}MRG|U99^^^RJZ^MR\r",
+        adt(
+            "A40",
+            "Q2",
+            "202610251400",
+            &format!("{nhs}^^^NHS^NH"),
+            None
+        )
+    );
+    assert_eq!(send(&mut c, &a40).await.0, "AA");
+    let ed = pv1("E", "E99", "202610251150", "");
+    let a04 = adt("A04", "Q1", "202610251158", "U99^^^RJZ^MR", Some(&ed));
+    assert_eq!(send(&mut c, &a04).await.0, "AA");
+
+    let found = patients(&gw, "U99").await;
+    assert_eq!(found.len(), 1, "{found:#?}");
+    let survivor = &patients(&gw, &nhs).await[0];
+    assert_eq!(found[0]["id"], survivor["id"]);
+    assert_eq!(
+        encounter(&gw, "E99").await["subject"]["reference"],
+        format!("Patient/{}", survivor["id"].as_str().unwrap())
+    );
+    gw.stop().await;
+}

@@ -463,10 +463,12 @@ impl Feed {
             absorbed.push((other, value));
         }
         // A40: the records named in MRG-1 are merged into this one.
+        let mut merged_unseen = false;
         if !adt.prior.is_empty() {
             let prior = store
                 .by_identifier(ResourceType::Patient, &adt::identifier_keys(&adt.prior))
                 .await?;
+            merged_unseen = prior.is_empty();
             let prior = survivors(store, parsed(prior)).await?;
             for found in prior {
                 let same = target.as_ref().is_some_and(|(t, _)| t.id == found.0.id);
@@ -504,6 +506,12 @@ impl Feed {
         };
         for (old, _) in &absorbed {
             patient = state::survivor(&patient, &format!("Patient/{}", old.id));
+        }
+        // Merging a record not seen yet (its messages arrive after the
+        // A40): the survivor takes its hospital numbers as old identifiers,
+        // so that those messages find the survivor.
+        if merged_unseen {
+            patient = state::with_old_identifiers(&patient, &adt.prior);
         }
         match &target {
             Some((stored, old)) => {

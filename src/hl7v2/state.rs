@@ -114,6 +114,36 @@ pub fn survivor(current: &Value, old: &str) -> Value {
     Value::Object(order(p, PATIENT_ORDER))
 }
 
+/// The survivor of a merge whose merged-away record is not stored (yet):
+/// it takes that record's local identifiers (not an NHS number: a patient
+/// has one) as `old` ones, unless it has them already.
+pub fn with_old_identifiers(current: &Value, prior: &[Value]) -> Value {
+    let mut p = current.as_object().cloned().unwrap_or_default();
+    let mut ids = p
+        .get("identifier")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    for id in prior {
+        let held = ids
+            .iter()
+            .any(|other| other["system"] == id["system"] && other["value"] == id["value"]);
+        if held || id["system"] == super::adt::NHS_NUMBER_SYSTEM {
+            continue;
+        }
+        let mut old = Map::new();
+        old.insert("use".into(), json!("old"));
+        for (key, value) in id.as_object().into_iter().flatten() {
+            if key != "use" {
+                old.insert(key.clone(), value.clone());
+            }
+        }
+        ids.push(Value::Object(old));
+    }
+    p.insert("identifier".into(), Value::Array(ids));
+    Value::Object(order(p, PATIENT_ORDER))
+}
+
 fn add_link(p: &mut Map<String, Value>, other: &str, kind: &str) {
     let mut links = p
         .get("link")
