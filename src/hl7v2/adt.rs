@@ -148,6 +148,10 @@ pub struct PatientFacts {
     pub deceased: Option<(&'static str, Value)>,
     pub address: Vec<Value>,
     pub general_practitioner: Vec<Value>,
+    /// Patient members the message deletes with HL7's explicit null `""`
+    /// (§2.5.3): `deceased` (PID-29, with PID-30 not `Y`), `address`
+    /// (PID-11), `generalPractitioner` (PD1-3).
+    pub cleared: Vec<&'static str>,
 }
 
 impl PatientFacts {
@@ -456,6 +460,20 @@ fn read_patient(
                 Err(e) => errors.push(e),
             }
         }
+    }
+    let nulled = |n: usize| pid.field(n).is_some_and(|f| f.is_null());
+    if nulled(29) && msg.get("PID-30").as_deref() != Some("Y") {
+        facts.cleared.push("deceased");
+    }
+    if nulled(11) {
+        facts.cleared.push("address");
+    }
+    if msg
+        .segment("PD1")
+        .and_then(|pd1| pd1.field(3))
+        .is_some_and(|f| f.is_null())
+    {
+        facts.cleared.push("generalPractitioner");
     }
     match datatypes::ts(pid.field(29).and_then(|f| f.repetition(1)), "PID-29") {
         Ok(Some(death)) => {

@@ -95,6 +95,20 @@ pub fn patient_after(current: Option<&Value>, clock: Option<i64>, adt: &Adt) -> 
         &facts.general_practitioner,
         newer,
     );
+    // Deleted by the sender (`""`), unless a later event has set them since.
+    if newer {
+        for member in &facts.cleared {
+            match *member {
+                "deceased" => {
+                    p.remove("deceasedDateTime");
+                    p.remove("deceasedBoolean");
+                }
+                other => {
+                    p.remove(other);
+                }
+            }
+        }
+    }
     Value::Object(order(p, PATIENT_ORDER))
 }
 
@@ -652,6 +666,48 @@ mod tests {
             .map(|l| &l["status"])
             .collect();
         assert_eq!(places, [&json!("completed"), &json!("active")]);
+    }
+
+    #[test]
+    fn an_explicit_null_deletes_a_recorded_death_address_and_practice() {
+        let with = |pid29: &str, pid11: &str, pd1_3: &str, when: &str| {
+            let mut pid = vec![""; 30];
+            pid[0] = "PID";
+            pid[1] = "1";
+            pid[3] = "9990000018^^^NHS^NH";
+            pid[5] = "PAGE^Ann";
+            pid[11] = pid11;
+            pid[29] = pid29;
+            let text = format!(
+                "MSH|^~\\&|PAS|RJZ|GW|OB|{when}||ADT^A31|{when}|P|2.4\rEVN|A31|{when}\r{}\rPD1|||{pd1_3}\r",
+                pid.join("|")
+            );
+            read(&Message::parse(&text).unwrap(), &AdtContext::default()).unwrap()
+        };
+        let recorded = with(
+            "202607140930",
+            "12 Station Road^^Bromley^^BR1 3PT",
+            "BROMLEY COMMON PRACTICE^^G84001",
+            "202607141000",
+        );
+        let p = patient_after(None, None, &recorded);
+        assert!(p.get("deceasedDateTime").is_some(), "{p}");
+        assert!(p.get("address").is_some() && p.get("generalPractitioner").is_some());
+        // Absent fields change nothing; `""` deletes.
+        let silent = with("", "", "", "202607141100");
+        let kept = patient_after(Some(&p), Some(recorded.time_ms), &silent);
+        assert_eq!(kept, p);
+        let retracted = with("\"\"", "\"\"", "\"\"", "202607141200");
+        let q = patient_after(Some(&p), Some(silent.time_ms), &retracted);
+        assert!(q.get("deceasedDateTime").is_none(), "{q}");
+        assert!(
+            q.get("address").is_none() && q.get("generalPractitioner").is_none(),
+            "{q}"
+        );
+        // An older message's null does not undo what a newer one set.
+        let stale = with("\"\"", "", "", "202607130900");
+        let r = patient_after(Some(&p), Some(recorded.time_ms), &stale);
+        assert!(r.get("deceasedDateTime").is_some(), "{r}");
     }
 
     #[test]
