@@ -1096,12 +1096,6 @@ type EachResult = Result<Vec<Result<WriteOutcome, StoreError>>, StoreError>;
 /// A result to keep while undoing what produced it (a failed atomic request).
 struct Rollback<T>(T);
 
-/// Makes one index table hold `new` instead of `old` for resource
-/// `(type, id)`: deletes the rows only in `old`, inserts those only in `new`
-/// (both sorted). `delete` and `insert` bind type, the row's three columns
-/// and id. Statements are taken from the cache only when there are rows for
-/// them: a cache lookup hashes the SQL, and most writes (creates) delete
-/// nothing.
 /// Refuses a mutation that would store a placeholder reference (`urn:uuid:`
 /// or `urn:oid:`) no entry of its request resolves: it would point nowhere,
 /// and no search could find it.
@@ -1149,6 +1143,12 @@ fn identifiers_of(condition: &SearchQuery) -> Vec<(String, String)> {
     out
 }
 
+/// Makes one index table hold `new` instead of `old` for resource
+/// `(type, id)`: deletes the rows only in `old`, inserts those only in `new`
+/// (both sorted). `delete` and `insert` bind type, the row's three columns
+/// and id. Statements are taken from the cache only when there are rows for
+/// them: a cache lookup hashes the SQL, and most writes (creates) delete
+/// nothing.
 fn sync_rows<T: Ord>(
     conn: &Connection,
     delete: &str,
