@@ -420,3 +420,28 @@ async fn a_transaction_with_a_search_that_cannot_run_stores_nothing() {
     assert!(gw.search_all("Patient").await.is_empty());
     gw.stop().await;
 }
+
+/// `Prefer: return=OperationOutcome` on a transaction: each written entry's
+/// response carries an OperationOutcome instead of the resource.
+#[tokio::test]
+async fn a_transaction_can_answer_with_outcomes() {
+    let gw = start().await;
+    let tx = bundle(
+        "transaction",
+        vec![entry_post(
+            "urn:uuid:6c1b6a4e-2c1e-4f1a-9d3a-0b5f0c1d2e3f",
+            patient("9997574915", "Mensah"),
+        )],
+    );
+    let reply = gw
+        .post_with("", &tx, ("prefer", "return=OperationOutcome"))
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    let entry = &reply.json["entry"][0];
+    assert!(entry.get("resource").is_none(), "{entry}");
+    assert_eq!(entry["response"]["status"], "201 Created");
+    let outcome = &entry["response"]["outcome"];
+    assert_eq!(outcome["resourceType"], "OperationOutcome", "{entry}");
+    assert_eq!(outcome["issue"][0]["severity"], "information");
+    gw.stop().await;
+}

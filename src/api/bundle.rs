@@ -8,7 +8,8 @@
 use super::AppState;
 use super::error::ApiError;
 use super::http::{
-    Prefer, Return, base_url, etag, fhir_json, read_body, version_of_etag, write_status,
+    Prefer, Return, base_url, etag, fhir_json, read_body, stored_outcome, version_of_etag,
+    write_status,
 };
 use super::rest::{bundle_head, condition, json_str, query_pairs, resource_type, run_search};
 use crate::fhir::datetime::format_instant;
@@ -303,10 +304,14 @@ fn push_resource_entry(
     }
     let _ = write!(
         out,
-        r#","etag":{},"lastModified":"{}"}}}}"#,
+        r#","etag":{},"lastModified":"{}""#,
         json_str(&etag(stored.version)),
         format_instant(stored.last_updated_ms)
     );
+    if prefer == Return::OperationOutcome {
+        let _ = write!(out, r#","outcome":{}"#, stored_outcome(stored));
+    }
+    out.push_str("}}");
 }
 
 /// Reads entry `index` into what it asks for. Errors name the entry.

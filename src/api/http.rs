@@ -212,6 +212,21 @@ pub fn write_status(change: Change) -> StatusCode {
     }
 }
 
+/// What `Prefer: return=OperationOutcome` answers for a version written or
+/// found: an informational OperationOutcome naming it.
+pub fn stored_outcome(stored: &Stored) -> serde_json::Value {
+    crate::fhir::outcome::operation_outcome(&[Issue::information(
+        "informational",
+        format!(
+            "{}/{} version {} stored at {}",
+            stored.resource_type,
+            stored.id,
+            stored.version,
+            format_instant(stored.last_updated_ms)
+        ),
+    )])
+}
+
 /// A response carrying one resource version, with its ETag and Last-Modified,
 /// and a Location when it was just written.
 pub fn resource_response(
@@ -223,17 +238,7 @@ pub fn resource_response(
     let body = match prefer {
         Return::Representation => stored.body.clone(),
         Return::Minimal => String::new(),
-        Return::OperationOutcome => crate::fhir::outcome::operation_outcome(&[Issue::information(
-            "informational",
-            format!(
-                "{}/{} version {} stored at {}",
-                stored.resource_type,
-                stored.id,
-                stored.version,
-                format_instant(stored.last_updated_ms)
-            ),
-        )])
-        .to_string(),
+        Return::OperationOutcome => stored_outcome(stored).to_string(),
     };
     let mut response = if body.is_empty() {
         Response::builder()
