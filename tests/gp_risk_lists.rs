@@ -374,3 +374,78 @@ async fn race_a_list(extra: &str, first: u32) {
     }
     gw.stop().await;
 }
+
+/// Cells a list can hold that used to be misread: an eFI score as a
+/// percentage, a birth date in the future, a postcode with a character no
+/// postcode has (which used to panic the reader: a 500).
+#[tokio::test]
+async fn percentages_future_dates_and_odd_postcodes_are_read_or_refused_by_row() {
+    let gw = common::start().await;
+    let (a, b, c) = (nhs_number(41), nhs_number(42), nhs_number(43));
+    let body = format!(
+        "NHS Number,Surname,Date of Birth,Postcode,eFI Score\r\n\
+         {a},Smith,05-Mar-1938,br1 3pt,36%\r\n\
+         {b},Jones,05-Mar-2938,BR1 3PT,0.12\r\n\
+         {c},Brown,05-Mar-1938,BR1 £PT,0.12\r\n"
+    );
+    let reply = upload(&gw, "G84001", &body, "").await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(reply.json["accepted"], 1, "{}", reply.text);
+    assert_eq!(
+        reply.json["referrals_created"], 1,
+        "36% is severe: {}",
+        reply.text
+    );
+    let errors = reply.json["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 2, "{}", reply.text);
+    assert_eq!(
+        (errors[0]["row"].as_u64(), errors[0]["column"].as_str()),
+        (Some(3), Some("Date of Birth"))
+    );
+    assert!(errors[0]["reason"].as_str().unwrap().contains("future"));
+    assert_eq!(
+        (errors[1]["row"].as_u64(), errors[1]["column"].as_str()),
+        (Some(4), Some("Postcode"))
+    );
+    let stored = gw
+        .get(&format!(
+            "Patient?identifier=https://fhir.nhs.uk/Id/nhs-number|{a}"
+        ))
+        .await;
+    assert_eq!(
+        stored.json["entry"][0]["resource"]["address"][0]["postalCode"],
+        "BR1 3PT"
+    );
+    gw.stop().await;
+}
+
+/// A quote opened and never closed used to swallow the rest of the list
+/// into one field of an accepted row: now that row is refused, saying
+/// where the quote opened, and nothing of it is stored.
+#[tokio::test]
+async fn a_quote_never_closed_is_reported_not_read_to_the_end() {
+    let gw = common::start().await;
+    let (a, b, c) = (nhs_number(51), nhs_number(52), nhs_number(53));
+    let body = format!(
+        "NHS Number,Surname,Forename(s),Date of Birth\r\n\
+         {c},Green,\"Ann \"\"Nan\"\" Marie\",02-Feb-1940\r\n\
+         {a},Smith,\"Ann,05-Mar-1938\r\n\
+         {b},Jones,Bob,01-Jan-1940\r\n"
+    );
+    let reply = upload(&gw, "G84001", &body, "").await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(reply.json["accepted"], 1, "{}", reply.text);
+    let errors = reply.json["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 1, "{}", reply.text);
+    assert_eq!(errors[0]["row"], 3, "{}", reply.text);
+    assert!(
+        errors[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("never closed"),
+        "{}",
+        reply.text
+    );
+    assert_eq!(total(&gw, "Patient?_count=0").await, 1);
+    gw.stop().await;
+}

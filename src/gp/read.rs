@@ -37,9 +37,12 @@ pub struct List<'b> {
     pub encoding: Encoding,
     /// The header row's line number.
     pub header_line: u64,
-    records: csv::ByteRecordsIntoIter<&'b [u8]>,
+    records: std::iter::Peekable<csv::ByteRecordsIntoIter<&'b [u8]>>,
     lines: LineCounter<'b>,
     done: bool,
+    /// Where a quoted field opens that never closes, if one does: the
+    /// `csv` crate reads the rest of the file into it without a word.
+    unclosed: Option<usize>,
 }
 
 /// Line numbers from byte offsets. The `csv` crate's own line count is off
@@ -121,9 +124,10 @@ pub fn open<'b>(
                 layout,
                 encoding,
                 header_line,
-                records,
+                records: records.peekable(),
                 lines,
                 done: false,
+                unclosed: unclosed_quote(bytes),
             });
         }
         if seen >= MAX_PREAMBLE_LINES {
@@ -155,6 +159,26 @@ impl Iterator for List<'_> {
                     return Some(Err(csv_error(err, &mut self.lines)));
                 }
             };
+            // The last row holds a quote never closed, and with it every
+            // line after it: refused, rather than read as one row.
+            if let Some(quote) = self.unclosed
+                && self.records.peek().is_none()
+                && record.position().is_some_and(|p| p.byte() <= quote as u64)
+            {
+                self.done = true;
+                let line = self.lines.line_at(quote as u64);
+                let after = self.lines.bytes[quote..]
+                    .iter()
+                    .filter(|&&b| b == b'\n')
+                    .count();
+                return Some(Err(ListError::Csv {
+                    line,
+                    message: format!(
+                        "a quoted field opened on line {line} is never closed, so the rest of the \
+                         file ({after} more line breaks) cannot be read as rows"
+                    ),
+                }));
+            }
             if record.iter().all(|f| f.iter().all(u8::is_ascii_whitespace)) {
                 continue;
             }
@@ -166,6 +190,37 @@ impl Iterator for List<'_> {
             return Some(Ok(Record { line, fields, raw }));
         }
     }
+}
+
+/// Where a quoted field opens that is still open at the end of `bytes`,
+/// read as the `csv` crate reads (a quote opens one only at a field's
+/// start; `""` inside is a quote).
+fn unclosed_quote(bytes: &[u8]) -> Option<usize> {
+    let mut open = None;
+    let mut at_field_start = true;
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        match open {
+            Some(_) if b == b'"' => {
+                if bytes.get(i + 1) == Some(&b'"') {
+                    i += 1;
+                } else {
+                    open = None;
+                    at_field_start = false;
+                }
+            }
+            Some(_) => {}
+            None => {
+                if b == b'"' && at_field_start {
+                    open = Some(i);
+                }
+                at_field_start = matches!(b, b',' | b'\n' | b'\r');
+            }
+        }
+        i += 1;
+    }
+    open
 }
 
 fn csv_error(err: csv::Error, lines: &mut LineCounter<'_>) -> ListError {

@@ -71,6 +71,11 @@ pub fn read_row(row: u64, record: &[String], layout: &Layout) -> Result<RiskRow,
     let birth_date = match cell(Field::BirthDate) {
         None => None,
         Some((raw, _)) => match parse_date(raw) {
+            // ISO dates compare as text.
+            Ok(d) if d > today() => {
+                fail(Field::BirthDate, format!("{raw:?} is in the future"));
+                None
+            }
             Ok(d) => Some(d),
             Err(reason) => {
                 fail(Field::BirthDate, reason);
@@ -95,12 +100,16 @@ pub fn read_row(row: u64, record: &[String], layout: &Layout) -> Result<RiskRow,
     };
     let efi_score = match cell(Field::EfiScore) {
         None => None,
-        Some((raw, _)) => match raw.trim_end_matches('%').parse::<f64>() {
+        // A fraction (0.36), or a percentage (36%).
+        Some((raw, _)) => match raw.strip_suffix('%').map_or_else(
+            || raw.parse::<f64>(),
+            |p| p.trim().parse::<f64>().map(|v| v / 100.0),
+        ) {
             Ok(v) if (0.0..=1.0).contains(&v) => Some(v),
             _ => {
                 fail(
                     Field::EfiScore,
-                    format!("{raw:?} is not an eFI score (a number from 0 to 1)"),
+                    format!("{raw:?} is not an eFI score (a number from 0 to 1, or a percentage)"),
                 );
                 None
             }
@@ -119,6 +128,19 @@ pub fn read_row(row: u64, record: &[String], layout: &Layout) -> Result<RiskRow,
             }
         },
     };
+    let postcode = match cell(Field::Postcode) {
+        None => None,
+        Some((raw, _)) => match normalise_postcode(raw) {
+            Some(p) => Some(p),
+            None => {
+                fail(
+                    Field::Postcode,
+                    format!("{raw:?} is not a postcode (letters and digits, such as BR1 3PT)"),
+                );
+                None
+            }
+        },
+    };
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -131,7 +153,7 @@ pub fn read_row(row: u64, record: &[String], layout: &Layout) -> Result<RiskRow,
             .unwrap_or_default(),
         birth_date,
         gender,
-        postcode: cell(Field::Postcode).map(|(v, _)| normalise_postcode(v)),
+        postcode,
         usual_gp: cell(Field::UsualGp).map(|(v, _)| v.to_string()),
         efi_score,
         efi_category,
@@ -264,19 +286,31 @@ fn parse_category(raw: &str) -> Option<&'static str> {
         .find(|c| lower == *c || lower.starts_with(&format!("{c} ")))
 }
 
-/// `br13pt` → `BR1 3PT`: upper case, one space before the inward code.
-fn normalise_postcode(raw: &str) -> String {
+/// `br13pt` → `BR1 3PT`: upper case, one space before the inward code;
+/// `None` unless it is letters and digits only.
+fn normalise_postcode(raw: &str) -> Option<String> {
     let compact: String = raw
         .chars()
         .filter(|c| !c.is_whitespace())
         .collect::<String>()
-        .to_uppercase();
-    if compact.len() > 3 {
+        .to_ascii_uppercase();
+    if !compact.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return None;
+    }
+    Some(if compact.len() > 3 {
         let (outward, inward) = compact.split_at(compact.len() - 3);
         format!("{outward} {inward}")
     } else {
         compact
-    }
+    })
+}
+
+/// Today's date in England, as `yyyy-MM-dd`.
+fn today() -> String {
+    jiff::Zoned::now()
+        .with_time_zone(crate::fhir::datetime::home_zone().clone())
+        .date()
+        .to_string()
 }
 
 #[cfg(test)]
@@ -329,8 +363,11 @@ mod tests {
 
     #[test]
     fn postcodes_and_genders() {
-        assert_eq!(normalise_postcode("br13pt"), "BR1 3PT");
-        assert_eq!(normalise_postcode("SE1  9RT"), "SE1 9RT");
+        assert_eq!(normalise_postcode("br13pt").unwrap(), "BR1 3PT");
+        assert_eq!(normalise_postcode("SE1  9RT").unwrap(), "SE1 9RT");
+        // Not a postcode: refused, never split inside a character.
+        assert_eq!(normalise_postcode("BR1 £PT"), None);
+        assert_eq!(normalise_postcode("BR1-3PT"), None);
         assert_eq!(parse_gender("F"), Some("female"));
         assert_eq!(parse_gender("Indeterminate"), Some("other"));
         assert_eq!(parse_gender("x"), None);
