@@ -222,7 +222,7 @@ impl Validator {
             conform.run(profile);
             // A profile restating a base rule (class 1..1, subject a Patient)
             // adds nothing where the base walk already found the fault.
-            let base_errors: Vec<(String, &str)> = issues
+            let base_errors: std::collections::HashSet<(String, &str)> = issues
                 .iter()
                 .filter(|i| i.severity == Severity::Error)
                 .map(|i| (i.expression.join(","), i.code))

@@ -267,6 +267,14 @@ fn contained_resources_are_checked_and_referenced() {
     let at: Vec<String> = errors(c).into_iter().map(|f| f.0).collect();
     assert!(at.contains(&"CarePlan.contained[0]".to_string()), "{at:?}"); // dom-3
     assert!(at.contains(&"CarePlan.subject".to_string()), "{at:?}"); // ref-1
+
+    // dom-3 counts a canonical naming the contained resource, not only a
+    // reference.
+    let mut c = care_plan();
+    c["contained"] = json!([{"resourceType": "PlanDefinition", "id": "pd1", "status": "active"}]);
+    c["instantiatesCanonical"] = json!(["#pd1"]);
+    let found = errors(c);
+    assert!(found.is_empty(), "{found:?}");
 }
 
 #[test]

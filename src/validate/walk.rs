@@ -84,6 +84,10 @@ pub struct Walk<'d, 'a> {
     resource: &'a Value,
     pub at: Location<'a>,
     pub issues: Vec<Issue>,
+    /// The ids of `%rootResource.contained`, once a local reference needs
+    /// them (ref-1, checked natively: the FHIRPath form rebuilt the list
+    /// for every reference, quadratic in a resource with many of both).
+    contained_ids: Option<std::collections::HashSet<&'a str>>,
 }
 
 impl<'d, 'a> Walk<'d, 'a> {
@@ -99,6 +103,7 @@ impl<'d, 'a> Walk<'d, 'a> {
             root,
             resource: root,
             at: Location::new(root_type),
+            contained_ids: None,
             issues: Vec::new(),
         }
     }
@@ -452,10 +457,29 @@ impl<'d, 'a> Walk<'d, 'a> {
         let Some(Value::String(reference)) = object.get("reference") else {
             return;
         };
-        if reference.starts_with('#')
-            || reference.starts_with("urn:uuid:")
-            || reference.starts_with("urn:oid:")
-        {
+        if let Some(id) = reference.strip_prefix('#') {
+            // ref-1; `#` alone is the container itself.
+            let root = self.root;
+            let ids = self.contained_ids.get_or_insert_with(|| {
+                root["contained"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|c| c["id"].as_str())
+                    .collect()
+            });
+            if !id.is_empty() && !ids.contains(id) {
+                self.error_here(
+                    "invariant",
+                    format!(
+                        "ref-1: SHALL have a contained resource if a local reference is provided ({} names no contained resource)",
+                        quoted(reference)
+                    ),
+                );
+            }
+            return;
+        }
+        if reference.starts_with("urn:uuid:") || reference.starts_with("urn:oid:") {
             return;
         }
         let relative = reference
@@ -529,15 +553,15 @@ impl<'d, 'a> Walk<'d, 'a> {
         for item in contained {
             collect_local_references(item, &mut references, 0);
         }
+        let referenced: std::collections::HashSet<&str> = references
+            .iter()
+            .filter_map(|r| r.strip_prefix('#'))
+            .collect();
         for (i, item) in contained.iter().enumerate() {
             let Some(Value::String(id)) = item.get("id") else {
                 continue;
             };
-            if !references
-                .iter()
-                .any(|r| r.strip_prefix('#') == Some(id.as_str()))
-                && !references.contains(&"#")
-            {
+            if !referenced.contains(id.as_str()) && !referenced.contains("") {
                 self.at.push(Step::Name("contained"));
                 self.at.push(Step::Index(i));
                 self.error_here(
@@ -656,13 +680,13 @@ fn collect_local_references<'a>(value: &'a Value, out: &mut Vec<&'a str>, depth:
     }
     match value {
         Value::Object(map) => {
-            for (key, v) in map {
-                match v {
-                    Value::String(s) if key == "reference" && s.starts_with('#') => out.push(s),
-                    _ => collect_local_references(v, out, depth + 1),
-                }
+            for v in map.values() {
+                collect_local_references(v, out, depth + 1);
             }
         }
+        // A reference, or a canonical or uri (`instantiatesCanonical`)
+        // naming a contained resource: dom-3 counts all three.
+        Value::String(s) if s.starts_with('#') => out.push(s),
         Value::Array(items) => {
             for item in items {
                 collect_local_references(item, out, depth + 1);
