@@ -189,7 +189,9 @@ impl Primitive {
             Primitive::Oid => " (urn:oid: followed by a dotted number)",
             Primitive::Uuid => " (urn:uuid: followed by a lower-case UUID)",
             Primitive::Base64Binary => " (base64)",
-            Primitive::Xhtml => " (an XHTML <div> in the http://www.w3.org/1999/xhtml namespace)",
+            Primitive::Xhtml => {
+                " (txt-1, txt-2: an XHTML <div> in the http://www.w3.org/1999/xhtml namespace, with some text or an image, and only basic formatting: no scripts, frames, forms, event handlers or javascript: links)"
+            }
             Primitive::String | Primitive::Markdown => " (it holds only whitespace)",
             _ => "",
         }
@@ -272,11 +274,115 @@ fn is_base64(s: &str) -> bool {
     count > 0 && count.is_multiple_of(4)
 }
 
+/// A narrative `div` as R4 allows it: a `<div>` in the XHTML namespace,
+/// with some text or an image (txt-2), holding only the basic formatting
+/// elements and attributes of txt-1: no scripts, frames, forms or styles
+/// sheets, no event-handler attributes, no `javascript:` links.
 fn is_xhtml_div(s: &str) -> bool {
     let t = s.trim();
-    t.starts_with("<div")
+    let root_is_div = t
+        .strip_prefix("<div")
+        .is_some_and(|rest| rest.starts_with(|c: char| c.is_whitespace() || c == '>' || c == '/'));
+    root_is_div
         && t.contains("http://www.w3.org/1999/xhtml")
         && (t.ends_with("</div>") || t.ends_with("/>"))
+        && narrative_is_basic(t)
+}
+
+/// The elements txt-1 allows (HTML 4.0's basic formatting, tables, lists,
+/// links and images).
+const NARRATIVE_ELEMENTS: &[&str] = &[
+    "a",
+    "abbr",
+    "acronym",
+    "b",
+    "big",
+    "blockquote",
+    "br",
+    "caption",
+    "cite",
+    "code",
+    "col",
+    "colgroup",
+    "dd",
+    "dfn",
+    "div",
+    "dl",
+    "dt",
+    "em",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",
+    "hr",
+    "i",
+    "img",
+    "li",
+    "ol",
+    "p",
+    "pre",
+    "q",
+    "samp",
+    "small",
+    "span",
+    "strong",
+    "sub",
+    "sup",
+    "table",
+    "tbody",
+    "td",
+    "tfoot",
+    "th",
+    "thead",
+    "tr",
+    "tt",
+    "ul",
+    "var",
+];
+
+/// txt-1's elements and attributes, and txt-2's content, by a scan of the
+/// tags (the markup is not otherwise parsed).
+fn narrative_is_basic(t: &str) -> bool {
+    let mut text = false;
+    let mut rest = t;
+    while let Some(open) = rest.find('<') {
+        text |= !rest[..open].trim().is_empty();
+        let after = &rest[open + 1..];
+        if let Some(comment) = after.strip_prefix("!--") {
+            let Some(end) = comment.find("-->") else {
+                return false;
+            };
+            rest = &comment[end + 3..];
+            continue;
+        }
+        let Some(close) = after.find('>') else {
+            return false;
+        };
+        let tag = &after[..close];
+        rest = &after[close + 1..];
+        let tag = tag.strip_prefix('/').unwrap_or(tag).trim_end_matches('/');
+        let name_end = tag.find(|c: char| c.is_whitespace()).unwrap_or(tag.len());
+        let name = tag[..name_end].to_ascii_lowercase();
+        if !NARRATIVE_ELEMENTS.contains(&name.as_str()) {
+            return false;
+        }
+        text |= name == "img";
+        let attributes = tag[name_end..].to_ascii_lowercase();
+        // An attribute's name is what precedes `=`; event handlers start `on`.
+        let handler = attributes
+            .split(|c: char| c.is_whitespace())
+            .any(|a| a.starts_with("on") && a.contains('='));
+        let script_url = attributes
+            .replace(char::is_whitespace, "")
+            .contains("javascript:");
+        if handler || script_url {
+            return false;
+        }
+    }
+    text |= !rest.trim().is_empty();
+    text
 }
 
 fn digits(b: &[u8]) -> Option<u32> {
@@ -491,5 +597,27 @@ mod tests {
             r#"<div xmlns="http://www.w3.org/1999/xhtml">x</div>"#
         ));
         assert!(!is_xhtml_div("<p>x</p>"));
+        let div =
+            |inner: &str| format!(r#"<div xmlns="http://www.w3.org/1999/xhtml">{inner}</div>"#);
+        for allowed in [
+            "Ann <b>Page</b>, <a href=\"https://example.org\">record</a>",
+            "<table><tr><td style=\"color: red\">1</td></tr></table><!-- a note -->",
+            "<img src=\"#photo\" alt=\"\"/>",
+        ] {
+            assert!(is_xhtml_div(&div(allowed)), "{allowed}");
+        }
+        for refused in [
+            "<script>alert(1)</script>",
+            "<p onclick=\"alert(1)\">x</p>",
+            "<a href=\"javascript:alert(1)\">x</a>",
+            "<iframe src=\"https://x\"></iframe>x",
+            " ",
+            "<p> </p>",
+        ] {
+            assert!(!is_xhtml_div(&div(refused)), "{refused}");
+        }
+        assert!(!is_xhtml_div(
+            r#"<divx xmlns="http://www.w3.org/1999/xhtml">x</divx>"#
+        ));
     }
 }
