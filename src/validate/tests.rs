@@ -353,3 +353,24 @@ fn known_extensions_are_checked_wherever_they_stand() {
     assert!(has_errors(&issues), "{issues:#?}");
     assert_eq!(issues.len(), 1, "{issues:#?}");
 }
+
+#[test]
+fn ele_1_is_about_elements_not_resources() {
+    for bare in [
+        json!({"resourceType": "Patient"}),
+        json!({"resourceType": "Patient", "id": "x"}),
+    ] {
+        let found = errors(bare.clone());
+        assert!(
+            found.iter().all(|(_, _, why)| !why.contains("ele-1")),
+            "{bare}: {found:?}"
+        );
+    }
+    let mut p = json!({"resourceType": "Patient", "name": [{}]});
+    p["id"] = json!("x");
+    assert!(
+        errors(p)
+            .iter()
+            .any(|(at, _, why)| at == "Patient.name[0]" && why.contains("ele-1"))
+    );
+}

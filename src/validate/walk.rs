@@ -203,7 +203,9 @@ impl<'d, 'a> Walk<'d, 'a> {
                 );
             }
         }
-        if children == 0 {
+        // ele-1 is about elements: a resource with nothing but its type is
+        // empty but valid R4 (its profiles may still require members).
+        if children == 0 && !is_resource {
             self.error_here(
                 "structure",
                 "ele-1: an element must have a value or children, but this one is empty"
