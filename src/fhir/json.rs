@@ -65,12 +65,79 @@ pub fn object_members(text: &str) -> Result<Vec<Member>, JsonShapeError> {
         if members.iter().any(|m| m.key == key) {
             return Err(JsonShapeError::DuplicateKey(key));
         }
+        // Parsers disagree on which of two same-named members counts, and
+        // the stored bytes would keep both: refused at any depth.
+        if let Some(path) = nested_duplicate(&text[pos..value_end]) {
+            return Err(JsonShapeError::DuplicateKey(format!("{key}.{path}")));
+        }
         members.push(Member {
             key,
             value: minify(&text[pos..value_end]),
         });
         pos = value_end;
     }
+}
+
+/// The first member named twice in one object anywhere inside `value` (a
+/// well-formed JSON value), as the path of member names to it.
+fn nested_duplicate(value: &str) -> Option<String> {
+    let bytes = value.as_bytes();
+    if !bytes.contains(&b'{') {
+        return None;
+    }
+    // Per open object: its member names so far, and the name whose value is
+    // being read (None for an array).
+    type Names<'v> = (Vec<Cow<'v, str>>, Cow<'v, str>);
+    let mut frames: Vec<Option<Names>> = Vec::new();
+    let mut expecting_key = false;
+    let mut pos = 0;
+    while pos < bytes.len() {
+        match bytes[pos] {
+            b'{' => {
+                frames.push(Some((Vec::new(), Cow::Borrowed(""))));
+                expecting_key = true;
+            }
+            b'[' => {
+                frames.push(None);
+                expecting_key = false;
+            }
+            b'}' | b']' => {
+                frames.pop();
+                expecting_key = false;
+            }
+            b',' => expecting_key = matches!(frames.last(), Some(Some(_))),
+            b'"' => {
+                let end = string_end(bytes, pos).ok()?;
+                if expecting_key && let Some(Some((names, current))) = frames.last_mut() {
+                    // Escapes resolved: `"co\u0064e"` is `code` too.
+                    let raw = &value[pos..end];
+                    let name = if raw.contains('\\') {
+                        Cow::Owned(decode_string(raw)?)
+                    } else {
+                        Cow::Borrowed(&raw[1..raw.len() - 1])
+                    };
+                    if names.contains(&name) {
+                        let mut path: Vec<&str> = frames
+                            .iter()
+                            .flatten()
+                            .map(|(_, current)| current.as_ref())
+                            .collect();
+                        path.pop();
+                        path.push(&name);
+                        return Some(path.join("."));
+                    }
+                    names.push(name.clone());
+                    *current = name;
+                    expecting_key = false;
+                }
+                pos = end;
+                continue;
+            }
+            _ => {}
+        }
+        pos += 1;
+    }
+    None
 }
 
 /// Splits a JSON array into its elements, each minified.
@@ -293,6 +360,33 @@ mod tests {
         let members = object_members(r#"{"text": "a  \" b\\", "k\u0065y": 1}"#).unwrap();
         assert_eq!(members[0].value, r#""a  \" b\\""#);
         assert_eq!(members[1].key, "key");
+    }
+
+    #[test]
+    fn refuses_duplicate_keys_at_any_depth() {
+        let err = object_members(
+            r#"{"resourceType":"Encounter","class":{"system":"s","code":"bogus","code":"EMER"}}"#,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, JsonShapeError::DuplicateKey(ref k) if k == "class.code"),
+            "{err:?}"
+        );
+        let err = object_members(
+            r#"{"resourceType":"Patient","name":[{"given":["A"]},{"family":"B","use":"x","family":"C"}]}"#,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, JsonShapeError::DuplicateKey(ref k) if k == "name.family"),
+            "{err:?}"
+        );
+        // The same name in sibling objects, or as a string value, is fine.
+        assert!(
+            object_members(
+                r#"{"resourceType":"Patient","name":[{"family":"A"},{"family":"B"}],"x":{"a":"a","b":{"a":"a"}}}"#
+            )
+            .is_ok()
+        );
     }
 
     #[test]
