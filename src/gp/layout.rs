@@ -187,7 +187,19 @@ impl Layout {
                     .iter()
                     .filter(|s| names.iter().any(|n| n == *s))
                     .count();
-            if has_nhs && columns.len() >= 2 && best.as_ref().is_none_or(|(b, _)| score > *b) {
+            // Two known columns tell a header from a preamble line (a lone
+            // `NHS Number` may be a report's caption); the generic layout's
+            // own `nhs_number` alone is a header (a list of NHS numbers).
+            let alone = format == Format::Generic
+                && header
+                    .iter()
+                    .map(|h| h.trim())
+                    .filter(|h| !h.is_empty())
+                    .eq(["nhs_number"]);
+            if has_nhs
+                && (columns.len() >= 2 || alone)
+                && best.as_ref().is_none_or(|(b, _)| score > *b)
+            {
                 best = Some((score, Layout { format, columns }));
             }
         }
@@ -210,6 +222,14 @@ mod tests {
 
     fn header(names: &[&str]) -> Vec<String> {
         names.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn the_generic_nhs_number_column_alone_is_a_header() {
+        let layout = Layout::recognise(&header(&["nhs_number"]), None, &Overrides::new()).unwrap();
+        assert_eq!(layout.format, Format::Generic);
+        assert_eq!(layout.column(Field::NhsNumber), Some((0, "nhs_number")));
+        assert!(Layout::recognise(&header(&["Surname"]), None, &Overrides::new()).is_none());
     }
 
     #[test]
