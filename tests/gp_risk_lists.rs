@@ -449,3 +449,33 @@ async fn a_quote_never_closed_is_reported_not_read_to_the_end() {
     assert_eq!(total(&gw, "Patient?_count=0").await, 1);
     gw.stop().await;
 }
+
+/// An atomic list naming one patient twice is refused with the rows named,
+/// not with the store's "entry 0".
+#[tokio::test]
+async fn an_atomic_list_naming_a_patient_twice_names_both_rows() {
+    let gw = common::start().await;
+    let a = nhs_number(61);
+    let body = list(&[
+        (&a, "Smith", "05-Mar-1938", "0.40"),
+        (&nhs_number(62), "Jones", "12-Jan-1941", "0.10"),
+        (&a, "Smith", "05-Mar-1938", "0.41"),
+    ]);
+    let reply = upload(&gw, "G84001", &body, "&atomic=true").await;
+    assert_eq!(reply.status, 422, "{}", reply.text);
+    assert_eq!(reply.json["stored"], false);
+    let errors = reply.json["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 1, "{}", reply.text);
+    assert_eq!(errors[0]["row"], 4);
+    assert_eq!(errors[0]["column"], "NHS Number");
+    assert!(
+        errors[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("also on row 2"),
+        "{}",
+        reply.text
+    );
+    assert_eq!(total(&gw, "Patient?_count=0").await, 0);
+    gw.stop().await;
+}

@@ -201,6 +201,37 @@ pub async fn ingest_list(
     report.referrals_created += written.referrals_created;
     rejected.append(&mut refused);
     if options.atomic {
+        // One transaction may change a patient once: a repeated NHS number
+        // is a row error naming the row it repeats, not a store refusal
+        // naming "entry 0".
+        let mut first_row: HashMap<&str, u64> = HashMap::new();
+        let column = layout
+            .column(Field::NhsNumber)
+            .map_or_else(String::new, |(_, h)| h.to_string());
+        let mut repeats = Vec::new();
+        for plan in &held {
+            match first_row.get(plan.row.nhs_number.as_str()) {
+                Some(first) => repeats.push((
+                    Record {
+                        line: plan.row.row,
+                        fields: Vec::new(),
+                        raw: plan.raw.clone(),
+                    },
+                    vec![RowError {
+                        row: plan.row.row,
+                        column: column.clone(),
+                        reason: format!(
+                            "NHS number {} is also on row {first}; an atomic list names each patient once",
+                            plan.row.nhs_number
+                        ),
+                    }],
+                )),
+                None => {
+                    first_row.insert(&plan.row.nhs_number, plan.row.row);
+                }
+            }
+        }
+        rejected.append(&mut repeats);
         if rejected.is_empty() {
             write_atomically(
                 store,
