@@ -375,9 +375,18 @@ fn read_patient(
             let location = format!("PID-{field_no}[{}]", i + 1);
             match patient_identifier(rep, sender, &location) {
                 Ok(Some((true, id))) => {
-                    if nhs.is_none() {
-                        let value = id["value"].as_str().unwrap_or_default().to_string();
-                        nhs = Some((value, id));
+                    let value = id["value"].as_str().unwrap_or_default().to_string();
+                    match &nhs {
+                        None => nhs = Some((value, id)),
+                        // A patient has one NHS number: two that differ
+                        // cannot both be theirs.
+                        Some((first, _)) if *first != value => errors.push(DataError {
+                            location: format!("{location}.1"),
+                            reason: format!(
+                                "a second NHS number, {value}, differs from the first, {first}"
+                            ),
+                        }),
+                        Some(_) => {}
                     }
                 }
                 Ok(Some((false, id))) if field_no == 3 => locals.push(id),

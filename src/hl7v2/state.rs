@@ -711,6 +711,27 @@ mod tests {
     }
 
     #[test]
+    fn two_different_nhs_numbers_are_refused_and_one_repeated_is_not() {
+        let message = |pid3: &str| {
+            let text = format!(
+                "MSH|^~\\&|PAS|RJZ|GW|OB|202607141018||ADT^A31|X1|P|2.4\rEVN|A31|202607141018\rPID|1||{pid3}||PAGE^Ann\r"
+            );
+            read(&Message::parse(&text).unwrap(), &AdtContext::default())
+        };
+        match message("9990000018^^^NHS^NH~K1^^^RJZ^MR~9990000026^^^NHS^NH") {
+            Err(crate::hl7v2::adt::AdtError::Invalid(errors)) => {
+                assert!(
+                    errors.iter().any(|e| e.location == "PID-3[3].1"),
+                    "{errors:?}"
+                );
+            }
+            other => panic!("two NHS numbers accepted: {other:?}"),
+        }
+        let same = message("9990000018^^^NHS^NH~9990000018^^^NHS^NH").unwrap();
+        assert_eq!(same.patient.nhs_number.as_deref(), Some("9990000018"));
+    }
+
+    #[test]
     fn a_message_without_a_verification_status_keeps_the_one_recorded() {
         let traced = event("A01", "202607141018", "NSTS01", VISIT);
         let later = event("A08", "202607141100", "", VISIT);
