@@ -412,10 +412,16 @@ fn read_patient(
                         *o = with;
                     }
                 }
+                // HL7 table 0445's own codes (identity reliability: AL
+                // alias, UA unknown age, UD unknown date of birth, US unknown
+                // SSN) say nothing about the NHS number: kept out, noted.
+                None if matches!(status.as_str(), "AL" | "UA" | "UD" | "US") => notes.push(format!(
+                    "PID-32: {status} is HL7 table 0445's identity reliability code, not an NHS number verification status: not mapped"
+                )),
                 None => errors.push(DataError {
                     location: "PID-32".into(),
                     reason: format!(
-                        "{status:?} is not an NHS number verification status (NSTS01 to NSTS08)"
+                        "{status:?} is not an NHS number verification status (NSTS01 to NSTS08) nor an HL7 table 0445 code"
                     ),
                 }),
             }

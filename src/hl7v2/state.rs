@@ -732,6 +732,33 @@ mod tests {
     }
 
     #[test]
+    fn a_table_0445_code_in_pid_32_is_noted_not_refused() {
+        let adt = event("A01", "202607141018", "US", VISIT);
+        assert!(
+            adt.notes.iter().any(|n| n.contains("PID-32")),
+            "{:?}",
+            adt.notes
+        );
+        let p = patient_after(None, None, &adt);
+        assert!(p["identifier"][0].get("extension").is_none(), "{p}");
+        let mut pid = vec![""; 33];
+        pid[0] = "PID";
+        pid[3] = "9990000018^^^NHS^NH";
+        pid[5] = "PAGE^Ann";
+        pid[32] = "NSTS99";
+        let text = format!(
+            "MSH|^~\\&|PAS|RJZ|GW|OB|202607141018||ADT^A31|X2|P|2.4\rEVN|A31|202607141018\r{}\r",
+            pid.join("|")
+        );
+        match read(&Message::parse(&text).unwrap(), &AdtContext::default()) {
+            Err(crate::hl7v2::adt::AdtError::Invalid(errors)) => {
+                assert!(errors.iter().any(|e| e.location == "PID-32"), "{errors:?}");
+            }
+            other => panic!("NSTS99 accepted: {other:?}"),
+        }
+    }
+
+    #[test]
     fn a_message_without_a_verification_status_keeps_the_one_recorded() {
         let traced = event("A01", "202607141018", "NSTS01", VISIT);
         let later = event("A08", "202607141100", "", VISIT);
