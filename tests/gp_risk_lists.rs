@@ -479,3 +479,20 @@ async fn an_atomic_list_naming_a_patient_twice_names_both_rows() {
     assert_eq!(total(&gw, "Patient?_count=0").await, 0);
     gw.stop().await;
 }
+
+/// Excel's "CSV (Macintosh)" ends lines with a lone CR: rows are still
+/// numbered by their line.
+#[tokio::test]
+async fn rows_of_a_file_with_carriage_returns_alone_are_numbered_by_line() {
+    let gw = common::start().await;
+    let body = format!(
+        "NHS Number,Surname,Date of Birth\r{},Smith,05-Mar-1938\r{},Jones,31-Sep-1944\r",
+        nhs_number(71),
+        nhs_number(72)
+    );
+    let reply = upload(&gw, "G84001", &body, "").await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(reply.json["accepted"], 1, "{}", reply.text);
+    assert_eq!(reply.json["errors"][0]["row"], 3, "{}", reply.text);
+    gw.stop().await;
+}

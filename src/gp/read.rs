@@ -68,13 +68,23 @@ impl LineCounter<'_> {
             self.offset = 0;
             self.line = 1;
         }
-        self.line += self.bytes[self.offset..start]
-            .iter()
-            .filter(|&&b| b == b'\n')
-            .count() as u64;
+        self.line += line_breaks(&self.bytes[self.offset..start]);
         self.offset = start;
         self.line
     }
+}
+
+/// Line breaks in `bytes`: `\r\n`, `\n`, or `\r` alone (Excel's "CSV
+/// (Macintosh)"). Counted between two records' starts, which never fall
+/// inside a `\r\n`.
+fn line_breaks(bytes: &[u8]) -> u64 {
+    let mut count = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        if b == b'\n' || (b == b'\r' && bytes.get(i + 1) != Some(&b'\n')) {
+            count += 1;
+        }
+    }
+    count
 }
 
 /// A data row: its line number and its fields, decoded.
@@ -167,10 +177,7 @@ impl Iterator for List<'_> {
             {
                 self.done = true;
                 let line = self.lines.line_at(quote as u64);
-                let after = self.lines.bytes[quote..]
-                    .iter()
-                    .filter(|&&b| b == b'\n')
-                    .count();
+                let after = line_breaks(&self.lines.bytes[quote..]);
                 return Some(Err(ListError::Csv {
                     line,
                     message: format!(
