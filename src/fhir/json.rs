@@ -193,35 +193,44 @@ pub fn rewrite_references<'a>(compact: &'a str, map: &HashMap<String, String>) -
     if map.is_empty() {
         return Cow::Borrowed(compact);
     }
-    let bytes = compact.as_bytes();
     let mut out = String::with_capacity(compact.len());
-    let mut pos = 0;
     let mut copied = 0;
-    let mut after_reference_key = false;
-    while pos < bytes.len() {
-        if bytes[pos] != b'"' {
-            pos += 1;
-            continue;
+    for (start, end) in reference_values(compact) {
+        if let Some(replacement) =
+            decode_string(&compact[start..end]).and_then(|value| map.get(&value))
+        {
+            out.push_str(&compact[copied..start]);
+            out.push_str(&encode_string(replacement));
+            copied = end;
         }
-        let end = string_end(bytes, pos).unwrap_or(bytes.len());
-        let is_key = bytes.get(end) == Some(&b':');
-        if is_key {
-            after_reference_key = &compact[pos..end] == "\"reference\"";
-        } else {
-            if after_reference_key
-                && let Some(replacement) =
-                    decode_string(&compact[pos..end]).and_then(|value| map.get(&value))
-            {
-                out.push_str(&compact[copied..pos]);
-                out.push_str(&encode_string(replacement));
-                copied = end;
-            }
-            after_reference_key = false;
-        }
-        pos = end;
     }
     out.push_str(&compact[copied..]);
     Cow::Owned(out)
+}
+
+/// The spans (quotes included) of the string values of `reference`
+/// members in minified JSON.
+fn reference_values(compact: &str) -> impl Iterator<Item = (usize, usize)> + '_ {
+    let bytes = compact.as_bytes();
+    let mut pos = 0;
+    let mut after_reference_key = false;
+    std::iter::from_fn(move || {
+        while pos < bytes.len() {
+            if bytes[pos] != b'"' {
+                pos += 1;
+                continue;
+            }
+            let start = pos;
+            let end = string_end(bytes, pos).unwrap_or(bytes.len());
+            pos = end;
+            if bytes.get(end) == Some(&b':') {
+                after_reference_key = &compact[start..end] == "\"reference\"";
+            } else if std::mem::take(&mut after_reference_key) {
+                return Some((start, end));
+            }
+        }
+        None
+    })
 }
 
 /// The first `reference` member of minified JSON whose value is a
@@ -231,30 +240,12 @@ pub fn unresolved_placeholder(compact: &str, map: &HashMap<String, String>) -> O
     if !compact.contains("\"urn:") {
         return None;
     }
-    let bytes = compact.as_bytes();
-    let mut pos = 0;
-    let mut after_reference_key = false;
-    while pos < bytes.len() {
-        if bytes[pos] != b'"' {
-            pos += 1;
-            continue;
-        }
-        let end = string_end(bytes, pos).unwrap_or(bytes.len());
-        if bytes.get(end) == Some(&b':') {
-            after_reference_key = &compact[pos..end] == "\"reference\"";
-        } else {
-            if after_reference_key
-                && let Some(value) = decode_string(&compact[pos..end])
-                && (value.starts_with("urn:uuid:") || value.starts_with("urn:oid:"))
-                && !map.contains_key(&value)
-            {
-                return Some(value);
-            }
-            after_reference_key = false;
-        }
-        pos = end;
-    }
-    None
+    reference_values(compact)
+        .filter_map(|(start, end)| decode_string(&compact[start..end]))
+        .find(|value| {
+            (value.starts_with("urn:uuid:") || value.starts_with("urn:oid:"))
+                && !map.contains_key(value)
+        })
 }
 
 /// A JSON string literal for `value`.

@@ -676,22 +676,34 @@ async fn write_plans(
                 }
             }
         }
-        // Plan again from what is stored now.
-        let mut replanned = Vec::with_capacity(retry.len());
-        for plan in retry {
-            let record = Record {
-                line: plan.row.row,
-                fields: plan_fields(&plan, layout),
-                raw: plan.raw.clone(),
-            };
-            match plan_row(store, validator, layout, &record, options).await? {
-                Ok(plan) => replanned.push(plan),
-                Err(errors) => rejected.push((record, errors)),
-            }
-        }
-        pending = replanned;
+        pending = replan(store, validator, layout, options, retry, rejected).await?;
     }
     Ok(())
+}
+
+/// Plans rows again from what is stored now; a row that no longer plans
+/// goes to `rejected`.
+async fn replan(
+    store: &dyn Store,
+    validator: &Validator,
+    layout: &Layout,
+    options: &ListOptions,
+    plans: Vec<Plan>,
+    rejected: &mut Vec<(Record, Vec<RowError>)>,
+) -> Result<Vec<Plan>, StoreError> {
+    let mut replanned = Vec::with_capacity(plans.len());
+    for plan in plans {
+        let record = Record {
+            line: plan.row.row,
+            fields: plan_fields(&plan, layout),
+            raw: plan.raw.clone(),
+        };
+        match plan_row(store, validator, layout, &record, options).await? {
+            Ok(plan) => replanned.push(plan),
+            Err(errors) => rejected.push((record, errors)),
+        }
+    }
+    Ok(replanned)
 }
 
 /// An atomic list: every row's writes in one transaction. `again` plans
@@ -729,18 +741,7 @@ async fn write_atomically(
             // the list is stored; their facts are merged in after it.
             if !raced.is_empty() {
                 let (validator, layout, options) = again;
-                let mut replanned = Vec::with_capacity(raced.len());
-                for plan in raced {
-                    let record = Record {
-                        line: plan.row.row,
-                        fields: plan_fields(&plan, layout),
-                        raw: plan.raw.clone(),
-                    };
-                    match plan_row(store, validator, layout, &record, options).await? {
-                        Ok(plan) => replanned.push(plan),
-                        Err(errors) => rejected.push((record, errors)),
-                    }
-                }
+                let replanned = replan(store, validator, layout, options, raced, rejected).await?;
                 write_plans(
                     store, validator, layout, options, replanned, report, rejected,
                 )

@@ -595,16 +595,29 @@ mod tests {
         assert_eq!(q["telecom"], p["telecom"]);
     }
 
+    /// A segment with its fields at their HL7 numbers (no trailing `\r`).
+    fn segment(id: &str, fields: &[(usize, &str)]) -> String {
+        let last = fields.iter().map(|(n, _)| *n).max().unwrap_or(0);
+        let mut out = vec![""; last + 1];
+        out[0] = id;
+        for (n, value) in fields {
+            out[*n] = value;
+        }
+        out.join("|")
+    }
+
     fn event(event: &str, when: &str, pid32: &str, pv1: &str) -> Adt {
-        let mut pid = vec![""; 33];
-        pid[0] = "PID";
-        pid[1] = "1";
-        pid[3] = "9990000018^^^NHS^NH";
-        pid[5] = "PAGE^Ann";
-        pid[7] = "19380305";
-        pid[8] = "F";
-        pid[32] = pid32;
-        let pid = pid.join("|");
+        let pid = segment(
+            "PID",
+            &[
+                (1, "1"),
+                (3, "9990000018^^^NHS^NH"),
+                (5, "PAGE^Ann"),
+                (7, "19380305"),
+                (8, "F"),
+                (32, pid32),
+            ],
+        );
         let text = format!(
             "MSH|^~\\&|PAS|RJZ|GW|OB|202608010700||ADT^{event}|{event}{when}|P|2.4\rEVN|{event}|{when}\r{pid}\rPV1|1|{pv1}\r"
         );
@@ -647,12 +660,17 @@ mod tests {
     #[test]
     fn a_transfer_arriving_before_its_admission_keeps_the_admitting_location() {
         let pv1 = |place: &str| {
-            let mut f = vec![""; 45];
-            f[2] = "I";
-            f[3] = place;
-            f[19] = "V7^^^RJZ^VN";
-            f[44] = "202607141015";
-            f[2..].join("|")
+            let pv1 = segment(
+                "PV1",
+                &[
+                    (2, "I"),
+                    (3, place),
+                    (19, "V7^^^RJZ^VN"),
+                    (44, "202607141015"),
+                ],
+            );
+            // `event` puts PV1-1 itself: from PV1-2 on.
+            pv1["PV1||".len()..].to_string()
         };
         let admit = event("A01", "202607141018", "", &pv1("AMU^^^RJZ30"));
         let transfer = event("A02", "202607141400", "", &pv1("WARD 9^^^RJZ30"));
@@ -671,16 +689,18 @@ mod tests {
     #[test]
     fn an_explicit_null_deletes_a_recorded_death_address_and_practice() {
         let with = |pid29: &str, pid11: &str, pd1_3: &str, when: &str| {
-            let mut pid = vec![""; 30];
-            pid[0] = "PID";
-            pid[1] = "1";
-            pid[3] = "9990000018^^^NHS^NH";
-            pid[5] = "PAGE^Ann";
-            pid[11] = pid11;
-            pid[29] = pid29;
+            let pid = segment(
+                "PID",
+                &[
+                    (1, "1"),
+                    (3, "9990000018^^^NHS^NH"),
+                    (5, "PAGE^Ann"),
+                    (11, pid11),
+                    (29, pid29),
+                ],
+            );
             let text = format!(
-                "MSH|^~\\&|PAS|RJZ|GW|OB|{when}||ADT^A31|{when}|P|2.4\rEVN|A31|{when}\r{}\rPD1|||{pd1_3}\r",
-                pid.join("|")
+                "MSH|^~\\&|PAS|RJZ|GW|OB|{when}||ADT^A31|{when}|P|2.4\rEVN|A31|{when}\r{pid}\rPD1|||{pd1_3}\r",
             );
             read(&Message::parse(&text).unwrap(), &AdtContext::default()).unwrap()
         };
@@ -741,14 +761,12 @@ mod tests {
         );
         let p = patient_after(None, None, &adt);
         assert!(p["identifier"][0].get("extension").is_none(), "{p}");
-        let mut pid = vec![""; 33];
-        pid[0] = "PID";
-        pid[3] = "9990000018^^^NHS^NH";
-        pid[5] = "PAGE^Ann";
-        pid[32] = "NSTS99";
+        let pid = segment(
+            "PID",
+            &[(3, "9990000018^^^NHS^NH"), (5, "PAGE^Ann"), (32, "NSTS99")],
+        );
         let text = format!(
-            "MSH|^~\\&|PAS|RJZ|GW|OB|202607141018||ADT^A31|X2|P|2.4\rEVN|A31|202607141018\r{}\r",
-            pid.join("|")
+            "MSH|^~\\&|PAS|RJZ|GW|OB|202607141018||ADT^A31|X2|P|2.4\rEVN|A31|202607141018\r{pid}\r"
         );
         match read(&Message::parse(&text).unwrap(), &AdtContext::default()) {
             Err(crate::hl7v2::adt::AdtError::Invalid(errors)) => {
