@@ -35,6 +35,18 @@ pub struct Member {
 
 /// Splits a JSON object into its top-level members, in the sender's order.
 pub fn object_members(text: &str) -> Result<Vec<Member>, JsonShapeError> {
+    members(text, true)
+}
+
+/// As [`object_members`], for JSON this gateway wrote itself (a stored body,
+/// `serde_json` output, or members of those spliced together): minified and
+/// with no name twice in any object already, so neither is checked again.
+/// Checking cost a feed about a tenth of its CPU per HL7 v2 message.
+pub fn written_members(text: &str) -> Result<Vec<Member>, JsonShapeError> {
+    members(text, false)
+}
+
+fn members(text: &str, sender: bool) -> Result<Vec<Member>, JsonShapeError> {
     let bytes = text.as_bytes();
     let mut pos = skip_ws(bytes, 0);
     if bytes.get(pos) != Some(&b'{') {
@@ -62,18 +74,21 @@ pub fn object_members(text: &str) -> Result<Vec<Member>, JsonShapeError> {
         }
         pos = skip_ws(bytes, pos + 1);
         let value_end = value_end(bytes, pos)?;
-        if members.iter().any(|m| m.key == key) {
-            return Err(JsonShapeError::DuplicateKey(key));
-        }
-        // Parsers disagree on which of two same-named members counts, and
-        // the stored bytes would keep both: refused at any depth.
-        if let Some(path) = nested_duplicate(&text[pos..value_end]) {
-            return Err(JsonShapeError::DuplicateKey(format!("{key}.{path}")));
-        }
-        members.push(Member {
-            key,
-            value: minify(&text[pos..value_end]),
-        });
+        let raw = &text[pos..value_end];
+        let value = if sender {
+            if members.iter().any(|m| m.key == key) {
+                return Err(JsonShapeError::DuplicateKey(key));
+            }
+            // Parsers disagree on which of two same-named members counts,
+            // and the stored bytes would keep both: refused at any depth.
+            if let Some(path) = nested_duplicate(raw) {
+                return Err(JsonShapeError::DuplicateKey(format!("{key}.{path}")));
+            }
+            minify(raw)
+        } else {
+            raw.to_string()
+        };
+        members.push(Member { key, value });
         pos = value_end;
     }
 }
@@ -344,6 +359,20 @@ mod tests {
                 "\"2020-01-01T10:00:00+01:00\""
             ]
         );
+    }
+
+    #[test]
+    fn written_members_split_the_gateways_own_json_as_the_checked_split_does() {
+        let value = serde_json::json!({
+            "resourceType": "Patient",
+            "name": [{"family": "O'Brien \"Jr\"", "given": ["A", "B"]}],
+            "extension": [{"url": "http://x/e", "valueDecimal": 1.5}],
+            "active": true
+        });
+        let text = value.to_string();
+        assert_eq!(written_members(&text), object_members(&text));
+        assert_eq!(written_members(&text).unwrap().len(), 4);
+        assert_eq!(written_members("[1]"), Err(JsonShapeError::NotAnObject));
     }
 
     #[test]

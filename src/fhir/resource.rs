@@ -95,18 +95,29 @@ pub fn prepare_json(
             format!("the body is not valid JSON: {err}"),
         ))
     })?;
-    prepare_parsed(text, &value, expected, validator)
+    prepare_members(json::object_members(text), &value, expected, validator)
 }
 
-/// As [`prepare_json`], when the caller has `text` parsed already as
-/// `value` (a feed that built the resource): saves parsing it again.
+/// As [`prepare_json`], for a resource the gateway built (a feed's mapping):
+/// `text` is `value` written by `serde_json`, or spliced from stored members
+/// and such output, so it is neither parsed nor checked for repeated names
+/// again.
 pub fn prepare_parsed(
     text: &str,
     value: &Value,
     expected: Option<ResourceType>,
     validator: &Validator,
 ) -> Result<Prepared, Rejection> {
-    let members = json::object_members(text).map_err(|err| {
+    prepare_members(json::written_members(text), value, expected, validator)
+}
+
+fn prepare_members(
+    members: Result<Vec<json::Member>, json::JsonShapeError>,
+    value: &Value,
+    expected: Option<ResourceType>,
+    validator: &Validator,
+) -> Result<Prepared, Rejection> {
+    let members = members.map_err(|err| {
         Rejection::Malformed(Issue::error(
             "structure",
             match err {
@@ -189,7 +200,8 @@ pub fn prepare_parsed(
         match member.key.as_str() {
             "resourceType" | "id" => {}
             "meta" => {
-                let meta = json::object_members(&member.value).map_err(|_| {
+                // Minified and checked with the whole body already.
+                let meta = json::written_members(&member.value).map_err(|_| {
                     Rejection::Invalid(vec![
                         Issue::error("structure", "meta must be an object")
                             .at(format!("{ty}.meta")),

@@ -7,7 +7,7 @@
 //! the same JSON.
 
 use super::row::RiskRow;
-use crate::fhir::json::{encode_string, object_members};
+use crate::fhir::json::{encode_string, written_members};
 use serde_json::{Value, json};
 
 pub const NHS_NUMBER_SYSTEM: &str = "https://fhir.nhs.uk/Id/nhs-number";
@@ -119,7 +119,7 @@ pub fn map_referral(
 /// date and postcode fill in only where the record has none. Members the list
 /// does not touch keep their exact bytes. `None` when nothing changes.
 pub fn merge_patient(existing: &str, row: &RiskRow, cx: &MapContext) -> Option<String> {
-    let members = object_members(existing).ok()?;
+    let members = written_members(existing).ok()?;
     let has = |key: &str| members.iter().any(|m| m.key == key);
     let mut changes: Vec<(&str, Value)> = Vec::new();
     let gp = json!([practice_reference(cx)]);

@@ -18,7 +18,7 @@
 //! Members an event does not change keep their stored bytes ([`rewrite`]).
 
 use super::adt::{Adt, Event, ODS_SYSTEM, Visit, is_ods};
-use crate::fhir::json::{encode_string, object_members};
+use crate::fhir::json::{encode_string, written_members};
 use serde_json::{Map, Value, json};
 
 /// The Patient after `adt`, from the stored one (or a new one) whose last
@@ -533,7 +533,7 @@ fn order(mut o: Map<String, Value>, keys: &[&str]) -> Map<String, Value> {
 /// offset survive an update that does not touch them. `None` when nothing
 /// changed. `old` is `stored` parsed (the caller has it already).
 pub fn rewrite(stored: &str, old: &Value, new: &Value) -> Option<String> {
-    let members = object_members(stored).ok()?;
+    let members = written_members(stored).ok()?;
     let (old, new) = (old.as_object()?, new.as_object()?);
     let mut changed = members.len() != new.len();
     let mut out = String::with_capacity(stored.len() + 256);
