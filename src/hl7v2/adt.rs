@@ -100,7 +100,10 @@ impl Event {
     /// `fixtures/hl7v2/README.md`); `None` leaves the status alone.
     pub fn status(self) -> Option<&'static str> {
         match self {
-            Event::A01 | Event::A02 | Event::A13 => Some("in-progress"),
+            Event::A01 | Event::A02 => Some("in-progress"),
+            // Until the discharge it cancels is known: the state then
+            // restores the status from before it (`arrived` after an A04).
+            Event::A13 => Some("in-progress"),
             Event::A03 => Some("finished"),
             // Registration: the patient has arrived (ED or clinic) and is
             // waiting to be seen. v2-to-FHIR says `planned`, which would

@@ -9,7 +9,9 @@
 //!   `in-progress` entry *before* the A03's `finished` and changes nothing
 //!   else; an A11 or A13 is simply a later entry.
 //! - `Encounter.location` entries are ordered by their start the same way
-//!   (A02 adds one, A12 removes the latest one before it).
+//!   (A02 adds one, A12 removes the latest one before it unless the
+//!   patient is already back where the A12 says). An A13 restores the
+//!   status from before the discharge it cancels.
 //! - Other members are replaced only by an event at least as recent as the
 //!   last one applied to the record (its event clock, kept by the store
 //!   beside the resource, not in it); an older event only fills members
@@ -229,6 +231,10 @@ pub fn encounter_after(
             .and_then(Value::as_array)
             .cloned()
             .unwrap_or_default();
+        let status = match adt.event {
+            Event::A13 => status_before_discharge(&history, adt.time_ms).unwrap_or(status),
+            _ => status,
+        };
         let entry = json!({"status": status, "period": {"start": adt.time}});
         let exists = history
             .iter()
@@ -326,8 +332,33 @@ pub fn encounter_after(
     Value::Object(order(e, ENCOUNTER_ORDER))
 }
 
-/// A02 adds a location at its event time, A12 removes the latest one
-/// before it; the first location comes from any event that has one.
+/// What a discharge cancelled at `at` (A13) undoes: the status the
+/// Encounter had before its latest discharge until then (`arrived` for an
+/// ED attendance, `in-progress` for an admission). `None` when no
+/// discharge is recorded before `at` (an A13 that arrived before its A03:
+/// then the event's own `in-progress`).
+fn status_before_discharge(history: &[Value], at: i64) -> Option<&'static str> {
+    let mut earlier: Vec<&Value> = history
+        .iter()
+        .filter(|h| start_ms(&h["period"]) <= at)
+        .collect();
+    earlier.sort_by_key(|h| start_ms(&h["period"]));
+    let discharge = earlier.iter().rposition(|h| h["status"] == "finished")?;
+    let before = earlier[..discharge]
+        .iter()
+        .rev()
+        .filter_map(|h| h["status"].as_str())
+        .find(|s| *s != "finished")?;
+    // The statuses an ADT event sets, as 'static.
+    ["planned", "arrived", "in-progress"]
+        .into_iter()
+        .find(|s| *s == before)
+}
+
+/// A02 adds a location at its event time; A12 removes the latest one
+/// before it, unless that is already where the cancel says the patient is
+/// (PV1-3): a resent A12 does not undo a second transfer. The first
+/// location comes from any event that has one.
 fn locations(e: &mut Map<String, Value>, adt: &Adt, visit: &Visit, status: &str) {
     let mut list = e
         .get("location")
@@ -343,7 +374,7 @@ fn locations(e: &mut Map<String, Value>, adt: &Adt, visit: &Visit, status: &str)
                 list.push(json!({"location": place.clone(), "period": {"start": adt.time}}));
             }
         }
-        (Event::A12, _) => {
+        (Event::A12, back_to) => {
             if list.len() > 1
                 && let Some(i) = list
                     .iter()
@@ -351,6 +382,7 @@ fn locations(e: &mut Map<String, Value>, adt: &Adt, visit: &Visit, status: &str)
                     .filter(|(_, l)| start_ms(&l["period"]) <= adt.time_ms)
                     .max_by_key(|(_, l)| start_ms(&l["period"]))
                     .map(|(i, _)| i)
+                && back_to.as_ref() != Some(&list[i]["location"])
             {
                 list.remove(i);
             }
@@ -684,6 +716,54 @@ mod tests {
             .map(|l| &l["status"])
             .collect();
         assert_eq!(places, [&json!("completed"), &json!("active")]);
+    }
+
+    #[test]
+    fn a_cancelled_discharge_restores_the_status_before_it() {
+        let ed = "E|ED^^^RJZ30||||||||||||||||V8^^^RJZ^VN";
+        let arrival = event("A04", "202607141018", "", ed);
+        let discharge = event("A03", "202607141400", "", ed);
+        let cancel = event("A13", "202607141410", "", ed);
+        let e = encounter_of(&[&arrival, &discharge, &cancel]);
+        assert_eq!(e["status"], "arrived", "{e}");
+        assert!(e["period"].get("end").is_none(), "{e}");
+        // An admitted patient goes back to in-progress.
+        let admit = event("A01", "202607141018", "", VISIT);
+        let discharge = event("A03", "202607141400", "", VISIT);
+        let cancel = event("A13", "202607141410", "", VISIT);
+        assert_eq!(
+            encounter_of(&[&admit, &discharge, &cancel])["status"],
+            "in-progress"
+        );
+    }
+
+    #[test]
+    fn a_repeated_transfer_cancel_removes_one_transfer_only() {
+        let pv1 = |place: &str| {
+            let pv1 = segment("PV1", &[(2, "I"), (3, place), (19, "V6^^^RJZ^VN")]);
+            pv1["PV1||".len()..].to_string()
+        };
+        let admit = event("A01", "202607141018", "", &pv1("AMU^^^RJZ30"));
+        let first = event("A02", "202607141400", "", &pv1("WARD 9^^^RJZ30"));
+        let second = event("A02", "202607141500", "", &pv1("WARD 4^^^RJZ30"));
+        // The cancel names the location the patient goes back to (PV1-3);
+        // sent twice (a resend under a new MSH-10), once more a minute on.
+        let cancel = event("A12", "202607141510", "", &pv1("WARD 9^^^RJZ30"));
+        let again = event("A12", "202607141511", "", &pv1("WARD 9^^^RJZ30"));
+        let e = encounter_of(&[&admit, &first, &second, &cancel, &again]);
+        let places: Vec<&Value> = e["location"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| &l["location"]["display"])
+            .collect();
+        assert_eq!(places.len(), 2, "{e}");
+        assert_eq!(
+            e["location"][1]["location"],
+            first.visit.as_ref().unwrap().location.clone().unwrap(),
+            "{e}"
+        );
+        assert_eq!(e["location"][1]["status"], "active");
     }
 
     #[test]
