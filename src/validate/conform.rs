@@ -166,6 +166,15 @@ impl<'p, 'a> Conform<'p, 'a> {
             None => 0,
         };
         self.check_cardinality(node, name, count, None);
+        // With the element itself missing below its minimum, the slices'
+        // minimums say nothing more; absent but allowed to be, a slice
+        // that must be there is still missing.
+        if found.is_none()
+            && count >= node.min.unwrap_or(0) as usize
+            && let Some(slicing) = &node.slicing
+        {
+            self.apply_slicing(slicing, name, &[]);
+        }
         let Some((key, value)) = found else {
             return;
         };
@@ -339,6 +348,9 @@ impl<'p, 'a> Conform<'p, 'a> {
         let Some(codes) = &binding.codes else {
             return;
         };
+        // A `code` has its system implied by the binding; a Coding's code
+        // without a system has no defined meaning, so it is in no value set.
+        let implied = matches!(value, Value::String(_));
         let codings: Vec<(Option<&str>, &str)> = match value {
             Value::String(code) => vec![(None, code.as_str())],
             Value::Object(map) if map.contains_key("coding") => map["coding"]
@@ -353,8 +365,13 @@ impl<'p, 'a> Conform<'p, 'a> {
             },
             _ => return,
         };
-        let verdicts: Vec<Option<bool>> =
-            codings.iter().map(|(s, c)| codes.contains(*s, c)).collect();
+        let verdicts: Vec<Option<bool>> = codings
+            .iter()
+            .map(|(s, c)| match s {
+                None if !implied => Some(false),
+                _ => codes.contains(*s, c),
+            })
+            .collect();
         if verdicts.contains(&Some(true))
             || (!verdicts.is_empty() && verdicts.iter().all(Option::is_none))
         {
@@ -369,6 +386,8 @@ impl<'p, 'a> Conform<'p, 'a> {
             .collect();
         let got = if shown_codes.is_empty() {
             "no code".to_string()
+        } else if !implied && codings.iter().any(|(s, _)| s.is_none()) {
+            format!("{} (a code with no system)", shown_codes.join(", "))
         } else {
             shown_codes.join(", ")
         };

@@ -374,3 +374,70 @@ fn ele_1_is_about_elements_not_resources() {
             .any(|(at, _, why)| at == "Patient.name[0]" && why.contains("ele-1"))
     );
 }
+
+#[test]
+fn a_required_slice_is_missing_when_its_element_is_absent() {
+    // A local profile that makes the NHS number slice 1..1 while
+    // `identifier` itself stays 0..* (as many profiles do).
+    let dir = tempfile::tempdir().unwrap();
+    let profiles = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("profiles");
+    for entry in std::fs::read_dir(&profiles).unwrap() {
+        let path = entry.unwrap().path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        if !name.ends_with(".json") {
+            continue;
+        }
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        if name == "StructureDefinition-OneBromley-Patient.json" {
+            let mut sd: Value = serde_json::from_str(&text).unwrap();
+            for e in sd["differential"]["element"].as_array_mut().unwrap() {
+                if e["id"] == "Patient.identifier:nhsNumber" {
+                    e["min"] = json!(1);
+                }
+            }
+            text = sd.to_string();
+        }
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    let url = "https://fhir.onebromley.nhs.uk/StructureDefinition/OneBromley-Patient";
+    let strict = Validator::load(Some(dir.path()), &[url.to_string()]).unwrap();
+    let text_of = |p: &Value| {
+        strict
+            .validate(p)
+            .into_iter()
+            .filter(|i| i.severity == Severity::Error)
+            .map(|i| format!("{} @ {}", i.diagnostics, i.expression.join(",")))
+            .collect::<Vec<_>>()
+    };
+    let mut without = patient();
+    without.as_object_mut().unwrap().remove("identifier");
+    let found = text_of(&without);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(
+        found[0].contains("nhsNumber") && found[0].contains("Patient.identifier"),
+        "{found:?}"
+    );
+    // With a hospital number only: the same finding.
+    let mut local = patient();
+    local["identifier"] = json!([{"system": "https://fhir.example/Id/mrn", "value": "K1"}]);
+    assert_eq!(text_of(&local).len(), 1, "{:?}", text_of(&local));
+    // With the NHS number: clean.
+    assert!(text_of(&patient()).is_empty(), "{:?}", text_of(&patient()));
+}
+
+#[test]
+fn a_coded_value_without_a_system_is_not_in_a_required_value_set() {
+    // `EMER` alone could be any code system's; a plain `code` has its
+    // system implied, a Coding does not.
+    let mut e = encounter();
+    e["class"] = json!({"code": "EMER"});
+    let text = assert_single(e, "Encounter.class", "code-invalid");
+    assert!(text.contains("no system"), "{text}");
+    // The same Coding with its system passes.
+    let mut e = encounter();
+    e["class"] =
+        json!({"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "EMER"});
+    assert!(errors(e).is_empty());
+}
