@@ -313,6 +313,27 @@ fn uuid_like(key: &str) -> bool {
 }
 
 #[tokio::test]
+async fn refused_credentials_are_tried_again_not_dead_lettered() {
+    // An expired token or a certificate not yet allowed is the
+    // destination's setup, not this referral: once it is put right the
+    // delivery goes without anyone retrying it by hand.
+    let mdt = Receiver::start().await;
+    mdt.plan(|p| p.next = [401, 403].into());
+    let setup = routing(&format!(
+        "[destinations.proactive-care-mdt]\nurl = \"{}\"\n[delivery]\ninitial_backoff_ms = 20\nmax_backoff_ms = 50",
+        mdt.base
+    ));
+    let gw = common::start_with(|c| c.routing = setup).await;
+    upload(&gw, &severe_list(&[(&nhs_number(7), "Dunn")])).await;
+    let delivered = wait_deliveries(&gw, "?status=delivered", "delivered", |l| l.len() == 1).await;
+    assert_eq!(delivered[0]["attempts"], 3, "{}", delivered[0]);
+    assert!(deliveries(&gw, "?status=dead").await.is_empty());
+    let statuses: Vec<u16> = mdt.received().iter().map(|r| r.answered).collect();
+    assert_eq!(statuses, [401, 403, 201]);
+    gw.stop().await;
+}
+
+#[tokio::test]
 async fn a_refused_delivery_goes_dead_and_a_manual_retry_delivers_it_after_a_fix() {
     let mdt = Receiver::start().await;
     mdt.plan(|p| p.status = 400);

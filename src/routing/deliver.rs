@@ -291,6 +291,20 @@ pub async fn attempt(destination: &Destination, request: Request<'_>, now_ms: i6
             response: Some(text),
         };
     }
+    // 401 and 403 are about who is sending (an expired token, a client
+    // certificate not yet allowed), not about this resource: every
+    // delivery to the destination gets them until its setup is put right,
+    // and then each goes without a manual retry (within `max_attempts`).
+    if matches!(code, 401 | 403) {
+        return Outcome::Retry {
+            status: Some(code),
+            error: format!(
+                "{url} answered {status}: the destination refused the gateway's credentials (check its bearer_token, headers or client certificate)"
+            ),
+            retry_after_ms,
+            response: Some(text),
+        };
+    }
     let error = match (status.is_redirection(), location) {
         (true, Some(to)) => format!(
             "{url} answered {status}, redirecting to {to}; redirects are not followed: set the destination's url"
