@@ -11,7 +11,8 @@ use super::layout::{Format, Layout, Overrides};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Encoding {
     Utf8,
-    /// Not valid UTF-8: read as Windows-1252, what Excel on Windows writes.
+    /// Not valid UTF-8 throughout: each field that is not is read as
+    /// Windows-1252, what Excel on Windows writes.
     Windows1252,
 }
 
@@ -127,7 +128,7 @@ pub fn open<'b>(
     while let Some(record) = records.next() {
         let record = record.map_err(|e| csv_error(e, &mut lines))?;
         seen += 1;
-        let fields: Vec<String> = record.iter().map(|f| decode(f, encoding)).collect();
+        let fields: Vec<String> = record.iter().map(decode).collect();
         if let Some(layout) = Layout::recognise(&fields, format, overrides) {
             let header_line = record.position().map_or(seen, |p| lines.line_at(p.byte()));
             return Ok(List {
@@ -192,7 +193,7 @@ impl Iterator for List<'_> {
             let line = record
                 .position()
                 .map_or(0, |p| self.lines.line_at(p.byte()));
-            let fields: Vec<String> = record.iter().map(|f| decode(f, self.encoding)).collect();
+            let fields: Vec<String> = record.iter().map(decode).collect();
             let raw = join_csv(&fields);
             return Some(Ok(Record { line, fields, raw }));
         }
@@ -245,26 +246,43 @@ const CP1252_HIGH: [char; 32] = [
     '\u{90}', '‘', '’', '“', '”', '•', '–', '—', '˜', '™', 'š', '›', 'œ', '\u{9d}', 'ž', 'Ÿ',
 ];
 
-fn decode(field: &[u8], encoding: Encoding) -> String {
-    match encoding {
-        Encoding::Utf8 => String::from_utf8_lossy(field).into_owned(),
-        Encoding::Windows1252 => field
-            .iter()
-            .map(|&b| match b {
-                0x80..=0x9F => CP1252_HIGH[usize::from(b - 0x80)],
-                _ => char::from(b),
-            })
-            .collect(),
+/// One field: UTF-8 when it is, else Windows-1252. Decided field by field,
+/// not for the whole list: one row pasted in from a Windows-1252 file must
+/// not turn every `ë` of a UTF-8 export into `Ã«`. (Windows-1252 text that
+/// is also valid UTF-8 needs pairs such as `Ã«` in a name: not seen.)
+fn decode(field: &[u8]) -> String {
+    match std::str::from_utf8(field) {
+        Ok(text) => text.to_string(),
+        Err(_) => windows_1252(field),
     }
 }
 
-/// Bytes as text: UTF-8 when they are, else Windows-1252 (what Windows
-/// systems write when they do not write UTF-8). Never fails.
+fn windows_1252(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .map(|&b| match b {
+            0x80..=0x9F => CP1252_HIGH[usize::from(b - 0x80)],
+            _ => char::from(b),
+        })
+        .collect()
+}
+
+/// Bytes as text: UTF-8 when they are, else line by line (an HL7 v2
+/// segment is a line) UTF-8 or Windows-1252 (what Windows systems write
+/// when they do not write UTF-8). Never fails. A UTF-8 sequence never
+/// holds a CR or LF byte, so a line break never splits a character.
 pub fn utf8_or_windows_1252(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
-    match std::str::from_utf8(bytes) {
-        Ok(text) => std::borrow::Cow::Borrowed(text),
-        Err(_) => std::borrow::Cow::Owned(decode(bytes, Encoding::Windows1252)),
+    if let Ok(text) = std::str::from_utf8(bytes) {
+        return std::borrow::Cow::Borrowed(text);
     }
+    let mut out = String::with_capacity(bytes.len() + bytes.len() / 8);
+    for line in bytes.split_inclusive(|b| matches!(b, b'\r' | b'\n')) {
+        match std::str::from_utf8(line) {
+            Ok(text) => out.push_str(text),
+            Err(_) => out.push_str(&windows_1252(line)),
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// Fields joined as a CSV row (RFC 4180 quoting where needed).
@@ -306,6 +324,22 @@ mod tests {
         let mut list = open(bytes, None, &Overrides::new()).unwrap();
         assert_eq!(list.encoding, Encoding::Windows1252);
         assert_eq!(list.next().unwrap().unwrap().fields[1], "Renée – O’Neil");
+    }
+
+    #[test]
+    fn one_stray_byte_does_not_turn_the_whole_list_into_windows_1252() {
+        // A UTF-8 export with one row pasted in from a Windows-1252 file.
+        let mut bytes = "NHS Number,Surname\n9434765919,Zoë Løvland\n4000000020,Ren"
+            .as_bytes()
+            .to_vec();
+        bytes.extend_from_slice(b"\xe9e\n");
+        let mut list = open(&bytes, None, &Overrides::new()).unwrap();
+        assert_eq!(list.encoding, Encoding::Windows1252);
+        assert_eq!(list.next().unwrap().unwrap().fields[1], "Zoë Løvland");
+        assert_eq!(list.next().unwrap().unwrap().fields[1], "Renée");
+        // The same for a message's text, line by line.
+        let text = utf8_or_windows_1252(b"PID|1||Zo\xc3\xab\rPV1|1|Ren\xe9e\r");
+        assert_eq!(text, "PID|1||Zoë\rPV1|1|Renée\r");
     }
 
     #[test]
