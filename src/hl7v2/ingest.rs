@@ -395,7 +395,7 @@ impl Feed {
             .iter()
             .map(|(s, c)| (s.id.clone(), s.version, *c))
             .collect();
-        let found = parsed(patients.into_iter().map(|(s, _)| s).collect());
+        let found = parsed(store, patients.into_iter().map(|(s, _)| s).collect());
         let (with_nhs, without): (Vec<_>, Vec<_>) = found.into_iter().partition(|(_, v)| {
             nhs_key.as_ref().is_some_and(|(system, value)| {
                 adt::identifier_keys(v["identifier"].as_array().map_or(&[][..], |a| a))
@@ -447,7 +447,7 @@ impl Feed {
             .nhs_number
             .clone()
             .or_else(|| target.as_ref().and_then(|(_, v)| nhs_number_of(v)));
-        let mut absorbed: Vec<(Stored, Value)> = Vec::new();
+        let mut absorbed: Vec<(Stored, Arc<Value>)> = Vec::new();
         for (other, value) in others {
             if let Some(theirs) = nhs_number_of(&value)
                 && Some(&theirs) != expected.as_ref()
@@ -469,7 +469,7 @@ impl Feed {
                 .by_identifier(ResourceType::Patient, &adt::identifier_keys(&adt.prior))
                 .await?;
             merged_unseen = prior.is_empty();
-            let prior = survivors(store, parsed(prior)).await?;
+            let prior = survivors(store, parsed(store, prior)).await?;
             for found in prior {
                 let same = target.as_ref().is_some_and(|(t, _)| t.id == found.0.id);
                 if !same && !absorbed.iter().any(|(a, _)| a.id == found.0.id) {
@@ -499,7 +499,7 @@ impl Feed {
             id: patient_id.clone(),
             event_ms: adt.time_ms,
         }];
-        let mut patient = patient_after(target.as_ref().map(|(_, v)| v), clock, adt);
+        let mut patient = patient_after(target.as_ref().map(|(_, v)| v.as_ref()), clock, adt);
         let patient_ref = match &target {
             Some(_) => format!("Patient/{patient_id}"),
             None => format!("urn:uuid:{}", new_id()),
@@ -569,9 +569,7 @@ impl Feed {
                 Some((stored, clock)) => (Some(stored), clock),
                 None => (None, None),
             };
-            let current_value = current
-                .as_ref()
-                .and_then(|s| serde_json::from_str::<Value>(&s.body).ok());
+            let current_value = current.as_ref().and_then(|s| store.parsed(s));
             let encounter_id = current.as_ref().map_or_else(new_id, |s| s.id.clone());
             clocks.push(EventClock {
                 resource_type: ResourceType::Encounter,
@@ -579,7 +577,7 @@ impl Feed {
                 event_ms: adt.time_ms,
             });
             let encounter =
-                encounter_after(current_value.as_ref(), clock, adt, visit, &patient_ref);
+                encounter_after(current_value.as_deref(), clock, adt, visit, &patient_ref);
             match &current {
                 Some(stored) => {
                     moved_ids.push(stored.id.clone());
@@ -621,7 +619,7 @@ impl Feed {
                     if ty == ResourceType::Encounter && moved_ids.contains(&stored.id) {
                         continue;
                     }
-                    let Ok(value) = serde_json::from_str::<Value>(&stored.body) else {
+                    let Some(value) = store.parsed(&stored) else {
                         continue;
                     };
                     let moved = state::moved(&value, &patient_ref);
@@ -771,9 +769,9 @@ fn nhs_number_of(patient: &Value) -> Option<String> {
 /// any), without repeats.
 async fn survivors(
     store: &dyn Store,
-    found: Vec<(Stored, Value)>,
-) -> Result<Vec<(Stored, Value)>, StoreError> {
-    let mut out: Vec<(Stored, Value)> = Vec::new();
+    found: Vec<(Stored, Arc<Value>)>,
+) -> Result<Vec<(Stored, Arc<Value>)>, StoreError> {
+    let mut out: Vec<(Stored, Arc<Value>)> = Vec::new();
     for (stored, value) in found {
         let mut current = (stored, value);
         // Follow replaced-by links, at most a few hops (never a loop).
@@ -783,9 +781,9 @@ async fn survivors(
             match next {
                 Some(id) if id != current.0.id => {
                     match store.read(ResourceType::Patient, &id).await? {
-                        Some(next) => match serde_json::from_str::<Value>(&next.body) {
-                            Ok(value) => current = (next, value),
-                            Err(_) => break,
+                        Some(next) => match store.parsed(&next) {
+                            Some(value) => current = (next, value),
+                            None => break,
                         },
                         None => break,
                     }
@@ -801,11 +799,12 @@ async fn survivors(
 }
 
 /// Stored resources with their JSON parsed (any that does not parse left out).
-fn parsed(found: Vec<Stored>) -> Vec<(Stored, Value)> {
+/// The records found with their bodies parsed (those that parse).
+fn parsed(store: &dyn Store, found: Vec<Stored>) -> Vec<(Stored, Arc<Value>)> {
     found
         .into_iter()
         .filter_map(|s| {
-            let value = serde_json::from_str::<Value>(&s.body).ok()?;
+            let value = store.parsed(&s)?;
             Some((s, value))
         })
         .collect()

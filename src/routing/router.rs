@@ -146,7 +146,7 @@ impl Router {
         if rules.is_empty() && triggers.is_empty() {
             return Ok(());
         }
-        let Ok(resource) = serde_json::from_str::<Value>(&stored.body) else {
+        let Some(resource) = self.store.parsed(stored) else {
             tracing::error!(resource = %format!("{ty}/{}", stored.id), "stored JSON does not parse; not routed");
             return Ok(());
         };

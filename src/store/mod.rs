@@ -7,6 +7,7 @@
 //! a single create) or entry by entry (a batch Bundle), and acknowledges only
 //! once it is durable on disk.
 
+pub mod parsed;
 pub mod sqlite;
 
 use crate::fhir::ResourceType;
@@ -270,6 +271,14 @@ pub enum StoreError {
 /// [`Store::write`] returns.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
+    /// `stored`'s body parsed (`None` when it is not JSON), shared: a store
+    /// may keep recent versions parsed ([`parsed::ParsedVersions`]).
+    fn parsed(&self, stored: &Stored) -> Option<std::sync::Arc<serde_json::Value>> {
+        serde_json::from_str(&stored.body)
+            .ok()
+            .map(std::sync::Arc::new)
+    }
+
     /// The current version, if the resource exists.
     async fn read(&self, ty: ResourceType, id: &str) -> Result<Option<Stored>, StoreError>;
     /// A given version.

@@ -115,6 +115,7 @@ pub struct SqliteStore {
     readers: Arc<ReaderPool>,
     outbox_signal: Arc<tokio::sync::Notify>,
     cache: Arc<cache::Cache>,
+    parsed: crate::store::parsed::ParsedVersions,
     /// The data directory's lock, held by a serving store until it closes.
     lock: Mutex<Option<std::fs::File>>,
 }
@@ -188,6 +189,7 @@ impl SqliteStore {
             jobs,
             outbox_signal,
             cache,
+            parsed: Default::default(),
             lock: Mutex::new(lock),
             readers: Arc::new(ReaderPool {
                 path,
@@ -265,6 +267,10 @@ impl ReaderPool {
 
 #[async_trait]
 impl Store for SqliteStore {
+    fn parsed(&self, stored: &Stored) -> Option<Arc<serde_json::Value>> {
+        self.parsed.get(stored)
+    }
+
     async fn read(&self, ty: ResourceType, id: &str) -> Result<Option<Stored>, StoreError> {
         if let Some(stored) = self.cache.current(ty, id) {
             return Ok(Some(Stored::clone(&stored)));
