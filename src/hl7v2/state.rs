@@ -549,15 +549,18 @@ const ENCOUNTER_ORDER: &[&str] = &[
 ];
 
 /// The members in FHIR element order (unknown members last, as they were).
-fn order(mut o: Map<String, Value>, keys: &[&str]) -> Map<String, Value> {
-    let mut out = Map::new();
-    for key in keys {
-        if let Some(v) = o.remove(*key) {
-            out.insert((*key).to_string(), v);
-        }
+fn order(o: Map<String, Value>, keys: &[&str]) -> Map<String, Value> {
+    let rank = |key: &str| keys.iter().position(|k| *k == key).unwrap_or(keys.len());
+    let ranks: Vec<usize> = o.keys().map(|key| rank(key)).collect();
+    // Mostly in order already (a stored record, changed in place): kept
+    // as it is, without hashing every key into a new map.
+    if ranks.is_sorted() {
+        return o;
     }
-    out.extend(o);
-    out
+    let mut entries: Vec<(usize, (String, Value))> = ranks.into_iter().zip(o).collect();
+    // Stable: members not named keep their own order, after the others.
+    entries.sort_by_key(|(rank, _)| *rank);
+    entries.into_iter().map(|(_, member)| member).collect()
 }
 
 /// `new` as JSON text in which every member equal (as a value) to the
