@@ -496,3 +496,38 @@ async fn rows_of_a_file_with_carriage_returns_alone_are_numbered_by_line() {
     assert_eq!(reply.json["errors"][0]["row"], 3, "{}", reply.text);
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn a_quarantined_row_is_replayed_with_the_format_its_list_was_read_as() {
+    // A SystmOne export, its format found from the header (none given).
+    let gw = common::start().await;
+    let body = format!(
+        "Patient reference no.,NHS number,Given name,Surname,Date of birth,Gender,Postcode,eFI category\r\n\
+         100231,{},Ann,Dupont,05/03/1938,Female,BR1 4DD,Severe\r\n\
+         100233,{},Ann,Smith,30/02/1939,Female,BR3 1AB,Severe\r\n",
+        nhs_number(41),
+        nhs_number(42)
+    );
+    let reply = upload(&gw, "G84001", &body, "").await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(reply.json["format"], "systmone", "{}", reply.text);
+    assert_eq!(reply.json["rejected"], 1, "{}", reply.text);
+    let held = gw.get_url(&format!("{}/quarantine", gw.root)).await;
+    let entry = &held.json["entries"][0];
+    assert_eq!(entry["payload"]["format"], "systmone", "{entry}");
+    // Replayed, it is read as SystmOne again and fails for the same reason.
+    let id = entry["id"].as_i64().unwrap();
+    let replay = gw
+        .send(
+            gw.client
+                .post(format!("{}/quarantine/{id}/replay", gw.root)),
+        )
+        .await;
+    assert_eq!(replay.status, 422, "{}", replay.text);
+    assert_eq!(
+        replay.json["errors"][0]["column"], "Date of birth",
+        "{}",
+        replay.text
+    );
+    gw.stop().await;
+}

@@ -257,7 +257,9 @@ pub async fn ingest_list(
     };
     let entries: Vec<QuarantineEntry> = rejected
         .iter()
-        .map(|(record, errors)| quarantine_entry(record, errors, &header, options, journal_id))
+        .map(|(record, errors)| {
+            quarantine_entry(record, errors, &header, layout.format, options, journal_id)
+        })
         .collect();
     report.quarantined = store.quarantine(entries).await?;
     report.errors = rejected
@@ -877,12 +879,16 @@ fn quarantine_entry(
     record: &Record,
     errors: &[RowError],
     header: &[String],
+    format: Format,
     options: &ListOptions,
     journal_id: Option<i64>,
 ) -> QuarantineEntry {
+    // The format the list was read as (found from its header when none was
+    // given): the saved header keeps only the columns read, which may not
+    // be enough to find it again.
     let payload = json!({
         "practice": options.practice,
-        "format": options.format.map(Format::as_str),
+        "format": format.as_str(),
         "header": header,
         "line": record.line,
         "row": record.raw,
