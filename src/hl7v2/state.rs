@@ -245,6 +245,7 @@ pub fn encounter_after(
         // In time order; at one time (EVN-2 is often to the minute) a
         // cancellation after what it cancels, whichever arrived first.
         history.sort_by_key(|h| (start_ms(&h["period"]), h["status"] == "cancelled"));
+        resume_after_discharges(&mut history);
         chain(&mut history);
         latest = history
             .last()
@@ -330,6 +331,33 @@ pub fn encounter_after(
         e.insert("serviceProvider".into(), provider);
     }
     Value::Object(order(e, ENCOUNTER_ORDER))
+}
+
+/// A status entry right after a discharge can only be its cancellation
+/// (A13: an admission or a transfer after a discharge would be a new visit
+/// number), so it takes the status from before the discharge. Applied on
+/// every status event, so that an A13 that arrived before its A03 (or
+/// before the A04 it returns to) ends where the in-order stream ends.
+fn resume_after_discharges(history: &mut [Value]) {
+    for i in 1..history.len() {
+        if history[i - 1]["status"] != "finished"
+            || !matches!(
+                history[i]["status"].as_str(),
+                Some("planned" | "arrived" | "in-progress")
+            )
+        {
+            continue;
+        }
+        let before = history[..i - 1]
+            .iter()
+            .rev()
+            .filter_map(|h| h["status"].as_str())
+            .find(|s| matches!(*s, "planned" | "arrived" | "in-progress"))
+            .map(str::to_string);
+        if let (Some(before), Some(entry)) = (before, history[i].as_object_mut()) {
+            entry.insert("status".into(), json!(before));
+        }
+    }
 }
 
 /// What a discharge cancelled at `at` (A13) undoes: the status the
@@ -730,6 +758,16 @@ mod tests {
         let e = encounter_of(&[&arrival, &discharge, &cancel]);
         assert_eq!(e["status"], "arrived", "{e}");
         assert!(e["period"].get("end").is_none(), "{e}");
+        // In any arrival order, and resent, the same.
+        for order in [
+            [&arrival, &cancel, &discharge, &cancel],
+            [&discharge, &cancel, &arrival, &cancel],
+            [&cancel, &discharge, &arrival, &arrival],
+        ] {
+            let other = encounter_of(&order);
+            assert_eq!(other["status"], "arrived", "{other}");
+            assert_eq!(other["statusHistory"], e["statusHistory"], "{other}");
+        }
         // An admitted patient goes back to in-progress.
         let admit = event("A01", "202607141018", "", VISIT);
         let discharge = event("A03", "202607141400", "", VISIT);
