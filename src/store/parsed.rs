@@ -7,8 +7,8 @@
 //! of the HL7 v2 feed's CPU; with this, each version is parsed about once.
 //!
 //! A small first-in first-out table, one entry per resource (its latest
-//! version parsed), so a long list of patients read once each does not
-//! grow it.
+//! version parsed), bounded by count and by the text behind it, so a long
+//! list of patients read once each does not grow it, nor do large bodies.
 
 use super::Stored;
 use crate::fhir::ResourceType;
@@ -19,6 +19,11 @@ use std::sync::{Arc, Mutex};
 /// Resources kept. A parsed Patient or Encounter takes a few KiB; 512
 /// cover a feed's recent patients and visits for ~2 MiB.
 pub const CAPACITY: usize = 512;
+/// Most JSON text behind the values kept (a parsed value takes a few times
+/// its text): a store of large resources keeps fewer.
+pub const BUDGET_BYTES: usize = 2 * 1024 * 1024;
+/// A body larger than this is parsed each time, not kept.
+const LARGEST_KEPT: usize = 64 * 1024;
 
 type Key = (ResourceType, Box<str>);
 
@@ -28,6 +33,7 @@ type Key = (ResourceType, Box<str>);
 struct Entry {
     version: i64,
     last_updated_ms: i64,
+    bytes: usize,
     value: Arc<Value>,
 }
 
@@ -41,6 +47,8 @@ struct Inner {
     entries: HashMap<Key, Entry>,
     /// Keys in the order they came in, oldest first.
     order: VecDeque<Key>,
+    /// The text length of the values kept.
+    bytes: usize,
 }
 
 impl ParsedVersions {
@@ -56,24 +64,36 @@ impl ParsedVersions {
         // Parsed outside the lock: another thread may parse the same
         // version meanwhile, and both keep an equal value.
         let value = Arc::new(serde_json::from_str::<Value>(&stored.body).ok()?);
+        let bytes = stored.body.len();
+        if bytes > LARGEST_KEPT {
+            return Some(value);
+        }
         let mut inner = self.lock();
         let entry = Entry {
             version: stored.version,
             last_updated_ms: stored.last_updated_ms,
+            bytes,
             value: value.clone(),
         };
         match inner.entries.get_mut(&key) {
             // Never replace a later version with an earlier one.
             Some(kept) if kept.version > stored.version => {}
-            Some(kept) => *kept = entry,
+            Some(kept) => {
+                let was = std::mem::replace(kept, entry).bytes;
+                inner.bytes = inner.bytes - was + bytes;
+            }
             None => {
-                if inner.order.len() >= CAPACITY
-                    && let Some(oldest) = inner.order.pop_front()
-                {
-                    inner.entries.remove(&oldest);
-                }
                 inner.order.push_back(key.clone());
                 inner.entries.insert(key, entry);
+                inner.bytes += bytes;
+            }
+        }
+        while inner.order.len() > CAPACITY || inner.bytes > BUDGET_BYTES {
+            let Some(oldest) = inner.order.pop_front() else {
+                break;
+            };
+            if let Some(gone) = inner.entries.remove(&oldest) {
+                inner.bytes -= gone.bytes;
             }
         }
         Some(value)
@@ -131,5 +151,25 @@ mod tests {
                 .entries
                 .contains_key(&(ResourceType::Patient, "p0".into()))
         );
+    }
+
+    #[test]
+    fn it_keeps_at_most_its_budget_of_text_and_no_large_body() {
+        let memo = ParsedVersions::default();
+        let body = format!(r#"{{"text":"{}"}}"#, "x".repeat(60 * 1024));
+        for i in 0..100 {
+            memo.get(&stored(&format!("p{i}"), 1, &body)).unwrap();
+        }
+        {
+            let inner = memo.lock();
+            assert!(inner.bytes <= BUDGET_BYTES, "{}", inner.bytes);
+            assert_eq!(inner.bytes, inner.entries.len() * body.len());
+            assert_eq!(inner.entries.len(), BUDGET_BYTES / body.len());
+        }
+        let large = format!(r#"{{"text":"{}"}}"#, "x".repeat(LARGEST_KEPT));
+        let value = memo.get(&stored("big", 1, &large)).unwrap();
+        assert_eq!(value["text"].as_str().unwrap().len(), LARGEST_KEPT);
+        let key = (ResourceType::Patient, "big".into());
+        assert!(!memo.lock().entries.contains_key(&key));
     }
 }

@@ -372,9 +372,9 @@ impl<'p, 'a> Conform<'p, 'a> {
                 _ => codes.contains(*s, c),
             })
             .collect();
-        if verdicts.contains(&Some(true))
-            || (!verdicts.is_empty() && verdicts.iter().all(Option::is_none))
-        {
+        // One coding in the value set is enough: one that cannot be
+        // decided (its system not expanded here) might be.
+        if verdicts.contains(&Some(true)) || verdicts.contains(&None) {
             return;
         }
         let shown_codes: Vec<String> = codings

@@ -375,10 +375,9 @@ fn ele_1_is_about_elements_not_resources() {
     );
 }
 
-#[test]
-fn a_required_slice_is_missing_when_its_element_is_absent() {
-    // A local profile that makes the NHS number slice 1..1 while
-    // `identifier` itself stays 0..* (as many profiles do).
+/// The repository's profiles, each JSON file changed by `edit` (given its
+/// file name), in a directory of their own.
+fn profiles_with(edit: impl Fn(&str, &mut Value)) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let profiles = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("profiles");
     for entry in std::fs::read_dir(&profiles).unwrap() {
@@ -389,18 +388,27 @@ fn a_required_slice_is_missing_when_its_element_is_absent() {
         if !name.ends_with(".json") {
             continue;
         }
-        let mut text = std::fs::read_to_string(&path).unwrap();
+        let mut json: Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        edit(name, &mut json);
+        std::fs::write(dir.path().join(name), json.to_string()).unwrap();
+    }
+    dir
+}
+
+#[test]
+fn a_required_slice_is_missing_when_its_element_is_absent() {
+    // A local profile that makes the NHS number slice 1..1 while
+    // `identifier` itself stays 0..* (as many profiles do).
+    let dir = profiles_with(|name, sd| {
         if name == "StructureDefinition-OneBromley-Patient.json" {
-            let mut sd: Value = serde_json::from_str(&text).unwrap();
             for e in sd["differential"]["element"].as_array_mut().unwrap() {
                 if e["id"] == "Patient.identifier:nhsNumber" {
                     e["min"] = json!(1);
                 }
             }
-            text = sd.to_string();
         }
-        std::fs::write(dir.path().join(name), text).unwrap();
-    }
+    });
     let url = "https://fhir.onebromley.nhs.uk/StructureDefinition/OneBromley-Patient";
     let strict = Validator::load(Some(dir.path()), &[url.to_string()]).unwrap();
     let text_of = |p: &Value| {
@@ -440,4 +448,32 @@ fn a_coded_value_without_a_system_is_not_in_a_required_value_set() {
     e["class"] =
         json!({"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "EMER"});
     assert!(errors(e).is_empty());
+}
+
+#[test]
+fn a_coding_that_cannot_be_decided_is_enough_for_a_required_binding() {
+    // The encounter class value set also takes a system whose codes this
+    // validator cannot list: a coding in it might be in the value set.
+    let dir = profiles_with(|name, vs| {
+        if name == "ValueSet-encounter-class.json" {
+            let include = vs["compose"]["include"].as_array_mut().unwrap();
+            include.push(json!({"system": "http://snomed.info/sct"}));
+        }
+    });
+    let url = "https://fhir.onebromley.nhs.uk/StructureDefinition/OneBromley-Encounter";
+    let local = Validator::load(Some(dir.path()), &[url.to_string()]).unwrap();
+    let errors_of = |class: Value| {
+        let mut e = encounter();
+        e["class"] = class;
+        local
+            .validate(&e)
+            .into_iter()
+            .filter(|i| i.severity == Severity::Error)
+            .map(|i| i.diagnostics)
+            .collect::<Vec<_>>()
+    };
+    assert!(errors_of(json!({"system": "http://snomed.info/sct", "code": "4525004"})).is_empty());
+    // Encounter.class is a single Coding: without a system it is refused.
+    let found = errors_of(json!({"code": "EMER"}));
+    assert_eq!(found.len(), 1, "{found:?}");
 }
