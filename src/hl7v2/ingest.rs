@@ -30,11 +30,12 @@ use crate::fhir::search::identifier_query;
 use crate::fhir::{ResourceType, new_id};
 use crate::gp::read::utf8_or_windows_1252;
 use crate::store::{
-    EventClock, IngestOutcome, IngestRequest, JournalEntry, Mutation, MutationError,
+    Change, EventClock, IngestOutcome, IngestRequest, JournalEntry, Mutation, MutationError,
     QuarantineEntry, Store, StoreError, Stored, WriteOutcome, WriteRequest, search_all,
 };
 use crate::validate::Validator;
 use serde_json::{Value, json};
+use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -237,12 +238,17 @@ impl Feed {
                 Ok(planned) => planned,
                 Err(errors) => return self.quarantine(message, journal, source, errors).await,
             };
+            let Writes { mutations, values } = planned.writes;
+            let full_urls: Vec<Option<String>> = mutations
+                .iter()
+                .map(|m| m.full_url().map(str::to_string))
+                .collect();
             let outcome = self
                 .store
                 .ingest(IngestRequest {
                     journal: journal.clone(),
                     write: Some(WriteRequest {
-                        mutations: planned.mutations,
+                        mutations,
                         atomic: true,
                     }),
                     quarantine: Vec::new(),
@@ -276,7 +282,12 @@ impl Feed {
                     }];
                     return self.quarantine(message, journal, source, errors).await;
                 }
-                IngestOutcome::Done { journal_id, .. } => {
+                IngestOutcome::Done {
+                    journal_id, write, ..
+                } => {
+                    if let Some(WriteOutcome::Applied(results)) = &write {
+                        self.remember(results, &full_urls, values);
+                    }
                     return Ok(Verdict::Accepted { journal_id });
                 }
             }
@@ -363,7 +374,7 @@ impl Feed {
     async fn plan(&self, adt: &Adt) -> Result<Result<Planned, Vec<DataError>>, StoreError> {
         let store = self.store.as_ref();
         let facts = &adt.patient;
-        let mut mutations = Vec::new();
+        let mut writes = Writes::default();
 
         // Who: the record with the NHS number, else one with a hospital number.
         let keys = facts.keys();
@@ -516,7 +527,7 @@ impl Feed {
         match &target {
             Some((stored, old)) => {
                 if let Err(errors) =
-                    self.update(stored, old, &patient, ResourceType::Patient, &mut mutations)
+                    self.update(stored, old, patient, ResourceType::Patient, &mut writes)
                 {
                     return Ok(Err(errors));
                 }
@@ -531,22 +542,25 @@ impl Feed {
                     Some(n) => (NHS_NUMBER_SYSTEM.to_string(), n.clone()),
                     None => locals.first().cloned().unwrap_or_default(),
                 };
-                mutations.push(Mutation::Create {
-                    resource,
-                    // The id the event clock above is recorded under.
-                    id: patient_id.clone(),
-                    if_none_exist: Some(identifier_query(
-                        ResourceType::Patient,
-                        &[(system, value)],
-                    )),
-                    full_url: Some(patient_ref.clone()),
-                });
+                writes.push(
+                    Mutation::Create {
+                        resource,
+                        // The id the event clock above is recorded under.
+                        id: patient_id.clone(),
+                        if_none_exist: Some(identifier_query(
+                            ResourceType::Patient,
+                            &[(system, value)],
+                        )),
+                        full_url: Some(patient_ref.clone()),
+                    },
+                    patient,
+                );
             }
         }
         for (old, value) in &absorbed {
             let retired = state::retired(value, &patient_ref);
             if let Err(errors) =
-                self.update(old, value, &retired, ResourceType::Patient, &mut mutations)
+                self.update(old, value, retired, ResourceType::Patient, &mut writes)
             {
                 return Ok(Err(errors));
             }
@@ -586,9 +600,9 @@ impl Feed {
                         && let Err(errors) = self.update(
                             stored,
                             old,
-                            &encounter,
+                            encounter,
                             ResourceType::Encounter,
-                            &mut mutations,
+                            &mut writes,
                         )
                     {
                         return Ok(Err(errors));
@@ -597,12 +611,15 @@ impl Feed {
                 None => {
                     match self.prepared(&encounter.to_string(), &encounter, ResourceType::Encounter)
                     {
-                        Ok(resource) => mutations.push(Mutation::Create {
-                            resource,
-                            id: encounter_id.clone(),
-                            if_none_exist: Some(identifier_query(ResourceType::Encounter, key)),
-                            full_url: None,
-                        }),
+                        Ok(resource) => writes.push(
+                            Mutation::Create {
+                                resource,
+                                id: encounter_id.clone(),
+                                if_none_exist: Some(identifier_query(ResourceType::Encounter, key)),
+                                full_url: None,
+                            },
+                            encounter,
+                        ),
                         Err(errors) => return Ok(Err(errors)),
                     }
                 }
@@ -623,13 +640,50 @@ impl Feed {
                         continue;
                     };
                     let moved = state::moved(&value, &patient_ref);
-                    if let Err(errors) = self.update(&stored, &value, &moved, ty, &mut mutations) {
+                    if let Err(errors) = self.update(&stored, &value, moved, ty, &mut writes) {
                         return Ok(Err(errors));
                     }
                 }
             }
         }
-        Ok(Ok(Planned { mutations, clocks }))
+        Ok(Ok(Planned { writes, clocks }))
+    }
+
+    /// Hands the store the values just written, as their stored bodies
+    /// read: `urn:uuid:` references resolved as the store resolved them.
+    fn remember(
+        &self,
+        results: &[Result<crate::store::Written, MutationError>],
+        full_urls: &[Option<String>],
+        values: Vec<Value>,
+    ) {
+        let resolved: HashMap<&str, String> = full_urls
+            .iter()
+            .zip(results)
+            .filter_map(|(url, result)| {
+                let stored = &result.as_ref().ok()?.resource;
+                Some((
+                    url.as_deref()?,
+                    format!("{}/{}", stored.resource_type, stored.id),
+                ))
+            })
+            .collect();
+        for (result, mut value) in results.iter().zip(values) {
+            let Ok(written) = result else { continue };
+            if !matches!(written.change, Change::Created | Change::Updated) {
+                continue;
+            }
+            if !resolved.is_empty()
+                && let Value::Object(members) = &mut value
+            {
+                for (key, member) in members.iter_mut() {
+                    if key != "meta" {
+                        resolve_references(member, &resolved);
+                    }
+                }
+            }
+            self.store.remember_parsed(&written.resource, value);
+        }
     }
 
     /// Adds the update that turns `stored` into `new`, unless nothing
@@ -638,20 +692,23 @@ impl Feed {
         &self,
         stored: &Stored,
         old: &Value,
-        new: &Value,
+        new: Value,
         ty: ResourceType,
-        mutations: &mut Vec<Mutation>,
+        writes: &mut Writes,
     ) -> Result<(), Vec<DataError>> {
-        let Some(text) = rewrite(&stored.body, old, new) else {
+        let Some(text) = rewrite(&stored.body, old, &new) else {
             return Ok(());
         };
-        let resource = self.prepared(&text, new, ty)?;
-        mutations.push(Mutation::Update {
-            resource,
-            id: stored.id.clone(),
-            if_match: Some(stored.version),
-            full_url: None,
-        });
+        let resource = self.prepared(&text, &new, ty)?;
+        writes.push(
+            Mutation::Update {
+                resource,
+                id: stored.id.clone(),
+                if_match: Some(stored.version),
+                full_url: None,
+            },
+            new,
+        );
         Ok(())
     }
 
@@ -689,8 +746,25 @@ impl Feed {
 /// What applying a message takes: its writes, and the event clocks of the
 /// records it concerns.
 struct Planned {
-    mutations: Vec<Mutation>,
+    writes: Writes,
     clocks: Vec<EventClock>,
+}
+
+/// A message's writes, each with the resource it writes as a value: once
+/// stored, that value is what parsing the stored body would give, and the
+/// store keeps it for the next message about the record
+/// ([`Store::remember_parsed`]).
+#[derive(Default)]
+struct Writes {
+    mutations: Vec<Mutation>,
+    values: Vec<Value>,
+}
+
+impl Writes {
+    fn push(&mut self, mutation: Mutation, value: Value) {
+        self.mutations.push(mutation);
+        self.values.push(value);
+    }
 }
 
 async fn clock_of(
@@ -755,6 +829,32 @@ fn ack_error(errors: &[DataError]) -> AckError {
 
 fn london() -> jiff::tz::TimeZone {
     super::datatypes::london_zone().unwrap_or(jiff::tz::TimeZone::UTC)
+}
+
+/// Every `reference` member inside `value` whose text `resolved` maps,
+/// replaced by its mapping (as `json::rewrite_references` does to the
+/// stored text).
+fn resolve_references(value: &mut Value, resolved: &HashMap<&str, String>) {
+    match value {
+        Value::Object(members) => {
+            for (key, member) in members.iter_mut() {
+                match member {
+                    Value::String(text) if key == "reference" => {
+                        if let Some(to) = resolved.get(text.as_str()) {
+                            *text = to.clone();
+                        }
+                    }
+                    other => resolve_references(other, resolved),
+                }
+            }
+        }
+        Value::Array(items) => {
+            for item in items {
+                resolve_references(item, resolved);
+            }
+        }
+        _ => {}
+    }
 }
 
 fn nhs_number_of(patient: &Value) -> Option<String> {

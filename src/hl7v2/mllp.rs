@@ -346,6 +346,11 @@ fn transcode(field: Option<Field<'_>>, from: &Delimiters, to: &Delimiters) -> St
     let Some(field) = field else {
         return out;
     };
+    // The same delimiters (nearly every sender's `|^~\&`): the sender's
+    // own text is already right, escapes and all.
+    if from == to {
+        return field.raw().to_string();
+    }
     for (i, rep) in field.repetitions().enumerate() {
         if i > 0 {
             out.push(to.repetition);

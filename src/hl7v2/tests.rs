@@ -749,6 +749,17 @@ fn ack_reject_without_message() {
 }
 
 #[test]
+fn ack_echoes_escaped_fields_of_standard_delimiters_as_sent() {
+    let m = parse("MSH|^~\\&|PAS^1.2|R\\T\\J|GW|X26|2024||ADT^A03|ID\\F\\1~2|P|2.5");
+    let text = ack(Some(&m), AckCode::AA, "A1", "2024", None);
+    assert_eq!(
+        text,
+        "MSH|^~\\&|GW|X26|PAS^1.2|R\\T\\J|2024||ACK^A03^ACK|A1|P|2.5\rMSA|AA|ID\\F\\1~2\r"
+    );
+    assert_eq!(parse(&text).get("MSH-6"), Some("R&J".to_string()));
+}
+
+#[test]
 fn ack_transcodes_non_standard_delimiters() {
     let m = parse("MSH$%*#@$PAS%1.2#S#3$RJZ$GW$X26$2024$$ADT%A03$ID#F#1|x$P$2.5");
     let text = ack(Some(&m), AckCode::AA, "A1", "2024", None);

@@ -279,6 +279,11 @@ pub trait Store: Send + Sync + 'static {
             .map(std::sync::Arc::new)
     }
 
+    /// Offers the value a writer built `stored` from (the resource as it
+    /// planned it: members in the stored order, any `id` and `meta`), for
+    /// [`Store::parsed`] to answer without parsing the body.
+    fn remember_parsed(&self, _stored: &Stored, _value: serde_json::Value) {}
+
     /// The current version, if the resource exists.
     async fn read(&self, ty: ResourceType, id: &str) -> Result<Option<Stored>, StoreError>;
     /// A given version.

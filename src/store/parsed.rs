@@ -4,7 +4,9 @@
 //! A version's body never changes, so its parse can be kept: an HL7 v2
 //! visit's A04, A08 and A03 each read the same Patient version, and the
 //! router reads every new version once more. Parsing stored JSON was a tenth
-//! of the HL7 v2 feed's CPU; with this, each version is parsed about once.
+//! of the HL7 v2 feed's CPU; with this, each version is parsed at most once,
+//! and not at all when the feed that wrote it hands over the value it
+//! built ([`ParsedVersions::remember`]).
 //!
 //! A small first-in first-out table, one entry per resource (its latest
 //! version parsed), bounded by count and by the text behind it, so a long
@@ -12,7 +14,8 @@
 
 use super::Stored;
 use crate::fhir::ResourceType;
-use serde_json::Value;
+use crate::fhir::datetime::format_instant;
+use serde_json::{Map, Value};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
@@ -64,16 +67,64 @@ impl ParsedVersions {
         // Parsed outside the lock: another thread may parse the same
         // version meanwhile, and both keep an equal value.
         let value = Arc::new(serde_json::from_str::<Value>(&stored.body).ok()?);
+        self.keep(stored, value.clone());
+        Some(value)
+    }
+
+    /// Keeps `planned`, the value a writer stored as `stored` (its members
+    /// in the stored order; `id` and `meta`'s `versionId` and `lastUpdated`
+    /// set by the store), as `stored` parsed: the next read of that version
+    /// needs no parse.
+    pub fn remember(&self, stored: &Stored, planned: Value) {
+        let Value::Object(planned) = planned else {
+            return;
+        };
+        // As `resource::assemble` writes it.
+        let mut parsed = Map::new();
+        let mut meta = Map::new();
+        meta.insert("versionId".into(), stored.version.to_string().into());
+        meta.insert(
+            "lastUpdated".into(),
+            format_instant(stored.last_updated_ms).into(),
+        );
+        let mut rest = Vec::with_capacity(planned.len());
+        for (key, value) in planned {
+            match (key.as_str(), value) {
+                ("resourceType" | "id", _) => {}
+                ("meta", Value::Object(sent)) => meta.extend(
+                    sent.into_iter()
+                        .filter(|(k, _)| k != "versionId" && k != "lastUpdated"),
+                ),
+                (_, value) => rest.push((key, value)),
+            }
+        }
+        parsed.insert("resourceType".into(), stored.resource_type.as_str().into());
+        parsed.insert("id".into(), stored.id.clone().into());
+        parsed.insert("meta".into(), Value::Object(meta));
+        parsed.extend(rest);
+        let parsed = Value::Object(parsed);
+        debug_assert_eq!(
+            parsed.to_string(),
+            serde_json::from_str::<Value>(&stored.body)
+                .map(|v| v.to_string())
+                .unwrap_or_default(),
+            "a remembered value differs from its stored body"
+        );
+        self.keep(stored, Arc::new(parsed));
+    }
+
+    fn keep(&self, stored: &Stored, value: Arc<Value>) {
         let bytes = stored.body.len();
         if bytes > LARGEST_KEPT {
-            return Some(value);
+            return;
         }
+        let key: Key = (stored.resource_type, stored.id.as_str().into());
         let mut inner = self.lock();
         let entry = Entry {
             version: stored.version,
             last_updated_ms: stored.last_updated_ms,
             bytes,
-            value: value.clone(),
+            value,
         };
         match inner.entries.get_mut(&key) {
             // Never replace a later version with an earlier one.
@@ -96,7 +147,6 @@ impl ParsedVersions {
                 inner.bytes -= gone.bytes;
             }
         }
-        Some(value)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -171,5 +221,27 @@ mod tests {
         assert_eq!(value["text"].as_str().unwrap().len(), LARGEST_KEPT);
         let key = (ResourceType::Patient, "big".into());
         assert!(!memo.lock().entries.contains_key(&key));
+    }
+
+    #[test]
+    fn a_remembered_value_reads_as_its_stored_body() {
+        let memo = ParsedVersions::default();
+        let mut version = stored(
+            "p",
+            3,
+            r#"{"resourceType":"Patient","id":"p","meta":{"versionId":"3","lastUpdated":"1970-01-01T00:00:01.003Z","profile":["http://x/p"]},"gender":"female","birthDate":"1938-03-05"}"#,
+        );
+        version.last_updated_ms = 1_003;
+        let planned = serde_json::json!({
+            "resourceType": "Patient",
+            "meta": {"versionId": "2", "profile": ["http://x/p"]},
+            "gender": "female",
+            "birthDate": "1938-03-05"
+        });
+        memo.remember(&version, planned);
+        let value = memo.get(&version).unwrap();
+        let parsed: Value = serde_json::from_str(&version.body).unwrap();
+        assert_eq!(value.to_string(), parsed.to_string());
+        assert!(Arc::ptr_eq(&value, &memo.get(&version).unwrap()));
     }
 }

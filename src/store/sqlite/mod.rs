@@ -271,6 +271,10 @@ impl Store for SqliteStore {
         self.parsed.get(stored)
     }
 
+    fn remember_parsed(&self, stored: &Stored, value: serde_json::Value) {
+        self.parsed.remember(stored, value);
+    }
+
     async fn read(&self, ty: ResourceType, id: &str) -> Result<Option<Stored>, StoreError> {
         if let Some(stored) = self.cache.current(ty, id) {
             return Ok(Some(Stored::clone(&stored)));
