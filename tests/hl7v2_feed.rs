@@ -709,3 +709,69 @@ async fn a_merge_that_arrives_before_the_merged_record_still_converges() {
     );
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_updating_a_record_written_through_rest_keeps_its_bytes() {
+    // A patient the feed created, then rewritten through REST with its name's
+    // members in another order and a decimal the default float parser
+    // cannot read back exactly; then an A08 that adds a hospital number.
+    let gw = start().await;
+    let mut c = MllpClient::connect(gw.mllp, TIMEOUT).await.unwrap();
+    let nhs = nhs_number(77);
+    let a04 = adt(
+        "A04",
+        "R1",
+        "202610251158",
+        &format!("{nhs}^^^NHS^NH"),
+        Some(&pv1("E", "E77", "202610251150", "")),
+    );
+    assert_eq!(send(&mut c, &a04).await.0, "AA");
+    let mut patient = patients(&gw, &nhs).await[0].clone();
+    let id = patient["id"].as_str().unwrap().to_string();
+    let name = patient["name"][0].as_object().unwrap().clone();
+    let reversed: serde_json::Map<String, Value> = name.into_iter().rev().collect();
+    patient["name"][0] = Value::Object(reversed.clone());
+    patient["identifier"][0]["period"] = serde_json::json!({"start": "2020-01-01"});
+    patient["identifier"][0]["extension"] = serde_json::json!([{
+        "url": "https://fhir.onebromley.nhs.uk/StructureDefinition/test-score",
+        "valueDecimal": 1e-25
+    }]);
+    let put = gw.put(&format!("Patient/{id}"), &patient).await;
+    assert_eq!(put.status, StatusCode::OK, "{}", put.text);
+
+    let a08 = adt(
+        "A08",
+        "R2",
+        "202610251300",
+        &format!("{nhs}^^^NHS^NH~H77^^^RJZ^MR"),
+        Some(&pv1("E", "E77", "202610251150", "")),
+    );
+    let ack = c.send(a08.as_bytes()).await.expect("ACK");
+    assert!(
+        ack.windows(7).any(|w| w == b"MSA|AA|"),
+        "{}",
+        String::from_utf8_lossy(&ack)
+    );
+    // And once more, from what the store now holds.
+    let a08 = adt(
+        "A08",
+        "R3",
+        "202610251310",
+        &format!("{nhs}^^^NHS^NH~H78^^^RJZ^MR"),
+        Some(&pv1("E", "E77", "202610251150", "")),
+    );
+    assert_eq!(send(&mut c, &a08).await.0, "AA");
+    let stored = gw.get(&format!("Patient/{id}")).await;
+    assert!(
+        stored.text.contains("H77") && stored.text.contains("H78"),
+        "{}",
+        stored.text
+    );
+    let name_text = serde_json::to_string(&Value::Object(reversed)).unwrap();
+    assert!(stored.text.contains(&name_text), "{}", stored.text);
+    assert_eq!(
+        stored.json["identifier"][0]["extension"][0]["valueDecimal"],
+        1e-25
+    );
+    gw.stop().await;
+}

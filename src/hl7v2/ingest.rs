@@ -700,6 +700,21 @@ impl Feed {
             return Ok(());
         };
         let resource = self.prepared(&text, &new, ty)?;
+        // `rewrite` kept the stored bytes of each member equal by value to
+        // the stored one. Where the planned member has its keys in another
+        // order (a record written through REST in its sender's order), the
+        // stored one is what the body reads as, and what the store is given.
+        let mut new = new;
+        if let (Value::Object(members), Value::Object(stored_members)) = (&mut new, old) {
+            for (key, member) in members.iter_mut() {
+                if let Some(kept) = stored_members.get(key)
+                    && !same_in_order(kept, member)
+                    && kept == member
+                {
+                    *member = kept.clone();
+                }
+            }
+        }
         writes.push(
             Mutation::Update {
                 resource,
@@ -829,6 +844,23 @@ fn ack_error(errors: &[DataError]) -> AckError {
 
 fn london() -> jiff::tz::TimeZone {
     super::datatypes::london_zone().unwrap_or(jiff::tz::TimeZone::UTC)
+}
+
+/// Equal with every object's members in the same order (serde_json's `==`
+/// ignores their order).
+fn same_in_order(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .zip(y)
+                    .all(|((ka, va), (kb, vb))| ka == kb && same_in_order(va, vb))
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(p, q)| same_in_order(p, q))
+        }
+        _ => a == b,
+    }
 }
 
 /// Every `reference` member inside `value` whose text `resolved` maps,
