@@ -231,14 +231,14 @@ pub fn encounter_after(
             .and_then(Value::as_array)
             .cloned()
             .unwrap_or_default();
-        let status = match adt.event {
-            Event::A13 => status_before_discharge(&history, adt.time_ms).unwrap_or(status),
-            _ => status,
-        };
         let entry = json!({"status": status, "period": {"start": adt.time}});
-        let exists = history
-            .iter()
-            .any(|h| h["status"] == status && h["period"]["start"] == adt.time.as_str());
+        // A resent A13 finds its entry whatever status the entry took from
+        // before the discharge (see `resume_after_discharges`).
+        let exists = history.iter().any(|h| {
+            h["period"]["start"] == adt.time.as_str()
+                && (h["status"] == status
+                    || (adt.event == Event::A13 && is_open(h["status"].as_str())))
+        });
         if !exists {
             history.push(entry);
         }
@@ -340,19 +340,14 @@ pub fn encounter_after(
 /// before the A04 it returns to) ends where the in-order stream ends.
 fn resume_after_discharges(history: &mut [Value]) {
     for i in 1..history.len() {
-        if history[i - 1]["status"] != "finished"
-            || !matches!(
-                history[i]["status"].as_str(),
-                Some("planned" | "arrived" | "in-progress")
-            )
-        {
+        if history[i - 1]["status"] != "finished" || !is_open(history[i]["status"].as_str()) {
             continue;
         }
         let before = history[..i - 1]
             .iter()
             .rev()
             .filter_map(|h| h["status"].as_str())
-            .find(|s| matches!(*s, "planned" | "arrived" | "in-progress"))
+            .find(|s| is_open(Some(s)))
             .map(str::to_string);
         if let (Some(before), Some(entry)) = (before, history[i].as_object_mut()) {
             entry.insert("status".into(), json!(before));
@@ -360,27 +355,9 @@ fn resume_after_discharges(history: &mut [Value]) {
     }
 }
 
-/// What a discharge cancelled at `at` (A13) undoes: the status the
-/// Encounter had before its latest discharge until then (`arrived` for an
-/// ED attendance, `in-progress` for an admission). `None` when no
-/// discharge is recorded before `at` (an A13 that arrived before its A03:
-/// then the event's own `in-progress`).
-fn status_before_discharge(history: &[Value], at: i64) -> Option<&'static str> {
-    let mut earlier: Vec<&Value> = history
-        .iter()
-        .filter(|h| start_ms(&h["period"]) <= at)
-        .collect();
-    earlier.sort_by_key(|h| start_ms(&h["period"]));
-    let discharge = earlier.iter().rposition(|h| h["status"] == "finished")?;
-    let before = earlier[..discharge]
-        .iter()
-        .rev()
-        .filter_map(|h| h["status"].as_str())
-        .find(|s| *s != "finished")?;
-    // The statuses an ADT event sets, as 'static.
-    ["planned", "arrived", "in-progress"]
-        .into_iter()
-        .find(|s| *s == before)
+/// A status an ADT event sets on an Encounter that is not over.
+fn is_open(status: Option<&str>) -> bool {
+    matches!(status, Some("planned" | "arrived" | "in-progress"))
 }
 
 /// A02 adds a location at its event time; A12 removes the latest one
