@@ -10,6 +10,7 @@
 //! Every function here expects text that `serde_json` has already accepted as
 //! JSON; on anything else it returns an error, never panics.
 
+use serde_json::Value;
 use std::borrow::Cow;
 use std::collections::HashMap;
 
@@ -263,6 +264,37 @@ pub fn unresolved_placeholder(compact: &str, map: &HashMap<String, String>) -> O
         })
 }
 
+/// `value` as compact JSON text: the same text as its `Display`, written
+/// through serde_json's byte writer rather than `fmt`, about twice as fast
+/// (a feed writes every changed member and every new resource this way).
+pub fn text_of(value: &Value) -> String {
+    serde_json::to_string(value).unwrap_or_else(|_| value.to_string())
+}
+
+/// Are `a` and `b` equal with every object's members in the same order?
+/// Strings compared, nothing hashed.
+pub fn same_in_order(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .zip(y)
+                    .all(|((ka, va), (kb, vb))| ka == kb && same_in_order(va, vb))
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(p, q)| same_in_order(p, q))
+        }
+        _ => a == b,
+    }
+}
+
+/// `a == b` (members in any order), deciding by [`same_in_order`] first:
+/// a member a feed left alone is in its stored order, and comparing in
+/// order skips hashing every key of one side to find it in the other.
+pub fn same_value(a: &Value, b: &Value) -> bool {
+    same_in_order(a, b) || a == b
+}
+
 /// A JSON string literal for `value`.
 pub fn encode_string(value: &str) -> String {
     serde_json::to_string(value).unwrap_or_else(|_| "\"\"".to_string())
@@ -344,6 +376,18 @@ fn value_end(bytes: &[u8], start: usize) -> Result<usize, JsonShapeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn same_value_ignores_member_order_and_same_in_order_does_not() {
+        let a: Value = serde_json::from_str(r#"{"a":1,"b":{"c":[1,{"d":2,"e":3}]}}"#).unwrap();
+        let b: Value = serde_json::from_str(r#"{"b":{"c":[1,{"e":3,"d":2}]},"a":1}"#).unwrap();
+        let c: Value = serde_json::from_str(r#"{"a":1,"b":{"c":[1,{"d":2,"e":4}]}}"#).unwrap();
+        assert!(same_in_order(&a, &a.clone()));
+        assert!(!same_in_order(&a, &b));
+        assert!(same_value(&a, &b));
+        assert!(!same_value(&a, &c));
+        assert_eq!(text_of(&b), b.to_string());
+    }
 
     #[test]
     fn keeps_decimal_precision_and_offsets_while_minifying() {

@@ -24,6 +24,7 @@ use super::datatypes::DataError;
 use super::er7::Message;
 use super::mllp::{AckCode, AckError, ack};
 use super::state::{self, encounter_after, patient_after, replaced_by, rewrite};
+use crate::fhir::json::{same_in_order, text_of};
 use crate::fhir::outcome::Severity;
 use crate::fhir::resource::{Prepared, Rejection, prepare_parsed};
 use crate::fhir::search::identifier_query;
@@ -534,7 +535,7 @@ impl Feed {
             }
             None => {
                 let resource =
-                    match self.prepared(&patient.to_string(), &patient, ResourceType::Patient) {
+                    match self.prepared(&text_of(&patient), &patient, ResourceType::Patient) {
                         Ok(r) => r,
                         Err(errors) => return Ok(Err(errors)),
                     };
@@ -609,8 +610,7 @@ impl Feed {
                     }
                 }
                 None => {
-                    match self.prepared(&encounter.to_string(), &encounter, ResourceType::Encounter)
-                    {
+                    match self.prepared(&text_of(&encounter), &encounter, ResourceType::Encounter) {
                         Ok(resource) => writes.push(
                             Mutation::Create {
                                 resource,
@@ -844,23 +844,6 @@ fn ack_error(errors: &[DataError]) -> AckError {
 
 fn london() -> jiff::tz::TimeZone {
     super::datatypes::london_zone().unwrap_or(jiff::tz::TimeZone::UTC)
-}
-
-/// Equal with every object's members in the same order (serde_json's `==`
-/// ignores their order).
-fn same_in_order(a: &Value, b: &Value) -> bool {
-    match (a, b) {
-        (Value::Object(x), Value::Object(y)) => {
-            x.len() == y.len()
-                && x.iter()
-                    .zip(y)
-                    .all(|((ka, va), (kb, vb))| ka == kb && same_in_order(va, vb))
-        }
-        (Value::Array(x), Value::Array(y)) => {
-            x.len() == y.len() && x.iter().zip(y).all(|(p, q)| same_in_order(p, q))
-        }
-        _ => a == b,
-    }
 }
 
 /// Every `reference` member inside `value` whose text `resolved` maps,
