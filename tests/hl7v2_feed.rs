@@ -773,5 +773,11 @@ async fn a_message_updating_a_record_written_through_rest_keeps_its_bytes() {
         stored.json["identifier"][0]["extension"][0]["valueDecimal"],
         1e-25
     );
+    // The NHS number identifier keeps what REST added to it.
+    assert_eq!(
+        stored.json["identifier"][0]["period"]["start"], "2020-01-01",
+        "{}",
+        stored.text
+    );
     gw.stop().await;
 }

@@ -48,20 +48,9 @@ pub fn patient_after(current: Option<&Value>, clock: Option<i64>, adt: &Adt) -> 
         match ids.iter_mut().find(|other| same(other)) {
             // The NHS number's verification status follows the latest event
             // that sends one (an empty PID-32 is "not sent", not "removed").
-            Some(existing) if newer && existing != id => {
-                let kept = existing
-                    .get("extension")
-                    .filter(|_| id.get("extension").is_none());
-                *existing = match kept {
-                    Some(extension) => {
-                        let mut with = Map::new();
-                        with.insert("extension".into(), extension.clone());
-                        with.extend(id.as_object().cloned().unwrap_or_default());
-                        Value::Object(with)
-                    }
-                    None => id.clone(),
-                };
-            }
+            // What the message does not carry stays: members and extensions
+            // another source added (a `period` set through REST).
+            Some(existing) if newer && existing != id => overlay_identifier(existing, id),
             Some(_) => {}
             None => {
                 if facts.nhs_number.is_some() && id["system"] == super::adt::NHS_NUMBER_SYSTEM {
@@ -112,6 +101,31 @@ pub fn patient_after(current: Option<&Value>, clock: Option<i64>, adt: &Adt) -> 
         }
     }
     Value::Object(order(p, PATIENT_ORDER))
+}
+
+/// `sent`'s members written over `stored`'s; an extension replaces the
+/// stored one with its `url`, and the others stay where they were.
+fn overlay_identifier(stored: &mut Value, sent: &Value) {
+    let (Some(target), Some(sent)) = (stored.as_object_mut(), sent.as_object()) else {
+        *stored = sent.clone();
+        return;
+    };
+    for (key, value) in sent {
+        match (key.as_str(), target.get_mut(key), value) {
+            ("extension", Some(Value::Array(kept)), Value::Array(new)) => {
+                for extension in new {
+                    let url = &extension["url"];
+                    match kept.iter_mut().find(|k| k["url"] == *url) {
+                        Some(slot) => *slot = extension.clone(),
+                        None => kept.push(extension.clone()),
+                    }
+                }
+            }
+            _ => {
+                target.insert(key.clone(), value.clone());
+            }
+        }
+    }
 }
 
 /// The record merged away (A40, or an untraced record once its NHS number
@@ -872,6 +886,36 @@ mod tests {
             }
             other => panic!("NSTS99 accepted: {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_new_verification_status_keeps_what_other_sources_added_to_the_identifier() {
+        let traced = event("A01", "202607141018", "NSTS01", VISIT);
+        let mut p = patient_after(None, None, &traced);
+        // Added through REST: a period, and an extension of another kind.
+        let nhs = &mut p["identifier"][0];
+        nhs["period"] = json!({"start": "2001-01-01"});
+        nhs["extension"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"url": "https://example.org/note", "valueString": "kept"}));
+        let retraced = event("A08", "202607141200", "NSTS02", VISIT);
+        let p = patient_after(Some(&p), Some(traced.time_ms), &retraced);
+        let nhs = &p["identifier"][0];
+        assert_eq!(nhs["value"], "9990000018");
+        assert_eq!(nhs["period"]["start"], "2001-01-01", "{nhs}");
+        let extensions = nhs["extension"].as_array().unwrap();
+        assert_eq!(extensions.len(), 2, "{nhs}");
+        assert_eq!(
+            extensions[0]["valueCodeableConcept"]["coding"][0]["code"], "02",
+            "{nhs}"
+        );
+        assert_eq!(extensions[1]["valueString"], "kept", "{nhs}");
+        // The same message again changes nothing.
+        assert_eq!(
+            patient_after(Some(&p), Some(retraced.time_ms), &retraced),
+            p
+        );
     }
 
     #[test]
