@@ -38,11 +38,7 @@ pub fn patient_after(current: Option<&Value>, clock: Option<i64>, adt: &Adt) -> 
     let facts = &adt.patient;
 
     // Identifiers: every one the message brings is added; none removed.
-    let mut ids = p
-        .get("identifier")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
+    let mut ids = take_array(&mut p, "identifier");
     for id in &facts.identifiers {
         let same = |other: &Value| other["system"] == id["system"] && other["value"] == id["value"];
         match ids.iter_mut().find(|other| same(other)) {
@@ -149,11 +145,7 @@ pub fn survivor(current: &Value, old: &str) -> Value {
 /// has one) as `old` ones, unless it has them already.
 pub fn with_old_identifiers(current: &Value, prior: &[Value]) -> Value {
     let mut p = current.as_object().cloned().unwrap_or_default();
-    let mut ids = p
-        .get("identifier")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
+    let mut ids = take_array(&mut p, "identifier");
     for id in prior {
         let held = ids
             .iter()
@@ -224,11 +216,7 @@ pub fn encounter_after(
     };
     let newer = is_newer(clock, adt.time_ms);
 
-    let mut ids = e
-        .get("identifier")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
+    let mut ids = take_array(&mut e, "identifier");
     if !ids.contains(&visit.identifier) {
         ids.push(visit.identifier.clone());
     }
@@ -240,11 +228,7 @@ pub fn encounter_after(
     // Status: the latest status event wins.
     let mut latest = false;
     if let Some(status) = adt.event.status() {
-        let mut history = e
-            .get("statusHistory")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
+        let mut history = take_array(&mut e, "statusHistory");
         let entry = json!({"status": status, "period": {"start": adt.time}});
         // A resent A13 finds its entry whatever status the entry took from
         // before the discharge (see `resume_after_discharges`).
@@ -480,6 +464,16 @@ fn start_ms(period: &Value) -> i64 {
         .as_str()
         .and_then(crate::fhir::datetime::parse_range)
         .map_or(i64::MIN, |range| range.start)
+}
+
+/// The array at `key`, moved out rather than copied: `key` keeps its place
+/// in `o` (holding `[]`) for the caller to put the new list back in. Empty
+/// when there is none.
+fn take_array(o: &mut Map<String, Value>, key: &str) -> Vec<Value> {
+    match o.get_mut(key) {
+        Some(Value::Array(list)) => std::mem::take(list),
+        _ => Vec::new(),
+    }
 }
 
 /// Is an event at `time_ms` at least as recent as the last one applied?
