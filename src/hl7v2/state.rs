@@ -44,8 +44,10 @@ pub fn patient_after(current: Option<&Value>, clock: Option<i64>, adt: &Adt) -> 
         match ids.iter_mut().find(|other| same(other)) {
             // The NHS number's verification status follows the latest event
             // that sends one (an empty PID-32 is "not sent", not "removed").
-            // What the message does not carry stays: members and extensions
-            // another source added (a `period` set through REST).
+            // What the message does not carry stays, as HL7 v2 reads an
+            // empty component: members and extensions another source added
+            // (a `period` set through REST), or a hospital number's `type`
+            // from an earlier message whose PID-3.5 was filled.
             Some(existing) if newer && existing != id => overlay_identifier(existing, id),
             Some(_) => {}
             None => {
@@ -99,28 +101,50 @@ pub fn patient_after(current: Option<&Value>, clock: Option<i64>, adt: &Adt) -> 
     Value::Object(order(p, PATIENT_ORDER))
 }
 
-/// `sent`'s members written over `stored`'s; an extension replaces the
-/// stored one with its `url`, and the others stay where they were.
+/// `sent`'s members written over `stored`'s, in `sent`'s order (as a new
+/// identifier would have them), then the members only `stored` has. An
+/// extension replaces every stored one with its `url`; the others stay
+/// where they were. Left untouched when that changes nothing, so a stored
+/// identifier keeps its own member order.
 fn overlay_identifier(stored: &mut Value, sent: &Value) {
-    let (Some(target), Some(sent)) = (stored.as_object_mut(), sent.as_object()) else {
+    let (Some(old), Some(members)) = (stored.as_object(), sent.as_object()) else {
         *stored = sent.clone();
         return;
     };
-    for (key, value) in sent {
-        match (key.as_str(), target.get_mut(key), value) {
+    let mut merged = Map::new();
+    for (key, value) in members {
+        let value = match (key.as_str(), old.get(key), value) {
             ("extension", Some(Value::Array(kept)), Value::Array(new)) => {
+                let mut list = kept.clone();
                 for extension in new {
                     let url = &extension["url"];
-                    match kept.iter_mut().find(|k| k["url"] == *url) {
-                        Some(slot) => *slot = extension.clone(),
-                        None => kept.push(extension.clone()),
+                    match list.iter().position(|k| k["url"] == *url) {
+                        Some(first) => {
+                            list[first] = extension.clone();
+                            let mut index = 0;
+                            list.retain(|k| {
+                                let keep = index == first || k["url"] != *url;
+                                index += 1;
+                                keep
+                            });
+                        }
+                        None => list.push(extension.clone()),
                     }
                 }
+                Value::Array(list)
             }
-            _ => {
-                target.insert(key.clone(), value.clone());
-            }
+            _ => value.clone(),
+        };
+        merged.insert(key.clone(), value);
+    }
+    for (key, value) in old {
+        if !merged.contains_key(key) {
+            merged.insert(key.clone(), value.clone());
         }
+    }
+    let merged = Value::Object(merged);
+    if !same_value(&merged, stored) {
+        *stored = merged;
     }
 }
 
@@ -910,6 +934,27 @@ mod tests {
             patient_after(Some(&p), Some(retraced.time_ms), &retraced),
             p
         );
+
+        // A status arriving for a number recorded without one: the members
+        // in the order of a number first recorded with it.
+        let untraced = event("A01", "202607141018", "", VISIT);
+        let p = patient_after(None, None, &untraced);
+        let p = patient_after(Some(&p), Some(untraced.time_ms), &retraced);
+        let fresh = patient_after(None, None, &retraced);
+        assert_eq!(
+            text_of(&p["identifier"][0]),
+            text_of(&fresh["identifier"][0])
+        );
+
+        // Two stored statuses (written through REST) give way to the one sent.
+        let mut p = patient_after(None, None, &traced);
+        let status = p["identifier"][0]["extension"][0].clone();
+        p["identifier"][0]["extension"]
+            .as_array_mut()
+            .unwrap()
+            .push(status);
+        let p = patient_after(Some(&p), Some(traced.time_ms), &retraced);
+        assert_eq!(p["identifier"][0], fresh["identifier"][0]);
     }
 
     #[test]
