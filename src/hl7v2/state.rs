@@ -121,12 +121,8 @@ fn overlay_identifier(stored: &mut Value, sent: &Value) {
                     match list.iter().position(|k| k["url"] == *url) {
                         Some(first) => {
                             list[first] = extension.clone();
-                            let mut index = 0;
-                            list.retain(|k| {
-                                let keep = index == first || k["url"] != *url;
-                                index += 1;
-                                keep
-                            });
+                            let rest = list.split_off(first + 1);
+                            list.extend(rest.into_iter().filter(|k| k["url"] != *url));
                         }
                         None => list.push(extension.clone()),
                     }
