@@ -801,17 +801,17 @@ fn patient_class(code: &str, cx: &AdtContext) -> Option<Value> {
 /// non-elective without being emergencies: they map to `UR` (urgent).
 fn admission_priority(code: &str) -> Option<(Option<Value>, Option<Value>)> {
     let v3 = |act: &str, display: &str| json!({"system": ACT_PRIORITY_SYSTEM, "code": act, "display": display});
-    let elective = v3("EL", "elective");
-    let emergency = v3("EM", "emergency");
-    let urgent = v3("UR", "urgent");
+    let elective = || v3("EL", "elective");
+    let emergency = || v3("EM", "emergency");
+    let urgent = || v3("UR", "urgent");
     // HL7 table 0007 admission type.
     let table = match code {
-        "E" | "A" => Some((emergency.clone(), "Emergency")),
-        "U" => Some((urgent.clone(), "Urgent")),
-        "C" => Some((elective.clone(), "Elective")),
+        "E" | "A" => Some((emergency(), "Emergency")),
+        "U" => Some((urgent(), "Urgent")),
+        "C" => Some((elective(), "Elective")),
         "R" => Some((v3("R", "routine"), "Routine")),
-        "L" => Some((urgent.clone(), "Labor and Delivery")),
-        "N" => Some((urgent.clone(), "Newborn (Birth in healthcare facility)")),
+        "L" => Some((urgent(), "Labor and Delivery")),
+        "N" => Some((urgent(), "Newborn (Birth in healthcare facility)")),
         _ => None,
     };
     if let Some((act, display)) = table {
@@ -821,9 +821,9 @@ fn admission_priority(code: &str) -> Option<(Option<Value>, Option<Value>)> {
     }
     // NHS Data Dictionary ADMISSION METHOD.
     let act = match code {
-        "11" | "12" | "13" => elective,
-        "21" | "22" | "23" | "24" | "25" | "28" | "2A" | "2B" | "2C" | "2D" => emergency,
-        "31" | "32" | "81" | "82" | "83" => urgent,
+        "11" | "12" | "13" => elective(),
+        "21" | "22" | "23" | "24" | "25" | "28" | "2A" | "2B" | "2C" | "2D" => emergency(),
+        "31" | "32" | "81" | "82" | "83" => urgent(),
         "98" | "99" => {
             let method = json!({"coding": [{"system": ADMISSION_METHOD_SYSTEM, "code": code}]});
             return Some((None, Some(method)));

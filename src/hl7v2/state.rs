@@ -26,16 +26,29 @@ use serde_json::{Map, Value, json};
 /// The Patient after `adt`, from the stored one (or a new one) whose last
 /// applied event was at `clock` (ms since the epoch).
 pub fn patient_after(current: Option<&Value>, clock: Option<i64>, adt: &Adt) -> Value {
+    let newer = is_newer(clock, adt.time_ms);
+    let facts = &adt.patient;
+    // What a newer event replaces below is not copied first.
+    let replaced = |key: &str| {
+        newer
+            && match key {
+                "name" => !facts.name.is_empty(),
+                "telecom" => !facts.telecom.is_empty(),
+                "gender" => facts.gender.is_some(),
+                "birthDate" => facts.birth_date.is_some(),
+                "address" => !facts.address.is_empty(),
+                "generalPractitioner" => !facts.general_practitioner.is_empty(),
+                _ => false,
+            }
+    };
     let mut p = match current {
-        Some(Value::Object(o)) => o.clone(),
+        Some(Value::Object(o)) => copy_except(o, replaced),
         _ => {
             let mut o = Map::new();
             o.insert("resourceType".into(), json!("Patient"));
             o
         }
     };
-    let newer = is_newer(clock, adt.time_ms);
-    let facts = &adt.patient;
 
     // Identifiers: every one the message brings is added; none removed.
     let mut ids = take_array(&mut p, "identifier");
@@ -226,15 +239,22 @@ pub fn encounter_after(
     visit: &Visit,
     subject: &str,
 ) -> Value {
+    let newer = is_newer(clock, adt.time_ms);
+    // What is replaced below is not copied first.
+    let replaced = |key: &str| match key {
+        "subject" => true,
+        "class" => newer,
+        "priority" => newer && visit.priority.is_some(),
+        _ => false,
+    };
     let mut e = match current {
-        Some(Value::Object(o)) => o.clone(),
+        Some(Value::Object(o)) => copy_except(o, replaced),
         _ => {
             let mut o = Map::new();
             o.insert("resourceType".into(), json!("Encounter"));
             o
         }
     };
-    let newer = is_newer(clock, adt.time_ms);
 
     let mut ids = take_array(&mut e, "identifier");
     if !ids.contains(&visit.identifier) {
@@ -281,11 +301,7 @@ pub fn encounter_after(
     let status = e["status"].as_str().unwrap_or("unknown").to_string();
 
     // Period: start from PV1-44; end only while finished.
-    let mut period = e
-        .get("period")
-        .and_then(Value::as_object)
-        .cloned()
-        .unwrap_or_default();
+    let mut period = take_object(&mut e, "period");
     if let Some(start) = &visit.start
         && (newer || !period.contains_key("start"))
     {
@@ -311,11 +327,7 @@ pub fn encounter_after(
     }
 
     // Hospitalization: admission method and source, discharge destination.
-    let mut stay = e
-        .get("hospitalization")
-        .and_then(Value::as_object)
-        .cloned()
-        .unwrap_or_default();
+    let mut stay = take_object(&mut e, "hospitalization");
     if let Some(method) = &visit.admission_method {
         let ext = json!([{"url": super::adt::ADMISSION_METHOD_URL, "valueCodeableConcept": method.clone()}]);
         set(&mut stay, "extension", Some(ext), newer);
@@ -383,11 +395,8 @@ fn is_open(status: Option<&str>) -> bool {
 /// (PV1-3): a resent A12 does not undo a second transfer. The first
 /// location comes from any event that has one.
 fn locations(e: &mut Map<String, Value>, adt: &Adt, visit: &Visit, status: &str) {
-    let mut list = e
-        .get("location")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
+    // Left as it was (`[]`, or not a list) when it stays empty.
+    let mut list = take_array(e, "location");
     match (adt.event, &visit.location) {
         (Event::A02, Some(place)) => {
             let exists = list
@@ -494,6 +503,32 @@ fn take_array(o: &mut Map<String, Value>, key: &str) -> Vec<Value> {
         Some(Value::Array(list)) => std::mem::take(list),
         _ => Vec::new(),
     }
+}
+
+/// The object at `key`, moved out as [`take_array`] moves an array. Empty
+/// when there is none (or `key` holds something else, left there).
+fn take_object(o: &mut Map<String, Value>, key: &str) -> Map<String, Value> {
+    match o.get_mut(key) {
+        Some(Value::Object(members)) => std::mem::take(members),
+        _ => Map::new(),
+    }
+}
+
+/// A copy of `o` in which the members `replaced` names hold `null`, in
+/// their places: the caller sets each of them, so copying their values
+/// (a record's names and addresses, a few hundred small allocations a
+/// message) would be wasted.
+fn copy_except(o: &Map<String, Value>, replaced: impl Fn(&str) -> bool) -> Map<String, Value> {
+    o.iter()
+        .map(|(key, value)| {
+            let value = if replaced(key) {
+                Value::Null
+            } else {
+                value.clone()
+            };
+            (key.clone(), value)
+        })
+        .collect()
 }
 
 /// Is an event at `time_ms` at least as recent as the last one applied?
@@ -661,6 +696,39 @@ mod tests {
         let q = patient_after(Some(&q), Some(older.time_ms), &newer);
         assert_eq!(q["name"], p["name"]);
         assert_eq!(q["telecom"], p["telecom"]);
+    }
+
+    #[test]
+    fn members_an_event_replaces_keep_their_places_and_are_never_left_null() {
+        let first = a08("202607140900", "PAGE", "01689 123456");
+        let later = a08("202607150900", "SMITH", "01689 654321");
+        let keys = |v: &Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+        let no_nulls = |v: &Value| v.as_object().unwrap().values().all(|m| !m.is_null());
+
+        let p = patient_after(None, None, &first);
+        let newer = patient_after(Some(&p), Some(first.time_ms), &later);
+        assert_eq!(keys(&newer), keys(&p));
+        assert!(no_nulls(&newer), "{newer}");
+        assert_eq!(newer["name"][0]["family"], "SMITH");
+        assert_eq!(newer["telecom"][0]["value"], "01689 654321");
+        let older = patient_after(Some(&newer), Some(later.time_ms), &first);
+        assert_eq!(older, newer);
+
+        let visit = first.visit.as_ref().unwrap();
+        let e = encounter_after(None, None, &first, visit, "Patient/a");
+        let newer = encounter_after(Some(&e), Some(first.time_ms), &later, visit, "Patient/b");
+        assert_eq!(keys(&newer), keys(&e));
+        assert!(no_nulls(&newer), "{newer}");
+        assert_eq!(newer["subject"]["reference"], "Patient/b");
+        assert_eq!(newer["class"], e["class"]);
+        let older = encounter_after(
+            Some(&newer),
+            Some(later.time_ms),
+            &first,
+            visit,
+            "Patient/b",
+        );
+        assert_eq!(older, newer);
     }
 
     /// A segment with its fields at their HL7 numbers (no trailing `\r`).
