@@ -3,7 +3,7 @@
 //! The stored JSON is the sender's own members, minified, behind a server-set
 //! `resourceType`, `id` and `meta` ([`assemble`]). Nothing else is changed.
 
-use super::json::{self, encode_string};
+use super::json;
 use super::outcome::Issue;
 use super::search::{IndexEntries, extract_index};
 use super::{ResourceType, is_valid_id};
@@ -95,7 +95,15 @@ pub fn prepare_json(
             format!("the body is not valid JSON: {err}"),
         ))
     })?;
-    prepare_members(json::object_members(text), &value, expected, validator)
+    match json::object_members(text) {
+        Ok(owned) => prepare_members(
+            Ok(owned.iter().map(json::Member::borrowed).collect()),
+            &value,
+            expected,
+            validator,
+        ),
+        Err(err) => prepare_members(Err(err), &value, expected, validator),
+    }
 }
 
 /// As [`prepare_json`], for a resource the gateway built (a feed's mapping):
@@ -112,7 +120,7 @@ pub fn prepare_parsed(
 }
 
 fn prepare_members(
-    members: Result<Vec<json::Member>, json::JsonShapeError>,
+    members: Result<Vec<json::WrittenMember<'_>>, json::JsonShapeError>,
     value: &Value,
     expected: Option<ResourceType>,
     validator: &Validator,
@@ -128,12 +136,7 @@ fn prepare_members(
             },
         ))
     })?;
-    let member = |name: &str| {
-        members
-            .iter()
-            .find(|m| m.key == name)
-            .map(|m| m.value.as_str())
-    };
+    let member = |name: &str| members.iter().find(|m| m.key == name).map(|m| m.value);
     let type_name = member("resourceType")
         .and_then(|raw| serde_json::from_str::<String>(raw).ok())
         .ok_or_else(|| {
@@ -197,11 +200,11 @@ fn prepare_members(
     let mut meta_extra = String::new();
     let mut rest = String::new();
     for member in &members {
-        match member.key.as_str() {
+        match member.key.as_ref() {
             "resourceType" | "id" => {}
             "meta" => {
                 // Minified and checked with the whole body already.
-                let meta = json::written_members(&member.value).map_err(|_| {
+                let meta = json::written_members(member.value).map_err(|_| {
                     Rejection::Invalid(vec![
                         Issue::error("structure", "meta must be an object")
                             .at(format!("{ty}.meta")),
@@ -209,11 +212,11 @@ fn prepare_members(
                 })?;
                 for m in meta {
                     if m.key != "versionId" && m.key != "lastUpdated" {
-                        push_member(&mut meta_extra, &m.key, &m.value);
+                        push_member(&mut meta_extra, &m.key, m.value);
                     }
                 }
             }
-            key => push_member(&mut rest, key, &member.value),
+            key => push_member(&mut rest, key, member.value),
         }
     }
 
@@ -228,7 +231,7 @@ fn prepare_members(
 
 fn push_member(out: &mut String, key: &str, value: &str) {
     out.push(',');
-    out.push_str(&encode_string(key));
+    json::push_string(out, key);
     out.push(':');
     out.push_str(value);
 }

@@ -126,7 +126,7 @@ pub fn merge_patient(existing: &str, row: &RiskRow, cx: &MapContext) -> Option<S
     let current_gp = members
         .iter()
         .find(|m| m.key == "generalPractitioner")
-        .and_then(|m| serde_json::from_str::<Value>(&m.value).ok());
+        .and_then(|m| serde_json::from_str::<Value>(m.value).ok());
     if current_gp.as_ref() != Some(&gp) {
         changes.push(("generalPractitioner", gp));
     }
@@ -171,7 +171,7 @@ pub fn merge_patient(existing: &str, row: &RiskRow, cx: &MapContext) -> Option<S
                 let (key, value) = changes.remove(i);
                 push(&mut out, key, &value.to_string());
             }
-            None => push(&mut out, &member.key, &member.value),
+            None => push(&mut out, &member.key, member.value),
         }
     }
     for (key, value) in changes {

@@ -20,7 +20,7 @@
 //! Members an event does not change keep their stored bytes ([`rewrite`]).
 
 use super::adt::{Adt, Event, ODS_SYSTEM, Visit, is_ods};
-use crate::fhir::json::{encode_string, same_value, text_of, written_members};
+use crate::fhir::json::{push_string, same_value, text_of, written_members};
 use serde_json::{Map, Value, json};
 
 /// The Patient after `adt`, from the stored one (or a new one) whose last
@@ -645,12 +645,12 @@ pub fn rewrite(stored: &str, old: &Value, new: &Value) -> Option<String> {
         if i > 0 {
             out.push(',');
         }
-        out.push_str(&encode_string(key));
+        push_string(&mut out, key);
         out.push(':');
-        let kept = members.iter().find(|m| m.key == *key);
+        let kept = members.iter().find(|m| m.key == key.as_str());
         match kept {
             Some(m) if old.get(key).is_some_and(|o| same_value(o, value)) => {
-                out.push_str(&m.value);
+                out.push_str(m.value);
             }
             _ => {
                 changed = true;
