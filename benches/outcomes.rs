@@ -72,6 +72,7 @@ async fn main() {
         readers: 4,
         outbox_types: None,
         cache_resources: 16_384,
+        checkpoint_bytes: pathway_gateway::store::sqlite::DEFAULT_CHECKPOINT_BYTES,
     })
     .unwrap();
     let validator = Validator::load(None, &[]).unwrap();

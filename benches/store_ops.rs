@@ -65,6 +65,7 @@ fn main() {
         readers: 4,
         outbox_types: None,
         cache_resources: 16_384,
+        checkpoint_bytes: pathway_gateway::store::sqlite::DEFAULT_CHECKPOINT_BYTES,
     })
     .expect("store");
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -451,6 +451,7 @@ impl ConfigFile {
             },
             // Set from the routing rules when the gateway starts.
             outbox_types: None,
+            checkpoint_bytes: crate::store::sqlite::DEFAULT_CHECKPOINT_BYTES,
         };
         if let Err(err) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(bad("log.level", format!("\"{}\": {err}", self.log.level)));

@@ -10,6 +10,11 @@ use pathway_gateway::store::{Change, JournalEntry, Mutation, Store, WriteOutcome
 use pathway_gateway::validate::Validator;
 use std::sync::Arc;
 
+/// Checkpoints every 4 MiB (the gateway's default is 16 MiB): the WAL tests
+/// below see it start over at 16 MiB and bounded at 64 MiB without writing
+/// four times as much.
+const CHECKPOINT_BYTES: i64 = 4 * 1024 * 1024;
+
 fn open(dir: &std::path::Path, max_batch: usize) -> SqliteStore {
     SqliteStore::open(SqliteOptions {
         dir: dir.to_path_buf(),
@@ -18,6 +23,7 @@ fn open(dir: &std::path::Path, max_batch: usize) -> SqliteStore {
         readers: 2,
         outbox_types: None,
         cache_resources: 16_384,
+        checkpoint_bytes: CHECKPOINT_BYTES,
     })
     .unwrap()
 }
@@ -693,6 +699,7 @@ fn options(dir: &std::path::Path) -> SqliteOptions {
         readers: 2,
         outbox_types: None,
         cache_resources: 16_384,
+        checkpoint_bytes: CHECKPOINT_BYTES,
     }
 }
 

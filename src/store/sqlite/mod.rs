@@ -26,6 +26,8 @@ macro_rules! version_of_current {
 
 mod cache;
 mod checkpoint;
+
+pub use checkpoint::DEFAULT_CHECKPOINT_BYTES;
 mod keys;
 mod outbox;
 mod search;
@@ -74,6 +76,9 @@ pub struct SqliteOptions {
     pub outbox_types: Option<Vec<ResourceType>>,
     /// Current resources kept in memory ([`cache`]); 0 keeps none.
     pub cache_resources: usize,
+    /// WAL growth after which a checkpoint copies it into the database file
+    /// ([`DEFAULT_CHECKPOINT_BYTES`]); the WAL starts over at four times this.
+    pub checkpoint_bytes: i64,
 }
 
 /// Current resources kept in memory unless configured otherwise.
@@ -166,7 +171,11 @@ impl SqliteStore {
         let cache = Arc::new(cache::Cache::new(options.cache_resources, lock.is_some()));
         let writer_cache = cache.clone();
         let mut conn = open_writer(&path)?;
-        let checkpointer = checkpoint::Checkpointer::start(&mut conn, open_checkpointer(&path)?)?;
+        let checkpointer = checkpoint::Checkpointer::start(
+            &mut conn,
+            open_checkpointer(&path)?,
+            options.checkpoint_bytes,
+        )?;
         let (jobs, rx) = mpsc::channel(options.queue.max(1));
         let max_batch = options.max_batch.max(1);
         let outbox_signal = Arc::new(tokio::sync::Notify::new());
