@@ -10,9 +10,8 @@ use pathway_gateway::store::{Change, JournalEntry, Mutation, Store, WriteOutcome
 use pathway_gateway::validate::Validator;
 use std::sync::Arc;
 
-/// Checkpoints every 4 MiB (the gateway's default is 16 MiB): the WAL tests
-/// below see it start over at 16 MiB and bounded at 64 MiB without writing
-/// four times as much.
+/// Checkpoints every 4 MiB, whatever the gateway's default: the WAL tests
+/// below check that it starts over at 16 MiB and stays under its 64 MiB limit.
 const CHECKPOINT_BYTES: i64 = 4 * 1024 * 1024;
 
 fn open(dir: &std::path::Path, max_batch: usize) -> SqliteStore {

@@ -26,15 +26,21 @@ use std::thread::JoinHandle;
 
 /// WAL growth after which a checkpoint is asked for, unless configured
 /// otherwise ([`SqliteOptions::checkpoint_bytes`](super::SqliteOptions)):
-/// 16 MiB, four times SQLite's own default for automatic checkpoints
-/// (1,000 pages of 4 KiB). A checkpoint writes the pages it copies into the
-/// database file and syncs it, and the commits' own syncs wait behind that
-/// on the disk; fewer, larger checkpoints copy a page written by many
-/// commits once. HL7 v2 bench, five alternating pairs on 2026-11-23: 2,614 to
-/// 3,228 messages/s against 2,216 to 2,641 with 4 MiB (four pairs faster,
-/// one 1% slower; ACK p99 13.9-17.2 ms against 15.5-17.2 ms); the 50,000-row
-/// GP list unchanged (4.62-4.76 s against 4.47-4.85 s).
-pub const DEFAULT_CHECKPOINT_BYTES: i64 = 16 * 1024 * 1024;
+/// SQLite's own default for automatic checkpoints (1,000 pages of 4 KiB).
+///
+/// A checkpoint writes the pages it copies into the database file and syncs
+/// it, and the commits' own syncs wait behind that on the disk. Larger
+/// intervals were measured on the HL7 v2 bench (2026-11-23) and not kept:
+/// - 16 MiB: 13-19% more messages/s in most alternating pairs (2,605-3,228
+///   against 2,216-2,641), but the larger checkpoints' syncs stalled commits:
+///   ACK p99.9 31-156 ms and max 40-267 ms, against 21-22 ms and 25-33 ms;
+/// - 8 MiB: within the drift (2,146-2,532 against 2,097-2,258 messages/s),
+///   with one p99 over 20 ms and a 79 ms maximum;
+/// - none at all (1 GiB): three pairs faster by 6-39%, ACK p99 9-13 ms: the
+///   commits' syncs are slower while a checkpoint writes.
+///
+/// The 50,000-row GP list took the same time with 16 MiB.
+pub const DEFAULT_CHECKPOINT_BYTES: i64 = 4 * 1024 * 1024;
 /// Most frames the writer copies itself to let the WAL start over: the
 /// pages of a few groups, a fraction of a millisecond to copy.
 const SETTLE_BYTES: i64 = 1024 * 1024;
