@@ -36,7 +36,23 @@ pub struct Member {
 
 /// Splits a JSON object into its top-level members, in the sender's order.
 pub fn object_members(text: &str) -> Result<Vec<Member>, JsonShapeError> {
-    members(text, true)
+    let mut members: Vec<Member> = Vec::new();
+    split_members(text, |key, raw| {
+        if members.iter().any(|m| m.key == key) {
+            return Err(JsonShapeError::DuplicateKey(key.into_owned()));
+        }
+        // Parsers disagree on which of two same-named members counts, and
+        // the stored bytes would keep both: refused at any depth.
+        if let Some(path) = nested_duplicate(raw) {
+            return Err(JsonShapeError::DuplicateKey(format!("{key}.{path}")));
+        }
+        members.push(Member {
+            key: key.into_owned(),
+            value: minify(raw),
+        });
+        Ok(())
+    })?;
+    Ok(members)
 }
 
 impl Member {
@@ -66,31 +82,6 @@ pub fn written_members(text: &str) -> Result<Vec<WrittenMember<'_>>, JsonShapeEr
     let mut members = Vec::new();
     split_members(text, |key, value| {
         members.push(WrittenMember { key, value });
-        Ok(())
-    })?;
-    Ok(members)
-}
-
-fn members(text: &str, sender: bool) -> Result<Vec<Member>, JsonShapeError> {
-    let mut members: Vec<Member> = Vec::new();
-    split_members(text, |key, raw| {
-        let value = if sender {
-            if members.iter().any(|m| m.key == key) {
-                return Err(JsonShapeError::DuplicateKey(key.into_owned()));
-            }
-            // Parsers disagree on which of two same-named members counts,
-            // and the stored bytes would keep both: refused at any depth.
-            if let Some(path) = nested_duplicate(raw) {
-                return Err(JsonShapeError::DuplicateKey(format!("{key}.{path}")));
-            }
-            minify(raw)
-        } else {
-            raw.to_string()
-        };
-        members.push(Member {
-            key: key.into_owned(),
-            value,
-        });
         Ok(())
     })?;
     Ok(members)
@@ -334,7 +325,6 @@ pub fn same_value(a: &Value, b: &Value) -> bool {
     same_in_order(a, b) || a == b
 }
 
-/// A JSON string literal for `value`.
 /// `value` as a JSON string, as [`encode_string`] writes it, onto `out`: most
 /// strings (FHIR member names always) need no escape and are copied in.
 pub fn push_string(out: &mut String, value: &str) {
@@ -347,6 +337,7 @@ pub fn push_string(out: &mut String, value: &str) {
     }
 }
 
+/// A JSON string literal for `value`.
 pub fn encode_string(value: &str) -> String {
     serde_json::to_string(value).unwrap_or_else(|_| "\"\"".to_string())
 }

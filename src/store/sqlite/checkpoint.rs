@@ -93,7 +93,7 @@ impl Checkpointer {
         let frames = |bytes: i64| i32::try_from(bytes / page_size).unwrap_or(i32::MAX).max(1);
         let checkpoint_bytes = checkpoint_bytes.max(page_size);
         let threshold = frames(checkpoint_bytes);
-        let restart_frames = frames(4 * checkpoint_bytes);
+        let restart_frames = frames(checkpoint_bytes.saturating_mul(4));
         // Replaces SQLite's automatic checkpoint hook on the writer. It asks
         // once per `threshold` pages written, not at every commit past the
         // threshold (a checkpoint per commit copied a few pages each time,
@@ -127,7 +127,7 @@ impl Checkpointer {
             thread: Some(thread),
             restart_frames,
             settle_frames: frames(SETTLE_BYTES),
-            limit_frames: frames(16 * checkpoint_bytes),
+            limit_frames: frames(checkpoint_bytes.saturating_mul(16)),
         })
     }
 

@@ -26,8 +26,6 @@ macro_rules! version_of_current {
 
 mod cache;
 mod checkpoint;
-
-pub use checkpoint::DEFAULT_CHECKPOINT_BYTES;
 mod keys;
 mod outbox;
 mod search;
@@ -46,6 +44,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{Semaphore, mpsc, oneshot};
+
+pub use checkpoint::DEFAULT_CHECKPOINT_BYTES;
 
 /// Page size of a new store, in bytes.
 const PAGE_SIZE: i64 = 4_096;
