@@ -355,13 +355,7 @@ fn decode_str(token: &str) -> Option<Cow<'_, str>> {
 
 /// The value of a JSON string token (quotes included), escapes resolved.
 fn decode_string(token: &str) -> Option<String> {
-    if !token.contains('\\') {
-        return token
-            .strip_prefix('"')
-            .and_then(|t| t.strip_suffix('"'))
-            .map(str::to_string);
-    }
-    serde_json::from_str(token).ok()
+    decode_str(token).map(Cow::into_owned)
 }
 
 fn skip_ws(bytes: &[u8], mut pos: usize) -> usize {

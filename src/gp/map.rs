@@ -7,7 +7,7 @@
 //! the same JSON.
 
 use super::row::RiskRow;
-use crate::fhir::json::{encode_string, written_members};
+use crate::fhir::json::{push_string, written_members};
 use serde_json::{Value, json};
 
 pub const NHS_NUMBER_SYSTEM: &str = "https://fhir.nhs.uk/Id/nhs-number";
@@ -161,7 +161,7 @@ pub fn merge_patient(existing: &str, row: &RiskRow, cx: &MapContext) -> Option<S
             out.push(',');
         }
         first = false;
-        out.push_str(&encode_string(key));
+        push_string(out, key);
         out.push(':');
         out.push_str(value);
     };
