@@ -19,11 +19,11 @@
 //! lock on their identifiers); the store's version checks catch any other
 //! writer, and the message is planned again from what is stored.
 
-use super::adt::{self, Adt, AdtContext, AdtError, NHS_NUMBER_SYSTEM};
+use super::adt::{self, Adt, AdtContext, AdtError, NHS_NUMBER_SYSTEM, PatientFacts, Visit};
 use super::datatypes::DataError;
 use super::er7::Message;
 use super::mllp::{AckCode, AckError, ack};
-use super::state::{self, encounter_after, patient_after, replaced_by, rewrite};
+use super::state::{self, encounter_from, patient_from, replaced_by, rewrite};
 use crate::fhir::json::{same_in_order, text_of};
 use crate::fhir::outcome::Severity;
 use crate::fhir::resource::{Prepared, Rejection, prepare_parsed};
@@ -216,7 +216,7 @@ impl Feed {
         journal: Option<JournalEntry>,
         source: &str,
     ) -> Result<Verdict, StoreError> {
-        let adt = match adt::read(message, &self.cx) {
+        let mut adt = match adt::read(message, &self.cx) {
             Ok(adt) => adt,
             Err(AdtError::Unsupported {
                 location,
@@ -234,8 +234,19 @@ impl Feed {
             }
         };
         let _guards = self.lock(&adt).await;
+        // The message's facts move into the records planned from them; an
+        // attempt after the first reads them from the message again.
+        let mut facts = Some((std::mem::take(&mut adt.patient), adt.visit.take()));
         for _ in 0..MAX_ATTEMPTS {
-            let planned = match self.plan(&adt).await? {
+            let (patient, visit) = match facts.take() {
+                Some(facts) => facts,
+                None => match adt::read(message, &self.cx) {
+                    Ok(again) => (again.patient, again.visit),
+                    // (Not met: reading is a pure function of the message.)
+                    Err(_) => break,
+                },
+            };
+            let planned = match self.plan(&adt, patient, visit).await? {
                 Ok(planned) => planned,
                 Err(errors) => return self.quarantine(message, journal, source, errors).await,
             };
@@ -371,10 +382,16 @@ impl Feed {
         guards
     }
 
-    /// The writes that apply `adt` to what is stored now.
-    async fn plan(&self, adt: &Adt) -> Result<Result<Planned, Vec<DataError>>, StoreError> {
+    /// The writes that apply `adt` to what is stored now. Its patient facts
+    /// and visit are given apart (`adt.patient` and `adt.visit` are not
+    /// read), to be moved into the records rather than copied.
+    async fn plan(
+        &self,
+        adt: &Adt,
+        facts: PatientFacts,
+        visit: Option<Visit>,
+    ) -> Result<Result<Planned, Vec<DataError>>, StoreError> {
         let store = self.store.as_ref();
-        let facts = &adt.patient;
         let mut writes = Writes::default();
 
         // Who: the record with the NHS number, else one with a hospital number.
@@ -390,8 +407,7 @@ impl Feed {
             .collect();
         // The patient's and the visit's records, with their event clocks,
         // in one read.
-        let visit_key = adt
-            .visit
+        let visit_key = visit
             .as_ref()
             .map(|v| adt::identifier_keys(std::slice::from_ref(&v.identifier)));
         let mut lookups = vec![(ResourceType::Patient, keys.as_slice())];
@@ -511,7 +527,13 @@ impl Feed {
             id: patient_id.clone(),
             event_ms: adt.time_ms,
         }];
-        let mut patient = patient_after(target.as_ref().map(|(_, v)| v.as_ref()), clock, adt);
+        let nhs_number = facts.nhs_number.clone();
+        let mut patient = patient_from(
+            target.as_ref().map(|(_, v)| v.as_ref()),
+            clock,
+            facts,
+            adt.time_ms,
+        );
         let patient_ref = match &target {
             Some(_) => format!("Patient/{patient_id}"),
             None => format!("urn:uuid:{}", new_id()),
@@ -539,8 +561,8 @@ impl Feed {
                         Ok(r) => r,
                         Err(errors) => return Ok(Err(errors)),
                     };
-                let (system, value) = match &facts.nhs_number {
-                    Some(n) => (NHS_NUMBER_SYSTEM.to_string(), n.clone()),
+                let (system, value) = match nhs_number {
+                    Some(n) => (NHS_NUMBER_SYSTEM.to_string(), n),
                     None => locals.first().cloned().unwrap_or_default(),
                 };
                 writes.push(
@@ -569,7 +591,7 @@ impl Feed {
 
         // The visit.
         let mut moved_ids = Vec::new();
-        if let (Some(visit), Some(key)) = (&adt.visit, &visit_key) {
+        if let (Some(visit), Some(key)) = (visit, &visit_key) {
             if encounters.len() > 1 {
                 return Ok(Err(vec![DataError {
                     location: "PV1-19".into(),
@@ -592,7 +614,7 @@ impl Feed {
                 event_ms: adt.time_ms,
             });
             let encounter =
-                encounter_after(current_value.as_deref(), clock, adt, visit, &patient_ref);
+                encounter_from(current_value.as_deref(), clock, adt, visit, &patient_ref);
             match &current {
                 Some(stored) => {
                     moved_ids.push(stored.id.clone());

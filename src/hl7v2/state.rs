@@ -19,15 +19,25 @@
 //!
 //! Members an event does not change keep their stored bytes ([`rewrite`]).
 
-use super::adt::{Adt, Event, ODS_SYSTEM, Visit, is_ods};
+use super::adt::{Adt, Event, ODS_SYSTEM, PatientFacts, Visit, is_ods};
 use crate::fhir::json::{push_string, same_value, text_of, written_members};
 use serde_json::{Map, Value, json};
 
 /// The Patient after `adt`, from the stored one (or a new one) whose last
 /// applied event was at `clock` (ms since the epoch).
 pub fn patient_after(current: Option<&Value>, clock: Option<i64>, adt: &Adt) -> Value {
-    let newer = is_newer(clock, adt.time_ms);
-    let facts = &adt.patient;
+    patient_from(current, clock, adt.patient.clone(), adt.time_ms)
+}
+
+/// [`patient_after`] with the message's facts moved into the record rather
+/// than copied: an event at `time_ms` that `facts` describes.
+pub fn patient_from(
+    current: Option<&Value>,
+    clock: Option<i64>,
+    facts: PatientFacts,
+    time_ms: i64,
+) -> Value {
+    let newer = is_newer(clock, time_ms);
     // What a newer event replaces below is not copied first.
     let replaced = |key: &str| {
         newer
@@ -52,7 +62,8 @@ pub fn patient_after(current: Option<&Value>, clock: Option<i64>, adt: &Adt) -> 
 
     // Identifiers: every one the message brings is added; none removed.
     let mut ids = take_array(&mut p, "identifier");
-    for id in &facts.identifiers {
+    let traced = facts.nhs_number.is_some();
+    for id in facts.identifiers {
         let same = |other: &Value| other["system"] == id["system"] && other["value"] == id["value"];
         match ids.iter_mut().find(|other| same(other)) {
             // The NHS number's verification status follows the latest event
@@ -61,40 +72,40 @@ pub fn patient_after(current: Option<&Value>, clock: Option<i64>, adt: &Adt) -> 
             // empty component: members and extensions another source added
             // (a `period` set through REST), or a hospital number's `type`
             // from an earlier message whose PID-3.5 was filled.
-            Some(existing) if newer && existing != id => overlay_identifier(existing, id),
+            Some(existing) if newer && *existing != id => overlay_identifier(existing, &id),
             Some(_) => {}
             None => {
-                if facts.nhs_number.is_some() && id["system"] == super::adt::NHS_NUMBER_SYSTEM {
-                    ids.insert(0, id.clone());
+                if traced && id["system"] == super::adt::NHS_NUMBER_SYSTEM {
+                    ids.insert(0, id);
                 } else {
-                    ids.push(id.clone());
+                    ids.push(id);
                 }
             }
         }
     }
     set(&mut p, "identifier", Some(Value::Array(ids)), true);
-    set_list(&mut p, "name", &facts.name, newer);
-    set_list(&mut p, "telecom", &facts.telecom, newer);
+    set_list(&mut p, "name", facts.name, newer);
+    set_list(&mut p, "telecom", facts.telecom, newer);
     set(&mut p, "gender", facts.gender.map(|g| json!(g)), newer);
     set(
         &mut p,
         "birthDate",
-        facts.birth_date.as_ref().map(|d| json!(d)),
+        facts.birth_date.map(Value::String),
         newer,
     );
-    if let Some((key, value)) = &facts.deceased {
+    if let Some((key, value)) = facts.deceased {
         let has = p.contains_key("deceasedDateTime") || p.contains_key("deceasedBoolean");
         if newer || !has {
             p.remove("deceasedDateTime");
             p.remove("deceasedBoolean");
-            p.insert((*key).into(), value.clone());
+            p.insert(key.into(), value);
         }
     }
-    set_list(&mut p, "address", &facts.address, newer);
+    set_list(&mut p, "address", facts.address, newer);
     set_list(
         &mut p,
         "generalPractitioner",
-        &facts.general_practitioner,
+        facts.general_practitioner,
         newer,
     );
     // Deleted by the sender (`""`), unless a later event has set them since.
@@ -239,6 +250,18 @@ pub fn encounter_after(
     visit: &Visit,
     subject: &str,
 ) -> Value {
+    encounter_from(current, clock, adt, visit.clone(), subject)
+}
+
+/// [`encounter_after`] with the visit's facts moved into the record rather
+/// than copied (`adt.visit` is not read).
+pub fn encounter_from(
+    current: Option<&Value>,
+    clock: Option<i64>,
+    adt: &Adt,
+    visit: Visit,
+    subject: &str,
+) -> Value {
     let newer = is_newer(clock, adt.time_ms);
     // What is replaced below is not copied first.
     let replaced = |key: &str| match key {
@@ -258,12 +281,12 @@ pub fn encounter_after(
 
     let mut ids = take_array(&mut e, "identifier");
     if !ids.contains(&visit.identifier) {
-        ids.push(visit.identifier.clone());
+        ids.push(visit.identifier);
     }
     e.insert("identifier".into(), Value::Array(ids));
     e.insert("subject".into(), json!({"reference": subject}));
-    set(&mut e, "class", Some(visit.class.clone()), newer);
-    set(&mut e, "priority", visit.priority.clone(), newer);
+    set(&mut e, "class", Some(visit.class), newer);
+    set(&mut e, "priority", visit.priority, newer);
 
     // Status: the latest status event wins.
     let mut latest = false;
@@ -313,7 +336,6 @@ pub fn encounter_after(
     } else if ends {
         let end = visit
             .end
-            .clone()
             .or_else(|| (adt.event == Event::A03).then(|| adt.time.clone()));
         if let Some(end) = end {
             period.insert("end".into(), json!(end));
@@ -328,18 +350,19 @@ pub fn encounter_after(
 
     // Hospitalization: admission method and source, discharge destination.
     let mut stay = take_object(&mut e, "hospitalization");
-    if let Some(method) = &visit.admission_method {
-        let ext = json!([{"url": super::adt::ADMISSION_METHOD_URL, "valueCodeableConcept": method.clone()}]);
+    if let Some(method) = visit.admission_method {
+        let ext =
+            json!([{"url": super::adt::ADMISSION_METHOD_URL, "valueCodeableConcept": method}]);
         set(&mut stay, "extension", Some(ext), newer);
     }
-    set(&mut stay, "admitSource", visit.admit_source.clone(), newer);
+    set(&mut stay, "admitSource", visit.admit_source, newer);
     if status != "finished" {
         stay.remove("dischargeDisposition");
     } else if ends {
         set(
             &mut stay,
             "dischargeDisposition",
-            visit.discharge_disposition.clone(),
+            visit.discharge_disposition,
             true,
         );
     }
@@ -350,7 +373,7 @@ pub fn encounter_after(
         e.insert("hospitalization".into(), Value::Object(stay));
     }
 
-    locations(&mut e, adt, visit, &status);
+    locations(&mut e, adt, visit.location, visit.start.as_deref(), &status);
 
     if !e.contains_key("serviceProvider") {
         let provider = if is_ods(&adt.sender) {
@@ -394,16 +417,24 @@ fn is_open(status: Option<&str>) -> bool {
 /// before it, unless that is already where the cancel says the patient is
 /// (PV1-3): a resent A12 does not undo a second transfer. The first
 /// location comes from any event that has one.
-fn locations(e: &mut Map<String, Value>, adt: &Adt, visit: &Visit, status: &str) {
+/// `Encounter.location` after the event, which names `place` (PV1-3) and
+/// the visit's `start` (PV1-44).
+fn locations(
+    e: &mut Map<String, Value>,
+    adt: &Adt,
+    place: Option<Value>,
+    start: Option<&str>,
+    status: &str,
+) {
     // Left as it was (`[]`, or not a list) when it stays empty.
     let mut list = take_array(e, "location");
-    match (adt.event, &visit.location) {
+    match (adt.event, place) {
         (Event::A02, Some(place)) => {
             let exists = list
                 .iter()
-                .any(|l| l["location"] == *place && l["period"]["start"] == adt.time.as_str());
+                .any(|l| l["location"] == place && l["period"]["start"] == adt.time.as_str());
             if !exists {
-                list.push(json!({"location": place.clone(), "period": {"start": adt.time}}));
+                list.push(json!({"location": place, "period": {"start": adt.time}}));
             }
         }
         (Event::A12, back_to) => {
@@ -421,15 +452,15 @@ fn locations(e: &mut Map<String, Value>, adt: &Adt, visit: &Visit, status: &str)
         }
         // The admitting location, also when a transfer arrived first.
         (Event::A01 | Event::A04, Some(place)) => {
-            let start = visit.start.clone().unwrap_or_else(|| adt.time.clone());
+            let start = start.unwrap_or(&adt.time);
             let at = start_ms(&json!({ "start": start }));
             if !list.iter().any(|l| start_ms(&l["period"]) <= at) {
-                list.push(json!({"location": place.clone(), "period": {"start": start}}));
+                list.push(json!({"location": place, "period": {"start": start}}));
             }
         }
         (_, Some(place)) if list.is_empty() => {
-            let start = visit.start.clone().unwrap_or_else(|| adt.time.clone());
-            list.push(json!({"location": place.clone(), "period": {"start": start}}));
+            let start = start.unwrap_or(&adt.time);
+            list.push(json!({"location": place, "period": {"start": start}}));
         }
         _ => {}
     }
@@ -545,9 +576,9 @@ fn set(o: &mut Map<String, Value>, key: &str, value: Option<Value>, newer: bool)
     }
 }
 
-fn set_list(o: &mut Map<String, Value>, key: &str, values: &[Value], newer: bool) {
+fn set_list(o: &mut Map<String, Value>, key: &str, values: Vec<Value>, newer: bool) {
     if !values.is_empty() {
-        set(o, key, Some(Value::Array(values.to_vec())), newer);
+        set(o, key, Some(Value::Array(values)), newer);
     }
 }
 
