@@ -125,6 +125,100 @@ pub fn patient_from(
     Value::Object(order(p, PATIENT_ORDER))
 }
 
+/// Whether [`patient_from`] would leave `current` as it is, found without
+/// building the record: `true` only when it certainly would. Most messages
+/// about a patient repeat what is stored (an A08, A01 or A03 carries the
+/// whole PID), and building the record only to find it unchanged copied
+/// most of it. Unsure cases answer `false` and take the full path: members
+/// out of FHIR order, an identifier not stored as a list.
+pub fn patient_unchanged(
+    current: &Value,
+    clock: Option<i64>,
+    facts: &PatientFacts,
+    time_ms: i64,
+) -> bool {
+    let Some(p) = current.as_object() else {
+        return false;
+    };
+    let newer = is_newer(clock, time_ms);
+    // `patient_from` puts the members in FHIR order.
+    if !in_order(p, PATIENT_ORDER) {
+        return false;
+    }
+    if let Some((key, value)) = &facts.deceased {
+        let other = if *key == "deceasedBoolean" {
+            "deceasedDateTime"
+        } else {
+            "deceasedBoolean"
+        };
+        let has = p.contains_key("deceasedDateTime") || p.contains_key("deceasedBoolean");
+        // Set again: removed and put back, which keeps the order only of
+        // members FHIR orders (unknown ones keep theirs among themselves).
+        let same = p.get(*key).is_some_and(|v| same_value(v, value))
+            && !p.contains_key(other)
+            && p.keys()
+                .all(|k| rank(PATIENT_ORDER, k) < PATIENT_ORDER.len());
+        if (newer || !has) && !same {
+            return false;
+        }
+    }
+    let Some(Value::Array(ids)) = p.get("identifier") else {
+        return false;
+    };
+    for id in &facts.identifiers {
+        let same =
+            |other: &&Value| other["system"] == id["system"] && other["value"] == id["value"];
+        match ids.iter().find(same) {
+            None => return false,
+            Some(existing) if newer && existing != id => {
+                let mut overlaid = existing.clone();
+                overlay_identifier(&mut overlaid, id);
+                if !same_value(&overlaid, existing) {
+                    return false;
+                }
+            }
+            Some(_) => {}
+        }
+    }
+    // A member the event sets: unchanged when stored and either equal or
+    // kept (an older event only fills gaps).
+    let kept = |key: &str, same: &dyn Fn(&Value) -> bool| match p.get(key) {
+        None => false,
+        Some(stored) => !newer || same(stored),
+    };
+    for (key, list) in [
+        ("name", &facts.name),
+        ("telecom", &facts.telecom),
+        ("address", &facts.address),
+        ("generalPractitioner", &facts.general_practitioner),
+    ] {
+        let same = |stored: &Value| {
+            stored.as_array().is_some_and(|s| {
+                s.len() == list.len() && s.iter().zip(list).all(|(a, b)| same_value(a, b))
+            })
+        };
+        if !list.is_empty() && !kept(key, &same) {
+            return false;
+        }
+    }
+    if let Some(gender) = facts.gender
+        && !kept("gender", &|stored| stored.as_str() == Some(gender))
+    {
+        return false;
+    }
+    if let Some(date) = &facts.birth_date
+        && !kept("birthDate", &|stored| stored.as_str() == Some(date))
+    {
+        return false;
+    }
+    // Deleted by the sender: unchanged only if already absent.
+    !newer
+        || facts.cleared.iter().all(|member| match *member {
+            "deceased" => !p.contains_key("deceasedDateTime") && !p.contains_key("deceasedBoolean"),
+            other => !p.contains_key(other),
+        })
+}
+
 /// `sent`'s members written over `stored`'s, in `sent`'s order (as a new
 /// identifier would have them), then the members only `stored` has. An
 /// extension replaces every stored one with its `url`; the others stay
@@ -647,15 +741,24 @@ const ENCOUNTER_ORDER: &[&str] = &[
     "partOf",
 ];
 
+/// A member's place in FHIR element order (unknown members after all).
+fn rank(keys: &[&str], key: &str) -> usize {
+    keys.iter().position(|k| *k == key).unwrap_or(keys.len())
+}
+
+/// Are `o`'s members in FHIR element order already?
+fn in_order(o: &Map<String, Value>, keys: &[&str]) -> bool {
+    o.keys().map(|key| rank(keys, key)).is_sorted()
+}
+
 /// The members in FHIR element order (unknown members last, as they were).
 fn order(o: Map<String, Value>, keys: &[&str]) -> Map<String, Value> {
-    let rank = |key: &str| keys.iter().position(|k| *k == key).unwrap_or(keys.len());
-    let ranks: Vec<usize> = o.keys().map(|key| rank(key)).collect();
     // Mostly in order already (a stored record, changed in place): kept
     // as it is, without hashing every key into a new map.
-    if ranks.is_sorted() {
+    if in_order(&o, keys) {
         return o;
     }
+    let ranks: Vec<usize> = o.keys().map(|key| rank(keys, key)).collect();
     let mut entries: Vec<(usize, (String, Value))> = ranks.into_iter().zip(o).collect();
     // Stable: members not named keep their own order, after the others.
     entries.sort_by_key(|(rank, _)| *rank);
@@ -1071,6 +1174,87 @@ mod tests {
             p["identifier"][0]["extension"][0]["valueCodeableConcept"]["coding"][0]["code"],
             "02"
         );
+    }
+
+    /// `patient_unchanged` against the full path, over every pair of
+    /// messages that differ in one PID or PD1 field (or not at all), in
+    /// either order and from either side of the record's event clock: it
+    /// never says "unchanged" of a message that changes the record, and
+    /// says it of every repeat.
+    #[test]
+    fn the_unchanged_patient_shortcut_agrees_with_building_the_record() {
+        let message = |when: &str, fields: &[(usize, &str)], pd1: &str| {
+            let mut pid = vec![
+                (1, "1"),
+                (3, "K1^^^RJZ^MR~9990000018^^^NHS^NH"),
+                (5, "PAGE^Ann"),
+                (7, "19380305"),
+                (8, "F"),
+                (11, "12 Station Road^^Bromley^^BR1 3PT"),
+                (13, "01689 123456"),
+                (32, "NSTS01"),
+            ];
+            for (n, value) in fields {
+                pid.retain(|(k, _)| k != n);
+                pid.push((*n, value));
+            }
+            let pid = segment("PID", &pid);
+            let text = format!(
+                "MSH|^~\\&|PAS|RJZ|GW|OB|{when}||ADT^A31|{when}|P|2.4\rEVN|A31|{when}\r{pid}\rPD1|||{pd1}\r"
+            );
+            read(&Message::parse(&text).unwrap(), &AdtContext::default()).unwrap()
+        };
+        let practice = "BROMLEY COMMON PRACTICE^^G84001";
+        let variants: Vec<(Vec<(usize, &str)>, &str)> = vec![
+            (vec![], practice),
+            (vec![(5, "SMITH^Ann")], practice),
+            (vec![(5, "PAGE^Ann~PAGE^Annie^^^^^N")], practice),
+            (vec![(13, "01689 654321")], practice),
+            (vec![(13, "")], practice),
+            (vec![(11, "1 High Street^^Bromley^^BR1 1AA")], practice),
+            (vec![(11, "\"\"")], practice),
+            (vec![(8, "M")], practice),
+            (vec![(7, "19380306")], practice),
+            (vec![(32, "NSTS02")], practice),
+            (vec![(32, "")], practice),
+            (vec![(3, "K2^^^RJZ^MR~9990000018^^^NHS^NH")], practice),
+            (vec![(3, "9990000018^^^NHS^NH")], practice),
+            (
+                vec![(3, "K1^^^RJZ^MR~9990000018^^^NHS^NH~X9^^^RJZ^PI")],
+                practice,
+            ),
+            (vec![(29, "202607140930")], practice),
+            (vec![(29, "\"\"")], practice),
+            (vec![], "OTHER PRACTICE^^G84002"),
+            (vec![], "\"\""),
+            (vec![], ""),
+        ];
+        let mut shortcuts = 0;
+        for (first_fields, first_pd1) in &variants {
+            let first = message("202607141000", first_fields, first_pd1);
+            let stored = patient_after(None, None, &first);
+            let text = text_of(&stored);
+            for (fields, pd1) in &variants {
+                for when in ["202607140900", "202607141000", "202607141100"] {
+                    let next = message(when, fields, pd1);
+                    let clock = Some(first.time_ms);
+                    let unchanged = patient_unchanged(&stored, clock, &next.patient, next.time_ms);
+                    let built = patient_after(Some(&stored), clock, &next);
+                    let changes = rewrite(&text, &stored, &built).is_some();
+                    assert!(
+                        !(unchanged && changes),
+                        "{first_fields:?} {first_pd1} then {fields:?} {pd1} at {when}: {built}"
+                    );
+                    if fields == first_fields && pd1 == first_pd1 {
+                        assert!(unchanged, "a repeat of {fields:?} {pd1} at {when}");
+                    }
+                    shortcuts += usize::from(unchanged);
+                }
+            }
+        }
+        // Besides repeats: older events finding every member set, and
+        // messages leaving out what is stored.
+        assert!(shortcuts > variants.len() * 3, "{shortcuts}");
     }
 
     #[test]
