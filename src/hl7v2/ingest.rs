@@ -364,9 +364,10 @@ impl Feed {
     async fn lock(&self, adt: &Adt) -> Vec<MutexGuard<'_, ()>> {
         let mut stripes: Vec<usize> = adt
             .patient
-            .keys()
-            .into_iter()
-            .chain(adt::identifier_keys(&adt.prior))
+            .identifiers
+            .iter()
+            .chain(&adt.prior)
+            .filter_map(|id| Some((id["system"].as_str()?, id["value"].as_str()?)))
             .map(|key| {
                 let mut h = DefaultHasher::new();
                 key.hash(&mut h);
@@ -426,9 +427,10 @@ impl Feed {
         let found = parsed(store, patients.into_iter().map(|(s, _)| s).collect());
         let (with_nhs, without): (Vec<_>, Vec<_>) = found.into_iter().partition(|(_, v)| {
             nhs_key.as_ref().is_some_and(|(system, value)| {
-                adt::identifier_keys(v["identifier"].as_array().map_or(&[][..], |a| a))
-                    .iter()
-                    .any(|(sys, val)| sys == system && val == value)
+                v["identifier"].as_array().is_some_and(|ids| {
+                    ids.iter()
+                        .any(|id| id["system"] == system.as_str() && id["value"] == value.as_str())
+                })
             })
         });
         let by_nhs = survivors(store, with_nhs).await?;

@@ -47,18 +47,29 @@ pub struct ParsedVersions {
 
 #[derive(Default)]
 struct Inner {
-    entries: HashMap<Key, Entry>,
+    /// By type, then id: found by a borrowed id.
+    entries: HashMap<ResourceType, HashMap<Box<str>, Entry>>,
     /// Keys in the order they came in, oldest first.
     order: VecDeque<Key>,
     /// The text length of the values kept.
     bytes: usize,
 }
 
+impl Inner {
+    fn get(&self, ty: ResourceType, id: &str) -> Option<&Entry> {
+        self.entries.get(&ty)?.get(id)
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.entries.values().map(HashMap::len).sum()
+    }
+}
+
 impl ParsedVersions {
     /// `stored`'s body parsed; `None` when it is not JSON.
     pub fn get(&self, stored: &Stored) -> Option<Arc<Value>> {
-        let key: Key = (stored.resource_type, stored.id.as_str().into());
-        if let Some(entry) = self.lock().entries.get(&key)
+        if let Some(entry) = self.lock().get(stored.resource_type, &stored.id)
             && entry.version == stored.version
             && entry.last_updated_ms == stored.last_updated_ms
         {
@@ -126,7 +137,8 @@ impl ParsedVersions {
             bytes,
             value,
         };
-        match inner.entries.get_mut(&key) {
+        let of_type = inner.entries.entry(stored.resource_type).or_default();
+        match of_type.get_mut(stored.id.as_str()) {
             // Never replace a later version with an earlier one.
             Some(kept) if kept.version > stored.version => {}
             Some(kept) => {
@@ -134,16 +146,16 @@ impl ParsedVersions {
                 inner.bytes = inner.bytes - was + bytes;
             }
             None => {
-                inner.order.push_back(key.clone());
-                inner.entries.insert(key, entry);
+                of_type.insert(key.1.clone(), entry);
+                inner.order.push_back(key);
                 inner.bytes += bytes;
             }
         }
         while inner.order.len() > CAPACITY || inner.bytes > BUDGET_BYTES {
-            let Some(oldest) = inner.order.pop_front() else {
+            let Some((ty, id)) = inner.order.pop_front() else {
                 break;
             };
-            if let Some(gone) = inner.entries.remove(&oldest) {
+            if let Some(gone) = inner.entries.get_mut(&ty).and_then(|m| m.remove(&id)) {
                 inner.bytes -= gone.bytes;
             }
         }
@@ -194,13 +206,10 @@ mod tests {
             memo.get(&stored(&format!("p{i}"), 1, "{}")).unwrap();
         }
         let inner = memo.lock();
-        assert_eq!(inner.entries.len(), CAPACITY);
+        assert_eq!(inner.len(), CAPACITY);
         assert_eq!(inner.order.len(), CAPACITY);
-        assert!(
-            !inner
-                .entries
-                .contains_key(&(ResourceType::Patient, "p0".into()))
-        );
+        assert!(inner.get(ResourceType::Patient, "p0").is_none());
+        assert!(inner.get(ResourceType::Patient, "p10").is_some());
     }
 
     #[test]
@@ -213,14 +222,13 @@ mod tests {
         {
             let inner = memo.lock();
             assert!(inner.bytes <= BUDGET_BYTES, "{}", inner.bytes);
-            assert_eq!(inner.bytes, inner.entries.len() * body.len());
-            assert_eq!(inner.entries.len(), BUDGET_BYTES / body.len());
+            assert_eq!(inner.bytes, inner.len() * body.len());
+            assert_eq!(inner.len(), BUDGET_BYTES / body.len());
         }
         let large = format!(r#"{{"text":"{}"}}"#, "x".repeat(LARGEST_KEPT));
         let value = memo.get(&stored("big", 1, &large)).unwrap();
         assert_eq!(value["text"].as_str().unwrap().len(), LARGEST_KEPT);
-        let key = (ResourceType::Patient, "big".into());
-        assert!(!memo.lock().entries.contains_key(&key));
+        assert!(memo.lock().get(ResourceType::Patient, "big").is_none());
     }
 
     #[test]
