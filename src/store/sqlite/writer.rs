@@ -1018,16 +1018,26 @@ impl Writer {
         let quarantined = self.quarantine(&entries, now)?;
         // Of resources written above or before (a clock of a create that
         // found its resource made meanwhile names no resource: no row).
-        let mut clock = self.conn.prepare_cached(
-            "UPDATE current SET event_ms = max(coalesce(event_ms, ?3), ?3) WHERE type=?1 AND id=?2 \
-             RETURNING event_ms",
-        )?;
+        // Most events are the latest yet, and move the clock on; only when
+        // it does not move is it read back. (An `UPDATE … RETURNING` cost
+        // ~30,000 instructions per HL7 v2 message, an eighth of the writer's.)
         for c in &request.clocks {
-            let set: Option<Option<i64>> = clock
-                .query_row(params![c.resource_type.as_str(), c.id, c.event_ms], |row| {
-                    row.get(0)
-                })
-                .optional()?;
+            let ty = c.resource_type.as_str();
+            let moved = self
+                .conn
+                .prepare_cached(
+                    "UPDATE current SET event_ms = ?3 WHERE type=?1 AND id=?2 \
+                     AND (event_ms IS NULL OR event_ms < ?3)",
+                )?
+                .execute(params![ty, c.id, c.event_ms])?;
+            let set: Option<Option<i64>> = if moved > 0 {
+                Some(Some(c.event_ms))
+            } else {
+                self.conn
+                    .prepare_cached("SELECT event_ms FROM current WHERE type=?1 AND id=?2")?
+                    .query_row(params![ty, c.id], |row| row.get(0))
+                    .optional()?
+            };
             if let Some(set) = set {
                 self.fresh.clocks.push((c.resource_type, c.id.clone(), set));
             }
