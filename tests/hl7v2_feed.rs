@@ -781,3 +781,55 @@ async fn a_message_updating_a_record_written_through_rest_keeps_its_bytes() {
     );
     gw.stop().await;
 }
+
+/// Every message about a patient repeats the same PID, and the feed reuses
+/// what it read from it the first time. A message whose PID is the same as
+/// before must still bring the record back to what it says when something
+/// else changed the record meanwhile (here a REST update of the name), and
+/// an older one must not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_pid_still_applies_after_the_record_changed_elsewhere() {
+    let gw = start().await;
+    let mut c = MllpClient::connect(gw.mllp, TIMEOUT).await.unwrap();
+    let nhs = nhs_number(9_100);
+    let pid3 = format!("K910^^^RJZ^MR~{nhs}^^^NHS^NH");
+    let visit = pv1("E", "V910", "202611031935", "");
+    let message = |event: &str, id: &str, when: &str| adt(event, id, when, &pid3, Some(&visit));
+    assert_eq!(
+        send(&mut c, &message("A04", "Q1", "202611031940")).await.0,
+        "AA"
+    );
+    assert_eq!(
+        send(&mut c, &message("A08", "Q2", "202611031950")).await.0,
+        "AA"
+    );
+    let found = patients(&gw, &nhs).await;
+    assert_eq!(found.len(), 1);
+    let id = found[0]["id"].as_str().unwrap().to_string();
+    let version = |p: &Value| p["meta"]["versionId"].as_str().unwrap().to_string();
+    assert_eq!(version(&found[0]), "1", "the A08 repeats the record");
+
+    // Renamed over REST, with no event clock of its own.
+    let mut renamed = found[0].clone();
+    renamed["name"][0]["family"] = Value::from("RENAMED");
+    let put = gw.put(&format!("Patient/{id}"), &renamed).await;
+    assert_eq!(put.status, StatusCode::OK, "{}", put.text);
+
+    // An older message with the same PID fills gaps only: the name stays.
+    assert_eq!(
+        send(&mut c, &message("A08", "Q3", "202611031945")).await.0,
+        "AA"
+    );
+    let p = &patients(&gw, &nhs).await[0];
+    assert_eq!(p["name"][0]["family"], "RENAMED", "{p}");
+    assert_eq!(version(p), "2");
+    // A later one with the same PID says PAGE again.
+    assert_eq!(
+        send(&mut c, &message("A08", "Q4", "202611032000")).await.0,
+        "AA"
+    );
+    let p = &patients(&gw, &nhs).await[0];
+    assert_eq!(p["name"][0]["family"], "PAGE", "{p}");
+    assert_eq!(version(p), "3");
+    gw.stop().await;
+}

@@ -13,6 +13,7 @@ use super::er7::{Message, Rep, Segment};
 use crate::gp::row::nhs_check_digit_ok;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 pub use crate::gp::map::{NHS_NUMBER_SYSTEM, ODS_SYSTEM};
 pub const GMP_SYSTEM: &str = "https://fhir.hl7.org.uk/Id/gmp-number";
@@ -192,7 +193,9 @@ pub struct Adt {
     /// The same instant in milliseconds since the epoch: the order events
     /// are applied in, whatever order they arrive in.
     pub time_ms: i64,
-    pub patient: PatientFacts,
+    /// Shared: a feed reuses what it read from an identical PID before
+    /// ([`read_with`]).
+    pub patient: Arc<PatientFacts>,
     pub visit: Option<Visit>,
     /// A40: the identifiers of the record merged away (MRG-1).
     pub prior: Vec<Value>,
@@ -214,6 +217,37 @@ const MAPPED: &[(&str, &[usize])] = &[
 
 /// Reads an ADT message.
 pub fn read(msg: &Message, cx: &AdtContext) -> Result<Adt, AdtError> {
+    read_with(msg, cx, None)
+}
+
+/// What the patient facts of a message depend on: its delimiters, its
+/// sender (MSH-4) and its first PID and PD1 segments, as sent. Two messages
+/// with the same key have the same facts; `None` without a PID.
+pub fn patient_key(msg: &Message) -> Option<String> {
+    let pid = msg.segment("PID")?.raw();
+    let pd1 = msg.segment("PD1").map_or("", |s| s.raw());
+    let sender = msg
+        .segment("MSH")
+        .and_then(|msh| msh.field(4))
+        .map_or("", |f| f.raw());
+    let d = msg.delimiters();
+    let mut key = String::with_capacity(pid.len() + pd1.len() + sender.len() + 16);
+    key.extend([d.field, d.component, d.repetition, d.subcomponent]);
+    key.extend([d.escape, d.truncation].map(|c| c.unwrap_or('\0')));
+    for part in [sender, pid, pd1] {
+        key.push('\r');
+        key.push_str(part);
+    }
+    Some(key)
+}
+
+/// [`read`], with the patient facts `known` from an earlier message with
+/// the same [`patient_key`] (read without errors) instead of read again.
+pub fn read_with(
+    msg: &Message,
+    cx: &AdtContext,
+    known: Option<Arc<PatientFacts>>,
+) -> Result<Adt, AdtError> {
     let (kind, trigger) = msg.message_type().unwrap_or_default();
     if kind != "ADT" {
         return Err(AdtError::Unsupported {
@@ -273,11 +307,12 @@ pub fn read(msg: &Message, cx: &AdtContext) -> Result<Adt, AdtError> {
     }
 
     let pid = msg.segment("PID");
-    let patient = match pid {
-        Some(pid) => read_patient(msg, pid, &sender, &mut errors, &mut notes),
-        None => {
+    let patient = match (pid, known) {
+        (Some(_), Some(known)) => known,
+        (Some(pid), None) => Arc::new(read_patient(msg, pid, &sender, &mut errors, &mut notes)),
+        (None, _) => {
             errors.push(missing("PID", "PID segment"));
-            PatientFacts::default()
+            Arc::default()
         }
     };
     if pid.is_some() && patient.identifiers.is_empty() {

@@ -92,7 +92,45 @@ pub struct Feed {
     cx: AdtContext,
     stripes: Vec<Mutex<()>>,
     sequence: AtomicU64,
+    known: std::sync::Mutex<KnownPatients>,
 }
+
+/// Patient facts read before, by [`adt::patient_key`]: a feed sends the
+/// same PID with every message about a patient (an A01, then A02s, A08s,
+/// an A03), and reading it again was ~75,000 instructions, a ninth of a
+/// message's. Kept once planned (a copy when they move into a new version
+/// of the record), a few KiB each, the oldest forgotten first.
+#[derive(Default)]
+struct KnownPatients {
+    facts: HashMap<Box<str>, Arc<PatientFacts>>,
+    order: std::collections::VecDeque<Box<str>>,
+}
+
+/// Patient facts kept by a feed (~3 KiB each).
+const KNOWN_PATIENTS: usize = 2_048;
+
+impl KnownPatients {
+    fn get(&self, key: &str) -> Option<Arc<PatientFacts>> {
+        self.facts.get(key).cloned()
+    }
+
+    fn keep(&mut self, key: &str, facts: Arc<PatientFacts>) {
+        if self.facts.contains_key(key) {
+            return;
+        }
+        if self.order.len() >= KNOWN_PATIENTS
+            && let Some(oldest) = self.order.pop_front()
+        {
+            self.facts.remove(&oldest);
+        }
+        let key: Box<str> = key.into();
+        self.order.push_back(key.clone());
+        self.facts.insert(key, facts);
+    }
+}
+
+/// Facts taken out of an [`Adt`] (its own are moved into the records).
+static NO_FACTS: std::sync::LazyLock<Arc<PatientFacts>> = std::sync::LazyLock::new(Arc::default);
 
 impl Feed {
     pub fn new(store: Arc<dyn Store>, validator: Arc<Validator>, cx: AdtContext) -> Feed {
@@ -104,6 +142,7 @@ impl Feed {
             sequence: AtomicU64::new(
                 u64::try_from(jiff::Timestamp::now().as_millisecond()).unwrap_or(0) * 1000,
             ),
+            known: std::sync::Mutex::default(),
         }
     }
 
@@ -216,7 +255,8 @@ impl Feed {
         journal: Option<JournalEntry>,
         source: &str,
     ) -> Result<Verdict, StoreError> {
-        let mut adt = match adt::read(message, &self.cx) {
+        let key = adt::patient_key(message);
+        let mut adt = match adt::read_with(message, &self.cx, self.known_facts(key.as_deref())) {
             Ok(adt) => adt,
             Err(AdtError::Unsupported {
                 location,
@@ -236,17 +276,18 @@ impl Feed {
         let _guards = self.lock(&adt).await;
         // The message's facts move into the records planned from them; an
         // attempt after the first reads them from the message again.
-        let mut facts = Some((std::mem::take(&mut adt.patient), adt.visit.take()));
+        let patient = std::mem::replace(&mut adt.patient, NO_FACTS.clone());
+        let mut facts = Some((patient, adt.visit.take()));
         for _ in 0..MAX_ATTEMPTS {
             let (patient, visit) = match facts.take() {
                 Some(facts) => facts,
-                None => match adt::read(message, &self.cx) {
+                None => match adt::read_with(message, &self.cx, self.known_facts(key.as_deref())) {
                     Ok(again) => (again.patient, again.visit),
                     // (Not met: reading is a pure function of the message.)
                     Err(_) => break,
                 },
             };
-            let planned = match self.plan(&adt, patient, visit).await? {
+            let planned = match self.plan(&adt, patient, visit, key.as_deref()).await? {
                 Ok(planned) => planned,
                 Err(errors) => return self.quarantine(message, journal, source, errors).await,
             };
@@ -360,6 +401,17 @@ impl Feed {
         })
     }
 
+    /// The patient facts of an earlier message with the same key, if kept.
+    fn known_facts(&self, key: Option<&str>) -> Option<Arc<PatientFacts>> {
+        let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        known.get(key?)
+    }
+
+    fn keep_facts(&self, key: &str, facts: Arc<PatientFacts>) {
+        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        known.keep(key, facts);
+    }
+
     /// Locks the stripes of every identifier the message names.
     async fn lock(&self, adt: &Adt) -> Vec<MutexGuard<'_, ()>> {
         let mut stripes: Vec<usize> = adt
@@ -389,8 +441,9 @@ impl Feed {
     async fn plan(
         &self,
         adt: &Adt,
-        facts: PatientFacts,
+        facts: Arc<PatientFacts>,
         visit: Option<Visit>,
+        key: Option<&str>,
     ) -> Result<Result<Planned, Vec<DataError>>, StoreError> {
         let store = self.store.as_ref();
         let mut writes = Writes::default();
@@ -541,12 +594,16 @@ impl Feed {
                 // (Every test checks the shortcut against the full path.)
                 debug_assert!(
                     !unchanged || {
-                        let built = patient_from(Some(old), clock, facts.clone(), adt.time_ms);
+                        let facts = PatientFacts::clone(&facts);
+                        let built = patient_from(Some(old), clock, facts, adt.time_ms);
                         rewrite(&stored.body, old, &built).is_none()
                     },
                     "patient_unchanged, yet the message changes {}",
                     stored.body
                 );
+                if unchanged && let Some(key) = key {
+                    self.keep_facts(key, facts.clone());
+                }
                 unchanged
             }
             _ => false,
@@ -555,10 +612,13 @@ impl Feed {
         let mut patient = if unchanged {
             Value::Null
         } else {
+            if let Some(key) = key {
+                self.keep_facts(key, facts.clone());
+            }
             patient_from(
                 target.as_ref().map(|(_, v)| v.as_ref()),
                 clock,
-                facts,
+                Arc::unwrap_or_clone(facts),
                 adt.time_ms,
             )
         };

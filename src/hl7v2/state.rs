@@ -26,7 +26,12 @@ use serde_json::{Map, Value, json};
 /// The Patient after `adt`, from the stored one (or a new one) whose last
 /// applied event was at `clock` (ms since the epoch).
 pub fn patient_after(current: Option<&Value>, clock: Option<i64>, adt: &Adt) -> Value {
-    patient_from(current, clock, adt.patient.clone(), adt.time_ms)
+    patient_from(
+        current,
+        clock,
+        PatientFacts::clone(&adt.patient),
+        adt.time_ms,
+    )
 }
 
 /// [`patient_after`] with the message's facts moved into the record rather

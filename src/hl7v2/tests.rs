@@ -769,3 +769,95 @@ fn ack_transcodes_non_standard_delimiters() {
     );
     assert_eq!(parse(&text).get("MSA-2"), m.control_id());
 }
+
+/// A feed reuses the patient facts of an earlier message with the same
+/// `adt::patient_key`, so the key must hold everything the facts are read
+/// from. Over every golden fixture: reading with the facts already known
+/// gives the same message; changing what the key leaves out (the message's
+/// time, id and event, EVN, PV1) changes neither the key nor the facts;
+/// changing a PID or PD1 field, the sender or a delimiter changes the key.
+#[test]
+fn the_patient_key_decides_the_patient_facts() {
+    use crate::hl7v2::adt::{AdtContext, patient_key, read, read_with};
+    let cx = AdtContext::default();
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/hl7v2");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "hl7"))
+        .collect();
+    files.sort();
+    let mut checked = 0;
+    for path in &files {
+        let text = std::fs::read_to_string(path).unwrap();
+        let lines: Vec<&str> = text.split(['\r', '\n']).filter(|l| !l.is_empty()).collect();
+        let message = |lines: &[String]| parse(&lines.join("\r"));
+        let original: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+        let m = message(&original);
+        let Ok(adt) = read(&m, &cx) else { continue };
+        let key = patient_key(&m).expect("a fixture with a PID");
+        let again = read_with(&m, &cx, Some(adt.patient.clone())).unwrap();
+        assert_eq!(
+            (&again.patient, &again.visit, &again.prior, again.time_ms),
+            (&adt.patient, &adt.visit, &adt.prior, adt.time_ms),
+            "{path:?}"
+        );
+        // Outside the key: MSH-7, MSH-10, the event, EVN, PV1.
+        let outside = |line: &String| -> String {
+            let mut fields: Vec<String> = line.split('|').map(str::to_string).collect();
+            match fields[0].as_str() {
+                "MSH" if fields.len() > 9 => {
+                    fields[6] = "202001020304".into();
+                    fields[9] = "OTHER-ID".into();
+                    fields[8] = fields[8].replace("A04", "A08").replace("A01", "A08");
+                }
+                "EVN" if fields.len() > 2 => fields[2] = "202001020304".into(),
+                "PV1" if fields.len() > 3 => fields[3] = "WARD 9^^^RJZ30".into(),
+                _ => {}
+            }
+            fields.join("|")
+        };
+        let other: Vec<String> = original.iter().map(outside).collect();
+        let o = message(&other);
+        assert_eq!(patient_key(&o).as_deref(), Some(key.as_str()), "{path:?}");
+        if let Ok(other) = read(&o, &cx) {
+            assert_eq!(other.patient, adt.patient, "{path:?}");
+        }
+        // Inside: a PID field, a PD1 field, MSH-4, a delimiter.
+        let with = |segment: &str, n: usize| -> Vec<String> {
+            original
+                .iter()
+                .map(|line| {
+                    let mut fields: Vec<String> = line.split('|').map(str::to_string).collect();
+                    if fields[0] == segment {
+                        while fields.len() <= n {
+                            fields.push(String::new());
+                        }
+                        fields[n].push('X');
+                    }
+                    fields.join("|")
+                })
+                .collect()
+        };
+        for (segment, n) in [("PID", 5), ("PID", 8), ("PID", 32), ("PD1", 3), ("MSH", 3)] {
+            let changed = message(&with(segment, n));
+            if segment != "PD1" || m.segment("PD1").is_some() {
+                assert_ne!(
+                    patient_key(&changed).as_deref(),
+                    Some(key.as_str()),
+                    "{path:?} {segment}-{n}"
+                );
+            }
+        }
+        let swapped: Vec<String> = original
+            .iter()
+            .map(|l| l.replacen("MSH|^~\\&", "MSH|^~\\#", 1))
+            .collect();
+        assert_ne!(
+            patient_key(&message(&swapped)).as_deref(),
+            Some(key.as_str())
+        );
+        checked += 1;
+    }
+    assert!(checked >= 12, "{checked} fixtures read");
+}
