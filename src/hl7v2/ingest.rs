@@ -99,15 +99,17 @@ pub struct Feed {
 /// same PID with every message about a patient (an A01, then A02s, A08s,
 /// an A03), and reading it again was ~75,000 instructions, a ninth of a
 /// message's. Kept once planned (a copy when they move into a new version
-/// of the record), a few KiB each, the oldest forgotten first.
+/// of the record), the oldest forgotten first.
 #[derive(Default)]
 struct KnownPatients {
     facts: HashMap<Box<str>, Arc<PatientFacts>>,
     order: std::collections::VecDeque<Box<str>>,
 }
 
-/// Patient facts kept by a feed (~3 KiB each).
-const KNOWN_PATIENTS: usize = 2_048;
+/// Patient facts kept by a feed: ~12 KiB each as JSON values, so ~6 MiB
+/// (2,048 put the HL7 v2 bench's RSS at 96 MiB instead of 78). A visit's
+/// messages mostly come within hours of each other.
+const KNOWN_PATIENTS: usize = 512;
 
 impl KnownPatients {
     fn get(&self, key: &str) -> Option<Arc<PatientFacts>> {
