@@ -243,6 +243,8 @@ pub fn patient_key(msg: &Message) -> Option<String> {
 
 /// [`read`], with the patient facts `known` from an earlier message with
 /// the same [`patient_key`] (read without errors) instead of read again.
+/// The notes reading the PID would add (an ambiguous local time in PID-29,
+/// a table 0445 code in PID-32) are then not repeated.
 pub fn read_with(
     msg: &Message,
     cx: &AdtContext,
@@ -394,6 +396,9 @@ fn instant_ms(value: &str) -> Option<i64> {
     Some(ts.as_millisecond())
 }
 
+/// The patient facts of `pid`. Reads only the first PID and PD1, MSH-4
+/// (`sender`) and the delimiters: [`patient_key`] is made of exactly
+/// those, and a feed reuses the facts of any message with the same key.
 fn read_patient(
     msg: &Message,
     pid: Segment<'_>,
