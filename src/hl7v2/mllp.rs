@@ -83,6 +83,33 @@ impl Framer {
     /// Feeds bytes as they arrive; returns the frames they complete, in order.
     pub fn push(&mut self, bytes: &[u8]) -> Vec<Frame> {
         let mut out = Vec::new();
+        let mut rest = bytes;
+        while let Some((&b, tail)) = rest.split_first() {
+            // Inside a frame, the content up to the next block byte is
+            // taken at once (as `content` would take it byte by byte).
+            if self.state == State::Body {
+                let run = rest
+                    .iter()
+                    .position(|&b| b == START || b == END)
+                    .unwrap_or(rest.len());
+                if run > 0 {
+                    let (content, after) = rest.split_at(run);
+                    self.contents(content);
+                    rest = after;
+                    continue;
+                }
+            }
+            self.byte(b, &mut out);
+            rest = tail;
+        }
+        out
+    }
+
+    /// [`Framer::push`] a byte at a time, content included: the reference
+    /// its runs are tested against.
+    #[cfg(test)]
+    pub(super) fn push_bytewise(&mut self, bytes: &[u8]) -> Vec<Frame> {
+        let mut out = Vec::new();
         for &b in bytes {
             self.byte(b, &mut out);
         }
@@ -161,6 +188,34 @@ impl Framer {
             self.oversized = Some(self.buf.len().saturating_add(1));
             self.buf = Vec::new();
         }
+    }
+
+    /// [`Framer::content`] for each byte of `run`.
+    fn contents(&mut self, run: &[u8]) {
+        if let Some(n) = self.oversized.as_mut() {
+            *n = n.saturating_add(run.len());
+            return;
+        }
+        let needed = self.buf.len().saturating_add(run.len());
+        if needed > self.max_frame {
+            // Past the limit: nothing more is kept, only counted.
+            self.oversized = Some(needed);
+            self.buf = Vec::new();
+            return;
+        }
+        if needed > self.buf.capacity() {
+            // As `content` grows it: doubling, never past max_frame.
+            let target = self
+                .buf
+                .len()
+                .saturating_mul(2)
+                .max(256)
+                .max(needed)
+                .min(self.max_frame);
+            self.buf
+                .reserve_exact(target.saturating_sub(self.buf.len()));
+        }
+        self.buf.extend_from_slice(run);
     }
 
     /// A start block arrived inside a frame: the old frame is dropped.

@@ -861,3 +861,36 @@ fn the_patient_key_decides_the_patient_facts() {
     }
     assert!(checked >= 12, "{checked} fixtures read");
 }
+
+/// The framer takes a frame's content a run at a time; over random streams
+/// of block bytes, CR, LF and content, with small frame limits, that gives
+/// exactly the frames that feeding it one byte at a time gives, and never
+/// holds more than the limit.
+#[test]
+fn mllp_runs_and_single_bytes_frame_alike() {
+    let alphabet = [0x0B, 0x1C, 0x0D, b'\n', b'a', b'b', b'|', 0xFF];
+    let mut rng = Lcg(7);
+    for case in 0..2000 {
+        let max = 1 + rng.below(40);
+        let len = rng.below(300);
+        let stream: Vec<u8> = (0..len)
+            .map(|_| match rng.below(10) {
+                0..=5 => b'x',
+                _ => alphabet[rng.below(alphabet.len())],
+            })
+            .collect();
+        let mut by_byte = Framer::new(max);
+        let expected = by_byte.push_bytewise(&stream);
+        let mut by_run = Framer::new(max);
+        let mut got = Vec::new();
+        let mut rest = stream.as_slice();
+        while !rest.is_empty() {
+            let (piece, tail) = rest.split_at(rng.below(rest.len() + 1).max(1));
+            got.extend(by_run.push(piece));
+            assert!(by_run.pending() <= max, "case {case}");
+            rest = tail;
+        }
+        assert_eq!(got, expected, "case {case}: {stream:?} (max {max})");
+        assert_eq!(by_run.pending(), by_byte.pending(), "case {case}");
+    }
+}
