@@ -589,6 +589,11 @@ impl Feed {
             Some(_) => format!("Patient/{patient_id}"),
             None => format!("urn:uuid:{}", new_id()),
         };
+        // Kept for the next message with this PID (shared: copied below only
+        // if they move into a new version).
+        if let Some(key) = key {
+            self.keep_facts(key, facts.clone());
+        }
         // The stored patient as the message finds it: nothing to build.
         let unchanged = match &target {
             Some((stored, old)) if absorbed.is_empty() && !merged_unseen => {
@@ -603,9 +608,6 @@ impl Feed {
                     "patient_unchanged, yet the message changes {}",
                     stored.body
                 );
-                if unchanged && let Some(key) = key {
-                    self.keep_facts(key, facts.clone());
-                }
                 unchanged
             }
             _ => false,
@@ -614,9 +616,6 @@ impl Feed {
         let mut patient = if unchanged {
             Value::Null
         } else {
-            if let Some(key) = key {
-                self.keep_facts(key, facts.clone());
-            }
             patient_from(
                 target.as_ref().map(|(_, v)| v.as_ref()),
                 clock,

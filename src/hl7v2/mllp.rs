@@ -86,7 +86,7 @@ impl Framer {
         let mut rest = bytes;
         while let Some((&b, tail)) = rest.split_first() {
             // Inside a frame, the content up to the next block byte is
-            // taken at once (as `content` would take it byte by byte).
+            // taken at once.
             if self.state == State::Body {
                 let run = rest
                     .iter()
@@ -105,17 +105,6 @@ impl Framer {
         out
     }
 
-    /// [`Framer::push`] a byte at a time, content included: the reference
-    /// its runs are tested against.
-    #[cfg(test)]
-    pub(super) fn push_bytewise(&mut self, bytes: &[u8]) -> Vec<Frame> {
-        let mut out = Vec::new();
-        for &b in bytes {
-            self.byte(b, &mut out);
-        }
-        out
-    }
-
     /// Content bytes held for the incomplete frame (at most `max_frame`).
     pub fn pending(&self) -> usize {
         self.buf.len()
@@ -130,7 +119,7 @@ impl Framer {
                     self.start();
                 }
                 END => self.state = State::End,
-                _ => self.content(b),
+                _ => self.contents(std::slice::from_ref(&b)),
             },
             State::End => {
                 self.finish(out);
@@ -167,30 +156,8 @@ impl Framer {
         self.state = State::Body;
     }
 
-    fn content(&mut self, b: u8) {
-        if let Some(n) = self.oversized.as_mut() {
-            *n = n.saturating_add(1);
-        } else if self.buf.len() < self.max_frame {
-            if self.buf.len() == self.buf.capacity() {
-                // Grow by doubling but never past max_frame, so the
-                // allocation (not just the length) stays within the bound.
-                let target = self
-                    .buf
-                    .len()
-                    .saturating_mul(2)
-                    .max(256)
-                    .min(self.max_frame);
-                self.buf
-                    .reserve_exact(target.saturating_sub(self.buf.len()));
-            }
-            self.buf.push(b);
-        } else {
-            self.oversized = Some(self.buf.len().saturating_add(1));
-            self.buf = Vec::new();
-        }
-    }
-
-    /// [`Framer::content`] for each byte of `run`.
+    /// Content bytes of the frame: kept up to `max_frame`, then only
+    /// counted (the frame is refused whole).
     fn contents(&mut self, run: &[u8]) {
         if let Some(n) = self.oversized.as_mut() {
             *n = n.saturating_add(run.len());
@@ -204,7 +171,8 @@ impl Framer {
             return;
         }
         if needed > self.buf.capacity() {
-            // As `content` grows it: doubling, never past max_frame.
+            // Grow by doubling but never past max_frame, so the allocation
+            // (not just the length) stays within the bound.
             let target = self
                 .buf
                 .len()

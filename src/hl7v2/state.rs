@@ -150,20 +150,20 @@ pub fn patient_unchanged(
     if !in_order(p, PATIENT_ORDER) {
         return false;
     }
+    let has_death = p.contains_key("deceasedDateTime") || p.contains_key("deceasedBoolean");
     if let Some((key, value)) = &facts.deceased {
         let other = if *key == "deceasedBoolean" {
             "deceasedDateTime"
         } else {
             "deceasedBoolean"
         };
-        let has = p.contains_key("deceasedDateTime") || p.contains_key("deceasedBoolean");
         // Set again: removed and put back, which keeps the order only of
         // members FHIR orders (unknown ones keep theirs among themselves).
         let same = p.get(*key).is_some_and(|v| same_value(v, value))
             && !p.contains_key(other)
             && p.keys()
                 .all(|k| rank(PATIENT_ORDER, k) < PATIENT_ORDER.len());
-        if (newer || !has) && !same {
+        if (newer || !has_death) && !same {
             return false;
         }
     }
@@ -219,7 +219,7 @@ pub fn patient_unchanged(
     // Deleted by the sender: unchanged only if already absent.
     !newer
         || facts.cleared.iter().all(|member| match *member {
-            "deceased" => !p.contains_key("deceasedDateTime") && !p.contains_key("deceasedBoolean"),
+            "deceased" => !has_death,
             other => !p.contains_key(other),
         })
 }
@@ -515,9 +515,8 @@ fn is_open(status: Option<&str>) -> bool {
 /// A02 adds a location at its event time; A12 removes the latest one
 /// before it, unless that is already where the cancel says the patient is
 /// (PV1-3): a resent A12 does not undo a second transfer. The first
-/// location comes from any event that has one.
-/// `Encounter.location` after the event, which names `place` (PV1-3) and
-/// the visit's `start` (PV1-44).
+/// location comes from any event that has one: `place` (PV1-3), from the
+/// visit's `start` (PV1-44).
 fn locations(
     e: &mut Map<String, Value>,
     adt: &Adt,
