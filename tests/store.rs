@@ -751,6 +751,37 @@ async fn a_serving_store_holds_its_directory_alone() {
     again.close().await;
 }
 
+/// A write whose commit cannot be synced is not acknowledged, and from then
+/// on nothing is: neither later writes nor reads (by id, from memory, as
+/// well as from SQLite) may present what a power loss could take back.
+#[tokio::test]
+async fn a_store_whose_wal_cannot_be_synced_refuses_writes_and_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open_serving(options(dir.path())).unwrap();
+    // The first write opens the WAL to sync it: take the file away first
+    // (SQLite writes on through the descriptor it holds).
+    std::fs::remove_file(dir.path().join("gateway.sqlite-wal")).unwrap();
+    let refused = store.write(create(&nhs_number(1))).await.unwrap_err();
+    let message = refused.to_string();
+    assert!(
+        message.contains("could not sync its write-ahead log"),
+        "{message}"
+    );
+    let later = store.write(create(&nhs_number(2))).await.unwrap_err();
+    assert!(
+        later
+            .to_string()
+            .contains("refused until the gateway is restarted")
+    );
+    assert!(store.history(ResourceType::Patient, "any").await.is_err());
+    let (query, _) =
+        pathway_gateway::fhir::search::parse_search(ResourceType::Patient, &[], true).unwrap();
+    assert!(store.search(&query).await.is_err());
+    assert!(store.outbox(10, Vec::new()).await.is_err());
+    assert!(store.read(ResourceType::Patient, "any").await.is_err());
+    store.close().await;
+}
+
 /// Reads by id are answered from memory once a serving store holds the
 /// resource: each must see every write acknowledged before it began, and
 /// no reader may see a resource's versions go backwards.

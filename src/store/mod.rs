@@ -268,7 +268,10 @@ pub enum StoreError {
 }
 
 /// Where resources live. Implementations must make a write durable before
-/// [`Store::write`] returns.
+/// [`Store::write`] returns, and return no write from a read before it is
+/// durable, except from the reads that plan a write
+/// ([`Store::by_identifier_clocked`], [`Store::event_clocks`]): what is
+/// planned on them is committed later, so it cannot outlive what they saw.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// `stored`'s body parsed (`None` when it is not JSON), shared: a store
@@ -307,6 +310,7 @@ pub trait Store: Send + Sync + 'static {
     /// [`Store::by_identifier`] for several types at once, each resource
     /// with its event clock ([`Store::event_clocks`]), all from one
     /// snapshot: the lookups an HL7 v2 message is planned from, in one read.
+    /// It may see writes not yet durable (to plan a write on, only).
     async fn by_identifier_clocked(
         &self,
         lookups: &[(ResourceType, &[(String, String)])],
@@ -352,6 +356,7 @@ pub trait Store: Send + Sync + 'static {
         requests: Vec<WriteRequest>,
     ) -> Result<Vec<Result<WriteOutcome, StoreError>>, StoreError>;
     /// The event clocks of these resources (`None`: no event applied yet).
+    /// They may come from writes not yet durable (to plan a write on, only).
     async fn event_clocks(
         &self,
         ty: ResourceType,

@@ -1,11 +1,13 @@
-//! The embedded store: one SQLite file in WAL mode with `synchronous=FULL`.
+//! The embedded store: one SQLite file in WAL mode.
 //!
 //! SQLite allows one writer at a time and an fsync costs milliseconds, so all
 //! writes go to a single writer thread that takes every request waiting in its
 //! queue, applies each on its own (checked whole before it writes, or inside a
 //! SAVEPOINT), and commits them together:
-//! one fsync for the whole group (group commit). Nobody is answered before the
-//! commit that holds their write is on disk. Reads run on a small pool of
+//! one fsync for the whole group (group commit), made on another thread while
+//! the writer goes on to the next group ([`durable`]). Nobody is answered
+//! before the commit that holds their write is on disk, and no read returns
+//! a write before it is on disk. Reads run on a small pool of
 //! read-only connections, which WAL lets proceed beside the writer; the
 //! current versions most recently written or read are also kept in memory
 //! ([`cache`]), from which the serving gateway answers reads by id and
@@ -26,6 +28,7 @@ macro_rules! version_of_current {
 
 mod cache;
 mod checkpoint;
+mod durable;
 mod keys;
 mod outbox;
 mod search;
@@ -113,6 +116,9 @@ pub(super) enum Job {
     ),
     Deliveries(Vec<Delivery>, oneshot::Sender<Result<(), StoreError>>),
     Close(oneshot::Sender<()>),
+    /// Wakes a writer waiting for an earlier group's sync (sent by the
+    /// answering thread); nothing to do.
+    Synced,
 }
 
 pub struct SqliteStore {
@@ -120,6 +126,8 @@ pub struct SqliteStore {
     readers: Arc<ReaderPool>,
     outbox_signal: Arc<tokio::sync::Notify>,
     cache: Arc<cache::Cache>,
+    /// How far the writer's groups are synced: reads wait on it.
+    durability: Arc<durable::Durability>,
     parsed: crate::store::parsed::ParsedVersions,
     /// The data directory's lock, held by a serving store until it closes.
     lock: Mutex<Option<std::fs::File>>,
@@ -176,11 +184,18 @@ impl SqliteStore {
             open_checkpointer(&path)?,
             options.checkpoint_bytes,
         )?;
+        // Commits no longer wait for the disk: the answering thread syncs
+        // the WAL before anyone is answered (see `durable`).
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
         let (jobs, rx) = mpsc::channel(options.queue.max(1));
         let max_batch = options.max_batch.max(1);
         let outbox_signal = Arc::new(tokio::sync::Notify::new());
         let signal = outbox_signal.clone();
         let outbox_types = options.outbox_types.clone();
+        let durability = Arc::new(durable::Durability::default());
+        let writer_durability = durability.clone();
+        let db_path = path.clone();
+        let wake = jobs.downgrade();
         std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || {
@@ -188,16 +203,21 @@ impl SqliteStore {
                     conn,
                     checkpointer,
                     max_batch,
-                    signal,
                     outbox_types,
-                    writer_cache,
+                    db_path,
+                    writer::Shared {
+                        cache: writer_cache,
+                        durability: writer_durability,
+                        outbox_signal: signal,
+                    },
                 )
-                .run(rx)
+                .run(rx, wake)
             })?;
         Ok(SqliteStore {
             jobs,
             outbox_signal,
             cache,
+            durability,
             parsed: Default::default(),
             lock: Mutex::new(lock),
             readers: Arc::new(ReaderPool {
@@ -224,33 +244,54 @@ impl SqliteStore {
     /// Runs a point read on the calling thread: a read of one row by primary
     /// key takes about 10 µs, less than handing it to another thread. It
     /// still holds one of the `readers` permits, so connections stay bounded.
+    /// It returns once what it read is on disk ([`durable`]).
     async fn read_inline<T>(
         &self,
         f: impl FnOnce(&Connection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
+        let (found, seen) = self.read_unsettled(f).await?;
+        self.durability.wait_settled(seen).await?;
+        Ok(found)
+    }
+
+    /// As [`SqliteStore::read_inline`], without waiting for what it read to
+    /// reach the disk: for the reads that plan a write, which is committed
+    /// after whatever they saw (a power loss takes both). Also returns the
+    /// groups it may have seen, for [`durable::Durability::is_settled`].
+    async fn read_unsettled<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<(T, u64), StoreError> {
         let _permit = self
             .readers
             .permits
             .acquire()
             .await
             .map_err(|_| StoreError::Closed)?;
-        self.readers.with_connection(f)
+        let found = self.readers.with_connection(f)?;
+        Ok((found, self.durability.seen()))
     }
 
+    /// Runs a read on a blocking thread; it returns once what it read is on
+    /// disk ([`durable`]).
     async fn with_reader<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let pool = self.readers.clone();
-        let _permit = pool
+        let permit = pool
             .permits
             .acquire()
             .await
             .map_err(|_| StoreError::Closed)?;
         let worker = pool.clone();
-        tokio::task::spawn_blocking(move || worker.with_connection(f))
+        let found = tokio::task::spawn_blocking(move || worker.with_connection(f))
             .await
-            .map_err(|_| StoreError::Closed)?
+            .map_err(|_| StoreError::Closed)??;
+        let seen = self.durability.seen();
+        drop(permit);
+        self.durability.wait_settled(seen).await?;
+        Ok(found)
     }
 }
 
@@ -285,6 +326,8 @@ impl Store for SqliteStore {
     }
 
     async fn read(&self, ty: ResourceType, id: &str) -> Result<Option<Stored>, StoreError> {
+        // The cache holds what a failed sync may lose, too (see `durable`).
+        self.durability.wait_settled(0).await?;
         if let Some(stored) = self.cache.current(ty, id) {
             return Ok(Some(Stored::clone(&stored)));
         }
@@ -355,8 +398,8 @@ impl Store for SqliteStore {
         // One transaction: a reader's page cache is emptied at the start of
         // each one after any commit, so separate reads re-read the same
         // interior pages (measured: a fifth of the HL7 v2 feed's CPU).
-        let (found, holders): (Vec<_>, Vec<_>) = self
-            .read_inline(|conn| {
+        let (found, seen) = self
+            .read_unsettled(|conn| {
                 conn.prepare_cached("BEGIN")?.execute([])?;
                 let found = lookups
                     .iter()
@@ -372,10 +415,13 @@ impl Store for SqliteStore {
                 commit?;
                 found
             })
-            .await?
-            .into_iter()
-            .unzip();
-        self.cache.fill_lookup(epoch, lookups, &found, &holders);
+            .await?;
+        let (found, holders): (Vec<_>, Vec<_>) = found.into_iter().unzip();
+        // What is not on disk yet stays out of the cache, which answers
+        // reads without the barrier.
+        if self.durability.is_settled(seen) {
+            self.cache.fill_lookup(epoch, lookups, &found, &holders);
+        }
         Ok(found)
     }
 
@@ -467,19 +513,21 @@ impl Store for SqliteStore {
         ty: ResourceType,
         ids: &[String],
     ) -> Result<Vec<Option<i64>>, StoreError> {
-        self.read_inline(|conn| {
-            let mut stmt =
-                conn.prepare_cached("SELECT event_ms FROM current WHERE type=?1 AND id=?2")?;
-            ids.iter()
-                .map(|id| {
-                    Ok(stmt
-                        .query_row(params![ty.as_str(), id], |row| row.get::<_, Option<i64>>(0))
-                        .optional()?
-                        .flatten())
-                })
-                .collect()
-        })
-        .await
+        let (clocks, _) = self
+            .read_unsettled(|conn| {
+                let mut stmt =
+                    conn.prepare_cached("SELECT event_ms FROM current WHERE type=?1 AND id=?2")?;
+                ids.iter()
+                    .map(|id| {
+                        Ok(stmt
+                            .query_row(params![ty.as_str(), id], |row| row.get::<_, Option<i64>>(0))
+                            .optional()?
+                            .flatten())
+                    })
+                    .collect()
+            })
+            .await?;
+        Ok(clocks)
     }
 
     async fn write(&self, request: WriteRequest) -> Result<WriteOutcome, StoreError> {
@@ -671,8 +719,9 @@ fn open_writer(path: &Path) -> Result<Connection, StoreError> {
     // write (WAL mode fixes the size).
     conn.pragma_update(None, "page_size", PAGE_SIZE)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
-    // FULL: the WAL is fsynced at every commit, so an acknowledged write
-    // survives power loss, not only a crash of the process.
+    // FULL while the schema is set up or upgraded (that commit is synced
+    // before the store opens); the writer then commits with NORMAL, and its
+    // answering thread syncs each group before it is answered (`durable`).
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "cache_size", -16_000)?;
     // Each request runs in a savepoint; keep their statement journals in

@@ -1,10 +1,12 @@
 //! The single writer: takes every job waiting, applies each on its own
 //! (checked whole before it writes, or inside a SAVEPOINT), commits them
-//! together (group commit) and only then answers.
+//! together (group commit), and hands the group to be synced and only then
+//! answered ([`durable`](super::durable)).
 //! Conditional creates and updates are resolved here, serialised with writes.
 
 use super::cache::{Cache, MAX_HOLDERS, Published, TokenKey};
 use super::checkpoint::Checkpointer;
+use super::durable::{Durability, WalSync};
 use super::keys::{Keys, missing_from};
 use super::search::matching_ids_sql;
 use super::{Job, outbox, read_current, read_current_keyed};
@@ -19,6 +21,7 @@ use crate::store::{
 };
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::sync::{Notify, mpsc, oneshot};
 
@@ -33,7 +36,8 @@ pub(super) struct Writer {
     broken: Option<String>,
     /// Did the current group add to the outbox?
     enqueued: bool,
-    /// Told after a commit that added to the outbox (the router waits on it).
+    /// Told after a synced commit that added to the outbox (the router
+    /// waits on it).
     outbox_signal: Arc<Notify>,
     /// Types routed (`None`: all).
     outbox_types: Option<Vec<ResourceType>>,
@@ -56,11 +60,14 @@ pub(super) struct Writer {
     /// resources a commit, most never read soon after; copying them cost
     /// the writer, the GP list's critical path, a tenth more time).
     bulk: bool,
-    /// The thread that publishes each group and answers its jobs (`None`:
-    /// done here, if the thread could not be started).
+    /// The thread that syncs each group's commit, then publishes the group
+    /// and answers its jobs (`None`: done here, if the thread could not be
+    /// started).
     answering: Option<std::sync::mpsc::Sender<Done>>,
-    /// Groups handed to the answering thread and not yet delivered.
-    handed: Arc<std::sync::atomic::AtomicUsize>,
+    /// The database file, whose WAL is synced.
+    db_path: PathBuf,
+    /// How far the groups have got (shared with the store's readers).
+    durability: Arc<Durability>,
 }
 
 /// How many crowded identifiers the writer remembers (a few hundred KB).
@@ -68,30 +75,54 @@ const MAX_CROWDED: usize = 4_096;
 
 /// A group's end, handed to the answering thread.
 enum Done {
-    Committed(Published, Vec<Answer>),
+    /// Committed, not yet synced; `true` when the group added to the outbox.
+    Committed(Published, Vec<Answer>, bool),
     Failed(String, Vec<Answer>),
 }
 
-impl Done {
-    /// Publishes a committed group to the cache, then answers its jobs:
-    /// nobody is told a write is done before a read would find it.
-    fn deliver(self, cache: &Cache) {
-        match self {
-            Done::Committed(published, answers) => {
+/// Makes a run of groups durable with one sync of the WAL, then publishes
+/// each committed group to the cache and answers its jobs, in commit order:
+/// nobody is told a write is done before it is on disk and a read would
+/// find it. The router is told last.
+fn settle(
+    groups: Vec<Done>,
+    wal: &mut WalSync,
+    cache: &Cache,
+    outbox_signal: &Notify,
+    durability: &Durability,
+) -> bool {
+    let committed = groups.iter().any(|g| matches!(g, Done::Committed(..)));
+    let failure = match durability.failure() {
+        Some(reason) => Some(reason.to_string()),
+        None if committed => wal.sync().err().map(|err| durability.fail(&err)),
+        None => None,
+    };
+    let count = groups.len() as u64;
+    let mut enqueued = false;
+    for group in groups {
+        match group {
+            Done::Committed(published, answers, outbox) => {
+                // Published even when the sync failed: the cache must not
+                // fall behind what SQLite holds.
                 if !published.is_empty() {
                     cache.publish(published);
                 }
-                for answer in answers {
-                    answer.send();
+                match &failure {
+                    None => {
+                        enqueued |= outbox;
+                        answers.into_iter().for_each(Answer::send);
+                    }
+                    Some(reason) => answers.into_iter().for_each(|a| a.fail(reason)),
                 }
             }
-            Done::Failed(reason, answers) => {
-                for answer in answers {
-                    answer.fail(&reason);
-                }
-            }
+            Done::Failed(reason, answers) => answers.into_iter().for_each(|a| a.fail(&reason)),
         }
     }
+    let wake_writer = durability.settled(count);
+    if enqueued {
+        outbox_signal.notify_one();
+    }
+    wake_writer
 }
 
 /// A search condition of a given type, as written (its canonical parameters).
@@ -103,23 +134,36 @@ enum Plan {
     Put(String),
 }
 
+/// What the writer shares with the store's readers.
+pub(super) struct Shared {
+    pub cache: Arc<Cache>,
+    pub durability: Arc<Durability>,
+    pub outbox_signal: Arc<Notify>,
+}
+
 impl Writer {
     pub(super) fn new(
         conn: Connection,
         checkpointer: Checkpointer,
         max_batch: usize,
-        outbox_signal: Arc<Notify>,
         outbox_types: Option<Vec<ResourceType>>,
-        cache: Arc<Cache>,
+        db_path: PathBuf,
+        shared: Shared,
     ) -> Self {
+        let Shared {
+            cache,
+            durability,
+            outbox_signal,
+        } = shared;
         Writer {
             cache,
+            db_path,
+            durability,
             fresh: Published::default(),
             request_tokens: Vec::new(),
             crowded: HashSet::new(),
             bulk: false,
             answering: None,
-            handed: Arc::default(),
             outbox_types,
             conn,
             checkpointer,
@@ -131,20 +175,30 @@ impl Writer {
         }
     }
 
-    pub(super) fn run(mut self, mut jobs: mpsc::Receiver<Job>) {
-        // Large groups are published and answered on a thread of their own,
-        // in commit order, while this one goes on to the next group: the
-        // writer is the store's critical path (a GP list's upload waits on
-        // it alone). See [`Writer::finish`].
+    /// Runs the writer until the store closes. `wake` reaches its own queue
+    /// (without holding it open).
+    pub(super) fn run(mut self, mut jobs: mpsc::Receiver<Job>, wake: mpsc::WeakSender<Job>) {
+        // Each group is synced, published and answered on a thread of its
+        // own, in commit order, while this one goes on to the next group:
+        // the writer is the store's critical path (see `durable`).
         let (tx, rx) = std::sync::mpsc::channel::<Done>();
         let cache = self.cache.clone();
-        let handed = self.handed.clone();
+        let signal = self.outbox_signal.clone();
+        let durability = self.durability.clone();
+        let mut wal = WalSync::new(&self.db_path);
         let answering = std::thread::Builder::new()
             .name("store-answers".into())
             .spawn(move || {
-                for done in rx {
-                    done.deliver(&cache);
-                    handed.fetch_sub(1, std::sync::atomic::Ordering::Release);
+                // Every group waiting when a sync starts shares it.
+                while let Ok(first) = rx.recv() {
+                    let mut groups = vec![first];
+                    groups.extend(rx.try_iter());
+                    if settle(groups, &mut wal, &cache, &signal, &durability)
+                        && let Some(queue) = wake.upgrade()
+                    {
+                        // A full queue wakes the writer anyway.
+                        let _ = queue.try_send(Job::Synced);
+                    }
                 }
             });
         let answering = match answering {
@@ -153,7 +207,7 @@ impl Writer {
                 Some(thread)
             }
             Err(err) => {
-                tracing::warn!(error = %err, "no answering thread; the writer answers");
+                tracing::warn!(error = %err, "no answering thread; the writer syncs and answers");
                 None
             }
         };
@@ -167,6 +221,7 @@ impl Writer {
             // Close are refused below: the store is closed.
             closing = match first {
                 Job::Close(done) => Some(done),
+                Job::Synced => None,
                 job => self.commit_group(job, &mut jobs),
             };
         }
@@ -189,33 +244,46 @@ impl Writer {
         }
     }
 
-    /// Publishes and answers a group. A large one (a GP list's chunk) goes
-    /// to the answering thread; a small one (a few creates, an HL7 v2
-    /// message or two) is delivered here, where waking another thread would
-    /// cost more than it saves and, with the cores busy, add its wait for
-    /// a core to every answer. Unless the thread still has groups to
-    /// deliver: groups are delivered in commit order.
+    /// Hands a group to the answering thread, or settles it here.
     fn finish(&mut self, done: Done) {
-        use std::sync::atomic::Ordering;
-        let large = match &done {
-            Done::Committed(published, answers) => {
-                published.versions.len() + published.forgotten.len() + answers.len() > 64
-            }
-            Done::Failed(_, answers) => answers.len() > 64,
+        let done = match &self.answering {
+            Some(tx) => match tx.send(done) {
+                Ok(()) => return,
+                Err(std::sync::mpsc::SendError(done)) => done,
+            },
+            None => done,
         };
-        match &self.answering {
-            Some(tx) if large || self.handed.load(Ordering::Acquire) > 0 => {
-                self.handed.fetch_add(1, Ordering::AcqRel);
-                if let Err(std::sync::mpsc::SendError(done)) = tx.send(done) {
-                    self.handed.fetch_sub(1, Ordering::AcqRel);
-                    done.deliver(&self.cache);
-                }
-            }
-            _ => done.deliver(&self.cache),
-        }
+        settle(
+            vec![done],
+            &mut WalSync::new(&self.db_path),
+            &self.cache,
+            &self.outbox_signal,
+            &self.durability,
+        );
     }
 
-    /// Applies every job in one transaction and answers each after COMMIT.
+    /// With the queue empty and an earlier group still being synced: the
+    /// next job to arrive before that sync ends, if one does. Committing
+    /// now would only queue this group's sync behind the running one, so
+    /// the group stays open and takes what arrives meanwhile, as a writer
+    /// syncing its own commits would have gathered it, but applied while
+    /// the disk works. `None`: commit now.
+    fn await_sync(&mut self, queue: &mut mpsc::Receiver<Job>) -> Option<Job> {
+        while self.answering.is_some() && self.durability.writer_waits() {
+            match queue.blocking_recv() {
+                Some(Job::Synced) => {}
+                Some(job) => {
+                    self.durability.writer_woken();
+                    return Some(job);
+                }
+                None => return None,
+            }
+        }
+        None
+    }
+
+    /// Applies every job in one transaction and, after COMMIT, hands the
+    /// group to be synced and answered ([`Writer::finish`]).
     ///
     /// If SQLite abandons the transaction part-way (disk full, I/O error), or
     /// a savepoint cannot be undone, nothing of the group is committed and
@@ -241,6 +309,10 @@ impl Writer {
             // Left inside a transaction by an earlier failure: start clean.
             let _ = self.conn.execute_batch("ROLLBACK");
         }
+        if let Some(reason) = self.durability.failure() {
+            answer_failure(first, reason);
+            return None;
+        }
         if let Err(err) = self.conn.execute_batch("BEGIN IMMEDIATE") {
             let message = err.to_string();
             answer_failure(first, &message);
@@ -255,7 +327,10 @@ impl Writer {
                 None if closing.is_some() || answers.len() >= self.max_batch => break,
                 None => match queue.try_recv() {
                     Ok(job) => job,
-                    Err(_) => break,
+                    Err(_) => match self.await_sync(queue) {
+                        Some(job) => job,
+                        None => break,
+                    },
                 },
             };
             match job {
@@ -301,6 +376,7 @@ impl Writer {
                     answers.push(Answer::Deliveries(reply, result));
                 }
                 Job::Close(done) => closing = Some(done),
+                Job::Synced => {}
             }
             if self.broken.is_none() && self.conn.is_autocommit() {
                 self.broken = Some("SQLite abandoned the transaction".to_string());
@@ -309,6 +385,8 @@ impl Writer {
                 break;
             }
         }
+        // Counted before COMMIT makes the group visible (see `Durability`).
+        self.durability.ending();
         let result = match self.broken.take() {
             Some(reason) => Err(reason),
             None => self.conn.execute_batch("COMMIT").map_err(|e| e.to_string()),
@@ -316,10 +394,7 @@ impl Writer {
         match result {
             Ok(()) => {
                 let published = std::mem::take(&mut self.fresh);
-                self.finish(Done::Committed(published, answers));
-                if self.enqueued {
-                    self.outbox_signal.notify_one();
-                }
+                self.finish(Done::Committed(published, answers, self.enqueued));
                 self.checkpointer.settle(&self.conn);
             }
             Err(reason) => {
@@ -1360,5 +1435,6 @@ fn answer_failure(job: Job, message: &str) {
         Job::Close(done) => {
             let _ = done.send(());
         }
+        Job::Synced => {}
     }
 }
