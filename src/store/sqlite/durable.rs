@@ -29,7 +29,10 @@
 //! reads the outbox through the same barrier, never delivers a version that
 //! could still be lost. Only the reads that plan a write skip the barrier
 //! ([`SqliteStore::read_unsettled`](super::SqliteStore)): what they plan is
-//! committed after what they read, so a power loss takes both.
+//! committed after what they read, so a power loss takes both. (A store
+//! opened by another process beside the serving gateway, such as `report`,
+//! knows nothing of the gateway's syncs: it may read a group up to a sync
+//! early.)
 
 use crate::store::StoreError;
 use std::fs::{File, OpenOptions};
@@ -77,7 +80,8 @@ impl Durability {
 
     /// Counts `groups` settled; `true` if the writer waits to be woken.
     pub fn settled(&self, groups: u64) -> bool {
-        self.settled.send_modify(|settled| *settled += groups);
+        self.settled
+            .send_modify(|settled| *settled = settled.saturating_add(groups));
         self.writer_waiting.swap(false, Ordering::SeqCst)
     }
 
@@ -132,6 +136,19 @@ impl Durability {
         }
     }
 
+    /// A thread the groups depend on (the writer, its answering thread) has
+    /// ended. Unless every group counted is settled, some never will be (a
+    /// panic): the store then refuses everything, and nobody waits on.
+    pub fn thread_ended(&self) {
+        if !self.all_settled() {
+            let _ = self.failed.set(
+                "the store's writer stopped before its last writes were synced: writes are refused until the gateway is restarted"
+                    .to_string(),
+            );
+            self.settled.send_replace(u64::MAX);
+        }
+    }
+
     /// Why writes are refused, if a sync has failed.
     pub fn failure(&self) -> Option<&str> {
         self.failed.get().map(String::as_str)
@@ -147,6 +164,24 @@ impl Durability {
                 )
             })
             .clone()
+    }
+}
+
+/// Calls [`Durability::thread_ended`] when dropped, as when its thread
+/// ends (or unwinds), then wakes the writer, which may be waiting to be told
+/// a group is settled.
+pub(super) struct OnThreadEnd<J> {
+    pub durability: std::sync::Arc<Durability>,
+    pub wake: Option<tokio::sync::mpsc::WeakSender<J>>,
+    pub wake_with: fn() -> J,
+}
+
+impl<J> Drop for OnThreadEnd<J> {
+    fn drop(&mut self) {
+        self.durability.thread_ended();
+        if let Some(queue) = self.wake.as_ref().and_then(|w| w.upgrade()) {
+            let _ = queue.try_send((self.wake_with)());
+        }
     }
 }
 
@@ -242,6 +277,36 @@ mod tests {
         assert!(durability.writer_waits());
         durability.writer_woken();
         assert!(!durability.settled(1), "a woken writer is not woken again");
+    }
+
+    #[tokio::test]
+    async fn a_thread_ending_with_groups_unsettled_fails_the_store_and_lets_readers_go() {
+        let durability = std::sync::Arc::new(Durability::default());
+        durability.ending();
+        durability.settled(1);
+        // Ending with everything settled (a close) changes nothing.
+        durability.thread_ended();
+        assert_eq!(durability.failure(), None);
+        durability.wait_settled(1).await.unwrap();
+        durability.ending();
+        let waiting = {
+            let durability = durability.clone();
+            tokio::spawn(async move { durability.wait_settled(2).await })
+        };
+        let (queue, mut woken) = tokio::sync::mpsc::channel::<u8>(1);
+        drop(OnThreadEnd {
+            durability: durability.clone(),
+            wake: Some(queue.downgrade()),
+            wake_with: || 7,
+        });
+        let refused = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("a reader still waits for a group that will never settle")
+            .unwrap()
+            .unwrap_err();
+        assert!(refused.to_string().contains("writer stopped"), "{refused}");
+        assert_eq!(woken.try_recv().ok(), Some(7), "the writer was not woken");
+        assert!(!durability.writer_waits());
     }
 
     #[tokio::test]

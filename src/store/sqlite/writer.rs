@@ -6,7 +6,7 @@
 
 use super::cache::{Cache, MAX_HOLDERS, Published, TokenKey};
 use super::checkpoint::Checkpointer;
-use super::durable::{Durability, WalSync};
+use super::durable::{Durability, OnThreadEnd, WalSync};
 use super::keys::{Keys, missing_from};
 use super::search::matching_ids_sql;
 use super::{Job, outbox, read_current, read_current_keyed};
@@ -181,14 +181,25 @@ impl Writer {
         // Each group is synced, published and answered on a thread of its
         // own, in commit order, while this one goes on to the next group:
         // the writer is the store's critical path (see `durable`).
+        let _ended = OnThreadEnd {
+            durability: self.durability.clone(),
+            wake: None,
+            wake_with: || Job::Synced,
+        };
         let (tx, rx) = std::sync::mpsc::channel::<Done>();
         let cache = self.cache.clone();
         let signal = self.outbox_signal.clone();
         let durability = self.durability.clone();
         let mut wal = WalSync::new(&self.db_path);
+        let ended = OnThreadEnd {
+            durability: durability.clone(),
+            wake: Some(wake.clone()),
+            wake_with: || Job::Synced,
+        };
         let answering = std::thread::Builder::new()
             .name("store-answers".into())
             .spawn(move || {
+                let _ended = ended;
                 // Every group waiting when a sync starts shares it.
                 while let Ok(first) = rx.recv() {
                     let mut groups = vec![first];
