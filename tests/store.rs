@@ -773,12 +773,21 @@ async fn a_store_whose_wal_cannot_be_synced_refuses_writes_and_reads() {
             .to_string()
             .contains("refused until the gateway is restarted")
     );
-    assert!(store.history(ResourceType::Patient, "any").await.is_err());
+    let refused = |err: pathway_gateway::store::StoreError| {
+        let message = err.to_string();
+        assert!(message.contains("could not sync"), "{message}");
+    };
+    refused(
+        store
+            .history(ResourceType::Patient, "any")
+            .await
+            .unwrap_err(),
+    );
     let (query, _) =
         pathway_gateway::fhir::search::parse_search(ResourceType::Patient, &[], true).unwrap();
-    assert!(store.search(&query).await.is_err());
-    assert!(store.outbox(10, Vec::new()).await.is_err());
-    assert!(store.read(ResourceType::Patient, "any").await.is_err());
+    refused(store.search(&query).await.unwrap_err());
+    refused(store.outbox(10, Vec::new()).await.unwrap_err());
+    refused(store.read(ResourceType::Patient, "any").await.unwrap_err());
     store.close().await;
 }
 

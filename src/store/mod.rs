@@ -272,6 +272,8 @@ pub enum StoreError {
 /// durable, except from the reads that plan a write
 /// ([`Store::by_identifier_clocked`], [`Store::event_clocks`]): what is
 /// planned on them is committed later, so it cannot outlive what they saw.
+/// (A plan that ends without a write, such as a replay that fails again,
+/// may report on what a power loss would then take back.)
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// `stored`'s body parsed (`None` when it is not JSON), shared: a store

@@ -19,7 +19,10 @@
 //! - a checkpoint syncs the WAL before it copies frames into the database
 //!   file (with `synchronous=NORMAL` or `FULL`, SQLite's rule), and the WAL
 //!   starts over only once every frame is copied: a group's frames are
-//!   either still in the WAL when it is synced, or synced already.
+//!   either still in the WAL when it is synced, or synced already;
+//! - as with `synchronous=FULL`, the disk is taken to be "powersafe
+//!   overwrite" (SQLite's default): writing a frame does not damage the
+//!   frames beside it in the same sector.
 //!
 //! Nor does anyone *read* a write before it is on disk ([`Durability`]):
 //! between its COMMIT and its sync (about a millisecond) another connection
@@ -167,19 +170,19 @@ impl Durability {
     }
 }
 
-/// Calls [`Durability::thread_ended`] when dropped, as when its thread
-/// ends (or unwinds), then wakes the writer, which may be waiting to be told
-/// a group is settled.
+/// For the answering thread: calls [`Durability::thread_ended`] when
+/// dropped, as when the thread ends (or unwinds), then wakes the writer,
+/// which may be waiting to be told a group is settled.
 pub(super) struct OnThreadEnd<J> {
     pub durability: std::sync::Arc<Durability>,
-    pub wake: Option<tokio::sync::mpsc::WeakSender<J>>,
+    pub wake: tokio::sync::mpsc::WeakSender<J>,
     pub wake_with: fn() -> J,
 }
 
 impl<J> Drop for OnThreadEnd<J> {
     fn drop(&mut self) {
         self.durability.thread_ended();
-        if let Some(queue) = self.wake.as_ref().and_then(|w| w.upgrade()) {
+        if let Some(queue) = self.wake.upgrade() {
             let _ = queue.try_send((self.wake_with)());
         }
     }
@@ -226,7 +229,11 @@ impl WalSync {
         };
         file.sync_data()?;
         if !self.dir_synced {
-            File::open(&self.dir)?.sync_all()?;
+            // As SQLite does, a directory that cannot be synced (some file
+            // systems refuse) is not an error.
+            if let Err(err) = File::open(&self.dir).and_then(|dir| dir.sync_all()) {
+                tracing::warn!(dir = %self.dir.display(), error = %err, "could not sync the WAL's directory");
+            }
             self.dir_synced = true;
         }
         Ok(())
@@ -294,9 +301,12 @@ mod tests {
             tokio::spawn(async move { durability.wait_settled(2).await })
         };
         let (queue, mut woken) = tokio::sync::mpsc::channel::<u8>(1);
+        // The reader is waiting before the thread ends.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiting.is_finished());
         drop(OnThreadEnd {
             durability: durability.clone(),
-            wake: Some(queue.downgrade()),
+            wake: queue.downgrade(),
             wake_with: || 7,
         });
         let refused = tokio::time::timeout(Duration::from_secs(5), waiting)

@@ -262,6 +262,7 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&Connection) -> Result<T, StoreError>,
     ) -> Result<(T, u64), StoreError> {
+        self.durability.wait_settled(0).await?;
         let _permit = self
             .readers
             .permits
@@ -278,6 +279,8 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
+        // Refused at once after a failed sync (see `durable`).
+        self.durability.wait_settled(0).await?;
         let pool = self.readers.clone();
         let permit = pool
             .permits
@@ -326,7 +329,7 @@ impl Store for SqliteStore {
     }
 
     async fn read(&self, ty: ResourceType, id: &str) -> Result<Option<Stored>, StoreError> {
-        // The cache holds what a failed sync may lose, too (see `durable`).
+        // Refused after a failed sync, as every read is (see `durable`).
         self.durability.wait_settled(0).await?;
         if let Some(stored) = self.cache.current(ty, id) {
             return Ok(Some(Stored::clone(&stored)));

@@ -26,6 +26,11 @@ use std::sync::Arc;
 use tokio::sync::{Notify, mpsc, oneshot};
 
 pub(super) struct Writer {
+    /// The thread that syncs each group's commit, then publishes the group
+    /// and answers its jobs (no thread: done here, if it could not be
+    /// started). First, so that it is dropped first: its groups are synced
+    /// while the connection still holds the WAL.
+    answering: Answering,
     conn: Connection,
     checkpointer: Checkpointer,
     max_batch: usize,
@@ -60,10 +65,6 @@ pub(super) struct Writer {
     /// resources a commit, most never read soon after; copying them cost
     /// the writer, the GP list's critical path, a tenth more time).
     bulk: bool,
-    /// The thread that syncs each group's commit, then publishes the group
-    /// and answers its jobs (`None`: done here, if the thread could not be
-    /// started).
-    answering: Option<std::sync::mpsc::Sender<Done>>,
     /// The database file, whose WAL is synced.
     db_path: PathBuf,
     /// How far the groups have got (shared with the store's readers).
@@ -72,6 +73,34 @@ pub(super) struct Writer {
 
 /// How many crowded identifiers the writer remembers (a few hundred KB).
 const MAX_CROWDED: usize = 4_096;
+
+/// The answering thread, as the writer holds it. Dropped (when the writer
+/// ends, or unwinds), it lets the thread settle every group handed to it,
+/// then checks that none is left unsettled ([`Durability::thread_ended`]),
+/// so that a group committed and on its way to the disk is answered as
+/// done even if the writer dies meanwhile.
+struct Answering {
+    tx: Option<std::sync::mpsc::Sender<Done>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    durability: Arc<Durability>,
+}
+
+impl Answering {
+    /// Lets the thread settle what it has, and waits for it to end.
+    fn stop(&mut self) {
+        self.tx = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Answering {
+    fn drop(&mut self) {
+        self.stop();
+        self.durability.thread_ended();
+    }
+}
 
 /// A group's end, handed to the answering thread.
 enum Done {
@@ -101,20 +130,18 @@ fn settle(
     let mut enqueued = false;
     for group in groups {
         match group {
-            Done::Committed(published, answers, outbox) => {
-                // Published even when the sync failed: the cache must not
-                // fall behind what SQLite holds.
-                if !published.is_empty() {
-                    cache.publish(published);
-                }
-                match &failure {
-                    None => {
-                        enqueued |= outbox;
-                        answers.into_iter().for_each(Answer::send);
+            Done::Committed(published, answers, outbox) => match &failure {
+                None => {
+                    if !published.is_empty() {
+                        cache.publish(published);
                     }
-                    Some(reason) => answers.into_iter().for_each(|a| a.fail(reason)),
+                    enqueued |= outbox;
+                    answers.into_iter().for_each(Answer::send);
                 }
-            }
+                // Not published: what may not be on disk is never read
+                // from the cache (and once a sync has failed nothing is).
+                Some(reason) => answers.into_iter().for_each(|a| a.fail(reason)),
+            },
             Done::Failed(reason, answers) => answers.into_iter().for_each(|a| a.fail(&reason)),
         }
     }
@@ -156,6 +183,11 @@ impl Writer {
             outbox_signal,
         } = shared;
         Writer {
+            answering: Answering {
+                tx: None,
+                thread: None,
+                durability: durability.clone(),
+            },
             cache,
             db_path,
             durability,
@@ -163,7 +195,6 @@ impl Writer {
             request_tokens: Vec::new(),
             crowded: HashSet::new(),
             bulk: false,
-            answering: None,
             outbox_types,
             conn,
             checkpointer,
@@ -181,11 +212,6 @@ impl Writer {
         // Each group is synced, published and answered on a thread of its
         // own, in commit order, while this one goes on to the next group:
         // the writer is the store's critical path (see `durable`).
-        let _ended = OnThreadEnd {
-            durability: self.durability.clone(),
-            wake: None,
-            wake_with: || Job::Synced,
-        };
         let (tx, rx) = std::sync::mpsc::channel::<Done>();
         let cache = self.cache.clone();
         let signal = self.outbox_signal.clone();
@@ -193,13 +219,16 @@ impl Writer {
         let mut wal = WalSync::new(&self.db_path);
         let ended = OnThreadEnd {
             durability: durability.clone(),
-            wake: Some(wake.clone()),
+            wake: wake.clone(),
             wake_with: || Job::Synced,
         };
         let answering = std::thread::Builder::new()
             .name("store-answers".into())
             .spawn(move || {
                 let _ended = ended;
+                // Dropped before `_ended` checks that every group counted
+                // was settled: a group handed after the loop is not lost.
+                let rx = rx;
                 // Every group waiting when a sync starts shares it.
                 while let Ok(first) = rx.recv() {
                     let mut groups = vec![first];
@@ -212,16 +241,15 @@ impl Writer {
                     }
                 }
             });
-        let answering = match answering {
+        match answering {
             Ok(thread) => {
-                self.answering = Some(tx);
-                Some(thread)
+                self.answering.tx = Some(tx);
+                self.answering.thread = Some(thread);
             }
             Err(err) => {
                 tracing::warn!(error = %err, "no answering thread; the writer syncs and answers");
-                None
             }
-        };
+        }
         let mut closing = None;
         while closing.is_none() {
             let Some(first) = jobs.blocking_recv() else {
@@ -240,16 +268,15 @@ impl Writer {
         // the store is closed.
         jobs.close();
         while jobs.try_recv().is_ok() {}
+        // Every group synced and answered before the WAL is checkpointed
+        // and, with the last connection, removed, and before the store says
+        // it is closed.
+        self.answering.stop();
         self.checkpointer.stop();
         if let Err(err) = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);") {
             tracing::warn!(error = %err, "WAL checkpoint at close failed");
         }
         drop(self.conn);
-        // Every group answered before the store says it is closed.
-        self.answering = None;
-        if let Some(thread) = answering {
-            let _ = thread.join();
-        }
         if let Some(done) = closing {
             let _ = done.send(());
         }
@@ -257,7 +284,7 @@ impl Writer {
 
     /// Hands a group to the answering thread, or settles it here.
     fn finish(&mut self, done: Done) {
-        let done = match &self.answering {
+        let done = match &self.answering.tx {
             Some(tx) => match tx.send(done) {
                 Ok(()) => return,
                 Err(std::sync::mpsc::SendError(done)) => done,
@@ -280,7 +307,7 @@ impl Writer {
     /// syncing its own commits would have gathered it, but applied while
     /// the disk works. `None`: commit now.
     fn await_sync(&mut self, queue: &mut mpsc::Receiver<Job>) -> Option<Job> {
-        while self.answering.is_some() && self.durability.writer_waits() {
+        while self.answering.tx.is_some() && self.durability.writer_waits() {
             match queue.blocking_recv() {
                 Some(Job::Synced) => {}
                 Some(job) => {
