@@ -788,6 +788,16 @@ async fn a_store_whose_wal_cannot_be_synced_refuses_writes_and_reads() {
     refused(store.search(&query).await.unwrap_err());
     refused(store.outbox(10, Vec::new()).await.unwrap_err());
     refused(store.read(ResourceType::Patient, "any").await.unwrap_err());
+    // The feeds' lookups, which do not wait for syncs, are refused too, and
+    // so is the wait that answers from them.
+    let key = [(NHS.to_string(), nhs_number(1))];
+    refused(
+        store
+            .by_identifier(ResourceType::Patient, &key)
+            .await
+            .unwrap_err(),
+    );
+    refused(store.settled().await.unwrap_err());
     store.close().await;
 }
 

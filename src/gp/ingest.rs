@@ -266,6 +266,9 @@ pub async fn ingest_list(
         .into_iter()
         .flat_map(|(_, errors)| errors)
         .collect();
+    // Planned from lookups that may run a sync ahead of the disk: a dry
+    // run, or rows left unchanged, wrote nothing after them.
+    store.settled().await?;
     Ok(report)
 }
 

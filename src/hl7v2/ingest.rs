@@ -379,7 +379,9 @@ impl Feed {
             payload: message.raw().as_bytes().to_vec(),
         };
         if replay {
-            // Already held: a failed replay stays where it is.
+            // Already held: a failed replay stays where it is. It was
+            // planned on lookups that may run a sync ahead of the disk.
+            self.store.settled().await?;
             return Ok(Verdict::Quarantined {
                 quarantine_id: None,
                 errors,

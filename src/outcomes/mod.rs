@@ -286,6 +286,8 @@ pub async fn gather(
             facts.encounters.push(fact);
         }
     }
+    // Counted from lookups that may run a sync ahead of the disk.
+    store.settled().await?;
     Ok(facts)
 }
 

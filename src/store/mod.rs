@@ -269,11 +269,12 @@ pub enum StoreError {
 
 /// Where resources live. Implementations must make a write durable before
 /// [`Store::write`] returns, and return no write from a read before it is
-/// durable, except from the reads that plan a write
-/// ([`Store::by_identifier_clocked`], [`Store::event_clocks`]): what is
-/// planned on them is committed later, so it cannot outlive what they saw.
-/// (A plan that ends without a write, such as a replay that fails again,
-/// may report on what a power loss would then take back.)
+/// durable, except from the feeds' lookups that plan writes
+/// ([`Store::by_identifier`], [`Store::by_identifier_clocked`],
+/// [`Store::event_clocks`], [`Store::by_reference`]): what is planned on
+/// them is committed later, so it cannot outlive what they saw. Whoever
+/// answers from those lookups without writing after them (a replay that
+/// fails again, a dry run, a report) calls [`Store::settled`] first.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// `stored`'s body parsed (`None` when it is not JSON), shared: a store
@@ -303,7 +304,8 @@ pub trait Store: Send + Sync + 'static {
     async fn search(&self, query: &SearchQuery) -> Result<SearchPage, StoreError>;
     /// Current resources of `ty` with any of these identifiers `(system,
     /// value)`, each once: point lookups for the feeds, without the paging
-    /// and counting of a search.
+    /// and counting of a search. They may see writes not yet durable (to
+    /// plan a write on; see [`Store::settled`]).
     async fn by_identifier(
         &self,
         ty: ResourceType,
@@ -343,13 +345,19 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<Stored>, StoreError>;
     /// Current resources of `ty` whose reference parameter `param` points at
     /// any of these `(type, id)`, each once: many point lookups in one go
-    /// (outcome reports read every encounter of thousands of patients).
+    /// (outcome reports read every encounter of thousands of patients). They
+    /// may see writes not yet durable (see [`Store::settled`]).
     async fn by_reference(
         &self,
         ty: ResourceType,
         param: &str,
         targets: Vec<(ResourceType, String)>,
     ) -> Result<Vec<Stored>, StoreError>;
+    /// Returns once every write committed before the call is durable: for
+    /// an answer given from lookups that may see writes not yet durable
+    /// ([`Store::by_identifier`], [`Store::by_reference`]) with no write of
+    /// its own after them.
+    async fn settled(&self) -> Result<(), StoreError>;
     async fn write(&self, request: WriteRequest) -> Result<WriteOutcome, StoreError>;
     /// Applies each request on its own, as [`Store::write`] would, in one
     /// go: one result per request, in order (bulk feeds: a GP list's rows).

@@ -30,9 +30,12 @@
 //! SQLite returns only once every group it may have seen is synced; the
 //! cache takes a group's versions only after its sync; and the router, which
 //! reads the outbox through the same barrier, never delivers a version that
-//! could still be lost. Only the reads that plan a write skip the barrier
-//! ([`SqliteStore::read_unsettled`](super::SqliteStore)): what they plan is
-//! committed after what they read, so a power loss takes both. (A store
+//! could still be lost. Only the feeds' lookups that plan writes skip the
+//! barrier (`SqliteStore::read_unsettled`): what they plan is committed
+//! after what they read, so a power loss takes both; an answer given from
+//! them with no write after (a dry run, a failed replay, an outcome report)
+//! waits for `Store::settled` first. Waiting on each lookup instead made a
+//! GP list's planning of one chunk wait for the previous chunk's sync. (A store
 //! opened by another process beside the serving gateway, such as `report`,
 //! knows nothing of the gateway's syncs: it may read a group up to a sync
 //! early.)

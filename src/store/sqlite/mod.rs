@@ -279,10 +279,21 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
+        let (found, seen) = self.with_reader_unsettled(f).await?;
+        self.durability.wait_settled(seen).await?;
+        Ok(found)
+    }
+
+    /// As [`SqliteStore::with_reader`], without waiting for what it read to
+    /// reach the disk (see [`SqliteStore::read_unsettled`]).
+    async fn with_reader_unsettled<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<(T, u64), StoreError> {
         // Refused at once after a failed sync (see `durable`).
         self.durability.wait_settled(0).await?;
         let pool = self.readers.clone();
-        let permit = pool
+        let _permit = pool
             .permits
             .acquire()
             .await
@@ -291,10 +302,7 @@ impl SqliteStore {
         let found = tokio::task::spawn_blocking(move || worker.with_connection(f))
             .await
             .map_err(|_| StoreError::Closed)??;
-        let seen = self.durability.seen();
-        drop(permit);
-        self.durability.wait_settled(seen).await?;
-        Ok(found)
+        Ok((found, self.durability.seen()))
     }
 }
 
@@ -386,8 +394,11 @@ impl Store for SqliteStore {
         ty: ResourceType,
         keys: &[(String, String)],
     ) -> Result<Vec<Stored>, StoreError> {
-        self.read_inline(|conn| by_token(conn, &self.cache, ty, "identifier", keys))
-            .await
+        // A lookup that plans a write (see `Store::settled`).
+        let (found, _) = self
+            .read_unsettled(|conn| by_token(conn, &self.cache, ty, "identifier", keys))
+            .await?;
+        Ok(found)
     }
 
     async fn by_identifier_clocked(
@@ -485,30 +496,38 @@ impl Store for SqliteStore {
         targets: Vec<(ResourceType, String)>,
     ) -> Result<Vec<Stored>, StoreError> {
         let param = param.to_string();
-        self.with_reader(move |conn| {
-            let mut stmt = conn.prepare_cached(concat!(
-                "SELECT v.version, v.last_updated, v.body, c.id FROM idx_ref r \
+        // Lookups that plan writes, or a report that settles after them
+        // (see `Store::settled`).
+        let (found, _) = self
+            .with_reader_unsettled(move |conn| {
+                let mut stmt = conn.prepare_cached(concat!(
+                    "SELECT v.version, v.last_updated, v.body, c.id FROM idx_ref r \
                  CROSS JOIN current c ON c.type=r.type AND c.id=r.id ",
-                version_of_current!(),
-                " WHERE r.type=?1 AND r.param=?2 AND r.target_id=?3 AND r.target_type=?4",
-            ))?;
-            let mut seen = std::collections::HashSet::new();
-            let mut found = Vec::new();
-            for (target_type, id) in &targets {
-                let rows = stmt.query_map(
-                    params![ty.as_str(), param, id, target_type.as_str()],
-                    |row| stored_from_row(ty, row.get(3)?, row),
-                )?;
-                for row in rows {
-                    let row = row?;
-                    if seen.insert(row.id.clone()) {
-                        found.push(row);
+                    version_of_current!(),
+                    " WHERE r.type=?1 AND r.param=?2 AND r.target_id=?3 AND r.target_type=?4",
+                ))?;
+                let mut seen = std::collections::HashSet::new();
+                let mut found = Vec::new();
+                for (target_type, id) in &targets {
+                    let rows = stmt.query_map(
+                        params![ty.as_str(), param, id, target_type.as_str()],
+                        |row| stored_from_row(ty, row.get(3)?, row),
+                    )?;
+                    for row in rows {
+                        let row = row?;
+                        if seen.insert(row.id.clone()) {
+                            found.push(row);
+                        }
                     }
                 }
-            }
-            Ok(found)
-        })
-        .await
+                Ok(found)
+            })
+            .await?;
+        Ok(found)
+    }
+
+    async fn settled(&self) -> Result<(), StoreError> {
+        self.durability.wait_settled(self.durability.seen()).await
     }
 
     async fn event_clocks(
