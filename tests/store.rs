@@ -797,6 +797,12 @@ async fn a_store_whose_wal_cannot_be_synced_refuses_writes_and_reads() {
             .await
             .unwrap_err(),
     );
+    refused(
+        store
+            .by_identifier_clocked(&[(ResourceType::Patient, &key[..])])
+            .await
+            .unwrap_err(),
+    );
     refused(store.settled().await.unwrap_err());
     store.close().await;
 }

@@ -319,7 +319,12 @@ pub async fn replay_row(
     };
     record.line = line;
     match plan_row(store, validator, &layout, &record, &options).await? {
-        Err(errors) => Ok(Err(errors)),
+        Err(errors) => {
+            // Planned on lookups that may run a sync ahead of the disk,
+            // and nothing written after them.
+            store.settled().await?;
+            Ok(Err(errors))
+        }
         Ok(plan) => {
             let mut report = Report {
                 practice: options.practice.clone(),
@@ -340,7 +345,11 @@ pub async fn replay_row(
             )
             .await?;
             match rejected.pop() {
-                Some((_, errors)) => Ok(Err(errors)),
+                Some((_, errors)) => {
+                    // (As above: a re-plan after a raced write.)
+                    store.settled().await?;
+                    Ok(Err(errors))
+                }
                 None => {
                     report.accepted = 1;
                     Ok(Ok(report))

@@ -405,6 +405,8 @@ impl Store for SqliteStore {
         &self,
         lookups: &[(ResourceType, &[(String, String)])],
     ) -> Result<Vec<Vec<(Stored, Option<i64>)>>, StoreError> {
+        // Refused after a failed sync, as every read is (see `durable`).
+        self.durability.wait_settled(0).await?;
         if let Some(found) = self.cache.lookup(lookups) {
             return Ok(found);
         }
@@ -432,8 +434,10 @@ impl Store for SqliteStore {
             .await?;
         let (found, holders): (Vec<_>, Vec<_>) = found.into_iter().unzip();
         // What is not on disk yet stays out of the cache, which answers
-        // reads without the barrier.
-        if self.durability.is_settled(seen) {
+        // reads without the barrier; nor does a group whose sync failed
+        // get in (a failure is recorded before its group counts as
+        // settled, so it is seen here if the group was).
+        if self.durability.is_settled(seen) && self.durability.failure().is_none() {
             self.cache.fill_lookup(epoch, lookups, &found, &holders);
         }
         Ok(found)
