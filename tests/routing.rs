@@ -426,8 +426,12 @@ fn ms(text: &str) -> i64 {
 #[tokio::test]
 async fn a_closed_destination_gets_nothing_until_it_opens() {
     let at_home = Receiver::start().await;
-    // Monday 23 November 2026, 21:00 in London (GMT): closed until 08:00.
-    let clock = Arc::new(ManualClock::new(ms("2026-11-23T21:00:00Z")));
+    // 21:00 in London (GMT in November): closed until 08:00. In the future:
+    // the store stamps a new delivery's first attempt with the real time,
+    // and a clock behind it would see the delivery as not yet due rather
+    // than closed (with 2026-11-23, this test failed once real time passed
+    // 21:00 that day).
+    let clock = Arc::new(ManualClock::new(ms("2099-11-23T21:00:00Z")));
     let mut setup = routing(&format!(
         r#"
         [destinations.proactive-care-mdt]
@@ -449,17 +453,17 @@ async fn a_closed_destination_gets_nothing_until_it_opens() {
         why.contains("closed") && why.contains("08:00-20:00"),
         "{why}"
     );
-    assert!(why.contains("2026-11-24T08:00:00Z"), "{why}");
+    assert!(why.contains("2099-11-24T08:00:00Z"), "{why}");
     assert_eq!(waiting[0]["attempts"], 0);
     assert!(deliveries(&gw, "?status=pending").await.is_empty());
 
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(at_home.received().is_empty());
-    clock.set(ms("2026-11-24T07:59:00Z"));
+    clock.set(ms("2099-11-24T07:59:00Z"));
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(at_home.received().is_empty(), "still a minute to go");
 
-    clock.set(ms("2026-11-24T08:00:01Z"));
+    clock.set(ms("2099-11-24T08:00:01Z"));
     at_home
         .wait_for("delivery at opening", Duration::from_secs(5), |log| {
             log.iter().any(Received::accepted)
