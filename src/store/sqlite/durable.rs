@@ -40,6 +40,7 @@
 //! `report`, knows nothing of the gateway's syncs: it may read a group up
 //! to a sync early.)
 
+use super::Job;
 use crate::store::StoreError;
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -136,6 +137,11 @@ impl Durability {
             // The sender lives as long as `self`.
             let _ = settled.wait_for(|settled| *settled >= seen).await;
         }
+        self.usable()
+    }
+
+    /// Refused once a sync has failed: what follows may not be on disk.
+    pub fn usable(&self) -> Result<(), StoreError> {
         match self.failed.get() {
             Some(reason) => Err(StoreError::Io(io::Error::other(reason.clone()))),
             None => Ok(()),
@@ -176,17 +182,16 @@ impl Durability {
 /// For the answering thread: calls [`Durability::thread_ended`] when
 /// dropped, as when the thread ends (or unwinds), then wakes the writer,
 /// which may be waiting to be told a group is settled.
-pub(super) struct OnThreadEnd<J> {
+pub(super) struct OnThreadEnd {
     pub durability: std::sync::Arc<Durability>,
-    pub wake: tokio::sync::mpsc::WeakSender<J>,
-    pub wake_with: fn() -> J,
+    pub wake: tokio::sync::mpsc::WeakSender<Job>,
 }
 
-impl<J> Drop for OnThreadEnd<J> {
+impl Drop for OnThreadEnd {
     fn drop(&mut self) {
         self.durability.thread_ended();
         if let Some(queue) = self.wake.upgrade() {
-            let _ = queue.try_send((self.wake_with)());
+            let _ = queue.try_send(Job::Synced);
         }
     }
 }
@@ -202,6 +207,16 @@ pub(super) struct WalSync {
 }
 
 impl WalSync {
+    /// Another for the same file, not opened yet (for another thread).
+    pub fn unopened(&self) -> Self {
+        WalSync {
+            wal: self.wal.clone(),
+            dir: self.dir.clone(),
+            file: None,
+            dir_synced: false,
+        }
+    }
+
     /// For the database at `db`; its WAL is `{db}-wal`.
     pub fn new(db: &Path) -> Self {
         let mut wal = db.as_os_str().to_owned();
@@ -303,14 +318,13 @@ mod tests {
             let durability = durability.clone();
             tokio::spawn(async move { durability.wait_settled(2).await })
         };
-        let (queue, mut woken) = tokio::sync::mpsc::channel::<u8>(1);
+        let (queue, mut woken) = tokio::sync::mpsc::channel::<Job>(1);
         // The reader is waiting before the thread ends.
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!waiting.is_finished());
         drop(OnThreadEnd {
             durability: durability.clone(),
             wake: queue.downgrade(),
-            wake_with: || 7,
         });
         let refused = tokio::time::timeout(Duration::from_secs(5), waiting)
             .await
@@ -318,7 +332,10 @@ mod tests {
             .unwrap()
             .unwrap_err();
         assert!(refused.to_string().contains("writer stopped"), "{refused}");
-        assert_eq!(woken.try_recv().ok(), Some(7), "the writer was not woken");
+        assert!(
+            matches!(woken.try_recv(), Ok(Job::Synced)),
+            "the writer was not woken"
+        );
         assert!(!durability.writer_waits());
     }
 

@@ -194,7 +194,7 @@ impl SqliteStore {
         let outbox_types = options.outbox_types.clone();
         let durability = Arc::new(durable::Durability::default());
         let writer_durability = durability.clone();
-        let db_path = path.clone();
+        let wal = durable::WalSync::new(&path);
         let wake = jobs.downgrade();
         std::thread::Builder::new()
             .name("store-writer".into())
@@ -204,7 +204,7 @@ impl SqliteStore {
                     checkpointer,
                     max_batch,
                     outbox_types,
-                    db_path,
+                    wal,
                     writer::Shared {
                         cache: writer_cache,
                         durability: writer_durability,
@@ -262,7 +262,7 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&Connection) -> Result<T, StoreError>,
     ) -> Result<(T, u64), StoreError> {
-        self.durability.wait_settled(0).await?;
+        self.durability.usable()?;
         let _permit = self
             .readers
             .permits
@@ -291,7 +291,7 @@ impl SqliteStore {
         f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<(T, u64), StoreError> {
         // Refused at once after a failed sync (see `durable`).
-        self.durability.wait_settled(0).await?;
+        self.durability.usable()?;
         let pool = self.readers.clone();
         let _permit = pool
             .permits
@@ -338,7 +338,7 @@ impl Store for SqliteStore {
 
     async fn read(&self, ty: ResourceType, id: &str) -> Result<Option<Stored>, StoreError> {
         // Refused after a failed sync, as every read is (see `durable`).
-        self.durability.wait_settled(0).await?;
+        self.durability.usable()?;
         if let Some(stored) = self.cache.current(ty, id) {
             return Ok(Some(Stored::clone(&stored)));
         }
@@ -406,7 +406,7 @@ impl Store for SqliteStore {
         lookups: &[(ResourceType, &[(String, String)])],
     ) -> Result<Vec<Vec<(Stored, Option<i64>)>>, StoreError> {
         // Refused after a failed sync, as every read is (see `durable`).
-        self.durability.wait_settled(0).await?;
+        self.durability.usable()?;
         if let Some(found) = self.cache.lookup(lookups) {
             return Ok(found);
         }

@@ -21,7 +21,6 @@ use crate::store::{
 };
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::sync::{Notify, mpsc, oneshot};
 
@@ -65,8 +64,9 @@ pub(super) struct Writer {
     /// resources a commit, most never read soon after; copying them cost
     /// the writer, the GP list's critical path, a tenth more time).
     bulk: bool,
-    /// The database file, whose WAL is synced.
-    db_path: PathBuf,
+    /// The WAL, synced here only if the answering thread could not be
+    /// started (the thread syncs its own handle).
+    wal: WalSync,
     /// How far the groups have got (shared with the store's readers).
     durability: Arc<Durability>,
 }
@@ -174,7 +174,7 @@ impl Writer {
         checkpointer: Checkpointer,
         max_batch: usize,
         outbox_types: Option<Vec<ResourceType>>,
-        db_path: PathBuf,
+        wal: WalSync,
         shared: Shared,
     ) -> Self {
         let Shared {
@@ -189,7 +189,7 @@ impl Writer {
                 durability: durability.clone(),
             },
             cache,
-            db_path,
+            wal,
             durability,
             fresh: Published::default(),
             request_tokens: Vec::new(),
@@ -216,11 +216,10 @@ impl Writer {
         let cache = self.cache.clone();
         let signal = self.outbox_signal.clone();
         let durability = self.durability.clone();
-        let mut wal = WalSync::new(&self.db_path);
+        let mut wal = self.wal.unopened();
         let ended = OnThreadEnd {
             durability: durability.clone(),
             wake: wake.clone(),
-            wake_with: || Job::Synced,
         };
         let answering = std::thread::Builder::new()
             .name("store-answers".into())
@@ -293,7 +292,7 @@ impl Writer {
         };
         settle(
             vec![done],
-            &mut WalSync::new(&self.db_path),
+            &mut self.wal,
             &self.cache,
             &self.outbox_signal,
             &self.durability,
