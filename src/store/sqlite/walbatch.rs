@@ -1,0 +1,457 @@
+//! A thin VFS over SQLite's own for the writer's connection: the WAL frames
+//! of one commit reach the file in one `pwrite` instead of two per page.
+//!
+//! SQLite writes each WAL frame as two writes, its 24-byte header and then
+//! its page: a group commit of 54 pages made 108 system calls, 0.41-0.46 ms
+//! of the writer's cycle (measured here: 108 `pwrite`s of a commit's frames
+//! take 0.50 ms, one `pwrite` of the same bytes 0.035 ms). This shim keeps
+//! the frames of a transaction in memory while they are contiguous and
+//! writes them when the commit frame arrives, so the writer's `COMMIT` makes
+//! two writes.
+//!
+//! What it must not change is what any reader, or a recovery, sees:
+//! - **Readers** find new frames only through the wal-index header, which
+//!   SQLite publishes after the commit frame is written. The buffer is
+//!   written out at the commit frame's header, and the commit frame's page
+//!   goes straight to the file, so every frame is in the file before it is
+//!   published.
+//! - **Durability**: the answering thread syncs the WAL by its own file
+//!   handle once `COMMIT` has returned (`durable`); by then every frame is
+//!   in the file (the same page cache), as without the shim.
+//! - **Every other call on the WAL** (a read overlapping the buffer, a sync,
+//!   a truncate, its size, a file control, close) and any write that does
+//!   not extend the buffer writes the buffer out first, so SQLite's own
+//!   reads, syncs and rewrites (the checksums it recomputes after a
+//!   transaction that spilled pages early) see the file as they wrote it.
+//!
+//! Files other than WAL files are opened by SQLite's VFS directly, with its
+//! own methods: the shim never sees their calls.
+
+use rusqlite::ffi;
+use std::ffi::{CStr, c_int, c_void};
+use std::ptr;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicPtr, Ordering};
+
+/// The name the writer opens its connection with.
+pub(super) const NAME: &CStr = c"pathway-walbatch";
+
+/// A transaction's frames are written once this many bytes are held, commit
+/// or not (a large transaction spills pages into the WAL before it commits).
+const HOLD_LIMIT: usize = 4 << 20;
+
+/// WAL layout (sqlite.org/fileformat.html#the_write_ahead_log): a 32-byte
+/// file header, then frames of a 24-byte header and a page. A frame header's
+/// bytes 4..8 are the database size after a commit, zero in other frames.
+const WAL_HEADER: i64 = 32;
+/// The most SQLite's unix VFS writes in one call: it masks a write's length
+/// to 17 bits (`seekAndWriteFd`), so a longer one is cut short, and one of
+/// exactly 128 KiB fails as a full disk.
+const MAX_WRITE: usize = 0x1f000;
+const FRAME_HEADER: c_int = 24;
+
+/// SQLite's own VFS, which every call goes to in the end.
+static UNDER: AtomicPtr<ffi::sqlite3_vfs> = AtomicPtr::new(ptr::null_mut());
+
+/// Registers the VFS (once per process). Returns false when it could not
+/// be, and the writer then uses SQLite's VFS as it is.
+pub(super) fn register() -> bool {
+    static REGISTERED: OnceLock<bool> = OnceLock::new();
+    *REGISTERED.get_or_init(|| {
+        // SAFETY: `sqlite3_vfs_find` initialises SQLite and returns its
+        // default VFS, which lives for the process. The copy is leaked, so
+        // it lives as long; its functions other than `xOpen` are SQLite's
+        // own and use only fields copied with them.
+        unsafe {
+            let under = ffi::sqlite3_vfs_find(ptr::null());
+            if under.is_null() {
+                return false;
+            }
+            UNDER.store(under, Ordering::Release);
+            let mut vfs = ptr::read(under);
+            vfs.zName = NAME.as_ptr();
+            vfs.pNext = ptr::null_mut();
+            vfs.szOsFile = (inner_offset() + (*under).szOsFile as usize) as c_int;
+            vfs.xOpen = Some(open);
+            ffi::sqlite3_vfs_register(Box::leak(Box::new(vfs)), 0) == ffi::SQLITE_OK
+        }
+    })
+}
+
+/// An open WAL file: SQLite's file after the shim's fields, in the memory
+/// SQLite gives `xOpen` (`szOsFile` bytes, zeroed, 8-byte aligned).
+#[repr(C)]
+struct WalFile {
+    /// First, as SQLite requires: `pMethods` points at [`WAL_METHODS`].
+    base: ffi::sqlite3_file,
+    /// SQLite's own file, further on in the same allocation.
+    under: *mut ffi::sqlite3_file,
+    /// Frames held, to be written at `start`.
+    held: Vec<u8>,
+    start: i64,
+    /// The commit frame's header went out with the held frames: its page,
+    /// the next write, goes straight to the file.
+    page_direct: bool,
+    /// Writes made to SQLite's file, for the tests.
+    writes: u64,
+}
+
+const fn inner_offset() -> usize {
+    std::mem::size_of::<WalFile>().next_multiple_of(8)
+}
+
+static WAL_METHODS: ffi::sqlite3_io_methods = ffi::sqlite3_io_methods {
+    iVersion: 1,
+    xClose: Some(close),
+    xRead: Some(read),
+    xWrite: Some(write),
+    xTruncate: Some(truncate),
+    xSync: Some(sync),
+    xFileSize: Some(file_size),
+    xLock: Some(lock),
+    xUnlock: Some(unlock),
+    xCheckReservedLock: Some(check_reserved_lock),
+    xFileControl: Some(file_control),
+    xSectorSize: Some(sector_size),
+    xDeviceCharacteristics: Some(device_characteristics),
+    xShmMap: None,
+    xShmLock: None,
+    xShmBarrier: None,
+    xShmUnmap: None,
+    xFetch: None,
+    xUnfetch: None,
+};
+
+unsafe extern "C" fn open(
+    _vfs: *mut ffi::sqlite3_vfs,
+    name: ffi::sqlite3_filename,
+    file: *mut ffi::sqlite3_file,
+    flags: c_int,
+    out_flags: *mut c_int,
+) -> c_int {
+    let under_vfs = UNDER.load(Ordering::Acquire);
+    // SAFETY: `register` set `UNDER` before the VFS could be used; `file`
+    // has `szOsFile` bytes, room for a `WalFile` and SQLite's file after it.
+    unsafe {
+        let under_open = (*under_vfs).xOpen.expect("SQLite's VFS opens files");
+        if flags & ffi::SQLITE_OPEN_WAL == 0 {
+            return under_open(under_vfs, name, file, flags, out_flags);
+        }
+        let under = file
+            .cast::<u8>()
+            .add(inner_offset())
+            .cast::<ffi::sqlite3_file>();
+        let rc = under_open(under_vfs, name, under, flags, out_flags);
+        if rc != ffi::SQLITE_OK {
+            // As SQLite would for its own file: close what set its methods.
+            if let Some(close) = (*under).pMethods.as_ref().and_then(|m| m.xClose) {
+                close(under);
+            }
+            (*file).pMethods = ptr::null();
+            return rc;
+        }
+        ptr::write(
+            file.cast::<WalFile>(),
+            WalFile {
+                base: ffi::sqlite3_file {
+                    pMethods: &WAL_METHODS,
+                },
+                under,
+                held: Vec::new(),
+                start: 0,
+                page_direct: false,
+                writes: 0,
+            },
+        );
+        ffi::SQLITE_OK
+    }
+}
+
+/// The shim's state and SQLite's own file's methods, for a file this VFS
+/// opened as a WAL.
+///
+/// # Safety
+/// `file` is a file whose `pMethods` is [`WAL_METHODS`], called from the one
+/// thread that uses its connection at a time (as SQLite calls file methods).
+unsafe fn parts<'a>(
+    file: *mut ffi::sqlite3_file,
+) -> (&'a mut WalFile, &'a ffi::sqlite3_io_methods) {
+    // SAFETY: as the caller promises; `under` was opened by SQLite's VFS,
+    // which set its methods.
+    unsafe {
+        let wal = &mut *file.cast::<WalFile>();
+        let methods = &*(*wal.under).pMethods;
+        (wal, methods)
+    }
+}
+
+impl WalFile {
+    /// Writes the held frames, in writes SQLite's VFS takes whole.
+    fn write_out(&mut self, methods: &ffi::sqlite3_io_methods) -> c_int {
+        let write = methods.xWrite.expect("SQLite's files write");
+        let mut rc = ffi::SQLITE_OK;
+        let mut offset = self.start;
+        for chunk in self.held.chunks(MAX_WRITE) {
+            // SAFETY: `under` is open; `chunk` is `chunk.len()` bytes.
+            rc = unsafe {
+                write(
+                    self.under,
+                    chunk.as_ptr().cast(),
+                    chunk.len() as c_int,
+                    offset,
+                )
+            };
+            self.writes += 1;
+            if rc != ffi::SQLITE_OK {
+                break;
+            }
+            offset += chunk.len() as i64;
+        }
+        // Whether or not it failed: SQLite sees the failure of the call
+        // that brought it here, and does not commit what was held.
+        self.held.clear();
+        rc
+    }
+
+    fn overlaps_held(&self, amount: c_int, offset: i64) -> bool {
+        !self.held.is_empty()
+            && offset < self.start + self.held.len() as i64
+            && self.start < offset + i64::from(amount)
+    }
+}
+
+unsafe extern "C" fn write(
+    file: *mut ffi::sqlite3_file,
+    data: *const c_void,
+    amount: c_int,
+    offset: i64,
+) -> c_int {
+    // SAFETY: SQLite calls with its WAL file and `amount` readable bytes.
+    let (wal, methods) = unsafe { parts(file) };
+    let bytes = unsafe { std::slice::from_raw_parts(data.cast::<u8>(), amount.max(0) as usize) };
+    let extends = offset == wal.start + wal.held.len() as i64;
+    if !wal.held.is_empty() && !extends {
+        let rc = wal.write_out(methods);
+        if rc != ffi::SQLITE_OK {
+            return rc;
+        }
+    }
+    if std::mem::take(&mut wal.page_direct) {
+        let write = methods.xWrite.expect("SQLite's files write");
+        wal.writes += 1;
+        // SAFETY: as above.
+        return unsafe { write(wal.under, data, amount, offset) };
+    }
+    if wal.held.is_empty() {
+        wal.start = offset;
+    }
+    wal.held.extend_from_slice(bytes);
+    let commit_header =
+        amount == FRAME_HEADER && offset >= WAL_HEADER && bytes[4..8] != [0, 0, 0, 0];
+    if commit_header {
+        wal.page_direct = true;
+        return wal.write_out(methods);
+    }
+    if wal.held.len() >= HOLD_LIMIT {
+        return wal.write_out(methods);
+    }
+    ffi::SQLITE_OK
+}
+
+unsafe extern "C" fn read(
+    file: *mut ffi::sqlite3_file,
+    data: *mut c_void,
+    amount: c_int,
+    offset: i64,
+) -> c_int {
+    // SAFETY: SQLite calls with its WAL file and `amount` writable bytes.
+    let (wal, methods) = unsafe { parts(file) };
+    if wal.overlaps_held(amount, offset) {
+        let rc = wal.write_out(methods);
+        if rc != ffi::SQLITE_OK {
+            return rc;
+        }
+    }
+    let read = methods.xRead.expect("SQLite's files read");
+    unsafe { read(wal.under, data, amount, offset) }
+}
+
+/// The calls that see the file as a whole: the held frames go first.
+macro_rules! after_write_out {
+    ($name:ident ( $($arg:ident : $ty:ty),* ) => $method:ident) => {
+        unsafe extern "C" fn $name(file: *mut ffi::sqlite3_file, $($arg: $ty),*) -> c_int {
+            // SAFETY: SQLite calls with its WAL file.
+            let (wal, methods) = unsafe { parts(file) };
+            let rc = wal.write_out(methods);
+            if rc != ffi::SQLITE_OK {
+                return rc;
+            }
+            let call = methods.$method.expect(concat!("SQLite's files have ", stringify!($method)));
+            unsafe { call(wal.under, $($arg),*) }
+        }
+    };
+}
+
+after_write_out!(truncate(size: i64) => xTruncate);
+after_write_out!(sync(flags: c_int) => xSync);
+after_write_out!(file_size(size: *mut i64) => xFileSize);
+after_write_out!(file_control(op: c_int, arg: *mut c_void) => xFileControl);
+
+/// The calls that do not depend on the file's content.
+macro_rules! straight {
+    ($name:ident ( $($arg:ident : $ty:ty),* ) => $method:ident) => {
+        unsafe extern "C" fn $name(file: *mut ffi::sqlite3_file, $($arg: $ty),*) -> c_int {
+            // SAFETY: SQLite calls with its WAL file.
+            let (wal, methods) = unsafe { parts(file) };
+            let call = methods.$method.expect(concat!("SQLite's files have ", stringify!($method)));
+            unsafe { call(wal.under, $($arg),*) }
+        }
+    };
+}
+
+straight!(lock(level: c_int) => xLock);
+straight!(unlock(level: c_int) => xUnlock);
+straight!(check_reserved_lock(out: *mut c_int) => xCheckReservedLock);
+straight!(sector_size() => xSectorSize);
+straight!(device_characteristics() => xDeviceCharacteristics);
+
+unsafe extern "C" fn close(file: *mut ffi::sqlite3_file) -> c_int {
+    // SAFETY: SQLite calls with its WAL file, once, and not after.
+    let (wal, methods) = unsafe { parts(file) };
+    let written = wal.write_out(methods);
+    let close = methods.xClose.expect("SQLite's files close");
+    let closed = unsafe { close(wal.under) };
+    // SAFETY: the `WalFile` written by `open` is dropped once, here.
+    unsafe { ptr::drop_in_place(file.cast::<WalFile>()) };
+    if written != ffi::SQLITE_OK {
+        written
+    } else {
+        closed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rusqlite::{Connection, OpenFlags};
+    use std::path::Path;
+
+    fn writer(path: &Path) -> Connection {
+        assert!(register());
+        let conn = Connection::open_with_flags_and_vfs(path, OpenFlags::default(), NAME).unwrap();
+        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+        conn.pragma_update(None, "synchronous", "NORMAL").unwrap();
+        // The WAL keeps every frame, for the copy to recover.
+        conn.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
+        conn
+    }
+
+    /// Writes the shim made to SQLite's WAL file so far.
+    fn wal_writes(conn: &Connection) -> u64 {
+        let mut file: *mut ffi::sqlite3_file = ptr::null_mut();
+        // SAFETY: the connection is open; JOURNAL_POINTER stores the WAL's
+        // `sqlite3_file` (opened by this VFS, so a `WalFile`) in `file`.
+        unsafe {
+            let rc = ffi::sqlite3_file_control(
+                conn.handle(),
+                c"main".as_ptr(),
+                ffi::SQLITE_FCNTL_JOURNAL_POINTER,
+                (&raw mut file).cast(),
+            );
+            assert_eq!(rc, ffi::SQLITE_OK);
+            assert!(
+                ptr::eq((*file).pMethods, &WAL_METHODS),
+                "the WAL is the shim's"
+            );
+            (*file.cast::<WalFile>()).writes
+        }
+    }
+
+    #[test]
+    fn a_commit_of_many_pages_is_two_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = writer(&dir.path().join("db"));
+        conn.execute_batch("CREATE TABLE t (k INTEGER PRIMARY KEY, v BLOB)")
+            .unwrap();
+        let before = wal_writes(&conn);
+        conn.execute_batch("BEGIN").unwrap();
+        for k in 0..200 {
+            conn.execute("INSERT INTO t VALUES (?1, zeroblob(3000))", [k])
+                .unwrap();
+        }
+        conn.execute_batch("COMMIT").unwrap();
+        let frames: i64 = conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| row.get(1))
+            .unwrap();
+        assert!(frames > 150, "{frames} frames");
+        // The held frames with the commit frame's header (in 124 KiB
+        // writes), then the commit frame's page.
+        let expected = 1 + (frames as u64 * 4120).div_ceil(MAX_WRITE as u64);
+        assert_eq!(wal_writes(&conn) - before, expected);
+    }
+
+    /// Commits that spill pages into the WAL before they end, and rewrite
+    /// them (SQLite then recomputes the frames' checksums, reading and
+    /// rewriting headers): a reader sees each commit whole as soon as it
+    /// returns, and a copy of the files taken then recovers every commit,
+    /// which it could not if a frame or checksum were missing from the file.
+    #[test]
+    fn readers_and_recovery_see_every_commit_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let conn = writer(&path);
+        // A page cache of a few pages: transactions spill.
+        conn.pragma_update(None, "cache_size", 10).unwrap();
+        conn.execute_batch("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT NOT NULL)")
+            .unwrap();
+        let reader = Connection::open(&path).unwrap();
+        let mut total: i64 = 0;
+        for round in 0..12_i64 {
+            conn.execute_batch("BEGIN").unwrap();
+            for k in 0..150 {
+                let key = round * 1000 + k;
+                conn.execute(
+                    "INSERT INTO t VALUES (?1, ?2)",
+                    rusqlite::params![key, "x".repeat(900)],
+                )
+                .unwrap();
+                total += key;
+            }
+            // Pages written (and spilled) earlier in the transaction, again.
+            conn.execute("UPDATE t SET v = v || 'y' WHERE k % 7 = 0", [])
+                .unwrap();
+            conn.execute_batch("COMMIT").unwrap();
+            let (count, sum): (i64, i64) = reader
+                .query_row("SELECT count(*), sum(k) FROM t", [], |row| {
+                    Ok((row.get(0)?, row.get(1)?))
+                })
+                .unwrap();
+            assert_eq!(
+                (count, sum),
+                ((round + 1) * 150, total),
+                "after commit {round}"
+            );
+        }
+        let copy = tempfile::tempdir().unwrap();
+        std::fs::copy(&path, copy.path().join("db")).unwrap();
+        std::fs::copy(dir.path().join("db-wal"), copy.path().join("db-wal")).unwrap();
+        drop(reader);
+        let recovered = Connection::open(copy.path().join("db")).unwrap();
+        let check: String = recovered
+            .query_row("PRAGMA integrity_check", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(check, "ok");
+        let (count, sum): (i64, i64) = recovered
+            .query_row("SELECT count(*), sum(k) FROM t", [], |row| {
+                Ok((row.get(0)?, row.get(1)?))
+            })
+            .unwrap();
+        assert_eq!((count, sum), (12 * 150, total));
+        let updated: i64 = recovered
+            .query_row("SELECT count(*) FROM t WHERE v LIKE '%y'", [], |row| {
+                row.get(0)
+            })
+            .unwrap();
+        assert!(updated > 0);
+    }
+}
