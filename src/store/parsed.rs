@@ -87,32 +87,35 @@ impl ParsedVersions {
     /// set by the store), as `stored` parsed: the next read of that version
     /// needs no parse.
     pub fn remember(&self, stored: &Stored, planned: Value) {
-        let Value::Object(planned) = planned else {
+        let Value::Object(mut parsed) = planned else {
             return;
         };
-        // As `resource::assemble` writes it.
-        let mut parsed = Map::new();
+        // As `resource::assemble` writes it: `resourceType`, `id`, `meta`
+        // (`versionId`, `lastUpdated`, then what the writer sent), then the
+        // other members in their order. Moved in place: building a new map
+        // hashed every member's name again.
+        let sent = parsed.shift_remove("meta");
+        parsed.shift_remove("resourceType");
+        parsed.shift_remove("id");
         let mut meta = Map::new();
         meta.insert("versionId".into(), stored.version.to_string().into());
         meta.insert(
             "lastUpdated".into(),
             format_instant(stored.last_updated_ms).into(),
         );
-        let mut rest = Vec::with_capacity(planned.len());
-        for (key, value) in planned {
-            match (key.as_str(), value) {
-                ("resourceType" | "id", _) => {}
-                ("meta", Value::Object(sent)) => meta.extend(
-                    sent.into_iter()
-                        .filter(|(k, _)| k != "versionId" && k != "lastUpdated"),
-                ),
-                (_, value) => rest.push((key, value)),
-            }
+        if let Some(Value::Object(sent)) = sent {
+            meta.extend(
+                sent.into_iter()
+                    .filter(|(k, _)| k != "versionId" && k != "lastUpdated"),
+            );
         }
-        parsed.insert("resourceType".into(), stored.resource_type.as_str().into());
-        parsed.insert("id".into(), stored.id.clone().into());
-        parsed.insert("meta".into(), Value::Object(meta));
-        parsed.extend(rest);
+        parsed.shift_insert(
+            0,
+            "resourceType".into(),
+            stored.resource_type.as_str().into(),
+        );
+        parsed.shift_insert(1, "id".into(), stored.id.clone().into());
+        parsed.shift_insert(2, "meta".into(), Value::Object(meta));
         let parsed = Value::Object(parsed);
         debug_assert_eq!(
             parsed.to_string(),
