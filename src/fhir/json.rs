@@ -87,6 +87,125 @@ pub fn written_members(text: &str) -> Result<Vec<WrittenMember<'_>>, JsonShapeEr
     Ok(members)
 }
 
+/// An object's JSON text as the gateway writes it, member by member, with
+/// where each member's name and value lie in it: its [`written_members`]
+/// without scanning the text again (the scan was ~2% of a feed's CPU per
+/// HL7 v2 message). Built with [`WrittenObject`].
+#[derive(Debug, Clone)]
+pub struct Written {
+    pub text: String,
+    /// Each member's name (between its quotes) and value, as byte ranges.
+    spans: Vec<[usize; 4]>,
+    /// A name needed escaping (never in FHIR), or the value is not an
+    /// object: [`Written::members`] scans the text instead.
+    scan: bool,
+}
+
+impl Written {
+    /// `value` written, as [`text_of`] writes it.
+    pub fn of(value: &Value) -> Self {
+        let Value::Object(members) = value else {
+            return Self {
+                text: text_of(value),
+                spans: Vec::new(),
+                scan: true,
+            };
+        };
+        let mut object = WrittenObject::with_capacity(512);
+        for (key, member) in members {
+            object.push_value(key, member);
+        }
+        object.finish()
+    }
+
+    /// As [`written_members`] of the text.
+    pub fn members(&self) -> Result<Vec<WrittenMember<'_>>, JsonShapeError> {
+        if self.scan {
+            return written_members(&self.text);
+        }
+        Ok(self
+            .spans
+            .iter()
+            .map(|&[k0, k1, v0, v1]| WrittenMember {
+                key: Cow::Borrowed(&self.text[k0..k1]),
+                value: &self.text[v0..v1],
+            })
+            .collect())
+    }
+}
+
+/// A [`Written`] object being written, one member after another.
+pub struct WrittenObject {
+    bytes: Vec<u8>,
+    spans: Vec<[usize; 4]>,
+    scan: bool,
+}
+
+impl WrittenObject {
+    pub fn with_capacity(capacity: usize) -> Self {
+        let mut bytes = Vec::with_capacity(capacity);
+        bytes.push(b'{');
+        Self {
+            bytes,
+            spans: Vec::new(),
+            scan: false,
+        }
+    }
+
+    /// The next member: `key`, with `raw` (JSON text the gateway wrote).
+    pub fn push_raw(&mut self, key: &str, raw: &str) {
+        let key = self.push_key(key);
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(raw.as_bytes());
+        self.spans.push([key.0, key.1, start, self.bytes.len()]);
+    }
+
+    /// The next member: `key`, with `value` written.
+    pub fn push_value(&mut self, key: &str, value: &Value) {
+        let key = self.push_key(key);
+        let start = self.bytes.len();
+        if serde_json::to_writer(&mut self.bytes, value).is_err() {
+            self.bytes.truncate(start);
+            self.bytes.extend_from_slice(value.to_string().as_bytes());
+        }
+        self.spans.push([key.0, key.1, start, self.bytes.len()]);
+    }
+
+    fn push_key(&mut self, key: &str) -> (usize, usize) {
+        if !self.spans.is_empty() {
+            self.bytes.push(b',');
+        }
+        let start = self.bytes.len() + 1;
+        if key.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+            self.bytes.push(b'"');
+            self.bytes.extend_from_slice(key.as_bytes());
+            self.bytes.push(b'"');
+        } else {
+            self.bytes.extend_from_slice(encode_string(key).as_bytes());
+            self.scan = true;
+        }
+        self.bytes.push(b':');
+        (start, start + key.len())
+    }
+
+    pub fn finish(mut self) -> Written {
+        self.bytes.push(b'}');
+        // Names and raw members are `str`s, and serde_json writes UTF-8.
+        match String::from_utf8(self.bytes) {
+            Ok(text) => Written {
+                text,
+                spans: self.spans,
+                scan: self.scan,
+            },
+            Err(err) => Written {
+                text: String::from_utf8_lossy(err.as_bytes()).into_owned(),
+                spans: Vec::new(),
+                scan: true,
+            },
+        }
+    }
+}
+
 /// Calls `each` with every top-level member of the object `text`: its name
 /// and the bytes of its value, in order.
 fn split_members<'a>(
@@ -434,6 +553,29 @@ mod tests {
         assert!(same_value(&a, &b));
         assert!(!same_value(&a, &c));
         assert_eq!(text_of(&b), b.to_string());
+    }
+
+    #[test]
+    fn written_objects_know_their_members_as_a_scan_finds_them() {
+        let cases = [
+            r#"{"resourceType":"Patient","id":"a","name":[{"family":"O'Brien","given":["A \"B\""]}],"x":{"y":[1,{"z":null}]},"n":1.5,"t":true}"#,
+            r#"{}"#,
+            r#"{"a\"b":1,"c":"d"}"#,
+            r#"["not", "an", "object"]"#,
+        ];
+        for case in cases {
+            let value: Value = serde_json::from_str(case).unwrap();
+            let written = Written::of(&value);
+            assert_eq!(written.text, text_of(&value), "{case}");
+            assert_eq!(written.members(), written_members(&written.text), "{case}");
+        }
+        // Raw members kept as given, beside written ones.
+        let mut object = WrittenObject::with_capacity(0);
+        object.push_raw("a", "1.50");
+        object.push_value("b", &serde_json::json!({"c": [1, 2]}));
+        let written = object.finish();
+        assert_eq!(written.text, r#"{"a":1.50,"b":{"c":[1,2]}}"#);
+        assert_eq!(written.members(), written_members(&written.text));
     }
 
     #[test]

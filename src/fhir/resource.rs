@@ -106,17 +106,23 @@ pub fn prepare_json(
     }
 }
 
-/// As [`prepare_json`], for a resource the gateway built (a feed's mapping):
-/// `text` is `value` written by `serde_json`, or spliced from stored members
-/// and such output, so it is neither parsed nor checked for repeated names
-/// again.
-pub fn prepare_parsed(
-    text: &str,
+/// As [`prepare_json`], for a resource the gateway built (a feed's mapping,
+/// a routed referral) and wrote member by member ([`json::Written`]): the
+/// text is neither parsed nor checked for repeated names again, and its
+/// members are known without a scan.
+pub fn prepare_written(
+    written: &json::Written,
     value: &Value,
     expected: Option<ResourceType>,
     validator: &Validator,
 ) -> Result<Prepared, Rejection> {
-    prepare_members(json::written_members(text), value, expected, validator)
+    let members = written.members();
+    debug_assert_eq!(
+        members,
+        json::written_members(&written.text),
+        "the members recorded are those a scan of the text finds"
+    );
+    prepare_members(members, value, expected, validator)
 }
 
 fn prepare_members(

@@ -11,8 +11,9 @@ use super::map::{
 };
 use super::read::{self, ListError, Record};
 use super::row::{RiskRow, RowError, normalise_nhs_number, read_row};
+use crate::fhir::json::Written;
 use crate::fhir::outcome::Issue;
-use crate::fhir::resource::{Rejection, prepare_json, prepare_parsed};
+use crate::fhir::resource::{Rejection, prepare_json, prepare_written};
 use crate::fhir::search::identifier_query;
 use crate::fhir::{ResourceType, new_id};
 use crate::store::{
@@ -923,5 +924,5 @@ fn prepare_value(
     ty: ResourceType,
     validator: &Validator,
 ) -> Result<crate::fhir::resource::Prepared, Rejection> {
-    prepare_parsed(&value.to_string(), value, Some(ty), validator)
+    prepare_written(&Written::of(value), value, Some(ty), validator)
 }

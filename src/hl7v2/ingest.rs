@@ -24,9 +24,9 @@ use super::datatypes::DataError;
 use super::er7::Message;
 use super::mllp::{AckCode, AckError, ack};
 use super::state::{self, encounter_from, patient_from, replaced_by, rewrite};
-use crate::fhir::json::{same_in_order, text_of};
+use crate::fhir::json::{Written, same_in_order};
 use crate::fhir::outcome::Severity;
-use crate::fhir::resource::{Prepared, Rejection, prepare_parsed};
+use crate::fhir::resource::{Prepared, Rejection, prepare_written};
 use crate::fhir::search::identifier_query;
 use crate::fhir::{ResourceType, new_id};
 use crate::gp::read::utf8_or_windows_1252;
@@ -645,7 +645,7 @@ impl Feed {
             }
             None => {
                 let resource =
-                    match self.prepared(&text_of(&patient), &patient, ResourceType::Patient) {
+                    match self.prepared(&Written::of(&patient), &patient, ResourceType::Patient) {
                         Ok(r) => r,
                         Err(errors) => return Ok(Err(errors)),
                     };
@@ -720,7 +720,11 @@ impl Feed {
                     }
                 }
                 None => {
-                    match self.prepared(&text_of(&encounter), &encounter, ResourceType::Encounter) {
+                    match self.prepared(
+                        &Written::of(&encounter),
+                        &encounter,
+                        ResourceType::Encounter,
+                    ) {
                         Ok(resource) => writes.push(
                             Mutation::Create {
                                 resource,
@@ -806,10 +810,10 @@ impl Feed {
         ty: ResourceType,
         writes: &mut Writes,
     ) -> Result<(), Vec<DataError>> {
-        let Some(text) = rewrite(&stored.body, old, &new) else {
+        let Some(written) = rewrite(&stored.body, old, &new) else {
             return Ok(());
         };
-        let resource = self.prepared(&text, &new, ty)?;
+        let resource = self.prepared(&written, &new, ty)?;
         // `rewrite` kept the stored bytes of each member equal by value to
         // the stored one. Where the planned member has its keys in another
         // order (a record written through REST in its sender's order), the
@@ -837,14 +841,14 @@ impl Feed {
         Ok(())
     }
 
-    /// `text` is `value` as JSON (with stored bytes kept where unchanged).
+    /// `written` is `value` as JSON (with stored bytes kept where unchanged).
     fn prepared(
         &self,
-        text: &str,
+        written: &Written,
         value: &Value,
         ty: ResourceType,
     ) -> Result<Prepared, Vec<DataError>> {
-        prepare_parsed(text, value, Some(ty), &self.validator).map_err(|rejection| {
+        prepare_written(written, value, Some(ty), &self.validator).map_err(|rejection| {
             let issues = match rejection {
                 Rejection::Invalid(issues) => issues,
                 other => other.issues(),

@@ -20,7 +20,7 @@
 //! Members an event does not change keep their stored bytes ([`rewrite`]).
 
 use super::adt::{Adt, Event, ODS_SYSTEM, PatientFacts, Visit, is_ods};
-use crate::fhir::json::{push_string, same_value, text_of, written_members};
+use crate::fhir::json::{Written, WrittenObject, same_value, written_members};
 use serde_json::{Map, Value, json};
 
 /// The Patient after `adt`, from the stored one (or a new one) whose last
@@ -773,30 +773,23 @@ fn order(o: Map<String, Value>, keys: &[&str]) -> Map<String, Value> {
 /// stored one keeps the stored bytes, so a decimal's `1.50` or a time's
 /// offset survive an update that does not touch them. `None` when nothing
 /// changed. `old` is `stored` parsed (the caller has it already).
-pub fn rewrite(stored: &str, old: &Value, new: &Value) -> Option<String> {
+pub fn rewrite(stored: &str, old: &Value, new: &Value) -> Option<Written> {
     let members = written_members(stored).ok()?;
     let (old, new) = (old.as_object()?, new.as_object()?);
     let mut changed = members.len() != new.len();
-    let mut out = String::with_capacity(stored.len() + 256);
-    out.push('{');
-    for (i, (key, value)) in new.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        push_string(&mut out, key);
-        out.push(':');
+    let mut out = WrittenObject::with_capacity(stored.len() + 256);
+    for (key, value) in new {
         let kept = members.iter().find(|m| m.key == key.as_str());
         match kept {
             Some(m) if old.get(key).is_some_and(|o| same_value(o, value)) => {
-                out.push_str(m.value);
+                out.push_raw(key, m.value);
             }
             _ => {
                 changed = true;
-                out.push_str(&text_of(value));
+                out.push_value(key, value);
             }
         }
     }
-    out.push('}');
     if !changed {
         // Same members, same values: only the order could differ.
         let same_order = members.iter().map(|m| &m.key).eq(new.keys());
@@ -804,12 +797,13 @@ pub fn rewrite(stored: &str, old: &Value, new: &Value) -> Option<String> {
             return None;
         }
     }
-    Some(out)
+    Some(out.finish())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fhir::json::text_of;
     use crate::hl7v2::Message;
     use crate::hl7v2::adt::{AdtContext, read};
 
@@ -1266,10 +1260,15 @@ mod tests {
         let stored = r#"{"resourceType":"Patient","id":"a","extension":[{"url":"x","valueDecimal":1.50}],"gender":"male"}"#;
         let mut v: Value = serde_json::from_str(stored).unwrap();
         let old = v.clone();
-        assert_eq!(rewrite(stored, &old, &v), None);
+        assert!(rewrite(stored, &old, &v).is_none());
         v["gender"] = json!("female");
         let out = rewrite(stored, &old, &v).unwrap();
-        assert!(out.contains(r#""valueDecimal":1.50"#), "{out}");
-        assert!(out.contains(r#""gender":"female""#), "{out}");
+        let text = &out.text;
+        assert!(text.contains(r#""valueDecimal":1.50"#), "{text}");
+        assert!(text.contains(r#""gender":"female""#), "{text}");
+        // The members it records are those a scan of its text finds.
+        assert_eq!(out.members().unwrap(), written_members(text).unwrap());
+        let keys: Vec<_> = out.members().unwrap().into_iter().map(|m| m.key).collect();
+        assert_eq!(keys, ["resourceType", "id", "extension", "gender"]);
     }
 }

@@ -9,7 +9,8 @@ use super::rules::{Referral, Rules, Uses, holds};
 use super::scheduler::Command;
 use super::{Clock, ROUTE_BATCH};
 use crate::fhir::ResourceType;
-use crate::fhir::resource::prepare_parsed;
+use crate::fhir::json::Written;
+use crate::fhir::resource::prepare_written;
 use crate::fhir::search::identifier_query;
 use crate::fhirpath::{Env, Expression};
 use crate::gp::map::{ODS_SYSTEM, PATHWAY_SYSTEM, REFERRAL_SYSTEM, SERVICE_SYSTEM};
@@ -365,9 +366,8 @@ impl Router {
                 "display": home["name"]
             }]);
         }
-        let text = request.to_string();
-        let prepared = prepare_parsed(
-            &text,
+        let prepared = prepare_written(
+            &Written::of(&request),
             &request,
             Some(ResourceType::ServiceRequest),
             &self.validator,
