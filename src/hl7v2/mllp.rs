@@ -296,31 +296,48 @@ pub fn ack(
 ) -> String {
     let d = Delimiters::default();
     let msh = message.and_then(|m| m.segment("MSH"));
-    let copy = |n: usize| match (message, msh) {
-        (Some(m), Some(s)) => transcode(s.field(n), m.delimiters(), &d),
-        _ => String::new(),
+    // The sender's MSH field `n`, in the ACK's delimiters, onto `out`.
+    let copy = |out: &mut String, n: usize| {
+        if let (Some(m), Some(s)) = (message, msh) {
+            transcode_into(out, s.field(n), m.delimiters(), &d);
+        }
     };
-    let msh9 = match message.and_then(|m| m.get("MSH-9.2")) {
-        Some(trigger) => format!("ACK^{}^ACK", escape(&trigger, &d)),
-        None => "ACK".to_owned(),
+    let mut out = String::with_capacity(192);
+    out.push_str("MSH|^~\\&|");
+    for n in [5, 6, 3, 4] {
+        copy(&mut out, n);
+        out.push('|');
+    }
+    out.push_str(&escape(timestamp, &d));
+    out.push_str("||");
+    match message.and_then(|m| m.get("MSH-9.2")) {
+        Some(trigger) => {
+            out.push_str("ACK^");
+            out.push_str(&escape(&trigger, &d));
+            out.push_str("^ACK");
+        }
+        None => out.push_str("ACK"),
+    }
+    out.push('|');
+    out.push_str(&escape(control_id, &d));
+    out.push('|');
+    let code = match message {
+        Some(_) => {
+            copy(&mut out, 11);
+            out.push('|');
+            copy(&mut out, 12);
+            code
+        }
+        None => {
+            out.push_str("P|2.5");
+            AckCode::AR
+        }
     };
-    let (processing, version, code) = match message {
-        Some(_) => (copy(11), copy(12), code),
-        None => ("P".to_owned(), "2.5".to_owned(), AckCode::AR),
-    };
-    let mut out = format!(
-        "MSH|^~\\&|{}|{}|{}|{}|{}||{msh9}|{}|{processing}|{version}\r",
-        copy(5),
-        copy(6),
-        copy(3),
-        copy(4),
-        escape(timestamp, &d),
-        escape(control_id, &d),
-    );
+    out.push('\r');
     out.push_str("MSA|");
     out.push_str(code.as_str());
     out.push('|');
-    out.push_str(&copy(10));
+    copy(&mut out, 10);
     if let Some(e) = error {
         out.push('|');
         out.push_str(&escape(&e.text, &d));
@@ -364,15 +381,15 @@ fn error_location(location: &str) -> String {
 
 /// Re-encodes one field from the message's delimiters into `to`, keeping its
 /// repetition/component/subcomponent structure and explicit nulls.
-fn transcode(field: Option<Field<'_>>, from: &Delimiters, to: &Delimiters) -> String {
-    let mut out = String::new();
+fn transcode_into(out: &mut String, field: Option<Field<'_>>, from: &Delimiters, to: &Delimiters) {
     let Some(field) = field else {
-        return out;
+        return;
     };
     // The same delimiters (nearly every sender's `|^~\&`): the sender's
     // own text is already right, escapes and all.
     if from == to {
-        return field.raw().to_string();
+        out.push_str(field.raw());
+        return;
     }
     for (i, rep) in field.repetitions().enumerate() {
         if i > 0 {
@@ -394,5 +411,4 @@ fn transcode(field: Option<Field<'_>>, from: &Delimiters, to: &Delimiters) -> St
             }
         }
     }
-    out
 }
