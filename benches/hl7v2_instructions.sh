@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The HL7 v2 feed's CPU cost as instructions (valgrind's callgrind), which,
-# unlike time on a shared 2-core VM, repeat to within 0.1% from run to run:
-# for comparing two builds of the gateway.
+# unlike time on a shared 2-core VM, repeat to within about 1% from run to
+# run (0.1% before the WAL shim made commits quick enough that how many
+# messages share one depends on timing under valgrind too; run each build
+# two or three times): for comparing two builds of the gateway.
 #
 #   bash benches/hl7v2_instructions.sh [BINARY ...]   (default: target/release/pathway-gateway)
 #
