@@ -93,7 +93,8 @@ pub fn written_members(text: &str) -> Result<Vec<WrittenMember<'_>>, JsonShapeEr
 /// HL7 v2 message). Built with [`WrittenObject`].
 #[derive(Debug, Clone)]
 pub struct Written {
-    pub text: String,
+    /// Private: the spans index into it.
+    text: String,
     /// Each member's name (between its quotes) and value, as byte ranges.
     spans: Vec<[usize; 4]>,
     /// A name needed escaping (never in FHIR), or the value is not an
@@ -116,6 +117,11 @@ impl Written {
             object.push_value(key, member);
         }
         object.finish()
+    }
+
+    /// The JSON text.
+    pub fn text(&self) -> &str {
+        &self.text
     }
 
     /// As [`written_members`] of the text.
@@ -181,6 +187,8 @@ impl WrittenObject {
             self.bytes.extend_from_slice(key.as_bytes());
             self.bytes.push(b'"');
         } else {
+            // The span returned does not fit an escaped name: with `scan`
+            // set, [`Written::members`] never reads the spans.
             self.bytes.extend_from_slice(encode_string(key).as_bytes());
             self.scan = true;
         }
@@ -566,16 +574,16 @@ mod tests {
         for case in cases {
             let value: Value = serde_json::from_str(case).unwrap();
             let written = Written::of(&value);
-            assert_eq!(written.text, text_of(&value), "{case}");
-            assert_eq!(written.members(), written_members(&written.text), "{case}");
+            assert_eq!(written.text(), text_of(&value), "{case}");
+            assert_eq!(written.members(), written_members(written.text()), "{case}");
         }
         // Raw members kept as given, beside written ones.
         let mut object = WrittenObject::with_capacity(0);
         object.push_raw("a", "1.50");
         object.push_value("b", &serde_json::json!({"c": [1, 2]}));
         let written = object.finish();
-        assert_eq!(written.text, r#"{"a":1.50,"b":{"c":[1,2]}}"#);
-        assert_eq!(written.members(), written_members(&written.text));
+        assert_eq!(written.text(), r#"{"a":1.50,"b":{"c":[1,2]}}"#);
+        assert_eq!(written.members(), written_members(written.text()));
     }
 
     #[test]

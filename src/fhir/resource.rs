@@ -119,7 +119,7 @@ pub fn prepare_written(
     let members = written.members();
     debug_assert_eq!(
         members,
-        json::written_members(&written.text),
+        json::written_members(written.text()),
         "the members recorded are those a scan of the text finds"
     );
     prepare_members(members, value, expected, validator)

@@ -1073,7 +1073,7 @@ mod tests {
             london().to_offset(read.timestamp()),
             "{text}"
         );
-        // Formatted once a second: the same text, or the next second's.
+        // A second call, from the cache or the next second, reads as now too.
         let next = jiff::Zoned::strptime("%Y%m%d%H%M%S%z", &again).unwrap();
         assert!((second..=after).contains(&next.timestamp().as_second()));
     }

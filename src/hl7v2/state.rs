@@ -1263,7 +1263,7 @@ mod tests {
         assert!(rewrite(stored, &old, &v).is_none());
         v["gender"] = json!("female");
         let out = rewrite(stored, &old, &v).unwrap();
-        let text = &out.text;
+        let text = out.text();
         assert!(text.contains(r#""valueDecimal":1.50"#), "{text}");
         assert!(text.contains(r#""gender":"female""#), "{text}");
         // The members it records are those a scan of its text finds.

@@ -255,4 +255,26 @@ mod tests {
         assert_eq!(value.to_string(), parsed.to_string());
         assert!(Arc::ptr_eq(&value, &memo.get(&version).unwrap()));
     }
+
+    #[test]
+    fn a_remembered_value_is_put_in_stored_order_whatever_the_planned_order() {
+        let memo = ParsedVersions::default();
+        // No `meta` at all, and `resourceType` and `id` after other members.
+        let mut version = stored(
+            "q",
+            1,
+            r#"{"resourceType":"Patient","id":"q","meta":{"versionId":"1","lastUpdated":"1970-01-01T00:00:02.000Z"},"gender":"male","birthDate":"1940-01-01"}"#,
+        );
+        version.last_updated_ms = 2_000;
+        let planned = serde_json::json!({
+            "gender": "male",
+            "id": "old",
+            "birthDate": "1940-01-01",
+            "resourceType": "Patient"
+        });
+        memo.remember(&version, planned);
+        let value = memo.get(&version).unwrap();
+        let parsed: Value = serde_json::from_str(&version.body).unwrap();
+        assert_eq!(value.to_string(), parsed.to_string());
+    }
 }
