@@ -511,8 +511,11 @@ async fn the_wal_stays_bounded_under_writes_that_never_pause() {
 
 /// Commits larger than the checkpoint thread can catch up with between two
 /// of them (a GP list's chunks) still let the WAL start over: the writer
-/// copies what is left once the WAL reaches its limit (64 MiB). Without
-/// that, the WAL reached 224 MB during a 50,000-row list.
+/// copies what is left once the WAL reaches its limit (64 MiB), waiting
+/// for a checkpoint pass under way if it must. Without that, the WAL
+/// reached 224 MB during a 50,000-row list; without the wait, 73-97 MB
+/// here, and once 111 MB (a commit more each time the checkpoint thread
+/// was busy). With it, 71.0 MB in twelve runs: the limit and a commit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_wal_stays_bounded_under_large_commits() {
     let dir = tempfile::tempdir().unwrap();
@@ -562,7 +565,7 @@ async fn the_wal_stays_bounded_under_large_commits() {
         "the database file is {database} bytes: the writes did not get through"
     );
     assert!(
-        largest < 100 * 1024 * 1024,
+        largest < 80 * 1024 * 1024,
         "the WAL reached {largest} bytes (database {database} bytes)"
     );
     store.close().await;

@@ -20,7 +20,7 @@
 
 use crate::store::StoreError;
 use rusqlite::Connection;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
@@ -44,6 +44,10 @@ pub const DEFAULT_CHECKPOINT_BYTES: i64 = 4 * 1024 * 1024;
 /// Most frames the writer copies itself to let the WAL start over: the
 /// pages of a few groups, a fraction of a millisecond to copy.
 const SETTLE_BYTES: i64 = 1024 * 1024;
+/// Longest the writer waits, with the WAL at its limit, for the checkpoint
+/// thread's pass to end so that it can copy the rest (a pass of a few MB
+/// takes tens of milliseconds, its fsync included).
+const SETTLE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 #[derive(Default)]
 struct State {
@@ -59,6 +63,9 @@ struct Shared {
     frames: AtomicI32,
     /// Frames the last checkpoint found copied (of the WAL as it was then).
     copied: AtomicI32,
+    /// The writer waits to copy the rest itself (the WAL at its limit):
+    /// the thread starts no further pass until it has.
+    writer_waits: AtomicBool,
 }
 
 /// The checkpoint thread; stopped (and joined) by [`Checkpointer::stop`] or
@@ -148,12 +155,32 @@ impl Checkpointer {
         {
             return;
         }
-        match passive(writer) {
-            // (-1: the checkpoint thread was at work; it records its own.)
-            Ok((_, copied)) if copied >= 0 => self.shared.copied.store(copied, Ordering::Relaxed),
-            Ok(_) => {}
-            Err(err) => tracing::warn!(error = %err, "WAL checkpoint by the writer failed"),
+        // At the limit the writer waits for a checkpoint pass under way
+        // (SQLite refuses a second checkpoint meanwhile, and calls no busy
+        // handler): skipping, it let the WAL grow by a commit each time the
+        // thread was copying, which under large commits it nearly always
+        // was (111 MB against a 64 MiB limit in a test, once).
+        let at_limit = frames >= self.limit_frames;
+        if at_limit {
+            self.shared.writer_waits.store(true, Ordering::Relaxed);
         }
+        let deadline = std::time::Instant::now() + SETTLE_WAIT;
+        loop {
+            match passive(writer) {
+                // -1: the checkpoint thread was at work; it records its own.
+                Ok((_, copied)) if copied >= 0 => {
+                    self.shared.copied.store(copied, Ordering::Relaxed);
+                }
+                Ok(_) if at_limit && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                    continue;
+                }
+                Ok(_) => {}
+                Err(err) => tracing::warn!(error = %err, "WAL checkpoint by the writer failed"),
+            }
+            break;
+        }
+        self.shared.writer_waits.store(false, Ordering::Relaxed);
     }
 
     /// Finishes a checkpoint under way and ends the thread.
@@ -225,6 +252,10 @@ fn run(shared: &Shared, conn: &Connection, restart_frames: i32) {
             }
             if shared.state.lock().map_or(true, |s| s.closing) {
                 return;
+            }
+            if shared.writer_waits.load(Ordering::Relaxed) {
+                // The writer copies the rest (see `settle`).
+                break;
             }
         }
     }
