@@ -182,7 +182,7 @@ impl WrittenObject {
             self.bytes.push(b',');
         }
         let start = self.bytes.len() + 1;
-        if key.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        if writes_as_is(key) {
             self.bytes.push(b'"');
             self.bytes.extend_from_slice(key.as_bytes());
             self.bytes.push(b'"');
@@ -455,13 +455,19 @@ pub fn same_value(a: &Value, b: &Value) -> bool {
 /// `value` as a JSON string, as [`encode_string`] writes it, onto `out`: most
 /// strings (FHIR member names always) need no escape and are copied in.
 pub fn push_string(out: &mut String, value: &str) {
-    if value.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+    if writes_as_is(value) {
         out.push('"');
         out.push_str(value);
         out.push('"');
     } else {
         out.push_str(&encode_string(value));
     }
+}
+
+/// Whether `value` goes into a JSON string as it is: no control character,
+/// quote or backslash (which serde_json escapes).
+fn writes_as_is(value: &str) -> bool {
+    value.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\')
 }
 
 /// A JSON string literal for `value`.

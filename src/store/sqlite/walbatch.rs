@@ -257,19 +257,16 @@ unsafe extern "C" fn write(
         wal.rewritten_headers += 1;
     }
     wal.end = wal.end.max(offset + i64::from(amount));
-    let page_at = wal.page_at.take();
+    // The commit frame's page, or a WAL that holds nothing.
+    let direct = !wal.hold || wal.page_at.take() == Some(offset);
     let extends = offset == wal.start + wal.held.len() as i64;
-    if !wal.held.is_empty() && !extends {
+    if !wal.held.is_empty() && (direct || !extends) {
         let rc = wal.write_out(methods);
         if rc != ffi::SQLITE_OK {
             return rc;
         }
     }
-    if !wal.hold || page_at == Some(offset) {
-        let rc = wal.write_out(methods);
-        if rc != ffi::SQLITE_OK {
-            return rc;
-        }
+    if direct {
         let write = methods.xWrite.expect("SQLite's files write");
         wal.writes += 1;
         // SAFETY: as above.
