@@ -1044,6 +1044,103 @@ async fn lookups_by_identifier_from_memory_match_sqlite() {
     store.close().await;
 }
 
+/// Creates a Patient with the identifier `system|value` unless one has it:
+/// what happened, and the id of the Patient that has it.
+async fn create_unless(store: &SqliteStore, system: &str, value: &str) -> (Change, String) {
+    use pathway_gateway::fhir::search::identifier_query;
+    let body = format!(
+        r#"{{"resourceType":"Patient","identifier":[{{"system":"{system}","value":"{value}"}}]}}"#
+    );
+    let request = WriteRequest {
+        mutations: vec![Mutation::Create {
+            resource: prepare(body.as_bytes(), Some(ResourceType::Patient), validator()).unwrap(),
+            id: pathway_gateway::fhir::new_id(),
+            if_none_exist: Some(identifier_query(
+                ResourceType::Patient,
+                &[(system.to_string(), value.to_string())],
+            )),
+            full_url: None,
+        }],
+        atomic: true,
+    };
+    let WriteOutcome::Applied(mut results) = store.write(request).await.unwrap() else {
+        panic!("applied");
+    };
+    let written = results.remove(0).unwrap();
+    (written.change, written.resource.id)
+}
+
+/// A serving store answers a lookup of an identifier it has never indexed
+/// (an A04's new patient and visit) from memory, and one it has from
+/// SQLite: those already in the store it opens included.
+#[tokio::test]
+async fn identifiers_never_indexed_are_answered_from_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open_serving(options(dir.path())).unwrap();
+    let (n1, n2, n3) = (nhs_number(1), nhs_number(2), nhs_number(3));
+    let (n1, n2, n3) = (n1.as_str(), n2.as_str(), n3.as_str());
+    put_identified(&store, "a", None, &[(NHS, n1), (MRN, "M1")], 1_000).await;
+    store.close().await;
+
+    // Reopened: nothing in memory but the identifiers the store has. (One
+    // resource cached, so that identifiers written are soon let go.)
+    let store = SqliteStore::open_serving(SqliteOptions {
+        cache_resources: 1,
+        ..options(dir.path())
+    })
+    .unwrap();
+    let beside = open(dir.path(), 8);
+    let a = vec![("a".to_string(), 1, Some(1_000))];
+    assert_eq!(looked_up(&store, &[(NHS, n1)]).await, a);
+    assert_eq!(looked_up(&store, &[(MRN, "M1"), (NHS, n2)]).await, a);
+    assert_eq!(looked_up(&store, &[(NHS, n2)]).await, vec![]);
+    // The writer's conditions use the same knowledge.
+    assert_eq!(
+        create_unless(&store, MRN, "M1").await,
+        (Change::Existing, "a".into())
+    );
+
+    // From memory: an index row for an identifier the store never had,
+    // added behind its back (what the serving lock exists to prevent), is
+    // not seen by the serving store...
+    let conn = rusqlite::Connection::open(dir.path().join("gateway.sqlite")).unwrap();
+    conn.execute(
+        "INSERT INTO idx_token(type, param, value, system, id) VALUES ('Patient', 'identifier', ?1, ?2, 'a')",
+        [n3, NHS],
+    )
+    .unwrap();
+    assert_eq!(looked_up(&beside, &[(NHS, n3)]).await, a);
+    assert_eq!(looked_up(&store, &[(NHS, n3)]).await, vec![]);
+    conn.execute("DELETE FROM idx_token WHERE value=?1", [n3])
+        .unwrap();
+
+    // ...and one its writer indexes is found from then on, after the cache
+    // has let it go too.
+    put_identified(&store, "b", None, &[(NHS, n2)], 2_000).await;
+    for n in 10..14 {
+        put_identified(
+            &store,
+            &format!("c{n}"),
+            None,
+            &[(NHS, &nhs_number(n))],
+            3_000,
+        )
+        .await;
+    }
+    assert_eq!(
+        looked_up(&store, &[(NHS, n2)]).await,
+        vec![("b".into(), 1, Some(2_000))]
+    );
+    assert_eq!(
+        create_unless(&store, NHS, n2).await,
+        (Change::Existing, "b".into())
+    );
+    let (change, _) = create_unless(&store, NHS, &nhs_number(20)).await;
+    assert_eq!(change, Change::Created);
+    beside.close().await;
+    store.close().await;
+}
+
 /// An identifier on more resources than the cache keeps for one is
 /// answered from SQLite, whole.
 #[tokio::test]

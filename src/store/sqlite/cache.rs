@@ -22,6 +22,7 @@
 //!   [`super::SqliteStore::open_serving`], which holds the data directory's
 //!   lock so that no other gateway writes beside it.
 
+use super::known::{Fingerprint, Fingerprints, Known, MAX_IDENTIFIERS};
 use crate::fhir::ResourceType;
 use crate::store::Stored;
 use std::collections::{HashMap, VecDeque};
@@ -91,6 +92,7 @@ pub(super) struct Cache {
     exact: AtomicBool,
     /// Whether anything is kept at all (a capacity above 0).
     keeps: bool,
+    prints: Fingerprints,
 }
 
 struct Entry {
@@ -109,6 +111,8 @@ struct Inner {
     capacity: usize,
     tokens: HashMap<TokenKey, Vec<Box<str>>>,
     token_order: VecDeque<TokenKey>,
+    /// Every identifier the store has had ([`super::known`]), once loaded.
+    known: Known,
 }
 
 /// A resource found by [`Cache::lookup`], with its event clock.
@@ -125,10 +129,40 @@ impl Cache {
                 capacity,
                 tokens: HashMap::new(),
                 token_order: VecDeque::new(),
+                known: Known::default(),
             }),
             exact: AtomicBool::new(exact),
             keeps: capacity > 0,
+            prints: Fingerprints::new(),
         }
+    }
+
+    pub(super) fn fingerprint(&self, ty: ResourceType, system: &str, value: &str) -> Fingerprint {
+        self.prints.of(ty, system, value)
+    }
+
+    /// Takes every identifier the store has (loaded before its writer
+    /// starts): from now on one never had is looked up here.
+    pub(super) fn set_known(&self, known: Known) {
+        self.lock().known = known;
+    }
+
+    /// Whether no resource of `ty` has ever had the identifier `system|value`
+    /// (exact for the writer, which adds each it indexes; see [`super::known`]).
+    pub(super) fn never_had(&self, ty: ResourceType, system: &str, value: &str) -> bool {
+        if !self.is_exact() {
+            return false;
+        }
+        let fingerprint = self.fingerprint(ty, system, value);
+        self.lock().known.never_had(fingerprint)
+    }
+
+    /// The writer is about to index `ty`'s identifier `system|value` (before
+    /// the commit that writes it: a reader never finds absent here what it
+    /// would have found in SQLite).
+    pub(super) fn indexing(&self, ty: ResourceType, system: &str, value: &str) {
+        let fingerprint = self.fingerprint(ty, system, value);
+        self.lock().known.add(fingerprint, MAX_IDENTIFIERS);
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -181,7 +215,14 @@ impl Cache {
             let mut found: Vec<Found> = Vec::new();
             for (system, value) in keys.iter() {
                 let key: TokenKey = (*ty, system.as_str().into(), value.as_str().into());
-                for id in inner.tokens.get(&key)? {
+                let Some(ids) = inner.tokens.get(&key) else {
+                    // Not held, but never had by any resource: none has it.
+                    if inner.known.never_had(self.fingerprint(*ty, system, value)) {
+                        continue;
+                    }
+                    return None;
+                };
+                for id in ids {
                     if found.iter().any(|(s, _)| s.id.as_str() == &**id) {
                         continue;
                     }
@@ -407,6 +448,47 @@ mod tests {
         assert!(cache.version(ResourceType::Patient, "a", 2).is_none());
         assert!(cache.version(ResourceType::Patient, "b", 1).is_some());
         assert!(cache.version(ResourceType::Patient, "c", 1).is_some());
+    }
+
+    #[test]
+    fn an_identifier_the_store_never_had_is_answered_here() {
+        let cache = Cache::new(8, true);
+        let keys = [("sys".to_string(), "new".to_string())];
+        let lookups = [(ResourceType::Patient, &keys[..])];
+        assert!(
+            cache.lookup(&lookups).is_none(),
+            "the store's set not loaded"
+        );
+        let had = cache.fingerprint(ResourceType::Patient, "sys", "old");
+        cache.set_known(Known::load([had], MAX_IDENTIFIERS));
+        let found = cache.lookup(&lookups).expect("never had: answered here");
+        assert_eq!(found, vec![Vec::<Found>::new()]);
+        let old = [("sys".to_string(), "old".to_string())];
+        assert!(
+            cache.lookup(&[(ResourceType::Patient, &old[..])]).is_none(),
+            "had once: SQLite knows who has it"
+        );
+        // Indexed by the writer (before its commit): SQLite is asked again.
+        cache.indexing(ResourceType::Patient, "sys", "new");
+        assert!(cache.lookup(&lookups).is_none());
+        // Beside an identifier held, in one lookup.
+        cache.publish(Published {
+            versions: vec![stored("a", 1)],
+            tokens: vec![(token("1"), Some(vec!["a".into()]))],
+            clocks: vec![(ResourceType::Patient, "a".into(), Some(5))],
+            forgotten: vec![],
+        });
+        let keys = [
+            ("sys".to_string(), "1".to_string()),
+            ("sys".to_string(), "other".to_string()),
+        ];
+        let found = cache.lookup(&[(ResourceType::Patient, &keys[..])]).unwrap();
+        assert_eq!(found[0].len(), 1);
+        assert_eq!(found[0][0].0.id, "a");
+        // Not for a store another process may write.
+        let shared = Cache::new(8, false);
+        shared.set_known(Known::load([], MAX_IDENTIFIERS));
+        assert!(shared.lookup(&lookups).is_none());
     }
 
     #[test]

@@ -30,6 +30,7 @@ mod cache;
 mod checkpoint;
 mod durable;
 mod keys;
+mod known;
 mod outbox;
 mod search;
 mod walbatch;
@@ -180,6 +181,9 @@ impl SqliteStore {
         let cache = Arc::new(cache::Cache::new(options.cache_resources, lock.is_some()));
         let writer_cache = cache.clone();
         let mut conn = open_writer(&path)?;
+        if cache.keeps_lookups() {
+            cache.set_known(known_identifiers(&conn, &cache)?);
+        }
         let checkpointer = checkpoint::Checkpointer::start(
             &mut conn,
             open_checkpointer(&path)?,
@@ -913,6 +917,30 @@ fn index_new_params(conn: &Connection, params: &[(ResourceType, &str)]) -> Resul
 }
 
 /// The checkpoint thread's connection: durable as the writer's.
+/// Every identifier in the store, for [`known`]: read before the writer
+/// starts, so nothing is indexed meanwhile.
+fn known_identifiers(conn: &Connection, cache: &cache::Cache) -> Result<known::Known, StoreError> {
+    let mut stmt =
+        conn.prepare("SELECT system, value FROM idx_token WHERE type=?1 AND param='identifier'")?;
+    let mut prints = Vec::new();
+    for ty in ResourceType::ALL {
+        let mut rows = stmt.query([ty.as_str()])?;
+        while let Some(row) = rows.next()? {
+            if prints.len() > known::MAX_IDENTIFIERS {
+                break;
+            }
+            // A value stored as other than text is never equal to the text
+            // a lookup binds: SQLite would not find it either.
+            let (Ok(system), Ok(value)) = (row.get_ref(0)?.as_str(), row.get_ref(1)?.as_str())
+            else {
+                continue;
+            };
+            prints.push(cache.fingerprint(ty, system, value));
+        }
+    }
+    Ok(known::Known::load(prints, known::MAX_IDENTIFIERS))
+}
+
 fn open_checkpointer(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open(path)?;
     configure(&conn)?;

@@ -698,6 +698,10 @@ impl Writer {
         if let [Clause::Token { param, any_of }] = query.clauses.as_slice()
             && let [TokenMatch::SystemValue(system, value)] = any_of.as_slice()
         {
+            // A new patient's or visit's identifier: no resource has had it.
+            if *param == "identifier" && self.cache.never_had(query.resource_type, system, value) {
+                return Ok(Vec::new());
+            }
             let mut stmt = self.conn.prepare_cached(
                 "SELECT id FROM idx_token WHERE type=?1 AND param=?2 AND value=?3 AND system=?4 LIMIT 2",
             )?;
@@ -921,6 +925,9 @@ impl Writer {
         matched_nothing: Option<&SearchQuery>,
     ) -> Result<(), StoreError> {
         let (before, after) = (identifier_rows(old), identifier_rows(new));
+        for &(value, system) in after.iter().filter(|k| !before.contains(k)) {
+            self.cache.indexing(ty, system, value);
+        }
         let unheld = match matched_nothing {
             Some(condition) if !self.bulk => identifiers_of(condition),
             _ => Vec::new(),
