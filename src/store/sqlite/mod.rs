@@ -182,7 +182,9 @@ impl SqliteStore {
         let writer_cache = cache.clone();
         let mut conn = open_writer(&path)?;
         if cache.keeps_lookups() {
-            cache.set_known(known_identifiers(&conn, &cache)?);
+            // On a connection of its own, closed after: the scan's pages
+            // stay out of the writer's page cache.
+            cache.set_known(known_identifiers(&open_reader(&path)?, &cache)?);
         }
         let checkpointer = checkpoint::Checkpointer::start(
             &mut conn,
