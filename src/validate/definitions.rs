@@ -38,7 +38,7 @@ pub struct TypeDef {
     pub kind: Kind,
     pub elements: Vec<ElementDef>,
     /// JSON member name → (element index, index into that element's types),
-    /// sorted by name for binary search.
+    /// sorted by [`by_length`] for binary search.
     members: Vec<(Box<str>, u16, u16)>,
     pub invariants: Vec<Invariant>,
 }
@@ -205,7 +205,7 @@ impl Definitions {
                     format!("{} has over {MAX_ELEMENTS} elements", ty.name),
                 ));
             }
-            ty.members.sort_by(|a, b| a.0.cmp(&b.0));
+            ty.members.sort_by(|a, b| by_length(&a.0, &b.0));
         }
         Ok(Definitions {
             types,
@@ -221,7 +221,7 @@ impl TypeDef {
     /// which of its types the name picks.
     pub fn member(&self, name: &str) -> Option<(usize, usize)> {
         self.members
-            .binary_search_by(|(n, _, _)| n.as_ref().cmp(name))
+            .binary_search_by(|(n, _, _)| by_length(n, name))
             .ok()
             .map(|i| {
                 let (_, element, ty) = &self.members[i];
@@ -235,6 +235,13 @@ impl TypeDef {
             _ => None,
         }
     }
+}
+
+/// Member names in order of length, then of bytes: a binary search then
+/// compares the bytes of only the few names as long as the one sought
+/// (its string comparisons were ~1% of the HL7 v2 feed's time, perf).
+fn by_length(a: &str, b: &str) -> std::cmp::Ordering {
+    (a.len(), a.as_bytes()).cmp(&(b.len(), b.as_bytes()))
 }
 
 /// A `resource`, `type` or `base` block of the text: its line, keyword, name
