@@ -116,18 +116,24 @@ impl KnownPatients {
         self.facts.get(key).cloned()
     }
 
-    fn keep(&mut self, key: &str, facts: Arc<PatientFacts>) {
+    /// Keeps `facts`; returns the facts forgotten to make room, to be
+    /// dropped once the lock is released (freeing them, long cold, was most
+    /// of the time spent holding it).
+    #[must_use]
+    fn keep(&mut self, key: &str, facts: Arc<PatientFacts>) -> Option<Arc<PatientFacts>> {
         if self.facts.contains_key(key) {
-            return;
+            return None;
         }
+        let mut forgotten = None;
         if self.order.len() >= KNOWN_PATIENTS
             && let Some(oldest) = self.order.pop_front()
         {
-            self.facts.remove(&oldest);
+            forgotten = self.facts.remove(&oldest);
         }
         let key: Box<str> = key.into();
         self.order.push_back(key.clone());
         self.facts.insert(key, facts);
+        forgotten
     }
 }
 
@@ -409,7 +415,9 @@ impl Feed {
 
     fn keep_facts(&self, key: &str, facts: Arc<PatientFacts>) {
         let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
-        known.keep(key, facts);
+        let forgotten = known.keep(key, facts);
+        drop(known);
+        drop(forgotten);
     }
 
     /// Locks the stripes of every identifier the message names.
