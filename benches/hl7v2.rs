@@ -179,15 +179,17 @@ fn main() {
         stream(&mllp, 20_000_000, 60).await;
         let cpu_before = cpu_seconds(pid);
         let writer_before = thread_cpu_seconds(pid, "store-writer");
+        let client_before = cpu_seconds(std::process::id());
         let started = Instant::now();
         let (latencies, refused) = stream(&mllp, 0, per_connection).await;
         let cpu = (
             cpu_seconds(pid) - cpu_before,
             thread_cpu_seconds(pid, "store-writer") - writer_before,
+            cpu_seconds(std::process::id()) - client_before,
         );
         (started.elapsed(), latencies, refused, cpu)
     });
-    let (cpu, writer_cpu) = cpu;
+    let (cpu, writer_cpu, client_cpu) = cpu;
     let (hwm, rss) = rss_kib(gateway.id());
     let _ = gateway.kill();
     let _ = gateway.wait();
@@ -202,7 +204,7 @@ fn main() {
         "end to end over MLLP, {CONNECTIONS} connections: {total} messages in {:.2} s = {:.0} messages/s; \
          ACK p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms; {refused} not AA; \
          gateway CPU {:.0} µs/message ({:.0}% of 2 cores), of which the store writer {:.0} µs; \
-         RSS {:.1} MiB (peak {:.1} MiB)",
+         the client {:.0} µs/message; RSS {:.1} MiB (peak {:.1} MiB)",
         elapsed.as_secs_f64(),
         total as f64 / elapsed.as_secs_f64(),
         pct(0.5),
@@ -212,6 +214,7 @@ fn main() {
         cpu * 1e6 / total as f64,
         cpu / elapsed.as_secs_f64() * 50.0,
         writer_cpu * 1e6 / total as f64,
+        client_cpu * 1e6 / total as f64,
         rss as f64 / 1024.0,
         hwm as f64 / 1024.0,
     );
