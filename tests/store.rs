@@ -1115,8 +1115,19 @@ async fn identifiers_never_indexed_are_answered_from_memory() {
         .unwrap();
 
     // ...and one its writer indexes is found from then on, after the cache
-    // has let it go too.
+    // has let it go too: by a create, by an update adding it, by a bulk job.
     put_identified(&store, "b", None, &[(NHS, n2)], 2_000).await;
+    put_identified(
+        &store,
+        "a",
+        Some(1),
+        &[(NHS, n1), (MRN, "M1"), (MRN, "M7")],
+        1_500,
+    )
+    .await;
+    let n4 = nhs_number(4);
+    let results = store.write_each(vec![create(&n4)]).await.unwrap();
+    assert!(matches!(results[0], Ok(WriteOutcome::Applied(_))));
     for n in 10..14 {
         put_identified(
             &store,
@@ -1135,6 +1146,12 @@ async fn identifiers_never_indexed_are_answered_from_memory() {
         create_unless(&store, NHS, n2).await,
         (Change::Existing, "b".into())
     );
+    assert_eq!(
+        looked_up(&store, &[(MRN, "M7")]).await,
+        vec![("a".into(), 2, Some(1_500))]
+    );
+    assert_eq!(looked_up(&store, &[(NHS, &n4)]).await.len(), 1);
+    assert_eq!(create_unless(&store, NHS, &n4).await.0, Change::Existing);
     let (change, _) = create_unless(&store, NHS, &nhs_number(20)).await;
     assert_eq!(change, Change::Created);
     beside.close().await;

@@ -256,9 +256,9 @@ type Spans = (Vec<SegSpan>, Vec<(usize, usize)>);
 /// Records segment and field spans in one pass over `body`.
 fn index(body: &str, fs: char) -> Result<Spans, ParseError> {
     // Sized for an ADT message at once (about a field per 4–5 bytes), not
-    // grown eight times over.
+    // grown eight times over; a large message (a base64 OBX-5) grows.
     let mut segments = Vec::with_capacity(8);
-    let mut fields = Vec::with_capacity(body.len() / 4 + 8);
+    let mut fields = Vec::with_capacity((body.len() / 4 + 8).min(1024));
     let fs_len = fs.len_utf8();
     let mut offset = 0;
     for line in body.split(['\r', '\n']) {

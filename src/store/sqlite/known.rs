@@ -88,14 +88,15 @@ pub(super) struct Known {
 }
 
 impl Known {
-    /// The identifiers `rows` yields (all the store has), or an incomplete
-    /// set (answering nothing) if they are more than `max`.
+    /// The identifiers `rows` yields (one per index row the store has), or
+    /// an incomplete set (answering nothing) if the rows are more than
+    /// `max`, repeated fingerprints counted.
     pub(super) fn load(rows: impl IntoIterator<Item = Fingerprint>, max: usize) -> Known {
         let rows = rows.into_iter();
         let mut known = Known::default();
         known.set.reserve(rows.size_hint().0.min(max));
-        for fingerprint in rows {
-            if known.set.len() >= max {
+        for (n, fingerprint) in rows.enumerate() {
+            if n >= max {
                 return Known::default();
             }
             known.set.insert(fingerprint);
@@ -155,9 +156,15 @@ mod tests {
     fn past_its_bound_the_set_answers_nothing() {
         let prints = Fingerprints::new();
         let of = |n: usize| prints.of(ResourceType::Patient, "s", &n.to_string());
-        // Loaded past the bound: incomplete from the start.
+        // Loaded past the bound: incomplete from the start, the rows
+        // counted and not the distinct fingerprints (an identifier held by
+        // two resources is two rows).
         let known = Known::load((0..5).map(of), 4);
         assert!(!known.never_had(of(99)));
+        let known = Known::load([0, 0, 1, 2, 3].map(of), 4);
+        assert!(!known.never_had(of(99)));
+        let known = Known::load([0, 0, 1, 2].map(of), 4);
+        assert!(known.never_had(of(99)));
         // Grown past it: given up, memory released.
         let mut known = Known::load((0..4).map(of), 4);
         assert!(known.never_had(of(99)));
@@ -168,6 +175,35 @@ mod tests {
         assert_eq!(known.len(), 0);
         known.add(of(5), 4);
         assert_eq!(known.len(), 0, "an incomplete set stays empty");
+    }
+
+    #[test]
+    fn a_store_s_identifiers_of_every_type_are_loaded_and_counted_by_row() {
+        use super::super::{cache::Cache, known_identifiers, open_writer};
+        let dir = tempfile::tempdir().unwrap();
+        let conn = open_writer(&dir.path().join("gateway.sqlite")).unwrap();
+        conn.execute_batch(
+            "INSERT INTO idx_token(type, param, value, system, id) VALUES
+             ('Patient', 'identifier', '9990000026', 'nhs', 'a'),
+             ('Patient', 'identifier', '9990000026', 'nhs', 'b'),
+             ('Encounter', 'identifier', 'V1', '', 'e'),
+             ('Encounter', 'status', 'finished', 'status', 'e')",
+        )
+        .unwrap();
+        let cache = Cache::new(8, true);
+        let known = known_identifiers(&conn, &cache, 3).unwrap();
+        let had = |ty, system, value| !known.never_had(cache.fingerprint(ty, system, value));
+        assert!(had(ResourceType::Patient, "nhs", "9990000026"));
+        assert!(had(ResourceType::Encounter, "", "V1"));
+        assert!(!had(ResourceType::Patient, "nhs", "9990000034"));
+        assert!(
+            !had(ResourceType::Encounter, "status", "finished"),
+            "identifiers only"
+        );
+        // Three identifier rows (one identifier on two patients): past a
+        // bound of two, the set answers nothing.
+        let known = known_identifiers(&conn, &cache, 2).unwrap();
+        assert!(!known.never_had(cache.fingerprint(ResourceType::Patient, "nhs", "9990000034")));
     }
 
     #[test]

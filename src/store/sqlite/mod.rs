@@ -184,7 +184,13 @@ impl SqliteStore {
         if cache.keeps_lookups() {
             // On a connection of its own, closed after: the scan's pages
             // stay out of the writer's page cache.
-            cache.set_known(known_identifiers(&open_reader(&path)?, &cache)?);
+            match open_reader(&path)
+                .and_then(|conn| known_identifiers(&conn, &cache, known::MAX_IDENTIFIERS))
+            {
+                Ok(known) => cache.set_known(known),
+                // As before the set: every identifier looked up in SQLite.
+                Err(err) => tracing::warn!(error = %err, "could not read the store's identifiers"),
+            }
         }
         let checkpointer = checkpoint::Checkpointer::start(
             &mut conn,
@@ -918,18 +924,22 @@ fn index_new_params(conn: &Connection, params: &[(ResourceType, &str)]) -> Resul
     Ok(())
 }
 
-/// The checkpoint thread's connection: durable as the writer's.
 /// Every identifier in the store, for [`known`]: read before the writer
-/// starts, so nothing is indexed meanwhile.
-fn known_identifiers(conn: &Connection, cache: &cache::Cache) -> Result<known::Known, StoreError> {
+/// starts, so nothing is indexed meanwhile. More than `max` rows: a set
+/// that answers nothing (rows not read would be missing from it).
+fn known_identifiers(
+    conn: &Connection,
+    cache: &cache::Cache,
+    max: usize,
+) -> Result<known::Known, StoreError> {
     let mut stmt =
         conn.prepare("SELECT system, value FROM idx_token WHERE type=?1 AND param='identifier'")?;
     let mut prints = Vec::new();
     for ty in ResourceType::ALL {
         let mut rows = stmt.query([ty.as_str()])?;
         while let Some(row) = rows.next()? {
-            if prints.len() > known::MAX_IDENTIFIERS {
-                break;
+            if prints.len() >= max {
+                return Ok(known::Known::default());
             }
             // A value stored as other than text is never equal to the text
             // a lookup binds: SQLite would not find it either.
@@ -940,9 +950,10 @@ fn known_identifiers(conn: &Connection, cache: &cache::Cache) -> Result<known::K
             prints.push(cache.fingerprint(ty, system, value));
         }
     }
-    Ok(known::Known::load(prints, known::MAX_IDENTIFIERS))
+    Ok(known::Known::load(prints, max))
 }
 
+/// The checkpoint thread's connection: durable as the writer's.
 fn open_checkpointer(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open(path)?;
     configure(&conn)?;

@@ -905,6 +905,14 @@ impl Writer {
             (&old.dates, &keys.dates),
             |(param, lo, hi)| [param, lo, hi],
         )?;
+        // Whatever the cache answers now: a reader may still be answering
+        // from the set of known identifiers while the store closes.
+        let before = identifier_rows(&old);
+        for (value, system) in identifier_rows(&keys) {
+            if !before.contains(&(value, system)) {
+                self.cache.indexing(resource.resource_type, system, value);
+            }
+        }
         if self.cache.keeps_lookups() {
             self.changed_identifiers(resource.resource_type, id, &old, &keys, matched_nothing)?;
         }
@@ -925,9 +933,6 @@ impl Writer {
         matched_nothing: Option<&SearchQuery>,
     ) -> Result<(), StoreError> {
         let (before, after) = (identifier_rows(old), identifier_rows(new));
-        for &(value, system) in after.iter().filter(|k| !before.contains(k)) {
-            self.cache.indexing(ty, system, value);
-        }
         let unheld = match matched_nothing {
             Some(condition) if !self.bulk => identifiers_of(condition),
             _ => Vec::new(),
