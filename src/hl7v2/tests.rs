@@ -254,6 +254,14 @@ fn non_standard_delimiters() {
         parse("MSH$%*#@$A|B^C~D\\E&F").get("MSH-3").as_deref(),
         Some("A|B^C~D\\E&F")
     );
+    // Delimiters outside ASCII split where they stand, not inside other
+    // characters (components and subcomponents are split on bytes when
+    // their delimiter is ASCII).
+    let m = parse("MSH|§~\\¤|PAS\rPID|1||é§ü¤ö§§x~y§z");
+    assert_eq!(m.get("PID-3[1].1").as_deref(), Some("é"));
+    assert_eq!(m.get("PID-3[1].2.2").as_deref(), Some("ö"));
+    assert_eq!(m.get("PID-3[1].4").as_deref(), Some("x"));
+    assert_eq!(m.get("PID-3[2].2").as_deref(), Some("z"));
 }
 
 #[test]
