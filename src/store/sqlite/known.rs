@@ -24,8 +24,8 @@
 //! gateway answered its first message 0.18 s later (0.30 s against 0.12 s),
 //! and its RSS was 19 MB larger (33 against 14 MB), of which the set itself
 //! is ~10 MB (a bucket of 5 bytes for every 0.5–0.9 identifiers). Past
-//! [`MAX_IDENTIFIERS`] the set is dropped and every lookup goes to SQLite
-//! again.
+//! [`MAX_IDENTIFIERS`] identifier rows the set is dropped and every lookup
+//! goes to SQLite again.
 
 use std::collections::HashSet;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
