@@ -254,9 +254,15 @@ fn non_standard_delimiters() {
         parse("MSH$%*#@$A|B^C~D\\E&F").get("MSH-3").as_deref(),
         Some("A|B^C~D\\E&F")
     );
-    // Delimiters outside ASCII split where they stand, not inside other
-    // characters (components and subcomponents are split on bytes when
-    // their delimiter is ASCII).
+    // Components and subcomponents are split on bytes when their delimiter
+    // is ASCII: never inside a character around it...
+    let m = parse("MSH|^~\\&|PAS\rPID|1||é^ü&ö~ß^^€");
+    assert_eq!(m.get("PID-3[1].1").as_deref(), Some("é"));
+    assert_eq!(m.get("PID-3[1].2.1").as_deref(), Some("ü"));
+    assert_eq!(m.get("PID-3[1].2.2").as_deref(), Some("ö"));
+    assert_eq!(m.get("PID-3[2].1").as_deref(), Some("ß"));
+    assert_eq!(m.get("PID-3[2].3").as_deref(), Some("€"));
+    // ...and delimiters outside ASCII split where they stand.
     let m = parse("MSH|§~\\¤|PAS\rPID|1||é§ü¤ö§§x~y§z");
     assert_eq!(m.get("PID-3[1].1").as_deref(), Some("é"));
     assert_eq!(m.get("PID-3[1].2.2").as_deref(), Some("ö"));
