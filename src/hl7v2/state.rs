@@ -776,25 +776,27 @@ fn order(o: Map<String, Value>, keys: &[&str]) -> Map<String, Value> {
 pub fn rewrite(stored: &str, old: &Value, new: &Value) -> Option<Written> {
     let members = written_members(stored).ok()?;
     let (old, new) = (old.as_object()?, new.as_object()?);
-    let mut changed = members.len() != new.len();
-    let mut out = WrittenObject::with_capacity(stored.len() + 256);
-    for (key, value) in new {
-        let kept = members.iter().find(|m| m.key == key.as_str());
-        match kept {
-            Some(m) if old.get(key).is_some_and(|o| same_value(o, value)) => {
-                out.push_raw(key, m.value);
-            }
-            _ => {
-                changed = true;
-                out.push_value(key, value);
-            }
-        }
+    // For each new member, its stored bytes when equal to the stored value.
+    let kept: Vec<Option<&str>> = new
+        .iter()
+        .map(|(key, value)| {
+            let m = members.iter().find(|m| m.key == key.as_str())?;
+            old.get(key)
+                .is_some_and(|o| same_value(o, value))
+                .then_some(m.value)
+        })
+        .collect();
+    let changed = members.len() != new.len() || kept.iter().any(Option::is_none);
+    // Same members, same values, same order: nothing to write (decided
+    // before writing, as an A08 repeating what is stored often is).
+    if !changed && members.iter().map(|m| &m.key).eq(new.keys()) {
+        return None;
     }
-    if !changed {
-        // Same members, same values: only the order could differ.
-        let same_order = members.iter().map(|m| &m.key).eq(new.keys());
-        if same_order {
-            return None;
+    let mut out = WrittenObject::with_capacity(stored.len() + 256);
+    for ((key, value), kept) in new.iter().zip(kept) {
+        match kept {
+            Some(raw) => out.push_raw(key, raw),
+            None => out.push_value(key, value),
         }
     }
     Some(out.finish())
@@ -1270,5 +1272,16 @@ mod tests {
         assert_eq!(out.members().unwrap(), written_members(text).unwrap());
         let keys: Vec<_> = out.members().unwrap().into_iter().map(|m| m.key).collect();
         assert_eq!(keys, ["resourceType", "id", "extension", "gender"]);
+        // Same members and values in another order: a change, the stored
+        // bytes kept in the new order.
+        let mut reordered = serde_json::Map::new();
+        for key in ["resourceType", "id", "gender", "extension"] {
+            reordered.insert(key.into(), old[key].clone());
+        }
+        let out = rewrite(stored, &old, &Value::Object(reordered)).unwrap();
+        assert_eq!(
+            out.text(),
+            r#"{"resourceType":"Patient","id":"a","gender":"male","extension":[{"url":"x","valueDecimal":1.50}]}"#
+        );
     }
 }

@@ -918,19 +918,18 @@ impl Writer {
         )?;
         // Whatever the cache answers now: a reader may still be answering
         // from the set of known identifiers while the store closes.
-        let before = identifier_rows(&old);
-        for (value, system) in identifier_rows(&keys) {
-            if !before.contains(&(value, system)) {
-                self.cache.indexing(resource.resource_type, system, value);
-            }
+        let (before, after) = (identifier_rows(&old), identifier_rows(&keys));
+        for &(value, system) in after.iter().filter(|k| !before.contains(k)) {
+            self.cache.indexing(resource.resource_type, system, value);
         }
         if self.cache.keeps_lookups() {
-            self.changed_identifiers(resource.resource_type, id, &old, &keys, matched_nothing)?;
+            self.changed_identifiers(resource.resource_type, id, &before, &after, matched_nothing)?;
         }
         Ok(keys)
     }
 
-    /// For the cache: each identifier `old` or `new` has and the other has
+    /// For the cache: each identifier (as `(value, system)`) that `before`
+    /// (the stored rows) or `after` (the new ones) has and the other has
     /// not, with every resource that has it now. Those named by
     /// `matched_nothing` (a create's If-None-Exist that matched nothing: no
     /// other resource has them) are not read. A bulk job publishes each as
@@ -939,11 +938,10 @@ impl Writer {
         &mut self,
         ty: ResourceType,
         id: &str,
-        old: &Keys,
-        new: &Keys,
+        before: &[(&str, &str)],
+        after: &[(&str, &str)],
         matched_nothing: Option<&SearchQuery>,
     ) -> Result<(), StoreError> {
-        let (before, after) = (identifier_rows(old), identifier_rows(new));
         let unheld = match matched_nothing {
             Some(condition) if !self.bulk => identifiers_of(condition),
             _ => Vec::new(),
