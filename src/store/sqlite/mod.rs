@@ -32,6 +32,7 @@ mod durable;
 mod keys;
 mod known;
 mod outbox;
+mod paced;
 mod search;
 mod walbatch;
 mod writer;
@@ -953,9 +954,14 @@ fn known_identifiers(
     Ok(known::Known::load(prints, max))
 }
 
-/// The checkpoint thread's connection: durable as the writer's.
+/// The checkpoint thread's connection: durable as the writer's, its pages
+/// written back in steps ([`paced`]).
 fn open_checkpointer(path: &Path) -> Result<Connection, StoreError> {
-    let conn = Connection::open(path)?;
+    let conn = if paced::register() {
+        Connection::open_with_flags_and_vfs(path, rusqlite::OpenFlags::default(), paced::NAME)?
+    } else {
+        Connection::open(path)?
+    };
     configure(&conn)?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     Ok(conn)
