@@ -32,11 +32,17 @@
 //!   write-back error it reports is consumed for that descriptor (Linux
 //!   reports each error once per open file), so the shim remembers it and
 //!   fails the next `xSync` with `SQLITE_IOERR_FSYNC`, as the sync would
-//!   have: SQLite then never counts those pages copied.
+//!   have, and stops pacing the file: SQLite sees every error it would have
+//!   seen, at the same call. (As without the shim, an error in the pages of
+//!   a pass that stopped short of the WAL's end, which SQLite counts copied
+//!   without a sync, is reported by the next sync and not undone.) Only
+//!   `ENOSYS` and `ESPIPE`, returned before any work, say the file cannot
+//!   be paced and are not kept: any other errno from a valid call is a
+//!   write-back error (ext4 reports a block layer's `EINVAL` as such).
 //! - The descriptor is read from the unix VFS's file (its fourth field,
-//!   unchanged since 2008) and used only when `fstat` shows it is the
-//!   database file itself. Otherwise, or off Linux, the shim only passes
-//!   calls through.
+//!   unchanged since 2008), used only when `fstat` shows it is the database
+//!   file itself, and read again before each write-back (SQLite may close
+//!   it). Otherwise, or off Linux, the shim only passes calls through.
 //!
 //! Files other than the main database file (the WAL, journals) are opened
 //! by SQLite's VFS directly, with its own methods.
@@ -273,29 +279,37 @@ impl DbFile {
     /// Writes the recorded ranges back, step by step, and forgets them.
     fn write_back(&mut self) {
         let ranges = std::mem::take(&mut self.ranges);
-        let Some(fd) = self.fd else {
+        // SAFETY: `under` is the unix VFS's open file (`open` checked the
+        // VFS, and `fd` is only set then).
+        let current = unsafe { (*self.under.cast::<UnixFilePrefix>()).h };
+        let Some(fd) = self.fd.filter(|fd| *fd == current) else {
+            self.fd = None;
             return;
         };
         let steps = steps(ranges, STEP);
         let last = steps.len();
         for (i, (start, end, covered)) in steps.into_iter().enumerate() {
-            match write_range(fd, start, end - start) {
-                Ok(()) => {}
-                Err(err) if is_unsupported(&err) => {
-                    // Not a failure of the disk: this file cannot be paced.
-                    self.fd = None;
-                    return;
-                }
-                Err(_) => {
-                    self.failed = true;
-                    return;
-                }
+            if let Err(err) = write_range(fd, start, end - start) {
+                self.step_failed(&err);
+                return;
             }
             self.steps += 1;
             self.stepped += covered;
             if i + 1 < last {
                 std::thread::sleep(PAUSE);
             }
+        }
+    }
+}
+
+impl DbFile {
+    /// After a failed step, SQLite's own sync, and its errors, take over; a
+    /// write-back error fails the next sync.
+    fn step_failed(&mut self, err: &std::io::Error) {
+        self.fd = None;
+        if !is_unsupported(err) {
+            tracing::warn!(error = %err, "writing checkpointed pages back failed; the next sync fails");
+            self.failed = true;
         }
     }
 }
@@ -312,7 +326,7 @@ fn steps(mut ranges: Vec<(i64, i64)>, step: i64) -> Vec<(i64, i64, i64)> {
         while start < end {
             let current = open.get_or_insert((start, start, 0));
             let take = (end - start).min(step - current.2);
-            current.1 = start + take;
+            current.1 = current.1.max(start + take);
             current.2 += take;
             start += take;
             if current.2 >= step {
@@ -343,14 +357,12 @@ fn write_range(_fd: c_int, _start: i64, _len: i64) -> std::io::Result<()> {
     Err(std::io::ErrorKind::Unsupported.into())
 }
 
-/// Errors that say the call cannot be made on this file, not that a write
-/// failed: nothing is lost, and the file is no longer paced.
+/// Errors that say the call cannot be made on this file, returned before
+/// any work: nothing is lost, and the file is no longer paced. Every other
+/// error is a write-back error (see the module's notes).
 fn is_unsupported(err: &std::io::Error) -> bool {
     err.kind() == std::io::ErrorKind::Unsupported
-        || matches!(
-            err.raw_os_error(),
-            Some(libc::ENOSYS | libc::EINVAL | libc::ESPIPE | libc::EBADF)
-        )
+        || matches!(err.raw_os_error(), Some(libc::ENOSYS | libc::ESPIPE))
 }
 
 unsafe extern "C" fn write(
@@ -496,6 +508,11 @@ mod tests {
             steps(vec![(0, 10_000)], 4096),
             vec![(0, 4096, 4096), (4096, 8192, 4096), (8192, 10_000, 1808)]
         );
+        assert_eq!(
+            steps(vec![(0, 10), (5, 8)], 100),
+            vec![(0, 10, 13)],
+            "a step never ends before a range it covers"
+        );
         assert!(steps(Vec::new(), 10).is_empty());
     }
 
@@ -604,6 +621,8 @@ mod tests {
 
     /// A failed write-back step fails the sync that follows it, so SQLite
     /// does not count the pages copied; the next pass copies them again.
+    /// (The step itself cannot be made to fail here: `step_failed` is
+    /// checked on its own below.)
     #[test]
     fn a_failed_step_fails_the_sync() {
         let dir = tempfile::tempdir().unwrap();
@@ -625,9 +644,37 @@ mod tests {
             Some(ffi::SQLITE_IOERR_FSYNC),
             "{err}"
         );
+        let stepped = shim(&mut conn).stepped;
+        assert!(stepped >= 12 * 4096, "the row's pages: {stepped} bytes");
         assert!(!shim(&mut conn).failed, "reported once");
         let (frames, copied) = checkpoint(&conn).unwrap();
         assert_eq!(copied, frames);
-        assert!(frames > 0);
+        assert!(
+            shim(&mut conn).stepped - stepped >= 12 * 4096,
+            "the same pages copied again"
+        );
+    }
+
+    #[test]
+    fn only_a_call_refused_up_front_is_not_a_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = checkpointer(&dir.path().join("db"));
+        let shim = shim(&mut conn);
+        let fd = shim.fd;
+        assert!(fd.is_some());
+        for (errno, failure) in [
+            (libc::EIO, true),
+            (libc::ENOSPC, true),
+            (libc::EINVAL, true),
+            (libc::EBADF, true),
+            (libc::ENOSYS, false),
+            (libc::ESPIPE, false),
+        ] {
+            (shim.fd, shim.failed) = (fd, false);
+            shim.step_failed(&std::io::Error::from_raw_os_error(errno));
+            assert_eq!(shim.failed, failure, "errno {errno}");
+            assert_eq!(shim.fd, None, "errno {errno}: no longer paced");
+        }
+        shim.failed = false;
     }
 }
