@@ -3,10 +3,11 @@
 //! SQLite's default is to checkpoint inside the commit that takes the WAL
 //! past 1,000 pages: the writer thread then copies every page into the
 //! database file and fsyncs it while the jobs queued behind it wait. Here the
-//! writer's WAL hook only signals, once per 1,000 pages written, and this
-//! thread runs a PASSIVE checkpoint on its own connection, which never blocks
-//! the writer (nor is blocked by it), so copying pages overlaps the next
-//! commits instead of delaying them.
+//! writer's WAL hook only signals, once per [`DEFAULT_CHECKPOINT_BYTES`]
+//! written, and this thread runs a PASSIVE checkpoint on its own connection,
+//! which never blocks the writer (nor is blocked by it), so copying pages
+//! overlaps the next commits instead of delaying them; the pages it copies
+//! are written back in steps ([`super::paced`]).
 //!
 //! Copying pages is not enough to bound the WAL: SQLite starts writing it
 //! over from the beginning only when a write transaction begins with every
@@ -25,25 +26,27 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
 /// WAL growth after which a checkpoint is asked for, unless configured
-/// otherwise ([`SqliteOptions::checkpoint_bytes`](super::SqliteOptions)):
-/// SQLite's own default for automatic checkpoints (1,000 pages of 4 KiB).
+/// otherwise ([`SqliteOptions::checkpoint_bytes`](super::SqliteOptions)).
 ///
-/// A checkpoint writes the pages it copies into the database file and syncs
-/// it, and the commits' own syncs wait behind that on the disk. Larger
-/// intervals were measured on the HL7 v2 bench (2026-11-23) and not kept:
-/// - 16 MiB: 13-19% more messages/s in most alternating pairs (2,605-3,228
-///   against 2,216-2,641), but the larger checkpoints' syncs stalled commits:
-///   ACK p99.9 31-156 ms and max 40-267 ms, against 21-22 ms and 25-33 ms;
-/// - 8 MiB: within the drift (2,146-2,532 against 2,097-2,258 messages/s),
-///   with one p99 over 20 ms and a 79 ms maximum;
-/// - none at all (1 GiB): three pairs faster by 6-39%, ACK p99 9-13 ms: the
-///   commits' syncs are slower while a checkpoint writes.
-///
-/// The 50,000-row GP list took the same time with 16 MiB.
-pub const DEFAULT_CHECKPOINT_BYTES: i64 = 4 * 1024 * 1024;
+/// A checkpoint writes the pages it copies into the database file, and the
+/// commits' own syncs wait behind that on the disk. Fewer, larger passes
+/// copy a page rewritten by many commits once, and sync the WAL and the file
+/// fewer times, but before the pass's pages were written back in steps
+/// ([`super::paced`]) their write-back stalled commits. HL7 v2 bench:
+/// - 2026-11-23, unpaced: 16 MiB gave 13-19% more messages/s in most
+///   alternating pairs (2,605-3,228 against 2,216-2,641), but ACK p99.9
+///   31-156 ms and max 40-267 ms, against 21-22 ms and 25-33 ms with 4 MiB;
+/// - 2026-11-24, paced, runs of 144,000 messages: 16 MiB 6,342 and 6,397
+///   messages/s, ACK p99 6.5 ms, p99.9 12.5-13.0 ms, max 17-19 ms; 8 MiB
+///   6,063 and 5,505; 4 MiB 5,873 and 5,659, p99 6.1-6.4, p99.9 8.8-9.4,
+///   max 13-14 ms (4 MiB unpaced: 5,764 and 5,587, p99 9.5-9.6 ms).
+pub const DEFAULT_CHECKPOINT_BYTES: i64 = 16 * 1024 * 1024;
 /// Most frames the writer copies itself to let the WAL start over: the
 /// pages of a few groups, a fraction of a millisecond to copy.
 const SETTLE_BYTES: i64 = 1024 * 1024;
+/// The WAL's limit is never lower than this (a larger commit than the
+/// checkpoint interval would meet it at once).
+const MIN_LIMIT_BYTES: i64 = 64 * 1024 * 1024;
 /// Longest the writer waits, with the WAL at its limit, for the checkpoint
 /// thread's pass to end so that it can copy the rest (a pass of a few MB
 /// takes tens of milliseconds, its fsync included).
@@ -83,10 +86,11 @@ impl Checkpointer {
     /// hooks `writer`'s commits to it. A checkpoint is asked for every
     /// `checkpoint_bytes` of WAL; the WAL is brought back to its beginning
     /// once it passes four times that (its bound), and the writer copies
-    /// whatever is left, however much, at sixteen times that (its limit):
-    /// when each commit is larger than [`SETTLE_BYTES`] (a GP list's
-    /// chunks, ~12 MB) the checkpoint thread is never that close right
-    /// after one, and the WAL reached 224 MB during a 50,000-row list.
+    /// whatever is left, however much, at eight times that and at least
+    /// [`MIN_LIMIT_BYTES`] (its limit): when each commit is larger than
+    /// [`SETTLE_BYTES`] (a GP list's chunks, ~12 MB) the checkpoint thread is
+    /// never that close right after one, and the WAL reached 224 MB during a
+    /// 50,000-row list. (Sixteen times 16 MiB let it reach 215 MB again.)
     pub fn start(
         writer: &mut Connection,
         conn: Connection,
@@ -134,7 +138,7 @@ impl Checkpointer {
             thread: Some(thread),
             restart_frames,
             settle_frames: frames(SETTLE_BYTES),
-            limit_frames: frames(checkpoint_bytes.saturating_mul(16)),
+            limit_frames: frames(checkpoint_bytes.saturating_mul(8).max(MIN_LIMIT_BYTES)),
         })
     }
 
