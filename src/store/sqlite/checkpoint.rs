@@ -44,6 +44,9 @@ pub const DEFAULT_CHECKPOINT_BYTES: i64 = 16 * 1024 * 1024;
 /// Most frames the writer copies itself to let the WAL start over: the
 /// pages of a few groups, a fraction of a millisecond to copy.
 const SETTLE_BYTES: i64 = 1024 * 1024;
+/// How long the checkpoint thread, caught up past the WAL's bound, leaves
+/// the writer to copy the rest (a group commits every ~1.5 ms under load).
+const SETTLE_ROOM: std::time::Duration = std::time::Duration::from_millis(2);
 /// The WAL's limit is never lower than this (a larger commit than the
 /// checkpoint interval would meet it at once).
 const MIN_LIMIT_BYTES: i64 = 64 * 1024 * 1024;
@@ -226,8 +229,15 @@ fn run(shared: &Shared, conn: &Connection, restart_frames: i32) {
             }
             state.due = false;
         }
-        // Past the bound, again until (nearly) everything is copied: each
-        // pass copies what was written during the one before.
+        // Past the bound, again until the WAL starts over: each pass copies
+        // what was written during the one before, until one is short enough
+        // for the writer to copy the rest between two groups (`settle`).
+        // Stopping at a pass that caught up was not enough: a pass of 16 MiB
+        // takes ~20 ms, the writer wrote ~440 frames meanwhile, more than it
+        // copies itself, and the WAL ran to its limit every time (128 MiB,
+        // 2026-11-24; the writer then copied ~3,900 frames in 10-11 ms while
+        // messages waited). Passes back to back were not either: the writer
+        // found one under way whenever it tried.
         let mut before = -1;
         let mut pause = std::time::Duration::from_millis(1);
         loop {
@@ -235,10 +245,17 @@ fn run(shared: &Shared, conn: &Connection, restart_frames: i32) {
                 // -1: the writer was checkpointing (see `settle`).
                 Ok((frames, copied)) if copied >= 0 => {
                     shared.copied.store(copied, Ordering::Relaxed);
-                    if frames < restart_frames || copied >= frames {
+                    if frames < restart_frames || (copied >= frames && copied == before) {
+                        // The WAL started over, or nothing was written since
+                        // the last pass: the writer's next group finds it
+                        // all copied.
                         break;
                     }
-                    if copied == before {
+                    if copied >= frames {
+                        // Caught up: the writer copies the few frames of
+                        // its groups since, unless a pass is under way.
+                        std::thread::sleep(SETTLE_ROOM);
+                    } else if copied == before {
                         // A reader still needs the frames after `copied`:
                         // wait for it, less often the longer it reads.
                         std::thread::sleep(pause);
