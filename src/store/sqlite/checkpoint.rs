@@ -47,8 +47,9 @@ const SETTLE_BYTES: i64 = 1024 * 1024;
 /// How long the checkpoint thread, caught up past the WAL's bound, leaves
 /// the writer to copy the rest (a group commits every ~1.5 ms under load).
 const SETTLE_ROOM: std::time::Duration = std::time::Duration::from_millis(2);
-/// The WAL's limit is never lower than this (a larger commit than the
-/// checkpoint interval would meet it at once).
+/// The WAL's bound and limit are never lower than these (with a small
+/// checkpoint interval, a GP list's commits would meet them at once).
+const MIN_BOUND_BYTES: i64 = 16 * 1024 * 1024;
 const MIN_LIMIT_BYTES: i64 = 64 * 1024 * 1024;
 /// Longest the writer waits, with the WAL at its limit, for the checkpoint
 /// thread's pass to end so that it can copy the rest (a pass of a few MB
@@ -88,12 +89,17 @@ impl Checkpointer {
     /// Starts the thread on `conn` (a connection to the same file) and
     /// hooks `writer`'s commits to it. A checkpoint is asked for every
     /// `checkpoint_bytes` of WAL; the WAL is brought back to its beginning
-    /// once it passes four times that (its bound), and the writer copies
-    /// whatever is left, however much, at eight times that and at least
-    /// [`MIN_LIMIT_BYTES`] (its limit): when each commit is larger than
-    /// [`SETTLE_BYTES`] (a GP list's chunks, ~12 MB) the checkpoint thread is
-    /// never that close right after one, and the WAL reached 224 MB during a
-    /// 50,000-row list. (Sixteen times 16 MiB let it reach 215 MB again.)
+    /// once it passes twice that and at least [`MIN_BOUND_BYTES`] (its
+    /// bound), and the writer copies whatever is left, however much, at four
+    /// times that and at least [`MIN_LIMIT_BYTES`] (its limit): when each
+    /// commit is larger than [`SETTLE_BYTES`] (a GP list's chunks, ~12 MB)
+    /// the checkpoint thread is never that close right after one, and the
+    /// WAL reached 224 MB during a 50,000-row list.
+    ///
+    /// With the default 16 MiB (2026-11-24): the HL7 v2 bench's WAL peaks at
+    /// 44-50 MiB, a GP list's at 65-68 MiB. A bound of four times and a
+    /// limit of eight let them reach 73-84 and 128 MiB for the same
+    /// throughput; sixteen times 16 MiB, 215 MB.
     pub fn start(
         writer: &mut Connection,
         conn: Connection,
@@ -107,7 +113,7 @@ impl Checkpointer {
         let frames = |bytes: i64| i32::try_from(bytes / page_size).unwrap_or(i32::MAX).max(1);
         let checkpoint_bytes = checkpoint_bytes.max(page_size);
         let threshold = frames(checkpoint_bytes);
-        let restart_frames = frames(checkpoint_bytes.saturating_mul(4));
+        let restart_frames = frames(checkpoint_bytes.saturating_mul(2).max(MIN_BOUND_BYTES));
         // Replaces SQLite's automatic checkpoint hook on the writer. It asks
         // once per `threshold` pages written, not at every commit past the
         // threshold (a checkpoint per commit copied a few pages each time,
@@ -141,7 +147,7 @@ impl Checkpointer {
             thread: Some(thread),
             restart_frames,
             settle_frames: frames(SETTLE_BYTES),
-            limit_frames: frames(checkpoint_bytes.saturating_mul(8).max(MIN_LIMIT_BYTES)),
+            limit_frames: frames(checkpoint_bytes.saturating_mul(4).max(MIN_LIMIT_BYTES)),
         })
     }
 
