@@ -15,9 +15,10 @@
 //! itself (the writer begins its next group while the checkpoint copies the
 //! last one), and the WAL grew by ~74 KB per HL7 v2 message without end
 //! (443 MB after 6,000 messages). So once the WAL passes its bound
-//! this thread checkpoints again and again until it has nearly caught up,
-//! and then the writer, between two groups, copies the few frames left
-//! ([`Checkpointer::settle`]); its next transaction starts the WAL over.
+//! this thread checkpoints again and again until it has caught up, leaving
+//! the writer room between passes to copy, between two of its groups, the
+//! few frames left ([`Checkpointer::settle`]); its next transaction starts
+//! the WAL over.
 
 use crate::store::StoreError;
 use rusqlite::Connection;
@@ -47,13 +48,18 @@ const SETTLE_BYTES: i64 = 1024 * 1024;
 /// How long the checkpoint thread, caught up past the WAL's bound, leaves
 /// the writer to copy the rest (a group commits every ~1.5 ms under load).
 const SETTLE_ROOM: std::time::Duration = std::time::Duration::from_millis(2);
+/// Most passes that caught up, past the bound, before the thread waits to
+/// be asked again: each syncs the WAL and the file, and a WAL that does not
+/// start over then (a reader in the way, groups larger than the writer
+/// copies) is left to the writer at the limit.
+const MAX_CAUGHT_UP: u32 = 8;
 /// The WAL's bound and limit are never lower than these (with a small
 /// checkpoint interval, a GP list's commits would meet them at once).
 const MIN_BOUND_BYTES: i64 = 16 * 1024 * 1024;
 const MIN_LIMIT_BYTES: i64 = 64 * 1024 * 1024;
 /// Longest the writer waits, with the WAL at its limit, for the checkpoint
-/// thread's pass to end so that it can copy the rest (a pass of a few MB
-/// takes tens of milliseconds, its fsync included).
+/// thread's pass to end so that it can copy the rest (a pass of 16 MiB
+/// takes ~20 ms, its write-back and fsync included).
 const SETTLE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 #[derive(Default)]
@@ -246,7 +252,13 @@ fn run(shared: &Shared, conn: &Connection, restart_frames: i32) {
         // found one under way whenever it tried.
         let mut before = -1;
         let mut pause = std::time::Duration::from_millis(1);
+        let mut caught_up = 0;
         loop {
+            if shared.writer_waits.load(Ordering::Relaxed) {
+                // The writer copies the rest (see `settle`): a pass now
+                // would only make it wait.
+                break;
+            }
             match passive(conn) {
                 // -1: the writer was checkpointing (see `settle`).
                 Ok((frames, copied)) if copied >= 0 => {
@@ -258,6 +270,10 @@ fn run(shared: &Shared, conn: &Connection, restart_frames: i32) {
                         break;
                     }
                     if copied >= frames {
+                        caught_up += 1;
+                        if caught_up >= MAX_CAUGHT_UP {
+                            break;
+                        }
                         // Caught up: the writer copies the few frames of
                         // its groups since, unless a pass is under way.
                         std::thread::sleep(SETTLE_ROOM);
@@ -279,10 +295,6 @@ fn run(shared: &Shared, conn: &Connection, restart_frames: i32) {
             }
             if shared.state.lock().map_or(true, |s| s.closing) {
                 return;
-            }
-            if shared.writer_waits.load(Ordering::Relaxed) {
-                // The writer copies the rest (see `settle`).
-                break;
             }
         }
     }

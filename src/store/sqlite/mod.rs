@@ -83,7 +83,8 @@ pub struct SqliteOptions {
     /// Current resources kept in memory ([`cache`]); 0 keeps none.
     pub cache_resources: usize,
     /// WAL growth after which a checkpoint copies it into the database file
-    /// ([`DEFAULT_CHECKPOINT_BYTES`]); the WAL starts over at four times this.
+    /// ([`DEFAULT_CHECKPOINT_BYTES`]); the WAL starts over past twice this
+    /// (at least 16 MiB), and at four times this (at least 64 MiB) at most.
     pub checkpoint_bytes: i64,
 }
 
