@@ -38,11 +38,13 @@
 //!   without a sync, is reported by the next sync and not undone.) Only
 //!   `ENOSYS` and `ESPIPE`, returned before any work, say the file cannot
 //!   be paced and are not kept: any other errno from a valid call is a
-//!   write-back error (ext4 reports a block layer's `EINVAL` as such).
-//! - The descriptor is read from the unix VFS's file (its fourth field,
-//!   unchanged since 2008), used only when `fstat` shows it is the database
-//!   file itself, and read again before each write-back (SQLite may close
-//!   it). Otherwise, or off Linux, the shim only passes calls through.
+//!   write-back error (a block layer's `BLK_STS_INVAL` is recorded as
+//!   `EINVAL`).
+//! - The descriptor is read from the unix VFS's file (the fourth field of
+//!   `unixFile` in the bundled SQLite, 3.54), used only when `fstat` shows
+//!   it is the database file itself, and read again before each write-back
+//!   (SQLite may close it). Otherwise, or off Linux, the shim only passes
+//!   calls through.
 //!
 //! Files other than the main database file (the WAL, journals) are opened
 //! by SQLite's VFS directly, with its own methods.
