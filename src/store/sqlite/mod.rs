@@ -34,6 +34,7 @@ mod known;
 mod outbox;
 mod paced;
 mod search;
+mod shim;
 mod walbatch;
 mod writer;
 

@@ -49,11 +49,11 @@
 //! Files other than the main database file (the WAL, journals) are opened
 //! by SQLite's VFS directly, with its own methods.
 
+use super::shim::{self, forward};
 use rusqlite::ffi;
 use std::ffi::{CStr, c_int, c_void};
 use std::ptr;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicPtr, Ordering};
 use std::time::Duration;
 
 /// The name the checkpoint thread opens its connection with.
@@ -67,30 +67,11 @@ const PAUSE: Duration = Duration::from_micros(100);
 /// past it the rest is left to the kernel and `xSync`, as without the shim.
 const MAX_RANGES: usize = 1 << 20;
 
-/// SQLite's own VFS, which every call goes to.
-static UNDER: AtomicPtr<ffi::sqlite3_vfs> = AtomicPtr::new(ptr::null_mut());
-
 /// Registers the VFS (once per process). Returns false when it could not
 /// be, and the checkpoint thread then uses SQLite's VFS as it is.
 pub(super) fn register() -> bool {
     static REGISTERED: OnceLock<bool> = OnceLock::new();
-    *REGISTERED.get_or_init(|| {
-        // SAFETY: as in `walbatch::register`: SQLite's default VFS lives
-        // for the process, and so does the leaked copy.
-        unsafe {
-            let under = ffi::sqlite3_vfs_find(ptr::null());
-            if under.is_null() {
-                return false;
-            }
-            UNDER.store(under, Ordering::Release);
-            let mut vfs = ptr::read(under);
-            vfs.zName = NAME.as_ptr();
-            vfs.pNext = ptr::null_mut();
-            vfs.szOsFile = (inner_offset() + (*under).szOsFile as usize) as c_int;
-            vfs.xOpen = Some(open);
-            ffi::sqlite3_vfs_register(Box::leak(Box::new(vfs)), 0) == ffi::SQLITE_OK
-        }
-    })
+    *REGISTERED.get_or_init(|| shim::register(NAME, OWN, open))
 }
 
 /// An open database file: SQLite's file after the shim's fields, in the
@@ -113,9 +94,8 @@ struct DbFile {
     stepped: i64,
 }
 
-const fn inner_offset() -> usize {
-    std::mem::size_of::<DbFile>().next_multiple_of(8)
-}
+/// The shim's bytes before SQLite's file.
+const OWN: usize = shim::own_bytes::<DbFile>();
 
 static DB_METHODS: ffi::sqlite3_io_methods = ffi::sqlite3_io_methods {
     iVersion: 3,
@@ -146,32 +126,21 @@ unsafe extern "C" fn open(
     flags: c_int,
     out_flags: *mut c_int,
 ) -> c_int {
-    let under_vfs = UNDER.load(Ordering::Acquire);
-    // SAFETY: `register` set `UNDER` before the VFS could be used; `file`
-    // has `szOsFile` bytes, room for a `DbFile` and SQLite's file after it.
+    // SAFETY: as SQLite calls `xOpen` of the VFS `register` registered:
+    // `file` has room for a `DbFile` and SQLite's file after it.
     unsafe {
-        let under_open = (*under_vfs).xOpen.expect("SQLite's VFS opens files");
-        let unix = CStr::from_ptr((*under_vfs).zName) == c"unix";
+        let unix = CStr::from_ptr((*shim::under()).zName) == c"unix";
         if flags & ffi::SQLITE_OPEN_MAIN_DB == 0 || name.is_null() || !unix {
-            return under_open(under_vfs, name, file, flags, out_flags);
+            return shim::open_plain(name, file, flags, out_flags);
         }
-        let under = file
-            .cast::<u8>()
-            .add(inner_offset())
-            .cast::<ffi::sqlite3_file>();
-        let rc = under_open(under_vfs, name, under, flags, out_flags);
-        let methods = (*under).pMethods.as_ref();
-        if rc != ffi::SQLITE_OK || !methods.is_some_and(complete) {
-            // As SQLite would for its own file: close what set its methods.
-            if let Some(close) = methods.and_then(|m| m.xClose) {
-                close(under);
-            }
-            if rc != ffi::SQLITE_OK {
-                (*file).pMethods = ptr::null();
-                return rc;
-            }
+        let under = match shim::open_under(OWN, name, file, flags, out_flags) {
+            Ok(under) => under,
+            Err(rc) => return rc,
+        };
+        if !(*under).pMethods.as_ref().is_some_and(complete) {
             // Methods the shim could not stand in for: SQLite's file alone.
-            return under_open(under_vfs, name, file, flags, out_flags);
+            shim::close_if_opened(under);
+            return shim::open_plain(name, file, flags, out_flags);
         }
         let fd = descriptor(under, CStr::from_ptr(name));
         ptr::write(
@@ -410,31 +379,20 @@ unsafe extern "C" fn file_control(
     rc
 }
 
-/// The calls passed straight to SQLite's own file.
-macro_rules! straight {
-    ($name:ident ( $($arg:ident : $ty:ty),* ) -> $ret:ty => $method:ident) => {
-        unsafe extern "C" fn $name(file: *mut ffi::sqlite3_file, $($arg: $ty),*) -> $ret {
-            // SAFETY: SQLite calls with its database file.
-            let (db, methods) = unsafe { parts(file) };
-            let call = methods.$method.expect(concat!("SQLite's files have ", stringify!($method)));
-            unsafe { call(db.under, $($arg),*) }
-        }
-    };
-}
-
-straight!(read(data: *mut c_void, amount: c_int, offset: i64) -> c_int => xRead);
-straight!(truncate(size: i64) -> c_int => xTruncate);
-straight!(file_size(size: *mut i64) -> c_int => xFileSize);
-straight!(lock(level: c_int) -> c_int => xLock);
-straight!(unlock(level: c_int) -> c_int => xUnlock);
-straight!(check_reserved_lock(out: *mut c_int) -> c_int => xCheckReservedLock);
-straight!(sector_size() -> c_int => xSectorSize);
-straight!(device_characteristics() -> c_int => xDeviceCharacteristics);
-straight!(shm_map(page: c_int, size: c_int, extend: c_int, out: *mut *mut c_void) -> c_int => xShmMap);
-straight!(shm_lock(offset: c_int, n: c_int, flags: c_int) -> c_int => xShmLock);
-straight!(shm_unmap(delete: c_int) -> c_int => xShmUnmap);
-straight!(fetch(offset: i64, amount: c_int, out: *mut *mut c_void) -> c_int => xFetch);
-straight!(unfetch(offset: i64, page: *mut c_void) -> c_int => xUnfetch);
+// The calls passed straight to SQLite's own file.
+forward!(read(data: *mut c_void, amount: c_int, offset: i64) => xRead);
+forward!(truncate(size: i64) => xTruncate);
+forward!(file_size(size: *mut i64) => xFileSize);
+forward!(lock(level: c_int) => xLock);
+forward!(unlock(level: c_int) => xUnlock);
+forward!(check_reserved_lock(out: *mut c_int) => xCheckReservedLock);
+forward!(sector_size() => xSectorSize);
+forward!(device_characteristics() => xDeviceCharacteristics);
+forward!(shm_map(page: c_int, size: c_int, extend: c_int, out: *mut *mut c_void) => xShmMap);
+forward!(shm_lock(offset: c_int, n: c_int, flags: c_int) => xShmLock);
+forward!(shm_unmap(delete: c_int) => xShmUnmap);
+forward!(fetch(offset: i64, amount: c_int, out: *mut *mut c_void) => xFetch);
+forward!(unfetch(offset: i64, page: *mut c_void) => xUnfetch);
 
 unsafe extern "C" fn shm_barrier(file: *mut ffi::sqlite3_file) {
     // SAFETY: SQLite calls with its database file.
@@ -460,6 +418,18 @@ mod tests {
     use super::*;
     use rusqlite::{Connection, OpenFlags};
     use std::path::Path;
+
+    /// A connection writing a WAL store that only the tests checkpoint,
+    /// with a table `t` of blobs, after `sql`.
+    fn writer(path: &Path, sql: &str) -> Connection {
+        let conn = Connection::open(path).unwrap();
+        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+        conn.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
+        conn.execute_batch("CREATE TABLE t (k INTEGER PRIMARY KEY, v BLOB NOT NULL)")
+            .unwrap();
+        conn.execute_batch(sql).unwrap();
+        conn
+    }
 
     fn checkpointer(path: &Path) -> Connection {
         assert!(register());
@@ -522,12 +492,7 @@ mod tests {
     fn a_checkpoint_writes_back_every_page_it_copied() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
-        let writer = Connection::open(&path).unwrap();
-        writer.pragma_update(None, "journal_mode", "WAL").unwrap();
-        writer.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
-        writer
-            .execute_batch("CREATE TABLE t (k INTEGER PRIMARY KEY, v BLOB NOT NULL)")
-            .unwrap();
+        let writer = writer(&path, "");
         let mut conn = checkpointer(&path);
         let page: i64 = conn
             .pragma_query_value(None, "page_size", |row| row.get(0))
@@ -595,15 +560,7 @@ mod tests {
     fn a_pass_short_of_the_end_is_written_back_too() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
-        let writer = Connection::open(&path).unwrap();
-        writer.pragma_update(None, "journal_mode", "WAL").unwrap();
-        writer.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
-        writer
-            .execute_batch(
-                "CREATE TABLE t (k INTEGER PRIMARY KEY, v BLOB NOT NULL);
-                 INSERT INTO t (v) VALUES (zeroblob(400000));",
-            )
-            .unwrap();
+        let writer = writer(&path, "INSERT INTO t (v) VALUES (zeroblob(400000))");
         let reader = Connection::open(&path).unwrap();
         reader.execute_batch("BEGIN").unwrap();
         let _: i64 = reader
@@ -629,15 +586,8 @@ mod tests {
     fn a_failed_step_fails_the_sync() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
-        let writer = Connection::open(&path).unwrap();
-        writer.pragma_update(None, "journal_mode", "WAL").unwrap();
-        writer.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
-        writer
-            .execute_batch(
-                "CREATE TABLE t (k INTEGER PRIMARY KEY, v BLOB NOT NULL);
-                 INSERT INTO t (v) VALUES (zeroblob(50000));",
-            )
-            .unwrap();
+        // Open while the checkpoints run: its close would checkpoint too.
+        let _writer = writer(&path, "INSERT INTO t (v) VALUES (zeroblob(50000))");
         let mut conn = checkpointer(&path);
         shim(&mut conn).failed = true;
         let err = checkpoint(&conn).unwrap_err();

@@ -32,11 +32,11 @@
 //! Files other than WAL files are opened by SQLite's VFS directly, with its
 //! own methods: the shim never sees their calls.
 
+use super::shim::{self, forward};
 use rusqlite::ffi;
 use std::ffi::{CStr, c_int, c_void};
 use std::ptr;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicPtr, Ordering};
 
 /// The name the writer opens its connection with.
 pub(super) const NAME: &CStr = c"pathway-walbatch";
@@ -55,32 +55,11 @@ const WAL_HEADER: i64 = 32;
 const MAX_WRITE: usize = 0x1f000;
 const FRAME_HEADER: c_int = 24;
 
-/// SQLite's own VFS, which every call goes to in the end.
-static UNDER: AtomicPtr<ffi::sqlite3_vfs> = AtomicPtr::new(ptr::null_mut());
-
 /// Registers the VFS (once per process). Returns false when it could not
 /// be, and the writer then uses SQLite's VFS as it is.
 pub(super) fn register() -> bool {
     static REGISTERED: OnceLock<bool> = OnceLock::new();
-    *REGISTERED.get_or_init(|| {
-        // SAFETY: `sqlite3_vfs_find` initialises SQLite and returns its
-        // default VFS, which lives for the process. The copy is leaked, so
-        // it lives as long; its functions other than `xOpen` are SQLite's
-        // own and use only fields copied with them.
-        unsafe {
-            let under = ffi::sqlite3_vfs_find(ptr::null());
-            if under.is_null() {
-                return false;
-            }
-            UNDER.store(under, Ordering::Release);
-            let mut vfs = ptr::read(under);
-            vfs.zName = NAME.as_ptr();
-            vfs.pNext = ptr::null_mut();
-            vfs.szOsFile = (inner_offset() + (*under).szOsFile as usize) as c_int;
-            vfs.xOpen = Some(open);
-            ffi::sqlite3_vfs_register(Box::leak(Box::new(vfs)), 0) == ffi::SQLITE_OK
-        }
-    })
+    *REGISTERED.get_or_init(|| shim::register(NAME, OWN, open))
 }
 
 /// An open WAL file: SQLite's file after the shim's fields, in the memory
@@ -110,9 +89,8 @@ struct WalFile {
     end: i64,
 }
 
-const fn inner_offset() -> usize {
-    std::mem::size_of::<WalFile>().next_multiple_of(8)
-}
+/// The shim's bytes before SQLite's file.
+const OWN: usize = shim::own_bytes::<WalFile>();
 
 static WAL_METHODS: ffi::sqlite3_io_methods = ffi::sqlite3_io_methods {
     iVersion: 1,
@@ -143,27 +121,16 @@ unsafe extern "C" fn open(
     flags: c_int,
     out_flags: *mut c_int,
 ) -> c_int {
-    let under_vfs = UNDER.load(Ordering::Acquire);
-    // SAFETY: `register` set `UNDER` before the VFS could be used; `file`
-    // has `szOsFile` bytes, room for a `WalFile` and SQLite's file after it.
+    // SAFETY: as SQLite calls `xOpen` of the VFS `register` registered:
+    // `file` has room for a `WalFile` and SQLite's file after it.
     unsafe {
-        let under_open = (*under_vfs).xOpen.expect("SQLite's VFS opens files");
         if flags & ffi::SQLITE_OPEN_WAL == 0 {
-            return under_open(under_vfs, name, file, flags, out_flags);
+            return shim::open_plain(name, file, flags, out_flags);
         }
-        let under = file
-            .cast::<u8>()
-            .add(inner_offset())
-            .cast::<ffi::sqlite3_file>();
-        let rc = under_open(under_vfs, name, under, flags, out_flags);
-        if rc != ffi::SQLITE_OK {
-            // As SQLite would for its own file: close what set its methods.
-            if let Some(close) = (*under).pMethods.as_ref().and_then(|m| m.xClose) {
-                close(under);
-            }
-            (*file).pMethods = ptr::null();
-            return rc;
-        }
+        let under = match shim::open_under(OWN, name, file, flags, out_flags) {
+            Ok(under) => under,
+            Err(rc) => return rc,
+        };
         let characteristics = (*(*under).pMethods)
             .xDeviceCharacteristics
             .map_or(0, |f| f(under));
@@ -330,23 +297,12 @@ after_write_out!(sync(flags: c_int) => xSync);
 after_write_out!(file_size(size: *mut i64) => xFileSize);
 after_write_out!(file_control(op: c_int, arg: *mut c_void) => xFileControl);
 
-/// The calls that do not depend on the file's content.
-macro_rules! straight {
-    ($name:ident ( $($arg:ident : $ty:ty),* ) => $method:ident) => {
-        unsafe extern "C" fn $name(file: *mut ffi::sqlite3_file, $($arg: $ty),*) -> c_int {
-            // SAFETY: SQLite calls with its WAL file.
-            let (wal, methods) = unsafe { parts(file) };
-            let call = methods.$method.expect(concat!("SQLite's files have ", stringify!($method)));
-            unsafe { call(wal.under, $($arg),*) }
-        }
-    };
-}
-
-straight!(lock(level: c_int) => xLock);
-straight!(unlock(level: c_int) => xUnlock);
-straight!(check_reserved_lock(out: *mut c_int) => xCheckReservedLock);
-straight!(sector_size() => xSectorSize);
-straight!(device_characteristics() => xDeviceCharacteristics);
+// The calls that do not depend on the file's content.
+forward!(lock(level: c_int) => xLock);
+forward!(unlock(level: c_int) => xUnlock);
+forward!(check_reserved_lock(out: *mut c_int) => xCheckReservedLock);
+forward!(sector_size() => xSectorSize);
+forward!(device_characteristics() => xDeviceCharacteristics);
 
 unsafe extern "C" fn close(file: *mut ffi::sqlite3_file) -> c_int {
     // SAFETY: SQLite calls with its WAL file, once, and not after.
