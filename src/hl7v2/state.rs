@@ -548,17 +548,20 @@ fn locations(
                 list.remove(i);
             }
         }
-        // The admitting location, also when a transfer arrived first.
-        (Event::A01 | Event::A04, Some(place)) => {
+        // The admitting location (or, for a pre-admission, the planned
+        // one), also when a transfer arrived first.
+        (Event::A01 | Event::A04 | Event::A05, Some(place)) => {
             let start = start.unwrap_or(&adt.time);
             let at = start_ms(&json!({ "start": start }));
             if !list.iter().any(|l| start_ms(&l["period"]) <= at) {
                 list.push(json!({"location": place, "period": {"start": start}}));
             }
         }
+        // Any other event says where the patient is at its own time, not
+        // since the visit began: an admission or transfer arriving later
+        // then still finds its place before it.
         (_, Some(place)) if list.is_empty() => {
-            let start = start.unwrap_or(&adt.time);
-            list.push(json!({"location": place, "period": {"start": start}}));
+            list.push(json!({"location": place, "period": {"start": adt.time}}));
         }
         _ => {}
     }
@@ -566,6 +569,9 @@ fn locations(
         return;
     }
     list.sort_by_key(|l| start_ms(&l["period"]));
+    // A place the patient already is in is not a move (an event that said
+    // where the patient was, then the transfer there arriving late).
+    list.dedup_by(|later, earlier| later["location"] == earlier["location"]);
     for l in list.iter_mut() {
         if let Some(o) = l.as_object_mut() {
             o.remove("status");
@@ -1012,6 +1018,181 @@ mod tests {
             "{e}"
         );
         assert_eq!(e["location"][1]["status"], "active");
+    }
+
+    /// Every order of `events` (each as `(label, message)`).
+    fn orders<'a>(events: &[(&'a str, &'a Adt)]) -> Vec<Vec<(&'a str, &'a Adt)>> {
+        if events.len() <= 1 {
+            return vec![events.to_vec()];
+        }
+        let mut all = Vec::new();
+        for i in 0..events.len() {
+            let mut rest = events.to_vec();
+            let first = rest.remove(i);
+            for mut tail in orders(&rest) {
+                tail.insert(0, first);
+                all.push(tail);
+            }
+        }
+        all
+    }
+
+    /// The Patient after `events`, applied in the order given, as the feed
+    /// applies them (the stored event clock moves forward only).
+    fn patient_of(events: &[&Adt]) -> Value {
+        let mut p: Option<Value> = None;
+        let mut clock: Option<i64> = None;
+        for adt in events {
+            p = Some(patient_after(p.as_ref(), clock, adt));
+            clock = Some(clock.map_or(adt.time_ms, |c| c.max(adt.time_ms)));
+        }
+        p.unwrap()
+    }
+
+    #[test]
+    fn a_stay_ends_the_same_whatever_order_its_events_arrive_in() {
+        let pv1 = |class: &str, place: &str, source: &str, end: &str, disposition: &str| {
+            let pv1 = segment(
+                "PV1",
+                &[
+                    (2, class),
+                    (3, place),
+                    (4, "21"),
+                    (14, source),
+                    (19, "V5^^^RJZ^VN"),
+                    (36, disposition),
+                    (44, "202607141015"),
+                    (45, end),
+                ],
+            );
+            pv1["PV1||".len()..].to_string()
+        };
+        let with_pid = |event: &str, when: &str, phone: &str, pv1: &str| {
+            let pid = segment(
+                "PID",
+                &[
+                    (1, "1"),
+                    (3, "9990000018^^^NHS^NH"),
+                    (5, "PAGE^Ann"),
+                    (7, "19380305"),
+                    (8, "F"),
+                    (13, phone),
+                ],
+            );
+            let text = format!(
+                "MSH|^~\\&|PAS|RJZ|GW|OB|{when}||ADT^{event}|{event}{when}|P|2.4\rEVN|{event}|{when}\r{pid}\rPV1|1|{pv1}\r"
+            );
+            read(&Message::parse(&text).unwrap(), &AdtContext::default()).unwrap()
+        };
+        let admission = with_pid(
+            "A01",
+            "202607141018",
+            "01689 100001^PRN^PH",
+            &pv1("I", "AMU^^^RJZ30", "19", "", ""),
+        );
+        let update = with_pid(
+            "A08",
+            "202607141300",
+            "01689 100002^PRN^PH",
+            &pv1("I", "AMU^^^RJZ30", "51", "", ""),
+        );
+        let transfer = with_pid(
+            "A02",
+            "202607150900",
+            "01689 100003^PRN^PH",
+            &pv1("I", "WARD 9^^^RJZ30", "51", "", ""),
+        );
+        let later = with_pid(
+            "A08",
+            "202607161200",
+            "01689 100003^PRN^PH",
+            &pv1("I", "WARD 9^^^RJZ30", "19", "", ""),
+        );
+        let discharge = with_pid(
+            "A03",
+            "202607181100",
+            "01689 100004^PRN^PH",
+            &pv1("I", "WARD 9^^^RJZ30", "19", "202607181045", "54"),
+        );
+        let events = [
+            ("A01", &admission),
+            ("A08", &update),
+            ("A02", &transfer),
+            ("A08 later", &later),
+            ("A03", &discharge),
+        ];
+        let (encounter, patient) = converged(&events);
+        assert_eq!(encounter["status"], "finished", "{encounter}");
+        assert_eq!(encounter["period"]["end"], "2026-07-18T10:45:00+01:00");
+        assert_eq!(encounter["location"].as_array().map(Vec::len), Some(2));
+        assert_eq!(
+            encounter["location"][0]["location"]["display"],
+            "AMU, RJZ30"
+        );
+        assert_eq!(
+            encounter["hospitalization"]["admitSource"]["coding"][0]["code"],
+            "19"
+        );
+        assert_eq!(patient["telecom"][0]["value"], "01689 100004");
+
+        // An ED attendance that ends in a discharge, its discharge cancelled
+        // and sent again, with an update between.
+        let ed = |end: &str, disposition: &str| pv1("E", "ED^^^RJZ30", "19", end, disposition);
+        let arrival = with_pid("A04", "202607141018", "01689 100001^PRN^PH", &ed("", ""));
+        let update = with_pid("A08", "202607141100", "01689 100002^PRN^PH", &ed("", ""));
+        let discharge = with_pid(
+            "A03",
+            "202607141400",
+            "01689 100002^PRN^PH",
+            &ed("202607141355", "19"),
+        );
+        let cancel = with_pid("A13", "202607141410", "01689 100002^PRN^PH", &ed("", ""));
+        let again = with_pid(
+            "A03",
+            "202607141500",
+            "01689 100003^PRN^PH",
+            &ed("202607141455", "54"),
+        );
+        let (encounter, patient) = converged(&[
+            ("A04", &arrival),
+            ("A08", &update),
+            ("A03", &discharge),
+            ("A13", &cancel),
+            ("A03 again", &again),
+        ]);
+        assert_eq!(encounter["status"], "finished", "{encounter}");
+        assert_eq!(encounter["period"]["end"], "2026-07-14T14:55:00+01:00");
+        assert_eq!(
+            encounter["hospitalization"]["dischargeDisposition"]["coding"][0]["code"],
+            "54"
+        );
+        assert_eq!(patient["telecom"][0]["value"], "01689 100003");
+    }
+
+    /// The Encounter and Patient after `events` in the order given, checked
+    /// to be the same after every other order.
+    fn converged(events: &[(&str, &Adt)]) -> (Value, Value) {
+        let in_order: Vec<&Adt> = events.iter().map(|(_, adt)| *adt).collect();
+        let encounter = encounter_of(&in_order);
+        let patient = patient_of(&in_order);
+        let mut checked = 0;
+        for order in orders(events) {
+            let labels: Vec<&str> = order.iter().map(|(label, _)| *label).collect();
+            let adts: Vec<&Adt> = order.iter().map(|(_, adt)| *adt).collect();
+            let other = encounter_of(&adts);
+            assert!(
+                same_value(&other, &encounter),
+                "in the order {labels:?}:\n{other}\nagainst, in order:\n{encounter}"
+            );
+            let other = patient_of(&adts);
+            assert!(
+                same_value(&other, &patient),
+                "the patient, in the order {labels:?}:\n{other}\nagainst, in order:\n{patient}"
+            );
+            checked += 1;
+        }
+        assert_eq!(checked, (1..=events.len()).product::<usize>());
+        (encounter, patient)
     }
 
     #[test]
