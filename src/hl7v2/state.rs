@@ -1169,6 +1169,170 @@ mod tests {
         assert_eq!(patient["telecom"][0]["value"], "01689 100003");
     }
 
+    /// An ADT message of `event` at `when` with the segments given (PID-1,
+    /// PV1-1 and the NHS number filled in), as read.
+    fn adt(event: &str, when: &str, pid: &[(usize, &str)], rest: &[String]) -> Adt {
+        let mut fields = vec![(1, "1"), (3, "9990000018^^^NHS^NH")];
+        fields.extend_from_slice(pid);
+        let mut text = format!(
+            "MSH|^~\\&|PAS|RJZ|GW|OB|{when}||ADT^{event}|{event}{when}|P|2.4\rEVN|{event}|{when}\r{}\r",
+            segment("PID", &fields)
+        );
+        for segment in rest {
+            text.push_str(segment);
+            text.push('\r');
+        }
+        read(&Message::parse(&text).unwrap(), &AdtContext::default()).unwrap()
+    }
+
+    #[test]
+    fn transfers_and_cancels_end_the_same_whatever_order_they_arrive_in() {
+        let pv1 = |place: &str, end: &str| {
+            segment(
+                "PV1",
+                &[
+                    (1, "1"),
+                    (2, "I"),
+                    (3, place),
+                    (4, "21"),
+                    (19, "V4^^^RJZ^VN"),
+                    (44, "202607141015"),
+                    (45, end),
+                ],
+            )
+        };
+        let at = |event: &str, when: &str, place: &str, end: &str| {
+            adt(event, when, &[(5, "PAGE^Ann")], &[pv1(place, end)])
+        };
+        let admission = at("A01", "202607141018", "AMU^^^RJZ30", "");
+        let first = at("A02", "202607150900", "WARD 9^^^RJZ30", "");
+        let update = at("A08", "202607151200", "WARD 9^^^RJZ30", "");
+        let second = at("A02", "202607160900", "WARD 4^^^RJZ30", "");
+        let discharge = at("A03", "202607181100", "WARD 4^^^RJZ30", "202607181045");
+        let (encounter, _) = converged(&[
+            ("A01", &admission),
+            ("A02 WARD 9", &first),
+            ("A08", &update),
+            ("A02 WARD 4", &second),
+            ("A03", &discharge),
+        ]);
+        let places: Vec<&Value> = encounter["location"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| &l["location"]["display"])
+            .collect();
+        assert_eq!(places, ["AMU, RJZ30", "WARD 9, RJZ30", "WARD 4, RJZ30"]);
+        assert_eq!(encounter["status"], "finished");
+
+        // An admission cancelled, with an update before the cancel.
+        let cancel = at("A11", "202607141300", "AMU^^^RJZ30", "");
+        let update = at("A08", "202607141200", "AMU^^^RJZ30", "");
+        let (encounter, _) = converged(&[("A01", &admission), ("A08", &update), ("A11", &cancel)]);
+        assert_eq!(encounter["status"], "cancelled", "{encounter}");
+    }
+
+    #[test]
+    fn a_patient_ends_the_same_whatever_order_their_messages_arrive_in() {
+        // Each message carries the whole PID and PD1 as the sender holds
+        // them at its time, as a PAS sends them. (One that sends only what
+        // changed, arriving before an older one that changed something
+        // else, is a documented limit: a record keeps one event clock.)
+        let person = |name: &str, address: &str, phone: &str, death: &str| {
+            [
+                (5, name.to_string()),
+                (7, "19380305".to_string()),
+                (8, "F".to_string()),
+                (11, address.to_string()),
+                (13, phone.to_string()),
+                (29, death.to_string()),
+            ]
+        };
+        let message = |event: &str, when: &str, pid: [(usize, String); 6], gp: &str, pv1: bool| {
+            let pid: Vec<(usize, &str)> = pid.iter().map(|(n, v)| (*n, v.as_str())).collect();
+            let mut rest = vec![segment("PD1", &[(3, gp)])];
+            if pv1 {
+                rest.push(segment(
+                    "PV1",
+                    &[(1, "1"), (2, "E"), (3, "ED^^^RJZ30"), (19, "V3^^^RJZ^VN")],
+                ));
+            }
+            adt(event, when, &pid, &rest)
+        };
+        let (page, smith) = ("PAGE^Ann^^^MRS", "SMITH^Ann^^^MRS");
+        let (station, hill) = (
+            "12 Station Road^^Bromley^^BR1 3PT^GBR^H",
+            "4 Hill View^^Orpington^^BR6 0AA^GBR^H",
+        );
+        let (first_phone, second_phone) = ("01689 100001^PRN^PH", "01689 100002^PRN^PH");
+        let (common, knoll) = (
+            "BROMLEY COMMON PRACTICE^^G84001",
+            "KNOLL MEDICAL PRACTICE^^G84002",
+        );
+        let registered = message(
+            "A28",
+            "202607010900",
+            person(page, station, first_phone, ""),
+            common,
+            false,
+        );
+        let moved = message(
+            "A31",
+            "202607050900",
+            person(page, hill, first_phone, ""),
+            common,
+            false,
+        );
+        let attended = message(
+            "A04",
+            "202607141018",
+            person(page, hill, second_phone, ""),
+            common,
+            true,
+        );
+        let renamed = message(
+            "A31",
+            "202607200900",
+            person(smith, hill, second_phone, ""),
+            knoll,
+            false,
+        );
+        let died = message(
+            "A31",
+            "202608010900",
+            person(smith, hill, second_phone, "202607311500"),
+            knoll,
+            false,
+        );
+        let events = [
+            ("A28", &registered),
+            ("A31 address", &moved),
+            ("A04", &attended),
+            ("A31 name", &renamed),
+            ("A31 death", &died),
+        ];
+        let in_order: Vec<&Adt> = events.iter().map(|(_, adt)| *adt).collect();
+        let patient = patient_of(&in_order);
+        assert_eq!(patient["name"][0]["family"], "SMITH", "{patient}");
+        assert_eq!(patient["address"][0]["postalCode"], "BR6 0AA", "{patient}");
+        assert_eq!(patient["telecom"][0]["value"], "01689 100002", "{patient}");
+        assert_eq!(
+            patient["generalPractitioner"][0]["identifier"]["value"], "G84002",
+            "{patient}"
+        );
+        assert!(patient.get("deceasedDateTime").is_some(), "{patient}");
+        assert_eq!(patient["birthDate"], "1938-03-05", "{patient}");
+        for order in orders(&events) {
+            let labels: Vec<&str> = order.iter().map(|(label, _)| *label).collect();
+            let adts: Vec<&Adt> = order.iter().map(|(_, adt)| *adt).collect();
+            let other = patient_of(&adts);
+            assert!(
+                same_value(&other, &patient),
+                "in the order {labels:?}:\n{other}\nagainst, in order:\n{patient}"
+            );
+        }
+    }
+
     /// The Encounter and Patient after `events` in the order given, checked
     /// to be the same after every other order.
     fn converged(events: &[(&str, &Adt)]) -> (Value, Value) {
