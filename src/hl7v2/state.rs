@@ -472,7 +472,14 @@ pub fn encounter_from(
         e.insert("hospitalization".into(), Value::Object(stay));
     }
 
-    locations(&mut e, adt, visit.location, visit.start.as_deref(), &status);
+    locations(
+        &mut e,
+        adt,
+        visit.location,
+        visit.start.as_deref(),
+        &status,
+        newer,
+    );
 
     if !e.contains_key("serviceProvider") {
         let provider = if is_ods(&adt.sender) {
@@ -512,22 +519,34 @@ fn is_open(status: Option<&str>) -> bool {
     matches!(status, Some("planned" | "arrived" | "in-progress"))
 }
 
-/// A02 adds a location at its event time; A12 removes the latest one
-/// before it, unless that is already where the cancel says the patient is
-/// (PV1-3): a resent A12 does not undo a second transfer. The first
-/// location comes from any event that has one: `place` (PV1-3), from the
-/// visit's `start` (PV1-44).
+/// A02 adds a location at its event time; A01 and A04 add the admitting
+/// one from the visit's `start` (PV1-44), also when a transfer arrived
+/// first; A12 removes the latest one before it, unless that is already
+/// where the cancel says the patient is (PV1-3): a resent A12 does not undo
+/// a second transfer.
+///
+/// Any other event with a PV1-3 (an update, a discharge, a pre-admission's
+/// planned place) says where the patient is without saying since when. It
+/// is kept, without a period, only while no admission or transfer is known,
+/// and the latest such event's place wins; the first admission or transfer
+/// replaces it. Dated from the visit's start, it took the place an
+/// admission arriving later should have had; dated at its own time, it was
+/// a move nobody made when the admission or transfer it repeated arrived
+/// after it (an A08 naming the ward a late A02 moved the patient to).
 fn locations(
     e: &mut Map<String, Value>,
     adt: &Adt,
     place: Option<Value>,
     start: Option<&str>,
     status: &str,
+    newer: bool,
 ) {
     // Left as it was (`[]`, or not a list) when it stays empty.
     let mut list = take_array(e, "location");
+    let dated = |l: &Value| l.get("period").is_some();
     match (adt.event, place) {
         (Event::A02, Some(place)) => {
+            list.retain(dated);
             let exists = list
                 .iter()
                 .any(|l| l["location"] == place && l["period"]["start"] == adt.time.as_str());
@@ -548,30 +567,30 @@ fn locations(
                 list.remove(i);
             }
         }
-        // The admitting location (or, for a pre-admission, the planned
-        // one), also when a transfer arrived first.
-        (Event::A01 | Event::A04 | Event::A05, Some(place)) => {
+        (Event::A01 | Event::A04, Some(place)) => {
+            list.retain(dated);
             let start = start.unwrap_or(&adt.time);
             let at = start_ms(&json!({ "start": start }));
             if !list.iter().any(|l| start_ms(&l["period"]) <= at) {
                 list.push(json!({"location": place, "period": {"start": start}}));
             }
         }
-        // Any other event says where the patient is at its own time, not
-        // since the visit began: an admission or transfer arriving later
-        // then still finds its place before it.
-        (_, Some(place)) if list.is_empty() => {
-            list.push(json!({"location": place, "period": {"start": adt.time}}));
+        // The latest such event's place; an older one leaves it.
+        (_, Some(place)) if !list.iter().any(dated) && (list.is_empty() || newer) => {
+            list = vec![json!({ "location": place })];
         }
         _ => {}
     }
     if list.is_empty() {
         return;
     }
-    list.sort_by_key(|l| start_ms(&l["period"]));
-    // A place the patient already is in is not a move (an event that said
-    // where the patient was, then the transfer there arriving late).
-    list.dedup_by(|later, earlier| later["location"] == earlier["location"]);
+    // At one time (two transfers in the same minute), in the order of
+    // their places, whichever arrived first.
+    list.sort_by(|a, b| {
+        start_ms(&a["period"])
+            .cmp(&start_ms(&b["period"]))
+            .then_with(|| a["location"].to_string().cmp(&b["location"].to_string()))
+    });
     for l in list.iter_mut() {
         if let Some(o) = l.as_object_mut() {
             o.remove("status");
@@ -584,17 +603,20 @@ fn locations(
     let n = list.len();
     for (i, l) in list.iter_mut().enumerate() {
         let last = i + 1 == n;
-        let state = if last && !matches!(status, "finished" | "cancelled") {
-            "active"
-        } else {
-            "completed"
+        let state = match status {
+            _ if !last => "completed",
+            "finished" | "cancelled" => "completed",
+            "planned" => "planned",
+            _ => "active",
         };
         if let Some(o) = l.as_object_mut() {
             let place = o.remove("location").unwrap_or(Value::Null);
-            let period = o.remove("period").unwrap_or(Value::Null);
+            let period = o.remove("period");
             o.insert("location".into(), place);
             o.insert("status".into(), json!(state));
-            o.insert("period".into(), period);
+            if let Some(period) = period {
+                o.insert("period".into(), period);
+            }
         }
     }
     e.insert("location".into(), Value::Array(list));
@@ -1224,6 +1246,94 @@ mod tests {
             .collect();
         assert_eq!(places, ["AMU, RJZ30", "WARD 9, RJZ30", "WARD 4, RJZ30"]);
         assert_eq!(encounter["status"], "finished");
+
+        // Back to a ward left before; an update naming a bed the stay's
+        // transfers never name; a stale update naming the admitting ward
+        // after the patient left it.
+        let back = at("A02", "202607170900", "WARD 9^^^RJZ30", "");
+        let bed = at("A08", "202607141100", "AMU^^BED 3^RJZ30", "");
+        let stale = at("A08", "202607151300", "AMU^^^RJZ30", "");
+        let (encounter, _) = converged(&[
+            ("A01", &admission),
+            ("A08 bed", &bed),
+            ("A02 WARD 9", &first),
+            ("A08 stale", &stale),
+            ("A02 WARD 4", &second),
+            ("A02 WARD 9 again", &back),
+        ]);
+        let places: Vec<&Value> = encounter["location"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| &l["location"]["display"])
+            .collect();
+        assert_eq!(
+            places,
+            [
+                "AMU, RJZ30",
+                "WARD 9, RJZ30",
+                "WARD 4, RJZ30",
+                "WARD 9, RJZ30"
+            ]
+        );
+        assert_eq!(encounter["location"][3]["status"], "active");
+
+        // A transfer cancelled, then made again: orders in which the cancel
+        // arrives before the admission or the transfer it cancels are the
+        // documented limit, and left out.
+        let cancel = at("A12", "202607151000", "AMU^^^RJZ30", "");
+        let redo = at("A02", "202607151100", "WARD 9^^^RJZ30", "");
+        let events = [
+            ("A01", &admission),
+            ("A02", &first),
+            ("A12", &cancel),
+            ("A02 again", &redo),
+        ];
+        let in_order: Vec<&Adt> = events.iter().map(|(_, adt)| *adt).collect();
+        let expected = encounter_of(&in_order);
+        let places: Vec<&Value> = expected["location"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| &l["period"]["start"])
+            .collect();
+        assert_eq!(
+            places,
+            ["2026-07-14T10:15:00+01:00", "2026-07-15T11:00:00+01:00"],
+            "{expected}"
+        );
+        let mut checked = 0;
+        for order in orders(&events) {
+            let labels: Vec<&str> = order.iter().map(|(label, _)| *label).collect();
+            let position = |label| labels.iter().position(|l| *l == label);
+            if position("A12") < position("A01") || position("A12") < position("A02") {
+                continue;
+            }
+            let adts: Vec<&Adt> = order.iter().map(|(_, adt)| *adt).collect();
+            let other = encounter_of(&adts);
+            assert!(
+                same_value(&other, &expected),
+                "in the order {labels:?}:\n{other}\nagainst, in order:\n{expected}"
+            );
+            checked += 1;
+        }
+        assert_eq!(checked, 8);
+
+        // A pre-admission's planned ward, then the admission elsewhere.
+        let planned = at("A05", "202607100900", "DSU^^^RJZ30", "");
+        let (encounter, _) = converged(&[("A05", &planned), ("A01", &admission), ("A02", &first)]);
+        assert_eq!(
+            encounter["location"][0]["location"]["display"],
+            "AMU, RJZ30"
+        );
+        assert_eq!(encounter["location"].as_array().map(Vec::len), Some(2));
+
+        // Updates alone: the latest one's place, without a period.
+        let (encounter, _) = converged(&[("A08 stale", &stale), ("A08 bed", &bed)]);
+        assert_eq!(
+            encounter["location"],
+            json!([{"location": {"display": "AMU, RJZ30"}, "status": "active"}])
+        );
 
         // An admission cancelled, with an update before the cancel.
         let cancel = at("A11", "202607141300", "AMU^^^RJZ30", "");
