@@ -214,7 +214,7 @@ fn check_profiles_passes_the_shipped_profiles_and_names_broken_rules() {
     let stdout = String::from_utf8(output.stdout).unwrap();
     assert_eq!(output.status.code(), Some(0), "{stdout}");
     assert!(
-        stdout.contains("6 StructureDefinitions compiled, 0 problems"),
+        stdout.contains("7 StructureDefinitions compiled, 0 problems"),
         "{stdout}"
     );
 

@@ -27,6 +27,9 @@ const V2_0203: &str = "http://terminology.hl7.org/CodeSystem/v2-0203";
 const V2_0007: &str = "http://terminology.hl7.org/CodeSystem/v2-0007";
 const ADMISSION_METHOD_SYSTEM: &str =
     "https://fhir.hl7.org.uk/CodeSystem/UKCore-AdmissionMethodEngland";
+/// When a location known without a period was reported (local extension
+/// on `Encounter.location`, `profiles/`).
+pub const LOCATION_REPORTED_URL: &str = "https://fhir.onebromley.nhs.uk/StructureDefinition/Extension-OneBromley-EncounterLocationReported";
 pub const ADMISSION_METHOD_URL: &str =
     "https://fhir.hl7.org.uk/StructureDefinition/Extension-UKCore-AdmissionMethod";
 const ADMIT_SOURCE_SYSTEM: &str =

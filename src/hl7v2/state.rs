@@ -19,7 +19,7 @@
 //!
 //! Members an event does not change keep their stored bytes ([`rewrite`]).
 
-use super::adt::{Adt, Event, ODS_SYSTEM, PatientFacts, Visit, is_ods};
+use super::adt::{Adt, Event, LOCATION_REPORTED_URL, ODS_SYSTEM, PatientFacts, Visit, is_ods};
 use crate::fhir::json::{Written, WrittenObject, same_value, written_members};
 use serde_json::{Map, Value, json};
 
@@ -472,14 +472,7 @@ pub fn encounter_from(
         e.insert("hospitalization".into(), Value::Object(stay));
     }
 
-    locations(
-        &mut e,
-        adt,
-        visit.location,
-        visit.start.as_deref(),
-        &status,
-        newer,
-    );
+    locations(&mut e, adt, visit.location, visit.start.as_deref(), &status);
 
     if !e.contains_key("serviceProvider") {
         let provider = if is_ods(&adt.sender) {
@@ -527,19 +520,21 @@ fn is_open(status: Option<&str>) -> bool {
 ///
 /// Any other event with a PV1-3 (an update, a discharge, a pre-admission's
 /// planned place) says where the patient is without saying since when. It
-/// is kept, without a period, only while no admission or transfer is known,
-/// and the latest such event's place wins; the first admission or transfer
-/// replaces it. Dated from the visit's start, it took the place an
-/// admission arriving later should have had; dated at its own time, it was
-/// a move nobody made when the admission or transfer it repeated arrived
-/// after it (an A08 naming the ward a late A02 moved the patient to).
+/// is kept, without a period, only while no admission or transfer is known:
+/// the place of the latest such event, whose time it keeps in an extension
+/// ([`LOCATION_REPORTED_URL`]; at one time, the last place in text order);
+/// the first admission or transfer replaces it. Dated from the visit's
+/// start, it took the place an admission arriving later should have had;
+/// dated at its own time, it was a move nobody made when the admission or
+/// transfer it repeated arrived after it (an A08 naming the ward a late A02
+/// moved the patient to). (Weighed by the record's event clock instead, an
+/// event without a PV1-3 arriving first made a later report look older.)
 fn locations(
     e: &mut Map<String, Value>,
     adt: &Adt,
     place: Option<Value>,
     start: Option<&str>,
     status: &str,
-    newer: bool,
 ) {
     // Left as it was (`[]`, or not a list) when it stays empty.
     let mut list = take_array(e, "location");
@@ -575,9 +570,18 @@ fn locations(
                 list.push(json!({"location": place, "period": {"start": start}}));
             }
         }
-        // The latest such event's place; an older one leaves it.
-        (_, Some(place)) if !list.iter().any(dated) && (list.is_empty() || newer) => {
-            list = vec![json!({ "location": place })];
+        (_, Some(place)) if !list.iter().any(dated) => {
+            let report = (adt.time_ms, place.to_string());
+            let later = list
+                .iter()
+                .map(|l| (reported_ms(l), l["location"].to_string()))
+                .all(|known| report > known);
+            if later {
+                list = vec![json!({
+                    "extension": [{"url": LOCATION_REPORTED_URL, "valueDateTime": adt.time}],
+                    "location": place,
+                })];
+            }
         }
         _ => {}
     }
@@ -620,6 +624,19 @@ fn locations(
         }
     }
     e.insert("location".into(), Value::Array(list));
+}
+
+/// When an undated location was reported ([`LOCATION_REPORTED_URL`]); the
+/// earliest time when it does not say.
+fn reported_ms(location: &Value) -> i64 {
+    location["extension"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|x| x["url"] == LOCATION_REPORTED_URL)
+        .map_or(i64::MIN, |x| {
+            start_ms(&json!({ "start": x["valueDateTime"] }))
+        })
 }
 
 /// Each entry's period ends where the next one starts.
@@ -1328,12 +1345,49 @@ mod tests {
         );
         assert_eq!(encounter["location"].as_array().map(Vec::len), Some(2));
 
-        // Updates alone: the latest one's place, without a period.
+        // Updates alone: the latest one's place, without a period, with
+        // when it was reported.
         let (encounter, _) = converged(&[("A08 stale", &stale), ("A08 bed", &bed)]);
         assert_eq!(
             encounter["location"],
-            json!([{"location": {"display": "AMU, RJZ30"}, "status": "active"}])
+            json!([{
+                "extension": [{
+                    "url": LOCATION_REPORTED_URL,
+                    "valueDateTime": "2026-07-15T13:00:00+01:00"
+                }],
+                "location": {"display": "AMU, RJZ30"},
+                "status": "active"
+            }])
         );
+
+        // An ED attendance whose places come by updates (the arrival names
+        // none), ended by a discharge naming none: the latest update's place,
+        // also when the discharge, newer than every update, arrives first.
+        // And two updates at one time naming different places.
+        let ed = |event: &str, when: &str, place: &str| {
+            let pv1 = segment(
+                "PV1",
+                &[(1, "1"), (2, "E"), (3, place), (19, "V2^^^RJZ^VN")],
+            );
+            adt(event, when, &[(5, "PAGE^Ann")], &[pv1])
+        };
+        let arrival = ed("A04", "202607141018", "");
+        let majors = ed("A08", "202607141100", "ED^^MAJORS 4^RJZ30");
+        let resus = ed("A08", "202607141230", "ED^^RESUS 1^RJZ30");
+        let also = ed("A08", "202607141230", "ED^^RESUS 2^RJZ30");
+        let discharge = ed("A03", "202607141400", "");
+        let (encounter, _) = converged(&[
+            ("A04", &arrival),
+            ("A08 majors", &majors),
+            ("A08 resus", &resus),
+            ("A08 resus 2, same time", &also),
+            ("A03", &discharge),
+        ]);
+        assert_eq!(
+            encounter["location"][0]["location"]["display"], "ED RESUS 2, RJZ30",
+            "{encounter}"
+        );
+        assert_eq!(encounter["location"][0]["status"], "completed");
 
         // An admission cancelled, with an update before the cancel.
         let cancel = at("A11", "202607141300", "AMU^^^RJZ30", "");

@@ -37,6 +37,7 @@ pub const EMBEDDED: &[(&str, &str)] = &[
     embed!("CodeSystem-UKCore-NHSNumberVerificationStatusEngland.json"),
     embed!("CodeSystem-care-pathway.json"),
     embed!("CodeSystem-pathway-referral.json"),
+    embed!("StructureDefinition-Extension-OneBromley-EncounterLocationReported.json"),
     embed!("StructureDefinition-Extension-OneBromley-NationalDataOptOut.json"),
     embed!("StructureDefinition-Extension-UKCore-NHSNumberVerificationStatus.json"),
     embed!("StructureDefinition-OneBromley-CarePlan.json"),

@@ -338,6 +338,35 @@ fn known_extensions_are_checked_wherever_they_stand() {
             .any(|f| f.0 == "Encounter.extension[0].valueString" && f.1 == "structure"),
         "{found:#?}"
     );
+    // When an undated location was reported: a dateTime, at most once.
+    let reported = "https://fhir.onebromley.nhs.uk/StructureDefinition/Extension-OneBromley-EncounterLocationReported";
+    let mut e = encounter();
+    e["location"] = json!([{
+        "extension": [{"url": reported, "valueDateTime": "2026-07-15T13:00:00+01:00"}],
+        "location": {"display": "AMU"}
+    }]);
+    assert!(errors(e.clone()).is_empty(), "{:#?}", errors(e));
+    let mut e = encounter();
+    e["location"] = json!([{
+        "extension": [
+            {"url": reported, "valueDateTime": "2026-07-15T13:00:00+01:00"},
+            {"url": reported, "valueString": "13:00"}
+        ],
+        "location": {"display": "AMU"}
+    }]);
+    let found = errors(e);
+    assert!(
+        found
+            .iter()
+            .any(|f| f.0 == "Encounter.location[0].extension[1].valueString"),
+        "{found:#?}"
+    );
+    assert!(
+        found
+            .iter()
+            .any(|f| f.2.contains("extension:reported") && f.2.contains("at most 1 allowed")),
+        "the second is one too many: {found:#?}"
+    );
     // Unknown extension URLs are carried unchecked.
     let mut p = patient();
     p["extension"] =
