@@ -98,13 +98,14 @@ fn hex_bytes(hex: &str, out: &mut String) -> bool {
 
 /// Escapes `value` so it reads back unchanged as one subcomponent under `d`
 /// (§2.7.4): delimiters become `\F\ \S\ \T\ \R\ \E\` (`\P\` for a declared
-/// truncation character), CR and LF become `\X0D\`/`\X0A\` because a raw
-/// CR/LF would end the segment, and a value that is literally `""` becomes
-/// `\X2222\` so it is not read as an explicit null.
+/// truncation character), control characters become `\Xhh\` (a raw CR or LF
+/// would end the segment, and MLLP's `0x0B` and `0x1C`, which `\X0B\` in a
+/// sender's field reads back as, the frame), and a value that is literally
+/// `""` becomes `\X2222\` so it is not read as an explicit null.
 ///
 /// Without an escape character (three-character MSH-2) delimiters cannot be
-/// represented; they and CR/LF are replaced by spaces so the structure of the
-/// message survives.
+/// represented; they and control characters are replaced by spaces so the
+/// structure of the message survives.
 pub fn escape(value: &str, d: &Delimiters) -> String {
     let is_special = |c: char| {
         c == d.field
@@ -118,7 +119,7 @@ pub fn escape(value: &str, d: &Delimiters) -> String {
         return value
             .chars()
             .map(|c| {
-                if is_special(c) || c == '\r' || c == '\n' {
+                if is_special(c) || c.is_ascii_control() {
                     ' '
                 } else {
                     c
@@ -131,9 +132,12 @@ pub fn escape(value: &str, d: &Delimiters) -> String {
     }
     let mut out = String::with_capacity(value.len());
     for c in value.chars() {
+        let hex;
         let code = match c {
-            '\r' => "X0D",
-            '\n' => "X0A",
+            c if c.is_ascii_control() => {
+                hex = format!("X{:02X}", c as u32);
+                hex.as_str()
+            }
             c if c == esc => "E",
             c if c == d.field => "F",
             c if c == d.component => "S",

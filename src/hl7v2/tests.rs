@@ -376,7 +376,9 @@ fn escape_sequences() {
 
 #[test]
 fn escape_round_trips() {
-    let alphabet: Vec<char> = "ab |^~\\&#\r\n\"é.XF0".chars().collect();
+    // With MLLP's block characters and other controls, which a sender's
+    // `\X0B\` reads back as.
+    let alphabet: Vec<char> = "ab |^~\\&#\r\n\"é.XF0\x0b\x1c\x00\t".chars().collect();
     let sets = [
         Delimiters::default(),
         Delimiters {
@@ -393,7 +395,8 @@ fn escape_round_trips() {
         let d = &sets[i % 2];
         let escaped = escape(&value, d);
         assert!(
-            !escaped.contains(['|', '^', '~', '&', '\r', '\n']),
+            !escaped.contains(['|', '^', '~', '&'])
+                && !escaped.contains(|c: char| c.is_ascii_control()),
             "{escaped:?}"
         );
         assert_eq!(unescape(&escaped, d), value, "{value:?} -> {escaped:?}");
@@ -782,6 +785,26 @@ fn ack_transcodes_non_standard_delimiters() {
         "MSH|^~\\&|GW|X26|PAS^1.2%3|RJZ|2024||ACK^A03^ACK|A1|P|2.5\rMSA|AA|ID$1\\F\\x\r"
     );
     assert_eq!(parse(&text).get("MSA-2"), m.control_id());
+}
+
+#[test]
+fn an_ack_never_carries_a_control_character_a_sender_escaped() {
+    // `\X0B\` and `\X1C\` read back as MLLP's block characters: echoed raw,
+    // they would cut the ACK's frame short.
+    for text in [
+        "MSH|^~\\&|PAS|RJZ|GW|X26|2024||ADT^\\X0B\\^ADT_A01|ID\\X1C\\1|P|2.5",
+        "MSH$%*#@$PAS\\X0B\\$RJZ$GW$X26$2024$$ADT%A03$ID#X1C#1$P$2.5",
+    ] {
+        let m = parse(text);
+        let ack = ack(Some(&m), AckCode::AA, "A1", "2024", None);
+        assert!(
+            !ack.trim_end_matches('\r')
+                .split('\r')
+                .any(|segment| segment.contains(|c: char| c.is_ascii_control())),
+            "{ack:?}"
+        );
+        assert_eq!(parse(&ack).get("MSA-2"), m.control_id(), "{ack:?}");
+    }
 }
 
 /// A feed reuses the patient facts of an earlier message with the same
