@@ -229,6 +229,7 @@ async fn a_schema_6_store_is_upgraded_with_its_event_clocks() {
                         resource_type: ResourceType::Patient,
                         id: id.clone(),
                         event_ms,
+                        planned: None,
                     })
                     .into_iter()
                     .collect(),
@@ -249,6 +250,7 @@ async fn a_schema_6_store_is_upgraded_with_its_event_clocks() {
                     resource_type: ResourceType::Patient,
                     id: ids[0].clone(),
                     event_ms,
+                    planned: None,
                 }],
             })
             .await
@@ -744,6 +746,120 @@ fn options(dir: &std::path::Path) -> SqliteOptions {
     }
 }
 
+/// A request planned on a record whose event clock has moved since (an
+/// event that repeated what was stored moves the clock, not the version) is
+/// refused whole, its journal entry too, so that its sender plans again: two
+/// messages about one record planned on the same state cannot each undo what
+/// the other decided.
+#[tokio::test]
+async fn a_request_planned_on_a_clock_that_has_moved_is_refused_whole() {
+    use pathway_gateway::store::{EventClock, IngestOutcome, IngestRequest, MutationError};
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 16);
+    let nhs = nhs_number(70);
+    let created = store.write(create(&nhs)).await.unwrap();
+    let id = written(created).id;
+    let clock = |event_ms, planned| EventClock {
+        resource_type: ResourceType::Patient,
+        id: id.clone(),
+        event_ms,
+        planned,
+    };
+    let entry = |message_id: &str| JournalEntry {
+        source: "hl7v2-mllp".into(),
+        sender: "RJ224".into(),
+        message_id: Some(message_id.into()),
+        content_type: "x-application/hl7-v2+er7".into(),
+        received_at_ms: 1_700_000_000_000,
+        payload: bytes::Bytes::from_static(b"MSH|^~\\&|PAS|RJ224|...\r"),
+    };
+    let ingest = |journal, write, clock| {
+        store.ingest(IngestRequest {
+            journal: Some(journal),
+            write,
+            quarantine: Vec::new(),
+            clocks: vec![clock],
+        })
+    };
+    // A newer event that repeats what is stored: the clock moves, the
+    // version stays 1.
+    let outcome = ingest(entry("M20"), None, clock(20, Some((1, None))))
+        .await
+        .unwrap();
+    assert!(matches!(
+        outcome,
+        IngestOutcome::Done {
+            journal_id: Some(_),
+            ..
+        }
+    ));
+    // An older event planned on version 1 before that clock moved: refused,
+    // nothing written.
+    let stale = ingest(
+        entry("M10"),
+        Some(update_named(&id, &nhs, 1, "older")),
+        clock(10, Some((1, None))),
+    )
+    .await
+    .unwrap();
+    assert!(
+        matches!(
+            &stale,
+            IngestOutcome::Done {
+                journal_id: None,
+                write: Some(WriteOutcome::RolledBack {
+                    error: MutationError::VersionConflict { expected: 1, .. },
+                    ..
+                }),
+                ..
+            }
+        ),
+        "{stale:?}"
+    );
+    let read = store
+        .read(ResourceType::Patient, &id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(read.version, 1);
+    assert!(!read.body.contains("older"));
+    assert_eq!(
+        store
+            .event_clocks(ResourceType::Patient, std::slice::from_ref(&id))
+            .await
+            .unwrap(),
+        [Some(20)]
+    );
+    // Nor was its journal entry kept: sent again, it is not a repeat.
+    assert!(!store.journal(entry("M10")).await.unwrap().duplicate);
+    // Planned again on what is there now, it is taken.
+    let again = ingest(
+        entry("M10b"),
+        Some(update_named(&id, &nhs, 1, "older")),
+        clock(10, Some((1, Some(20)))),
+    )
+    .await
+    .unwrap();
+    assert!(
+        matches!(
+            again,
+            IngestOutcome::Done {
+                write: Some(WriteOutcome::Applied(_)),
+                ..
+            }
+        ),
+        "{again:?}"
+    );
+    assert_eq!(
+        store
+            .event_clocks(ResourceType::Patient, std::slice::from_ref(&id))
+            .await
+            .unwrap(),
+        [Some(20)]
+    );
+    store.close().await;
+}
+
 /// Patient `id` at `if_match` with the name `text`.
 fn update_named(id: &str, nhs: &str, if_match: i64, text: &str) -> WriteRequest {
     let body = format!(
@@ -1000,6 +1116,7 @@ async fn put_identified(
                 resource_type: ResourceType::Patient,
                 id: id.into(),
                 event_ms,
+                planned: None,
             }],
         })
         .await

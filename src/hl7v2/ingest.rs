@@ -589,6 +589,7 @@ impl Feed {
             resource_type: ResourceType::Patient,
             id: patient_id.clone(),
             event_ms: adt.time_ms,
+            planned: target.as_ref().map(|(stored, _)| (stored.version, clock)),
         }];
         let nhs_number = facts.nhs_number.clone();
         let patient_ref = match &target {
@@ -704,6 +705,7 @@ impl Feed {
                 resource_type: ResourceType::Encounter,
                 id: encounter_id.clone(),
                 event_ms: adt.time_ms,
+                planned: current.as_ref().map(|stored| (stored.version, clock)),
             });
             let encounter =
                 encounter_from(current_value.as_deref(), clock, adt, visit, &patient_ref);

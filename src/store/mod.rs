@@ -231,6 +231,13 @@ pub struct EventClock {
     pub id: String,
     /// Milliseconds since the epoch.
     pub event_ms: i64,
+    /// The version and event clock the request was planned on, for a record
+    /// that exists: the request is refused whole (a version conflict, to be
+    /// planned again) unless the record still has both. A clock moves
+    /// without a new version when an event repeats what is stored, so the
+    /// version alone would let two messages about one record, planned on
+    /// the same state, each undo what the other decided.
+    pub planned: Option<(i64, Option<i64>)>,
 }
 
 /// What an [`IngestRequest`] did.

@@ -1127,6 +1127,38 @@ impl Writer {
             },
             _ => None,
         };
+        // Every record the request was planned on is as it was then
+        // (version and event clock), or nothing is written.
+        for c in &request.clocks {
+            let Some((version, clock)) = c.planned else {
+                continue;
+            };
+            let now: Option<(i64, Option<i64>)> = self
+                .conn
+                .prepare_cached("SELECT version, event_ms FROM current WHERE type=?1 AND id=?2")?
+                .query_row(params![c.resource_type.as_str(), c.id], |row| {
+                    Ok((row.get(0)?, row.get(1)?))
+                })
+                .optional()?;
+            if now != Some((version, clock)) {
+                let current = match now {
+                    Some((v, Some(ms))) => format!("{v}, its event clock moved on to {ms}"),
+                    Some((v, None)) => v.to_string(),
+                    None => "none (it does not exist)".to_string(),
+                };
+                return Ok(Err(Rollback(IngestOutcome::Done {
+                    journal_id: None,
+                    write: Some(WriteOutcome::RolledBack {
+                        index: 0,
+                        error: MutationError::VersionConflict {
+                            expected: version,
+                            current,
+                        },
+                    }),
+                    quarantined: Vec::new(),
+                })));
+            }
+        }
         let mut journal_id = None;
         if let Some(entry) = &request.journal {
             journal_id = Some(self.journal(entry)?.id);
