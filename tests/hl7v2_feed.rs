@@ -454,6 +454,48 @@ async fn http_ingest_answers_one_ack_per_message() {
     assert_eq!(ack_code(acks[1].as_bytes()).0, "AA", "{}", reply.text);
     assert_eq!(encounter(&gw, "HV4").await["status"], "in-progress");
 
+    // A message sent over one transport and again over the other is a
+    // repeat (same sender and MSH-10): answered, and it changes nothing,
+    // even with other content under the same control id.
+    let nhs = format!("{}^^^NHS^NH", nhs_number(903));
+    let admit = adt(
+        "A01",
+        "X1",
+        "202607141018",
+        &nhs,
+        Some(&pv1("I", "HV5", "202607141015", "")),
+    );
+    let discharge = adt(
+        "A03",
+        "X1",
+        "202607151018",
+        &nhs,
+        Some(&pv1("I", "HV5", "202607141015", "202607151000")),
+    );
+    let mut c = MllpClient::connect(gw.mllp, TIMEOUT).await.unwrap();
+    assert_eq!(send(&mut c, &admit).await.0, "AA");
+    let reply = gw.send(post(discharge.clone())).await;
+    assert_eq!(ack_code(reply.text.as_bytes()).0, "AA", "{}", reply.text);
+    assert_eq!(encounter(&gw, "HV5").await["status"], "in-progress");
+    let admit = adt(
+        "A01",
+        "X2",
+        "202607141018",
+        &nhs,
+        Some(&pv1("I", "HV6", "202607141015", "")),
+    );
+    let discharge = adt(
+        "A03",
+        "X2",
+        "202607151018",
+        &nhs,
+        Some(&pv1("I", "HV6", "202607141015", "202607151000")),
+    );
+    let reply = gw.send(post(admit)).await;
+    assert_eq!(ack_code(reply.text.as_bytes()).0, "AA", "{}", reply.text);
+    assert_eq!(send(&mut c, &discharge).await.0, "AA");
+    assert_eq!(encounter(&gw, "HV6").await["status"], "in-progress");
+
     let wrong = gw
         .send(
             gw.client

@@ -42,10 +42,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::{Mutex, MutexGuard};
 
-/// Journal and quarantine `source` of messages received over MLLP.
-pub const SOURCE_MLLP: &str = "hl7v2-mllp";
-/// … and over `POST /ingest/hl7v2`.
-pub const SOURCE_HTTP: &str = "hl7v2-http";
+/// Journal and quarantine `source` of messages received over MLLP, and over
+/// `POST /ingest/hl7v2`: a message resent over the other is a repeat.
+pub use crate::store::{SOURCE_HL7V2_HTTP as SOURCE_HTTP, SOURCE_HL7V2_MLLP as SOURCE_MLLP};
 /// How a raw message is labelled in the journal and quarantine.
 pub const CONTENT_TYPE: &str = "x-application/hl7-v2+er7";
 /// Attempts to plan and write a message when other writers keep changing

@@ -148,6 +148,21 @@ pub struct SearchPage {
     pub next_after: Option<String>,
 }
 
+/// Journal `source` of HL7 v2 messages received over MLLP.
+pub const SOURCE_HL7V2_MLLP: &str = "hl7v2-mllp";
+/// … and over `POST /ingest/hl7v2`.
+pub const SOURCE_HL7V2_HTTP: &str = "hl7v2-http";
+
+/// The sources whose entries repeat one another (same sender and message
+/// id): an HL7 v2 message resent over HTTP after MLLP, or the other way
+/// round, is the same message. Every other source stands alone.
+pub fn repeat_sources(source: &str) -> [&str; 2] {
+    match source {
+        SOURCE_HL7V2_MLLP | SOURCE_HL7V2_HTTP => [SOURCE_HL7V2_MLLP, SOURCE_HL7V2_HTTP],
+        other => [other, other],
+    }
+}
+
 /// A raw inbound payload, as received.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JournalEntry {
@@ -165,7 +180,8 @@ pub struct JournalEntry {
 }
 
 /// The journal's answer: the entry's id, and whether it was a repeat of an
-/// earlier one (same source, sender and message id), which was kept instead.
+/// earlier one (same source, or one of [`repeat_sources`], sender and message
+/// id), which was kept instead.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct JournalReceipt {
     pub id: i64,

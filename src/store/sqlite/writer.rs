@@ -17,7 +17,7 @@ use crate::fhir::search::{Clause, IndexEntries, SearchQuery, TokenMatch, referen
 use crate::store::{
     Change, IngestOutcome, IngestRequest, JournalEntry, JournalReceipt, Mutation, MutationError,
     QuarantineEntry, RouteOutcome, RouteRequest, StoreError, Stored, WriteOutcome, WriteRequest,
-    Written,
+    Written, repeat_sources,
 };
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 use std::collections::{HashMap, HashSet};
@@ -394,7 +394,18 @@ impl Writer {
                     answers.push(Answer::WriteEach(reply, Ok(results)));
                 }
                 Job::Journal(entry, reply) => {
-                    let result = self.in_savepoint(|w| w.journal(&entry).map(Ok));
+                    let result = self.in_savepoint(|w| {
+                        let [source, twin] = repeat_sources(&entry.source);
+                        if source != twin
+                            && let Some(id) = w.journaled(&entry)?
+                        {
+                            return Ok(Ok(JournalReceipt {
+                                id,
+                                duplicate: true,
+                            }));
+                        }
+                        w.journal(&entry).map(Ok)
+                    });
                     answers.push(Answer::Journal(reply, result));
                 }
                 Job::Ingest(request, reply) => {
@@ -1220,17 +1231,21 @@ impl Writer {
         let Some(message_id) = &entry.message_id else {
             return Ok(None);
         };
+        let [source, twin] = repeat_sources(&entry.source);
         Ok(self
             .conn
             .prepare_cached(
-                "SELECT id FROM journal WHERE source=?1 AND sender=?2 AND message_id=?3",
+                "SELECT id FROM journal WHERE source IN (?1, ?2) AND sender=?3 AND message_id=?4 \
+                 ORDER BY id LIMIT 1",
             )?
-            .query_row(params![entry.source, entry.sender, message_id], |row| {
+            .query_row(params![source, twin, entry.sender, message_id], |row| {
                 row.get(0)
             })
             .optional()?)
     }
 
+    /// Journals `entry` unless it repeats one: [`Writer::journaled`] must
+    /// have found no repeat from another of its [`repeat_sources`] first.
     fn journal(&mut self, entry: &JournalEntry) -> Result<JournalReceipt, StoreError> {
         // One statement for a new entry; a repeat (same source, sender and
         // message id) inserts nothing and is then looked up.
