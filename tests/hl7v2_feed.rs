@@ -205,6 +205,23 @@ async fn acceptance_scenarios_over_mllp() {
     assert_eq!(err, "MSH^1^9^1^1");
     assert!(patients(&gw, "9990000018").await.is_empty());
 
+    // A message whose MSH reads but whose body does not (a raw line break
+    // in a note): AR, naming the message it answers and where it broke.
+    let broken = "MSH|^~\\&|PAS|RJZ|PATHWAY|ONEBROMLEY|202607141020||ADT^A08|M13|T|2.4\rEVN|A08|202607141020\rNTE|1||see\nthe notes\r";
+    let ack = c.send(broken.as_bytes()).await.unwrap();
+    let text = String::from_utf8_lossy(&ack);
+    let (code, control, _) = ack_code(&ack);
+    assert_eq!((code.as_str(), control.as_str()), ("AR", "M13"), "{text}");
+    assert!(text.contains("invalid segment id"), "{text}");
+    assert!(
+        text.starts_with("MSH|^~\\&|PATHWAY|ONEBROMLEY|PAS|RJZ|"),
+        "{text}"
+    );
+    assert!(
+        text.contains("|T|2.4"),
+        "the sender's processing id: {text}"
+    );
+
     // An invalid NHS number: AE located at PID-3[2].1, held in quarantine.
     let bad = adt(
         "A01",

@@ -165,7 +165,13 @@ impl Feed {
                     code: 100,
                     text: format!("the message cannot be read: {}", err.message),
                 };
-                return self.ack(None, AckCode::AR, Some(&error));
+                // Its MSH alone, when that reads: the AR then names the
+                // message it answers (MSA-2) and its sender, as any ACK does.
+                let header = text
+                    .split(['\r', '\n'])
+                    .next()
+                    .and_then(|msh| Message::parse(msh).ok());
+                return self.ack(header.as_ref(), AckCode::AR, Some(&error));
             }
         };
         let verdict = match self.process(&message, raw, source).await {
