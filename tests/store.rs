@@ -233,6 +233,7 @@ async fn a_schema_6_store_is_upgraded_with_its_event_clocks() {
                     })
                     .into_iter()
                     .collect(),
+                replays: None,
             })
             .await
             .unwrap();
@@ -252,6 +253,7 @@ async fn a_schema_6_store_is_upgraded_with_its_event_clocks() {
                     event_ms,
                     planned: None,
                 }],
+                replays: None,
             })
             .await
             .unwrap();
@@ -779,6 +781,7 @@ async fn a_request_planned_on_a_clock_that_has_moved_is_refused_whole() {
             write,
             quarantine: Vec::new(),
             clocks: vec![clock],
+            replays: None,
         })
     };
     // A newer event that repeats what is stored: the clock moves, the
@@ -857,6 +860,87 @@ async fn a_request_planned_on_a_clock_that_has_moved_is_refused_whole() {
             .unwrap(),
         [Some(20)]
     );
+    store.close().await;
+}
+
+/// A replay is marked in the commit that applies it: a second replay of the
+/// same entry does nothing, and one whose write is refused leaves it held.
+#[tokio::test]
+async fn a_replay_marks_its_quarantine_entry_in_the_same_commit() {
+    use pathway_gateway::store::{IngestOutcome, IngestRequest, QuarantineEntry};
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 16);
+    let hold = |location: &str| QuarantineEntry {
+        source: "hl7v2-mllp".into(),
+        sender: "RJ224".into(),
+        journal_id: None,
+        received_at_ms: 1_700_000_000_000,
+        location: location.into(),
+        reasons: "[]".into(),
+        content_type: "x-application/hl7-v2+er7".into(),
+        payload: b"MSH|...".to_vec(),
+    };
+    let held = store
+        .ingest(IngestRequest {
+            journal: None,
+            write: None,
+            quarantine: vec![hold("MSH-10 Q1"), hold("MSH-10 Q2")],
+            clocks: Vec::new(),
+            replays: None,
+        })
+        .await
+        .unwrap();
+    let IngestOutcome::Done { quarantined, .. } = held else {
+        panic!("{held:?}")
+    };
+    let store = &store;
+    let replay = |id, write| {
+        store.ingest(IngestRequest {
+            journal: None,
+            write: Some(write),
+            quarantine: Vec::new(),
+            clocks: Vec::new(),
+            replays: Some(id),
+        })
+    };
+    let status = |id| async move { store.quarantined_entry(id).await.unwrap().unwrap().status };
+    let nhs = nhs_number(71);
+    let done = replay(quarantined[0], create(&nhs)).await.unwrap();
+    assert!(
+        matches!(
+            done,
+            IngestOutcome::Done {
+                write: Some(WriteOutcome::Applied(_)),
+                ..
+            }
+        ),
+        "{done:?}"
+    );
+    assert_eq!(status(quarantined[0]).await, "replayed");
+    // Again (a second request racing the first): nothing done.
+    let again = replay(quarantined[0], create(&nhs)).await.unwrap();
+    assert!(matches!(again, IngestOutcome::NotHeld), "{again:?}");
+    let key = [("https://fhir.nhs.uk/Id/nhs-number".to_string(), nhs.clone())];
+    let found = store
+        .by_identifier(ResourceType::Patient, &key)
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 1, "applied once");
+    // A replay whose write is refused leaves its entry held.
+    let refused = replay(quarantined[1], update_named("no-such-id", &nhs, 3, "x"))
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            refused,
+            IngestOutcome::Done {
+                write: Some(WriteOutcome::RolledBack { .. }),
+                ..
+            }
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(status(quarantined[1]).await, "held");
     store.close().await;
 }
 
@@ -1118,6 +1202,7 @@ async fn put_identified(
                 event_ms,
                 planned: None,
             }],
+            replays: None,
         })
         .await
         .unwrap();
@@ -1562,6 +1647,7 @@ async fn an_ingest_whose_create_was_raced_is_refused_whole() {
         }),
         quarantine: Vec::new(),
         clocks: Vec::new(),
+        replays: None,
     };
     match store.ingest(request()).await.unwrap() {
         IngestOutcome::Done {

@@ -142,7 +142,7 @@ async fn replay_hl7v2(
 ) -> Result<Response, ApiError> {
     let feed = &state.hl7v2;
     let verdict = feed
-        .replay(&entry.entry.payload, &entry.entry.source)
+        .replay(id, &entry.entry.payload, &entry.entry.source)
         .await?;
     let ack = match crate::hl7v2::Message::parse(&String::from_utf8_lossy(&entry.entry.payload)) {
         Ok(message) => feed.acknowledge(&message, &verdict),
@@ -150,13 +150,27 @@ async fn replay_hl7v2(
     };
     let ack = ack.replace('\r', "\n");
     match verdict {
-        Verdict::Accepted { .. } | Verdict::Repeat { held: None, .. } => {
+        // Marked replayed in the commit that applied it.
+        Verdict::Accepted { .. } => Ok(json_response(
+            StatusCode::OK,
+            &json!({"id": id, "status": "replayed", "ack": ack}),
+        )),
+        // (A replay is not journaled again, so is never a repeat.)
+        Verdict::Repeat { held: None, .. } => {
             state.store.resolve_quarantined(id).await?;
             Ok(json_response(
                 StatusCode::OK,
                 &json!({"id": id, "status": "replayed", "ack": ack}),
             ))
         }
+        // Replayed by another request meanwhile.
+        Verdict::NotHeld => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            Issue::error(
+                "conflict",
+                format!("quarantined input {id} was already replayed"),
+            ),
+        )),
         Verdict::Quarantined { errors, .. } => Ok(json_response(
             StatusCode::UNPROCESSABLE_ENTITY,
             &json!({

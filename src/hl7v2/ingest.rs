@@ -82,6 +82,9 @@ pub enum Verdict {
     },
     /// Not something this interface takes, or not readable: `AR`.
     Rejected(AckError),
+    /// A replay of a quarantine entry that is no longer held (replayed
+    /// meanwhile): nothing done.
+    NotHeld,
 }
 
 /// The feed's shared state: the store, the validator, the mapping options.
@@ -201,7 +204,10 @@ impl Feed {
     /// The ACK for a verdict.
     pub fn acknowledge(&self, message: &Message, verdict: &Verdict) -> String {
         match verdict {
-            Verdict::Accepted { .. } => self.ack(Some(message), AckCode::AA, None),
+            // (A replay's answer, not a sender's: the entry was applied.)
+            Verdict::Accepted { .. } | Verdict::NotHeld => {
+                self.ack(Some(message), AckCode::AA, None)
+            }
             Verdict::Repeat { held: None, .. } => self.ack(Some(message), AckCode::AA, None),
             Verdict::Repeat {
                 held: Some(reasons),
@@ -242,14 +248,15 @@ impl Feed {
             received_at_ms: jiff::Timestamp::now().as_millisecond(),
             payload: bytes::Bytes::copy_from_slice(raw),
         };
-        self.apply(message, Some(journal), source).await
+        self.apply(message, Some(journal), source, None).await
     }
 
-    /// Runs a quarantined message again (it is journaled already).
-    pub async fn replay(&self, raw: &[u8], source: &str) -> Result<Verdict, StoreError> {
+    /// Runs quarantine entry `held` again (its message is journaled
+    /// already): applied, it is marked replayed in the same commit.
+    pub async fn replay(&self, held: i64, raw: &[u8], source: &str) -> Result<Verdict, StoreError> {
         let text = utf8_or_windows_1252(raw);
         match Message::parse(&text) {
-            Ok(message) => self.apply(&message, None, source).await,
+            Ok(message) => self.apply(&message, None, source, Some(held)).await,
             Err(err) => Ok(Verdict::Rejected(AckError {
                 location: Some(err.location),
                 code: 100,
@@ -263,6 +270,7 @@ impl Feed {
         message: &Message,
         journal: Option<JournalEntry>,
         source: &str,
+        replays: Option<i64>,
     ) -> Result<Verdict, StoreError> {
         let key = adt::patient_key(message);
         let mut adt = match adt::read_with(message, &self.cx, self.known_facts(key.as_deref())) {
@@ -315,12 +323,14 @@ impl Feed {
                     }),
                     quarantine: Vec::new(),
                     clocks: planned.clocks,
+                    replays,
                 })
                 .await?;
             match outcome {
                 IngestOutcome::Repeat { journal_id, held } => {
                     return Ok(Verdict::Repeat { journal_id, held });
                 }
+                IngestOutcome::NotHeld => return Ok(Verdict::NotHeld),
                 // A record changed, or a create's record made, by someone
                 // else since the plan: nothing was written (the journal
                 // entry neither); plan again on top of what is there now.
@@ -401,10 +411,12 @@ impl Feed {
                 write: None,
                 quarantine: vec![entry],
                 clocks: Vec::new(),
+                replays: None,
             })
             .await?;
         Ok(match outcome {
             IngestOutcome::Repeat { journal_id, held } => Verdict::Repeat { journal_id, held },
+            IngestOutcome::NotHeld => Verdict::NotHeld,
             IngestOutcome::Done { quarantined, .. } => Verdict::Quarantined {
                 quarantine_id: quarantined.first().copied(),
                 errors,

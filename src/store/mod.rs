@@ -238,6 +238,12 @@ pub struct IngestRequest {
     pub quarantine: Vec<QuarantineEntry>,
     /// Event clocks to advance (never move back) once `write` is applied.
     pub clocks: Vec<EventClock>,
+    /// The held quarantine entry this request replays: marked replayed in
+    /// the same commit as what the replay writes, and nothing is done
+    /// ([`IngestOutcome::NotHeld`]) if it is no longer held, so that two
+    /// replays of one entry, or a crash between a replay and marking it,
+    /// cannot apply it twice or leave it held once applied.
+    pub replays: Option<i64>,
 }
 
 /// The time of the latest source event applied to a resource.
@@ -266,6 +272,9 @@ pub enum IngestOutcome {
         journal_id: i64,
         held: Option<String>,
     },
+    /// The quarantine entry the request replays was no longer held
+    /// (replayed meanwhile): nothing was done.
+    NotHeld,
     /// Stored (or, if `write` rolled back, nothing was stored at all).
     Done {
         journal_id: Option<i64>,

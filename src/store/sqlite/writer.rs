@@ -1087,6 +1087,17 @@ impl Writer {
         request: &IngestRequest,
         now: i64,
     ) -> Result<Result<IngestOutcome, Rollback<IngestOutcome>>, StoreError> {
+        // Checked before anything is written; marked at the end.
+        if let Some(replayed) = request.replays {
+            let status: Option<String> = self
+                .conn
+                .prepare_cached("SELECT status FROM quarantine WHERE id=?1")?
+                .query_row(params![replayed], |row| row.get(0))
+                .optional()?;
+            if status.as_deref() != Some("held") {
+                return Ok(Ok(IngestOutcome::NotHeld));
+            }
+        }
         if let Some(entry) = &request.journal
             && let Some(id) = self.journaled(entry)?
         {
@@ -1217,6 +1228,9 @@ impl Writer {
             if let Some(set) = set {
                 self.fresh.clocks.push((c.resource_type, c.id.clone(), set));
             }
+        }
+        if let Some(replayed) = request.replays {
+            self.resolve_quarantined(replayed, now)?;
         }
         Ok(Ok(IngestOutcome::Done {
             journal_id,
