@@ -320,7 +320,31 @@ async fn connection(
     .await;
     // Best effort: send FIN so the peer sees a clean end after the last ACK.
     let _ = stream.shutdown().await;
+    if reason == Close::Shutdown {
+        discard_unread(&mut stream).await;
+    }
     debug!(%peer, messages, ?reason, "MLLP connection closed");
+}
+
+/// How long a draining connection waits, after its FIN, for the peer to
+/// close, discarding what it sends meanwhile (at most [`DISCARD_LIMIT`]).
+const DISCARD_WAIT: Duration = Duration::from_millis(500);
+const DISCARD_LIMIT: usize = 1024 * 1024;
+
+/// Reads and drops what the peer sent that a draining connection no longer
+/// takes (frames it will send again: none of them was answered). Closing a
+/// socket with unread data makes Linux answer with a reset instead of a FIN,
+/// and throw away whatever of our ACKs the peer has not yet received.
+async fn discard_unread(stream: &mut TcpStream) {
+    let mut buf = vec![0u8; READ_CHUNK];
+    let mut discarded = 0;
+    let deadline = tokio::time::Instant::now() + DISCARD_WAIT;
+    while discarded < DISCARD_LIMIT {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => discarded += n,
+            _ => break,
+        }
+    }
 }
 
 /// The read → handle every complete frame → write each ACK loop.
@@ -761,6 +785,43 @@ mod tests {
         let handler = Arc::clone(&server.handler);
         server.stop(SOON).await.expect("serve ok");
         assert_eq!(handler.calls(), 1);
+    }
+
+    /// A frame sent once the listener drains is not read; the connection
+    /// still ends with a FIN after the ACKs it owes, not a reset (which
+    /// would also throw away ACKs the peer had not yet received).
+    #[tokio::test]
+    async fn a_draining_connection_ends_cleanly_with_frames_it_did_not_read() {
+        let handler = TestHandler::slow(Duration::from_millis(200));
+        let mut server = Server::start(config(), handler).await;
+        let mut stream = raw(server.addr).await;
+        stream
+            .write_all(&frame(&msg("SLOW1")))
+            .await
+            .expect("write");
+        timeout(SOON, server.handler.started.notified())
+            .await
+            .expect("handler started");
+        server.shutdown();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        stream
+            .write_all(&frame(&msg("LATE2")))
+            .await
+            .expect("write");
+        let acks = read_acks(&mut stream, 1).await;
+        assert_eq!(msa(&acks[0]).1, "SLOW1");
+        let mut buf = [0u8; 64];
+        match timeout(SOON, stream.read(&mut buf)).await {
+            Ok(Ok(0)) => {}
+            other => panic!("expected a clean end (FIN), got {other:?}"),
+        }
+        // The FIN came first either way; a reset would follow it.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let reset = stream.take_error().expect("socket error");
+        assert!(reset.is_none(), "the connection was reset: {reset:?}");
+        let handler = Arc::clone(&server.handler);
+        server.stop(SOON).await.expect("serve ok");
+        assert_eq!(handler.calls(), 1, "the late frame is not taken");
     }
 
     #[tokio::test]
