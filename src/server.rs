@@ -77,10 +77,14 @@ pub async fn run_with(
         hl7v2_max_bytes: config.hl7v2.max_message_bytes,
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-    });
+    let stop_tx = Arc::new(stop_tx);
+    {
+        let stop_tx = stop_tx.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        });
+    }
     let addr = listener.local_addr()?;
     let mllp_addr = match &mllp {
         Some(mllp) => mllp.local_addr()?.to_string(),
@@ -115,8 +119,8 @@ pub async fn run_with(
     });
     let mut grace = stop_rx;
     let grace_period = config.http.shutdown_grace;
-    tokio::select! {
-        result = server => result?,
+    let served = tokio::select! {
+        result = server => result,
         _ = async move {
             let _ = grace.wait_for(|stop| *stop).await;
             draining.store(true, Ordering::Relaxed);
@@ -124,7 +128,13 @@ pub async fn run_with(
             tokio::time::sleep(grace_period).await;
         } => {
             tracing::warn!("grace period over; closing with requests still in flight");
+            Ok(())
         }
+    };
+    // An HTTP server that failed stops the MLLP listener too, which drains
+    // before the store closes: the same way out as a shutdown.
+    if served.is_err() {
+        let _ = stop_tx.send(true);
     }
     if let Some(task) = mllp_task {
         match task.await {
@@ -136,6 +146,7 @@ pub async fn run_with(
     routing.stop().await;
     store.close().await;
     tracing::info!("store closed; stopped");
+    served?;
     Ok(())
 }
 
