@@ -76,13 +76,7 @@ pub async fn replay(
         return Err(ApiError::not_found(format!("no quarantined input {id}")));
     };
     if entry.status != "held" {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            Issue::error(
-                "conflict",
-                format!("quarantined input {id} was already replayed"),
-            ),
-        ));
+        return Err(already_replayed(id));
     }
     if entry.entry.source.starts_with("hl7v2-") {
         return replay_hl7v2(&state, id, &entry).await;
@@ -155,22 +149,17 @@ async fn replay_hl7v2(
             StatusCode::OK,
             &json!({"id": id, "status": "replayed", "ack": ack}),
         )),
-        // (A replay is not journaled again, so is never a repeat.)
-        Verdict::Repeat { held: None, .. } => {
-            state.store.resolve_quarantined(id).await?;
-            Ok(json_response(
-                StatusCode::OK,
-                &json!({"id": id, "status": "replayed", "ack": ack}),
-            ))
-        }
         // Replayed by another request meanwhile.
-        Verdict::NotHeld => Err(ApiError::new(
-            StatusCode::CONFLICT,
-            Issue::error(
-                "conflict",
-                format!("quarantined input {id} was already replayed"),
-            ),
-        )),
+        Verdict::NotHeld => Err(already_replayed(id)),
+        // Refused again, unless another request replayed it meanwhile.
+        _ if state
+            .store
+            .quarantined_entry(id)
+            .await?
+            .is_some_and(|q| q.status != "held") =>
+        {
+            Err(already_replayed(id))
+        }
         Verdict::Quarantined { errors, .. } => Ok(json_response(
             StatusCode::UNPROCESSABLE_ENTITY,
             &json!({
@@ -180,11 +169,22 @@ async fn replay_hl7v2(
                 "ack": ack,
             }),
         )),
+        // (A replay is not journaled again, so is never a repeat.)
         Verdict::Rejected(_) | Verdict::Repeat { .. } => Ok(json_response(
             StatusCode::UNPROCESSABLE_ENTITY,
             &json!({"id": id, "status": "held", "ack": ack}),
         )),
     }
+}
+
+fn already_replayed(id: i64) -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        Issue::error(
+            "conflict",
+            format!("quarantined input {id} was already replayed"),
+        ),
+    )
 }
 
 fn describe(q: &Quarantined) -> Value {

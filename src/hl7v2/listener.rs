@@ -93,6 +93,7 @@ pub async fn serve(
     let limits = Limits {
         max_frame: config.max_frame,
         idle_timeout: config.idle_timeout,
+        discard_wait: DISCARD_WAIT.min(config.drain_timeout / 4),
     };
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
@@ -145,6 +146,10 @@ fn validate(config: &ListenerConfig) -> io::Result<()> {
 struct Limits {
     max_frame: usize,
     idle_timeout: Duration,
+    /// How long a draining connection discards what it will not take
+    /// (see [`discard_unread`]): well inside the drain's own limit, which
+    /// aborts a connection still at it (and its close is then a reset).
+    discard_wait: Duration,
 }
 
 /// Accepts connections within the connection limit.
@@ -321,13 +326,14 @@ async fn connection(
     // Best effort: send FIN so the peer sees a clean end after the last ACK.
     let _ = stream.shutdown().await;
     if reason == Close::Shutdown {
-        discard_unread(&mut stream).await;
+        discard_unread(&mut stream, limits.discard_wait).await;
     }
     debug!(%peer, messages, ?reason, "MLLP connection closed");
 }
 
-/// How long a draining connection waits, after its FIN, for the peer to
-/// close, discarding what it sends meanwhile (at most [`DISCARD_LIMIT`]).
+/// How long a draining connection waits, at most, after its FIN, for the
+/// peer to close, discarding what it sends meanwhile (at most
+/// [`DISCARD_LIMIT`]).
 const DISCARD_WAIT: Duration = Duration::from_millis(500);
 const DISCARD_LIMIT: usize = 1024 * 1024;
 
@@ -335,10 +341,10 @@ const DISCARD_LIMIT: usize = 1024 * 1024;
 /// takes (frames it will send again: none of them was answered). Closing a
 /// socket with unread data makes Linux answer with a reset instead of a FIN,
 /// and throw away whatever of our ACKs the peer has not yet received.
-async fn discard_unread(stream: &mut TcpStream) {
+async fn discard_unread(stream: &mut TcpStream, wait: Duration) {
     let mut buf = vec![0u8; READ_CHUNK];
     let mut discarded = 0;
-    let deadline = tokio::time::Instant::now() + DISCARD_WAIT;
+    let deadline = tokio::time::Instant::now() + wait;
     while discarded < DISCARD_LIMIT {
         match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
             Ok(Ok(n)) if n > 0 => discarded += n,
