@@ -512,6 +512,22 @@ async fn http_ingest_answers_one_ack_per_message() {
     assert_eq!(ack_code(reply.text.as_bytes()).0, "AA", "{}", reply.text);
     assert_eq!(send(&mut c, &discharge).await.0, "AA");
     assert_eq!(encounter(&gw, "HV6").await["status"], "in-progress");
+    // Two systems of one trust (one facility code) count their control ids
+    // alike: the same MSH-10 from another sending application is another
+    // message.
+    let pas = adt(
+        "A01",
+        "X3",
+        "202607141018",
+        &nhs,
+        Some(&pv1("I", "HV7", "202607141015", "")),
+    );
+    let ed = pas
+        .replacen("|PAS|RJZ|", "|EDS|RJZ|", 1)
+        .replace("HV7", "HV8");
+    assert_eq!(send(&mut c, &pas).await.0, "AA");
+    assert_eq!(send(&mut c, &ed).await.0, "AA");
+    assert_eq!(encounter(&gw, "HV8").await["status"], "in-progress");
 
     let wrong = gw
         .send(

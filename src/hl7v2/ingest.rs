@@ -242,7 +242,7 @@ impl Feed {
     ) -> Result<Verdict, StoreError> {
         let journal = JournalEntry {
             source: source.to_string(),
-            sender: message.get("MSH-4").unwrap_or_default(),
+            sender: sender_of(message),
             message_id: message.control_id(),
             content_type: CONTENT_TYPE.to_string(),
             received_at_ms: jiff::Timestamp::now().as_millisecond(),
@@ -387,7 +387,7 @@ impl Feed {
         let replay = journal.is_none();
         let entry = QuarantineEntry {
             source: source.to_string(),
-            sender: message.get("MSH-4").unwrap_or_default(),
+            sender: sender_of(message),
             journal_id: None,
             received_at_ms: jiff::Timestamp::now().as_millisecond(),
             location: format!("MSH-10 {}", message.control_id().unwrap_or_default()),
@@ -892,6 +892,19 @@ impl Feed {
                 })
                 .collect()
         })
+    }
+}
+
+/// Who sent `message`, as the journal keys its repeats: the sending
+/// application at the sending facility (`PAS@RJZ`), or the facility alone
+/// when MSH-3 is empty. MSH-10 is unique within one sending application
+/// (HL7 v2.5 §2.14.9.10), and a trust's systems (PAS, ED, theatres) share
+/// its facility code and often count their control ids alike.
+fn sender_of(message: &Message) -> String {
+    let facility = message.get("MSH-4").unwrap_or_default();
+    match message.get("MSH-3") {
+        Some(application) if !application.is_empty() => format!("{application}@{facility}"),
+        _ => facility,
     }
 }
 
