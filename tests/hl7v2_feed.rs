@@ -754,6 +754,47 @@ async fn a_merge_moves_care_plans_and_referrals_to_the_survivor() {
 /// (MRG-1 a hospital number nobody has yet) gives the survivor that number
 /// as an old identifier, so the late messages of the merged record land on
 /// the survivor: the same patient and visit as in the order sent.
+/// A message without an NHS number whose hospital numbers find a traced
+/// record and an untraced one merges the untraced into the traced, whichever
+/// the lookup finds first (here the untraced: created first, its id sorts
+/// first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hospital_numbers_finding_a_traced_and_an_untraced_record_merge_them() {
+    let gw = start().await;
+    let mut c = MllpClient::connect(gw.mllp, TIMEOUT).await.unwrap();
+    let nhs = nhs_number(890);
+    let untraced = adt(
+        "A04",
+        "T1",
+        "202610251158",
+        "K2^^^RJZ^MR",
+        Some(&pv1("E", "E90", "202610251150", "")),
+    );
+    assert_eq!(send(&mut c, &untraced).await.0, "AA");
+    let traced = adt(
+        "A04",
+        "T2",
+        "202610251258",
+        &format!("K1^^^RJZ^MR~{nhs}^^^NHS^NH"),
+        Some(&pv1("E", "E91", "202610251250", "")),
+    );
+    assert_eq!(send(&mut c, &traced).await.0, "AA");
+    let both = adt("A31", "T3", "202610251400", "K2^^^RJZ^MR~K1^^^RJZ^MR", None);
+    let (code, _, err) = send(&mut c, &both).await;
+    assert_eq!((code.as_str(), err.as_str()), ("AA", ""));
+    let survivor = &patients(&gw, &nhs).await[0];
+    let found = patients(&gw, "K2").await;
+    assert!(
+        found.iter().any(|p| p["id"] == survivor["id"]),
+        "the traced record took the untraced one's hospital number: {found:#?}"
+    );
+    assert_eq!(
+        encounter(&gw, "E90").await["subject"]["reference"],
+        format!("Patient/{}", survivor["id"].as_str().unwrap())
+    );
+    gw.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_merge_that_arrives_before_the_merged_record_still_converges() {
     let gw = start().await;

@@ -514,6 +514,10 @@ impl Feed {
         let by_nhs = survivors(store, with_nhs).await?;
         let mut by_local = survivors(store, without).await?;
         by_local.retain(|(s, _)| !by_nhs.iter().any(|(n, _)| n.id == s.id));
+        // Without an NHS number to go by, a traced record found by hospital
+        // number is the target and the untraced ones merge into it, in
+        // whatever order the lookup found them.
+        by_local.sort_by_cached_key(|(s, v)| (nhs_number_of(v).is_none(), s.id.clone()));
         if by_nhs.len() > 1 {
             return Ok(Err(vec![DataError {
                 location: "PID-3".into(),
