@@ -101,6 +101,7 @@ pub async fn replay(
     let outcome = gp::ingest::replay_row(
         state.store.as_ref(),
         &state.validator,
+        id,
         &entry.entry.payload,
         options_for,
     )
@@ -113,14 +114,13 @@ pub async fn replay(
         ),
     })?;
     match outcome {
-        Ok(report) => {
-            state.store.resolve_quarantined(id).await?;
-            Ok(json_response(
-                StatusCode::OK,
-                &json!({"id": id, "status": "replayed", "report": report}),
-            ))
-        }
-        Err(errors) => Ok(json_response(
+        // Marked replayed in the commit that stored it.
+        gp::ingest::Replayed::Stored(report) => Ok(json_response(
+            StatusCode::OK,
+            &json!({"id": id, "status": "replayed", "report": report}),
+        )),
+        gp::ingest::Replayed::NotHeld => Err(already_replayed(id)),
+        gp::ingest::Replayed::Refused(errors) => Ok(json_response(
             StatusCode::UNPROCESSABLE_ENTITY,
             &json!({"id": id, "status": "held", "errors": errors}),
         )),

@@ -17,8 +17,8 @@ use crate::fhir::resource::{Rejection, prepare_json, prepare_written};
 use crate::fhir::search::identifier_query;
 use crate::fhir::{ResourceType, new_id};
 use crate::store::{
-    Change, Mutation, MutationError, QuarantineEntry, Store, StoreError, Stored, WriteOutcome,
-    WriteRequest,
+    Change, IngestOutcome, IngestRequest, Mutation, MutationError, QuarantineEntry, Store,
+    StoreError, Stored, WriteOutcome, WriteRequest,
 };
 use crate::validate::Validator;
 use futures_util::future::join;
@@ -273,16 +273,29 @@ pub async fn ingest_list(
     Ok(report)
 }
 
-/// Maps one quarantined row again (after a fix in configuration or
-/// profiles) and stores it. `Ok(Err(errors))` when it still fails.
+/// What replaying a quarantined row came to.
+#[derive(Debug)]
+pub enum Replayed {
+    /// Stored, and its quarantine entry marked replayed in the same commit.
+    Stored(Report),
+    /// Still refused: the entry stays held.
+    Refused(Vec<RowError>),
+    /// The entry was replayed by another request meanwhile: nothing done.
+    NotHeld,
+}
+
+/// Maps quarantine entry `held`'s row again (after a fix in configuration
+/// or profiles) and stores it, marking the entry replayed in the same
+/// commit.
 pub async fn replay_row(
     store: &dyn Store,
     validator: &Validator,
+    held: i64,
     payload: &[u8],
     options_for: impl Fn(&str, Option<Format>) -> ListOptions,
-) -> Result<Result<Report, Vec<RowError>>, IngestError> {
+) -> Result<Replayed, IngestError> {
     let bad = |reason: &str| {
-        Ok(Err(vec![RowError {
+        Ok(Replayed::Refused(vec![RowError {
             row: 0,
             column: String::new(),
             reason: reason.to_string(),
@@ -319,45 +332,73 @@ pub async fn replay_row(
         return bad("the saved row could not be read again");
     };
     record.line = line;
-    match plan_row(store, validator, &layout, &record, &options).await? {
-        Err(errors) => {
-            // Planned on lookups that may run a sync ahead of the disk,
-            // and nothing written after them.
-            store.settled().await?;
-            Ok(Err(errors))
-        }
-        Ok(plan) => {
-            let mut report = Report {
-                practice: options.practice.clone(),
-                format: layout.format.as_str().to_string(),
-                rows: 1,
-                stored: true,
-                ..Report::default()
-            };
-            let mut rejected = Vec::new();
-            write_plans(
-                store,
-                validator,
-                &layout,
-                &options,
-                vec![plan],
-                &mut report,
-                &mut rejected,
-            )
-            .await?;
-            match rejected.pop() {
-                Some((_, errors)) => {
-                    // (As above: a re-plan after a raced write.)
-                    store.settled().await?;
-                    Ok(Err(errors))
-                }
-                None => {
-                    report.accepted = 1;
-                    Ok(Ok(report))
-                }
+    for attempt in 0..MAX_ATTEMPTS {
+        let mut plan = match plan_row(store, validator, &layout, &record, &options).await? {
+            Ok(plan) => plan,
+            Err(errors) => {
+                // Planned on lookups that may run a sync ahead of the disk,
+                // and nothing written after them.
+                store.settled().await?;
+                return Ok(Replayed::Refused(errors));
             }
-        }
+        };
+        // One transaction with the entry's mark: a raced create of the
+        // row's patient is refused whole (and planned again), not kept.
+        let outcome = store
+            .ingest(IngestRequest {
+                journal: None,
+                write: Some(WriteRequest {
+                    mutations: std::mem::take(&mut plan.mutations),
+                    atomic: true,
+                }),
+                quarantine: Vec::new(),
+                clocks: Vec::new(),
+                replays: Some(held),
+            })
+            .await?;
+        let error = match outcome {
+            IngestOutcome::NotHeld => return Ok(Replayed::NotHeld),
+            IngestOutcome::Done {
+                write: Some(WriteOutcome::Applied(results)),
+                ..
+            } => {
+                let mut report = Report {
+                    practice: options.practice.clone(),
+                    format: layout.format.as_str().to_string(),
+                    rows: 1,
+                    stored: true,
+                    accepted: 1,
+                    ..Report::default()
+                };
+                count(&plan, &results, &mut report);
+                return Ok(Replayed::Stored(report));
+            }
+            IngestOutcome::Done {
+                write:
+                    Some(WriteOutcome::RolledBack {
+                        error:
+                            MutationError::VersionConflict { .. } | MutationError::CreatedMeanwhile(_),
+                        ..
+                    }),
+                ..
+            } if attempt + 1 < MAX_ATTEMPTS => continue,
+            IngestOutcome::Done {
+                write: Some(WriteOutcome::RolledBack { error, .. }),
+                ..
+            } => error.to_string(),
+            other => format!("unexpected store answer {other:?}"),
+        };
+        return Ok(Replayed::Refused(vec![RowError {
+            row: plan.row.row,
+            column: String::new(),
+            reason: format!("could not be stored: {error}"),
+        }]));
     }
+    Ok(Replayed::Refused(vec![RowError {
+        row: record.line,
+        column: String::new(),
+        reason: format!("the row's records kept changing under it ({MAX_ATTEMPTS} attempts)"),
+    }]))
 }
 
 /// The row read, mapped and validated into the writes that store it,
