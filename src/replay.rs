@@ -51,7 +51,9 @@ pub struct Sent {
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Sends every input file of `dir`; a transport failure stops the replay.
+/// Sends every input file of `dir` (extensions in any case). A transport
+/// failure (no connection, no answer in time) is the last row and stops the
+/// replay: what was answered before it is kept.
 pub async fn replay(
     dir: &Path,
     target: &Target,
@@ -66,18 +68,37 @@ pub async fn replay(
     let http = reqwest::Client::new();
     let mut mllp: Option<MllpClient> = None;
     let mut sent = Vec::new();
+    // A row for what could not be sent or answered; `Err` stops the replay.
+    let failed = |file: &Path, item: &str, why: String| Sent {
+        file: file.to_path_buf(),
+        item: item.to_string(),
+        outcome: why,
+        ok: false,
+    };
     for file in files {
-        let ext = file.extension().and_then(|e| e.to_str()).unwrap_or("");
-        let bytes =
-            std::fs::read(&file).map_err(|err| format!("cannot read {}: {err}", file.display()))?;
-        match (ext, target) {
+        let ext = file
+            .extension()
+            .and_then(|e| e.to_str())
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        let bytes = match std::fs::read(&file) {
+            Ok(bytes) => bytes,
+            Err(err) => {
+                sent.push(failed(&file, "(the file)", format!("cannot read: {err}")));
+                continue;
+            }
+        };
+        match (ext.as_str(), target) {
             ("hl7", Target::Mllp(addr)) => {
                 if mllp.is_none() {
-                    mllp = Some(
-                        MllpClient::connect(addr.as_str(), TIMEOUT)
-                            .await
-                            .map_err(|err| format!("cannot connect to {addr}: {err}"))?,
-                    );
+                    match MllpClient::connect(addr.as_str(), TIMEOUT).await {
+                        Ok(client) => mllp = Some(client),
+                        Err(err) => {
+                            let why = format!("cannot connect to {addr}: {err}");
+                            sent.push(failed(&file, "(connection)", why));
+                            return Ok(sent);
+                        }
+                    }
                 }
                 let Some(client) = mllp.as_mut() else {
                     continue;
@@ -90,28 +111,42 @@ pub async fn replay(
                         ok: false,
                     });
                 }
-                for message in split_messages(&bytes) {
-                    // ER7 segments end with `\r` on the wire.
-                    let wire: Vec<u8> = String::from_utf8_lossy(message)
-                        .replace("\r\n", "\r")
-                        .replace('\n', "\r")
-                        .into_bytes();
-                    let ack = client
-                        .send(&wire)
-                        .await
-                        .map_err(|err| format!("{}: no ACK: {err}", file.display()))?;
-                    sent.push(from_ack(&file, &ack));
+                let messages = split_messages(&bytes);
+                if messages.is_empty() && before_first_message(&bytes).is_none() {
+                    sent.push(failed(&file, "(the file)", "no message in it".into()));
+                }
+                for (n, message) in messages.into_iter().enumerate() {
+                    // ER7 segments end with `\r` on the wire; the bytes are
+                    // sent as they are (a Windows-1252 file stays one).
+                    let wire = cr_segments(message);
+                    match client.send(&wire).await {
+                        Ok(ack) => sent.push(from_ack(&file, &ack)),
+                        Err(err) => {
+                            let item = format!("(message {} of the file)", n + 1);
+                            sent.push(failed(&file, &item, format!("no ACK: {err}")));
+                            return Ok(sent);
+                        }
+                    }
                 }
             }
             ("hl7", Target::Http(base)) => {
-                let reply = post(
-                    &http,
-                    &format!("{base}/ingest/hl7v2"),
-                    "x-application/hl7-v2+er7",
-                    bytes,
-                )
-                .await?;
-                for ack in reply.1.split('\n').filter(|a| a.starts_with("MSH")) {
+                let url = format!("{base}/ingest/hl7v2");
+                let (status, body) =
+                    match post(&http, &url, "x-application/hl7-v2+er7", bytes).await {
+                        Ok(reply) => reply,
+                        Err(err) => {
+                            sent.push(failed(&file, "(the file)", err));
+                            return Ok(sent);
+                        }
+                    };
+                let acks: Vec<&str> = body.split('\n').filter(|a| a.starts_with("MSH")).collect();
+                // A refused body (400, 413, 415, …) answers no ACK: the
+                // file is a failure, not silently nothing.
+                if !(200..300).contains(&status) || acks.is_empty() {
+                    let why: String = body.chars().take(200).collect();
+                    sent.push(failed(&file, "(the file)", format!("HTTP {status}: {why}")));
+                }
+                for ack in acks {
                     sent.push(from_ack(&file, ack.as_bytes()));
                 }
             }
@@ -119,8 +154,13 @@ pub async fn replay(
                 let practice = practice
                     .ok_or_else(|| format!("{}: a CSV needs --practice ODS", file.display()))?;
                 let url = format!("{base}/ingest/gp-risk-list?practice={practice}");
-                let (status, _) = post(&http, &url, "text/csv", bytes).await?;
-                sent.push(status_of(&file, practice, status));
+                match post(&http, &url, "text/csv", bytes).await {
+                    Ok((status, _)) => sent.push(status_of(&file, practice, status)),
+                    Err(err) => {
+                        sent.push(failed(&file, practice, err));
+                        return Ok(sent);
+                    }
+                }
             }
             ("json" | "ndjson", Target::Http(base)) => {
                 let text = String::from_utf8_lossy(&bytes);
@@ -138,14 +178,14 @@ pub async fn replay(
                         "Bundle" => format!("{base}/fhir"),
                         _ => format!("{base}/fhir/{ty}"),
                     };
-                    let (status, _) = post(
-                        &http,
-                        &url,
-                        "application/fhir+json",
-                        resource.as_bytes().to_vec(),
-                    )
-                    .await?;
-                    sent.push(status_of(&file, &ty, status));
+                    let body = resource.as_bytes().to_vec();
+                    match post(&http, &url, "application/fhir+json", body).await {
+                        Ok((status, _)) => sent.push(status_of(&file, &ty, status)),
+                        Err(err) => {
+                            sent.push(failed(&file, &ty, err));
+                            return Ok(sent);
+                        }
+                    }
                 }
             }
             ("csv" | "json" | "ndjson", Target::Mllp(_)) => {
@@ -158,6 +198,21 @@ pub async fn replay(
         }
     }
     Ok(sent)
+}
+
+/// `message` with every line ending (`\r\n`, `\n`) as ER7's `\r`, bytes
+/// untouched otherwise.
+fn cr_segments(message: &[u8]) -> Vec<u8> {
+    let mut wire = Vec::with_capacity(message.len());
+    let mut bytes = message.iter().copied().peekable();
+    while let Some(b) = bytes.next() {
+        match b {
+            b'\r' if bytes.peek() == Some(&b'\n') => {}
+            b'\n' => wire.push(b'\r'),
+            b => wire.push(b),
+        }
+    }
+    wire
 }
 
 async fn post(

@@ -601,6 +601,72 @@ async fn replay_sends_the_fixture_folder_over_mllp_then_http() {
     gw.stop().await;
 }
 
+/// `replay` with what integration engineers' folders hold: a Windows-1252
+/// file with `\n` line ends (sent as its bytes: the name survives), an
+/// upper-case extension, and an empty file, which is a failure over either
+/// transport (over HTTP the gateway answers 400 and no ACK), not nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_takes_windows_1252_upper_case_names_and_reports_an_empty_file() {
+    use pathway_gateway::replay::{Target, replay};
+    let gw = start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let nhs = nhs_number(891);
+    let admit = adt(
+        "A04",
+        "W1",
+        "202607141018",
+        &format!("{nhs}^^^NHS^NH"),
+        Some(&pv1("E", "E92", "202607141015", "")),
+    )
+    .replace("PAGE^Margaret", "ZO\u{cb}^Margaret")
+    .replace('\r', "\n");
+    let bytes: Vec<u8> = admit
+        .chars()
+        .map(|c| if c == '\u{cb}' { 0xCB } else { c as u8 })
+        .collect();
+    std::fs::write(dir.path().join("a.hl7"), bytes).unwrap();
+    // Older than the arrival: it fills gaps, and leaves the arrival's name.
+    let update = adt(
+        "A08",
+        "W2",
+        "202607141016",
+        &format!("{nhs}^^^NHS^NH"),
+        Some(&pv1("E", "E92", "202607141015", "")),
+    );
+    std::fs::write(dir.path().join("b.HL7"), update).unwrap();
+    std::fs::write(dir.path().join("c.hl7"), "").unwrap();
+    let rows = |sent: &[pathway_gateway::replay::Sent]| -> Vec<(String, bool)> {
+        sent.iter()
+            .map(|s| {
+                (
+                    s.file.file_name().unwrap().to_string_lossy().to_string(),
+                    s.ok,
+                )
+            })
+            .collect()
+    };
+    let expected = [
+        ("a.hl7".to_string(), true),
+        ("b.HL7".to_string(), true),
+        ("c.hl7".to_string(), false),
+    ];
+    let over_mllp = replay(dir.path(), &Target::Mllp(gw.mllp.to_string()), None)
+        .await
+        .unwrap();
+    assert_eq!(rows(&over_mllp), expected, "{over_mllp:?}");
+    let found = patients(&gw, &nhs).await;
+    assert_eq!(found[0]["name"][0]["family"], "ZO\u{cb}", "{found:#?}");
+    let over_http = replay(dir.path(), &Target::Http(gw.root.clone()), None)
+        .await
+        .unwrap();
+    assert_eq!(rows(&over_http), expected, "{over_http:?}");
+    assert!(
+        over_http[2].outcome.starts_with("HTTP 400"),
+        "{over_http:?}"
+    );
+    gw.stop().await;
+}
+
 /// A patient first created by a message keeps that message's event time:
 /// an older message arriving afterwards only fills gaps. (The clock was
 /// recorded under an id other than the new patient's, so the older message
