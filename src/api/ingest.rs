@@ -179,10 +179,11 @@ pub async fn hl7v2(
 }
 
 /// The messages of a body: each starts at an `MSH` that begins a segment
-/// (start of body, or after `\r` or `\n`; spaces, tabs and, at the start, a
-/// byte-order mark before it are not content). Batch envelopes (FHS, BHS,
-/// BTS, FTS) and anything before the first MSH (see
-/// [`before_first_message`]) are left out.
+/// (start of body, or after `\r` or `\n`; spaces, tabs, byte-order marks
+/// (files joined together) and MLLP's block characters (a capture of an
+/// MLLP stream) before it are not content). Batch envelopes (FHS, BHS, BTS,
+/// FTS), MLLP's block characters after a message, and anything before the
+/// first MSH (see [`before_first_message`]) are left out.
 pub fn split_messages(body: &[u8]) -> Vec<&[u8]> {
     let mut starts = message_starts(body);
     starts.push(body.len());
@@ -201,25 +202,36 @@ pub fn before_first_message(body: &[u8]) -> Option<&[u8]> {
     let head = head.strip_prefix(UTF8_BOM).unwrap_or(head);
     let content = head
         .split(|b| matches!(b, b'\r' | b'\n'))
-        .map(<[u8]>::trim_ascii)
+        .map(|line| trim_framing(line.trim_ascii()))
         .any(|line| !line.is_empty() && !line.starts_with(b"FHS") && !line.starts_with(b"BHS"));
     content.then(|| head.trim_ascii())
 }
 
+/// `line` without MLLP's block characters around it (`0x0B` before, `0x1C`
+/// after), nor blanks inside them.
+fn trim_framing(line: &[u8]) -> &[u8] {
+    let line = line.strip_prefix(&[0x0B]).unwrap_or(line).trim_ascii();
+    line.strip_suffix(&[0x1C]).unwrap_or(line).trim_ascii()
+}
+
 const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
 
-/// Where the body's messages start: each `MSH` with only blanks (and, at
-/// the start of the body, a byte-order mark) between it and the start of
-/// the body or a line break.
+/// Where the body's messages start: each `MSH` with only blanks, byte-order
+/// marks and MLLP start blocks (`0x0B`) between it and the start of the body
+/// or a line break.
 fn message_starts(body: &[u8]) -> Vec<usize> {
     let starts_segment = |i: usize| {
         let mut j = i;
-        while j > 0 && matches!(body[j - 1], b' ' | b'\t') {
-            j -= 1;
+        loop {
+            if j > 0 && matches!(body[j - 1], b' ' | b'\t' | 0x0B) {
+                j -= 1;
+            } else if body[..j].ends_with(UTF8_BOM) {
+                j -= UTF8_BOM.len();
+            } else {
+                break;
+            }
         }
-        j == 0
-            || matches!(body[j - 1], b'\r' | b'\n')
-            || (j == UTF8_BOM.len() && body.starts_with(UTF8_BOM))
+        j == 0 || matches!(body[j - 1], b'\r' | b'\n')
     };
     (0..body.len())
         .filter(|&i| body[i..].starts_with(b"MSH") && starts_segment(i))
@@ -242,11 +254,21 @@ fn trim_batch(message: &[u8]) -> &[u8] {
         }
     }
     let message = &message[..end];
-    let trimmed = message
-        .iter()
-        .rposition(|b| !b.is_ascii_whitespace())
-        .map_or(0, |p| p + 1);
-    &message[..trimmed]
+    // Blanks, and what frames the next message or ends this one: MLLP's
+    // block characters, a byte-order mark (files joined together).
+    let mut message = message;
+    loop {
+        let trimmed = message.trim_ascii_end();
+        let trimmed = trimmed
+            .strip_suffix(UTF8_BOM)
+            .or_else(|| trimmed.strip_suffix(&[0x0B]))
+            .or_else(|| trimmed.strip_suffix(&[0x1C]))
+            .unwrap_or(trimmed);
+        if trimmed.len() == message.len() {
+            return message;
+        }
+        message = trimmed;
+    }
 }
 
 fn bad(text: String) -> ApiError {
@@ -284,5 +306,25 @@ mod tests {
         );
         // An MSH inside a field is not a message start.
         assert_eq!(split_messages(b"PID|1||MSH").len(), 0);
+    }
+
+    #[test]
+    fn an_mllp_capture_and_files_joined_with_their_byte_order_marks_split_into_their_messages() {
+        let framed = format!("\x0b{A}\r\x1c\r\x0b{B}\r\x1c\r");
+        let messages = split_messages(framed.as_bytes());
+        assert_eq!(messages, vec![A.as_bytes(), B.as_bytes()]);
+        assert_eq!(before_first_message(framed.as_bytes()), None);
+        // Back to back, without the CR after the end block.
+        let tight = format!("\x0b{A}\r\x1c\x0b{B}\r\x1c");
+        assert_eq!(
+            split_messages(tight.as_bytes()).len(),
+            1,
+            "an MSH inside a segment is not a start"
+        );
+        let joined = format!("\u{feff}{A}\r\n\u{feff}{B}\r\n");
+        assert_eq!(
+            split_messages(joined.as_bytes()),
+            vec![A.as_bytes(), B.as_bytes()]
+        );
     }
 }
