@@ -280,6 +280,16 @@ pub fn read_with(
     };
     let mut errors = Vec::new();
     let mut notes = Vec::new();
+    // EVN-1 repeats the trigger (v2.3-2.5, kept for compatibility): the
+    // event is MSH-9.2's, and a different EVN-1 is worth knowing.
+    if let Some(evn1) = msg.get("EVN-1")
+        && !evn1.is_empty()
+        && evn1 != trigger
+    {
+        notes.push(format!(
+            "EVN-1: {evn1} differs from MSH-9.2 {trigger}, the event taken"
+        ));
+    }
     let control_id = msg.control_id().unwrap_or_default();
     if control_id.is_empty() {
         errors.push(missing("MSH-10", "message control id"));
@@ -340,6 +350,16 @@ pub fn read_with(
     };
 
     let mut prior = Vec::new();
+    if event == Event::A40 && msg.segments_named("MRG").nth(1).is_some() {
+        // ADT_A39's merge group repeats; this feed takes one merge a
+        // message, and refuses the rest rather than drop them unseen.
+        errors.push(DataError {
+            location: "MRG[2]".into(),
+            reason:
+                "a second merge (PID and MRG group) in one A40: send each merge as its own message"
+                    .into(),
+        });
+    }
     if event == Event::A40 {
         if let Some(field) = msg.segment("MRG").and_then(|s| s.field(1)) {
             for (i, rep) in field.repetitions().enumerate() {
@@ -878,12 +898,24 @@ fn admission_priority(code: &str) -> Option<(Option<Value>, Option<Value>)> {
 }
 
 /// `SEG-n` of every field with content that the mapping of `event` does not
-/// read, and every segment it does not read at all.
+/// read, every segment it does not read at all, a second occurrence of a
+/// segment it reads once (`PV1[2]`), and the repetitions after the first of
+/// the fields it reads one repetition of (`PD1-3[2]`).
 fn unmapped(msg: &Message, event: Event) -> Vec<String> {
+    /// Fields of which only the first repetition is read.
+    const FIRST_ONLY: &[(&str, usize)] = &[("PD1", 3), ("PD1", 4)];
     let mut out = Vec::new();
+    let mut seen: Vec<&str> = Vec::new();
     for segment in msg.segments() {
         let id = segment.id();
         if id == "MSH" {
+            continue;
+        }
+        let again = seen.contains(&id);
+        seen.push(id);
+        if again && MAPPED.iter().any(|(s, _)| *s == id) {
+            let n = seen.iter().filter(|s| **s == id).count();
+            out.push(format!("{id}[{n}] (repeated segment not mapped)"));
             continue;
         }
         let mapped = MAPPED.iter().find(|(s, _)| *s == id).map(|(_, f)| *f);
@@ -905,6 +937,12 @@ fn unmapped(msg: &Message, event: Event) -> Vec<String> {
                     };
                     if !field.raw().trim().is_empty() && !fields.contains(&n) {
                         out.push(format!("{id}-{n}"));
+                    } else if FIRST_ONLY.contains(&(id, n)) {
+                        for (i, rep) in field.repetitions().enumerate().skip(1) {
+                            if !rep.raw().trim().is_empty() {
+                                out.push(format!("{id}-{n}[{}]", i + 1));
+                            }
+                        }
                     }
                 }
             }

@@ -936,3 +936,46 @@ fn mllp_runs_and_single_bytes_frame_alike() {
         assert_eq!(by_run.pending(), by_byte.pending(), "case {case}");
     }
 }
+
+/// What the mapping reads once is reported when it comes again: a second
+/// PV1, PD1-3's second practice, an EVN-1 other than the trigger (a note);
+/// and an A40 with a second merge is refused, not half applied.
+#[test]
+fn repeated_segments_and_repetitions_the_mapping_reads_once_are_reported() {
+    use crate::hl7v2::adt::{AdtContext, AdtError, read};
+    let cx = AdtContext::default();
+    let m = parse(
+        "MSH|^~\\&|PAS|RJZ|GW|OB|202607141018||ADT^A08|R1|P|2.4\rEVN|A01|202607141018\r\
+         PID|1||9990000018^^^NHS^NH||PAGE^Ann\rPD1|||FIRST^^G84001~SECOND^^G84002\r\
+         PV1|1|E|ED^^^RJZ30||||||||||||||||V1^^^RJZ^VN\rPV1|1|I|WARD^^^RJZ30||||||||||||||||V1^^^RJZ^VN\r",
+    );
+    let adt = read(&m, &cx).unwrap();
+    assert!(
+        adt.unmapped
+            .contains(&"PV1[2] (repeated segment not mapped)".to_string()),
+        "{:?}",
+        adt.unmapped
+    );
+    assert!(
+        adt.unmapped.contains(&"PD1-3[2]".to_string()),
+        "{:?}",
+        adt.unmapped
+    );
+    assert!(
+        adt.notes
+            .iter()
+            .any(|n| n.starts_with("EVN-1: A01 differs")),
+        "{:?}",
+        adt.notes
+    );
+    let merge = parse(
+        "MSH|^~\\&|PAS|RJZ|GW|OB|202607141018||ADT^A40|R2|P|2.4\rEVN|A40|202607141018\r\
+         PID|1||K1^^^RJZ^MR\rMRG|K2^^^RJZ^MR\rPID|1||K3^^^RJZ^MR\rMRG|K4^^^RJZ^MR\r",
+    );
+    match read(&merge, &cx) {
+        Err(AdtError::Invalid(errors)) => {
+            assert!(errors.iter().any(|e| e.location == "MRG[2]"), "{errors:?}")
+        }
+        other => panic!("a second merge was not refused: {other:?}"),
+    }
+}
