@@ -66,6 +66,23 @@ pub fn map_messages(text: &str, cx: &AdtContext, validator: &Validator) -> DryRu
     let mut patients: Vec<Record> = Vec::new();
     let mut encounters: Vec<Record> = Vec::new();
     let mut runs = Vec::new();
+    // Bytes before the first message get an AR of their own, as
+    // `POST /ingest/hl7v2` answers them (message 0: not one of the file's).
+    if let Some(junk) = crate::api::ingest::before_first_message(text.as_bytes()) {
+        let shown: String = String::from_utf8_lossy(junk).chars().take(60).collect();
+        runs.push(MessageRun {
+            message: 0,
+            control_id: String::new(),
+            event: String::new(),
+            ack: "AR",
+            errors: vec![Located {
+                location: "(before the first MSH)".into(),
+                reason: format!("bytes that are not a message: {shown:?}"),
+            }],
+            unmapped: Vec::new(),
+            notes: Vec::new(),
+        });
+    }
     for (i, raw) in crate::api::ingest::split_messages(text.as_bytes())
         .into_iter()
         .enumerate()
@@ -249,4 +266,27 @@ fn entry(record: &Record, ty: &str) -> Value {
         "resource": record.resource,
         "request": {"method": "PUT", "url": format!("{ty}?identifier={system}|{value}")}
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Bytes before the first message are answered with an AR of their
+    /// own (message 0), as the HTTP endpoint answers them, not skipped.
+    #[test]
+    fn bytes_before_the_first_message_are_reported() {
+        let validator = Validator::load(None, &[]).unwrap();
+        let text = "a note the sender left\r\nMSH|^~\\&|PAS|RJZ|GW|OB|202607141018||ADT^A28|D1|P|2.4\rEVN|A28|202607141018\rPID|1||9990000018^^^NHS^NH||PAGE^Ann\r";
+        let run = map_messages(text, &AdtContext::default(), &validator);
+        let acks: Vec<(usize, &str)> = run.messages.iter().map(|m| (m.message, m.ack)).collect();
+        assert_eq!(acks, [(0, "AR"), (1, "AA")], "{:?}", run.messages);
+        assert!(
+            run.messages[0].errors[0]
+                .reason
+                .contains("a note the sender left"),
+            "{:?}",
+            run.messages[0]
+        );
+    }
 }
