@@ -602,16 +602,19 @@ async fn the_wal_stays_bounded_under_large_commits() {
     for sender in senders {
         largest = largest.max(sender.await.unwrap());
     }
+    assert!(
+        largest < 80 * 1024 * 1024,
+        "the WAL reached {largest} bytes"
+    );
+    // Measured once closed (the WAL copied in): a checkpoint pass still
+    // catching up when the last commit returned left 134 MB in the file
+    // once, in a full test run.
+    store.close().await;
     let database = std::fs::metadata(dir.path().join("gateway.sqlite")).map_or(0, |m| m.len());
     assert!(
         database > 150_000_000,
         "the database file is {database} bytes: the writes did not get through"
     );
-    assert!(
-        largest < 80 * 1024 * 1024,
-        "the WAL reached {largest} bytes (database {database} bytes)"
-    );
-    store.close().await;
 }
 
 #[tokio::test]
