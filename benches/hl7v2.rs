@@ -22,7 +22,7 @@ mod support;
 use pathway_gateway::hl7v2::Message;
 use pathway_gateway::hl7v2::adt::{AdtContext, read};
 use pathway_gateway::hl7v2::client::MllpClient;
-use pathway_gateway::hl7v2::state::{encounter_after, patient_after};
+use pathway_gateway::hl7v2::state::{Times, encounter_after, patient_after};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 use support::{cpu_seconds, nhs_number, rss_kib, spawn_gateway_mllp, thread_cpu_seconds};
@@ -142,7 +142,7 @@ fn in_process() {
         let Ok(adt) = read(&message, &cx) else {
             return 0;
         };
-        let patient = patient_after(None, None, &adt);
+        let (patient, _) = patient_after(None, &Times::default(), &adt);
         let encounter = adt
             .visit
             .as_ref()

@@ -694,6 +694,60 @@ async fn a_new_patients_first_event_orders_later_arrivals() {
     );
 }
 
+/// A sender that sends only what changed, and a deletion (`""`): each member
+/// goes by the latest message that set it, kept beside the record through a
+/// restart. A newer message about the phone does not make an older one
+/// about the address stale, and a retracted death is not brought back by
+/// the late message that recorded it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_go_by_the_latest_message_that_set_them_across_a_restart() {
+    let gw = start().await;
+    let mut c = MllpClient::connect(gw.mllp, TIMEOUT).await.unwrap();
+    let nhs = nhs_number(721);
+    let a31 = |id: &str, when: &str, pid_after_3: &str| {
+        format!(
+            "MSH|^~\\&|PAS|RJZ|PATHWAY|ONEBROMLEY|{when}||ADT^A31|{id}|P|2.4\rEVN|A31|{when}\rPID|1||{nhs}^^^NHS^NH{pid_after_3}\r"
+        )
+    };
+    let registered = a31(
+        "S1",
+        "202607010900",
+        "||PAGE^Ann||19380305|F|||12 Station Road^^Bromley^^BR1 3PT||01689 100001",
+    );
+    let phone = a31("S2", "202607200900", "||||||||||01689 100002");
+    let retracted = a31("S3", "202607250900", "||||||||||||||||||||||||||\"\"");
+    for message in [&registered, &phone, &retracted] {
+        assert_eq!(send(&mut c, message).await.0, "AA");
+    }
+    drop(c);
+    let from = gw.data.clone();
+    let kept = tempfile::tempdir().unwrap();
+    gw.stop_keeping(&from, kept.path()).await;
+    let to = kept.path().to_path_buf();
+    let gw = common::start_with(|config| config.store.dir = to).await;
+    let mut c = MllpClient::connect(gw.mllp, TIMEOUT).await.unwrap();
+    let address = a31(
+        "S4",
+        "202607100900",
+        "||||||||4 Hill View^^Orpington^^BR6 0AA",
+    );
+    let died = a31(
+        "S5",
+        "202607150900",
+        "||||||||||||||||||||||||||202607150830",
+    );
+    for message in [&address, &died] {
+        assert_eq!(send(&mut c, message).await.0, "AA");
+    }
+    let found = patients(&gw, &nhs).await;
+    assert_eq!(found.len(), 1);
+    let p = &found[0];
+    assert_eq!(p["name"][0]["family"], "PAGE", "{p:#}");
+    assert_eq!(p["telecom"][0]["value"], "01689 100002", "{p:#}");
+    assert_eq!(p["address"][0]["postalCode"], "BR6 0AA", "{p:#}");
+    assert!(p.get("deceasedDateTime").is_none(), "{p:#}");
+}
+
 /// A new patient's first message racing a conditional create of the same
 /// NHS number over FHIR REST: whichever commits first, the message's facts
 /// (its hospital number, its visit) end up on the one Patient record. The

@@ -205,13 +205,24 @@ async fn updates_keep_the_search_index_exact() {
 }
 
 /// Schema 7 keeps each resource's event clock and its version's row beside
-/// it in `current`: a schema 6 store keeps its clocks and reads through the
-/// upgrade.
+/// it in `current`, and schema 8 the feed's member times with the clock: a
+/// schema 6 or 7 store keeps its clocks (without member times) and reads
+/// through the upgrade.
 #[tokio::test]
-async fn a_schema_6_store_is_upgraded_with_its_event_clocks() {
-    use pathway_gateway::store::{EventClock, IngestOutcome, IngestRequest};
+async fn schema_6_and_7_stores_are_upgraded_with_their_event_clocks() {
+    for make in [common::make_schema_6, common::make_schema_7] {
+        upgraded_with_event_clocks(make).await;
+    }
+}
+
+async fn upgraded_with_event_clocks(make: fn(&rusqlite::Connection)) {
+    use pathway_gateway::store::{Clock, EventClock, IngestOutcome, IngestRequest};
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path(), 64);
+    let clock = |event_ms, members: Option<&str>| Clock {
+        event_ms,
+        members: members.map(str::to_string),
+    };
     let mut ids = Vec::new();
     for (i, event_ms) in [(1, Some(1_700_000_000_000)), (2, None)] {
         let request = create(&nhs_number(60 + i));
@@ -228,7 +239,7 @@ async fn a_schema_6_store_is_upgraded_with_its_event_clocks() {
                     .map(|event_ms| EventClock {
                         resource_type: ResourceType::Patient,
                         id: id.clone(),
-                        event_ms,
+                        clock: clock(event_ms, Some("name=1700000000000")),
                         planned: None,
                     })
                     .into_iter()
@@ -240,36 +251,44 @@ async fn a_schema_6_store_is_upgraded_with_its_event_clocks() {
         assert!(matches!(outcome, IngestOutcome::Done { .. }));
         ids.push(id);
     }
-    // A later clock only moves it forward; an earlier one does not.
-    for event_ms in [1_700_000_500_000, 1_600_000_000_000] {
-        store
-            .ingest(IngestRequest {
-                journal: None,
-                write: None,
-                quarantine: Vec::new(),
-                clocks: vec![EventClock {
-                    resource_type: ResourceType::Patient,
-                    id: ids[0].clone(),
-                    event_ms,
-                    planned: None,
-                }],
-                replays: None,
-            })
-            .await
-            .unwrap();
-    }
+    // A clock is set as the request has it, on the state it was planned on.
+    let set = clock(
+        1_700_000_500_000,
+        Some("name=1700000000000;address=1700000500000"),
+    );
+    let outcome = store
+        .ingest(IngestRequest {
+            journal: None,
+            write: None,
+            quarantine: Vec::new(),
+            clocks: vec![EventClock {
+                resource_type: ResourceType::Patient,
+                id: ids[0].clone(),
+                clock: set.clone(),
+                planned: Some((
+                    1,
+                    Some(clock(1_700_000_000_000, Some("name=1700000000000"))),
+                )),
+            }],
+            replays: None,
+        })
+        .await
+        .unwrap();
+    assert!(matches!(outcome, IngestOutcome::Done { .. }), "{outcome:?}");
     let clocks = store
         .event_clocks(ResourceType::Patient, &ids)
         .await
         .unwrap();
-    assert_eq!(clocks, [Some(1_700_000_500_000), None]);
+    assert_eq!(clocks, [Some(set.clone()), None]);
     store.close().await;
 
     let path = dir.path().join("gateway.sqlite");
     let db = rusqlite::Connection::open(&path).unwrap();
-    common::make_schema_6(&db);
+    make(&db);
     drop(db);
 
+    // The clock stands for every member now (no member times).
+    let upgraded = clock(1_700_000_500_000, None);
     let store = open(dir.path(), 64);
     let unknown = "no-such-patient".to_string();
     let clocks = store
@@ -279,7 +298,7 @@ async fn a_schema_6_store_is_upgraded_with_its_event_clocks() {
         )
         .await
         .unwrap();
-    assert_eq!(clocks, [Some(1_700_000_500_000), None, None]);
+    assert_eq!(clocks, [Some(upgraded.clone()), None, None]);
     let key = [(
         "https://fhir.nhs.uk/Id/nhs-number".to_string(),
         nhs_number(61),
@@ -290,7 +309,7 @@ async fn a_schema_6_store_is_upgraded_with_its_event_clocks() {
         .unwrap();
     assert_eq!(found[0].len(), 1);
     assert_eq!(found[0][0].0.id, ids[0]);
-    assert_eq!(found[0][0].1, Some(1_700_000_500_000));
+    assert_eq!(found[0][0].1, Some(upgraded));
     let read = store
         .read(ResourceType::Patient, &ids[1])
         .await
@@ -428,7 +447,7 @@ async fn a_schema_5_store_is_upgraded_with_its_history_and_exact_search_index() 
     let version: i64 = db
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 7);
+    assert_eq!(version, 8);
     assert_eq!(sql("event_clock"), None);
     let count: i64 = db
         .query_row("SELECT count(*) FROM versions", [], |r| r.get(0))
@@ -758,17 +777,22 @@ fn options(dir: &std::path::Path) -> SqliteOptions {
 /// the other decided.
 #[tokio::test]
 async fn a_request_planned_on_a_clock_that_has_moved_is_refused_whole() {
-    use pathway_gateway::store::{EventClock, IngestOutcome, IngestRequest, MutationError};
+    use pathway_gateway::store::{Clock, EventClock, IngestOutcome, IngestRequest, MutationError};
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path(), 16);
     let nhs = nhs_number(70);
     let created = store.write(create(&nhs)).await.unwrap();
     let id = written(created).id;
-    let clock = |event_ms, planned| EventClock {
+    let at = |event_ms| Clock {
+        event_ms,
+        members: None,
+    };
+    // The clock a request sets, and the version and clock it was planned on.
+    let clock = |event_ms, planned: Option<(i64, Option<i64>)>| EventClock {
         resource_type: ResourceType::Patient,
         id: id.clone(),
-        event_ms,
-        planned,
+        clock: at(event_ms),
+        planned: planned.map(|(version, clock)| (version, clock.map(at))),
     };
     let entry = |message_id: &str| JournalEntry {
         source: "hl7v2-mllp".into(),
@@ -834,15 +858,16 @@ async fn a_request_planned_on_a_clock_that_has_moved_is_refused_whole() {
             .event_clocks(ResourceType::Patient, std::slice::from_ref(&id))
             .await
             .unwrap(),
-        [Some(20)]
+        [Some(at(20))]
     );
     // Nor was its journal entry kept: sent again, it is not a repeat.
     assert!(!store.journal(entry("M10")).await.unwrap().duplicate);
-    // Planned again on what is there now, it is taken.
+    // Planned again on what is there now, it is taken (the latest event
+    // still the one at 20).
     let again = ingest(
         entry("M10b"),
         Some(update_named(&id, &nhs, 1, "older")),
-        clock(10, Some((1, Some(20)))),
+        clock(20, Some((1, Some(20)))),
     )
     .await
     .unwrap();
@@ -861,7 +886,18 @@ async fn a_request_planned_on_a_clock_that_has_moved_is_refused_whole() {
             .event_clocks(ResourceType::Patient, std::slice::from_ref(&id))
             .await
             .unwrap(),
-        [Some(20)]
+        [Some(at(20))]
+    );
+    // One planned on no clock (as for a record the request creates) never
+    // replaces a clock.
+    let unplanned = ingest(entry("M30"), None, clock(5, None)).await.unwrap();
+    assert!(matches!(unplanned, IngestOutcome::Done { .. }));
+    assert_eq!(
+        store
+            .event_clocks(ResourceType::Patient, std::slice::from_ref(&id))
+            .await
+            .unwrap(),
+        [Some(at(20))]
     );
     store.close().await;
 }
@@ -1167,7 +1203,7 @@ async fn put_identified(
     identifiers: &[(&str, &str)],
     event_ms: i64,
 ) {
-    use pathway_gateway::store::{EventClock, IngestOutcome, IngestRequest};
+    use pathway_gateway::store::{Clock, EventClock, IngestOutcome, IngestRequest};
     let identifiers: Vec<String> = identifiers
         .iter()
         .map(|(system, value)| format!(r#"{{"system":"{system}","value":"{value}"}}"#))
@@ -1177,6 +1213,17 @@ async fn put_identified(
         identifiers.join(",")
     );
     let resource = prepare(body.as_bytes(), Some(ResourceType::Patient), validator()).unwrap();
+    // Planned, as the feed plans, on the version and clock it updates.
+    let planned = match if_match {
+        Some(version) => {
+            let clocks = store
+                .event_clocks(ResourceType::Patient, &[id.to_string()])
+                .await
+                .unwrap();
+            Some((version, clocks.into_iter().next().flatten()))
+        }
+        None => None,
+    };
     let mutation = match if_match {
         Some(version) => Mutation::Update {
             resource,
@@ -1202,8 +1249,11 @@ async fn put_identified(
             clocks: vec![EventClock {
                 resource_type: ResourceType::Patient,
                 id: id.into(),
-                event_ms,
-                planned: None,
+                clock: Clock {
+                    event_ms,
+                    members: None,
+                },
+                planned,
             }],
             replays: None,
         })
@@ -1230,7 +1280,7 @@ async fn looked_up(store: &SqliteStore, keys: &[(&str, &str)]) -> Vec<(String, i
         .unwrap()
         .remove(0)
         .into_iter()
-        .map(|(s, clock)| (s.id, s.version, clock))
+        .map(|(s, clock)| (s.id, s.version, clock.map(|c| c.event_ms)))
         .collect()
 }
 
@@ -1260,9 +1310,9 @@ async fn lookups_by_identifier_from_memory_match_sqlite() {
         both,
         vec![("a".into(), 1, Some(1_000)), ("b".into(), 1, Some(2_000))]
     );
-    // A's hospital number moves from M1 to M2; an older event leaves its
-    // clock where it was.
-    put_identified(&store, "a", Some(1), &[(NHS, &n1), (MRN, "M2")], 500).await;
+    // A's hospital number moves from M1 to M2, by an older event: its
+    // clock stays where it was (the clock set is the planner's).
+    put_identified(&store, "a", Some(1), &[(NHS, &n1), (MRN, "M2")], 1_000).await;
     assert_eq!(
         agree(vec![(MRN, "M1".into())]).await,
         vec![("b".into(), 1, Some(2_000))]

@@ -8,7 +8,7 @@
 use super::adt::{self, Adt, AdtContext, AdtError};
 use super::datatypes::DataError;
 use super::er7::Message;
-use super::state::{self, encounter_after, patient_after};
+use super::state::{self, Times, encounter_after, patient_after};
 use crate::fhir::outcome::Severity;
 use crate::validate::{Validator, has_errors};
 use serde::Serialize;
@@ -56,8 +56,9 @@ struct Record {
     key: (String, String),
     full_url: String,
     resource: Value,
-    /// The latest event applied (ms since the epoch).
-    clock: i64,
+    /// When the events applied set its members (an Encounter's: the
+    /// latest alone).
+    clock: Times,
 }
 
 /// Maps every message of `text` (segments by `\r`, `\n` or `\r\n`;
@@ -165,8 +166,8 @@ fn apply(
             })
         });
     let current = at.map(|i| &patients[i].resource);
-    let clock = at.map(|i| patients[i].clock);
-    let patient = patient_after(current, clock, adt);
+    let times = at.map(|i| patients[i].clock.clone()).unwrap_or_default();
+    let (patient, times) = patient_after(current, &times, adt);
     let key = keys.first().cloned().unwrap_or_default();
     let full_url = at.map_or_else(|| urn(&key), |i| patients[i].full_url.clone());
     let mut errors = issues(validator, &patient);
@@ -178,7 +179,7 @@ fn apply(
             .unwrap_or_default();
         let found = encounters.iter().position(|r| r.key == visit_key);
         let current = found.map(|i| &encounters[i].resource);
-        let clock = found.map(|i| encounters[i].clock);
+        let clock = found.and_then(|i| encounters[i].clock.latest());
         let e = encounter_after(current, clock, adt, visit, &full_url);
         errors.extend(issues(validator, &e));
         encounter = Some((found, visit_key, e));
@@ -205,26 +206,26 @@ fn apply(
     match at {
         Some(i) => {
             patients[i].resource = patient;
-            patients[i].clock = patients[i].clock.max(adt.time_ms);
+            patients[i].clock = times;
         }
         None => patients.push(Record {
             key,
             full_url,
             resource: patient,
-            clock: adt.time_ms,
+            clock: times,
         }),
     }
     if let Some((found, key, e)) = encounter {
         match found {
             Some(i) => {
                 encounters[i].resource = e;
-                encounters[i].clock = encounters[i].clock.max(adt.time_ms);
+                encounters[i].clock = encounters[i].clock.clone().after(adt.time_ms);
             }
             None => encounters.push(Record {
                 full_url: urn(&key),
                 key,
                 resource: e,
-                clock: adt.time_ms,
+                clock: Times::default().after(adt.time_ms),
             }),
         }
     }

@@ -23,7 +23,7 @@ use super::adt::{self, Adt, AdtContext, AdtError, NHS_NUMBER_SYSTEM, PatientFact
 use super::datatypes::DataError;
 use super::er7::Message;
 use super::mllp::{AckCode, AckError, ack};
-use super::state::{self, encounter_from, patient_from, replaced_by, rewrite};
+use super::state::{self, Times, encounter_from, patient_from, replaced_by, rewrite};
 use crate::fhir::json::{Written, same_in_order};
 use crate::fhir::outcome::Severity;
 use crate::fhir::resource::{Prepared, Rejection, prepare_written};
@@ -31,7 +31,7 @@ use crate::fhir::search::identifier_query;
 use crate::fhir::{ResourceType, new_id};
 use crate::gp::read::utf8_or_windows_1252;
 use crate::store::{
-    Change, EventClock, IngestOutcome, IngestRequest, JournalEntry, Mutation, MutationError,
+    Change, Clock, EventClock, IngestOutcome, IngestRequest, JournalEntry, Mutation, MutationError,
     QuarantineEntry, Store, StoreError, Stored, WriteOutcome, WriteRequest, search_all,
 };
 use crate::validate::Validator;
@@ -498,9 +498,9 @@ impl Feed {
             lookups.next().unwrap_or_default(),
             lookups.next().unwrap_or_default(),
         );
-        let known_clocks: Vec<(String, i64, Option<i64>)> = patients
+        let known_clocks: Vec<(String, i64, Option<Clock>)> = patients
             .iter()
-            .map(|(s, c)| (s.id.clone(), s.version, *c))
+            .map(|(s, c)| (s.id.clone(), s.version, c.clone()))
             .collect();
         let found = parsed(store, patients.into_iter().map(|(s, _)| s).collect());
         let (with_nhs, without): (Vec<_>, Vec<_>) = found.into_iter().partition(|(_, v)| {
@@ -598,7 +598,7 @@ impl Feed {
                 .iter()
                 .find(|(id, version, _)| *id == patient_id && *version == stored.version)
             {
-                Some((_, _, clock)) => *clock,
+                Some((_, _, clock)) => clock.clone(),
                 // Reached through a merge, read after the lookup: its clock
                 // is read after its body, as the writer's version check
                 // expects.
@@ -606,10 +606,17 @@ impl Feed {
             },
             None => None,
         };
+        let times = Times::of(clock.as_ref());
+        let after = state::patient_times(
+            &times,
+            target.as_ref().map(|(_, v)| v.as_ref()),
+            &facts,
+            adt.time_ms,
+        );
         let mut clocks = vec![EventClock {
             resource_type: ResourceType::Patient,
             id: patient_id.clone(),
-            event_ms: adt.time_ms,
+            clock: after.clock().expect("set by the event just applied"),
             planned: target.as_ref().map(|(stored, _)| (stored.version, clock)),
         }];
         let nhs_number = facts.nhs_number.clone();
@@ -625,12 +632,12 @@ impl Feed {
         // The stored patient as the message finds it: nothing to build.
         let unchanged = match &target {
             Some((stored, old)) if absorbed.is_empty() && !merged_unseen => {
-                let unchanged = state::patient_unchanged(old, clock, &facts, adt.time_ms);
+                let unchanged = state::patient_unchanged(old, &times, &facts, adt.time_ms);
                 // (Every test checks the shortcut against the full path.)
                 debug_assert!(
                     !unchanged || {
                         let facts = PatientFacts::clone(&facts);
-                        let built = patient_from(Some(old), clock, facts, adt.time_ms);
+                        let built = patient_from(Some(old), &times, facts, adt.time_ms);
                         rewrite(&stored.body, old, &built).is_none()
                     },
                     "patient_unchanged, yet the message changes {}",
@@ -646,7 +653,7 @@ impl Feed {
         } else {
             patient_from(
                 target.as_ref().map(|(_, v)| v.as_ref()),
-                clock,
+                &times,
                 Arc::unwrap_or_clone(facts),
                 adt.time_ms,
             )
@@ -722,14 +729,19 @@ impl Feed {
             };
             let current_value = current.as_ref().and_then(|s| store.parsed(s));
             let encounter_id = current.as_ref().map_or_else(new_id, |s| s.id.clone());
+            // An Encounter's members go by its latest event alone.
+            let latest = clock.as_ref().map(|c| c.event_ms);
             clocks.push(EventClock {
                 resource_type: ResourceType::Encounter,
                 id: encounter_id.clone(),
-                event_ms: adt.time_ms,
+                clock: Clock {
+                    event_ms: latest.map_or(adt.time_ms, |at| at.max(adt.time_ms)),
+                    members: None,
+                },
                 planned: current.as_ref().map(|stored| (stored.version, clock)),
             });
             let encounter =
-                encounter_from(current_value.as_deref(), clock, adt, visit, &patient_ref);
+                encounter_from(current_value.as_deref(), latest, adt, visit, &patient_ref);
             match &current {
                 Some(stored) => {
                     moved_ids.push(stored.id.clone());
@@ -960,7 +972,7 @@ async fn clock_of(
     store: &dyn Store,
     ty: ResourceType,
     id: &str,
-) -> Result<Option<i64>, StoreError> {
+) -> Result<Option<Clock>, StoreError> {
     Ok(store
         .event_clocks(ty, &[id.to_string()])
         .await?

@@ -12,49 +12,344 @@
 //!   (A02 adds one, A12 removes the latest one before it unless the
 //!   patient is already back where the A12 says). An A13 restores the
 //!   status from before the discharge it cancels.
-//! - Other members are replaced only by an event at least as recent as the
-//!   last one applied to the record (its event clock, kept by the store
-//!   beside the resource, not in it); an older event only fills members
-//!   that are absent.
+//! - A Patient's other members are each set by an event at least as recent
+//!   as the last one that set or cleared that member ([`Times`], kept by
+//!   the store beside the resource, not in it): a message that carries only
+//!   what changed still sets it when a newer message about something else
+//!   came first, and a member a newer message cleared (`""`) stays cleared.
+//!   A member no event has set yet is set by any event that carries it;
+//!   but a record whose clock was kept before member times were (schema 8)
+//!   goes by that clock for them: an older event only fills what is absent.
+//! - An Encounter's other members go by the record's latest event alone:
+//!   replaced by an event at least as recent, only filled by an older one.
 //!
 //! Members an event does not change keep their stored bytes ([`rewrite`]).
 
 use super::adt::{Adt, Event, LOCATION_REPORTED_URL, ODS_SYSTEM, PatientFacts, Visit, is_ods};
 use crate::fhir::json::{Written, WrittenObject, same_value, written_members};
+use crate::store::Clock;
 use serde_json::{Map, Value, json};
 
-/// The Patient after `adt`, from the stored one (or a new one) whose last
-/// applied event was at `clock` (ms since the epoch).
-pub fn patient_after(current: Option<&Value>, clock: Option<i64>, adt: &Adt) -> Value {
-    patient_from(
-        current,
-        clock,
-        PatientFacts::clone(&adt.patient),
-        adt.time_ms,
-    )
+/// When the events applied to a Patient set (or cleared) each member: the
+/// store's [`Clock`] as the feed reads it. Kept in `Clock::members` as
+/// `name=0;address=86400000;…`, each time as milliseconds before the
+/// latest (most are 0: set by the latest event), with `*=…` for `base`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Times {
+    /// The latest event applied.
+    latest: Option<i64>,
+    /// Members' own times: the latest event that set or cleared each.
+    own: Vec<(Member, i64)>,
+    /// The record's clock when member times began to be kept (schema 8):
+    /// what its members without a time of their own go by.
+    base: Option<i64>,
 }
 
-/// [`patient_after`] with the message's facts moved into the record rather
-/// than copied: an event at `time_ms` that `facts` describes.
+/// A member [`Times`] keeps a time for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Member {
+    /// A Patient member by its FHIR name (`deceased` for either choice).
+    Named(&'static str),
+    /// What a message's copy of an identifier may overlay on the stored one
+    /// (a hospital number's `type`, the NHS number's verification status),
+    /// each identifier its own, by a stable hash of its system and value;
+    /// kept as `id.` and the hash in hex.
+    Identifier(u64),
+}
+
+/// The members [`Member::Named`] names.
+const NAMED: [&str; 7] = [
+    "name",
+    "telecom",
+    "gender",
+    "birthDate",
+    "deceased",
+    "address",
+    "generalPractitioner",
+];
+
+impl Member {
+    fn parse(text: &str) -> Option<Member> {
+        match text.strip_prefix("id.") {
+            Some(hex) => u64::from_str_radix(hex, 16).ok().map(Member::Identifier),
+            None => NAMED.iter().find(|n| **n == text).map(|n| Member::Named(n)),
+        }
+    }
+}
+
+/// `n` in base `radix` (lower-case), at least `width` digits: without the
+/// formatting machinery, for the clock written with every HL7 v2 message.
+fn push_digits(out: &mut String, mut n: u64, radix: u64, width: usize) {
+    let mut digits = [b'0'; 20];
+    let mut at = digits.len();
+    while n > 0 || digits.len() - at < width {
+        at -= 1;
+        digits[at] = b"0123456789abcdef"[(n % radix) as usize];
+        n /= radix;
+    }
+    out.extend(digits[at..].iter().map(|&d| char::from(d)));
+}
+
+impl Times {
+    pub fn of(clock: Option<&Clock>) -> Times {
+        let Some(clock) = clock else {
+            return Times::default();
+        };
+        let mut times = Times {
+            latest: Some(clock.event_ms),
+            own: Vec::new(),
+            base: None,
+        };
+        match &clock.members {
+            // Set before member times were kept: it stands for every member.
+            None => times.base = Some(clock.event_ms),
+            Some(text) => {
+                for (member, before) in text.split(';').filter_map(|e| e.split_once('=')) {
+                    let Ok(before) = before.parse::<i64>() else {
+                        continue;
+                    };
+                    let at = clock.event_ms.saturating_sub(before);
+                    if member == "*" {
+                        times.base = Some(at);
+                    } else if let Some(member) = Member::parse(member) {
+                        times.own.push((member, at));
+                    }
+                }
+            }
+        }
+        times
+    }
+
+    /// As the store keeps it (`None` before any event).
+    pub fn clock(&self) -> Option<Clock> {
+        let event_ms = self.latest?;
+        let mut members = String::with_capacity(16 * (self.own.len() + 1));
+        let base = self.base.map(|at| (None, at));
+        for (member, at) in self.own.iter().map(|(m, at)| (Some(*m), *at)).chain(base) {
+            if !members.is_empty() {
+                members.push(';');
+            }
+            match member {
+                Some(Member::Named(name)) => members.push_str(name),
+                Some(Member::Identifier(hash)) => {
+                    members.push_str("id.");
+                    push_digits(&mut members, hash, 16, 16);
+                }
+                None => members.push('*'),
+            }
+            members.push('=');
+            push_digits(
+                &mut members,
+                event_ms.saturating_sub(at).max(0) as u64,
+                10,
+                1,
+            );
+        }
+        Some(Clock {
+            event_ms,
+            members: Some(members),
+        })
+    }
+
+    /// The latest event applied.
+    pub fn latest(&self) -> Option<i64> {
+        self.latest
+    }
+
+    /// With an event at `time_ms` applied (members' times as they were).
+    pub fn after(mut self, time_ms: i64) -> Times {
+        self.latest = Some(self.latest.map_or(time_ms, |at| at.max(time_ms)));
+        self
+    }
+
+    /// Whether an event at `time_ms` that carries `member` sets it (or
+    /// clears it), the record having it or not (`present`).
+    fn takes(&self, member: Member, time_ms: i64, present: bool) -> bool {
+        match self.own.iter().find(|(m, _)| *m == member) {
+            Some((_, at)) => time_ms >= *at,
+            // Set by no event yet: any event sets it, but on a record kept
+            // before member times were, whose clock stands for them all, an
+            // older event only fills it if absent.
+            None => self.base.is_none_or(|at| time_ms >= at) || !present,
+        }
+    }
+
+    fn set(&mut self, member: Member, time_ms: i64) {
+        match self.own.iter_mut().find(|(m, _)| *m == member) {
+            Some((_, at)) => *at = time_ms,
+            None => self.own.push((member, time_ms)),
+        }
+    }
+}
+
+/// [`Times::takes`] on a record as it stands.
+struct Takes<'a> {
+    times: &'a Times,
+    time_ms: i64,
+    /// Which of the members [`NAMED`] names the record has (bit `i` for
+    /// `NAMED[i]`), found in one pass over its members.
+    present: u8,
+}
+
+impl<'a> Takes<'a> {
+    fn new(times: &'a Times, time_ms: i64, record: Option<&Map<String, Value>>) -> Takes<'a> {
+        let mut present = 0;
+        for key in record.into_iter().flat_map(|r| r.keys()) {
+            let key = match key.as_str() {
+                "deceasedDateTime" | "deceasedBoolean" => "deceased",
+                other => other,
+            };
+            if let Some(i) = NAMED.iter().position(|n| *n == key) {
+                present |= 1 << i;
+            }
+        }
+        Takes {
+            times,
+            time_ms,
+            present,
+        }
+    }
+
+    /// Whether the event overlays `sent` on the stored identifier with the
+    /// same system and value.
+    fn identifier(&self, sent: &Value) -> bool {
+        identifier_member(sent).is_some_and(|m| self.times.takes(m, self.time_ms, true))
+    }
+
+    /// For one of the members [`NAMED`] names.
+    fn member(&self, member: &str) -> bool {
+        let i = NAMED.iter().position(|n| *n == member);
+        debug_assert!(i.is_some(), "{member} has no time of its own");
+        i.is_some_and(|i| {
+            let present = self.present & (1 << i) != 0;
+            self.times
+                .takes(Member::Named(NAMED[i]), self.time_ms, present)
+        })
+    }
+}
+
+/// `key` of a JSON object, found by looking through its few members
+/// (cheaper than hashing the key for an identifier's three or four).
+fn field<'a>(value: &'a Value, key: &str) -> Option<&'a Value> {
+    value
+        .as_object()?
+        .iter()
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v)
+}
+
+fn same_identifier(a: &Value, b: &Value) -> bool {
+    field(a, "system") == field(b, "system") && field(a, "value") == field(b, "value")
+}
+
+/// The [`Member::Identifier`] of what a message's copy of identifier `id`
+/// may overlay on the stored one: `None` when it carries nothing more than
+/// its system and value (an NHS number sent with PID-32 empty), and so
+/// sets nothing.
+fn identifier_member(id: &Value) -> Option<Member> {
+    let o = id.as_object()?;
+    if o.keys().all(|k| k == "system" || k == "value") {
+        return None;
+    }
+    let text = |key: &str| field(id, key).and_then(Value::as_str).unwrap_or_default();
+    // FNV-1a: the same on every run and build.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in text("system")
+        .bytes()
+        .chain([b'|'])
+        .chain(text("value").bytes())
+    {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    Some(Member::Identifier(hash))
+}
+
+/// The Patient members `facts` carries (set or cleared), as
+/// [`Member::Named`] names them (identifiers apart: see
+/// [`identifier_member`]).
+fn carried(facts: &PatientFacts) -> impl Iterator<Item = &'static str> + '_ {
+    [
+        ("name", !facts.name.is_empty()),
+        ("telecom", !facts.telecom.is_empty()),
+        ("gender", facts.gender.is_some()),
+        ("birthDate", facts.birth_date.is_some()),
+        ("deceased", facts.deceased.is_some()),
+        ("address", !facts.address.is_empty()),
+        (
+            "generalPractitioner",
+            !facts.general_practitioner.is_empty(),
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(member, carried)| carried.then_some(member))
+    .chain(facts.cleared.iter().copied())
+}
+
+/// The Patient's [`Times`] once an event at `time_ms` that `facts`
+/// describes is applied to `current` (as [`patient_from`] applies it).
+pub fn patient_times(
+    times: &Times,
+    current: Option<&Value>,
+    facts: &PatientFacts,
+    time_ms: i64,
+) -> Times {
+    let record = current.and_then(Value::as_object);
+    let takes = Takes::new(times, time_ms, record);
+    let mut after = times.clone();
+    for member in carried(facts) {
+        if takes.member(member) {
+            after.set(Member::Named(member), time_ms);
+        }
+    }
+    let stored = record.and_then(|r| r.get("identifier"));
+    for id in &facts.identifiers {
+        if let Some(member) = identifier_member(id) {
+            let present = stored
+                .and_then(Value::as_array)
+                .is_some_and(|ids| ids.iter().any(|other| same_identifier(other, id)));
+            if times.takes(member, time_ms, present) {
+                after.set(member, time_ms);
+            }
+        }
+    }
+    after.after(time_ms)
+}
+
+/// The Patient after `adt`, from the stored one (or a new one) with
+/// `times`, and its times after.
+pub fn patient_after(current: Option<&Value>, times: &Times, adt: &Adt) -> (Value, Times) {
+    let after = patient_times(times, current, &adt.patient, adt.time_ms);
+    let patient = patient_from(
+        current,
+        times,
+        PatientFacts::clone(&adt.patient),
+        adt.time_ms,
+    );
+    (patient, after)
+}
+
+/// [`patient_after`]'s Patient with the message's facts moved into the
+/// record rather than copied: an event at `time_ms` that `facts` describes.
 pub fn patient_from(
     current: Option<&Value>,
-    clock: Option<i64>,
+    times: &Times,
     facts: PatientFacts,
     time_ms: i64,
 ) -> Value {
-    let newer = is_newer(clock, time_ms);
-    // What a newer event replaces below is not copied first.
+    let takes = Takes::new(times, time_ms, current.and_then(Value::as_object));
+    // What the event replaces below is not copied first.
     let replaced = |key: &str| {
-        newer
-            && match key {
-                "name" => !facts.name.is_empty(),
-                "telecom" => !facts.telecom.is_empty(),
-                "gender" => facts.gender.is_some(),
-                "birthDate" => facts.birth_date.is_some(),
-                "address" => !facts.address.is_empty(),
-                "generalPractitioner" => !facts.general_practitioner.is_empty(),
-                _ => false,
-            }
+        let carried = match key {
+            "name" => !facts.name.is_empty(),
+            "telecom" => !facts.telecom.is_empty(),
+            "gender" => facts.gender.is_some(),
+            "birthDate" => facts.birth_date.is_some(),
+            "address" => !facts.address.is_empty(),
+            "generalPractitioner" => !facts.general_practitioner.is_empty(),
+            _ => false,
+        };
+        carried && takes.member(key)
     };
     let mut p = match current {
         Some(Value::Object(o)) => copy_except(o, replaced),
@@ -69,15 +364,16 @@ pub fn patient_from(
     let mut ids = take_array(&mut p, "identifier");
     let traced = facts.nhs_number.is_some();
     for id in facts.identifiers {
-        let same = |other: &Value| other["system"] == id["system"] && other["value"] == id["value"];
-        match ids.iter_mut().find(|other| same(other)) {
+        match ids.iter_mut().find(|other| same_identifier(other, &id)) {
             // The NHS number's verification status follows the latest event
             // that sends one (an empty PID-32 is "not sent", not "removed").
             // What the message does not carry stays, as HL7 v2 reads an
             // empty component: members and extensions another source added
             // (a `period` set through REST), or a hospital number's `type`
             // from an earlier message whose PID-3.5 was filled.
-            Some(existing) if newer && *existing != id => overlay_identifier(existing, &id),
+            Some(existing) if *existing != id && takes.identifier(&id) => {
+                overlay_identifier(existing, &id)
+            }
             Some(_) => {}
             None => {
                 if traced && id["system"] == super::adt::NHS_NUMBER_SYSTEM {
@@ -89,41 +385,47 @@ pub fn patient_from(
         }
     }
     set(&mut p, "identifier", Some(Value::Array(ids)), true);
-    set_list(&mut p, "name", facts.name, newer);
-    set_list(&mut p, "telecom", facts.telecom, newer);
-    set(&mut p, "gender", facts.gender.map(|g| json!(g)), newer);
-    set(
+    let name = takes.member("name");
+    put_list(&mut p, "name", facts.name, name);
+    let telecom = takes.member("telecom");
+    put_list(&mut p, "telecom", facts.telecom, telecom);
+    let gender = takes.member("gender");
+    put(&mut p, "gender", facts.gender.map(|g| json!(g)), gender);
+    let birth_date = takes.member("birthDate");
+    put(
         &mut p,
         "birthDate",
         facts.birth_date.map(Value::String),
-        newer,
+        birth_date,
     );
-    if let Some((key, value)) = facts.deceased {
-        let has = p.contains_key("deceasedDateTime") || p.contains_key("deceasedBoolean");
-        if newer || !has {
-            p.remove("deceasedDateTime");
-            p.remove("deceasedBoolean");
-            p.insert(key.into(), value);
-        }
+    if let Some((key, value)) = facts.deceased
+        && takes.member("deceased")
+    {
+        p.remove("deceasedDateTime");
+        p.remove("deceasedBoolean");
+        p.insert(key.into(), value);
     }
-    set_list(&mut p, "address", facts.address, newer);
-    set_list(
+    let address = takes.member("address");
+    put_list(&mut p, "address", facts.address, address);
+    let practitioner = takes.member("generalPractitioner");
+    put_list(
         &mut p,
         "generalPractitioner",
         facts.general_practitioner,
-        newer,
+        practitioner,
     );
     // Deleted by the sender (`""`), unless a later event has set them since.
-    if newer {
-        for member in &facts.cleared {
-            match *member {
-                "deceased" => {
-                    p.remove("deceasedDateTime");
-                    p.remove("deceasedBoolean");
-                }
-                other => {
-                    p.remove(other);
-                }
+    for member in &facts.cleared {
+        if !takes.member(member) {
+            continue;
+        }
+        match *member {
+            "deceased" => {
+                p.remove("deceasedDateTime");
+                p.remove("deceasedBoolean");
+            }
+            other => {
+                p.remove(other);
             }
         }
     }
@@ -138,14 +440,14 @@ pub fn patient_from(
 /// out of FHIR order, an identifier not stored as a list.
 pub fn patient_unchanged(
     current: &Value,
-    clock: Option<i64>,
+    times: &Times,
     facts: &PatientFacts,
     time_ms: i64,
 ) -> bool {
     let Some(p) = current.as_object() else {
         return false;
     };
-    let newer = is_newer(clock, time_ms);
+    let takes = Takes::new(times, time_ms, Some(p));
     // `patient_from` puts the members in FHIR order.
     if !in_order(p, PATIENT_ORDER) {
         return false;
@@ -163,7 +465,7 @@ pub fn patient_unchanged(
             && !p.contains_key(other)
             && p.keys()
                 .all(|k| rank(PATIENT_ORDER, k) < PATIENT_ORDER.len());
-        if (newer || !has_death) && !same {
+        if takes.member("deceased") && !same {
             return false;
         }
     }
@@ -175,7 +477,7 @@ pub fn patient_unchanged(
             |other: &&Value| other["system"] == id["system"] && other["value"] == id["value"];
         match ids.iter().find(same) {
             None => return false,
-            Some(existing) if newer && existing != id => {
+            Some(existing) if existing != id && takes.identifier(id) => {
                 let mut overlaid = existing.clone();
                 overlay_identifier(&mut overlaid, id);
                 if !same_value(&overlaid, existing) {
@@ -185,11 +487,10 @@ pub fn patient_unchanged(
             Some(_) => {}
         }
     }
-    // A member the event sets: unchanged when stored and either equal or
-    // kept (an older event only fills gaps).
-    let kept = |key: &str, same: &dyn Fn(&Value) -> bool| match p.get(key) {
-        None => false,
-        Some(stored) => !newer || same(stored),
+    // A member the event carries: unchanged when it does not set it, or
+    // sets it to what is stored.
+    let kept = |key: &str, same: &dyn Fn(&Value) -> bool| {
+        !takes.member(key) || p.get(key).is_some_and(same)
     };
     for (key, list) in [
         ("name", &facts.name),
@@ -217,11 +518,13 @@ pub fn patient_unchanged(
         return false;
     }
     // Deleted by the sender: unchanged only if already absent.
-    !newer
-        || facts.cleared.iter().all(|member| match *member {
-            "deceased" => !has_death,
-            other => !p.contains_key(other),
-        })
+    facts.cleared.iter().all(|member| {
+        !takes.member(member)
+            || match *member {
+                "deceased" => !has_death,
+                other => !p.contains_key(other),
+            }
+    })
 }
 
 /// `sent`'s members written over `stored`'s, in `sent`'s order (as a new
@@ -721,9 +1024,18 @@ fn set(o: &mut Map<String, Value>, key: &str, value: Option<Value>, newer: bool)
     }
 }
 
-fn set_list(o: &mut Map<String, Value>, key: &str, values: Vec<Value>, newer: bool) {
+/// Sets `key` to `value` when the event sets it ([`Takes::member`]).
+fn put(o: &mut Map<String, Value>, key: &str, value: Option<Value>, takes: bool) {
+    if let Some(value) = value
+        && takes
+    {
+        o.insert(key.into(), value);
+    }
+}
+
+fn put_list(o: &mut Map<String, Value>, key: &str, values: Vec<Value>, takes: bool) {
     if !values.is_empty() {
-        set(o, key, Some(Value::Array(values)), newer);
+        put(o, key, Some(Value::Array(values)), takes);
     }
 }
 
@@ -856,6 +1168,25 @@ mod tests {
     use crate::hl7v2::Message;
     use crate::hl7v2::adt::{AdtContext, read};
 
+    /// A record's times as kept before member times were: its clock
+    /// (`None`: no event yet) stands for every member.
+    fn legacy_times(clock: Option<i64>) -> Times {
+        Times::of(
+            clock
+                .map(|event_ms| Clock {
+                    event_ms,
+                    members: None,
+                })
+                .as_ref(),
+        )
+    }
+
+    /// The Patient after `adt` on `current`, whose clock is as kept before
+    /// member times were.
+    fn patient_at(current: Option<&Value>, clock: Option<i64>, adt: &Adt) -> Value {
+        patient_after(current, &legacy_times(clock), adt).0
+    }
+
     fn a08(when: &str, family: &str, phone: &str) -> Adt {
         let text = format!(
             "MSH|^~\\&|PAS|RJZ|GW|OB|{when}||ADT^A08|{when}|P|2.4\rEVN|A08|{when}\rPID|1||9990000018^^^NHS^NH||{family}^Ann||19380305|F|||||{phone}\rPV1|1|I|||||||||||||||||V1^^^RJZ\r"
@@ -868,13 +1199,13 @@ mod tests {
         let newer = a08("202607150900", "SMITH", "");
         let older = a08("202607140900", "PAGE", "01689 123456");
         // Newer first, then the older one arrives late.
-        let p = patient_after(None, None, &newer);
-        let p = patient_after(Some(&p), Some(newer.time_ms), &older);
+        let p = patient_at(None, None, &newer);
+        let p = patient_at(Some(&p), Some(newer.time_ms), &older);
         assert_eq!(p["name"][0]["family"], "SMITH");
         assert_eq!(p["telecom"][0]["value"], "01689 123456");
         // In order: the same result.
-        let q = patient_after(None, None, &older);
-        let q = patient_after(Some(&q), Some(older.time_ms), &newer);
+        let q = patient_at(None, None, &older);
+        let q = patient_at(Some(&q), Some(older.time_ms), &newer);
         assert_eq!(q["name"], p["name"]);
         assert_eq!(q["telecom"], p["telecom"]);
     }
@@ -886,13 +1217,13 @@ mod tests {
         let keys = |v: &Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
         let no_nulls = |v: &Value| v.as_object().unwrap().values().all(|m| !m.is_null());
 
-        let p = patient_after(None, None, &first);
-        let newer = patient_after(Some(&p), Some(first.time_ms), &later);
+        let p = patient_at(None, None, &first);
+        let newer = patient_at(Some(&p), Some(first.time_ms), &later);
         assert_eq!(keys(&newer), keys(&p));
         assert!(no_nulls(&newer), "{newer}");
         assert_eq!(newer["name"][0]["family"], "SMITH");
         assert_eq!(newer["telecom"][0]["value"], "01689 654321");
-        let older = patient_after(Some(&newer), Some(later.time_ms), &first);
+        let older = patient_at(Some(&newer), Some(later.time_ms), &first);
         assert_eq!(older, newer);
 
         let visit = first.visit.as_ref().unwrap();
@@ -1079,13 +1410,16 @@ mod tests {
     }
 
     /// The Patient after `events`, applied in the order given, as the feed
-    /// applies them (the stored event clock moves forward only).
+    /// applies them (its member times kept in the store's form between
+    /// messages).
     fn patient_of(events: &[&Adt]) -> Value {
         let mut p: Option<Value> = None;
-        let mut clock: Option<i64> = None;
+        let mut times = Times::default();
         for adt in events {
-            p = Some(patient_after(p.as_ref(), clock, adt));
-            clock = Some(clock.map_or(adt.time_ms, |c| c.max(adt.time_ms)));
+            let (after, next) = patient_after(p.as_ref(), &times, adt);
+            // Through the store's form, as the feed keeps it.
+            times = Times::of(next.clock().as_ref());
+            p = Some(after);
         }
         p.unwrap()
     }
@@ -1392,9 +1726,8 @@ mod tests {
     #[test]
     fn a_patient_ends_the_same_whatever_order_their_messages_arrive_in() {
         // Each message carries the whole PID and PD1 as the sender holds
-        // them at its time, as a PAS sends them. (One that sends only what
-        // changed, arriving before an older one that changed something
-        // else, is a documented limit: a record keeps one event clock.)
+        // them at its time, as a PAS sends them. (Messages carrying only
+        // what changed: the next test.)
         let person = |name: &str, address: &str, phone: &str, death: &str| {
             [
                 (5, name.to_string()),
@@ -1480,6 +1813,172 @@ mod tests {
         assert_eq!(patient["birthDate"], "1938-03-05", "{patient}");
     }
 
+    /// A sender that sends only what changed (HL7 v2: an empty field is "no
+    /// change"): each message still counts, whichever came first, as each
+    /// member goes by the latest message that set it, not the record's.
+    #[test]
+    fn messages_carrying_only_what_changed_end_the_same_whatever_order_they_arrive_in() {
+        let gp = |practice: &str| vec![segment("PD1", &[(3, practice)])];
+        let registered = adt(
+            "A28",
+            "202607010900",
+            &[
+                (5, "PAGE^Ann^^^MRS"),
+                (7, "19380305"),
+                (8, "F"),
+                (11, "12 Station Road^^Bromley^^BR1 3PT^GBR^H"),
+                (13, "01689 100001^PRN^PH"),
+            ],
+            &gp("BROMLEY COMMON PRACTICE^^G84001"),
+        );
+        let moved = adt(
+            "A31",
+            "202607050900",
+            &[(11, "4 Hill View^^Orpington^^BR6 0AA^GBR^H")],
+            &[],
+        );
+        let phone = adt("A31", "202607100900", &[(13, "01689 100002^PRN^PH")], &[]);
+        let renamed = adt("A31", "202607200900", &[(5, "SMITH^Ann^^^MRS")], &[]);
+        let practice = adt(
+            "A31",
+            "202607250900",
+            &[],
+            &gp("KNOLL MEDICAL PRACTICE^^G84002"),
+        );
+        let events = [
+            ("A28", &registered),
+            ("address", &moved),
+            ("phone", &phone),
+            ("name", &renamed),
+            ("practice", &practice),
+        ];
+        let patient = same_in_every_order(&events, patient_of);
+        assert_eq!(patient["name"][0]["family"], "SMITH", "{patient}");
+        assert_eq!(patient["address"][0]["postalCode"], "BR6 0AA", "{patient}");
+        assert_eq!(patient["telecom"][0]["value"], "01689 100002", "{patient}");
+        assert_eq!(
+            patient["generalPractitioner"][0]["identifier"]["value"], "G84002",
+            "{patient}"
+        );
+        assert_eq!(patient["birthDate"], "1938-03-05", "{patient}");
+    }
+
+    /// An identifier's verification status (PID-32) and a hospital
+    /// number's type (PID-3.5) go by the latest message that sent them, not
+    /// by the latest message: every message carries PID-3, so a newer one
+    /// without PID-32 would otherwise make an older status change stale.
+    #[test]
+    fn a_verification_status_goes_by_the_latest_message_that_sent_one() {
+        let pid3 = |kind: &str| format!("K1^^^RJZ^{kind}~9990000018^^^NHS^NH");
+        let (mr, pi) = (pid3("MR"), pid3("PI"));
+        let registered = adt("A28", "202607010900", &[(3, &mr), (32, "NSTS02")], &[]);
+        let verified = adt("A31", "202607100900", &[(3, &mr), (32, "NSTS01")], &[]);
+        let retyped = adt("A31", "202607150900", &[(3, &pi)], &[]);
+        let phone = adt(
+            "A31",
+            "202607200900",
+            &[(3, "9990000018^^^NHS^NH"), (13, "01689 100002")],
+            &[],
+        );
+        let events = [
+            ("A28", &registered),
+            ("verified", &verified),
+            ("retyped", &retyped),
+            ("phone", &phone),
+        ];
+        let patient = same_in_every_order(&events, patient_of);
+        let ids = patient["identifier"].as_array().unwrap();
+        let status = &ids[0]["extension"][0]["valueCodeableConcept"]["coding"][0]["code"];
+        assert_eq!(status, "01", "{patient}");
+        assert_eq!(ids[1]["type"]["coding"][0]["code"], "PI", "{patient}");
+    }
+
+    /// A member a message deletes (`""`) stays deleted when an older message
+    /// that still has it arrives after: a death recorded in error and
+    /// retracted is not brought back by a late message from before the
+    /// retraction.
+    #[test]
+    fn a_deletion_arriving_before_an_older_message_that_has_the_member_stands() {
+        let person = |death: &str, address: &str| {
+            [
+                (5, "PAGE^Ann^^^MRS".to_string()),
+                (7, "19380305".to_string()),
+                (11, address.to_string()),
+                (29, death.to_string()),
+            ]
+        };
+        let message = |event: &str, when: &str, pid: [(usize, String); 4], gp: &str| {
+            let pid: Vec<(usize, &str)> = pid.iter().map(|(n, v)| (*n, v.as_str())).collect();
+            adt(event, when, &pid, &[segment("PD1", &[(3, gp)])])
+        };
+        let station = "12 Station Road^^Bromley^^BR1 3PT^GBR^H";
+        let common = "BROMLEY COMMON PRACTICE^^G84001";
+        let registered = message("A28", "202607010900", person("", station), common);
+        let died = message(
+            "A31",
+            "202607140930",
+            person("202607140900", station),
+            common,
+        );
+        let retracted = message("A31", "202607151000", person("\"\"", "\"\""), "\"\"");
+        let events = [
+            ("A28", &registered),
+            ("death", &died),
+            ("retracted", &retracted),
+        ];
+        let patient = same_in_every_order(&events, patient_of);
+        for member in ["deceasedDateTime", "address", "generalPractitioner"] {
+            assert!(patient.get(member).is_none(), "{member}: {patient}");
+        }
+        assert_eq!(patient["name"][0]["family"], "PAGE", "{patient}");
+    }
+
+    /// A record whose clock was set before member times were kept goes by
+    /// that clock for every member until a message sets it: an older
+    /// message only fills what is absent, a newer one replaces; the times
+    /// survive the store's form.
+    #[test]
+    fn a_record_without_member_times_goes_by_its_clock_until_a_member_is_set() {
+        let registered = adt(
+            "A28",
+            "202607010900",
+            &[(5, "PAGE^Ann"), (13, "01689 100001")],
+            &[],
+        );
+        let stored = patient_at(None, None, &registered);
+        let legacy = legacy_times(Some(time_ms(Some("2026-07-10T09:00:00+01:00"))));
+        // Older than the record's clock: the phone it has stays, the
+        // address it lacks is filled.
+        let older = adt(
+            "A31",
+            "202607050900",
+            &[
+                (11, "4 Hill View^^Orpington^^BR6 0AA"),
+                (13, "01689 100002"),
+            ],
+            &[],
+        );
+        let (p, times) = patient_after(Some(&stored), &legacy, &older);
+        assert_eq!(p["telecom"][0]["value"], "01689 100001", "{p}");
+        assert_eq!(p["address"][0]["postalCode"], "BR6 0AA", "{p}");
+        let kept = times.clock().unwrap();
+        assert_eq!(Times::of(Some(&kept)), times);
+        // The address now has a time of its own (07-05); the phone still
+        // goes by the record's clock (07-10).
+        let between = adt(
+            "A31",
+            "202607070900",
+            &[
+                (11, "1 High Street^^Bromley^^BR1 1AA"),
+                (13, "01689 100003"),
+            ],
+            &[],
+        );
+        let (q, _) = patient_after(Some(&p), &times, &between);
+        assert_eq!(q["address"][0]["postalCode"], "BR1 1AA", "{q}");
+        assert_eq!(q["telecom"][0]["value"], "01689 100001", "{q}");
+    }
+
     /// `of(events)` in the order given, checked to be the same in every
     /// other order whose labels `kept` admits; with how many were checked.
     fn same_in_kept_orders(
@@ -1547,15 +2046,15 @@ mod tests {
             "BROMLEY COMMON PRACTICE^^G84001",
             "202607141000",
         );
-        let p = patient_after(None, None, &recorded);
+        let p = patient_at(None, None, &recorded);
         assert!(p.get("deceasedDateTime").is_some(), "{p}");
         assert!(p.get("address").is_some() && p.get("generalPractitioner").is_some());
         // Absent fields change nothing; `""` deletes.
         let silent = with("", "", "", "202607141100");
-        let kept = patient_after(Some(&p), Some(recorded.time_ms), &silent);
+        let kept = patient_at(Some(&p), Some(recorded.time_ms), &silent);
         assert_eq!(kept, p);
         let retracted = with("\"\"", "\"\"", "\"\"", "202607141200");
-        let q = patient_after(Some(&p), Some(silent.time_ms), &retracted);
+        let q = patient_at(Some(&p), Some(silent.time_ms), &retracted);
         assert!(q.get("deceasedDateTime").is_none(), "{q}");
         assert!(
             q.get("address").is_none() && q.get("generalPractitioner").is_none(),
@@ -1563,7 +2062,7 @@ mod tests {
         );
         // An older message's null does not undo what a newer one set.
         let stale = with("\"\"", "", "", "202607130900");
-        let r = patient_after(Some(&p), Some(recorded.time_ms), &stale);
+        let r = patient_at(Some(&p), Some(recorded.time_ms), &stale);
         assert!(r.get("deceasedDateTime").is_some(), "{r}");
     }
 
@@ -1596,7 +2095,7 @@ mod tests {
             "{:?}",
             adt.notes
         );
-        let p = patient_after(None, None, &adt);
+        let p = patient_at(None, None, &adt);
         assert!(p["identifier"][0].get("extension").is_none(), "{p}");
         let pid = segment(
             "PID",
@@ -1616,7 +2115,7 @@ mod tests {
     #[test]
     fn a_new_verification_status_keeps_what_other_sources_added_to_the_identifier() {
         let traced = event("A01", "202607141018", "NSTS01", VISIT);
-        let mut p = patient_after(None, None, &traced);
+        let mut p = patient_at(None, None, &traced);
         // Added through REST: a period, and an extension of another kind.
         let nhs = &mut p["identifier"][0];
         nhs["period"] = json!({"start": "2001-01-01"});
@@ -1625,7 +2124,7 @@ mod tests {
             .unwrap()
             .push(json!({"url": "https://example.org/note", "valueString": "kept"}));
         let retraced = event("A08", "202607141200", "NSTS02", VISIT);
-        let p = patient_after(Some(&p), Some(traced.time_ms), &retraced);
+        let p = patient_at(Some(&p), Some(traced.time_ms), &retraced);
         let nhs = &p["identifier"][0];
         assert_eq!(nhs["value"], "9990000018");
         assert_eq!(nhs["period"]["start"], "2001-01-01", "{nhs}");
@@ -1637,30 +2136,27 @@ mod tests {
         );
         assert_eq!(extensions[1]["valueString"], "kept", "{nhs}");
         // The same message again changes nothing.
-        assert_eq!(
-            patient_after(Some(&p), Some(retraced.time_ms), &retraced),
-            p
-        );
+        assert_eq!(patient_at(Some(&p), Some(retraced.time_ms), &retraced), p);
 
         // A status arriving for a number recorded without one: the members
         // in the order of a number first recorded with it.
         let untraced = event("A01", "202607141018", "", VISIT);
-        let p = patient_after(None, None, &untraced);
-        let p = patient_after(Some(&p), Some(untraced.time_ms), &retraced);
-        let fresh = patient_after(None, None, &retraced);
+        let p = patient_at(None, None, &untraced);
+        let p = patient_at(Some(&p), Some(untraced.time_ms), &retraced);
+        let fresh = patient_at(None, None, &retraced);
         assert_eq!(
             text_of(&p["identifier"][0]),
             text_of(&fresh["identifier"][0])
         );
 
         // Two stored statuses (written through REST) give way to the one sent.
-        let mut p = patient_after(None, None, &traced);
+        let mut p = patient_at(None, None, &traced);
         let status = p["identifier"][0]["extension"][0].clone();
         p["identifier"][0]["extension"]
             .as_array_mut()
             .unwrap()
             .push(status);
-        let p = patient_after(Some(&p), Some(traced.time_ms), &retraced);
+        let p = patient_at(Some(&p), Some(traced.time_ms), &retraced);
         assert_eq!(p["identifier"][0], fresh["identifier"][0]);
     }
 
@@ -1668,8 +2164,8 @@ mod tests {
     fn a_message_without_a_verification_status_keeps_the_one_recorded() {
         let traced = event("A01", "202607141018", "NSTS01", VISIT);
         let later = event("A08", "202607141100", "", VISIT);
-        let p = patient_after(None, None, &traced);
-        let p = patient_after(Some(&p), Some(traced.time_ms), &later);
+        let p = patient_at(None, None, &traced);
+        let p = patient_at(Some(&p), Some(traced.time_ms), &later);
         let nhs = &p["identifier"][0];
         assert_eq!(nhs["value"], "9990000018");
         assert_eq!(
@@ -1678,7 +2174,7 @@ mod tests {
         );
         // A later status replaces it.
         let retraced = event("A08", "202607141200", "NSTS02", VISIT);
-        let p = patient_after(Some(&p), Some(later.time_ms), &retraced);
+        let p = patient_at(Some(&p), Some(later.time_ms), &retraced);
         assert_eq!(
             p["identifier"][0]["extension"][0]["valueCodeableConcept"]["coding"][0]["code"],
             "02"
@@ -1741,23 +2237,28 @@ mod tests {
         let mut shortcuts = 0;
         for (first_fields, first_pd1) in &variants {
             let first = message("202607141000", first_fields, first_pd1);
-            let stored = patient_after(None, None, &first);
+            let stored = patient_at(None, None, &first);
             let text = text_of(&stored);
             for (fields, pd1) in &variants {
                 for when in ["202607140900", "202607141000", "202607141100"] {
                     let next = message(when, fields, pd1);
-                    let clock = Some(first.time_ms);
-                    let unchanged = patient_unchanged(&stored, clock, &next.patient, next.time_ms);
-                    let built = patient_after(Some(&stored), clock, &next);
-                    let changes = rewrite(&text, &stored, &built).is_some();
-                    assert!(
-                        !(unchanged && changes),
-                        "{first_fields:?} {first_pd1} then {fields:?} {pd1} at {when}: {built}"
-                    );
-                    if fields == first_fields && pd1 == first_pd1 {
-                        assert!(unchanged, "a repeat of {fields:?} {pd1} at {when}");
+                    // Set before member times were kept, and since.
+                    let legacy = legacy_times(Some(first.time_ms));
+                    let kept = patient_after(None, &Times::default(), &first).1;
+                    for times in [&legacy, &kept] {
+                        let unchanged =
+                            patient_unchanged(&stored, times, &next.patient, next.time_ms);
+                        let built = patient_after(Some(&stored), times, &next).0;
+                        let changes = rewrite(&text, &stored, &built).is_some();
+                        assert!(
+                            !(unchanged && changes),
+                            "{first_fields:?} {first_pd1} then {fields:?} {pd1} at {when} ({times:?}): {built}"
+                        );
+                        if fields == first_fields && pd1 == first_pd1 {
+                            assert!(unchanged, "a repeat of {fields:?} {pd1} at {when}");
+                        }
+                        shortcuts += usize::from(unchanged);
                     }
-                    shortcuts += usize::from(unchanged);
                 }
             }
         }

@@ -236,7 +236,7 @@ pub struct IngestRequest {
     pub write: Option<WriteRequest>,
     /// Their `journal_id` is set to the new journal entry's.
     pub quarantine: Vec<QuarantineEntry>,
-    /// Event clocks to advance (never move back) once `write` is applied.
+    /// Event clocks to set once `write` is applied.
     pub clocks: Vec<EventClock>,
     /// The held quarantine entry this request replays: marked replayed in
     /// the same commit as what the replay writes, and nothing is done
@@ -246,20 +246,32 @@ pub struct IngestRequest {
     pub replays: Option<i64>,
 }
 
-/// The time of the latest source event applied to a resource.
+/// When the source events applied to a record happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Clock {
+    /// The latest, in milliseconds since the epoch.
+    pub event_ms: i64,
+    /// The feed's own account of when each member was last set (opaque to
+    /// the store; see `hl7v2::state::Times`). `None` on a record whose
+    /// clock was set before member times were kept (schema 8).
+    pub members: Option<String>,
+}
+
+/// A record's event clock as a request sets it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventClock {
     pub resource_type: ResourceType,
     pub id: String,
-    /// Milliseconds since the epoch.
-    pub event_ms: i64,
+    /// The clock the record has once the request is applied.
+    pub clock: Clock,
     /// The version and event clock the request was planned on, for a record
     /// that exists: the request is refused whole (a version conflict, to be
     /// planned again) unless the record still has both. A clock moves
     /// without a new version when an event repeats what is stored, so the
     /// version alone would let two messages about one record, planned on
-    /// the same state, each undo what the other decided.
-    pub planned: Option<(i64, Option<i64>)>,
+    /// the same state, each undo what the other decided. (So the clock set
+    /// is the planner's to work out: nothing can have moved it since.)
+    pub planned: Option<(i64, Option<Clock>)>,
 }
 
 /// What an [`IngestRequest`] did.
@@ -350,7 +362,7 @@ pub trait Store: Send + Sync + 'static {
     async fn by_identifier_clocked(
         &self,
         lookups: &[(ResourceType, &[(String, String)])],
-    ) -> Result<Vec<Vec<(Stored, Option<i64>)>>, StoreError>;
+    ) -> Result<Vec<Vec<(Stored, Option<Clock>)>>, StoreError>;
     /// The `(value, id)` of every identifier in `system` on current
     /// resources of `ty`, from the index alone (no bodies read), in value
     /// order.
@@ -403,7 +415,7 @@ pub trait Store: Send + Sync + 'static {
         &self,
         ty: ResourceType,
         ids: &[String],
-    ) -> Result<Vec<Option<i64>>, StoreError>;
+    ) -> Result<Vec<Option<Clock>>, StoreError>;
     /// Records a raw inbound payload durably.
     async fn journal(&self, entry: JournalEntry) -> Result<JournalReceipt, StoreError>;
     /// Journals a message and applies its effect in one transaction.

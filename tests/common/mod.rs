@@ -286,9 +286,20 @@ pub fn expected_json(file: &std::path::Path, actual: &Value) -> Option<Value> {
     Some(serde_json::from_str(&text).expect("expectation is JSON"))
 }
 
-/// Reshapes a store file (schema 7) as schema 6 wrote it: event clocks in a
+/// Reshapes a store file (schema 8) as schema 7 wrote it: no member times
+/// beside the event clocks. For tests of the upgrade.
+pub fn make_schema_7(db: &rusqlite::Connection) {
+    db.execute_batch(
+        "ALTER TABLE current DROP COLUMN member_ms;
+         PRAGMA user_version = 7;",
+    )
+    .expect("a schema 8 store reshaped as schema 7");
+}
+
+/// Reshapes a store file (schema 8) as schema 6 wrote it: event clocks in a
 /// table of their own, no `current.vrow`. For tests of the upgrade.
 pub fn make_schema_6(db: &rusqlite::Connection) {
+    make_schema_7(db);
     db.execute_batch(
         "CREATE TABLE event_clock (type TEXT NOT NULL, id TEXT NOT NULL,
              event_ms INTEGER NOT NULL, PRIMARY KEY (type, id)) WITHOUT ROWID;
@@ -297,7 +308,7 @@ pub fn make_schema_6(db: &rusqlite::Connection) {
          ALTER TABLE current DROP COLUMN event_ms;
          PRAGMA user_version = 6;",
     )
-    .expect("a schema 7 store reshaped as schema 6");
+    .expect("a schema 8 store reshaped as schema 6");
 }
 
 /// Reshapes a store file (schema 7) as schema 5 wrote it: `versions` keyed

@@ -9,9 +9,9 @@
 //! they read while nothing was committed.
 //!
 //! It holds, for recent resources, the current version, and the event clock
-//! (`current.event_ms`) when known; and for recent identifiers (`system`,
-//! `value`, of a type), every current resource that has it, as `idx_token`
-//! does. Two uses, with different guarantees:
+//! (`current.event_ms` and `member_ms`) when known; and for recent
+//! identifiers (`system`, `value`, of a type), every current resource that
+//! has it, as `idx_token` does. Two uses, with different guarantees:
 //! - **By version** ([`Cache::version`]): a version's body never changes, so
 //!   an entry for `(type, id, version)` is right whatever happened since.
 //!   Readers that learn a current version from SQLite take its body from here.
@@ -24,7 +24,7 @@
 
 use super::known::{Fingerprint, Fingerprints, Known, MAX_IDENTIFIERS};
 use crate::fhir::ResourceType;
-use crate::store::Stored;
+use crate::store::{Clock, Stored};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -51,7 +51,7 @@ pub(super) struct Published {
     /// saw it), or `None` when too many have it to keep.
     pub tokens: Vec<(TokenKey, Option<Vec<String>>)>,
     /// Event clocks set, as they stand after the update.
-    pub clocks: Vec<(ResourceType, String, Option<i64>)>,
+    pub clocks: Vec<(ResourceType, String, Option<Clock>)>,
     /// Resources with a new version that is not kept: taken out.
     pub forgotten: Vec<(ResourceType, String)>,
 }
@@ -98,7 +98,7 @@ pub(super) struct Cache {
 struct Entry {
     stored: Arc<Stored>,
     /// `None`: not known here (read from SQLite when needed).
-    clock: Option<Option<i64>>,
+    clock: Option<Option<Clock>>,
 }
 
 struct Inner {
@@ -116,7 +116,7 @@ struct Inner {
 }
 
 /// A resource found by [`Cache::lookup`], with its event clock.
-pub(super) type Found = (Stored, Option<i64>);
+pub(super) type Found = (Stored, Option<Clock>);
 
 impl Cache {
     pub(super) fn new(capacity: usize, exact: bool) -> Cache {
@@ -227,7 +227,7 @@ impl Cache {
                         continue;
                     }
                     let entry = inner.get(*ty, id)?;
-                    found.push((Stored::clone(&entry.stored), entry.clock?));
+                    found.push((Stored::clone(&entry.stored), entry.clock.clone()?));
                 }
             }
             out.push(found);
@@ -277,7 +277,7 @@ impl Cache {
         }
         for (((ty, keys), found), holders) in lookups.iter().zip(found).zip(holders) {
             for (stored, clock) in found {
-                inner.insert(Arc::new(stored.clone()), Some(*clock));
+                inner.insert(Arc::new(stored.clone()), Some(clock.clone()));
             }
             for ((system, value), ids) in keys.iter().zip(holders) {
                 if ids.len() <= MAX_HOLDERS {
@@ -299,7 +299,7 @@ impl Cache {
             } else {
                 inner
                     .get(stored.resource_type, &stored.id)
-                    .and_then(|e| e.clock)
+                    .and_then(|e| e.clock.clone())
             };
             inner.insert(Arc::new(stored), clock);
         }
@@ -337,7 +337,7 @@ impl Inner {
 
     /// Holds `stored` as current, replacing what was; `clock` as given.
     /// The oldest inserted goes first once `capacity` are held.
-    fn insert(&mut self, stored: Arc<Stored>, clock: Option<Option<i64>>) {
+    fn insert(&mut self, stored: Arc<Stored>, clock: Option<Option<Clock>>) {
         if self.capacity == 0 {
             return;
         }
@@ -384,6 +384,13 @@ impl Inner {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn at(event_ms: i64) -> Clock {
+        Clock {
+            event_ms,
+            members: None,
+        }
+    }
 
     fn stored(id: &str, version: i64) -> Stored {
         Stored {
@@ -475,7 +482,7 @@ mod tests {
         cache.publish(Published {
             versions: vec![stored("a", 1)],
             tokens: vec![(token("1"), Some(vec!["a".into()]))],
-            clocks: vec![(ResourceType::Patient, "a".into(), Some(5))],
+            clocks: vec![(ResourceType::Patient, "a".into(), Some(at(5)))],
             forgotten: vec![],
         });
         let keys = [
@@ -502,7 +509,7 @@ mod tests {
         cache.publish(Published {
             versions: vec![stored("a", 1)],
             tokens: vec![(token("1"), Some(vec!["a".into()]))],
-            clocks: vec![(ResourceType::Patient, "a".into(), Some(5))],
+            clocks: vec![(ResourceType::Patient, "a".into(), Some(at(5)))],
             forgotten: vec![],
         });
         assert!(cache.lookup(&lookups).is_none(), "identifier 2 is not held");
@@ -512,7 +519,10 @@ mod tests {
         });
         let found = cache.lookup(&lookups).unwrap();
         assert_eq!(found[0].len(), 1);
-        assert_eq!((found[0][0].0.id.as_str(), found[0][0].1), ("a", Some(5)));
+        assert_eq!(
+            (found[0][0].0.id.as_str(), &found[0][0].1),
+            ("a", &Some(at(5)))
+        );
         // A new version keeps the clock; another holder of identifier 2
         // without a known clock (a new version of a resource not held)
         // makes the lookup go to SQLite.
@@ -530,9 +540,9 @@ mod tests {
         let found = cache.lookup(&lookups).unwrap();
         let ids: Vec<_> = found[0]
             .iter()
-            .map(|(s, c)| (s.id.as_str(), s.version, *c))
+            .map(|(s, c)| (s.id.as_str(), s.version, c.clone()))
             .collect();
-        assert_eq!(ids, vec![("a", 2, Some(5)), ("b", 4, None)]);
+        assert_eq!(ids, vec![("a", 2, Some(at(5))), ("b", 4, None)]);
         // A new resource has no clock yet, and that is known.
         cache.publish(Published {
             versions: vec![stored("c", 1)],
@@ -598,13 +608,13 @@ mod tests {
         let cache = Cache::new(8, true);
         let keys = [("sys".to_string(), "1".to_string())];
         let lookups = [(ResourceType::Patient, &keys[..])];
-        let found = vec![vec![(stored("a", 1), Some(3))]];
+        let found = vec![vec![(stored("a", 1), Some(at(3)))]];
         let holders = vec![vec![vec!["a".to_string()]]];
         let epoch = cache.epoch();
         cache.publish(versions(vec![stored("z", 1)]));
         cache.fill_lookup(epoch, &lookups, &found, &holders);
         assert!(cache.lookup(&lookups).is_none());
         cache.fill_lookup(cache.epoch(), &lookups, &found, &holders);
-        assert_eq!(cache.lookup(&lookups).unwrap()[0][0].1, Some(3));
+        assert_eq!(cache.lookup(&lookups).unwrap()[0][0].1, Some(at(3)));
     }
 }

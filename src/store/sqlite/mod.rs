@@ -39,7 +39,7 @@ mod walbatch;
 mod writer;
 
 use super::{
-    Delivery, DeliveryQuery, IngestOutcome, IngestRequest, JournalEntry, JournalReceipt,
+    Clock, Delivery, DeliveryQuery, IngestOutcome, IngestRequest, JournalEntry, JournalReceipt,
     OutboxItem, QuarantineEntry, Quarantined, RouteOutcome, RouteRequest, SearchPage, Store,
     StoreError, Stored, WriteOutcome, WriteRequest,
 };
@@ -64,9 +64,10 @@ pub const DB_FILE: &str = "gateway.sqlite";
 /// deliveries; 5: search parameters `address-postalcode`, `class`,
 /// `category`, `code` (index rows added for stored resources); 6: `versions`
 /// as a rowid table, index rows kept in `current.keys` instead of owner
-/// indexes, `idx_date` keyed (tables rebuilt on upgrade). Each adds to the idempotent schema,
-/// which is re-run.
-const SCHEMA_VERSION: i64 = 7;
+/// indexes, `idx_date` keyed (tables rebuilt on upgrade); 7: `current.vrow`
+/// and `current.event_ms`; 8: `current.member_ms`. Each adds to the
+/// idempotent schema, which is re-run.
+const SCHEMA_VERSION: i64 = 8;
 
 /// How the store is set up (checked configuration).
 #[derive(Debug, Clone)]
@@ -420,7 +421,7 @@ impl Store for SqliteStore {
     async fn by_identifier_clocked(
         &self,
         lookups: &[(ResourceType, &[(String, String)])],
-    ) -> Result<Vec<Vec<(Stored, Option<i64>)>>, StoreError> {
+    ) -> Result<Vec<Vec<(Stored, Option<Clock>)>>, StoreError> {
         // Refused after a failed sync, as every read is (see `durable`).
         self.durability.usable()?;
         if let Some(found) = self.cache.lookup(lookups) {
@@ -554,15 +555,16 @@ impl Store for SqliteStore {
         &self,
         ty: ResourceType,
         ids: &[String],
-    ) -> Result<Vec<Option<i64>>, StoreError> {
+    ) -> Result<Vec<Option<Clock>>, StoreError> {
         let (clocks, _) = self
             .read_unsettled(|conn| {
-                let mut stmt =
-                    conn.prepare_cached("SELECT event_ms FROM current WHERE type=?1 AND id=?2")?;
+                let mut stmt = conn.prepare_cached(
+                    "SELECT event_ms, member_ms FROM current WHERE type=?1 AND id=?2",
+                )?;
                 ids.iter()
                     .map(|id| {
                         Ok(stmt
-                            .query_row(params![ty.as_str(), id], |row| row.get::<_, Option<i64>>(0))
+                            .query_row(params![ty.as_str(), id], |row| clock_at(row, 0))
                             .optional()?
                             .flatten())
                     })
@@ -818,6 +820,11 @@ fn open_writer(path: &Path) -> Result<Connection, StoreError> {
             // After the history's move into the rowid table (schema 6).
             point_current_at_versions(&conn)?;
         }
+        if found > 0 && found < 8 {
+            // Each record's clock stands for its members' until an event
+            // sets them (`Clock::members` is `None`).
+            conn.execute_batch("ALTER TABLE current ADD COLUMN member_ms TEXT;")?;
+        }
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         conn.execute_batch("COMMIT")?;
     }
@@ -1018,7 +1025,7 @@ fn by_token_held(
     keys: &[(String, String)],
 ) -> Result<(Vec<cache::Found>, Vec<Vec<String>>), StoreError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT c.id, c.version, c.event_ms, c.vrow FROM idx_token t \
+        "SELECT c.id, c.version, c.event_ms, c.member_ms, c.vrow FROM idx_token t \
          CROSS JOIN current c ON c.type=t.type AND c.id=t.id \
          WHERE t.type=?1 AND t.param=?2 AND t.value=?3 AND t.system=?4",
     )?;
@@ -1029,8 +1036,8 @@ fn by_token_held(
             Ok((
                 row.get::<_, String>(0)?,
                 row.get::<_, i64>(1)?,
-                row.get::<_, Option<i64>>(2)?,
-                row.get::<_, Option<i64>>(3)?,
+                clock_at(row, 2)?,
+                row.get::<_, Option<i64>>(4)?,
             ))
         })?;
         let mut held = Vec::new();
@@ -1051,6 +1058,15 @@ fn by_token_held(
         holders.push(held);
     }
     Ok((found, holders))
+}
+
+/// The event clock in a row's columns `at` (`event_ms`) and `at + 1`
+/// (`member_ms`).
+pub(super) fn clock_at(row: &rusqlite::Row, at: usize) -> rusqlite::Result<Option<Clock>> {
+    let members: Option<String> = row.get(at + 1)?;
+    Ok(row
+        .get::<_, Option<i64>>(at)?
+        .map(|event_ms| Clock { event_ms, members }))
 }
 
 /// Version `version` of `ty/id`, at `vrow` in `versions` (checked against
