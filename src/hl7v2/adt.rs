@@ -899,8 +899,9 @@ fn admission_priority(code: &str) -> Option<(Option<Value>, Option<Value>)> {
 
 /// `SEG-n` of every field with content that the mapping of `event` does not
 /// read, every segment it does not read at all, a second occurrence of a
-/// segment it reads once (`PV1[2]`), and the repetitions after the first of
-/// the fields it reads one repetition of (`PD1-3[2]`).
+/// segment it reads once (`PV1[2]`), the repetitions after the first of
+/// the fields it reads one repetition of (`PD1-3[2]`), and the identifiers
+/// in PID-2 other than an NHS number.
 fn unmapped(msg: &Message, event: Event) -> Vec<String> {
     /// Fields of which only the first repetition is read.
     const FIRST_ONLY: &[(&str, usize)] = &[("PD1", 3), ("PD1", 4)];
@@ -937,6 +938,18 @@ fn unmapped(msg: &Message, event: Event) -> Vec<String> {
                     };
                     if !field.raw().trim().is_empty() && !fields.contains(&n) {
                         out.push(format!("{id}-{n}"));
+                    } else if (id, n) == ("PID", 2) {
+                        // Read for an NHS number only (the legacy external
+                        // id); any other identifier there is not kept.
+                        for (i, rep) in field.repetitions().enumerate() {
+                            let kind = component(rep, 5).unwrap_or_default();
+                            let authority = component(rep, 4).unwrap_or_default();
+                            let nhs =
+                                kind.starts_with("NH") || (kind.is_empty() && authority == "NHS");
+                            if !nhs && component(rep, 1).is_some() {
+                                out.push(format!("PID-2[{}] (not an NHS number)", i + 1));
+                            }
+                        }
                     } else if FIRST_ONLY.contains(&(id, n)) {
                         for (i, rep) in field.repetitions().enumerate().skip(1) {
                             if !rep.raw().trim().is_empty() {
