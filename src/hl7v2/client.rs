@@ -131,15 +131,18 @@ struct Inbound<'a> {
 }
 
 impl Inbound<'_> {
-    /// The next reply's content; errors for EOF, timeout, garbage or a
-    /// reply over 16 MiB.
+    /// The next reply's content, whole within the timeout (a peer sending
+    /// it a byte at a time cannot hold the call longer); errors for EOF,
+    /// timeout, garbage or a reply over 16 MiB.
     async fn reply(&mut self) -> io::Result<Vec<u8>> {
+        let deadline = tokio::time::Instant::now() + self.timeout;
         loop {
             if let Some(next) = self.replies.pop_front() {
                 return reply_content(next);
             }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let n = within(
-                self.timeout,
+                left,
                 self.reader.read(&mut self.buf[..]),
                 "no ACK within the timeout",
             )
@@ -179,5 +182,46 @@ async fn within<T>(
     match timeout(limit, fut).await {
         Ok(result) => result,
         Err(_elapsed) => Err(io::Error::new(io::ErrorKind::TimedOut, what)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// A peer that sends its ACK a byte every 50 ms cannot hold a client
+    /// with a 300 ms timeout for the 2 s the ACK takes.
+    #[tokio::test]
+    async fn an_ack_trickling_in_still_times_out_whole() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let peer = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = stream.read(&mut buf).await;
+            let ack = frame(b"MSH|^~\\&|GW|OB|PAS|RJZ|202607141018||ACK|A1|P|2.4\rMSA|AA|M1\r");
+            for byte in ack {
+                if stream.write_all(&[byte]).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        let mut client = MllpClient::connect(addr, Duration::from_millis(300))
+            .await
+            .unwrap();
+        let started = std::time::Instant::now();
+        let err = client
+            .send(b"MSH|^~\\&|PAS|RJZ|GW|OB|202607141018||ADT^A08|M1|P|2.4\r")
+            .await;
+        let err = err.expect_err("an ACK taking 2 s");
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+        peer.abort();
     }
 }
