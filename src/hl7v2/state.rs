@@ -865,11 +865,25 @@ fn locations(
                 list.remove(i);
             }
         }
+        // Where the patient is from the admission (PV1-44): unless a place
+        // is known from that time already (an admission resent once the
+        // patient has moved names where they are now, not where they were
+        // admitted). So an ED attendance (A04) and the admission it turns
+        // into (A01, a later PV1-44) under one visit number give both
+        // places, in either order. Without PV1-44 the message's own time
+        // is no admission time: its place is taken only if nothing is
+        // known before it.
         (Event::A01 | Event::A04, Some(place)) => {
             list.retain(dated);
-            let start = start.unwrap_or(&adt.time);
-            let at = time_ms(Some(start));
-            if !list.iter().any(|l| start_ms(&l["period"]) <= at) {
+            let known = match start {
+                Some(start) => {
+                    let at = time_ms(Some(start));
+                    list.iter().any(|l| start_ms(&l["period"]) == at)
+                }
+                None => list.iter().any(|l| start_ms(&l["period"]) <= adt.time_ms),
+            };
+            if !known {
+                let start = start.unwrap_or(&adt.time);
                 list.push(json!({"location": place, "period": {"start": start}}));
             }
         }
@@ -1811,6 +1825,70 @@ mod tests {
         );
         assert!(patient.get("deceasedDateTime").is_some(), "{patient}");
         assert_eq!(patient["birthDate"], "1938-03-05", "{patient}");
+    }
+
+    /// An ED attendance that turns into an admission under the same visit
+    /// number (A04 at the ED, then A01 with a later PV1-44 on a ward): both
+    /// places, whichever came first; before, the admission's place was lost
+    /// in order and kept out of order.
+    #[test]
+    fn an_attendance_admitted_under_its_visit_number_keeps_both_places_in_any_order() {
+        let pv1 = |class: &str, place: &str, admitted: &str, end: &str| {
+            segment(
+                "PV1",
+                &[
+                    (1, "1"),
+                    (2, class),
+                    (3, place),
+                    (19, "V11^^^RJZ^VN"),
+                    (44, admitted),
+                    (45, end),
+                ],
+            )
+        };
+        let pid = [(5, "PAGE^Ann"), (7, "19380305")];
+        let attended = adt(
+            "A04",
+            "202607141940",
+            &pid,
+            &[pv1("E", "ED^^MAJORS 4^RJZ30", "202607141935", "")],
+        );
+        let admitted = adt(
+            "A01",
+            "202607142205",
+            &pid,
+            &[pv1("I", "AMU^^^RJZ30", "202607142200", "")],
+        );
+        let moved = adt(
+            "A02",
+            "202607151000",
+            &pid,
+            &[pv1("I", "WARD 9^^^RJZ30", "202607142200", "")],
+        );
+        let discharged = adt(
+            "A03",
+            "202607181100",
+            &pid,
+            &[pv1("I", "WARD 9^^^RJZ30", "202607142200", "202607181045")],
+        );
+        let (encounter, _) = converged(&[
+            ("A04", &attended),
+            ("A01", &admitted),
+            ("A02", &moved),
+            ("A03", &discharged),
+        ]);
+        let names: Vec<String> = encounter["location"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["location"].to_string())
+            .collect();
+        assert_eq!(names.len(), 3, "{names:?}");
+        assert!(names[0].contains("ED"), "{names:?}");
+        assert!(names[1].contains("AMU"), "{names:?}");
+        assert!(names[2].contains("WARD 9"), "{names:?}");
+        assert_eq!(encounter["status"], "finished", "{encounter}");
+        assert_eq!(encounter["class"]["code"], "IMP", "{encounter}");
     }
 
     /// A sender that sends only what changed (HL7 v2: an empty field is "no
