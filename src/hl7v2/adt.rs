@@ -622,6 +622,14 @@ fn component(rep: Rep<'_>, n: usize) -> Option<String> {
     (!value.is_empty() && value != "\"\"").then(|| value.to_string())
 }
 
+/// Whether a CX repetition is typed as the NHS number: CX.5 `NH` (HL7
+/// table 0203) and receivers' variants such as `NH01`, or CX.4 `NHS`
+/// without a type.
+fn is_nhs_cx(rep: Rep<'_>) -> bool {
+    let kind = component(rep, 5).unwrap_or_default();
+    kind.starts_with("NH") || (kind.is_empty() && component(rep, 4).as_deref() == Some("NHS"))
+}
+
 /// A CX repetition → `(is the NHS number, Identifier)`.
 fn patient_identifier(
     rep: Rep<'_>,
@@ -633,9 +641,7 @@ fn patient_identifier(
     };
     let authority = component(rep, 4).unwrap_or_default();
     let kind = component(rep, 5).unwrap_or_default();
-    // `NH` (HL7 table 0203), and receivers' variants such as `NH01`.
-    let is_nhs = kind.starts_with("NH") || (kind.is_empty() && authority == "NHS");
-    if is_nhs {
+    if is_nhs_cx(rep) {
         let digits: String = value.chars().filter(|c| !c.is_whitespace()).collect();
         if digits.len() != 10 || !digits.bytes().all(|b| b.is_ascii_digit()) {
             return Err(DataError {
@@ -940,13 +946,18 @@ fn unmapped(msg: &Message, event: Event) -> Vec<String> {
                         out.push(format!("{id}-{n}"));
                     } else if (id, n) == ("PID", 2) {
                         // Read for an NHS number only (the legacy external
-                        // id); any other identifier there is not kept.
+                        // id); any other identifier there is not kept,
+                        // unless PID-3 has it too.
+                        let in_pid_3 = |rep: Rep<'_>| {
+                            segment.field(3).is_some_and(|f| {
+                                f.repetitions().any(|other| {
+                                    component(other, 1) == component(rep, 1)
+                                        && component(other, 4) == component(rep, 4)
+                                })
+                            })
+                        };
                         for (i, rep) in field.repetitions().enumerate() {
-                            let kind = component(rep, 5).unwrap_or_default();
-                            let authority = component(rep, 4).unwrap_or_default();
-                            let nhs =
-                                kind.starts_with("NH") || (kind.is_empty() && authority == "NHS");
-                            if !nhs && component(rep, 1).is_some() {
+                            if component(rep, 1).is_some() && !is_nhs_cx(rep) && !in_pid_3(rep) {
                                 out.push(format!("PID-2[{}] (not an NHS number)", i + 1));
                             }
                         }

@@ -816,8 +816,8 @@ fn is_open(status: Option<&str>) -> bool {
 }
 
 /// A02 adds a location at its event time; A01 and A04 add the admitting
-/// one from the visit's `start` (PV1-44), also when a transfer arrived
-/// first; A12 removes the latest one before it, unless that is already
+/// one at the visit's `start` (PV1-44) unless one is known from that very
+/// time, also when a transfer arrived first; A12 removes the latest one before it, unless that is already
 /// where the cancel says the patient is (PV1-3): a resent A12 does not undo
 /// a second transfer.
 ///

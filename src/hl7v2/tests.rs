@@ -962,10 +962,10 @@ fn repeated_segments_and_repetitions_the_mapping_reads_once_are_reported() {
         adt.unmapped
     );
     // PID-2 is read for an NHS number alone: another identifier there is
-    // reported, the NHS number is not.
+    // reported; the NHS number is not, nor a hospital number PID-3 has.
     let legacy = parse(
         "MSH|^~\\&|PAS|RJZ|GW|OB|202607141018||ADT^A31|R2|P|2.3\rEVN|A31|202607141018\r\
-         PID|1|9990000018^^^NHS^NH~X77^^^OTHERTRUST^PI|K1^^^RJZ^MR||PAGE^Ann\r",
+         PID|1|9990000018^^^NHS^NH~X77^^^OTHERTRUST^PI~K1^^^RJZ^MR|K1^^^RJZ^MR||PAGE^Ann\r",
     );
     let old = read(&legacy, &cx).unwrap();
     assert_eq!(
