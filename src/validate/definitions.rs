@@ -81,6 +81,61 @@ pub struct Invariant {
     pub error: bool,
     pub human: String,
     pub expression: Expression,
+    /// When it plainly holds without evaluating the expression.
+    pub shortcut: Shortcut,
+}
+
+/// When one of the base invariants plainly holds, checked on the JSON
+/// without evaluating its FHIRPath (~2,000 instructions an evaluation, for
+/// foci that are nearly all the trivial case: a resource with nothing
+/// contained, a period still open, an extension with a value). Otherwise
+/// the expression decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shortcut {
+    None,
+    /// dom-2, dom-4, dom-5 (`contained.…empty()`): no `contained`.
+    NoContained,
+    /// per-1 (`start.hasValue().not() or end.hasValue().not() or …`): no
+    /// `start` or no `end`.
+    OpenPeriod,
+    /// ext-1 (`extension.exists() != value.exists()`): extensions and no
+    /// `value[x]` member, or one `value[x]` and no `extension` member.
+    Extension,
+}
+
+impl Shortcut {
+    /// For the invariant of base definition `key`.
+    pub fn of(key: &str) -> Shortcut {
+        match key {
+            "dom-2" | "dom-4" | "dom-5" => Shortcut::NoContained,
+            "per-1" => Shortcut::OpenPeriod,
+            "ext-1" => Shortcut::Extension,
+            _ => Shortcut::None,
+        }
+    }
+
+    /// `true` when the invariant certainly holds on `focus`; `false` when
+    /// the expression must decide.
+    pub fn holds(self, focus: &serde_json::Value) -> bool {
+        let Some(o) = focus.as_object() else {
+            return false;
+        };
+        match self {
+            Shortcut::None => false,
+            Shortcut::NoContained => !o.contains_key("contained"),
+            Shortcut::OpenPeriod => !o.contains_key("start") || !o.contains_key("end"),
+            Shortcut::Extension => {
+                let mut values = o.iter().filter(|(k, _)| k.starts_with("value"));
+                let value = values.next();
+                let more = values.next().is_some() || o.keys().any(|k| k.starts_with("_value"));
+                match (o.get("extension"), value) {
+                    (Some(serde_json::Value::Array(list)), None) => !list.is_empty() && !more,
+                    (None, Some((_, v))) => !v.is_null() && !more,
+                    _ => false,
+                }
+            }
+        }
+    }
 }
 
 /// Why the definitions text did not load: a bug in `r4.defs`, found by tests.
@@ -400,6 +455,7 @@ impl Builder {
                 error: severity == "error",
                 human: human.clone(),
                 expression: expression.clone(),
+                shortcut: Shortcut::of(key),
             });
         }
         Ok(())
@@ -447,6 +503,102 @@ fn err(line: usize, message: impl Into<String>) -> DefinitionError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Wherever a shortcut says an invariant holds, its FHIRPath says so
+    /// too; and each shortcut leaves to the expression the cases it must
+    /// (a closed period, a contained resource, an extension with both).
+    #[test]
+    fn a_shortcut_holds_only_where_the_expression_does() {
+        use crate::fhirpath::Env;
+        use serde_json::json;
+        let defs = Definitions::r4().unwrap();
+        let cases: &[(&str, serde_json::Value, bool)] = &[
+            (
+                "Period",
+                json!({"start": "2026-07-14T10:15:00+01:00"}),
+                true,
+            ),
+            ("Period", json!({"end": "2026-07-14"}), true),
+            ("Period", json!({}), true),
+            (
+                "Period",
+                json!({"start": "2026-07-14", "end": "2026-07-15"}),
+                false,
+            ),
+            (
+                "Period",
+                json!({"start": "2026-07-15", "end": "2026-07-14"}),
+                false,
+            ),
+            ("Extension", json!({"url": "u", "valueString": "x"}), true),
+            (
+                "Extension",
+                json!({"url": "u", "extension": [{"url": "a", "valueCode": "b"}]}),
+                true,
+            ),
+            (
+                "Extension",
+                json!({"url": "u", "valueString": "x", "extension": [{"url": "a"}]}),
+                false,
+            ),
+            ("Extension", json!({"url": "u"}), false),
+            ("Extension", json!({"url": "u", "extension": []}), false),
+            (
+                "Extension",
+                json!({"url": "u", "_valueString": {"id": "x"}}),
+                false,
+            ),
+            (
+                "Extension",
+                json!({"url": "u", "valueString": "x", "_valueString": {"id": "x"}}),
+                false,
+            ),
+            ("Patient", json!({"resourceType": "Patient"}), true),
+            (
+                "Patient",
+                json!({"resourceType": "Patient", "contained": [{"resourceType": "Organization", "contained": [{"resourceType": "Patient"}]}]}),
+                false,
+            ),
+        ];
+        for (ty, focus, expected) in cases {
+            let def = defs.get(defs.type_id(ty).unwrap());
+            let shortcuts: Vec<&Invariant> = def
+                .invariants
+                .iter()
+                .filter(|i| i.shortcut != Shortcut::None)
+                .collect();
+            assert!(!shortcuts.is_empty(), "{ty}");
+            for invariant in shortcuts {
+                let holds = invariant.shortcut.holds(focus);
+                assert_eq!(holds, *expected, "{} on {focus}", invariant.key);
+                let env = Env {
+                    focus,
+                    focus_type: Some(def.name.as_str()),
+                    resource: focus,
+                    root: focus,
+                    vars: &[],
+                    unbound: None,
+                };
+                let satisfied = invariant.expression.is_satisfied(&env);
+                if holds {
+                    assert_eq!(satisfied.ok(), Some(true), "{} on {focus}", invariant.key);
+                }
+            }
+        }
+        // The closed, reversed period is the expression's to refuse.
+        let period = defs.get(defs.type_id("Period").unwrap());
+        let reversed = json!({"start": "2026-07-15", "end": "2026-07-14"});
+        let env = Env {
+            focus: &reversed,
+            focus_type: Some("Period"),
+            resource: &reversed,
+            root: &reversed,
+            vars: &[],
+            unbound: None,
+        };
+        let per_1 = period.invariants.iter().find(|i| i.key == "per-1").unwrap();
+        assert_eq!(per_1.expression.is_satisfied(&env).ok(), Some(false));
+    }
 
     #[test]
     fn loads_the_r4_definitions() {

@@ -10,7 +10,7 @@
 //! constraints. Anything else in a differential is reported by
 //! [`ProfileSet::problems`] (`check-profiles`) and ignored.
 
-use super::definitions::{Definitions, Invariant, Kind};
+use super::definitions::{Definitions, Invariant, Kind, Shortcut};
 use super::terminology::{ValueSetCodes, expand_value_sets};
 use crate::fhirpath::Expression;
 use serde_json::Value;
@@ -467,6 +467,8 @@ fn apply_element(
                         error: constraint["severity"] != "warning",
                         human: constraint["human"].as_str().unwrap_or_default().to_string(),
                         expression,
+                        // A profile's own constraint is evaluated as written.
+                        shortcut: Shortcut::None,
                     });
                 }
             }
