@@ -53,6 +53,26 @@ pub fn is_valid_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
 }
 
+/// Whether `text` is an NHS number: ten digits, the last the Modulus 11
+/// check digit of the first nine (NHS Digital's algorithm; a check of 10
+/// means no valid number has those nine).
+pub fn is_nhs_number(text: &str) -> bool {
+    let d = text.as_bytes();
+    if d.len() != 10 || !d.iter().all(u8::is_ascii_digit) {
+        return false;
+    }
+    let sum: u32 = d[..9]
+        .iter()
+        .zip((2..=10).rev())
+        .map(|(b, weight)| u32::from(b - b'0') * weight)
+        .sum();
+    match 11 - sum % 11 {
+        11 => d[9] == b'0',
+        10 => false,
+        check => u32::from(d[9] - b'0') == check,
+    }
+}
+
 /// A new server-assigned id: a UUID v7, so ids sort roughly by creation time
 /// and keyset paging walks resources in the order they arrived.
 ///

@@ -170,28 +170,10 @@ pub fn normalise_nhs_number(raw: &str) -> Result<String, String> {
     if digits.len() != 10 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return Err(format!("{raw:?} is not an NHS number (10 digits)"));
     }
-    if !nhs_check_digit_ok(&digits) {
+    if !crate::fhir::is_nhs_number(&digits) {
         return Err(format!("{raw:?} fails the NHS number Modulus 11 check"));
     }
     Ok(digits)
-}
-
-/// The Modulus 11 check of a 10-digit string (NHS Digital's algorithm).
-pub fn nhs_check_digit_ok(digits: &str) -> bool {
-    let d: Vec<u32> = digits.bytes().map(|b| u32::from(b - b'0')).collect();
-    if d.len() != 10 {
-        return false;
-    }
-    let sum: u32 = d[..9]
-        .iter()
-        .enumerate()
-        .map(|(i, v)| v * (10 - i as u32))
-        .sum();
-    match 11 - sum % 11 {
-        11 => d[9] == 0,
-        10 => false,
-        check => d[9] == check,
-    }
 }
 
 const MONTHS: [&str; 12] = [

@@ -10,7 +10,6 @@
 
 use super::datatypes::{self, DataError};
 use super::er7::{Message, Rep, Segment};
-use crate::gp::row::nhs_check_digit_ok;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -649,7 +648,7 @@ fn patient_identifier(
                 reason: format!("NHS number {value:?} is not 10 digits"),
             });
         }
-        if !nhs_check_digit_ok(&digits) {
+        if !crate::fhir::is_nhs_number(&digits) {
             return Err(DataError {
                 location: format!("{location}.1"),
                 reason: format!("NHS number {digits} fails the Modulus 11 check"),

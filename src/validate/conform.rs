@@ -102,6 +102,9 @@ impl<'p, 'a> Conform<'p, 'a> {
             self.check_targets(targets, value);
         }
         for constraint in &node.constraints {
+            if constraint.shortcut.holds(value) {
+                continue;
+            }
             let env = Env {
                 focus: value,
                 focus_type: None,

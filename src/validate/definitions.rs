@@ -101,7 +101,21 @@ pub enum Shortcut {
     /// ext-1 (`extension.exists() != value.exists()`): extensions and no
     /// `value[x]` member, or one `value[x]` and no `extension` member.
     Extension,
+    /// The local profiles' NHS number check ([`NHS_NUMBER_CHECK`]): a
+    /// string of ten digits whose Modulus 11 check digit is right.
+    NhsNumber,
+    /// The local profiles' ODS code check ([`ODS_CODES`]): every
+    /// identifier in the ODS system has a string value of 3 to 10
+    /// upper-case letters or digits.
+    OdsCodes,
 }
+
+/// A profile constraint's expression: the NHS number's Modulus 11 check.
+pub const NHS_NUMBER_CHECK: &str = "$this.matches('^[0-9]{10}$') and ((11 - (($this.substring(0,1).toInteger() * 10 + $this.substring(1,1).toInteger() * 9 + $this.substring(2,1).toInteger() * 8 + $this.substring(3,1).toInteger() * 7 + $this.substring(4,1).toInteger() * 6 + $this.substring(5,1).toInteger() * 5 + $this.substring(6,1).toInteger() * 4 + $this.substring(7,1).toInteger() * 3 + $this.substring(8,1).toInteger() * 2) mod 11)) mod 11) = $this.substring(9,1).toInteger()";
+
+/// A profile constraint's expression: ODS codes are 3 to 10 upper-case
+/// letters or digits.
+pub const ODS_CODES: &str = "identifier.where(system = 'https://fhir.nhs.uk/Id/ods-organization-code').all(value.matches('^[A-Z0-9]{3,10}$'))";
 
 impl Shortcut {
     /// For the invariant of base definition `key`.
@@ -114,14 +128,53 @@ impl Shortcut {
         }
     }
 
+    /// For a profile's constraint: by its expression, word for word.
+    pub fn of_expression(source: &str) -> Shortcut {
+        match source {
+            NHS_NUMBER_CHECK => Shortcut::NhsNumber,
+            ODS_CODES => Shortcut::OdsCodes,
+            _ => Shortcut::None,
+        }
+    }
+
     /// `true` when the invariant certainly holds on `focus`; `false` when
     /// the expression must decide.
     pub fn holds(self, focus: &serde_json::Value) -> bool {
+        if self == Shortcut::NhsNumber {
+            return focus.as_str().is_some_and(crate::fhir::is_nhs_number);
+        }
         let Some(o) = focus.as_object() else {
             return false;
         };
         match self {
-            Shortcut::None => false,
+            Shortcut::None | Shortcut::NhsNumber => false,
+            Shortcut::OdsCodes => {
+                let ods = |id: &serde_json::Value| {
+                    id.get("system").and_then(serde_json::Value::as_str)
+                        == Some("https://fhir.nhs.uk/Id/ods-organization-code")
+                };
+                let code = |id: &serde_json::Value| {
+                    id.as_object().is_some_and(|o| {
+                        o.keys()
+                            .all(|k| k == "system" || k == "value" || k == "use")
+                    }) && id
+                        .get("value")
+                        .and_then(serde_json::Value::as_str)
+                        .is_some_and(|v| {
+                            (3..=10).contains(&v.len())
+                                && v.bytes()
+                                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+                        })
+                };
+                match o.get("identifier") {
+                    None => true,
+                    Some(serde_json::Value::Array(ids)) => ids
+                        .iter()
+                        .all(|id| id.is_object() && (!ods(id) || code(id))),
+                    Some(id @ serde_json::Value::Object(_)) => !ods(id) || code(id),
+                    Some(_) => false,
+                }
+            }
             Shortcut::NoContained => !o.contains_key("contained"),
             Shortcut::OpenPeriod => !o.contains_key("start") || !o.contains_key("end"),
             Shortcut::Extension => {
@@ -598,6 +651,90 @@ mod tests {
         };
         let per_1 = period.invariants.iter().find(|i| i.key == "per-1").unwrap();
         assert_eq!(per_1.expression.is_satisfied(&env).ok(), Some(false));
+    }
+
+    /// The local profiles' NHS number and ODS code constraints are the
+    /// expressions the natives stand for (word for word, or they would not
+    /// be used), and where a native says "holds", the expression agrees;
+    /// where it says not, the expression decides.
+    #[test]
+    fn the_profile_constraints_checked_natively_agree_with_their_expressions() {
+        use crate::fhirpath::{Env, Expression};
+        use serde_json::json;
+        let embedded: String = crate::validate::profile::EMBEDDED
+            .iter()
+            .map(|(_, text)| *text)
+            .collect();
+        for expression in [NHS_NUMBER_CHECK, ODS_CODES] {
+            let quoted = serde_json::to_string(expression).unwrap();
+            assert!(embedded.contains(&quoted), "{expression} in no profile");
+        }
+        let cases: &[(&str, serde_json::Value, bool)] = &[
+            (NHS_NUMBER_CHECK, json!("9434765919"), true),
+            (NHS_NUMBER_CHECK, json!("9990000018"), true),
+            (NHS_NUMBER_CHECK, json!("9434765918"), false),
+            (NHS_NUMBER_CHECK, json!("943476591"), false),
+            (NHS_NUMBER_CHECK, json!("94347659190"), false),
+            (NHS_NUMBER_CHECK, json!("943476591X"), false),
+            // 10 digits whose check would be 10: never valid.
+            (NHS_NUMBER_CHECK, json!("1000000010"), false),
+            (NHS_NUMBER_CHECK, json!("0000000000"), true),
+            (NHS_NUMBER_CHECK, json!(9434765919u64), false),
+            (
+                ODS_CODES,
+                json!({"identifier": {"system": "https://fhir.nhs.uk/Id/ods-organization-code", "value": "G84001"}}),
+                true,
+            ),
+            (
+                ODS_CODES,
+                json!({"identifier": [{"system": "https://fhir.nhs.uk/Id/ods-organization-code", "value": "RJZ"}, {"system": "other", "value": "x y"}]}),
+                true,
+            ),
+            (ODS_CODES, json!({"display": "a practice"}), true),
+            (
+                ODS_CODES,
+                json!({"identifier": {"system": "https://fhir.nhs.uk/Id/ods-organization-code", "value": "g84001"}}),
+                false,
+            ),
+            (
+                ODS_CODES,
+                json!({"identifier": {"system": "https://fhir.nhs.uk/Id/ods-organization-code", "value": "G8"}}),
+                false,
+            ),
+            (
+                ODS_CODES,
+                json!({"identifier": {"system": "https://fhir.nhs.uk/Id/ods-organization-code"}}),
+                false,
+            ),
+            (
+                ODS_CODES,
+                json!({"identifier": {"system": "https://fhir.nhs.uk/Id/ods-organization-code", "value": "G84001", "_value": {"id": "a"}}}),
+                false,
+            ),
+        ];
+        for (source, focus, expected) in cases {
+            let shortcut = Shortcut::of_expression(source);
+            assert_ne!(shortcut, Shortcut::None);
+            let holds = shortcut.holds(focus);
+            assert_eq!(holds, *expected, "{shortcut:?} on {focus}");
+            let expression = Expression::parse(source).unwrap();
+            let env = Env {
+                focus,
+                focus_type: None,
+                resource: focus,
+                root: focus,
+                vars: &[],
+                unbound: None,
+            };
+            let satisfied = expression.is_satisfied(&env).ok();
+            if holds {
+                assert_eq!(satisfied, Some(true), "{shortcut:?} on {focus}");
+            }
+            // The NHS number check decides both ways on a string.
+            if *source == NHS_NUMBER_CHECK && focus.is_string() {
+                assert_eq!(satisfied, Some(holds), "{focus}");
+            }
+        }
     }
 
     #[test]

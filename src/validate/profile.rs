@@ -460,6 +460,9 @@ fn apply_element(
                         problems.push(format!("{file}: {id}: constraint {key} has no expression"));
                         continue;
                     };
+                    // Two of the local profiles' constraints, word for
+                    // word, are checked natively where they plainly hold.
+                    let shortcut = Shortcut::of_expression(expression);
                     let expression = Expression::parse(expression)
                         .map_err(|e| invalid(format!("constraint {key}: {e}")))?;
                     node.constraints.push(Invariant {
@@ -467,8 +470,7 @@ fn apply_element(
                         error: constraint["severity"] != "warning",
                         human: constraint["human"].as_str().unwrap_or_default().to_string(),
                         expression,
-                        // A profile's own constraint is evaluated as written.
-                        shortcut: Shortcut::None,
+                        shortcut,
                     });
                 }
             }
