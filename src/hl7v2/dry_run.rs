@@ -66,7 +66,10 @@ struct Record {
 pub fn map_messages(text: &str, cx: &AdtContext, validator: &Validator) -> DryRun {
     let mut patients: Vec<Record> = Vec::new();
     let mut encounters: Vec<Record> = Vec::new();
-    let mut runs = Vec::new();
+    let mut runs: Vec<MessageRun> = Vec::new();
+    // (sender, MSH-10) of each message mapped, with its run: a repeat is
+    // answered as the first was and changes nothing, as the feed does.
+    let mut mapped: Vec<((String, String), usize)> = Vec::new();
     // Bytes before the first message get an AR of their own, as
     // `POST /ingest/hl7v2` answers them (message 0: not one of the file's).
     if let Some(junk) = crate::api::ingest::before_first_message(text.as_bytes()) {
@@ -112,7 +115,23 @@ pub fn map_messages(text: &str, cx: &AdtContext, validator: &Validator) -> DryRu
         };
         run.control_id = message.control_id().unwrap_or_default();
         run.event = message.get("MSH-9.2").unwrap_or_default();
-        match adt::read(&message, cx) {
+        let key = (super::ingest::sender_of(&message), run.control_id.clone());
+        if let Some((_, first)) = mapped.iter().find(|(k, _)| !key.1.is_empty() && *k == key) {
+            let first = &runs[*first];
+            run.ack = first.ack;
+            run.errors = first.errors.clone();
+            run.notes.push(format!(
+                "a repeat of message {} (same MSH-3, MSH-4 and MSH-10): answered as it was, and changes nothing",
+                first.message
+            ));
+            runs.push(run);
+            continue;
+        }
+        let read = adt::read(&message, cx);
+        if !matches!(read, Err(AdtError::Unsupported { .. })) {
+            mapped.push((key, runs.len()));
+        }
+        match read {
             Ok(adt) => {
                 run.unmapped = adt.unmapped.clone();
                 run.notes = adt.notes.clone();
@@ -288,6 +307,44 @@ mod tests {
                 .contains("a note the sender left"),
             "{:?}",
             run.messages[0]
+        );
+    }
+
+    /// A message sent again (same sender and MSH-10) changes nothing and is
+    /// answered as the first was, as the feed does: a transfer resent after
+    /// its cancel does not come back.
+    #[test]
+    fn a_repeat_changes_nothing() {
+        let validator = Validator::load(None, &[]).unwrap();
+        let message = |event: &str, id: &str, when: &str, place: &str| {
+            format!(
+                "MSH|^~\\&|PAS|RJZ|GW|OB|{when}||ADT^{event}|{id}|P|2.4\rEVN|{event}|{when}\rPID|1||9990000018^^^NHS^NH||PAGE^Ann\rPV1|1|I|{place}||||||||||||||||V1^^^RJZ^VN|||||||||||||||||||||||||202607141015\r"
+            )
+        };
+        let text = [
+            message("A01", "M1", "202607141018", "AMU^^^RJZ30"),
+            message("A02", "M2", "202607141400", "WARD 9^^^RJZ30"),
+            message("A12", "M3", "202607141500", "AMU^^^RJZ30"),
+            message("A02", "M2", "202607141400", "WARD 9^^^RJZ30"),
+            // Another application's M2 is no repeat.
+            message("A08", "M2", "202607141600", "AMU^^^RJZ30").replace("|PAS|", "|ED|"),
+        ]
+        .concat();
+        let run = map_messages(&text, &AdtContext::default(), &validator);
+        let acks: Vec<&str> = run.messages.iter().map(|m| m.ack).collect();
+        assert_eq!(acks, ["AA"; 5], "{:?}", run.messages);
+        assert!(
+            run.messages[3].notes[0].starts_with("a repeat of message 2"),
+            "{:?}",
+            run.messages[3]
+        );
+        assert!(run.messages[4].notes.is_empty(), "{:?}", run.messages[4]);
+        let encounter = &run.bundle["entry"][1]["resource"];
+        let places = encounter["location"].as_array().unwrap();
+        assert_eq!(places.len(), 1, "{encounter}");
+        assert!(
+            places[0]["location"].to_string().contains("AMU"),
+            "{encounter}"
         );
     }
 }

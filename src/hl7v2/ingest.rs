@@ -916,7 +916,7 @@ impl Feed {
 /// when MSH-3 is empty. MSH-10 is unique within one sending application
 /// (HL7 v2.5 §2.14.9.10), and a trust's systems (PAS, ED, theatres) share
 /// its facility code and often count their control ids alike.
-fn sender_of(message: &Message) -> String {
+pub(super) fn sender_of(message: &Message) -> String {
     let facility = message.get("MSH-4").unwrap_or_default();
     match message.get("MSH-3") {
         Some(application) if !application.is_empty() => format!("{application}@{facility}"),
