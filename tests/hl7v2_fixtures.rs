@@ -75,3 +75,130 @@ fn every_supported_event_has_an_accepted_fixture() {
         assert!(accepted.contains(event), "no accepted fixture for {event}");
     }
 }
+
+/// The live feed ends where `map` says: each fixture sent over MLLP, in file
+/// order, to a gateway of its own gets the ACK codes the dry run gives, and
+/// leaves the Patients and Encounters of its Bundle (ids, `meta` and the
+/// references between them aside). `map`'s matching is simpler than the
+/// feed's (merges followed, records absorbed, clashes): this keeps the
+/// fixtures where the two agree, and so keeps `map` honest about them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_live_feed_ends_where_the_dry_run_does() {
+    use pathway_gateway::hl7v2::client::MllpClient;
+    use serde_json::Value;
+    let validator = Validator::embedded().unwrap();
+    let mut differences = Vec::new();
+    for file in fixtures() {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let run = map_messages(&text, &AdtContext::default(), &validator);
+        let gw = common::start().await;
+        let mut client = MllpClient::connect(gw.mllp, std::time::Duration::from_secs(10))
+            .await
+            .unwrap();
+        let mut acks = Vec::new();
+        for message in pathway_gateway::api::ingest::split_messages(text.as_bytes()) {
+            let ack = client.send(message).await.unwrap();
+            let ack = String::from_utf8_lossy(&ack).to_string();
+            let code = ack
+                .split('\r')
+                .find(|s| s.starts_with("MSA|"))
+                .and_then(|s| s.split('|').nth(1))
+                .unwrap_or_default()
+                .to_string();
+            acks.push(code);
+        }
+        let expected_acks: Vec<&str> = run
+            .messages
+            .iter()
+            .filter(|m| m.message > 0)
+            .map(|m| m.ack)
+            .collect();
+        let live: Vec<Value> = [
+            gw.search_all("Patient").await,
+            gw.search_all("Encounter").await,
+        ]
+        .concat();
+        let live_ids: Vec<(String, String)> = live
+            .iter()
+            .map(|r| {
+                let ty = r["resourceType"].as_str().unwrap_or_default();
+                let id = r["id"].as_str().unwrap_or_default();
+                (format!("{ty}/{id}"), label(r))
+            })
+            .collect();
+        let dry: Vec<Value> = run.bundle["entry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["resource"].clone())
+            .collect();
+        let dry_ids: Vec<(String, String)> = run.bundle["entry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["fullUrl"].as_str().unwrap().to_string(),
+                    label(&e["resource"]),
+                )
+            })
+            .collect();
+        let live = normal(live, &live_ids);
+        let dry = normal(dry, &dry_ids);
+        if acks != expected_acks || live != dry {
+            differences.push(format!(
+                "{}: ACKs {acks:?} against {expected_acks:?}\nlive:\n{}\ndry run:\n{}",
+                file.display(),
+                serde_json::to_string_pretty(&live).unwrap(),
+                serde_json::to_string_pretty(&dry).unwrap()
+            ));
+        }
+        gw.stop().await;
+    }
+    assert!(differences.is_empty(), "{}", differences.join("\n\n"));
+
+    /// A resource's name that does not depend on ids: its type and first
+    /// identifier.
+    fn label(resource: &Value) -> String {
+        let id = &resource["identifier"][0];
+        format!(
+            "{}:{}|{}",
+            resource["resourceType"].as_str().unwrap_or_default(),
+            id["system"].as_str().unwrap_or_default(),
+            id["value"].as_str().unwrap_or_default()
+        )
+    }
+
+    /// Without ids and `meta`, references by label, sorted by label.
+    fn normal(resources: Vec<Value>, ids: &[(String, String)]) -> Vec<Value> {
+        fn relabel(value: &mut Value, ids: &[(String, String)]) {
+            match value {
+                Value::Object(o) => {
+                    if let Some(Value::String(r)) = o.get_mut("reference")
+                        && let Some((_, label)) = ids.iter().find(|(id, _)| id == r)
+                    {
+                        *r = label.clone();
+                    }
+                    for v in o.values_mut() {
+                        relabel(v, ids);
+                    }
+                }
+                Value::Array(a) => a.iter_mut().for_each(|v| relabel(v, ids)),
+                _ => {}
+            }
+        }
+        let mut out: Vec<Value> = resources
+            .into_iter()
+            .map(|mut r| {
+                if let Some(o) = r.as_object_mut() {
+                    o.remove("id");
+                    o.remove("meta");
+                }
+                relabel(&mut r, ids);
+                r
+            })
+            .collect();
+        out.sort_by_key(label);
+        out
+    }
+}
