@@ -588,6 +588,7 @@ async fn replay_sends_the_fixture_folder_over_mllp_then_http() {
     assert_eq!(
         refused,
         [
+            ("hospital-number-clash.hl7".to_string(), "AE".to_string()),
             ("impossible-date.hl7".to_string(), "AE".to_string()),
             ("invalid-nhs-number.hl7".to_string(), "AE".to_string()),
             ("unsupported-oru.hl7".to_string(), "AR".to_string()),

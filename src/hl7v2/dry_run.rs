@@ -184,6 +184,21 @@ fn apply(
                     .any(|k| keys.contains(k))
             })
         });
+    // A hospital number on a record traced to someone else: a clash, as the
+    // feed finds it (records merged away aside).
+    if let Some(ours) = &adt.patient.nhs_number {
+        let clashing = patients.iter().find_map(|r| {
+            let ids = r.resource["identifier"].as_array().map_or(&[][..], |a| a);
+            let theirs = super::ingest::nhs_number_of(&r.resource)?;
+            (theirs != *ours
+                && state::replaced_by(&r.resource).is_none()
+                && adt::identifier_keys(ids).iter().any(|k| keys.contains(k)))
+            .then_some(theirs)
+        });
+        if let Some(theirs) = clashing {
+            return vec![Located::from(super::ingest::clash(&theirs, ours))];
+        }
+    }
     let current = at.map(|i| &patients[i].resource);
     let times = at.map(|i| patients[i].clock.clone()).unwrap_or_default();
     let (patient, times) = patient_after(current, &times, adt);

@@ -546,12 +546,7 @@ impl Feed {
             && let Some(theirs) = nhs_number_of(value)
             && &theirs != ours
         {
-            return Ok(Err(vec![DataError {
-                location: "PID-3".into(),
-                reason: format!(
-                    "a hospital number in this message belongs to the patient with NHS number {theirs}, not {ours}"
-                ),
-            }]));
+            return Ok(Err(vec![clash(&theirs, ours)]));
         }
         // Records found by hospital number that are not the target: the
         // same person, untraced until now (merged in), or a clash.
@@ -564,13 +559,10 @@ impl Feed {
             if let Some(theirs) = nhs_number_of(&value)
                 && Some(&theirs) != expected.as_ref()
             {
-                return Ok(Err(vec![DataError {
-                    location: "PID-3".into(),
-                    reason: format!(
-                        "a hospital number in this message belongs to the patient with NHS number {theirs}, not {}",
-                        expected.as_deref().unwrap_or("(none)")
-                    ),
-                }]));
+                return Ok(Err(vec![clash(
+                    &theirs,
+                    expected.as_deref().unwrap_or("(none)"),
+                )]));
             }
             absorbed.push((other, value));
         }
@@ -1058,7 +1050,18 @@ fn resolve_references(value: &mut Value, resolved: &HashMap<&str, String>) {
     }
 }
 
-fn nhs_number_of(patient: &Value) -> Option<String> {
+/// A message whose hospital number is on the record of the patient with
+/// NHS number `theirs`, though it names `ours`.
+pub(super) fn clash(theirs: &str, ours: &str) -> DataError {
+    DataError {
+        location: "PID-3".into(),
+        reason: format!(
+            "a hospital number in this message belongs to the patient with NHS number {theirs}, not {ours}"
+        ),
+    }
+}
+
+pub(super) fn nhs_number_of(patient: &Value) -> Option<String> {
     patient["identifier"].as_array()?.iter().find_map(|id| {
         (id["system"] == NHS_NUMBER_SYSTEM)
             .then(|| id["value"].as_str().map(str::to_string))
