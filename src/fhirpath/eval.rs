@@ -469,6 +469,12 @@ fn navigate<'a>(it: &Item<'a>, name: &str, out: &mut Items<'a>) {
     }
 }
 
+/// Whether `value` + `suffix` names a choice element's value as FHIRPath
+/// navigates it (`valueString`, `valueCodeableConcept`).
+pub(crate) fn is_choice_suffix(suffix: &str) -> bool {
+    choice_type(suffix).is_some()
+}
+
 fn choice_type(suffix: &str) -> Option<&str> {
     let mut c = suffix.chars();
     let first = c.next().filter(char::is_ascii_uppercase)?;

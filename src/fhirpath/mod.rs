@@ -18,6 +18,7 @@ use std::fmt;
 
 use serde_json::Value;
 
+pub(crate) use eval::is_choice_suffix;
 pub use temporal::Temporal;
 
 /// A compiled FHIRPath expression.

@@ -431,7 +431,8 @@ fn read_patient(
     let mut facts = PatientFacts::default();
     let mut nhs: Option<(String, Value)> = None;
     let mut locals = Vec::new();
-    // PID-3, then the v2.2/2.3 legacy PID-2 (external id) if PID-3 has no NHS number.
+    // PID-3, then the v2.2/2.3 legacy PID-2 (external id), for an NHS number
+    // only (a second one that differs is an error wherever it stands).
     for field_no in [3, 2] {
         let Some(field) = pid.field(field_no) else {
             continue;

@@ -244,11 +244,15 @@ fn same_identifier(a: &Value, b: &Value) -> bool {
 
 /// The [`Member::Identifier`] of what a message's copy of identifier `id`
 /// may overlay on the stored one: `None` when it carries nothing more than
-/// its system and value (an NHS number sent with PID-32 empty), and so
-/// sets nothing.
+/// its system, value and `assigner` (which follows from the system): an
+/// NHS number sent with PID-32 empty, a hospital number without PID-3.5.
+/// Those set nothing, so a newer message without a type does not make an
+/// older one that changed it stale.
 fn identifier_member(id: &Value) -> Option<Member> {
     let o = id.as_object()?;
-    if o.keys().all(|k| k == "system" || k == "value") {
+    if o.keys()
+        .all(|k| matches!(k.as_str(), "system" | "value" | "assigner"))
+    {
         return None;
     }
     let text = |key: &str| field(id, key).and_then(Value::as_str).unwrap_or_default();
@@ -1944,18 +1948,20 @@ mod tests {
     /// An identifier's verification status (PID-32) and a hospital
     /// number's type (PID-3.5) go by the latest message that sent them, not
     /// by the latest message: every message carries PID-3, so a newer one
-    /// without PID-32 would otherwise make an older status change stale.
+    /// without PID-32 or PID-3.5 would otherwise make an older change
+    /// stale.
     #[test]
     fn a_verification_status_goes_by_the_latest_message_that_sent_one() {
         let pid3 = |kind: &str| format!("K1^^^RJZ^{kind}~9990000018^^^NHS^NH");
-        let (mr, pi) = (pid3("MR"), pid3("PI"));
+        let (mr, pi, untyped) = (pid3("MR"), pid3("PI"), pid3(""));
         let registered = adt("A28", "202607010900", &[(3, &mr), (32, "NSTS02")], &[]);
         let verified = adt("A31", "202607100900", &[(3, &mr), (32, "NSTS01")], &[]);
         let retyped = adt("A31", "202607150900", &[(3, &pi)], &[]);
+        // The hospital number again, without a type (PID-3.5 empty).
         let phone = adt(
             "A31",
             "202607200900",
-            &[(3, "9990000018^^^NHS^NH"), (13, "01689 100002")],
+            &[(3, &untyped), (13, "01689 100002")],
             &[],
         );
         let events = [

@@ -181,9 +181,20 @@ impl Shortcut {
                 let mut values = o.iter().filter(|(k, _)| k.starts_with("value"));
                 let value = values.next();
                 let more = values.next().is_some() || o.keys().any(|k| k.starts_with("_value"));
+                // A value FHIRPath navigates to and finds (a known type's
+                // suffix, not null, an empty string or a list); extensions
+                // that are objects.
+                let plain = |(key, v): (&String, &serde_json::Value)| {
+                    crate::fhirpath::is_choice_suffix(&key["value".len()..])
+                        && !v.is_null()
+                        && !v.is_array()
+                        && v.as_str() != Some("")
+                };
                 match (o.get("extension"), value) {
-                    (Some(serde_json::Value::Array(list)), None) => !list.is_empty() && !more,
-                    (None, Some((_, v))) => !v.is_null() && !more,
+                    (Some(serde_json::Value::Array(list)), None) => {
+                        !list.is_empty() && list.iter().all(serde_json::Value::is_object) && !more
+                    }
+                    (None, Some(value)) => plain(value) && !more,
                     _ => false,
                 }
             }
@@ -605,6 +616,16 @@ mod tests {
                 "Extension",
                 json!({"url": "u", "valueString": "x", "_valueString": {"id": "x"}}),
                 false,
+            ),
+            ("Extension", json!({"url": "u", "valueFoo": "x"}), false),
+            ("Extension", json!({"url": "u", "valueString": []}), false),
+            ("Extension", json!({"url": "u", "valueString": null}), false),
+            ("Extension", json!({"url": "u", "valueString": ""}), false),
+            ("Extension", json!({"url": "u", "extension": [null]}), false),
+            (
+                "Extension",
+                json!({"url": "u", "valueCodeableConcept": {"text": "x"}}),
+                true,
             ),
             ("Patient", json!({"resourceType": "Patient"}), true),
             (
