@@ -749,6 +749,40 @@ async fn members_go_by_the_latest_message_that_set_them_across_a_restart() {
     assert!(p.get("deceasedDateTime").is_none(), "{p:#}");
 }
 
+/// A transfer cancel (A12) that arrives before the transfer it cancels
+/// waits for it, beside the Encounter, through a restart: the transfer is
+/// then undone when it comes, as it would have been in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_arriving_before_its_transfer_undoes_it_when_it_comes() {
+    let gw = start().await;
+    let mut c = MllpClient::connect(gw.mllp, TIMEOUT).await.unwrap();
+    let nhs = nhs_number(722);
+    let message = |event: &str, id: &str, when: &str, place: &str| {
+        format!(
+            "MSH|^~\\&|PAS|RJZ|PATHWAY|ONEBROMLEY|{when}||ADT^{event}|{id}|P|2.4\rEVN|{event}|{when}\rPID|1||{nhs}^^^NHS^NH||PAGE^Ann||19380305|F\rPV1|1|I|{place}|21|||||||||||||||V722^^^RJZ^VN|||||||||||||||||||||||||202607141015\r"
+        )
+    };
+    let admitted = message("A01", "C1", "202607141018", "AMU^^^RJZ30");
+    let cancelled = message("A12", "C3", "202607151000", "AMU^^^RJZ30");
+    let moved = message("A02", "C2", "202607150900", "WARD 9^^^RJZ30");
+    for m in [&admitted, &cancelled] {
+        assert_eq!(send(&mut c, m).await.0, "AA");
+    }
+    drop(c);
+    let from = gw.data.clone();
+    let kept = tempfile::tempdir().unwrap();
+    gw.stop_keeping(&from, kept.path()).await;
+    let to = kept.path().to_path_buf();
+    let gw = common::start_with(|config| config.store.dir = to).await;
+    let mut c = MllpClient::connect(gw.mllp, TIMEOUT).await.unwrap();
+    assert_eq!(send(&mut c, &moved).await.0, "AA");
+    let e = encounter(&gw, "V722").await;
+    let places = e["location"].as_array().unwrap();
+    assert_eq!(places.len(), 1, "{e:#}");
+    assert!(places[0]["location"].to_string().contains("AMU"), "{e:#}");
+    assert_eq!(places[0]["status"], "active", "{e:#}");
+}
+
 /// A new patient's first message racing a conditional create of the same
 /// NHS number over FHIR REST: whichever commits first, the message's facts
 /// (its hospital number, its visit) end up on the one Patient record. The

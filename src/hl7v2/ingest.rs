@@ -721,19 +721,28 @@ impl Feed {
             };
             let current_value = current.as_ref().and_then(|s| store.parsed(s));
             let encounter_id = current.as_ref().map_or_else(new_id, |s| s.id.clone());
-            // An Encounter's members go by its latest event alone.
+            // An Encounter's members go by its latest event alone; its
+            // clock keeps the transfer cancels it has had.
             let latest = clock.as_ref().map(|c| c.event_ms);
+            let mut cancels = state::Cancels::of(clock.as_ref());
+            let encounter = encounter_from(
+                current_value.as_deref(),
+                latest,
+                &mut cancels,
+                adt,
+                visit,
+                &patient_ref,
+            );
+            let event_ms = latest.map_or(adt.time_ms, |at| at.max(adt.time_ms));
             clocks.push(EventClock {
                 resource_type: ResourceType::Encounter,
                 id: encounter_id.clone(),
                 clock: Clock {
-                    event_ms: latest.map_or(adt.time_ms, |at| at.max(adt.time_ms)),
-                    members: None,
+                    event_ms,
+                    members: cancels.members(event_ms),
                 },
                 planned: current.as_ref().map(|stored| (stored.version, clock)),
             });
-            let encounter =
-                encounter_from(current_value.as_deref(), latest, adt, visit, &patient_ref);
             match &current {
                 Some(stored) => {
                     moved_ids.push(stored.id.clone());

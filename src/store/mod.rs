@@ -251,9 +251,10 @@ pub struct IngestRequest {
 pub struct Clock {
     /// The latest, in milliseconds since the epoch.
     pub event_ms: i64,
-    /// The feed's own account of when each member was last set (opaque to
-    /// the store; see `hl7v2::state::Times`). `None` on a record whose
-    /// clock was set before member times were kept (schema 8).
+    /// The rest of the feed's clock, opaque to the store: when each
+    /// member of a Patient was last set (`hl7v2::state::Times`), an
+    /// Encounter's transfer cancels (`hl7v2::state::Cancels`). `None` on a
+    /// record whose clock was set before schema 8, or that has neither.
     pub members: Option<String>,
 }
 

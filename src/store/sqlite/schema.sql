@@ -27,9 +27,10 @@ CREATE UNIQUE INDEX IF NOT EXISTS versions_key ON versions (type, id, version);
 -- event applied (an HL7 v2 EVN-2), so that an older event arriving late
 -- cannot overwrite what a newer one set; NULL when none. (Both schema
 -- version 7; `event_ms` was a table of its own from version 3.) `member_ms`
--- (schema version 8) is the feed's account of when each member was last set
--- (`name=…;address=…`), so that an older message still sets a member no
--- newer one has: NULL when the clock stands for every member.
+-- (schema version 8) is the rest of the feed's clock: for a Patient, when
+-- each member was last set (`name=…;address=…`), so that an older message
+-- still sets a member no newer one has; for an Encounter, the transfer
+-- cancels it has had. NULL when the clock stands for every member.
 CREATE TABLE IF NOT EXISTS current (
     type         TEXT    NOT NULL,
     id           TEXT    NOT NULL,
