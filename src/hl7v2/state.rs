@@ -859,6 +859,7 @@ fn locations(
 ) {
     // Left as it was (`[]`, or not a list) when it stays empty.
     let mut list = take_array(e, "location");
+    cancels.restore(&mut list);
     let dated = |l: &Value| l.get("period").is_some();
     match (adt.event, place) {
         (Event::A02, Some(place)) => {
@@ -952,13 +953,15 @@ fn locations(
 /// JSON `<hex>` spells; `<ms>` is its time in ms before the latest event,
 /// `<hash>` that of the place it returns to (PV1-3).
 ///
-/// A cancel removes the latest location before its time unless that is
-/// already where it says the patient is, and only while another location
-/// is known. Every message puts back what the cancels removed and applies
-/// them all again in time order: so one that arrives before the transfer
-/// it cancels (or before the admission) removes it when it comes, and two
-/// cancels end the same in either order. A cancel resent (same time and
-/// place) is one cancel.
+/// A cancel removes the latest location at or before its time whose
+/// previous place is where it says the patient returns (PV1-3), else the
+/// latest unless that is already there; never the first (the admission).
+/// Every message puts back what the cancels removed and applies them all
+/// again in time order: so one that arrives before the transfer it cancels
+/// (or before the admission) removes it when it comes, and two cancels end
+/// the same in either order. A cancel resent (same time and place) is one
+/// cancel; resent with a later time, it is another, which also undoes a
+/// transfer made again before that time.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Cancels(Vec<Cancel>);
 
@@ -985,7 +988,9 @@ impl Cancels {
                     let (kind, hash) = name.split_once('.')?;
                     let (before, removed) = match (kind, rest.split_once('/')) {
                         ("x", None) => (rest, None),
-                        ("a", Some((before, hex))) => (before, Some(from_hex(hex)?)),
+                        // Unreadable, what it removed is lost, not the
+                        // cancel.
+                        ("a", Some((before, hex))) => (before, from_hex(hex)),
                         _ => return None,
                     };
                     Some(Cancel {
@@ -1036,9 +1041,9 @@ impl Cancels {
         }
     }
 
-    /// Puts back what the cancels removed, and applies them all again, in
-    /// time order, to `list`.
-    fn apply(&mut self, list: &mut Vec<Value>) {
+    /// Puts back in `list` what the cancels removed (before the message's
+    /// own change looks at it).
+    fn restore(&mut self, list: &mut Vec<Value>) {
         for cancel in &mut self.0 {
             if let Some(entry) = cancel.removed.take()
                 && !list.iter().any(|l| {
@@ -1049,17 +1054,29 @@ impl Cancels {
                 list.push(entry);
             }
         }
+    }
+
+    /// Applies the cancels to `list` (all put back), in time order. Each
+    /// removes the latest location at or before its time that it can:
+    /// preferably one whose previous place is where the cancel says the
+    /// patient returns (what an A12's PV1-3 means), else the latest, unless
+    /// that is already there; never the first (the admission).
+    fn apply(&mut self, list: &mut Vec<Value>) {
         if self.0.is_empty() {
             return;
         }
         sort_locations(list);
         for cancel in &mut self.0 {
-            if list.len() > 1
-                && let Some(i) = list
-                    .iter()
-                    .rposition(|l| start_ms(&l["period"]) <= cancel.at)
-                && place_hash(Some(&list[i]["location"])) != cancel.back_to
-            {
+            let place = |l: &Value| place_hash(Some(&l["location"]));
+            let before = list
+                .iter()
+                .rposition(|l| start_ms(&l["period"]) <= cancel.at)
+                .unwrap_or(0);
+            let from_back_to = (1..=before).rev().find(|&i| {
+                place(&list[i - 1]) == cancel.back_to && place(&list[i]) != cancel.back_to
+            });
+            let latest = (before > 0 && place(&list[before]) != cancel.back_to).then_some(before);
+            if let Some(i) = from_back_to.or(latest) {
                 let mut removed = list.remove(i);
                 if let Some(o) = removed.as_object_mut() {
                     o.remove("status");
@@ -1869,6 +1886,54 @@ mod tests {
         assert!(
             places[0]["location"].to_string().contains("AMU"),
             "{stayed}"
+        );
+
+        // A cancel naming a bed rather than the ward, resent five minutes
+        // later, then the real next transfer: the admission is never what
+        // a cancel removes.
+        let bed = at("A12", "202607151000", "AMU^^BED 3^RJZ30", "");
+        let resent = at("A12", "202607151005", "AMU^^BED 3^RJZ30", "");
+        let onward = at("A02", "202607151100", "WARD 4^^^RJZ30", "");
+        let events = [
+            ("A01", &admission),
+            ("A02", &first),
+            ("A12 bed", &bed),
+            ("A12 resent", &resent),
+            ("A02 onward", &onward),
+        ];
+        let ended = same_in_every_order(&events, encounter_of);
+        let names: Vec<String> = ended["location"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["location"].to_string())
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+        assert!(
+            names[0].contains("AMU") && names[1].contains("WARD 4"),
+            "{names:?}"
+        );
+
+        // A transfer cancelled and the right one entered in the same minute:
+        // the cancel removes the transfer that left the place it returns to.
+        let right = at("A02", "202607151000", "WARD 5^^^RJZ30", "");
+        let events = [
+            ("A01", &admission),
+            ("A02", &first),
+            ("A12", &cancel),
+            ("A02 right", &right),
+        ];
+        let ended = same_in_every_order(&events, encounter_of);
+        let names: Vec<String> = ended["location"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["location"].to_string())
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+        assert!(
+            names[0].contains("AMU") && names[1].contains("WARD 5"),
+            "{names:?}"
         );
 
         // A pre-admission's planned ward, then the admission elsewhere.
