@@ -1059,8 +1059,9 @@ impl Cancels {
     /// Applies the cancels to `list` (all put back), in time order. Each
     /// removes the latest location at or before its time that it can:
     /// preferably one whose previous place is where the cancel says the
-    /// patient returns (what an A12's PV1-3 means), else the latest, unless
-    /// that is already there; never the first (the admission).
+    /// patient returns (what an A12's PV1-3 means), looking back no further
+    /// than the patient's last stay there; else the latest, unless that is
+    /// already there; never the first (the admission).
     fn apply(&mut self, list: &mut Vec<Value>) {
         if self.0.is_empty() {
             return;
@@ -1072,9 +1073,13 @@ impl Cancels {
                 .iter()
                 .rposition(|l| start_ms(&l["period"]) <= cancel.at)
                 .unwrap_or(0);
-            let from_back_to = (1..=before).rev().find(|&i| {
-                place(&list[i - 1]) == cancel.back_to && place(&list[i]) != cancel.back_to
-            });
+            // Back from the latest, no further than where the patient was
+            // last at PV1-3's place: an older move away from it (a ward
+            // left and returned to) is not this cancel's.
+            let from_back_to = (1..=before)
+                .rev()
+                .take_while(|&i| place(&list[i]) != cancel.back_to)
+                .find(|&i| place(&list[i - 1]) == cancel.back_to);
             let latest = (before > 0 && place(&list[before]) != cancel.back_to).then_some(before);
             if let Some(i) = from_back_to.or(latest) {
                 let mut removed = list.remove(i);
@@ -1911,6 +1916,33 @@ mod tests {
         assert_eq!(names.len(), 2, "{names:?}");
         assert!(
             names[0].contains("AMU") && names[1].contains("WARD 4"),
+            "{names:?}"
+        );
+
+        // A return to the admitting ward, a transfer on, its cancel and the
+        // cancel resent later: the earlier move away is not undone.
+        let returned = at("A02", "202607151200", "AMU^^^RJZ30", "");
+        let on = at("A02", "202607160900", "WARD 4^^^RJZ30", "");
+        let cancel_on = at("A12", "202607161000", "AMU^^^RJZ30", "");
+        let cancel_again = at("A12", "202607161005", "AMU^^^RJZ30", "");
+        let events = [
+            ("A01", &admission),
+            ("A02", &first),
+            ("A02 back", &returned),
+            ("A02 on", &on),
+            ("A12", &cancel_on),
+            ("A12 again", &cancel_again),
+        ];
+        let ended = same_in_every_order(&events, encounter_of);
+        let names: Vec<String> = ended["location"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["location"].to_string())
+            .collect();
+        assert_eq!(names.len(), 3, "{names:?}");
+        assert!(
+            names[1].contains("WARD 9") && names[2].contains("AMU"),
             "{names:?}"
         );
 
