@@ -721,11 +721,7 @@ async fn members_go_by_the_latest_message_that_set_them_across_a_restart() {
         assert_eq!(send(&mut c, message).await.0, "AA");
     }
     drop(c);
-    let from = gw.data.clone();
-    let kept = tempfile::tempdir().unwrap();
-    gw.stop_keeping(&from, kept.path()).await;
-    let to = kept.path().to_path_buf();
-    let gw = common::start_with(|config| config.store.dir = to).await;
+    let gw = gw.restart().await;
     let mut c = MllpClient::connect(gw.mllp, TIMEOUT).await.unwrap();
     let address = a31(
         "S4",
@@ -769,11 +765,7 @@ async fn a_cancel_arriving_before_its_transfer_undoes_it_when_it_comes() {
         assert_eq!(send(&mut c, m).await.0, "AA");
     }
     drop(c);
-    let from = gw.data.clone();
-    let kept = tempfile::tempdir().unwrap();
-    gw.stop_keeping(&from, kept.path()).await;
-    let to = kept.path().to_path_buf();
-    let gw = common::start_with(|config| config.store.dir = to).await;
+    let gw = gw.restart().await;
     let mut c = MllpClient::connect(gw.mllp, TIMEOUT).await.unwrap();
     assert_eq!(send(&mut c, &moved).await.0, "AA");
     let e = encounter(&gw, "V722").await;

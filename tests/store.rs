@@ -794,6 +794,13 @@ async fn a_request_planned_on_a_clock_that_has_moved_is_refused_whole() {
         clock: at(event_ms),
         planned: planned.map(|(version, clock)| (version, clock.map(at))),
     };
+    // The record's clock as the store has it.
+    let clock_now = || async {
+        store
+            .event_clocks(ResourceType::Patient, std::slice::from_ref(&id))
+            .await
+            .unwrap()
+    };
     let entry = |message_id: &str| JournalEntry {
         source: "hl7v2-mllp".into(),
         sender: "RJ224".into(),
@@ -853,13 +860,7 @@ async fn a_request_planned_on_a_clock_that_has_moved_is_refused_whole() {
         .unwrap();
     assert_eq!(read.version, 1);
     assert!(!read.body.contains("older"));
-    assert_eq!(
-        store
-            .event_clocks(ResourceType::Patient, std::slice::from_ref(&id))
-            .await
-            .unwrap(),
-        [Some(at(20))]
-    );
+    assert_eq!(clock_now().await, [Some(at(20))]);
     // Nor was its journal entry kept: sent again, it is not a repeat.
     assert!(!store.journal(entry("M10")).await.unwrap().duplicate);
     // Planned again on what is there now, it is taken (the latest event
@@ -881,24 +882,12 @@ async fn a_request_planned_on_a_clock_that_has_moved_is_refused_whole() {
         ),
         "{again:?}"
     );
-    assert_eq!(
-        store
-            .event_clocks(ResourceType::Patient, std::slice::from_ref(&id))
-            .await
-            .unwrap(),
-        [Some(at(20))]
-    );
+    assert_eq!(clock_now().await, [Some(at(20))]);
     // One planned on no clock (as for a record the request creates) never
     // replaces a clock.
     let unplanned = ingest(entry("M30"), None, clock(5, None)).await.unwrap();
     assert!(matches!(unplanned, IngestOutcome::Done { .. }));
-    assert_eq!(
-        store
-            .event_clocks(ResourceType::Patient, std::slice::from_ref(&id))
-            .await
-            .unwrap(),
-        [Some(at(20))]
-    );
+    assert_eq!(clock_now().await, [Some(at(20))]);
     store.close().await;
 }
 

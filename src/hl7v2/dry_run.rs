@@ -289,11 +289,7 @@ fn issues(validator: &Validator, resource: &Value) -> Vec<Located> {
 
 /// A stable `urn:uuid:` for a record key, so the output is deterministic.
 fn urn(key: &(String, String)) -> String {
-    // FNV-1a: stable across builds, unlike the standard library's hasher.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in key.0.bytes().chain([b'|']).chain(key.1.bytes()) {
-        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-    }
+    let h = state::stable_hash(key.0.bytes().chain([b'|']).chain(key.1.bytes()));
     format!(
         "urn:uuid:00000000-0000-4000-8000-{:012x}",
         h & 0xffff_ffff_ffff

@@ -107,6 +107,19 @@ impl Gateway {
         }
     }
 
+    /// Stops the gateway the way SIGTERM does and starts another on a copy
+    /// of its data directory, as an operator restarts it.
+    pub async fn restart(self) -> Gateway {
+        let kept = tempfile::tempdir().expect("temp dir");
+        let data = kept.path().join("data");
+        let from = self.data.clone();
+        self.stop_keeping(&from, &data).await;
+        let mut restarted = start_with(|config| config.store.dir = data).await;
+        // The copy lives as long as the gateway that serves it.
+        restarted._dir = kept;
+        restarted
+    }
+
     /// Stops the gateway and copies its data directory `from` to `to`
     /// before the temporary directory goes.
     pub async fn stop_keeping(mut self, from: &std::path::Path, to: &std::path::Path) {
