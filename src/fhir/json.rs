@@ -10,9 +10,11 @@
 //! Every function here expects text that `serde_json` has already accepted as
 //! JSON; on anything else it returns an error, never panics.
 
+use memchr::{memchr2, memmem};
 use serde_json::Value;
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::sync::LazyLock;
 
 /// The input was not the JSON object the caller promised.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -382,23 +384,24 @@ pub fn rewrite_references<'a>(compact: &'a str, map: &HashMap<String, String>) -
 }
 
 /// The spans (quotes included) of the string values of `reference`
-/// members in minified JSON.
-fn reference_values(compact: &str) -> impl Iterator<Item = (usize, usize)> + '_ {
+/// members in minified JSON, found by searching for `"reference":"` rather
+/// than walking every string: inside a JSON string each quote is escaped, so
+/// a match whose quote follows `{` or `,` opens a member name, and the name
+/// is `reference` because the quote after it, unescaped, closes it.
+pub(super) fn reference_values(compact: &str) -> impl Iterator<Item = (usize, usize)> + '_ {
+    static KEY: LazyLock<memmem::Finder<'static>> =
+        LazyLock::new(|| memmem::Finder::new(b"\"reference\":\""));
     let bytes = compact.as_bytes();
     let mut pos = 0;
-    let mut after_reference_key = false;
     std::iter::from_fn(move || {
-        while pos < bytes.len() {
-            if bytes[pos] != b'"' {
-                pos += 1;
-                continue;
-            }
-            let start = pos;
-            let end = string_end(bytes, pos).unwrap_or(bytes.len());
-            pos = end;
-            if bytes.get(end) == Some(&b':') {
-                after_reference_key = &compact[start..end] == "\"reference\"";
-            } else if std::mem::take(&mut after_reference_key) {
+        while let Some(found) = bytes.get(pos..).and_then(|rest| KEY.find(rest)) {
+            let at = pos + found;
+            // The value's opening quote.
+            let start = at + KEY.needle().len() - 1;
+            pos = start;
+            if at > 0 && matches!(bytes[at - 1], b'{' | b',') {
+                let end = string_end(bytes, start).unwrap_or(bytes.len());
+                pos = end;
                 return Some((start, end));
             }
         }
@@ -501,12 +504,14 @@ fn skip_ws(bytes: &[u8], mut pos: usize) -> usize {
 /// Given `bytes[start] == b'"'`, the index just past the closing quote.
 fn string_end(bytes: &[u8], start: usize) -> Result<usize, JsonShapeError> {
     let mut pos = start + 1;
-    while pos < bytes.len() {
-        match bytes[pos] {
-            b'\\' => pos += 2,
-            b'"' => return Ok(pos + 1),
-            _ => pos += 1,
+    // Most of a resource's text is inside strings: skipped to the next
+    // quote or escape at memchr's speed, not a byte at a time.
+    while let Some(found) = bytes.get(pos..).and_then(|rest| memchr2(b'"', b'\\', rest)) {
+        pos += found;
+        if bytes[pos] == b'"' {
+            return Ok(pos + 1);
         }
+        pos += 2;
     }
     Err(JsonShapeError::Truncated)
 }

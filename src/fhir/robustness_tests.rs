@@ -4,7 +4,7 @@
 
 use super::ResourceType;
 use super::datetime::parse_range;
-use super::json::{array_elements, minify, object_members, rewrite_references};
+use super::json::{array_elements, minify, object_members, reference_values, rewrite_references};
 use super::resource::prepare;
 use super::search::{parse_search, reference_target};
 use std::collections::HashMap;
@@ -146,4 +146,65 @@ fn search_parsing_never_panics() {
         }
         let _ = reference_target(&value);
     }
+}
+
+/// The spans of `reference` string values found by walking every string
+/// token, as the gateway did before it searched for `"reference":"`.
+fn references_walked(compact: &str) -> Vec<(usize, usize)> {
+    let bytes = compact.as_bytes();
+    let string_end = |mut pos: usize| {
+        pos += 1;
+        while pos < bytes.len() {
+            match bytes[pos] {
+                b'\\' => pos += 2,
+                b'"' => return pos + 1,
+                _ => pos += 1,
+            }
+        }
+        bytes.len()
+    };
+    let (mut spans, mut pos, mut after_key) = (Vec::new(), 0, false);
+    while pos < bytes.len() {
+        if bytes[pos] != b'"' {
+            pos += 1;
+            continue;
+        }
+        let start = pos;
+        pos = string_end(pos).min(bytes.len());
+        if bytes.get(pos) == Some(&b':') {
+            after_key = &compact[start..pos] == "\"reference\"";
+        } else if std::mem::take(&mut after_key) {
+            spans.push((start, pos));
+        }
+    }
+    spans
+}
+
+#[test]
+fn references_found_by_search_are_those_a_walk_finds() {
+    let mut rng = Rng(0xD1B5_4A32_D192_ED03);
+    let seeds = [
+        r#"{"resourceType":"Encounter","subject":{"reference":"urn:uuid:1"},"basedOn":[{"reference":"ServiceRequest/a"},{"reference":"urn:uuid:12","display":"x"}]}"#,
+        // A name ending in `\"reference`, and values holding the text of one.
+        r#"{"x\"reference":"urn:uuid:1","note":[{"text":"a,\"reference\":\"b"}],"y":{"reference":"c\\"}}"#,
+        r#"{"reference":"","a":{"reference":"\u00e9\"q"},"b":["reference",{"reference":"z"}]}"#,
+    ];
+    let mut valid = 0;
+    for seed in seeds {
+        for _ in 0..10_000 {
+            let text = garble(seed, &mut rng);
+            // Only minified JSON is searched (what the store writes).
+            let Ok(value) = serde_json::from_str::<serde_json::Value>(&text) else {
+                continue;
+            };
+            let compact = value.to_string();
+            valid += 1;
+            let found: Vec<_> = reference_values(&compact).collect();
+            assert_eq!(found, references_walked(&compact), "{compact}");
+        }
+    }
+    assert!(
+        valid > 1_000,
+        "the generator must also make valid JSON ({valid})"
+    );
 }
