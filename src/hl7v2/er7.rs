@@ -14,6 +14,7 @@
 //! Decoded values are `Cow<'a, str>`: values without escape sequences (the
 //! vast majority) borrow from the message instead of allocating.
 
+use memchr::{memchr_iter, memchr2};
 use std::borrow::Cow;
 use std::fmt;
 
@@ -260,10 +261,7 @@ fn index(body: &str, fs: char) -> Result<Spans, ParseError> {
     let mut segments = Vec::with_capacity(8);
     let mut fields = Vec::with_capacity((body.len() / 4 + 8).min(1024));
     let fs_len = fs.len_utf8();
-    let mut offset = 0;
-    for line in body.split(['\r', '\n']) {
-        let start = offset;
-        offset += line.len() + 1; // both terminators are one byte
+    for (start, line) in lines(body) {
         if line.trim().is_empty() {
             continue;
         }
@@ -280,9 +278,20 @@ fn index(body: &str, fs: char) -> Result<Spans, ParseError> {
             if is_header(id) {
                 fields.push((start + 3, pos));
             }
-            for f in rest.split(fs) {
-                fields.push((pos, pos + f.len()));
-                pos += f.len() + fs_len;
+            if fs.is_ascii() {
+                // One pass over the segment (memchr's iterator), not a
+                // search started again for every field a few bytes long.
+                for at in memchr_iter(fs as u8, rest.as_bytes()) {
+                    let end = start + 3 + fs_len + at;
+                    fields.push((pos, end));
+                    pos = end + 1;
+                }
+                fields.push((pos, start + line.len()));
+            } else {
+                for f in rest.split(fs) {
+                    fields.push((pos, pos + f.len()));
+                    pos += f.len() + fs_len;
+                }
             }
         }
         segments.push(SegSpan {
@@ -293,6 +302,27 @@ fn index(body: &str, fs: char) -> Result<Spans, ParseError> {
         });
     }
     Ok((segments, fields))
+}
+
+/// `body` split at each `\r` and each `\n` (so `\r\n` leaves an empty line
+/// between), with where each line starts: found with memchr, not by
+/// decoding every character.
+fn lines(body: &str) -> impl Iterator<Item = (usize, &str)> {
+    let mut next = Some(0);
+    std::iter::from_fn(move || {
+        let start = next?;
+        let end = match memchr2(b'\r', b'\n', &body.as_bytes()[start..]) {
+            Some(at) => {
+                next = Some(start + at + 1);
+                start + at
+            }
+            None => {
+                next = None;
+                body.len()
+            }
+        };
+        Some((start, &body[start..end]))
+    })
 }
 
 /// A segment id is two upper-case letters then a letter or digit, as every
@@ -573,4 +603,33 @@ fn number(s: &str) -> Option<(usize, &str)> {
     let end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let n: usize = s.get(..end)?.parse().ok()?;
     (n >= 1).then_some((n, s.get(end..)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lines;
+
+    #[test]
+    fn lines_split_as_str_split_on_either_terminator() {
+        for body in [
+            "",
+            "\r",
+            "\n\n",
+            "MSH|^~\\&|A\rPID|1",
+            "MSH|^~\\&|A\r\nPID|1\r\n",
+            "MSH|é\nEVN|€\r\r",
+        ] {
+            let found: Vec<_> = lines(body).collect();
+            let mut offset = 0;
+            let expected: Vec<_> = body
+                .split(['\r', '\n'])
+                .map(|line| {
+                    let at = offset;
+                    offset += line.len() + 1;
+                    (at, line)
+                })
+                .collect();
+            assert_eq!(found, expected, "{body:?}");
+        }
+    }
 }

@@ -10,6 +10,7 @@
 
 use super::er7::{Delimiters, Field, Location, Message};
 use super::escape::{escape, unescape};
+use memchr::memchr2;
 
 const START: u8 = 0x0B;
 const END: u8 = 0x1C;
@@ -88,10 +89,7 @@ impl Framer {
             // Inside a frame, the content up to the next block byte is
             // taken at once.
             if self.state == State::Body {
-                let run = rest
-                    .iter()
-                    .position(|&b| b == START || b == END)
-                    .unwrap_or(rest.len());
+                let run = memchr2(START, END, rest).unwrap_or(rest.len());
                 if run > 0 {
                     let (content, after) = rest.split_at(run);
                     self.contents(content);
