@@ -172,10 +172,7 @@ impl WrittenObject {
     pub fn push_value(&mut self, key: &str, value: &Value) {
         let key = self.push_key(key);
         let start = self.bytes.len();
-        if serde_json::to_writer(&mut self.bytes, value).is_err() {
-            self.bytes.truncate(start);
-            self.bytes.extend_from_slice(value.to_string().as_bytes());
-        }
+        write_value(&mut self.bytes, value);
         self.spans.push([key.0, key.1, start, self.bytes.len()]);
     }
 
@@ -468,9 +465,67 @@ pub fn push_string(out: &mut String, value: &str) {
 }
 
 /// Whether `value` goes into a JSON string as it is: no control character,
-/// quote or backslash (which serde_json escapes).
+/// quote or backslash (which serde_json escapes). Checked 16 bytes at a time
+/// without stopping early, which the compiler turns into vector compares.
 fn writes_as_is(value: &str) -> bool {
-    value.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\')
+    let escaped = |b: u8| b < 0x20 || b == b'"' || b == b'\\';
+    let mut chunks = value.as_bytes().chunks_exact(16);
+    for chunk in &mut chunks {
+        if chunk.iter().fold(false, |any, &b| any | escaped(b)) {
+            return false;
+        }
+    }
+    !chunks.remainder().iter().any(|&b| escaped(b))
+}
+
+/// `value` as compact JSON onto `out`, byte for byte as `serde_json::to_writer`
+/// writes it (a test holds it to that), without serde's machinery: strings
+/// that need no escape, most of them, are copied in; the rest, and numbers,
+/// are written by serde_json itself.
+pub fn write_value(out: &mut Vec<u8>, value: &Value) {
+    match value {
+        Value::Null => out.extend_from_slice(b"null"),
+        Value::Bool(true) => out.extend_from_slice(b"true"),
+        Value::Bool(false) => out.extend_from_slice(b"false"),
+        Value::String(s) => write_str(out, s),
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_value(out, item);
+            }
+            out.push(b']');
+        }
+        Value::Object(members) => {
+            out.push(b'{');
+            for (i, (key, member)) in members.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_str(out, key);
+                out.push(b':');
+                write_value(out, member);
+            }
+            out.push(b'}');
+        }
+        Value::Number(_) => {
+            // (Writing to a Vec cannot fail.)
+            let _ = serde_json::to_writer(&mut *out, value);
+        }
+    }
+}
+
+fn write_str(out: &mut Vec<u8>, s: &str) {
+    if writes_as_is(s) {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        let _ = serde_json::to_writer(&mut *out, s);
+    }
 }
 
 /// A JSON string literal for `value`.

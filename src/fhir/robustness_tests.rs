@@ -4,7 +4,9 @@
 
 use super::ResourceType;
 use super::datetime::parse_range;
-use super::json::{array_elements, minify, object_members, reference_values, rewrite_references};
+use super::json::{
+    array_elements, minify, object_members, reference_values, rewrite_references, write_value,
+};
 use super::resource::prepare;
 use super::search::{parse_search, reference_target};
 use std::collections::HashMap;
@@ -201,6 +203,38 @@ fn references_found_by_search_are_those_a_walk_finds() {
             valid += 1;
             let found: Vec<_> = reference_values(&compact).collect();
             assert_eq!(found, references_walked(&compact), "{compact}");
+        }
+    }
+    assert!(
+        valid > 1_000,
+        "the generator must also make valid JSON ({valid})"
+    );
+}
+
+#[test]
+fn values_write_as_serde_json_writes_them() {
+    let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+    let long = "x".repeat(15);
+    let seeds = [
+        r#"{"resourceType":"Patient","a":[1,-2,2.50,1e-25,18446744073709551615,{"b":"c\"d\\"}],"e":"urn:uuid:1","f":"é😀","g":null,"h":true,"i":false}"#.to_string(),
+        // Escapes on either side of a 16-byte chunk's edge.
+        format!(r#"{{"s":"{long}\n{long}\t","t":"{long}{long}\u0001","u":"\u007f{long}\\"}}"#),
+    ];
+    let mut valid = 0;
+    for seed in &seeds {
+        for _ in 0..10_000 {
+            let text = garble(seed, &mut rng);
+            let Ok(value) = serde_json::from_str::<serde_json::Value>(&text) else {
+                continue;
+            };
+            valid += 1;
+            let mut ours = Vec::new();
+            write_value(&mut ours, &value);
+            assert_eq!(
+                String::from_utf8(ours).unwrap(),
+                serde_json::to_string(&value).unwrap(),
+                "{text}"
+            );
         }
     }
     assert!(
