@@ -108,6 +108,12 @@ pub enum Shortcut {
     /// identifier in the ODS system has a string value of 3 to 10
     /// upper-case letters or digits.
     OdsCodes,
+    /// cpt-2 (`value.empty() or system.exists()`): no `value` (nor
+    /// `_value`), or a `system`.
+    ContactPointSystem,
+    /// The local Encounter profile's [`FINISHED_HAS_START`]: a status other
+    /// than `finished`, or a period start.
+    FinishedHasStart,
 }
 
 /// A profile constraint's expression: the NHS number's Modulus 11 check.
@@ -117,6 +123,9 @@ pub const NHS_NUMBER_CHECK: &str = "$this.matches('^[0-9]{10}$') and ((11 - (($t
 /// letters or digits.
 pub const ODS_CODES: &str = "identifier.where(system = 'https://fhir.nhs.uk/Id/ods-organization-code').all(value.matches('^[A-Z0-9]{3,10}$'))";
 
+/// A profile constraint's expression: a finished Encounter has a start.
+pub const FINISHED_HAS_START: &str = "status = 'finished' implies period.start.exists()";
+
 impl Shortcut {
     /// For the invariant of base definition `key`.
     pub fn of(key: &str) -> Shortcut {
@@ -124,6 +133,7 @@ impl Shortcut {
             "dom-2" | "dom-4" | "dom-5" => Shortcut::NoContained,
             "per-1" => Shortcut::OpenPeriod,
             "ext-1" => Shortcut::Extension,
+            "cpt-2" => Shortcut::ContactPointSystem,
             _ => Shortcut::None,
         }
     }
@@ -133,6 +143,7 @@ impl Shortcut {
         match source {
             NHS_NUMBER_CHECK => Shortcut::NhsNumber,
             ODS_CODES => Shortcut::OdsCodes,
+            FINISHED_HAS_START => Shortcut::FinishedHasStart,
             _ => Shortcut::None,
         }
     }
@@ -174,6 +185,26 @@ impl Shortcut {
                     Some(id @ serde_json::Value::Object(_)) => !ods(id) || code(id),
                     Some(_) => false,
                 }
+            }
+            Shortcut::ContactPointSystem => {
+                let text = |key: &str| {
+                    o.get(key)
+                        .and_then(serde_json::Value::as_str)
+                        .is_some_and(|s| !s.is_empty())
+                };
+                (!o.contains_key("value") && !o.contains_key("_value")) || text("system")
+            }
+            Shortcut::FinishedHasStart => {
+                let other_status = o
+                    .get("status")
+                    .and_then(serde_json::Value::as_str)
+                    .is_some_and(|s| s != "finished");
+                let start = o
+                    .get("period")
+                    .and_then(|p| p.get("start"))
+                    .and_then(serde_json::Value::as_str)
+                    .is_some_and(|s| !s.is_empty());
+                other_status || start
             }
             Shortcut::NoContained => !o.contains_key("contained"),
             Shortcut::OpenPeriod => !o.contains_key("start") || !o.contains_key("end"),
@@ -629,6 +660,20 @@ mod tests {
             ),
             ("Patient", json!({"resourceType": "Patient"}), true),
             (
+                "ContactPoint",
+                json!({"system": "phone", "value": "01689"}),
+                true,
+            ),
+            ("ContactPoint", json!({"use": "home"}), true),
+            ("ContactPoint", json!({"value": "01689"}), false),
+            ("ContactPoint", json!({"_value": {"id": "a"}}), false),
+            (
+                "ContactPoint",
+                json!({"value": "01689", "system": ""}),
+                false,
+            ),
+            ("ContactPoint", json!({"value": null}), false),
+            (
                 "Patient",
                 json!({"resourceType": "Patient", "contained": [{"resourceType": "Organization", "contained": [{"resourceType": "Patient"}]}]}),
                 false,
@@ -686,7 +731,7 @@ mod tests {
             .iter()
             .map(|(_, text)| *text)
             .collect();
-        for expression in [NHS_NUMBER_CHECK, ODS_CODES] {
+        for expression in [NHS_NUMBER_CHECK, ODS_CODES, FINISHED_HAS_START] {
             let quoted = serde_json::to_string(expression).unwrap();
             assert!(embedded.contains(&quoted), "{expression} in no profile");
         }
@@ -733,7 +778,39 @@ mod tests {
                 false,
             ),
         ];
-        for (source, focus, expected) in cases {
+        let finished = |focus: serde_json::Value, holds| (FINISHED_HAS_START, focus, holds);
+        let cases = [
+            cases,
+            &[
+                finished(json!({"status": "in-progress"}), true),
+                finished(
+                    json!({"status": "finished", "period": {"start": "2026"}}),
+                    true,
+                ),
+                finished(
+                    json!({"status": "arrived", "period": {"end": "2026"}}),
+                    true,
+                ),
+                finished(json!({"period": {"start": "2026-11-03"}}), true),
+                finished(json!({"status": "finished"}), false),
+                finished(
+                    json!({"status": "finished", "period": {"end": "2026"}}),
+                    false,
+                ),
+                finished(
+                    json!({"status": "finished", "period": {"start": ""}}),
+                    false,
+                ),
+                finished(json!({"status": 3}), false),
+                finished(json!({}), false),
+                finished(
+                    json!({"status": "finished", "period": {"_start": {"id": "a"}}}),
+                    false,
+                ),
+            ][..],
+        ]
+        .concat();
+        for (source, focus, expected) in &cases {
             let shortcut = Shortcut::of_expression(source);
             assert_ne!(shortcut, Shortcut::None);
             let holds = shortcut.holds(focus);
