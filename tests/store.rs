@@ -127,6 +127,62 @@ async fn journal_keeps_payloads_and_recognises_repeats() {
     assert!(store.write(create(&nhs_number(0))).await.is_err());
 }
 
+/// An HL7 v2 message is a repeat whichever transport brought it first, and
+/// a schema 8 store (its repeat index led by the source) keeps knowing its
+/// journal's repeats after the upgrade to schema 9 (led by the sender).
+#[tokio::test]
+async fn journal_repeats_over_either_transport_survive_the_schema_9_upgrade() {
+    let dir = tempfile::tempdir().unwrap();
+    let entry = |source: &str, message_id: &str| JournalEntry {
+        source: source.into(),
+        sender: "PAS@RJZ".into(),
+        message_id: Some(message_id.into()),
+        content_type: "x-application/hl7-v2+er7".into(),
+        received_at_ms: 1_700_000_000_000,
+        payload: bytes::Bytes::from_static(b"MSH|^~\\&|PAS|RJZ|...\r"),
+    };
+    let store = open(dir.path(), 16);
+    let first = store.journal(entry("hl7v2-mllp", "M1")).await.unwrap();
+    let over_http = store.journal(entry("hl7v2-http", "M1")).await.unwrap();
+    assert!(over_http.duplicate);
+    assert_eq!(over_http.id, first.id);
+    // Another source with the same sender and id is no repeat of it.
+    let gp = store.journal(entry("gp-risk-list", "M1")).await.unwrap();
+    assert!(!gp.duplicate);
+    store.close().await;
+
+    let path = dir.path().join("gateway.sqlite");
+    let db = rusqlite::Connection::open(&path).unwrap();
+    common::make_schema_8(&db);
+    drop(db);
+
+    let store = open(dir.path(), 16);
+    for (source, id) in [
+        ("hl7v2-http", first.id),
+        ("hl7v2-mllp", first.id),
+        ("gp-risk-list", gp.id),
+    ] {
+        let again = store.journal(entry(source, "M1")).await.unwrap();
+        assert!(again.duplicate, "{source}");
+        assert_eq!(again.id, id, "{source}");
+    }
+    let new = store.journal(entry("hl7v2-http", "M2")).await.unwrap();
+    assert!(!new.duplicate);
+    let resent = store.journal(entry("hl7v2-mllp", "M2")).await.unwrap();
+    assert_eq!((resent.duplicate, resent.id), (true, new.id));
+    store.close().await;
+
+    let db = rusqlite::Connection::open(&path).unwrap();
+    let indexes: Vec<String> = db
+        .prepare("SELECT name FROM sqlite_schema WHERE type = 'index' AND tbl_name = 'journal'")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(indexes, ["journal_sent"]);
+}
+
 /// An update writes only the index rows that changed: what it drops is no
 /// longer found, what it adds is, and what it keeps still is.
 #[tokio::test]
@@ -447,7 +503,7 @@ async fn a_schema_5_store_is_upgraded_with_its_history_and_exact_search_index() 
     let version: i64 = db
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 8);
+    assert_eq!(version, 9);
     assert_eq!(sql("event_clock"), None);
     let count: i64 = db
         .query_row("SELECT count(*) FROM versions", [], |r| r.get(0))

@@ -299,17 +299,30 @@ pub fn expected_json(file: &std::path::Path, actual: &Value) -> Option<Value> {
     Some(serde_json::from_str(&text).expect("expectation is JSON"))
 }
 
-/// Reshapes a store file (schema 8) as schema 7 wrote it: no member times
+/// Reshapes a store file (schema 9) as schema 8 wrote it: the journal's
+/// repeat index led by the source. For tests of the upgrade.
+pub fn make_schema_8(db: &rusqlite::Connection) {
+    db.execute_batch(
+        "DROP INDEX journal_sent;
+         CREATE UNIQUE INDEX journal_repeat
+             ON journal (source, sender, message_id) WHERE message_id IS NOT NULL;
+         PRAGMA user_version = 8;",
+    )
+    .expect("a schema 9 store reshaped as schema 8");
+}
+
+/// Reshapes a store file (schema 9) as schema 7 wrote it: no member times
 /// beside the event clocks. For tests of the upgrade.
 pub fn make_schema_7(db: &rusqlite::Connection) {
+    make_schema_8(db);
     db.execute_batch(
         "ALTER TABLE current DROP COLUMN member_ms;
          PRAGMA user_version = 7;",
     )
-    .expect("a schema 8 store reshaped as schema 7");
+    .expect("a schema 9 store reshaped as schema 7");
 }
 
-/// Reshapes a store file (schema 8) as schema 6 wrote it: event clocks in a
+/// Reshapes a store file (schema 9) as schema 6 wrote it: event clocks in a
 /// table of their own, no `current.vrow`. For tests of the upgrade.
 pub fn make_schema_6(db: &rusqlite::Connection) {
     make_schema_7(db);
@@ -321,7 +334,7 @@ pub fn make_schema_6(db: &rusqlite::Connection) {
          ALTER TABLE current DROP COLUMN event_ms;
          PRAGMA user_version = 6;",
     )
-    .expect("a schema 8 store reshaped as schema 6");
+    .expect("a schema 9 store reshaped as schema 6");
 }
 
 /// Reshapes a store file (schema 7) as schema 5 wrote it: `versions` keyed

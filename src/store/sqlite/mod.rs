@@ -65,9 +65,10 @@ pub const DB_FILE: &str = "gateway.sqlite";
 /// `category`, `code` (index rows added for stored resources); 6: `versions`
 /// as a rowid table, index rows kept in `current.keys` instead of owner
 /// indexes, `idx_date` keyed (tables rebuilt on upgrade); 7: `current.vrow`
-/// and `current.event_ms`; 8: `current.member_ms`. Each adds to the
-/// idempotent schema, which is re-run.
-const SCHEMA_VERSION: i64 = 8;
+/// and `current.event_ms`; 8: `current.member_ms`; 9: the journal's repeat
+/// index led by the sender (`journal_sent`). Each adds to the idempotent
+/// schema, which is re-run.
+const SCHEMA_VERSION: i64 = 9;
 
 /// How the store is set up (checked configuration).
 #[derive(Debug, Clone)]
@@ -824,6 +825,10 @@ fn open_writer(path: &Path) -> Result<Connection, StoreError> {
             // Each record's clock stands for its members' until an event
             // sets them (`Clock::members` is `None`).
             conn.execute_batch("ALTER TABLE current ADD COLUMN member_ms TEXT;")?;
+        }
+        if found > 0 && found < 9 {
+            // `journal_sent` (built by the schema above) replaces it.
+            conn.execute_batch("DROP INDEX IF EXISTS journal_repeat;")?;
         }
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         conn.execute_batch("COMMIT")?;

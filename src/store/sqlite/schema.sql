@@ -1,4 +1,4 @@
--- pathway-gateway store, schema version 7 (each version adds to this file;
+-- pathway-gateway store, schema version 9 (each version adds to this file;
 -- it is re-run, idempotently, on upgrade).
 
 -- Every version of every resource: the full history. A rowid table (schema
@@ -86,8 +86,11 @@ CREATE TABLE IF NOT EXISTS journal (
     content_type TEXT    NOT NULL,
     payload      BLOB    NOT NULL
 );
-CREATE UNIQUE INDEX IF NOT EXISTS journal_repeat
-    ON journal (source, sender, message_id) WHERE message_id IS NOT NULL;
+-- Repeats: one entry per source, sender and message id. Sender first
+-- (schema version 9; before, `journal_repeat` led with the source): one
+-- lookup finds an HL7 v2 message id over either transport.
+CREATE UNIQUE INDEX IF NOT EXISTS journal_sent
+    ON journal (sender, message_id, source) WHERE message_id IS NOT NULL;
 
 -- Inputs refused for their content (a bad CSV row, an HL7 message that
 -- fails mapping), kept with their reasons until replayed after a fix.
