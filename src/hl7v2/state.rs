@@ -28,7 +28,7 @@
 //! Members an event does not change keep their stored bytes ([`rewrite`]).
 
 use super::adt::{Adt, Event, LOCATION_REPORTED_URL, ODS_SYSTEM, PatientFacts, Visit, is_ods};
-use crate::fhir::json::{Written, WrittenObject, same_value, written_members};
+use crate::fhir::json::{Written, WrittenObject, same_in_order, same_value, written_members};
 use crate::store::Clock;
 use serde_json::{Map, Value, json};
 
@@ -1326,6 +1326,12 @@ fn order(o: Map<String, Value>, keys: &[&str]) -> Map<String, Value> {
 /// offset survive an update that does not touch them. `None` when nothing
 /// changed. `old` is `stored` parsed (the caller has it already).
 pub fn rewrite(stored: &str, old: &Value, new: &Value) -> Option<Written> {
+    // Same members, values and order as stored (an A08 repeating what is
+    // stored, often): decided without scanning the stored text, whose
+    // members are `old`'s (the gateway writes no name twice).
+    if same_in_order(old, new) {
+        return None;
+    }
     let members = written_members(stored).ok()?;
     let (old, new) = (old.as_object()?, new.as_object()?);
     // For each new member, its stored bytes when equal to the stored value.
