@@ -153,6 +153,19 @@ async fn journal_repeats_over_either_transport_survive_the_schema_9_upgrade() {
 
     let path = dir.path().join("gateway.sqlite");
     let db = rusqlite::Connection::open(&path).unwrap();
+    // A message journaled over both transports (as a store written before
+    // repeats were matched across them holds it): a repeat over either is
+    // the MLLP entry's, as when each source was looked up in turn.
+    let mut both = Vec::new();
+    for source in ["hl7v2-mllp", "hl7v2-http"] {
+        db.execute(
+            "INSERT INTO journal(received_at, source, sender, message_id, content_type, payload) \
+             VALUES (1, ?1, 'PAS@RJZ', 'M0', 'x-application/hl7-v2+er7', x'00')",
+            [source],
+        )
+        .unwrap();
+        both.push((source, db.last_insert_rowid()));
+    }
     common::make_schema_8(&db);
     drop(db);
 
@@ -165,6 +178,11 @@ async fn journal_repeats_over_either_transport_survive_the_schema_9_upgrade() {
         let again = store.journal(entry(source, "M1")).await.unwrap();
         assert!(again.duplicate, "{source}");
         assert_eq!(again.id, id, "{source}");
+    }
+    let mllp = both[0].1;
+    for (source, _) in both {
+        let again = store.journal(entry(source, "M0")).await.unwrap();
+        assert_eq!((again.duplicate, again.id), (true, mllp), "{source}");
     }
     let new = store.journal(entry("hl7v2-http", "M2")).await.unwrap();
     assert!(!new.duplicate);

@@ -108,8 +108,9 @@ pub enum Shortcut {
     /// identifier in the ODS system has a string value of 3 to 10
     /// upper-case letters or digits.
     OdsCodes,
-    /// cpt-2 (`value.empty() or system.exists()`): no `value` (nor
-    /// `_value`), or a `system`.
+    /// cpt-2 (`value.empty() or system.exists()`): a `system`, or no member
+    /// FHIRPath could take for `value` (it matches `value` with any type's
+    /// suffix, `valueString` too, and its `_value` sibling).
     ContactPointSystem,
     /// The local Encounter profile's [`FINISHED_HAS_START`]: a status other
     /// than `finished`, or a period start.
@@ -192,7 +193,10 @@ impl Shortcut {
                         .and_then(serde_json::Value::as_str)
                         .is_some_and(|s| !s.is_empty())
                 };
-                (!o.contains_key("value") && !o.contains_key("_value")) || text("system")
+                text("system")
+                    || !o
+                        .keys()
+                        .any(|k| k.starts_with("value") || k.starts_with("_value"))
             }
             Shortcut::FinishedHasStart => {
                 let other_status = o
@@ -673,6 +677,8 @@ mod tests {
                 false,
             ),
             ("ContactPoint", json!({"value": null}), false),
+            ("ContactPoint", json!({"valueString": "01689"}), false),
+            ("ContactPoint", json!({"_valueString": {"id": "a"}}), false),
             (
                 "Patient",
                 json!({"resourceType": "Patient", "contained": [{"resourceType": "Organization", "contained": [{"resourceType": "Patient"}]}]}),

@@ -1262,7 +1262,9 @@ impl Writer {
         let mut rows = stmt.query(params![entry.sender, message_id])?;
         while let Some(row) = rows.next()? {
             let source = row.get_ref(0)?.as_str().map_err(rusqlite::Error::from)?;
-            // The entry's own source before its twin.
+            // Held under both (journaled before repeats were matched across
+            // transports): the first `repeat_sources` lists, as the lookup
+            // per source found it.
             if let Some(rank) = sources.iter().position(|s| *s == source)
                 && found.is_none_or(|(best, _)| rank < best)
             {
