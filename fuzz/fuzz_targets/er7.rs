@@ -41,9 +41,10 @@ fn message(bytes: &[u8]) {
             panic!("ACK does not parse: {e:?}\nACK: {reply:?}");
         }
         if let Ok(adt) = adt::read(&msg, &cx) {
-            let _ = state::patient_after(None, None, &adt);
+            let _ = state::patient_after(None, &state::Times::of(None), &adt);
             if let Some(visit) = &adt.visit {
-                let _ = state::encounter_after(None, None, &adt, visit, "Patient/x");
+                let mut cancels = state::Cancels::of(None);
+                let _ = state::encounter_after(None, None, &mut cancels, &adt, visit, "Patient/x");
             }
         }
     }
