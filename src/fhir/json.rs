@@ -181,14 +181,9 @@ impl WrittenObject {
             self.bytes.push(b',');
         }
         let start = self.bytes.len() + 1;
-        if writes_as_is(key) {
-            self.bytes.push(b'"');
-            self.bytes.extend_from_slice(key.as_bytes());
-            self.bytes.push(b'"');
-        } else {
+        if !write_str(&mut self.bytes, key) {
             // The span returned does not fit an escaped name: with `scan`
             // set, [`Written::members`] never reads the spans.
-            self.bytes.extend_from_slice(encode_string(key).as_bytes());
             self.scan = true;
         }
         self.bytes.push(b':');
@@ -487,7 +482,9 @@ pub fn write_value(out: &mut Vec<u8>, value: &Value) {
         Value::Null => out.extend_from_slice(b"null"),
         Value::Bool(true) => out.extend_from_slice(b"true"),
         Value::Bool(false) => out.extend_from_slice(b"false"),
-        Value::String(s) => write_str(out, s),
+        Value::String(s) => {
+            write_str(out, s);
+        }
         Value::Array(items) => {
             out.push(b'[');
             for (i, item) in items.iter().enumerate() {
@@ -517,14 +514,17 @@ pub fn write_value(out: &mut Vec<u8>, value: &Value) {
     }
 }
 
-fn write_str(out: &mut Vec<u8>, s: &str) {
+/// `s` as a JSON string onto `out`; `false` when it needed escapes.
+fn write_str(out: &mut Vec<u8>, s: &str) -> bool {
     if writes_as_is(s) {
         out.reserve(s.len() + 2);
         out.push(b'"');
         out.extend_from_slice(s.as_bytes());
         out.push(b'"');
+        true
     } else {
         let _ = serde_json::to_writer(&mut *out, s);
+        false
     }
 }
 

@@ -188,12 +188,11 @@ impl Shortcut {
                 }
             }
             Shortcut::ContactPointSystem => {
-                let text = |key: &str| {
-                    o.get(key)
-                        .and_then(serde_json::Value::as_str)
-                        .is_some_and(|s| !s.is_empty())
-                };
-                text("system")
+                let system = o
+                    .get("system")
+                    .and_then(serde_json::Value::as_str)
+                    .is_some_and(|s| !s.is_empty());
+                system
                     || !o
                         .keys()
                         .any(|k| k.starts_with("value") || k.starts_with("_value"))
