@@ -31,6 +31,7 @@ pub mod config;
 pub mod fhir;
 pub mod fhirpath;
 pub mod gp;
+pub mod hashing;
 pub mod hl7v2;
 pub mod outcomes;
 pub mod replay;

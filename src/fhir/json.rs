@@ -10,10 +10,10 @@
 //! Every function here expects text that `serde_json` has already accepted as
 //! JSON; on anything else it returns an error, never panics.
 
+use crate::hashing::FastMap;
 use memchr::{memchr2, memmem};
 use serde_json::Value;
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::sync::LazyLock;
 
 /// The input was not the JSON object the caller promised.
@@ -356,7 +356,7 @@ pub fn minify(text: &str) -> String {
 /// in `map` with their mapping, in minified JSON. Used to resolve `urn:uuid:`
 /// references inside a transaction; other strings, such as an identifier
 /// whose value is the same `urn:uuid:`, are left as they are.
-pub fn rewrite_references<'a>(compact: &'a str, map: &HashMap<String, String>) -> Cow<'a, str> {
+pub fn rewrite_references<'a>(compact: &'a str, map: &FastMap<String, String>) -> Cow<'a, str> {
     if map.is_empty() {
         return Cow::Borrowed(compact);
     }
@@ -404,7 +404,7 @@ pub(super) fn reference_values(compact: &str) -> impl Iterator<Item = (usize, us
 /// The first `reference` member of minified JSON whose value is a
 /// placeholder (`urn:uuid:`, `urn:oid:`), which only an entry of the same
 /// Bundle can give meaning to, that `map` does not resolve.
-pub fn unresolved_placeholder(compact: &str, map: &HashMap<String, String>) -> Option<String> {
+pub fn unresolved_placeholder(compact: &str, map: &FastMap<String, String>) -> Option<String> {
     if !compact.contains("\"urn:") {
         return None;
     }
@@ -780,7 +780,7 @@ mod tests {
 
     #[test]
     fn rewrites_references_only() {
-        let map = HashMap::from([("urn:uuid:1".to_string(), "Patient/abc".to_string())]);
+        let map = FastMap::from_iter([("urn:uuid:1".to_string(), "Patient/abc".to_string())]);
         let out = rewrite_references(
             r#"{"urn:uuid:1":"urn:uuid:1","subject":{"reference":"urn:uuid:1"},"identifier":[{"system":"urn:ietf:rfc:3986","value":"urn:uuid:1"}],"basedOn":[{"reference":"urn:uuid:12"},{"reference":"urn:uuid:1"}]}"#,
             &map,

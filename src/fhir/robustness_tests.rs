@@ -9,7 +9,7 @@ use super::json::{
 };
 use super::resource::prepare;
 use super::search::{parse_search, reference_target};
-use std::collections::HashMap;
+use crate::hashing::FastMap;
 
 /// xorshift64*: deterministic, dependency-free.
 struct Rng(u64);
@@ -100,7 +100,7 @@ fn dates_never_panic() {
 fn json_surgery_never_panics_on_text_serde_accepts() {
     let mut rng = Rng(42);
     let seed = r#"{"resourceType":"Patient","a":[1,2.50,{"b":"c\"d\\"}],"e":"urn:uuid:1","f":"é😀","g":null}"#;
-    let map = HashMap::from([("urn:uuid:1".to_string(), "Patient/x".to_string())]);
+    let map = FastMap::from_iter([("urn:uuid:1".to_string(), "Patient/x".to_string())]);
     let mut accepted = 0;
     let validator = crate::validate::Validator::embedded().unwrap();
     for _ in 0..20_000 {

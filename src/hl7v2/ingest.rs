@@ -30,13 +30,13 @@ use crate::fhir::resource::{Prepared, Rejection, prepare_written};
 use crate::fhir::search::identifier_query;
 use crate::fhir::{ResourceType, new_id};
 use crate::gp::read::utf8_or_windows_1252;
+use crate::hashing::FastMap;
 use crate::store::{
     Change, Clock, EventClock, IngestOutcome, IngestRequest, JournalEntry, Mutation, MutationError,
     QuarantineEntry, Store, StoreError, Stored, WriteOutcome, WriteRequest, search_all,
 };
 use crate::validate::Validator;
 use serde_json::{Value, json};
-use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -104,7 +104,7 @@ pub struct Feed {
 /// of the record), the oldest forgotten first.
 #[derive(Default)]
 struct KnownPatients {
-    facts: HashMap<Box<str>, Arc<PatientFacts>>,
+    facts: FastMap<Box<str>, Arc<PatientFacts>>,
     order: std::collections::VecDeque<Box<str>>,
 }
 
@@ -811,7 +811,7 @@ impl Feed {
         full_urls: &[Option<String>],
         values: Vec<Value>,
     ) {
-        let resolved: HashMap<&str, String> = full_urls
+        let resolved: FastMap<&str, String> = full_urls
             .iter()
             .zip(results)
             .filter_map(|(url, result)| {
@@ -1036,7 +1036,7 @@ fn london() -> jiff::tz::TimeZone {
 /// Every `reference` member inside `value` whose text `resolved` maps,
 /// replaced by its mapping (as `json::rewrite_references` does to the
 /// stored text).
-fn resolve_references(value: &mut Value, resolved: &HashMap<&str, String>) {
+fn resolve_references(value: &mut Value, resolved: &FastMap<&str, String>) {
     match value {
         Value::Object(members) => {
             for (key, member) in members.iter_mut() {

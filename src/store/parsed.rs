@@ -15,8 +15,9 @@
 use super::Stored;
 use crate::fhir::ResourceType;
 use crate::fhir::datetime::format_instant;
+use crate::hashing::FastMap;
 use serde_json::{Map, Value};
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 /// Resources kept. A parsed Patient or Encounter takes a few KiB; 512
@@ -48,7 +49,7 @@ pub struct ParsedVersions {
 #[derive(Default)]
 struct Inner {
     /// By type, then id: found by a borrowed id.
-    entries: HashMap<ResourceType, HashMap<Box<str>, Entry>>,
+    entries: FastMap<ResourceType, FastMap<Box<str>, Entry>>,
     /// Keys in the order they came in, oldest first.
     order: VecDeque<Key>,
     /// The text length of the values kept.
@@ -62,7 +63,7 @@ impl Inner {
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.entries.values().map(HashMap::len).sum()
+        self.entries.values().map(FastMap::len).sum()
     }
 }
 

@@ -8,7 +8,7 @@
 
 use super::primitive::Primitive;
 use crate::fhirpath::Expression;
-use std::collections::HashMap;
+use crate::hashing::FastMap;
 
 /// The definitions text, derived from the official R4 JSON schema (see its
 /// header for provenance and format).
@@ -24,7 +24,7 @@ const MAX_ELEMENTS: usize = 64;
 #[derive(Debug)]
 pub struct Definitions {
     types: Vec<TypeDef>,
-    by_name: HashMap<String, TypeId>,
+    by_name: FastMap<String, TypeId>,
     /// Every R4 resource type name, for checking `Type/id` references.
     resource_names: Vec<String>,
     /// The type of `contained` entries: a resource of any type.
@@ -299,7 +299,7 @@ impl Definitions {
         }
         resource_names.sort();
 
-        let mut bases: HashMap<&str, Vec<(usize, &str)>> = HashMap::new();
+        let mut bases: FastMap<&str, Vec<(usize, &str)>> = FastMap::default();
         for (_, word, name, elements) in &blocks {
             if *word == "base" {
                 bases.insert(name, elements.clone());
@@ -404,7 +404,7 @@ type Block<'t> = (usize, &'t str, &'t str, Vec<(usize, &'t str)>);
 #[derive(Default)]
 struct Builder {
     types: Vec<TypeDef>,
-    by_name: HashMap<String, TypeId>,
+    by_name: FastMap<String, TypeId>,
 }
 
 impl Builder {

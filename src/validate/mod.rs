@@ -22,10 +22,10 @@ pub mod terminology;
 pub mod walk;
 
 use crate::fhir::outcome::{Issue, Severity};
+use crate::hashing::FastMap;
 use definitions::{Definitions, Kind};
 use profile::{ProfileError, ProfileSet};
 use serde_json::Value;
-use std::collections::HashMap;
 
 /// The compiled validator: R4 base definitions, profiles, and which profiles
 /// the write path enforces for each resource type.
@@ -34,7 +34,7 @@ pub struct Validator {
     defs: Definitions,
     profiles: ProfileSet,
     /// Resource type → profile canonicals every write of that type must meet.
-    enforced: HashMap<String, Vec<String>>,
+    enforced: FastMap<String, Vec<String>>,
 }
 
 /// Why the validator could not be built.
@@ -79,7 +79,7 @@ impl Validator {
         profiles: ProfileSet,
         enforce: &[String],
     ) -> Result<Validator, ValidatorError> {
-        let mut enforced: HashMap<String, Vec<String>> = HashMap::new();
+        let mut enforced: FastMap<String, Vec<String>> = FastMap::default();
         for url in enforce {
             let profile = profiles
                 .get(url)

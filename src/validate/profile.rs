@@ -13,8 +13,8 @@
 use super::definitions::{Definitions, Invariant, Kind, Shortcut};
 use super::terminology::{ValueSetCodes, expand_value_sets};
 use crate::fhirpath::Expression;
+use crate::hashing::FastMap;
 use serde_json::Value;
-use std::collections::HashMap;
 use std::sync::Arc;
 
 /// The profile canonicals of the contract, enforced on writes by default.
@@ -155,7 +155,7 @@ impl Node {
 /// All profiles, extension definitions and value sets, compiled.
 #[derive(Debug, Default)]
 pub struct ProfileSet {
-    profiles: HashMap<String, Arc<Profile>>,
+    profiles: FastMap<String, Arc<Profile>>,
     /// What `check-profiles` reports: things compiled around or ignored.
     problems: Vec<String>,
 }
@@ -217,11 +217,11 @@ impl ProfileSet {
             resources.push((file.clone(), value));
         }
         let (value_sets, mut problems) = expand_value_sets(&resources);
-        let value_sets: HashMap<String, Arc<ValueSetCodes>> = value_sets
+        let value_sets: FastMap<String, Arc<ValueSetCodes>> = value_sets
             .into_iter()
             .map(|(k, v)| (k, Arc::new(v)))
             .collect();
-        let mut profiles = HashMap::new();
+        let mut profiles = FastMap::default();
         for (file, resource) in &resources {
             if resource["resourceType"] != "StructureDefinition" {
                 continue;
@@ -260,7 +260,7 @@ impl ProfileSet {
 
 fn missing_extensions(
     node: &Node,
-    profiles: &HashMap<String, Arc<Profile>>,
+    profiles: &FastMap<String, Arc<Profile>>,
     out: &mut Vec<String>,
 ) {
     if let Some(url) = &node.extension_profile
@@ -282,7 +282,7 @@ fn compile_profile(
     defs: &Definitions,
     file: &str,
     sd: &Value,
-    value_sets: &HashMap<String, Arc<ValueSetCodes>>,
+    value_sets: &FastMap<String, Arc<ValueSetCodes>>,
     problems: &mut Vec<String>,
 ) -> Result<Profile, ProfileError> {
     let invalid = |message: String| ProfileError::Invalid {
@@ -399,7 +399,7 @@ fn apply_element(
     element: &Value,
     id: &str,
     source: &str,
-    value_sets: &HashMap<String, Arc<ValueSetCodes>>,
+    value_sets: &FastMap<String, Arc<ValueSetCodes>>,
     problems: &mut Vec<String>,
     file: &str,
 ) -> Result<(), ProfileError> {

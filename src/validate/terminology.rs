@@ -6,15 +6,15 @@
 //! (SNOMED CT, say) cannot be expanded here: such a binding is reported by
 //! `check-profiles` and not enforced, rather than failing every code.
 
+use crate::hashing::{FastMap, FastSet};
 use serde_json::Value;
-use std::collections::{HashMap, HashSet};
 
 /// The codes of a ValueSet, by system.
 #[derive(Debug, Clone, Default)]
 pub struct ValueSetCodes {
     pub url: String,
     /// system → codes; an empty system key holds none.
-    codes: HashMap<String, HashSet<String>>,
+    codes: FastMap<String, FastSet<String>>,
     /// Systems included whole but not held here: membership cannot be decided.
     pub unresolved: Vec<String>,
 }
@@ -60,7 +60,7 @@ impl ValueSetCodes {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.codes.values().all(HashSet::is_empty) && self.unresolved.is_empty()
+        self.codes.values().all(FastSet::is_empty) && self.unresolved.is_empty()
     }
 }
 
@@ -69,8 +69,8 @@ impl ValueSetCodes {
 /// not in their system).
 pub fn expand_value_sets(
     resources: &[(String, Value)],
-) -> (HashMap<String, ValueSetCodes>, Vec<String>) {
-    let mut systems: HashMap<&str, Vec<&str>> = HashMap::new();
+) -> (FastMap<String, ValueSetCodes>, Vec<String>) {
+    let mut systems: FastMap<&str, Vec<&str>> = FastMap::default();
     for (_, resource) in resources {
         if resource["resourceType"] == "CodeSystem"
             && let Some(url) = resource["url"].as_str()
@@ -81,7 +81,7 @@ pub fn expand_value_sets(
         }
     }
     let mut problems = Vec::new();
-    let mut out = HashMap::new();
+    let mut out = FastMap::default();
     for (file, resource) in resources {
         if resource["resourceType"] != "ValueSet" {
             continue;

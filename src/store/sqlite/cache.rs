@@ -24,8 +24,9 @@
 
 use super::known::{Fingerprint, Fingerprints, Known, MAX_IDENTIFIERS};
 use crate::fhir::ResourceType;
+use crate::hashing::FastMap;
 use crate::store::{Clock, Stored};
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -105,11 +106,11 @@ struct Inner {
     /// Counts the writer's commits: a reader's fill is refused if one
     /// happened since its read began.
     epoch: u64,
-    entries: HashMap<ResourceType, HashMap<Box<str>, Entry>>,
+    entries: FastMap<ResourceType, FastMap<Box<str>, Entry>>,
     len: usize,
     order: VecDeque<Key>,
     capacity: usize,
-    tokens: HashMap<TokenKey, Vec<Box<str>>>,
+    tokens: FastMap<TokenKey, Vec<Box<str>>>,
     token_order: VecDeque<TokenKey>,
     /// Every identifier the store has had ([`super::known`]), once loaded.
     known: Known,
@@ -123,11 +124,11 @@ impl Cache {
         Cache {
             inner: Mutex::new(Inner {
                 epoch: 0,
-                entries: HashMap::new(),
+                entries: FastMap::default(),
                 len: 0,
                 order: VecDeque::new(),
                 capacity,
-                tokens: HashMap::new(),
+                tokens: FastMap::default(),
                 token_order: VecDeque::new(),
                 known: Known::default(),
             }),

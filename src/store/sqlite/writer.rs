@@ -14,13 +14,13 @@ use crate::fhir::ResourceType;
 use crate::fhir::json::{rewrite_references, unresolved_placeholder};
 use crate::fhir::resource::{Prepared, assemble};
 use crate::fhir::search::{Clause, IndexEntries, SearchQuery, TokenMatch, reference_target};
+use crate::hashing::{FastMap, FastSet};
 use crate::store::{
     Change, Clock, IngestOutcome, IngestRequest, JournalEntry, JournalReceipt, Mutation,
     MutationError, QuarantineEntry, RouteOutcome, RouteRequest, StoreError, Stored, WriteOutcome,
     WriteRequest, Written, repeat_sources,
 };
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
-use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use tokio::sync::{Notify, mpsc, oneshot};
 
@@ -58,7 +58,7 @@ pub(super) struct Writer {
     /// most [`MAX_CROWDED`]): a change to one is published as forgotten
     /// without reading its holders again. A hint only: forgetting is always
     /// right, and an identifier that thins out again is simply never kept.
-    crowded: HashSet<TokenKey>,
+    crowded: FastSet<TokenKey>,
     /// Applying a bulk job ([`Job::WriteEach`], a GP list's chunk): what it
     /// writes is taken out of the cache rather than put in (thousands of
     /// resources a commit, most never read soon after; copying them cost
@@ -193,7 +193,7 @@ impl Writer {
             durability,
             fresh: Published::default(),
             request_tokens: Vec::new(),
-            crowded: HashSet::new(),
+            crowded: FastSet::default(),
             bulk: false,
             outbox_types,
             conn,
@@ -558,7 +558,7 @@ impl Writer {
             let mut results = Vec::with_capacity(request.mutations.len());
             for mutation in &request.mutations {
                 let result = self.in_savepoint(|w| {
-                    let mut map = HashMap::new();
+                    let mut map = FastMap::default();
                     let step = match w.resolve(mutation, &mut map)? {
                         Ok(plan) => match placeholders_resolved(mutation, &map) {
                             Ok(()) => w.prepare_step(mutation, plan)?,
@@ -585,11 +585,11 @@ impl Writer {
     ) -> Result<Result<Checked, WriteOutcome>, StoreError> {
         let refuse = |index, error| Ok(Err(WriteOutcome::RolledBack { index, error }));
         self.request_tokens.clear();
-        let mut map = HashMap::new();
+        let mut map = FastMap::default();
         let mut plans = Vec::with_capacity(request.mutations.len());
         // Conditions are resolved before anything is written, so two
         // entries with one condition would both miss and both create.
-        let mut conditions: HashMap<ConditionKey, usize> = HashMap::new();
+        let mut conditions: FastMap<ConditionKey, usize> = FastMap::default();
         for (index, mutation) in request.mutations.iter().enumerate() {
             if let Some(query) = mutation.condition() {
                 let key = (
@@ -618,7 +618,7 @@ impl Writer {
         }
         // FHIR R4 §3.1.0.11.2: entries of one transaction must not
         // touch the same resource.
-        let mut touched: HashMap<(ResourceType, &str), usize> = HashMap::new();
+        let mut touched: FastMap<(ResourceType, &str), usize> = FastMap::default();
         for (index, (mutation, plan)) in request.mutations.iter().zip(&plans).enumerate() {
             // Conditional creates that found what they look for change nothing.
             let Plan::Put(id) = plan else { continue };
@@ -661,7 +661,7 @@ impl Writer {
     fn resolve(
         &mut self,
         mutation: &Mutation,
-        map: &mut HashMap<String, String>,
+        map: &mut FastMap<String, String>,
     ) -> Result<Result<Plan, MutationError>, StoreError> {
         let ty = mutation.resource().resource_type;
         let plan = match mutation {
@@ -788,7 +788,7 @@ impl Writer {
         &mut self,
         mutation: &Mutation,
         step: Step,
-        map: &HashMap<String, String>,
+        map: &FastMap<String, String>,
         now: i64,
     ) -> Result<Written, StoreError> {
         let resource = mutation.resource();
@@ -895,7 +895,7 @@ impl Writer {
         &mut self,
         resource: &Prepared,
         id: &str,
-        map: &HashMap<String, String>,
+        map: &FastMap<String, String>,
         old: Option<Keys>,
         matched_nothing: Option<&SearchQuery>,
     ) -> Result<Keys, StoreError> {
@@ -1321,7 +1321,7 @@ struct Rollback<T>(T);
 /// and no search could find it.
 fn placeholders_resolved(
     mutation: &Mutation,
-    map: &HashMap<String, String>,
+    map: &FastMap<String, String>,
 ) -> Result<(), MutationError> {
     match unresolved_placeholder(&mutation.resource().rest, map) {
         None => Ok(()),
@@ -1395,12 +1395,12 @@ fn sync_rows<T: Ord>(
 fn keys_of(stored: &Stored) -> Option<Keys> {
     let value: serde_json::Value = serde_json::from_str(&stored.body).ok()?;
     let index = crate::fhir::search::extract_index(stored.resource_type, &value);
-    Some(keys_from(&index, &HashMap::new()))
+    Some(keys_from(&index, &FastMap::default()))
 }
 
 /// The index rows of extracted entries, references resolved through `map`
 /// (a transaction's `fullUrl`s).
-fn keys_from(index: &IndexEntries, map: &HashMap<String, String>) -> Keys {
+fn keys_from(index: &IndexEntries, map: &FastMap<String, String>) -> Keys {
     let mut keys = Keys::default();
     for t in &index.tokens {
         keys.tokens
@@ -1428,7 +1428,7 @@ fn keys_from(index: &IndexEntries, map: &HashMap<String, String>) -> Keys {
 /// An atomic request that passed its checks: what its `fullUrl`s resolve to
 /// and, for each entry, what it found stored.
 struct Checked {
-    map: HashMap<String, String>,
+    map: FastMap<String, String>,
     steps: Vec<Step>,
 }
 
