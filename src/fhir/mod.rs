@@ -7,6 +7,7 @@ pub mod json;
 pub mod outcome;
 pub mod resource;
 pub mod search;
+pub mod value;
 
 /// The resource types the gateway stores and serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -7,6 +7,7 @@
 use super::ResourceType;
 use super::datetime::{self, Range};
 use super::outcome::Issue;
+use super::value::Members;
 use serde_json::Value;
 
 /// Default page size when a search gives no `_count`.
@@ -229,18 +230,18 @@ pub fn extract_index(ty: ResourceType, resource: &Value) -> IndexEntries {
     for param in params_for(ty) {
         match param.source {
             Source::Identifier => {
-                for identifier in resource["identifier"].as_array().into_iter().flatten() {
-                    if let Some(value) = identifier["value"].as_str() {
+                for identifier in resource.at("identifier").as_array().into_iter().flatten() {
+                    if let Some(value) = identifier.at("value").as_str() {
                         entries.tokens.push(TokenEntry {
                             param: param.name,
-                            system: identifier["system"].as_str().unwrap_or("").to_string(),
+                            system: identifier.at("system").as_str().unwrap_or("").to_string(),
                             value: value.to_string(),
                         });
                     }
                 }
             }
             Source::Code(element) => {
-                if let Some(code) = resource[element].as_str() {
+                if let Some(code) = resource.at(element).as_str() {
                     entries.tokens.push(TokenEntry {
                         param: param.name,
                         system: String::new(),
@@ -249,7 +250,7 @@ pub fn extract_index(ty: ResourceType, resource: &Value) -> IndexEntries {
                 }
             }
             Source::Reference(element, target) => {
-                if let Some(reference) = resource[element]["reference"].as_str() {
+                if let Some(reference) = resource.at(element).at("reference").as_str() {
                     entries.references.push(ReferenceEntry {
                         param: param.name,
                         reference: reference.to_string(),
@@ -258,22 +259,22 @@ pub fn extract_index(ty: ResourceType, resource: &Value) -> IndexEntries {
                 }
             }
             Source::Coding(element) => {
-                let value = &resource[element];
+                let value = resource.at(element);
                 let concepts: Vec<&Value> = match value {
                     Value::Array(items) => items.iter().collect(),
                     other => vec![other],
                 };
                 for concept in concepts {
-                    let codings: Vec<&Value> = match concept["coding"].as_array() {
+                    let codings: Vec<&Value> = match concept.at("coding").as_array() {
                         Some(codings) => codings.iter().collect(),
                         // A Coding itself (Encounter.class).
                         None => vec![concept],
                     };
                     for coding in codings {
-                        if let Some(code) = coding["code"].as_str() {
+                        if let Some(code) = coding.at("code").as_str() {
                             let token = TokenEntry {
                                 param: param.name,
-                                system: coding["system"].as_str().unwrap_or("").to_string(),
+                                system: coding.at("system").as_str().unwrap_or("").to_string(),
                                 value: code.to_string(),
                             };
                             if !entries.tokens.contains(&token) {
@@ -284,8 +285,8 @@ pub fn extract_index(ty: ResourceType, resource: &Value) -> IndexEntries {
                 }
             }
             Source::Postcode => {
-                for address in resource["address"].as_array().into_iter().flatten() {
-                    if let Some(postcode) = address["postalCode"].as_str() {
+                for address in resource.at("address").as_array().into_iter().flatten() {
+                    if let Some(postcode) = address.at("postalCode").as_str() {
                         let token = TokenEntry {
                             param: param.name,
                             system: String::new(),
@@ -298,9 +299,9 @@ pub fn extract_index(ty: ResourceType, resource: &Value) -> IndexEntries {
                 }
             }
             Source::Period(element) => {
-                let period = &resource[element];
-                let start = period["start"].as_str().and_then(datetime::parse_range);
-                let end = period["end"].as_str().and_then(datetime::parse_range);
+                let period = resource.at(element);
+                let start = period.at("start").as_str().and_then(datetime::parse_range);
+                let end = period.at("end").as_str().and_then(datetime::parse_range);
                 if start.is_some() || end.is_some() {
                     entries.dates.push(DateEntry {
                         param: param.name,

@@ -28,6 +28,7 @@ use crate::fhir::json::{Written, same_in_order};
 use crate::fhir::outcome::Severity;
 use crate::fhir::resource::{Prepared, Rejection, prepare_written};
 use crate::fhir::search::identifier_query;
+use crate::fhir::value::Members;
 use crate::fhir::{ResourceType, new_id};
 use crate::gp::read::utf8_or_windows_1252;
 use crate::hashing::FastMap;
@@ -444,7 +445,7 @@ impl Feed {
             .identifiers
             .iter()
             .chain(&adt.prior)
-            .filter_map(|id| Some((id["system"].as_str()?, id["value"].as_str()?)))
+            .filter_map(|id| Some((id.at("system").as_str()?, id.at("value").as_str()?)))
             .map(|key| {
                 let mut h = DefaultHasher::new();
                 key.hash(&mut h);
@@ -505,9 +506,10 @@ impl Feed {
         let found = parsed(store, patients.into_iter().map(|(s, _)| s).collect());
         let (with_nhs, without): (Vec<_>, Vec<_>) = found.into_iter().partition(|(_, v)| {
             nhs_key.as_ref().is_some_and(|(system, value)| {
-                v["identifier"].as_array().is_some_and(|ids| {
-                    ids.iter()
-                        .any(|id| id["system"] == system.as_str() && id["value"] == value.as_str())
+                v.at("identifier").as_array().is_some_and(|ids| {
+                    ids.iter().any(|id| {
+                        id.at("system") == system.as_str() && id.at("value") == value.as_str()
+                    })
                 })
             })
         });
@@ -860,8 +862,19 @@ impl Feed {
         // stored one is what the body reads as, and what the store is given.
         let mut new = new;
         if let (Value::Object(members), Value::Object(stored_members)) = (&mut new, old) {
+            // Both mostly in FHIR order: each stored member is found by
+            // walking on from the last one found, else by hash.
+            let stored: Vec<(&String, &Value)> = stored_members.iter().collect();
+            let mut next = 0;
             for (key, member) in members.iter_mut() {
-                if let Some(kept) = stored_members.get(key)
+                let kept = match stored[next..].iter().position(|(k, _)| *k == key) {
+                    Some(skipped) => {
+                        next += skipped + 1;
+                        Some(stored[next - 1].1)
+                    }
+                    None => stored_members.get(key),
+                };
+                if let Some(kept) = kept
                     && !same_in_order(kept, member)
                     && kept == member
                 {
@@ -1071,9 +1084,9 @@ pub(super) fn clash(theirs: &str, ours: &str) -> DataError {
 }
 
 pub(super) fn nhs_number_of(patient: &Value) -> Option<String> {
-    patient["identifier"].as_array()?.iter().find_map(|id| {
-        (id["system"] == NHS_NUMBER_SYSTEM)
-            .then(|| id["value"].as_str().map(str::to_string))
+    patient.at("identifier").as_array()?.iter().find_map(|id| {
+        (id.at("system") == NHS_NUMBER_SYSTEM)
+            .then(|| id.at("value").as_str().map(str::to_string))
             .flatten()
     })
 }

@@ -29,6 +29,7 @@
 
 use super::adt::{Adt, Event, LOCATION_REPORTED_URL, ODS_SYSTEM, PatientFacts, Visit, is_ods};
 use crate::fhir::json::{Written, WrittenObject, same_in_order, same_value, written_members};
+use crate::fhir::value::Members;
 use crate::store::Clock;
 use serde_json::{Map, Value, json};
 
@@ -311,7 +312,7 @@ pub fn patient_times(
             after.set(Member::Named(member), time_ms);
         }
     }
-    let stored = record.and_then(|r| r.get("identifier"));
+    let stored = record.and_then(|r| r.member("identifier"));
     for id in &facts.identifiers {
         if let Some(member) = identifier_member(id) {
             let present = stored
@@ -380,12 +381,12 @@ pub fn patient_from(
             // empty component: members and extensions another source added
             // (a `period` set through REST), or a hospital number's `type`
             // from an earlier message whose PID-3.5 was filled.
-            Some(existing) if *existing != id && takes.identifier(&id) => {
+            Some(existing) if !same_value(existing, &id) && takes.identifier(&id) => {
                 overlay_identifier(existing, &id)
             }
             Some(_) => {}
             None => {
-                if traced && id["system"] == super::adt::NHS_NUMBER_SYSTEM {
+                if traced && id.at("system") == super::adt::NHS_NUMBER_SYSTEM {
                     ids.insert(0, id);
                 } else {
                     ids.push(id);
@@ -461,7 +462,7 @@ pub fn patient_unchanged(
     if !in_order(p, PATIENT_ORDER) {
         return false;
     }
-    let has_death = p.contains_key("deceasedDateTime") || p.contains_key("deceasedBoolean");
+    let has_death = p.member("deceasedDateTime").is_some() || p.member("deceasedBoolean").is_some();
     if let Some((key, value)) = &facts.deceased {
         let other = if *key == "deceasedBoolean" {
             "deceasedDateTime"
@@ -470,23 +471,24 @@ pub fn patient_unchanged(
         };
         // Set again: removed and put back, which keeps the order only of
         // members FHIR orders (unknown ones keep theirs among themselves).
-        let same = p.get(*key).is_some_and(|v| same_value(v, value))
-            && !p.contains_key(other)
+        let same = p.member(key).is_some_and(|v| same_value(v, value))
+            && p.member(other).is_none()
             && p.keys()
                 .all(|k| rank(PATIENT_ORDER, k) < PATIENT_ORDER.len());
         if takes.member("deceased") && !same {
             return false;
         }
     }
-    let Some(Value::Array(ids)) = p.get("identifier") else {
+    let Some(Value::Array(ids)) = p.member("identifier") else {
         return false;
     };
     for id in &facts.identifiers {
-        let same =
-            |other: &&Value| other["system"] == id["system"] && other["value"] == id["value"];
+        let same = |other: &&Value| {
+            other.at("system") == id.at("system") && other.at("value") == id.at("value")
+        };
         match ids.iter().find(same) {
             None => return false,
-            Some(existing) if existing != id && takes.identifier(id) => {
+            Some(existing) if !same_value(existing, id) && takes.identifier(id) => {
                 let mut overlaid = existing.clone();
                 overlay_identifier(&mut overlaid, id);
                 if !same_value(&overlaid, existing) {
@@ -499,7 +501,7 @@ pub fn patient_unchanged(
     // A member the event carries: unchanged when it does not set it, or
     // sets it to what is stored.
     let kept = |key: &str, same: &dyn Fn(&Value) -> bool| {
-        !takes.member(key) || p.get(key).is_some_and(same)
+        !takes.member(key) || p.member(key).is_some_and(same)
     };
     for (key, list) in [
         ("name", &facts.name),
@@ -531,7 +533,7 @@ pub fn patient_unchanged(
         !takes.member(member)
             || match *member {
                 "deceased" => !has_death,
-                other => !p.contains_key(other),
+                other => p.member(other).is_none(),
             }
     })
 }
@@ -548,16 +550,16 @@ fn overlay_identifier(stored: &mut Value, sent: &Value) {
     };
     let mut merged = Map::new();
     for (key, value) in members {
-        let value = match (key.as_str(), old.get(key), value) {
+        let value = match (key.as_str(), old.member(key), value) {
             ("extension", Some(Value::Array(kept)), Value::Array(new)) => {
                 let mut list = kept.clone();
                 for extension in new {
-                    let url = &extension["url"];
-                    match list.iter().position(|k| k["url"] == *url) {
+                    let url = extension.at("url");
+                    match list.iter().position(|k| k.at("url") == url) {
                         Some(first) => {
                             list[first] = extension.clone();
                             let rest = list.split_off(first + 1);
-                            list.extend(rest.into_iter().filter(|k| k["url"] != *url));
+                            list.extend(rest.into_iter().filter(|k| k.at("url") != url));
                         }
                         None => list.push(extension.clone()),
                     }
@@ -569,7 +571,7 @@ fn overlay_identifier(stored: &mut Value, sent: &Value) {
         merged.insert(key.clone(), value);
     }
     for (key, value) in old {
-        if !merged.contains_key(key) {
+        if merged.member(key).is_none() {
             merged.insert(key.clone(), value.clone());
         }
     }
@@ -602,10 +604,10 @@ pub fn with_old_identifiers(current: &Value, prior: &[Value]) -> Value {
     let mut p = current.as_object().cloned().unwrap_or_default();
     let mut ids = take_array(&mut p, "identifier");
     for id in prior {
-        let held = ids
-            .iter()
-            .any(|other| other["system"] == id["system"] && other["value"] == id["value"]);
-        if held || id["system"] == super::adt::NHS_NUMBER_SYSTEM {
+        let held = ids.iter().any(|other| {
+            other.at("system") == id.at("system") && other.at("value") == id.at("value")
+        });
+        if held || id.at("system") == super::adt::NHS_NUMBER_SYSTEM {
             continue;
         }
         let mut old = Map::new();
@@ -623,7 +625,7 @@ pub fn with_old_identifiers(current: &Value, prior: &[Value]) -> Value {
 
 fn add_link(p: &mut Map<String, Value>, other: &str, kind: &str) {
     let mut links = p
-        .get("link")
+        .member("link")
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
@@ -636,9 +638,14 @@ fn add_link(p: &mut Map<String, Value>, other: &str, kind: &str) {
 
 /// The `Patient/{id}` a retired record was replaced by, if it was.
 pub fn replaced_by(patient: &Value) -> Option<String> {
-    patient["link"].as_array()?.iter().find_map(|link| {
-        (link["type"] == "replaced-by")
-            .then(|| link["other"]["reference"].as_str().map(str::to_string))
+    patient.at("link").as_array()?.iter().find_map(|link| {
+        (link.at("type") == "replaced-by")
+            .then(|| {
+                link.at("other")
+                    .at("reference")
+                    .as_str()
+                    .map(str::to_string)
+            })
             .flatten()
     })
 }
@@ -710,37 +717,37 @@ pub fn encounter_from(
         // A resent A13 finds its entry whatever status the entry took from
         // before the discharge (see `resume_after_discharges`).
         let exists = history.iter().any(|h| {
-            h["period"]["start"] == adt.time.as_str()
-                && (h["status"] == status
-                    || (adt.event == Event::A13 && is_open(h["status"].as_str())))
+            h.at("period").at("start") == adt.time.as_str()
+                && (h.at("status") == status
+                    || (adt.event == Event::A13 && is_open(h.at("status").as_str())))
         });
         if !exists {
             history.push(entry);
         }
         // In time order; at one time (EVN-2 is often to the minute) a
         // cancellation after what it cancels, whichever arrived first.
-        history.sort_by_key(|h| (start_ms(&h["period"]), h["status"] == "cancelled"));
+        history.sort_by_key(|h| (start_ms(h.at("period")), h.at("status") == "cancelled"));
         resume_after_discharges(&mut history);
         chain(&mut history);
-        latest = history
-            .last()
-            .is_some_and(|h| h["status"] == status && h["period"]["start"] == adt.time.as_str());
+        latest = history.last().is_some_and(|h| {
+            h.at("status") == status && h.at("period").at("start") == adt.time.as_str()
+        });
         let current = history
             .last()
-            .and_then(|h| h["status"].as_str())
+            .and_then(|h| h.at("status").as_str())
             .unwrap_or("unknown")
             .to_string();
         e.insert("status".into(), json!(current));
         e.insert("statusHistory".into(), Value::Array(history));
-    } else if !e.contains_key("status") {
+    } else if e.member("status").is_none() {
         e.insert("status".into(), json!("unknown"));
     }
-    let status = e["status"].as_str().unwrap_or("unknown").to_string();
+    let status = e.at("status").as_str().unwrap_or("unknown").to_string();
 
     // Period: start from PV1-44; end only while finished.
     let mut period = take_object(&mut e, "period");
     if let Some(start) = &visit.start
-        && (newer || !period.contains_key("start"))
+        && (newer || period.member("start").is_none())
     {
         period.insert("start".into(), json!(start));
     }
@@ -796,7 +803,7 @@ pub fn encounter_from(
         cancels,
     );
 
-    if !e.contains_key("serviceProvider") {
+    if e.member("serviceProvider").is_none() {
         let provider = if is_ods(&adt.sender) {
             json!({"identifier": {"system": ODS_SYSTEM, "value": adt.sender}})
         } else {
@@ -814,13 +821,13 @@ pub fn encounter_from(
 /// before the A04 it returns to) ends where the in-order stream ends.
 fn resume_after_discharges(history: &mut [Value]) {
     for i in 1..history.len() {
-        if history[i - 1]["status"] != "finished" || !is_open(history[i]["status"].as_str()) {
+        if history[i - 1].at("status") != "finished" || !is_open(history[i].at("status").as_str()) {
             continue;
         }
         let before = history[..i - 1]
             .iter()
             .rev()
-            .filter_map(|h| h["status"].as_str())
+            .filter_map(|h| h.at("status").as_str())
             .find(|s| is_open(Some(s)))
             .map(str::to_string);
         if let (Some(before), Some(entry)) = (before, history[i].as_object_mut()) {
@@ -863,13 +870,13 @@ fn locations(
     // Left as it was (`[]`, or not a list) when it stays empty.
     let mut list = take_array(e, "location");
     cancels.restore(&mut list);
-    let dated = |l: &Value| l.get("period").is_some();
+    let dated = |l: &Value| l.member("period").is_some();
     match (adt.event, place) {
         (Event::A02, Some(place)) => {
             list.retain(dated);
-            let exists = list
-                .iter()
-                .any(|l| l["location"] == place && l["period"]["start"] == adt.time.as_str());
+            let exists = list.iter().any(|l| {
+                *l.at("location") == place && l.at("period").at("start") == adt.time.as_str()
+            });
             if !exists {
                 list.push(json!({"location": place, "period": {"start": adt.time}}));
             }
@@ -890,9 +897,9 @@ fn locations(
             let known = match start {
                 Some(start) => {
                     let at = time_ms(Some(start));
-                    list.iter().any(|l| start_ms(&l["period"]) == at)
+                    list.iter().any(|l| start_ms(l.at("period")) == at)
                 }
-                None => list.iter().any(|l| start_ms(&l["period"]) <= adt.time_ms),
+                None => list.iter().any(|l| start_ms(l.at("period")) <= adt.time_ms),
             };
             if !known {
                 let start = start.unwrap_or(&adt.time);
@@ -903,7 +910,7 @@ fn locations(
             let report = (adt.time_ms, place.to_string());
             let later = list
                 .iter()
-                .map(|l| (reported_ms(l), l["location"].to_string()))
+                .map(|l| (reported_ms(l), l.at("location").to_string()))
                 .all(|known| report > known);
             if later {
                 list = vec![json!({
@@ -1050,8 +1057,8 @@ impl Cancels {
         for cancel in &mut self.0 {
             if let Some(entry) = cancel.removed.take()
                 && !list.iter().any(|l| {
-                    l["location"] == entry["location"]
-                        && l["period"]["start"] == entry["period"]["start"]
+                    l.at("location") == entry.at("location")
+                        && l.at("period").at("start") == entry.at("period").at("start")
                 })
             {
                 list.push(entry);
@@ -1071,10 +1078,10 @@ impl Cancels {
         }
         sort_locations(list);
         for cancel in &mut self.0 {
-            let place = |l: &Value| place_hash(Some(&l["location"]));
+            let place = |l: &Value| place_hash(Some(l.at("location")));
             let before = list
                 .iter()
-                .rposition(|l| start_ms(&l["period"]) <= cancel.at)
+                .rposition(|l| start_ms(l.at("period")) <= cancel.at)
                 .unwrap_or(0);
             // Back from the latest, no further than where the patient was
             // last at PV1-3's place: an older move away from it (a ward
@@ -1111,9 +1118,13 @@ fn from_hex(hex: &str) -> Option<Value> {
 /// order of their places, whichever arrived first.
 fn sort_locations(list: &mut [Value]) {
     list.sort_by(|a, b| {
-        start_ms(&a["period"])
-            .cmp(&start_ms(&b["period"]))
-            .then_with(|| a["location"].to_string().cmp(&b["location"].to_string()))
+        start_ms(a.at("period"))
+            .cmp(&start_ms(b.at("period")))
+            .then_with(|| {
+                a.at("location")
+                    .to_string()
+                    .cmp(&b.at("location").to_string())
+            })
     });
 }
 
@@ -1125,19 +1136,20 @@ fn place_hash(place: Option<&Value>) -> u64 {
 /// When an undated location was reported ([`LOCATION_REPORTED_URL`]); the
 /// earliest time when it does not say.
 fn reported_ms(location: &Value) -> i64 {
-    location["extension"]
+    location
+        .at("extension")
         .as_array()
         .into_iter()
         .flatten()
-        .find(|x| x["url"] == LOCATION_REPORTED_URL)
-        .map_or(i64::MIN, |x| time_ms(x["valueDateTime"].as_str()))
+        .find(|x| x.at("url") == LOCATION_REPORTED_URL)
+        .map_or(i64::MIN, |x| time_ms(x.at("valueDateTime").as_str()))
 }
 
 /// Each entry's period ends where the next one starts.
 fn chain(entries: &mut [Value]) {
     let starts: Vec<Value> = entries
         .iter()
-        .map(|h| h["period"]["start"].clone())
+        .map(|h| h.at("period").at("start").clone())
         .collect();
     for (i, entry) in entries.iter_mut().enumerate() {
         let Some(period) = entry.get_mut("period").and_then(Value::as_object_mut) else {
@@ -1157,7 +1169,7 @@ fn chain(entries: &mut [Value]) {
 /// When a period starts, at any precision (an event time sent as a date
 /// alone is the start of that day), for ordering.
 fn start_ms(period: &Value) -> i64 {
-    time_ms(period["start"].as_str())
+    time_ms(period.at("start").as_str())
 }
 
 /// When a FHIR date or dateTime starts, at any precision; the earliest time
@@ -1211,7 +1223,7 @@ fn is_newer(clock: Option<i64>, time_ms: i64) -> bool {
 /// Sets `key` to `value` when the event is newer or the member is absent.
 fn set(o: &mut Map<String, Value>, key: &str, value: Option<Value>, newer: bool) {
     if let Some(value) = value
-        && (newer || !o.contains_key(key))
+        && (newer || o.member(key).is_none())
     {
         o.insert(key.into(), value);
     }
@@ -1339,7 +1351,7 @@ pub fn rewrite(stored: &str, old: &Value, new: &Value) -> Option<Written> {
         .iter()
         .map(|(key, value)| {
             let m = members.iter().find(|m| m.key == key.as_str())?;
-            old.get(key)
+            old.member(key)
                 .is_some_and(|o| same_value(o, value))
                 .then_some(m.value)
         })

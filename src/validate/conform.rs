@@ -8,6 +8,7 @@ use super::primitive::quoted;
 use super::profile::{Binding, Node, Profile, Slicing};
 use super::walk::{Location, Step, json_kind};
 use crate::fhir::outcome::{Issue, Severity};
+use crate::fhir::value::{Members, entry};
 use crate::fhirpath::Env;
 use serde_json::{Map, Value};
 
@@ -158,7 +159,7 @@ impl<'p, 'a> Conform<'p, 'a> {
             self.apply_choice(object, stem, name, node);
             return;
         }
-        let found = object.get_key_value(name);
+        let found = entry(object, name);
         let count = match found {
             Some((_, Value::Array(list))) => list.iter().filter(|v| !v.is_null()).count(),
             Some(_) => 1,
@@ -356,14 +357,15 @@ impl<'p, 'a> Conform<'p, 'a> {
         let implied = matches!(value, Value::String(_));
         let codings: Vec<(Option<&str>, &str)> = match value {
             Value::String(code) => vec![(None, code.as_str())],
-            Value::Object(map) if map.contains_key("coding") => map["coding"]
+            Value::Object(map) if map.contains_key("coding") => map
+                .at("coding")
                 .as_array()
                 .into_iter()
                 .flatten()
-                .filter_map(|c| Some((c["system"].as_str(), c["code"].as_str()?)))
+                .filter_map(|c| Some((c.at("system").as_str(), c.at("code").as_str()?)))
                 .collect(),
-            Value::Object(map) => match map.get("code").and_then(Value::as_str) {
-                Some(code) => vec![(map.get("system").and_then(Value::as_str), code)],
+            Value::Object(map) => match map.member("code").and_then(Value::as_str) {
+                Some(code) => vec![(map.member("system").and_then(Value::as_str), code)],
                 None => Vec::new(),
             },
             _ => return,
@@ -411,7 +413,7 @@ impl<'p, 'a> Conform<'p, 'a> {
     }
 
     fn check_targets(&mut self, targets: &[String], value: &'a Value) {
-        let Some(reference) = value.get("reference").and_then(Value::as_str) else {
+        let Some(reference) = value.member("reference").and_then(Value::as_str) else {
             return;
         };
         if reference.starts_with('#') || reference.starts_with("urn:") {

@@ -7,6 +7,7 @@
 //! is [`super::primitive`] and [`super::walk`].
 
 use super::primitive::Primitive;
+use crate::fhir::value::Members;
 use crate::fhirpath::Expression;
 use crate::hashing::FastMap;
 
@@ -162,7 +163,7 @@ impl Shortcut {
             Shortcut::None | Shortcut::NhsNumber => false,
             Shortcut::OdsCodes => {
                 let ods = |id: &serde_json::Value| {
-                    id.get("system").and_then(serde_json::Value::as_str)
+                    id.member("system").and_then(serde_json::Value::as_str)
                         == Some("https://fhir.nhs.uk/Id/ods-organization-code")
                 };
                 let code = |id: &serde_json::Value| {
@@ -170,7 +171,7 @@ impl Shortcut {
                         o.keys()
                             .all(|k| k == "system" || k == "value" || k == "use")
                     }) && id
-                        .get("value")
+                        .member("value")
                         .and_then(serde_json::Value::as_str)
                         .is_some_and(|v| {
                             (3..=10).contains(&v.len())
@@ -178,7 +179,7 @@ impl Shortcut {
                                     .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
                         })
                 };
-                match o.get("identifier") {
+                match o.member("identifier") {
                     None => true,
                     Some(serde_json::Value::Array(ids)) => ids
                         .iter()
@@ -189,7 +190,7 @@ impl Shortcut {
             }
             Shortcut::ContactPointSystem => {
                 let system = o
-                    .get("system")
+                    .member("system")
                     .and_then(serde_json::Value::as_str)
                     .is_some_and(|s| !s.is_empty());
                 system
@@ -199,18 +200,18 @@ impl Shortcut {
             }
             Shortcut::FinishedHasStart => {
                 let other_status = o
-                    .get("status")
+                    .member("status")
                     .and_then(serde_json::Value::as_str)
                     .is_some_and(|s| s != "finished");
                 let start = o
-                    .get("period")
-                    .and_then(|p| p.get("start"))
+                    .member("period")
+                    .and_then(|p| p.member("start"))
                     .and_then(serde_json::Value::as_str)
                     .is_some_and(|s| !s.is_empty());
                 other_status || start
             }
-            Shortcut::NoContained => !o.contains_key("contained"),
-            Shortcut::OpenPeriod => !o.contains_key("start") || !o.contains_key("end"),
+            Shortcut::NoContained => o.member("contained").is_none(),
+            Shortcut::OpenPeriod => o.member("start").is_none() || o.member("end").is_none(),
             Shortcut::Extension => {
                 let mut values = o.iter().filter(|(k, _)| k.starts_with("value"));
                 let value = values.next();
@@ -224,7 +225,7 @@ impl Shortcut {
                         && !v.is_array()
                         && v.as_str() != Some("")
                 };
-                match (o.get("extension"), value) {
+                match (o.member("extension"), value) {
                     (Some(serde_json::Value::Array(list)), None) => {
                         !list.is_empty() && list.iter().all(serde_json::Value::is_object) && !more
                     }
