@@ -93,30 +93,32 @@ impl ParsedVersions {
         };
         // As `resource::assemble` writes it: `resourceType`, `id`, `meta`
         // (`versionId`, `lastUpdated`, then what the writer sent), then the
-        // other members in their order. Moved in place: building a new map
-        // hashed every member's name again.
-        let sent = parsed.shift_remove("meta");
-        parsed.shift_remove("resourceType");
-        parsed.shift_remove("id");
-        let mut meta = Map::new();
-        meta.insert("versionId".into(), stored.version.to_string().into());
-        meta.insert(
-            "lastUpdated".into(),
-            format_instant(stored.last_updated_ms).into(),
-        );
-        if let Some(Value::Object(sent)) = sent {
-            meta.extend(
-                sent.into_iter()
-                    .filter(|(k, _)| k != "versionId" && k != "lastUpdated"),
-            );
+        // other members in their order. Set in place when the three lead
+        // already (an update planned on a stored version), else moved in
+        // place: building a new map hashed every member's name again, and
+        // each move shifts every member after it.
+        let mut lead = parsed.iter_mut();
+        match (lead.next(), lead.next(), lead.next()) {
+            (Some((k0, ty)), Some((k1, id)), Some((k2, meta)))
+                if k0 == "resourceType" && k1 == "id" && k2 == "meta" =>
+            {
+                *ty = stored.resource_type.as_str().into();
+                *id = stored.id.clone().into();
+                *meta = stored_meta(stored, std::mem::take(meta));
+            }
+            _ => {
+                let sent = parsed.shift_remove("meta").unwrap_or_default();
+                parsed.shift_remove("resourceType");
+                parsed.shift_remove("id");
+                parsed.shift_insert(
+                    0,
+                    "resourceType".into(),
+                    stored.resource_type.as_str().into(),
+                );
+                parsed.shift_insert(1, "id".into(), stored.id.clone().into());
+                parsed.shift_insert(2, "meta".into(), stored_meta(stored, sent));
+            }
         }
-        parsed.shift_insert(
-            0,
-            "resourceType".into(),
-            stored.resource_type.as_str().into(),
-        );
-        parsed.shift_insert(1, "id".into(), stored.id.clone().into());
-        parsed.shift_insert(2, "meta".into(), Value::Object(meta));
         let parsed = Value::Object(parsed);
         debug_assert_eq!(
             parsed.to_string(),
@@ -177,6 +179,24 @@ impl ParsedVersions {
         // A panic elsewhere while holding it leaves nothing half-done.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// `meta` as the store writes it: `versionId` and `lastUpdated` first, then
+/// what the writer `sent` (an object, or nothing) but those two.
+fn stored_meta(stored: &Stored, sent: Value) -> Value {
+    let mut meta = Map::new();
+    meta.insert("versionId".into(), stored.version.to_string().into());
+    meta.insert(
+        "lastUpdated".into(),
+        format_instant(stored.last_updated_ms).into(),
+    );
+    if let Value::Object(sent) = sent {
+        meta.extend(
+            sent.into_iter()
+                .filter(|(k, _)| k != "versionId" && k != "lastUpdated"),
+        );
+    }
+    Value::Object(meta)
 }
 
 #[cfg(test)]
