@@ -650,19 +650,40 @@ fn token_match(text: &str) -> TokenMatch {
 }
 
 /// A search for resources of `ty` with any of these identifiers `(system,
-/// value)`, escaped as FHIR R4 §3.1.1.5.7 requires.
+/// value)`, escaped as FHIR R4 §3.1.1.5.7 requires: what [`parse_search`]
+/// reads from `identifier=system|value,...`, built without writing that text
+/// and reading it back (except as the query's canonical form, by which the
+/// store's writer knows conditions apart). `keys` holds 1 to
+/// [`MAX_ALTERNATIVES`] identifiers, as that search would.
 pub fn identifier_query(ty: ResourceType, keys: &[(String, String)]) -> SearchQuery {
-    let value = keys
-        .iter()
-        .map(|(system, value)| format!("{}|{}", escape(system), escape(value)))
-        .collect::<Vec<_>>()
-        .join(",");
-    let pairs = [("identifier".to_string(), value)];
-    match parse_search(ty, &pairs, true) {
-        Ok((query, _)) => query,
-        // Every token is escaped here, and identifier is a parameter of
-        // every stored type: it always parses.
-        Err(issue) => unreachable!("identifier search always parses: {issue:?}"),
+    debug_assert!(!keys.is_empty() && keys.len() <= MAX_ALTERNATIVES);
+    let mut text = String::new();
+    let mut any_of = Vec::with_capacity(keys.len());
+    for (system, value) in keys {
+        if !text.is_empty() {
+            text.push(',');
+        }
+        text.push_str(&escape(system));
+        text.push('|');
+        text.push_str(&escape(value));
+        // As `token_match` reads `system|value`.
+        any_of.push(if system.is_empty() {
+            TokenMatch::NoSystem(value.clone())
+        } else if value.is_empty() {
+            TokenMatch::System(system.clone())
+        } else {
+            TokenMatch::SystemValue(system.clone(), value.clone())
+        });
+    }
+    SearchQuery {
+        resource_type: ty,
+        clauses: vec![Clause::Token {
+            param: "identifier",
+            any_of,
+        }],
+        count: DEFAULT_COUNT,
+        after: None,
+        canonical: vec![("identifier".to_string(), text)],
     }
 }
 
@@ -730,6 +751,52 @@ mod tests {
         list.iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn identifier_queries_are_what_parse_search_reads() {
+        // Systems and values with every character the search syntax
+        // escapes, empty ones, and lists of several.
+        let parts = [
+            "",
+            "s",
+            "urn:x",
+            "a,b",
+            "a|b",
+            "a$b",
+            "a\\b",
+            "\\",
+            "|",
+            ",|$\\x",
+            "9434765919",
+        ];
+        let mut cases: Vec<Vec<(String, String)>> = Vec::new();
+        for system in parts {
+            for value in parts {
+                cases.push(vec![(system.to_string(), value.to_string())]);
+            }
+        }
+        for (i, a) in parts.iter().enumerate() {
+            let b = parts[(i * 7 + 3) % parts.len()];
+            cases.push(vec![
+                (a.to_string(), b.to_string()),
+                (b.to_string(), a.to_string()),
+                ("urn:y".to_string(), a.to_string()),
+            ]);
+        }
+        for ty in [ResourceType::Patient, ResourceType::Encounter] {
+            for keys in &cases {
+                let text = keys
+                    .iter()
+                    .map(|(system, value)| format!("{}|{}", escape(system), escape(value)))
+                    .collect::<Vec<_>>()
+                    .join(",");
+                let (parsed, issues) =
+                    parse_search(ty, &[("identifier".to_string(), text)], true).unwrap();
+                assert!(issues.is_empty());
+                assert_eq!(identifier_query(ty, keys), parsed, "{keys:?}");
+            }
+        }
     }
 
     #[test]
