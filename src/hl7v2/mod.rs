@@ -18,6 +18,7 @@ pub mod datatypes;
 pub mod dry_run;
 mod er7;
 mod escape;
+pub mod fuzzing;
 pub mod ingest;
 pub mod listener;
 mod mllp;
