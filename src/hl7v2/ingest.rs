@@ -862,19 +862,8 @@ impl Feed {
         // stored one is what the body reads as, and what the store is given.
         let mut new = new;
         if let (Value::Object(members), Value::Object(stored_members)) = (&mut new, old) {
-            // Both mostly in FHIR order: each stored member is found by
-            // walking on from the last one found, else by hash.
-            let stored: Vec<(&String, &Value)> = stored_members.iter().collect();
-            let mut next = 0;
             for (key, member) in members.iter_mut() {
-                let kept = match stored[next..].iter().position(|(k, _)| *k == key) {
-                    Some(skipped) => {
-                        next += skipped + 1;
-                        Some(stored[next - 1].1)
-                    }
-                    None => stored_members.get(key),
-                };
-                if let Some(kept) = kept
+                if let Some(kept) = stored_members.member(key)
                     && !same_in_order(kept, member)
                     && kept == member
                 {

@@ -357,16 +357,17 @@ impl<'p, 'a> Conform<'p, 'a> {
         let implied = matches!(value, Value::String(_));
         let codings: Vec<(Option<&str>, &str)> = match value {
             Value::String(code) => vec![(None, code.as_str())],
-            Value::Object(map) if map.contains_key("coding") => map
-                .at("coding")
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|c| Some((c.at("system").as_str(), c.at("code").as_str()?)))
-                .collect(),
-            Value::Object(map) => match map.member("code").and_then(Value::as_str) {
-                Some(code) => vec![(map.member("system").and_then(Value::as_str), code)],
-                None => Vec::new(),
+            Value::Object(map) => match map.member("coding") {
+                Some(coding) => coding
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|c| Some((c.at("system").as_str(), c.at("code").as_str()?)))
+                    .collect(),
+                None => match map.member("code").and_then(Value::as_str) {
+                    Some(code) => vec![(map.member("system").and_then(Value::as_str), code)],
+                    None => Vec::new(),
+                },
             },
             _ => return,
         };
