@@ -12,12 +12,14 @@ use std::sync::OnceLock;
 
 use super::adt::{self, AdtContext};
 use super::{AckCode, Frame, Framer, Message, ack, dry_run, state};
+use crate::config::DEFAULT_HL7_MAX_BYTES;
 use crate::gp::read::utf8_or_windows_1252;
 use crate::validate::Validator;
 
 /// Runs the HL7 v2 feed's pure stages on `data`.
 pub fn exercise(data: &[u8]) {
-    let mut framer = Framer::new(1 << 20);
+    // The listener's default frame limit, so frames are cut where it cuts them.
+    let mut framer = Framer::new(DEFAULT_HL7_MAX_BYTES);
     for frame in framer.push(data) {
         if let Frame::Message(m) = frame {
             message(&m);
