@@ -10,6 +10,11 @@
 //!   validated and stored before its ACK. The stream per visit is A04 (new
 //!   patient and encounter), A08 (update), A03 (discharge). Reports
 //!   messages/s, ACK latency percentiles and the gateway's peak RSS.
+//! - The machine, before and after the end-to-end run: a dependent load over
+//!   64 MiB (memory latency) and a round trip between two threads over a
+//!   socket pair (wake-up latency), the two costs that the slow spells of
+//!   this shared VM were seen to inflate while a compute loop was not; so
+//!   that each run's throughput can be read beside the machine it ran on.
 //!
 //! `cargo bench --bench hl7v2 [-- --messages 1500]` (per connection)
 
@@ -115,6 +120,75 @@ fn per_message(label: &str, messages: &[String], f: impl Fn(&str) -> usize) -> f
     ns
 }
 
+/// Nanoseconds per load of a chain of dependent loads through 64 MiB, one
+/// per cache line in a random single cycle (Sattolo's shuffle), so that
+/// neither the caches nor the prefetcher hide memory's latency.
+fn memory_latency_ns() -> f64 {
+    const LINES: usize = (64 << 20) / 64;
+    const STEPS: usize = 4_000_000;
+    let mut next: Vec<usize> = (0..LINES).collect();
+    let mut state = 0x9E37_79B9_7F4A_7C15_u64;
+    for i in (1..LINES).rev() {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let j = (state % i as u64) as usize;
+        next.swap(i, j);
+    }
+    // One `usize` per 64-byte line: line `k` holds the line after it.
+    let mut lines = vec![0_usize; LINES * 8];
+    for k in 0..LINES {
+        lines[k * 8] = next[k] * 8;
+    }
+    drop(next);
+    let mut at = 0;
+    for _ in 0..LINES {
+        at = lines[at];
+    }
+    let started = Instant::now();
+    for _ in 0..STEPS {
+        at = black_box(lines[at]);
+    }
+    let ns = started.elapsed().as_nanos() as f64 / STEPS as f64;
+    black_box(at);
+    ns
+}
+
+/// Microseconds per round trip of one byte between two threads over a Unix
+/// socket pair: two wake-ups of a blocked thread each round.
+fn wake_up_round_trip_us() -> f64 {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    const ROUNDS: usize = 20_000;
+    let (mut here, mut there) = UnixStream::pair().expect("socket pair");
+    let echo = std::thread::spawn(move || {
+        let mut byte = [0_u8; 1];
+        while there.read_exact(&mut byte).is_ok() {
+            if there.write_all(&byte).is_err() {
+                break;
+            }
+        }
+    });
+    let mut byte = [0_u8; 1];
+    let started = Instant::now();
+    for _ in 0..ROUNDS {
+        here.write_all(&byte).expect("ping");
+        here.read_exact(&mut byte).expect("pong");
+    }
+    let us = started.elapsed().as_secs_f64() * 1e6 / ROUNDS as f64;
+    drop(here);
+    let _ = echo.join();
+    us
+}
+
+fn machine(when: &str) {
+    println!(
+        "machine {when}: dependent load over 64 MiB {:.0} ns, thread round trip {:.1} µs",
+        memory_latency_ns(),
+        wake_up_round_trip_us()
+    );
+}
+
 fn in_process() {
     let messages: Vec<String> = (0..3000).map(|i| message(i / 3, i % 3)).collect();
     let bytes = messages.iter().map(String::len).sum::<usize>() / messages.len();
@@ -165,6 +239,7 @@ fn main() {
         }
     }
     in_process();
+    machine("before");
 
     let dir = tempfile::tempdir().expect("temp dir");
     let (mut gateway, _base, mllp) = spawn_gateway_mllp(&dir.path().join("data"));
@@ -218,6 +293,7 @@ fn main() {
         rss as f64 / 1024.0,
         hwm as f64 / 1024.0,
     );
+    machine("after");
 }
 
 /// 16 connections, each sending `per_connection` messages one at a time
