@@ -21,9 +21,15 @@ pub fn spawn_gateway_mllp(data: &Path) -> (Child, String, String) {
     spawn_gateway_with(data, None)
 }
 
-/// As [`spawn_gateway_mllp`], with a configuration file.
+/// As [`spawn_gateway_mllp`], with a configuration file. The binary is the
+/// one cargo built with the bench, or `BENCH_GATEWAY_BIN` when set (to run
+/// the same bench against another build: `benches/alternate.sh`; not
+/// `PATHWAY_`-prefixed, as the gateway reads those as its configuration and
+/// refuses names it does not know).
 pub fn spawn_gateway_with(data: &Path, config: Option<&Path>) -> (Child, String, String) {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_pathway-gateway"));
+    let binary = std::env::var_os("BENCH_GATEWAY_BIN")
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_pathway-gateway").into());
+    let mut command = Command::new(binary);
     command.arg("serve");
     if let Some(config) = config {
         command.arg("--config").arg(config);
