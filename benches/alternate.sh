@@ -32,7 +32,9 @@ for spec in "$@"; do
 done
 # The last number in the first match of pattern $1 in text $2.
 pick() { grep -o "$1" <<<"$2" | head -1 | grep -o '[0-9.]\+' | tail -1; }
+declare -A total cpu won
 for round in $(seq "$rounds"); do
+  best="" best_rate=0
   for spec in "$@"; do
     label=${spec%%=*}
     if ! out=$(BENCH_GATEWAY_BIN=$(realpath "${spec#*=}") "$bench" --bench --messages "$messages" 2>&1); then
@@ -42,10 +44,21 @@ for round in $(seq "$rounds"); do
     fi
     run=$(grep "end to end" <<<"$out")
     machine=$(grep "machine before" <<<"$out")
+    rate=$(pick '= [0-9]* messages/s' "$run")
+    used=$(pick 'CPU [0-9]* µs' "$run")
     printf '%s %s: %s messages/s, p99 %s ms, CPU %s µs (writer %s), peak RSS %s MiB | memory %s ns, round trip %s µs\n' \
-      "$round" "$label" "$(pick '= [0-9]* messages/s' "$run")" "$(pick 'p99 [0-9.]* ms' "$run")" \
-      "$(pick 'CPU [0-9]* µs' "$run")" "$(pick 'writer [0-9]* µs' "$run")" \
+      "$round" "$label" "$rate" "$(pick 'p99 [0-9.]* ms' "$run")" \
+      "$used" "$(pick 'writer [0-9]* µs' "$run")" \
       "$(pick 'peak [0-9.]* MiB' "$run")" "$(pick '64 MiB [0-9]* ns' "$machine")" \
       "$(pick 'round trip [0-9.]* µs' "$machine")"
+    total[$label]=$(( ${total[$label]:-0} + rate ))
+    cpu[$label]=$(( ${cpu[$label]:-0} + used ))
+    if [ "$rate" -gt "$best_rate" ]; then best=$label best_rate=$rate; fi
   done
+  won[$best]=$(( ${won[$best]:-0} + 1 ))
+done
+# Per build: mean messages/s and CPU, and in how many rounds it was the fastest.
+for spec in "$@"; do
+  label=${spec%%=*}
+  echo "$label: mean $(( total[$label] / rounds )) messages/s, CPU $(( cpu[$label] / rounds )) µs a message, fastest in ${won[$label]:-0} of $rounds rounds"
 done
