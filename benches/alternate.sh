@@ -60,5 +60,5 @@ done
 # Per build: mean messages/s and CPU, and in how many rounds it was the fastest.
 for spec in "$@"; do
   label=${spec%%=*}
-  echo "$label: mean $(( total[$label] / rounds )) messages/s, CPU $(( cpu[$label] / rounds )) µs a message, fastest in ${won[$label]:-0} of $rounds rounds"
+  echo "$label: mean $(( ${total[$label]} / rounds )) messages/s, CPU $(( ${cpu[$label]} / rounds )) µs a message, fastest in ${won[$label]:-0} of $rounds rounds"
 done
