@@ -17,7 +17,7 @@
 # machine's cores: 32 KiB L1 data and instruction, 512 KiB L2 as the last
 # level) and prints the L2 misses per message, code and data. The gateway's
 # CPU per message follows the machine's memory latency (README, HL7 v2
-# bench: 33 runs, correlation 0.85), so a change that saves L2 misses saves
+# bench: 32 runs, correlation 0.87), so a change that saves L2 misses saves
 # time in the slow spells even where it saves no instructions. valgrind runs
 # the threads one at a time on one simulated cache, so the count is high
 # against two real cores; compare builds with it, not with the hardware.
