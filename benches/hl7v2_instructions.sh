@@ -96,13 +96,13 @@ instructions() { # binary visits
 }
 
 for binary in "$@"; do
-  read -r idle idle_code idle_read idle_write <<<"$(instructions "$binary" 0)"
-  read -r busy code read write <<<"$(instructions "$binary" "$VISITS")"
+  read -r idle idle_code idle_reads idle_writes <<<"$(instructions "$binary" 0)"
+  read -r busy code reads writes <<<"$(instructions "$binary" "$VISITS")"
   messages=$((4 * 3 * VISITS))
   line="$binary: $(( (busy - idle) / messages )) instructions per message"
   if [ "$CACHE" = 1 ]; then
     code=$(( (code - idle_code) / messages ))
-    data=$(( (read - idle_read + write - idle_write) / messages ))
+    data=$(( (reads - idle_reads + writes - idle_writes) / messages ))
     line="$line, $((code + data)) L2 misses per message ($code code, $data data)"
   fi
   echo "$line ($messages messages; $idle to start and stop)"
