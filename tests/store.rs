@@ -521,8 +521,9 @@ async fn a_schema_5_store_is_upgraded_with_its_history_and_exact_search_index() 
     let version: i64 = db
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 9);
+    assert_eq!(version, 10);
     assert_eq!(sql("event_clock"), None);
+    assert_eq!(sql("versions_key"), None);
     let count: i64 = db
         .query_row("SELECT count(*) FROM versions", [], |r| r.get(0))
         .unwrap();
@@ -540,6 +541,132 @@ async fn a_schema_5_store_is_upgraded_with_its_history_and_exact_search_index() 
         keys["t"],
         serde_json::json!([["identifier", nhs, "https://fhir.nhs.uk/Id/nhs-number"]])
     );
+}
+
+/// A schema 9 store (versions keyed by `versions_key`) is upgraded to
+/// versions chained through `versions.prev`: every version of every
+/// resource is read back as before, whatever order their rows were written
+/// in, and versions written after the upgrade join the chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_9_store_is_upgraded_to_chained_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 64);
+    // Three patients, their versions' rows interleaved.
+    let mut patients = Vec::new();
+    for i in 0..3 {
+        let nhs = nhs_number(70 + i);
+        let made = written(store.write(create_named(&nhs, "v1")).await.unwrap());
+        patients.push((made.id, nhs));
+    }
+    for version in 2..=4 {
+        for (id, nhs) in &patients {
+            let text = format!("v{version}");
+            written(
+                store
+                    .write(update_named(id, nhs, version - 1, &text))
+                    .await
+                    .unwrap(),
+            );
+        }
+    }
+    store.close().await;
+
+    let path = dir.path().join("gateway.sqlite");
+    let db = rusqlite::Connection::open(&path).unwrap();
+    common::make_schema_9(&db);
+    drop(db);
+
+    let store = open(dir.path(), 64);
+    let texts = |history: &[pathway_gateway::store::Stored]| -> Vec<(i64, String)> {
+        history
+            .iter()
+            .map(|s| {
+                let v: serde_json::Value = serde_json::from_str(&s.body).unwrap();
+                (
+                    s.version,
+                    v["name"][0]["text"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    for (id, _) in &patients {
+        let history = store.history(ResourceType::Patient, id).await.unwrap();
+        assert_eq!(
+            texts(&history),
+            [(4, "v4"), (3, "v3"), (2, "v2"), (1, "v1")].map(|(v, t)| (v, t.to_string()))
+        );
+        assert!(history.iter().all(|s| s.body.contains(id.as_str())));
+        for version in 1..=4 {
+            let read = store
+                .vread(ResourceType::Patient, id, version)
+                .await
+                .unwrap();
+            assert_eq!(read.map(|s| s.version), Some(version));
+        }
+        for missing in [0, 5, -1] {
+            assert!(
+                store
+                    .vread(ResourceType::Patient, id, missing)
+                    .await
+                    .unwrap()
+                    .is_none()
+            );
+        }
+    }
+    assert!(
+        store
+            .vread(ResourceType::Patient, "no-such-id", 1)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store
+            .history(ResourceType::Patient, "no-such-id")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // A version written after the upgrade joins its resource's chain.
+    let (id, nhs) = &patients[1];
+    written(store.write(update_named(id, nhs, 4, "v5")).await.unwrap());
+    let history = store.history(ResourceType::Patient, id).await.unwrap();
+    assert_eq!(
+        history.iter().map(|s| s.version).collect::<Vec<_>>(),
+        [5, 4, 3, 2, 1]
+    );
+    let v3 = store
+        .vread(ResourceType::Patient, id, 3)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(v3.body.contains(r#""text":"v3""#));
+    store.close().await;
+
+    let db = rusqlite::Connection::open(&path).unwrap();
+    let version: i64 = db
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 10);
+    let key: Option<String> = db
+        .query_row(
+            "SELECT sql FROM sqlite_schema WHERE name = 'versions_key'",
+            [],
+            |r| r.get(0),
+        )
+        .ok();
+    assert_eq!(key, None);
+    // Every version but the first links to the one before it.
+    let unlinked: i64 = db
+        .query_row(
+            "SELECT count(*) FROM versions v LEFT JOIN versions p ON p.rowid = v.prev \
+             WHERE (v.version = 1) != (v.prev IS NULL) \
+             OR (v.prev IS NOT NULL AND (p.id IS NOT v.id OR p.version != v.version - 1))",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(unlinked, 0);
 }
 
 /// Under writes that never pause, with readers at work, the WAL still

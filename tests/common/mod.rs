@@ -299,19 +299,31 @@ pub fn expected_json(file: &std::path::Path, actual: &Value) -> Option<Value> {
     Some(serde_json::from_str(&text).expect("expectation is JSON"))
 }
 
-/// Reshapes a store file (schema 9) as schema 8 wrote it: the journal's
+/// Reshapes a store file (schema 10) as schema 9 wrote it: versions keyed
+/// by `versions_key`, not chained. For tests of the upgrade.
+pub fn make_schema_9(db: &rusqlite::Connection) {
+    db.execute_batch(
+        "CREATE UNIQUE INDEX versions_key ON versions (type, id, version);
+         ALTER TABLE versions DROP COLUMN prev;
+         PRAGMA user_version = 9;",
+    )
+    .expect("a schema 10 store reshaped as schema 9");
+}
+
+/// Reshapes a store file (schema 10) as schema 8 wrote it: the journal's
 /// repeat index led by the source. For tests of the upgrade.
 pub fn make_schema_8(db: &rusqlite::Connection) {
+    make_schema_9(db);
     db.execute_batch(
         "DROP INDEX journal_sent;
          CREATE UNIQUE INDEX journal_repeat
              ON journal (source, sender, message_id) WHERE message_id IS NOT NULL;
          PRAGMA user_version = 8;",
     )
-    .expect("a schema 9 store reshaped as schema 8");
+    .expect("a schema 10 store reshaped as schema 8");
 }
 
-/// Reshapes a store file (schema 9) as schema 7 wrote it: no member times
+/// Reshapes a store file (schema 10) as schema 7 wrote it: no member times
 /// beside the event clocks. For tests of the upgrade.
 pub fn make_schema_7(db: &rusqlite::Connection) {
     make_schema_8(db);
@@ -319,10 +331,10 @@ pub fn make_schema_7(db: &rusqlite::Connection) {
         "ALTER TABLE current DROP COLUMN member_ms;
          PRAGMA user_version = 7;",
     )
-    .expect("a schema 9 store reshaped as schema 7");
+    .expect("a schema 10 store reshaped as schema 7");
 }
 
-/// Reshapes a store file (schema 9) as schema 6 wrote it: event clocks in a
+/// Reshapes a store file (schema 10) as schema 6 wrote it: event clocks in a
 /// table of their own, no `current.vrow`. For tests of the upgrade.
 pub fn make_schema_6(db: &rusqlite::Connection) {
     make_schema_7(db);
@@ -334,10 +346,10 @@ pub fn make_schema_6(db: &rusqlite::Connection) {
          ALTER TABLE current DROP COLUMN event_ms;
          PRAGMA user_version = 6;",
     )
-    .expect("a schema 9 store reshaped as schema 6");
+    .expect("a schema 10 store reshaped as schema 6");
 }
 
-/// Reshapes a store file (schema 7) as schema 5 wrote it: `versions` keyed
+/// Reshapes a store file (schema 10) as schema 5 wrote it: `versions` keyed
 /// WITHOUT ROWID, no `current.keys`, owner indexes on the index tables,
 /// `idx_date` a rowid table. For tests of the upgrade.
 pub fn make_schema_5(db: &rusqlite::Connection) {

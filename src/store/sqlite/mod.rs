@@ -66,9 +66,10 @@ pub const DB_FILE: &str = "gateway.sqlite";
 /// as a rowid table, index rows kept in `current.keys` instead of owner
 /// indexes, `idx_date` keyed (tables rebuilt on upgrade); 7: `current.vrow`
 /// and `current.event_ms`; 8: `current.member_ms`; 9: the journal's repeat
-/// index led by the sender (`journal_sent`). Each adds to the idempotent
-/// schema, which is re-run.
-const SCHEMA_VERSION: i64 = 9;
+/// index led by the sender (`journal_sent`); 10: versions chained by
+/// `versions.prev` instead of keyed by `versions_key`. Each adds to the
+/// idempotent schema, which is re-run.
+const SCHEMA_VERSION: i64 = 10;
 
 /// How the store is set up (checked configuration).
 #[derive(Debug, Clone)]
@@ -374,31 +375,14 @@ impl Store for SqliteStore {
         id: &str,
         version: i64,
     ) -> Result<Option<Stored>, StoreError> {
-        self.read_inline(|conn| {
-            Ok(conn
-                .prepare_cached(
-                    "SELECT version, last_updated, body FROM versions WHERE type=?1 AND id=?2 AND version=?3",
-                )?
-                .query_row(params![ty.as_str(), id, version], |row| {
-                    stored_from_row(ty, id.to_string(), row)
-                })
-                .optional()?)
-        })
-        .await
+        self.read_inline(|conn| Ok(walk_versions(conn, ty, id, version, |v| v == version)?.pop()))
+            .await
     }
 
     async fn history(&self, ty: ResourceType, id: &str) -> Result<Vec<Stored>, StoreError> {
         let id = id.to_string();
-        self.with_reader(move |conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT version, last_updated, body FROM versions WHERE type=?1 AND id=?2 ORDER BY version DESC",
-            )?;
-            let rows = stmt.query_map(params![ty.as_str(), id], |row| {
-                stored_from_row(ty, id.clone(), row)
-            })?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
-        })
-        .await
+        self.with_reader(move |conn| walk_versions(conn, ty, &id, 1, |_| true))
+            .await
     }
 
     async fn search(&self, query: &SearchQuery) -> Result<SearchPage, StoreError> {
@@ -796,6 +780,13 @@ fn open_writer(path: &Path) -> Result<Connection, StoreError> {
             set_aside_for_schema_6(&conn)?;
         }
         conn.execute_batch(include_str!("schema.sql"))?;
+        if found > 0 {
+            // For the joins below, until the versions are chained (schema
+            // 10); stores from schema 6 on have it already.
+            conn.execute_batch(
+                "CREATE UNIQUE INDEX IF NOT EXISTS versions_key ON versions (type, id, version);",
+            )?;
+        }
         if found > 0 && found < 6 {
             move_versions_into_schema_6(&conn)?;
         }
@@ -829,6 +820,10 @@ fn open_writer(path: &Path) -> Result<Connection, StoreError> {
         if found > 0 && found < 9 {
             // `journal_sent` (built by the schema above) replaces it.
             conn.execute_batch("DROP INDEX IF EXISTS journal_repeat;")?;
+        }
+        if found > 0 && found < 10 {
+            // Last: the upgrades above join versions through the key.
+            chain_versions(&conn, found)?;
         }
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         conn.execute_batch("COMMIT")?;
@@ -907,6 +902,23 @@ fn point_current_at_versions(conn: &Connection) -> Result<(), StoreError> {
              DROP TABLE event_clock;",
         )?;
     }
+    Ok(())
+}
+
+/// Schema 10: links each version to the one before it (`versions.prev`),
+/// through `versions_key`, then drops the key. A `versions` table rebuilt by
+/// the schema 6 upgrade already has the column.
+fn chain_versions(conn: &Connection, found: i64) -> Result<(), StoreError> {
+    tracing::info!("upgrading the store to schema 10 (seconds per million versions)");
+    if found >= 6 {
+        conn.execute_batch("ALTER TABLE versions ADD COLUMN prev INTEGER;")?;
+    }
+    conn.execute_batch(
+        "UPDATE versions SET prev = (SELECT p.rowid FROM versions p
+             WHERE p.type = versions.type AND p.id = versions.id AND p.version = versions.version - 1)
+             WHERE version > 1;
+         DROP INDEX versions_key;",
+    )?;
     Ok(())
 }
 
@@ -1097,24 +1109,90 @@ fn version_at(
         .optional()?)
 }
 
-/// The current version with its index rows ([`keys::Keys`]), for the writer.
+/// `ty/id`'s versions from the current one back through `versions.prev`,
+/// newest first, down to version `down_to`, with the body of each version
+/// `wanted` takes (the others are passed over unread). The walk ends at a row
+/// that is not the resource's next older version (a store whose rowids were
+/// renumbered serves nothing wrong, and a broken link cannot loop).
+pub(super) fn walk_versions(
+    conn: &Connection,
+    ty: ResourceType,
+    id: &str,
+    down_to: i64,
+    wanted: impl Fn(i64) -> bool,
+) -> Result<Vec<Stored>, StoreError> {
+    let mut next: Option<i64> = conn
+        .prepare_cached("SELECT vrow FROM current WHERE type=?1 AND id=?2")?
+        .query_row(params![ty.as_str(), id], |row| row.get(0))
+        .optional()?
+        .flatten();
+    let mut step = conn.prepare_cached(
+        "SELECT version, prev, last_updated, body FROM versions WHERE rowid=?1 AND type=?2 AND id=?3",
+    )?;
+    let mut found = Vec::new();
+    let mut newer = i64::MAX;
+    while let Some(row) = next {
+        let Some((version, prev, stored)) = step
+            .query_row(params![row, ty.as_str(), id], |row| {
+                let version: i64 = row.get(0)?;
+                let body = if wanted(version) {
+                    Some((row.get::<_, i64>(2)?, row.get::<_, String>(3)?))
+                } else {
+                    None
+                };
+                Ok((version, row.get::<_, Option<i64>>(1)?, body))
+            })
+            .optional()?
+        else {
+            break;
+        };
+        if version >= newer || version < down_to {
+            break;
+        }
+        if let Some((last_updated_ms, body)) = stored {
+            found.push(Stored {
+                resource_type: ty,
+                id: id.to_string(),
+                version,
+                last_updated_ms,
+                body,
+            });
+        }
+        newer = version;
+        next = prev;
+    }
+    Ok(found)
+}
+
+/// The current version of a resource as the writer reads it before
+/// writing the next one.
+struct Keyed {
+    stored: Stored,
+    /// Its index rows (`None`: not recorded beside it).
+    keys: Option<keys::Keys>,
+    /// Its row in `versions`: the next version's `prev`.
+    vrow: i64,
+}
+
+/// The current version with its index rows and row, for the writer.
 fn read_current_keyed(
     conn: &Connection,
     ty: ResourceType,
     id: &str,
-) -> Result<Option<(Stored, Option<keys::Keys>)>, StoreError> {
+) -> Result<Option<Keyed>, StoreError> {
     Ok(conn
         .prepare_cached(concat!(
-            "SELECT v.version, v.last_updated, v.body, c.keys FROM current c ",
+            "SELECT v.version, v.last_updated, v.body, c.keys, c.vrow FROM current c ",
             version_of_current!(),
             " WHERE c.type=?1 AND c.id=?2",
         ))?
         .query_row(params![ty.as_str(), id], |row| {
             let keys: Option<String> = row.get(3)?;
-            Ok((
-                stored_from_row(ty, id.to_string(), row)?,
-                keys.as_deref().and_then(keys::Keys::decode),
-            ))
+            Ok(Keyed {
+                stored: stored_from_row(ty, id.to_string(), row)?,
+                keys: keys.as_deref().and_then(keys::Keys::decode),
+                vrow: row.get(4)?,
+            })
         })
         .optional()?)
 }

@@ -1,6 +1,7 @@
 //! The outbox and the deliveries in SQLite: reads run on reader connections,
 //! writes inside the writer's group transaction.
 
+use super::walk_versions;
 use crate::fhir::ResourceType;
 use crate::store::{
     Delivery, DeliveryQuery, DeliveryStatus, NewDelivery, OutboxItem, StoreError, Stored,
@@ -31,9 +32,6 @@ pub(super) fn outbox(
         })
     })?;
     let mut items = rows.collect::<Result<Vec<_>, _>>()?;
-    let mut body = conn.prepare_cached(
-        "SELECT last_updated, body FROM versions WHERE type=?1 AND id=?2 AND version=?3",
-    )?;
     for item in &mut items {
         let r = &mut item.resource;
         if !bodies_for.contains(&r.resource_type) {
@@ -44,14 +42,13 @@ pub(super) fn outbox(
             r.body = stored.body.clone();
             continue;
         }
-        if let Some((last_updated, text)) = body
-            .query_row(params![r.resource_type.as_str(), r.id, r.version], |row| {
-                Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
-            })
-            .optional()?
+        // Usually the current version, or one of the last few.
+        let version = r.version;
+        if let Some(stored) =
+            walk_versions(conn, r.resource_type, &r.id, version, |v| v == version)?.pop()
         {
-            r.last_updated_ms = last_updated;
-            r.body = text;
+            r.last_updated_ms = stored.last_updated_ms;
+            r.body = stored.body;
         }
     }
     Ok(items)

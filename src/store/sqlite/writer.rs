@@ -9,7 +9,7 @@ use super::checkpoint::Checkpointer;
 use super::durable::{Durability, OnThreadEnd, WalSync};
 use super::keys::{Keys, missing_from};
 use super::search::matching_ids_sql;
-use super::{Job, clock_at, outbox, read_current, read_current_keyed};
+use super::{Job, Keyed, clock_at, outbox, read_current, read_current_keyed};
 use crate::fhir::ResourceType;
 use crate::fhir::json::{rewrite_references, unresolved_placeholder};
 use crate::fhir::resource::{Prepared, assemble};
@@ -771,12 +771,12 @@ impl Writer {
             Mutation::Create { .. } => None,
         };
         if let Some(expected) = if_match
-            && current.as_ref().map(|c| c.0.version) != Some(expected)
+            && current.as_ref().map(|c| c.stored.version) != Some(expected)
         {
             return Ok(Err(MutationError::VersionConflict {
                 expected,
                 current: current.map_or("none (it does not exist)".into(), |c| {
-                    c.0.version.to_string()
+                    c.stored.version.to_string()
                 }),
             }));
         }
@@ -793,22 +793,22 @@ impl Writer {
     ) -> Result<Written, StoreError> {
         let resource = mutation.resource();
         let ty = resource.resource_type;
-        let (id, current, old_keys) = match step {
+        let (id, current, old_keys, prev) = match step {
             Step::Existing(resource) => {
                 return Ok(Written {
                     change: Change::Existing,
                     resource,
                 });
             }
-            Step::Put { id, current: None } => (id, None, None),
+            Step::Put { id, current: None } => (id, None, None, None),
             Step::Put {
                 id,
-                current: Some((current, keys)),
+                current: Some(Keyed { stored, keys, vrow }),
             } => {
                 // Index rows not recorded beside it (never, once upgraded):
                 // the stored body says what they are.
-                let keys = keys.or_else(|| keys_of(&current));
-                (id, Some(current), keys)
+                let keys = keys.or_else(|| keys_of(&stored));
+                (id, Some(stored), keys, Some(vrow))
             }
         };
         let rest = rewrite_references(&resource.rest, map);
@@ -832,9 +832,9 @@ impl Writer {
         let body = assemble(ty, &id, version, now, &resource.meta_extra, &rest);
         self.conn
             .prepare_cached(
-                "INSERT INTO versions(type, id, version, last_updated, body) VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO versions(type, id, version, last_updated, body, prev) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?
-            .execute(params![ty.as_str(), id, version, now, body])?;
+            .execute(params![ty.as_str(), id, version, now, body, prev])?;
         let row = self.conn.last_insert_rowid();
         // A create whose If-None-Exist matched nothing: no other resource
         // of its type has the identifiers it names.
@@ -1436,12 +1436,8 @@ struct Checked {
 enum Step {
     /// A conditional create that found its resource: nothing to write.
     Existing(Stored),
-    /// A new version of `id`; `current` is what is stored now, with its
-    /// index rows (`None` inside: unknown, all are written).
-    Put {
-        id: String,
-        current: Option<(Stored, Option<Keys>)>,
-    },
+    /// A new version of `id`; `current` is what is stored now.
+    Put { id: String, current: Option<Keyed> },
 }
 
 enum Answer {
