@@ -906,8 +906,10 @@ fn point_current_at_versions(conn: &Connection) -> Result<(), StoreError> {
 }
 
 /// Schema 10: links each version to the one before it (`versions.prev`),
-/// through `versions_key`, then drops the key. A `versions` table rebuilt by
-/// the schema 6 upgrade already has the column.
+/// through `versions_key`, then drops the key. The one before is the next
+/// lower version held, so that a history missing a version (edited by hand)
+/// still reads whole. A `versions` table rebuilt by the schema 6 upgrade
+/// already has the column.
 fn chain_versions(conn: &Connection, found: i64) -> Result<(), StoreError> {
     tracing::info!("upgrading the store to schema 10 (seconds per million versions)");
     if found >= 6 {
@@ -915,8 +917,8 @@ fn chain_versions(conn: &Connection, found: i64) -> Result<(), StoreError> {
     }
     conn.execute_batch(
         "UPDATE versions SET prev = (SELECT p.rowid FROM versions p
-             WHERE p.type = versions.type AND p.id = versions.id AND p.version = versions.version - 1)
-             WHERE version > 1;
+             WHERE p.type = versions.type AND p.id = versions.id AND p.version < versions.version
+             ORDER BY p.version DESC LIMIT 1);
          DROP INDEX versions_key;",
     )?;
     Ok(())
