@@ -1114,8 +1114,9 @@ fn version_at(
 /// `ty/id`'s versions from the current one back through `versions.prev`,
 /// newest first, down to version `down_to`, with the body of each version
 /// `wanted` takes (the others are passed over unread). The walk ends at a row
-/// that is not the resource's next older version (a store whose rowids were
-/// renumbered serves nothing wrong, and a broken link cannot loop).
+/// that is not one of the resource's, or not older than the one before it
+/// (a store whose rowids were renumbered serves nothing wrong, and a broken
+/// link cannot loop).
 pub(super) fn walk_versions(
     conn: &Connection,
     ty: ResourceType,

@@ -13,7 +13,7 @@ CREATE TABLE IF NOT EXISTS versions (
     version      INTEGER NOT NULL,
     last_updated INTEGER NOT NULL,  -- ms since the Unix epoch
     body         TEXT    NOT NULL,  -- the resource JSON, exactly as served
-    prev         INTEGER            -- the rowid of the version before; NULL for 1
+    prev         INTEGER            -- the rowid of the version before; NULL for the first
 );
 -- Schema 10: no index on (type, id, version). A resource's versions are a
 -- chain from `current.vrow` through `prev` (read and history walk it), so a
@@ -31,14 +31,15 @@ CREATE TABLE IF NOT EXISTS versions (
 -- body, and on through `versions.prev` to older ones. (`versions` has no
 -- INTEGER PRIMARY KEY, and SQLite allows VACUUM to renumber such rowids:
 -- every read also checks the row's type, id and version, so a renumbered
--- store serves nothing wrong. The gateway never runs VACUUM.) `event_ms` is the time of the latest source
--- event applied (an HL7 v2 EVN-2), so that an older event arriving late
--- cannot overwrite what a newer one set; NULL when none. (Both schema
--- version 7; `event_ms` was a table of its own from version 3.) `member_ms`
--- (schema version 8) is the rest of the feed's clock: for a Patient, when
--- each member was last set (`name=…;address=…`), so that an older message
--- still sets a member no newer one has; for an Encounter, the transfer
--- cancels it has had. NULL when the clock stands for every member.
+-- store serves nothing wrong. The gateway never runs VACUUM.) `event_ms` is
+-- the time of the latest source event applied (an HL7 v2 EVN-2), so that
+-- an older event arriving late cannot overwrite what a newer one set; NULL
+-- when none. (Both schema version 7; `event_ms` was a table of its own from
+-- version 3.) `member_ms` (schema version 8) is the rest of the feed's
+-- clock: for a Patient, when each member was last set
+-- (`name=…;address=…`), so that an older message still sets a member no
+-- newer one has; for an Encounter, the transfer cancels it has had. NULL
+-- when the clock stands for every member.
 CREATE TABLE IF NOT EXISTS current (
     type         TEXT    NOT NULL,
     id           TEXT    NOT NULL,
