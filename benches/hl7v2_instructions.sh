@@ -11,7 +11,9 @@
 # visits each (A04, A08, A03: the `hl7v2` bench's messages), one at a time;
 # the gateway is stopped with SIGTERM. Printed: the gateway's user-space
 # instructions per message (kernel work, such as fsync and TCP, is not
-# counted), after those of starting and stopping with no message.
+# counted), after those of starting and stopping with no message; and the
+# bytes it wrote per message (`wchar`: the WAL's frames, checkpoints, ACKs),
+# which follow the pages each message dirties.
 #
 # CACHE=1 also simulates the caches (callgrind --cache-sim, sized as this
 # machine's cores: 32 KiB L1 data and instruction, 512 KiB L2 as the last
@@ -88,18 +90,22 @@ instructions() { # binary visits
     for c in 0 1 2 3; do send "$PORT" $((c * 100000)) $((c * 100000 + $2)) & senders="$senders $!"; done
     wait $senders
   fi
+  # Bytes the gateway has written (valgrind runs it in its own process):
+  # the WAL's frames, checkpoints and ACKs, before shutdown's own.
+  written=$(awk '/^wchar/{print $2}' "/proc/$pid/io")
   kill -TERM $pid
   wait $pid || true
   # Events: Ir, and with the simulation Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw.
-  grep -E '^(summary|totals):' "$dir/out" | head -1 | awk '{print $2, $8 + 0, $9 + 0, $10 + 0}'
+  grep -E '^(summary|totals):' "$dir/out" | head -1 | awk -v w="$written" '{print $2, $8 + 0, $9 + 0, $10 + 0, w}'
   rm -rf "$dir"
 }
 
 for binary in "$@"; do
-  read -r idle idle_code idle_reads idle_writes <<<"$(instructions "$binary" 0)"
-  read -r busy code reads writes <<<"$(instructions "$binary" "$VISITS")"
+  read -r idle idle_code idle_reads idle_writes idle_written <<<"$(instructions "$binary" 0)"
+  read -r busy code reads writes written <<<"$(instructions "$binary" "$VISITS")"
   messages=$((4 * 3 * VISITS))
   line="$binary: $(( (busy - idle) / messages )) instructions per message"
+  line="$line, $(( (written - idle_written) / messages )) bytes written"
   if [ "$CACHE" = 1 ]; then
     code=$(( (code - idle_code) / messages ))
     data=$(( (reads - idle_reads + writes - idle_writes) / messages ))
