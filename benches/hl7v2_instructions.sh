@@ -79,7 +79,7 @@ PY
 # Instructions of one run of BINARY with VISITS visits per connection, and
 # with CACHE=1 its L2 misses (code, data read, data write) after them.
 instructions() { # binary visits
-  local dir pid senders=""
+  local dir pid written senders=""
   dir=$(mktemp -d)
   PATHWAY_HTTP__LISTEN=127.0.0.1:0 PATHWAY_HL7V2__LISTEN=127.0.0.1:$PORT \
     PATHWAY_STORE__PATH="$dir/data" PATHWAY_LOG__LEVEL=warn \
