@@ -588,6 +588,15 @@ async fn replay_sends_the_fixture_folder_over_mllp_then_http() {
     assert_eq!(
         refused,
         [
+            // Its A17, sent twice (its A01 is `AA`).
+            (
+                "control-id-reused-after-refusal.hl7".to_string(),
+                "AR".to_string()
+            ),
+            (
+                "control-id-reused-after-refusal.hl7".to_string(),
+                "AR".to_string()
+            ),
             ("hospital-number-clash.hl7".to_string(), "AE".to_string()),
             ("impossible-date.hl7".to_string(), "AE".to_string()),
             ("invalid-nhs-number.hl7".to_string(), "AE".to_string()),

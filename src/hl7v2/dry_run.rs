@@ -117,6 +117,21 @@ pub fn map_messages(text: &str, cx: &AdtContext, validator: &Validator) -> DryRu
         };
         run.control_id = message.control_id().unwrap_or_default();
         run.event = message.get("MSH-9.2").unwrap_or_default();
+        // An event the gateway does not take is refused before anything
+        // else, a repeat or not, as the feed refuses it: it is not recorded,
+        // so its MSH-10 may yet be another message's.
+        let read = match adt::read(&message, cx) {
+            Ok(adt) => Ok(adt),
+            Err(AdtError::Invalid(errors)) => Err(errors),
+            Err(AdtError::Unsupported {
+                location, reason, ..
+            }) => {
+                run.ack = "AR";
+                run.errors.push(Located { location, reason });
+                runs.push(run);
+                continue;
+            }
+        };
         let key = (super::ingest::sender_of(&message), run.control_id.clone());
         if let Some((_, first)) = mapped.iter().find(|(k, _)| !key.1.is_empty() && *k == key) {
             let first = &runs[*first];
@@ -129,10 +144,7 @@ pub fn map_messages(text: &str, cx: &AdtContext, validator: &Validator) -> DryRu
             runs.push(run);
             continue;
         }
-        let read = adt::read(&message, cx);
-        if !matches!(read, Err(AdtError::Unsupported { .. })) {
-            mapped.push((key, runs.len()));
-        }
+        mapped.push((key, runs.len()));
         match read {
             Ok(adt) => {
                 run.unmapped = adt.unmapped.clone();
@@ -143,13 +155,7 @@ pub fn map_messages(text: &str, cx: &AdtContext, validator: &Validator) -> DryRu
                     run.errors = errors;
                 }
             }
-            Err(AdtError::Unsupported {
-                location, reason, ..
-            }) => {
-                run.ack = "AR";
-                run.errors.push(Located { location, reason });
-            }
-            Err(AdtError::Invalid(errors)) => {
+            Err(errors) => {
                 run.ack = "AE";
                 run.errors = errors.into_iter().map(Located::from).collect();
             }
