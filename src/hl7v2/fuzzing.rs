@@ -1,8 +1,10 @@
 //! What the fuzz target (`fuzz/fuzz_targets/er7.rs`) runs on each input:
 //! MLLP framing, ER7 parsing, ACK building, ADT mapping, the state
 //! transitions and the dry-run mapper, on arbitrary bytes. It must never
-//! panic, hang or grow memory without bound; the one check it makes itself
-//! is that the ACK the gateway would send back parses.
+//! panic, hang or grow memory without bound. It checks two properties
+//! itself: the ACK the gateway would send back parses, and a file sent
+//! twice over ends, in the dry run, as it ended once (repeats change
+//! nothing).
 //!
 //! It lives here, not in the target, so that every build compiles it and a
 //! test runs it (the fuzz crate builds only with nightly and `cargo fuzz`,
@@ -49,7 +51,48 @@ fn message(bytes: &[u8]) {
             }
         }
     }
-    let _ = dry_run::map_messages(&text, &cx, validator());
+    let once = dry_run::map_messages(&text, &cx, validator());
+    resent_changes_nothing(&text, &once, &cx);
+}
+
+/// The feed's rule for repeats (same MSH-3, MSH-4 and MSH-10: answered as
+/// before, nothing changed), checked on the dry run: `text` sent twice
+/// over ends as it ended once, each message of the resend answered as it
+/// was. Only where the rule covers every message
+/// that changes something: one accepted without an MSH-10 cannot be told
+/// from a new one, and bytes before the first message or a last segment
+/// without its end would join the copies differently. Returns whether it
+/// checked.
+fn resent_changes_nothing(text: &str, once: &dry_run::DryRun, cx: &AdtContext) -> bool {
+    use crate::api::ingest::{before_first_message, split_messages};
+    let twice = format!("{text}{text}");
+    if before_first_message(text.as_bytes()).is_some()
+        || split_messages(twice.as_bytes()).len() != 2 * split_messages(text.as_bytes()).len()
+        || once
+            .messages
+            .iter()
+            .any(|m| m.control_id.is_empty() && m.ack == "AA")
+    {
+        return false;
+    }
+    let again = dry_run::map_messages(&twice, cx, validator());
+    let n = once.messages.len();
+    assert_eq!(again.messages.len(), 2 * n, "{text:?} sent twice");
+    // Each message of the resend is answered as it was the first time.
+    for (first, resent) in once.messages.iter().zip(&again.messages[n..]) {
+        assert_eq!(
+            first.ack, resent.ack,
+            "{text:?} sent twice: message {} answered {} then {}",
+            first.message, first.ack, resent.ack
+        );
+    }
+    if again.bundle != once.bundle {
+        panic!(
+            "{text:?} sent twice changed the record:\nonce: {}\ntwice: {}",
+            once.bundle, again.bundle
+        );
+    }
+    true
 }
 
 #[cfg(test)]
@@ -57,21 +100,88 @@ mod tests {
     use super::*;
 
     #[test]
-    fn runs_on_the_fixtures_framed_and_cut() {
+    fn runs_on_the_fixtures_framed_cut_and_joined() {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/hl7v2");
-        let mut seen = 0;
-        for entry in std::fs::read_dir(dir).expect("fixtures/hl7v2") {
-            let path = entry.expect("entry").path();
-            if path.extension().is_none_or(|e| e != "hl7") {
-                continue;
-            }
-            let bytes = std::fs::read(&path).expect("fixture");
+        let mut paths: Vec<_> = std::fs::read_dir(dir)
+            .expect("fixtures/hl7v2")
+            .map(|entry| entry.expect("entry").path())
+            .filter(|path| path.extension().is_some_and(|e| e == "hl7"))
+            .collect();
+        paths.sort();
+        assert!(paths.len() >= 12, "only {} fixtures found", paths.len());
+        // Every fixture end to end too: one file whose messages meet in the
+        // dry run's state (several share a patient).
+        let mut all = Vec::new();
+        for path in &paths {
+            let bytes = std::fs::read(path).expect("fixture");
             exercise(&bytes);
             exercise(&super::super::frame(&bytes));
             // Cut short, as a sender's dropped connection leaves it.
             exercise(&bytes[..bytes.len() / 2]);
-            seen += 1;
+            all.extend_from_slice(&bytes);
+            if !bytes.ends_with(b"\r") && !bytes.ends_with(b"\n") {
+                all.push(b'\r');
+            }
         }
-        assert!(seen >= 12, "only {seen} fixtures found");
+        exercise(&all);
+        let text = String::from_utf8(all).expect("the fixtures are UTF-8");
+        let cx = AdtContext::default();
+        let once = dry_run::map_messages(&text, &cx, validator());
+        assert!(once.messages.len() > paths.len(), "{}", once.messages.len());
+        assert!(resent_changes_nothing(&text, &once, &cx), "checked");
+    }
+
+    #[test]
+    fn a_file_sent_twice_ends_as_it_ended_once() {
+        let a01 = "MSH|^~\\&|PAS|RJZ|PATHWAY|ONEBROMLEY|202611031940||ADT^A01^ADT_A01|X1|P|2.4\r\
+                   EVN|A01|202611031940\r\
+                   PID|1||K1^^^RJZ^MR~9990000018^^^NHS^NH||PAGE^Margaret||19380305|F\r\
+                   PV1|1|I|W1^^^RJZ30||||||||||||||||V1^^^RJZ^VN|||||||||||||||||||||||||202611031935\r";
+        let a02 = a01
+            .replace("ADT^A01^ADT_A01|X1", "ADT^A02^ADT_A02|X2")
+            .replace("EVN|A01|202611031940", "EVN|A02|202611032000")
+            .replace("W1^^^RJZ30", "W2^^^RJZ30");
+        let text = format!("{a01}{a02}");
+        let cx = AdtContext::default();
+        let once = dry_run::map_messages(&text, &cx, validator());
+        assert!(
+            once.messages.iter().all(|m| m.ack == "AA"),
+            "{:?}",
+            once.messages
+        );
+        assert!(resent_changes_nothing(&text, &once, &cx), "checked");
+        // The second copy's messages are taken as repeats. (Applied again,
+        // these two would also leave the record as it was: the Bundle
+        // alone does not show the repeats were recognised.)
+        let twice = dry_run::map_messages(&format!("{text}{text}"), &cx, validator());
+        assert!(
+            twice.messages[2..]
+                .iter()
+                .all(|m| m.notes.iter().any(|n| n.starts_with("a repeat of message"))),
+            "{:?}",
+            twice.messages
+        );
+        // A message without MSH-10 is refused, so it changes nothing either.
+        let unnumbered = text.replace("|X2|", "||");
+        let once = dry_run::map_messages(&unnumbered, &cx, validator());
+        assert_eq!(once.messages[1].ack, "AE");
+        assert!(resent_changes_nothing(&unnumbered, &once, &cx));
+        // One MSH-10 on two messages (found by the fuzzer): an unsupported
+        // event, refused and not recorded, then an A01 under its id. Sent
+        // again, the first is refused again, as the feed refuses it (the dry
+        // run used to take it for a repeat of the A01 and answer AA).
+        let reused = format!("{}{a01}", a01.replace("ADT^A01^", "ADT^Z99^"));
+        let acks = |run: &dry_run::DryRun| run.messages.iter().map(|m| m.ack).collect::<Vec<_>>();
+        let once = dry_run::map_messages(&reused, &cx, validator());
+        assert_eq!(acks(&once), ["AR", "AA"]);
+        assert!(resent_changes_nothing(&reused, &once, &cx));
+        let twice = dry_run::map_messages(&format!("{reused}{reused}"), &cx, validator());
+        assert_eq!(acks(&twice), ["AR", "AA", "AR", "AA"]);
+        // Bytes before the first message, or a last segment without its
+        // end, would join the copies differently: not checked.
+        for text in [format!("junk\r{text}"), text.trim_end().to_string()] {
+            let once = dry_run::map_messages(&text, &cx, validator());
+            assert!(!resent_changes_nothing(&text, &once, &cx), "{text:?}");
+        }
     }
 }
