@@ -58,11 +58,11 @@ fn message(bytes: &[u8]) {
 /// The feed's rule for repeats (same MSH-3, MSH-4 and MSH-10: answered as
 /// before, nothing changed), checked on the dry run: `text` sent twice
 /// over ends as it ended once, each message of the resend answered as it
-/// was. Only where the rule covers every message
-/// that changes something: one accepted without an MSH-10 cannot be told
-/// from a new one, and bytes before the first message or a last segment
-/// without its end would join the copies differently. Returns whether it
-/// checked.
+/// was. Only where the rule covers every message that changes something
+/// (one accepted without an MSH-10 could not be told from a new one; the
+/// feed refuses those) and the copies join into twice the messages (bytes
+/// before the first message, or a last segment without its end, would
+/// join them differently). Returns whether it checked.
 fn resent_changes_nothing(text: &str, once: &dry_run::DryRun, cx: &AdtContext) -> bool {
     use crate::api::ingest::{before_first_message, split_messages};
     let twice = format!("{text}{text}");

@@ -755,7 +755,7 @@ fn open_writer(path: &Path) -> Result<Connection, StoreError> {
     // (each dirty page a 16 KiB frame): 1,309-1,522 messages/s against
     // 2,207-2,326 with 4 KiB, in the same session. 2 KiB pages (measured
     // again once a commit's frames went out in one write, 2026-11-24) cut
-    // the bytes an HL7 v2 message writes by 38% at the same instructions
+    // the bytes an HL7 v2 message writes by 37% at the same instructions
     // and a GP list's upload ran no slower, but the outcome report, which
     // reads scattered encounters, took 973 ms at the median against 615 ms
     // (its target is 1 s). Must precede the first write (WAL mode fixes
