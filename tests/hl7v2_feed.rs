@@ -335,6 +335,102 @@ async fn a_quarantined_message_replays_after_a_fix() {
     gw.stop().await;
 }
 
+/// A PAS whose counter started again: another message under an MSH-10
+/// already accepted is not dropped as a repeat but answered `AE` (205) and
+/// held; sent again it is not held twice; the first message sent again,
+/// stamped anew and over HTTP, is still a repeat; the held one replays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_message_under_a_used_control_id_is_held_not_dropped() {
+    let gw = start().await;
+    let mut c = MllpClient::connect(gw.mllp, TIMEOUT).await.unwrap();
+    let (first, second) = (nhs_number(810), nhs_number(811));
+    let a01 = adt(
+        "A01",
+        "C1",
+        "202607141018",
+        &format!("{first}^^^NHS^NH"),
+        Some(&pv1("I", "CV1", "202607141015", "")),
+    );
+    assert_eq!(send(&mut c, &a01).await.0, "AA");
+    let other = adt(
+        "A01",
+        "C1",
+        "202607151018",
+        &format!("{second}^^^NHS^NH"),
+        Some(&pv1("I", "CV2", "202607151015", "")),
+    );
+    let ack = client_ack(&mut c, &other).await;
+    let (code, control, location) = ack_code(ack.as_bytes());
+    assert_eq!(
+        (code.as_str(), control.as_str(), location.as_str()),
+        ("AE", "C1", "MSH^1^10"),
+        "{ack}"
+    );
+    // ERR-3: 205, duplicate key identifier; the text says where it differs.
+    assert!(ack.contains("|205^"), "{ack}");
+    assert!(ack.contains("differs from this message at EVN-2"), "{ack}");
+    assert!(patients(&gw, &second).await.is_empty());
+
+    let entries = held_as(&gw, "MSH-10 C1").await;
+    assert_eq!(entries.len(), 1, "{entries:#?}");
+    assert_eq!(entries[0]["journal_id"], Value::Null);
+    let reason = entries[0]["reasons"][0]["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("MSH-10 already used by journal entry"),
+        "{reason}"
+    );
+
+    // Sent again: answered as before, held once.
+    assert_eq!(send(&mut c, &other).await.0, "AE");
+    assert_eq!(held_as(&gw, "MSH-10 C1").await.len(), 1);
+
+    // The first message again, stamped anew (MSH-7), `\n` between its
+    // segments, over HTTP: a repeat, answered AA, changing nothing.
+    let restamped = a01
+        .replacen("202607141018", "202607141230", 1)
+        .replace('\r', "\n");
+    let reply = gw
+        .send(
+            gw.client
+                .post(format!("{}/ingest/hl7v2", gw.root))
+                .header("content-type", "x-application/hl7-v2+er7")
+                .body(restamped),
+        )
+        .await;
+    assert_eq!(ack_code(reply.text.as_bytes()).0, "AA", "{}", reply.text);
+    assert_eq!(held_as(&gw, "MSH-10 C1").await.len(), 1);
+    let before = encounter(&gw, "CV1").await;
+    assert_eq!(before["meta"]["versionId"], "1");
+
+    // Someone checks it is a real admission and replays it: applied.
+    let replay = format!("{}/quarantine/{}/replay", gw.root, entries[0]["id"]);
+    let done = gw.send(gw.client.post(&replay)).await;
+    assert_eq!(done.status, StatusCode::OK, "{}", done.text);
+    assert!(done.json["ack"].as_str().unwrap().contains("MSA|AA|C1"));
+    assert_eq!(patients(&gw, &second).await.len(), 1);
+    assert_eq!(encounter(&gw, "CV2").await["status"], "in-progress");
+    assert!(held_as(&gw, "MSH-10 C1").await.is_empty());
+    gw.stop().await;
+}
+
+/// Held quarantine entries at `location`.
+async fn held_as(gw: &Gateway, location: &str) -> Vec<Value> {
+    let list = gw
+        .send(gw.client.get(format!("{}/quarantine", gw.root)))
+        .await;
+    list.json["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["location"] == location)
+        .cloned()
+        .collect()
+}
+
+async fn client_ack(client: &mut MllpClient, message: &str) -> String {
+    String::from_utf8_lossy(&client.send(message.as_bytes()).await.expect("ACK")).into_owned()
+}
+
 /// 16 connections × 100 messages: every one AA, stored once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixteen_connections_of_a_hundred_messages_are_all_stored_once() {
@@ -472,8 +568,8 @@ async fn http_ingest_answers_one_ack_per_message() {
     assert_eq!(encounter(&gw, "HV4").await["status"], "in-progress");
 
     // A message sent over one transport and again over the other is a
-    // repeat (same sender and MSH-10): answered, and it changes nothing,
-    // even with other content under the same control id.
+    // repeat (same sender and MSH-10): answered, and it changes nothing;
+    // other content under the same control id is another message, held.
     let nhs = format!("{}^^^NHS^NH", nhs_number(903));
     let admit = adt(
         "A01",
@@ -491,8 +587,10 @@ async fn http_ingest_answers_one_ack_per_message() {
     );
     let mut c = MllpClient::connect(gw.mllp, TIMEOUT).await.unwrap();
     assert_eq!(send(&mut c, &admit).await.0, "AA");
-    let reply = gw.send(post(discharge.clone())).await;
+    let reply = gw.send(post(admit.clone())).await;
     assert_eq!(ack_code(reply.text.as_bytes()).0, "AA", "{}", reply.text);
+    let reply = gw.send(post(discharge.clone())).await;
+    assert_eq!(ack_code(reply.text.as_bytes()).0, "AE", "{}", reply.text);
     assert_eq!(encounter(&gw, "HV5").await["status"], "in-progress");
     let admit = adt(
         "A01",
@@ -508,9 +606,10 @@ async fn http_ingest_answers_one_ack_per_message() {
         &nhs,
         Some(&pv1("I", "HV6", "202607141015", "202607151000")),
     );
-    let reply = gw.send(post(admit)).await;
+    let reply = gw.send(post(admit.clone())).await;
     assert_eq!(ack_code(reply.text.as_bytes()).0, "AA", "{}", reply.text);
-    assert_eq!(send(&mut c, &discharge).await.0, "AA");
+    assert_eq!(send(&mut c, &admit).await.0, "AA");
+    assert_eq!(send(&mut c, &discharge).await.0, "AE");
     assert_eq!(encounter(&gw, "HV6").await["status"], "in-progress");
     // Two systems of one trust (one facility code) count their control ids
     // alike: the same MSH-10 from another sending application is another
@@ -596,6 +695,15 @@ async fn replay_sends_the_fixture_folder_over_mllp_then_http() {
             (
                 "control-id-reused-after-refusal.hl7".to_string(),
                 "AR".to_string()
+            ),
+            // Another message under its first one's MSH-10, sent twice.
+            (
+                "control-id-reused-for-another-message.hl7".to_string(),
+                "AE".to_string()
+            ),
+            (
+                "control-id-reused-for-another-message.hl7".to_string(),
+                "AE".to_string()
             ),
             ("hospital-number-clash.hl7".to_string(), "AE".to_string()),
             ("impossible-date.hl7".to_string(), "AE".to_string()),

@@ -71,7 +71,9 @@ pub fn map_messages(text: &str, cx: &AdtContext, validator: &Validator) -> DryRu
     let mut runs: Vec<MessageRun> = Vec::new();
     // (sender, MSH-10) of each message mapped, with its run: a repeat is
     // answered as the first was and changes nothing, as the feed does.
-    let mut mapped: Vec<((String, String), usize)> = Vec::new();
+    // Its text is kept to tell a repeat from another message under a used
+    // MSH-10, as the feed does (`super::resend`).
+    let mut mapped: Vec<((String, String), usize, Message)> = Vec::new();
     // Bytes before the first message get an AR of their own, as
     // `POST /ingest/hl7v2` answers them (message 0: not one of the file's).
     if let Some(junk) = crate::api::ingest::before_first_message(text.as_bytes()) {
@@ -133,8 +135,20 @@ pub fn map_messages(text: &str, cx: &AdtContext, validator: &Validator) -> DryRu
             }
         };
         let key = (super::ingest::sender_of(&message), run.control_id.clone());
-        if let Some((_, first)) = mapped.iter().find(|(k, _)| !key.1.is_empty() && *k == key) {
+        if let Some((_, first, earlier)) = mapped
+            .iter()
+            .find(|(k, _, _)| !key.1.is_empty() && *k == key)
+        {
             let first = &runs[*first];
+            if let Some(at) = super::resend::difference(earlier, &message) {
+                run.ack = "AE";
+                run.errors.push(Located {
+                    location: "MSH-10".into(),
+                    reason: super::resend::reused(&format!("message {}", first.message), &at),
+                });
+                runs.push(run);
+                continue;
+            }
             run.ack = first.ack;
             run.errors = first.errors.clone();
             run.notes.push(format!(
@@ -144,7 +158,7 @@ pub fn map_messages(text: &str, cx: &AdtContext, validator: &Validator) -> DryRu
             runs.push(run);
             continue;
         }
-        mapped.push((key, runs.len()));
+        mapped.push((key, runs.len(), message));
         match read {
             Ok(adt) => {
                 run.unmapped = adt.unmapped.clone();

@@ -11,7 +11,8 @@
 //! Nothing is acknowledged before it is durable, and the journal entry is
 //! committed together with the message's effect: a resend after a crash
 //! finds no journal entry and is applied, and a resend after an `AA` finds
-//! one and changes nothing (same sender and MSH-10). A failure of the store
+//! one and changes nothing (same sender and MSH-10, and the same message:
+//! another message under a used MSH-10 is held, see [`resend`]). A failure of the store
 //! itself is answered `AR` (HL7 v2.5 §2.9.2: rejected for a reason unrelated
 //! to content), which tells the sender to send it again.
 //!
@@ -23,6 +24,7 @@ use super::adt::{self, Adt, AdtContext, AdtError, NHS_NUMBER_SYSTEM, PatientFact
 use super::datatypes::DataError;
 use super::er7::Message;
 use super::mllp::{AckCode, AckError, ack};
+use super::resend;
 use super::state::{self, Times, encounter_from, patient_from, replaced_by, rewrite};
 use crate::fhir::json::{Written, same_in_order};
 use crate::fhir::outcome::Severity;
@@ -329,7 +331,7 @@ impl Feed {
                 .await?;
             match outcome {
                 IngestOutcome::Repeat { journal_id, held } => {
-                    return Ok(Verdict::Repeat { journal_id, held });
+                    return self.repeat(message, source, journal_id, held).await;
                 }
                 IngestOutcome::NotHeld => return Ok(Verdict::NotHeld),
                 // A record changed, or a create's record made, by someone
@@ -381,21 +383,8 @@ impl Feed {
         source: &str,
         errors: Vec<DataError>,
     ) -> Result<Verdict, StoreError> {
-        let reasons: Vec<Value> = errors
-            .iter()
-            .map(|e| json!({"location": e.location, "reason": e.reason}))
-            .collect();
         let replay = journal.is_none();
-        let entry = QuarantineEntry {
-            source: source.to_string(),
-            sender: sender_of(message),
-            journal_id: None,
-            received_at_ms: jiff::Timestamp::now().as_millisecond(),
-            location: format!("MSH-10 {}", message.control_id().unwrap_or_default()),
-            reasons: Value::Array(reasons).to_string(),
-            content_type: CONTENT_TYPE.to_string(),
-            payload: message.raw().as_bytes().to_vec(),
-        };
+        let entry = quarantine_entry(message, source, &errors);
         if replay {
             // Already held: a failed replay stays where it is. It was
             // planned on lookups that may run a sync ahead of the disk.
@@ -416,12 +405,72 @@ impl Feed {
             })
             .await?;
         Ok(match outcome {
-            IngestOutcome::Repeat { journal_id, held } => Verdict::Repeat { journal_id, held },
+            IngestOutcome::Repeat { journal_id, held } => {
+                self.repeat(message, source, journal_id, held).await?
+            }
             IngestOutcome::NotHeld => Verdict::NotHeld,
             IngestOutcome::Done { quarantined, .. } => Verdict::Quarantined {
                 quarantine_id: quarantined.first().copied(),
                 errors,
             },
+        })
+    }
+
+    /// The verdict on a message whose sender and MSH-10 are journal entry
+    /// `journal_id`'s: a repeat if it is that message (see [`resend`]),
+    /// else another message, held in quarantine without a journal entry
+    /// (its MSH-10 is taken) for someone to look at. Sent again, it is
+    /// found held and answered as it was, not held twice.
+    async fn repeat(
+        &self,
+        message: &Message,
+        source: &str,
+        journal_id: i64,
+        held: Option<String>,
+    ) -> Result<Verdict, StoreError> {
+        let repeat = Verdict::Repeat { journal_id, held };
+        // (Gone or unreadable: not met, as only a message read is journaled.)
+        let Some(earlier) = self.store.journal_entry(journal_id).await? else {
+            return Ok(repeat);
+        };
+        let Ok(first) = Message::parse(&utf8_or_windows_1252(&earlier.payload)) else {
+            return Ok(repeat);
+        };
+        let Some(at) = resend::difference(&first, message) else {
+            return Ok(repeat);
+        };
+        let received = crate::fhir::datetime::format_instant(earlier.received_at_ms);
+        let errors = vec![DataError {
+            location: "MSH-10".into(),
+            reason: resend::reused(
+                &format!("journal entry {journal_id}, received {received}"),
+                &at,
+            ),
+        }];
+        let entry = quarantine_entry(message, source, &errors);
+        if let Some(quarantine_id) = self.store.held_copy(&entry).await? {
+            return Ok(Verdict::Quarantined {
+                quarantine_id: Some(quarantine_id),
+                errors,
+            });
+        }
+        let outcome = self
+            .store
+            .ingest(IngestRequest {
+                journal: None,
+                write: None,
+                quarantine: vec![entry],
+                clocks: Vec::new(),
+                replays: None,
+            })
+            .await?;
+        let quarantine_id = match outcome {
+            IngestOutcome::Done { quarantined, .. } => quarantined.first().copied(),
+            IngestOutcome::Repeat { .. } | IngestOutcome::NotHeld => None,
+        };
+        Ok(Verdict::Quarantined {
+            quarantine_id,
+            errors,
         })
     }
 
@@ -1013,6 +1062,24 @@ fn hl7_location(expression: &str) -> &'static str {
 }
 
 /// One ERR for all errors: the first one's location and code, every reason.
+/// The quarantine entry of `message`, refused for `errors`.
+fn quarantine_entry(message: &Message, source: &str, errors: &[DataError]) -> QuarantineEntry {
+    let reasons: Vec<Value> = errors
+        .iter()
+        .map(|e| json!({"location": e.location, "reason": e.reason}))
+        .collect();
+    QuarantineEntry {
+        source: source.to_string(),
+        sender: sender_of(message),
+        journal_id: None,
+        received_at_ms: jiff::Timestamp::now().as_millisecond(),
+        location: format!("MSH-10 {}", message.control_id().unwrap_or_default()),
+        reasons: Value::Array(reasons).to_string(),
+        content_type: CONTENT_TYPE.to_string(),
+        payload: message.raw().as_bytes().to_vec(),
+    }
+}
+
 fn ack_error(errors: &[DataError]) -> AckError {
     let text = errors
         .iter()
@@ -1022,6 +1089,8 @@ fn ack_error(errors: &[DataError]) -> AckError {
     let first = errors.first();
     let code = match first {
         Some(e) if e.reason.contains("required and missing") => 101,
+        // Duplicate key identifier.
+        Some(e) if e.reason.starts_with(resend::REUSED) => 205,
         _ => 102,
     };
     AckError {

@@ -22,6 +22,7 @@ pub mod fuzzing;
 pub mod ingest;
 pub mod listener;
 mod mllp;
+pub mod resend;
 pub mod state;
 
 pub use er7::{Component, Delimiters, Field, Message, ParseError, Rep, Segment};

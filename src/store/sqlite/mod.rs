@@ -41,7 +41,7 @@ mod writer;
 use super::{
     Clock, Delivery, DeliveryQuery, IngestOutcome, IngestRequest, JournalEntry, JournalReceipt,
     OutboxItem, QuarantineEntry, Quarantined, RouteOutcome, RouteRequest, SearchPage, Store,
-    StoreError, Stored, WriteOutcome, WriteRequest,
+    StoreError, Stored, WriteOutcome, WriteRequest, repeat_sources,
 };
 use crate::fhir::ResourceType;
 use crate::fhir::search::SearchQuery;
@@ -631,6 +631,24 @@ impl Store for SqliteStore {
                     "SELECT {QUARANTINE_COLUMNS} FROM quarantine WHERE id = ?1"
                 ))?
                 .query_row([id], quarantined_row)
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn held_copy(&self, entry: &QuarantineEntry) -> Result<Option<i64>, StoreError> {
+        let [source, twin] = repeat_sources(&entry.source);
+        let (source, twin) = (source.to_string(), twin.to_string());
+        let (sender, payload) = (entry.sender.clone(), entry.payload.clone());
+        self.with_reader(move |conn| {
+            // Scans the held entries (`quarantine_held`): this is asked only
+            // of the rare input that cannot be journaled.
+            Ok(conn
+                .prepare_cached(
+                    "SELECT id FROM quarantine WHERE status = 'held' AND journal_id IS NULL \
+                     AND source IN (?1, ?2) AND sender = ?3 AND payload = ?4 ORDER BY id LIMIT 1",
+                )?
+                .query_row(params![source, twin, sender, payload], |row| row.get(0))
                 .optional()?)
         })
         .await

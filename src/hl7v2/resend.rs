@@ -1,0 +1,137 @@
+//! Is a message under a used MSH-10 that message sent again, or another?
+//!
+//! A repeat is known by its sender and MSH-10, and changes nothing. But a
+//! sender's counter can start again (a PAS restored from a backup, a test
+//! system pointed at the live feed), and a *different* message under a used
+//! MSH-10, answered `AA` as a repeat, would be dropped without anyone
+//! knowing. So the message is compared with the one recorded under its
+//! MSH-10: the same, it is a repeat; different, it is answered `AE` (ERR-3
+//! 205, "duplicate key identifier", HL7 table 0357) and held in quarantine
+//! for someone to look at, and a replay of that entry applies it.
+//!
+//! The same means the same fields, segment by segment, whatever ends the
+//! segments (`\r`, `\n`, `\r\n`: a message sent over MLLP and again over
+//! HTTP) and with empty trailing fields as good as absent; MSH-7 aside,
+//! which some engines stamp afresh on each send.
+
+use super::er7::{Message, Segment};
+
+/// How the reason for a different message under a used MSH-10 begins.
+pub const REUSED: &str = "MSH-10 already used by";
+
+/// Where `later` first differs from `earlier` (`PID-5`, `OBX[2]-5`,
+/// `NK1 (segment added)`), or `None` if it is the same message.
+pub fn difference(earlier: &Message, later: &Message) -> Option<String> {
+    let mut before = earlier.segments();
+    let mut after = later.segments();
+    let mut seen: Vec<&str> = Vec::new();
+    loop {
+        let (a, b) = match (before.next(), after.next()) {
+            (None, None) => return None,
+            (Some(a), None) => return Some(format!("{} (segment missing)", name(&a, &seen))),
+            (None, Some(b)) => return Some(format!("{} (segment added)", name(&b, &seen))),
+            (Some(a), Some(b)) => (a, b),
+        };
+        if a.id() != b.id() {
+            return Some(format!(
+                "segment {}: {} where it had {}",
+                b.index() + 1,
+                b.id(),
+                a.id()
+            ));
+        }
+        let named = name(&b, &seen);
+        for n in 1..=a.field_count().max(b.field_count()) {
+            if b.id() == "MSH" && n == 7 {
+                continue;
+            }
+            if a.field(n).map(|f| f.raw()) != b.field(n).map(|f| f.raw()) {
+                return Some(format!("{named}-{n}"));
+            }
+        }
+        seen.push(b.id());
+    }
+}
+
+/// The reason for a different message under a used MSH-10: `earlier` names
+/// the message that used it (`journal entry 12, received …`, `message 2`),
+/// `at` where they differ.
+pub fn reused(earlier: &str, at: &str) -> String {
+    format!(
+        "{REUSED} {earlier}, which differs from this message at {at}: another message, not a repeat"
+    )
+}
+
+/// `PID`, or `OBX[2]` for the second OBX (`seen`: the ids before it).
+fn name(segment: &Segment<'_>, seen: &[&str]) -> String {
+    let id = segment.id();
+    match seen.iter().filter(|s| **s == id).count() {
+        0 => id.to_string(),
+        n => format!("{id}[{}]", n + 1),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A01: &str = "MSH|^~\\&|PAS|RJZ|PATHWAY|ONEBROMLEY|202607141030||ADT^A01|RJZ-1|P|2.4\r\
+                       EVN|A01|202607141025\r\
+                       PID|1||K1^^^RJZ^MR||OKAFOR^Grace\r\
+                       PV1|1|I\r";
+
+    fn at(earlier: &str, later: &str) -> Option<String> {
+        difference(
+            &Message::parse(earlier).unwrap(),
+            &Message::parse(later).unwrap(),
+        )
+    }
+
+    #[test]
+    fn a_resend_is_the_same_message() {
+        assert_eq!(at(A01, A01), None);
+        // Other segment endings, a trailing empty field, a new MSH-7.
+        let resent = A01
+            .replace('\r', "\r\n")
+            .replace("PV1|1|I", "PV1|1|I||")
+            .replace("202607141030", "202607141102");
+        assert_eq!(at(A01, &resent), None);
+    }
+
+    #[test]
+    fn another_message_is_located_at_its_first_difference() {
+        assert_eq!(
+            at(A01, &A01.replace("OKAFOR", "OKAFORE")).as_deref(),
+            Some("PID-5")
+        );
+        assert_eq!(
+            at(A01, &A01.replace("ADT^A01", "ADT^A08")).as_deref(),
+            Some("MSH-9")
+        );
+        assert_eq!(
+            at(A01, &A01.replace("PV1|1|I", "PV1|1|I|AMU")).as_deref(),
+            Some("PV1-3")
+        );
+        assert_eq!(
+            at(A01, &format!("{A01}NK1|1|OKAFOR^Ben\r")).as_deref(),
+            Some("NK1 (segment added)")
+        );
+        assert_eq!(
+            at(&format!("{A01}PV1|2|O\r"), A01).as_deref(),
+            Some("PV1[2] (segment missing)")
+        );
+        assert_eq!(
+            at(&format!("{A01}PV1|2|O\r"), &format!("{A01}PV1|2|E\r")).as_deref(),
+            Some("PV1[2]-2")
+        );
+        assert_eq!(
+            at(A01, &A01.replace("EVN|A01", "PD1|")).as_deref(),
+            Some("segment 2: PD1 where it had EVN")
+        );
+        // Other encoding characters are another message's text.
+        assert_eq!(
+            at(A01, &A01.replace("^~\\&", "^~\\&#")).as_deref(),
+            Some("MSH-2")
+        );
+    }
+}
