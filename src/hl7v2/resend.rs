@@ -19,26 +19,38 @@ use super::er7::{Message, Segment};
 /// How the reason for a different message under a used MSH-10 begins.
 pub const REUSED: &str = "MSH-10 already used by";
 
-/// Where `later` first differs from `earlier` (`PID-5`, `OBX[2]-5`,
-/// `NK1 (segment added)`), or `None` if it is the same message.
+/// How many places a difference names.
+const SHOWN: usize = 5;
+
+/// Where `later` differs from `earlier` (`EVN-2, PID-3, PID-5`, `OBX[2]-5`,
+/// `NK1 (segment added)`): the first few places, in order, or `None` if it
+/// is the same message. Segments are compared in step until their ids part.
 pub fn difference(earlier: &Message, later: &Message) -> Option<String> {
+    let mut places: Vec<String> = Vec::new();
     let mut before = earlier.segments();
     let mut after = later.segments();
     let mut seen: Vec<&str> = Vec::new();
-    loop {
+    while places.len() <= SHOWN {
         let (a, b) = match (before.next(), after.next()) {
-            (None, None) => return None,
-            (Some(a), None) => return Some(format!("{} (segment missing)", name(&a, &seen))),
-            (None, Some(b)) => return Some(format!("{} (segment added)", name(&b, &seen))),
+            (None, None) => break,
+            (Some(a), None) => {
+                places.push(format!("{} (segment missing)", name(&a, &seen)));
+                break;
+            }
+            (None, Some(b)) => {
+                places.push(format!("{} (segment added)", name(&b, &seen)));
+                break;
+            }
             (Some(a), Some(b)) => (a, b),
         };
         if a.id() != b.id() {
-            return Some(format!(
+            places.push(format!(
                 "segment {}: {} where it had {}",
                 b.index() + 1,
                 b.id(),
                 a.id()
             ));
+            break;
         }
         let named = name(&b, &seen);
         for n in 1..=a.field_count().max(b.field_count()) {
@@ -46,16 +58,24 @@ pub fn difference(earlier: &Message, later: &Message) -> Option<String> {
                 continue;
             }
             if a.field(n).map(|f| f.raw()) != b.field(n).map(|f| f.raw()) {
-                return Some(format!("{named}-{n}"));
+                places.push(format!("{named}-{n}"));
             }
         }
         seen.push(b.id());
+    }
+    let more = places.len() > SHOWN;
+    places.truncate(SHOWN);
+    let shown = places.join(", ");
+    match (shown.is_empty(), more) {
+        (true, _) => None,
+        (false, true) => Some(format!("{shown} and more")),
+        (false, false) => Some(shown),
     }
 }
 
 /// The reason for a different message under a used MSH-10: `earlier` names
 /// the message that used it (`journal entry 12, received …`, `message 2`),
-/// `at` where they differ.
+/// `at` where they differ ([`difference`]).
 pub fn reused(earlier: &str, at: &str) -> String {
     format!(
         "{REUSED} {earlier}, which differs from this message at {at}: another message, not a repeat"
@@ -103,6 +123,22 @@ mod tests {
         assert_eq!(
             at(A01, &A01.replace("OKAFOR", "OKAFORE")).as_deref(),
             Some("PID-5")
+        );
+        // Every place, up to five.
+        assert_eq!(
+            at(
+                A01,
+                &A01.replace("K1^^^RJZ^MR||OKAFOR^Grace", "K2^^^RJZ^MR||ADEYEMI^Ruth")
+            )
+            .as_deref(),
+            Some("PID-3, PID-5")
+        );
+        let other = "MSH|^~\\&|PAS|RJZ|PATHWAY|ONEBROMLEY|202607141030||ADT^A08|RJZ-1|P|2.5\r\
+                     EVN|A08|202607151025\r\
+                     PID|2||K2^^^RJZ^MR||OKAFOR^Grace\r";
+        assert_eq!(
+            at(A01, other).as_deref(),
+            Some("MSH-9, MSH-12, EVN-1, EVN-2, PID-1 and more")
         );
         assert_eq!(
             at(A01, &A01.replace("ADT^A01", "ADT^A08")).as_deref(),
