@@ -1,5 +1,6 @@
-//! `pathway-gateway replay DIR --to URL`: sends a folder of test inputs to a
-//! running gateway, file by file in name order, the way their senders would.
+//! `pathway-gateway replay DIR --to URL`: sends a folder of test inputs (or
+//! one file) to a running gateway, file by file in name order, the way
+//! their senders would.
 //!
 //! - `.hl7`: each message over MLLP (`mllp://host:port`), waiting for its
 //!   ACK, or in one `POST /ingest/hl7v2` per file (`http://host:port`);
@@ -51,7 +52,8 @@ pub struct Sent {
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Sends every input file of `dir` (extensions in any case). A transport
+/// Sends every input file of `dir` (extensions in any case), or `dir`
+/// itself when it is a file (whatever its name). A transport
 /// failure (no connection, no answer in time) is the last row and stops the
 /// replay: what was answered before it is kept.
 pub async fn replay(
@@ -59,11 +61,15 @@ pub async fn replay(
     target: &Target,
     practice: Option<&str>,
 ) -> Result<Vec<Sent>, String> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|err| format!("cannot read {}: {err}", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file() && !p.to_string_lossy().ends_with(".expected.json"))
-        .collect();
+    let mut files: Vec<PathBuf> = if dir.is_file() {
+        vec![dir.to_path_buf()]
+    } else {
+        std::fs::read_dir(dir)
+            .map_err(|err| format!("cannot read {}: {err}", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file() && !p.to_string_lossy().ends_with(".expected.json"))
+            .collect()
+    };
     files.sort();
     let http = reqwest::Client::new();
     let mut mllp: Option<MllpClient> = None;

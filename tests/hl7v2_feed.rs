@@ -782,6 +782,16 @@ async fn replay_takes_windows_1252_upper_case_names_and_reports_an_empty_file() 
         over_http[2].outcome.starts_with("HTTP 400"),
         "{over_http:?}"
     );
+    // One file, named as given: its message alone is sent (a repeat now).
+    let one = replay(
+        &dir.path().join("b.HL7"),
+        &Target::Mllp(gw.mllp.to_string()),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(rows(&one), [("b.HL7".to_string(), true)], "{one:?}");
+    assert_eq!(one[0].item, "W2");
     gw.stop().await;
 }
 
