@@ -219,6 +219,8 @@ pub struct Hl7v2Config {
     pub max_connections: usize,
     /// Local PV1-2 patient classes → v3 ActCode, e.g. `D = "AMB"` (day case).
     pub patient_class: BTreeMap<String, String>,
+    /// MSH-11.1 processing ids taken (`P`, `T`, `D`); others get `AR`.
+    pub processing_ids: Vec<String>,
 }
 
 /// Default MLLP port (the conventional one for HL7 over MLLP).
@@ -234,6 +236,7 @@ impl Default for Hl7v2Config {
             idle_timeout_secs: 300,
             max_connections: 256,
             patient_class: BTreeMap::new(),
+            processing_ids: vec!["P".to_string()],
         }
     }
 }
@@ -534,6 +537,20 @@ impl ConfigFile {
                 ));
             }
         }
+        if self.hl7v2.processing_ids.is_empty() {
+            return Err(bad(
+                "hl7v2.processing_ids",
+                "must list at least one of P, T, D".to_string(),
+            ));
+        }
+        for id in &self.hl7v2.processing_ids {
+            if !["P", "T", "D"].contains(&id.as_str()) {
+                return Err(bad(
+                    "hl7v2.processing_ids",
+                    format!("\"{id}\" is not a processing id (HL7 table 0103: P, T, D)"),
+                ));
+            }
+        }
         let hl7v2 = Hl7v2 {
             listen: mllp_listen,
             max_message_bytes: self.hl7v2.max_message_bytes,
@@ -541,6 +558,7 @@ impl ConfigFile {
             max_connections,
             cx: AdtContext {
                 patient_class: self.hl7v2.patient_class,
+                processing_ids: self.hl7v2.processing_ids,
             },
         };
         let rules = Rules::compile(&self.routing).map_err(ConfigError)?;
@@ -679,9 +697,21 @@ mod tests {
                 "store.cache_resources",
             ),
             ("[http]\nlisten = 8080\n", "http.listen"),
+            (
+                "[hl7v2]\nprocessing_ids = [\"P\", \"X\"]\n",
+                "hl7v2.processing_ids",
+            ),
+            ("[hl7v2]\nprocessing_ids = []\n", "hl7v2.processing_ids"),
         ] {
             let err = load(text, &[]).unwrap_err().to_string();
             assert!(err.contains(key), "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn the_feed_takes_production_messages_unless_told_otherwise() {
+        assert_eq!(load("", &[]).unwrap().hl7v2.cx.processing_ids, ["P"]);
+        let test_instance = load("[hl7v2]\nprocessing_ids = [\"T\", \"D\"]\n", &[]).unwrap();
+        assert_eq!(test_instance.hl7v2.cx.processing_ids, ["T", "D"]);
     }
 }

@@ -708,6 +708,7 @@ async fn replay_sends_the_fixture_folder_over_mllp_then_http() {
             ("hospital-number-clash.hl7".to_string(), "AE".to_string()),
             ("impossible-date.hl7".to_string(), "AE".to_string()),
             ("invalid-nhs-number.hl7".to_string(), "AE".to_string()),
+            ("training-processing-id.hl7".to_string(), "AR".to_string()),
             ("unsupported-oru.hl7".to_string(), "AR".to_string()),
         ]
     );

@@ -120,11 +120,26 @@ impl Event {
 }
 
 /// What a mapping needs besides the message.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct AdtContext {
     /// Local PV1-2 codes → v3 ActCode (`[hl7v2.patient_class]`), checked
     /// before the standard table so a trust can override it.
     pub patient_class: BTreeMap<String, String>,
+    /// The MSH-11.1 processing ids taken (`hl7v2.processing_ids`, HL7 table
+    /// 0103: `P` production, `T` training, `D` debugging): a live gateway
+    /// takes `P` alone, so that a training or test system pointed at it by
+    /// mistake is refused (`AR`, 202) rather than written into live
+    /// records. A message without MSH-11 is taken.
+    pub processing_ids: Vec<String>,
+}
+
+impl Default for AdtContext {
+    fn default() -> AdtContext {
+        AdtContext {
+            patient_class: BTreeMap::new(),
+            processing_ids: vec!["P".to_string()],
+        }
+    }
 }
 
 /// Why a message cannot be used.
@@ -260,6 +275,18 @@ pub fn read_with(
             reason: format!(
                 "message type {} is not supported here; this interface takes ADT messages",
                 if kind.is_empty() { "(empty)" } else { &kind }
+            ),
+        });
+    }
+    if let Some(processing) = msg.get("MSH-11.1")
+        && !cx.processing_ids.contains(&processing)
+    {
+        return Err(AdtError::Unsupported {
+            location: "MSH-11.1".into(),
+            code: 202,
+            reason: format!(
+                "processing id {processing} is not taken here; this gateway takes {}",
+                cx.processing_ids.join(", ")
             ),
         });
     }

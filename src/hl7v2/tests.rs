@@ -991,3 +991,39 @@ fn repeated_segments_and_repetitions_the_mapping_reads_once_are_reported() {
         other => panic!("a second merge was not refused: {other:?}"),
     }
 }
+
+/// MSH-11.1: a live gateway takes production messages alone, so a
+/// training system pointed at it is refused (`AR`, 202) instead of written
+/// into live records; a test instance takes what it is told to; a message
+/// without MSH-11 is taken.
+#[test]
+fn processing_ids_not_taken_are_refused_at_msh_11() {
+    use crate::hl7v2::adt::{AdtContext, AdtError, read};
+    let message = |processing: &str| {
+        parse(&format!(
+            "MSH|^~\\&|PAS|RJZ|GW|OB|202607141018||ADT^A28|R1|{processing}|2.4\rEVN|A28|202607141018\r\
+             PID|1||9990000018^^^NHS^NH||PAGE^Ann\r"
+        ))
+    };
+    let live = AdtContext::default();
+    match read(&message("T"), &live) {
+        Err(AdtError::Unsupported {
+            location,
+            code,
+            reason,
+        }) => {
+            assert_eq!((location.as_str(), code), ("MSH-11.1", 202));
+            assert!(reason.contains("processing id T"), "{reason}");
+        }
+        other => panic!("a training message taken by a live gateway: {other:?}"),
+    }
+    assert!(read(&message("D^T"), &live).is_err());
+    assert!(read(&message("P^T"), &live).is_ok());
+    assert!(read(&message(""), &live).is_ok());
+    let test_instance = AdtContext {
+        processing_ids: vec!["T".into()],
+        ..AdtContext::default()
+    };
+    assert!(read(&message("T"), &test_instance).is_ok());
+    assert!(read(&message("P"), &test_instance).is_err());
+}
