@@ -408,8 +408,13 @@ async fn another_message_under_a_used_control_id_is_held_not_dropped() {
     assert_eq!(done.status, StatusCode::OK, "{}", done.text);
     assert!(done.json["ack"].as_str().unwrap().contains("MSA|AA|C1"));
     assert_eq!(patients(&gw, &second).await.len(), 1);
-    assert_eq!(encounter(&gw, "CV2").await["status"], "in-progress");
+    let applied = encounter(&gw, "CV2").await;
+    assert_eq!(applied["status"], "in-progress");
     assert!(held_as(&gw, "MSH-10 C1").await.is_empty());
+    // Sent again once applied: a repeat of it, answered AA, not held again.
+    assert_eq!(send(&mut c, &other).await.0, "AA");
+    assert!(held_as(&gw, "MSH-10 C1").await.is_empty());
+    assert_eq!(encounter(&gw, "CV2").await, applied);
     gw.stop().await;
 }
 

@@ -521,7 +521,8 @@ async fn a_schema_5_store_is_upgraded_with_its_history_and_exact_search_index() 
     let version: i64 = db
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 10);
+    assert_eq!(version, 11);
+    assert!(sql("quarantine_unjournaled").is_some());
     assert_eq!(sql("event_clock"), None);
     assert_eq!(sql("versions_key"), None);
     let count: i64 = db
@@ -662,7 +663,7 @@ async fn a_schema_9_store_is_upgraded_to_chained_versions() {
     let version: i64 = db
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 10);
+    assert_eq!(version, 11);
     let key: Option<String> = db
         .query_row(
             "SELECT sql FROM sqlite_schema WHERE name = 'versions_key'",

@@ -420,7 +420,8 @@ impl Feed {
     /// `journal_id`'s: a repeat if it is that message (see [`resend`]),
     /// else another message, held in quarantine without a journal entry
     /// (its MSH-10 is taken) for someone to look at. Sent again, it is
-    /// found held and answered as it was, not held twice.
+    /// found held and answered as it was, not held twice; once replayed
+    /// (applied), it is answered `AA` and changes nothing.
     async fn repeat(
         &self,
         message: &Message,
@@ -448,11 +449,16 @@ impl Feed {
             ),
         }];
         let entry = quarantine_entry(message, source, &errors);
-        if let Some(quarantine_id) = self.store.held_copy(&entry).await? {
-            return Ok(Verdict::Quarantined {
-                quarantine_id: Some(quarantine_id),
-                errors,
-            });
+        match self.store.unjournaled_copy(&entry).await? {
+            Some((quarantine_id, true)) => {
+                return Ok(Verdict::Quarantined {
+                    quarantine_id: Some(quarantine_id),
+                    errors,
+                });
+            }
+            // Replayed, so applied: this is a repeat of it.
+            Some((_, false)) => return Ok(Verdict::Accepted { journal_id: None }),
+            None => {}
         }
         let outcome = self
             .store

@@ -434,11 +434,16 @@ pub trait Store: Send + Sync + 'static {
         all: bool,
     ) -> Result<Vec<Quarantined>, StoreError>;
     async fn quarantined_entry(&self, id: i64) -> Result<Option<Quarantined>, StoreError>;
-    /// A held entry with `entry`'s source (or its [`repeat_sources`] twin),
-    /// sender and payload that is part of no journaled input: for an input
-    /// that cannot be journaled (an HL7 v2 message under an MSH-10 another
-    /// message used), which sent again must not be held again.
-    async fn held_copy(&self, entry: &QuarantineEntry) -> Result<Option<i64>, StoreError>;
+    /// An entry with `entry`'s source (or its [`repeat_sources`] twin),
+    /// sender and payload that is part of no journaled input, and whether
+    /// it is still held (else replayed), a held one first: for an input that
+    /// cannot be journaled (an HL7 v2 message under an MSH-10 another
+    /// message used), which sent again must not be held again, nor held
+    /// once it was replayed.
+    async fn unjournaled_copy(
+        &self,
+        entry: &QuarantineEntry,
+    ) -> Result<Option<(i64, bool)>, StoreError>;
     /// Marks a held entry replayed; false if it was not held.
     async fn resolve_quarantined(&self, id: i64) -> Result<bool, StoreError>;
     /// The oldest `limit` outbox rows, with their resource versions: the

@@ -69,7 +69,7 @@ pub const DB_FILE: &str = "gateway.sqlite";
 /// index led by the sender (`journal_sent`); 10: versions chained by
 /// `versions.prev` instead of keyed by `versions_key`. Each adds to the
 /// idempotent schema, which is re-run.
-const SCHEMA_VERSION: i64 = 10;
+const SCHEMA_VERSION: i64 = 11;
 
 /// How the store is set up (checked configuration).
 #[derive(Debug, Clone)]
@@ -636,19 +636,24 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn held_copy(&self, entry: &QuarantineEntry) -> Result<Option<i64>, StoreError> {
+    async fn unjournaled_copy(
+        &self,
+        entry: &QuarantineEntry,
+    ) -> Result<Option<(i64, bool)>, StoreError> {
         let [source, twin] = repeat_sources(&entry.source);
         let (source, twin) = (source.to_string(), twin.to_string());
         let (sender, payload) = (entry.sender.clone(), entry.payload.clone());
         self.with_reader(move |conn| {
-            // Scans the held entries (`quarantine_held`): this is asked only
-            // of the rare input that cannot be journaled.
+            // By `quarantine_unjournaled`, which holds such entries alone.
             Ok(conn
                 .prepare_cached(
-                    "SELECT id FROM quarantine WHERE status = 'held' AND journal_id IS NULL \
-                     AND source IN (?1, ?2) AND sender = ?3 AND payload = ?4 ORDER BY id LIMIT 1",
+                    "SELECT id, status = 'held' FROM quarantine WHERE journal_id IS NULL \
+                     AND sender = ?3 AND source IN (?1, ?2) AND payload = ?4 \
+                     ORDER BY status = 'held' DESC, id LIMIT 1",
                 )?
-                .query_row(params![source, twin, sender, payload], |row| row.get(0))
+                .query_row(params![source, twin, sender, payload], |row| {
+                    Ok((row.get(0)?, row.get(1)?))
+                })
                 .optional()?)
         })
         .await
