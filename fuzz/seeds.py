@@ -11,7 +11,10 @@ those paths to chance. This writes, into DIR (default corpus/er7):
 - 60 files of two to five fixtures end to end;
 - 40 sequences of three to seven messages taken from the fixtures'
   events, rewritten onto one visit number (PV1-19) with an MSH-10 of their
-  own, in random order.
+  own, in random order;
+- 20 such sequences in which later messages take an earlier one's MSH-10:
+  sent again as it was, sent again with a new MSH-7 (both repeats), or
+  another message under it (held: `AE` at MSH-10).
 
 Deterministic (fixed random seeds). Run from fuzz/: `python3 seeds.py`.
 """
@@ -71,7 +74,25 @@ def main() -> None:
             fields[9] = f"SEQ{i}-{j}"  # MSH-10: each message its own
             messages.append("|".join(fields).rstrip("\r\n") + "\r")
         (out / f"visit{i}.hl7").write_bytes("".join(messages).encode("latin-1"))
-    print(f"{len(fixtures) + 100} seeds in {out}")
+
+    pick = random.Random(13)
+    for i in range(20):
+        messages = []
+        for j in range(pick.randint(3, 6)):
+            how = pick.choice(["new", "new", "resent", "restamped", "reused"])
+            if how == "new" or not messages:
+                fields = pick.choice(pool).split("|")
+                fields[9] = f"RE{i}-{j}"
+            elif how == "reused":
+                fields = pick.choice(pool).split("|")
+                fields[9] = pick.choice(messages).split("|")[9]
+            else:
+                fields = pick.choice(messages).split("|")
+                if how == "restamped":
+                    fields[6] = f"2026072{j}1200"  # MSH-7
+            messages.append("|".join(fields).rstrip("\r\n") + "\r")
+        (out / f"resend{i}.hl7").write_bytes("".join(messages).encode("latin-1"))
+    print(f"{len(fixtures) + 120} seeds in {out}")
 
 
 if __name__ == "__main__":

@@ -177,6 +177,14 @@ mod tests {
         assert!(resent_changes_nothing(&reused, &once, &cx));
         let twice = dry_run::map_messages(&format!("{reused}{reused}"), &cx, validator());
         assert_eq!(acks(&twice), ["AR", "AA", "AR", "AA"]);
+        // Another message under an MSH-10 taken: held (AE), and held again
+        // when sent again, while the first stays a repeat.
+        let taken = format!("{a01}{}", a02.replace("|X2|", "|X1|"));
+        let once = dry_run::map_messages(&taken, &cx, validator());
+        assert_eq!(acks(&once), ["AA", "AE"]);
+        assert!(resent_changes_nothing(&taken, &once, &cx));
+        let twice = dry_run::map_messages(&format!("{taken}{taken}"), &cx, validator());
+        assert_eq!(acks(&twice), ["AA", "AE", "AA", "AE"]);
         // Bytes before the first message, or a last segment without its
         // end, would join the copies differently: not checked.
         for text in [format!("junk\r{text}"), text.trim_end().to_string()] {
