@@ -12,9 +12,9 @@
 //! committed together with the message's effect: a resend after a crash
 //! finds no journal entry and is applied, and a resend after an `AA` finds
 //! one and changes nothing (same sender and MSH-10, and the same message:
-//! another message under a used MSH-10 is held, see [`resend`]). A failure of the store
-//! itself is answered `AR` (HL7 v2.5 §2.9.2: rejected for a reason unrelated
-//! to content), which tells the sender to send it again.
+//! another message under a used MSH-10 is held, see [`resend`]). A failure
+//! of the store itself is answered `AR` (HL7 v2.5 §2.9.2: rejected for a
+//! reason unrelated to content), which tells the sender to send it again.
 //!
 //! Messages naming the same patient are applied one at a time (a striped
 //! lock on their identifiers); the store's version checks catch any other
@@ -421,7 +421,8 @@ impl Feed {
     /// else another message, held in quarantine without a journal entry
     /// (its MSH-10 is taken) for someone to look at. Sent again, it is
     /// found held and answered as it was, not held twice; once replayed
-    /// (applied), it is answered `AA` and changes nothing.
+    /// (applied), it is answered `AA` and changes nothing. (Two copies sent
+    /// at once on two connections may both be held.)
     async fn repeat(
         &self,
         message: &Message,
@@ -1067,7 +1068,6 @@ fn hl7_location(expression: &str) -> &'static str {
         .map_or("MSH", |(_, location)| location)
 }
 
-/// One ERR for all errors: the first one's location and code, every reason.
 /// The quarantine entry of `message`, refused for `errors`.
 fn quarantine_entry(message: &Message, source: &str, errors: &[DataError]) -> QuarantineEntry {
     let reasons: Vec<Value> = errors
@@ -1086,6 +1086,7 @@ fn quarantine_entry(message: &Message, source: &str, errors: &[DataError]) -> Qu
     }
 }
 
+/// One ERR for all errors: the first one's location and code, every reason.
 fn ack_error(errors: &[DataError]) -> AckError {
     let text = errors
         .iter()
