@@ -436,6 +436,71 @@ async fn client_ack(client: &mut MllpClient, message: &str) -> String {
     String::from_utf8_lossy(&client.send(message.as_bytes()).await.expect("ACK")).into_owned()
 }
 
+/// `POST /quarantine/{id}/discard`: an entry looked at and not to be
+/// applied leaves the held list (kept, with `status=all`); it can be neither
+/// discarded again nor replayed; a resend of its message is answered `AA`
+/// (dealt with) and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_discarded_entry_leaves_the_held_list_and_its_resend_changes_nothing() {
+    let gw = start().await;
+    let mut c = MllpClient::connect(gw.mllp, TIMEOUT).await.unwrap();
+    let bad = adt(
+        "A01",
+        "D1",
+        "202607141018",
+        "K300^^^RJZ^MR~9990000019^^^NHS^NH",
+        Some(&pv1("I", "DV1", "202607141015", "")),
+    );
+    assert_eq!(send(&mut c, &bad).await.0, "AE");
+    let held = held_as(&gw, "MSH-10 D1").await;
+    assert_eq!(held.len(), 1, "{held:#?}");
+    let id = held[0]["id"].as_i64().unwrap();
+    let discard = |id: &str| {
+        gw.client
+            .post(format!("{}/quarantine/{id}/discard", gw.root))
+    };
+
+    let done = gw.send(discard(&id.to_string())).await;
+    assert_eq!(done.status, StatusCode::OK, "{}", done.text);
+    assert_eq!(done.json["status"], "discarded");
+    assert!(held_as(&gw, "MSH-10 D1").await.is_empty());
+    let all = gw
+        .send(gw.client.get(format!("{}/quarantine?status=all", gw.root)))
+        .await;
+    let kept = all.json["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["id"] == id)
+        .cloned()
+        .expect("kept");
+    assert_eq!(kept["status"], "discarded");
+    assert!(kept["resolved_at"].is_string(), "{kept}");
+
+    for again in [
+        gw.send(discard(&id.to_string())).await,
+        gw.send(
+            gw.client
+                .post(format!("{}/quarantine/{id}/replay", gw.root)),
+        )
+        .await,
+    ] {
+        assert_eq!(again.status, StatusCode::CONFLICT, "{}", again.text);
+        assert!(again.text.contains("no longer held"), "{}", again.text);
+    }
+    for missing in ["999999", "abc"] {
+        assert_eq!(
+            gw.send(discard(missing)).await.status,
+            StatusCode::NOT_FOUND
+        );
+    }
+
+    assert_eq!(send(&mut c, &bad).await.0, "AA");
+    assert!(held_as(&gw, "MSH-10 D1").await.is_empty());
+    assert!(patients(&gw, "K300").await.is_empty());
+    gw.stop().await;
+}
+
 /// 16 connections × 100 messages: every one AA, stored once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixteen_connections_of_a_hundred_messages_are_all_stored_once() {

@@ -82,6 +82,10 @@ pub fn app(state: AppState) -> Router {
             "/quarantine/{id}/replay",
             axum::routing::post(quarantine::replay),
         )
+        .route(
+            "/quarantine/{id}/discard",
+            axum::routing::post(quarantine::discard),
+        )
         .route("/routing/deliveries", get(routing::list))
         .route(
             "/routing/deliveries/retry",

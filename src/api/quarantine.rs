@@ -1,6 +1,8 @@
 //! `GET /quarantine` lists inputs refused for their content, with their
 //! reasons; `POST /quarantine/{id}/replay` runs one through again (after a
-//! fix in configuration or profiles) and marks it replayed when it goes in.
+//! fix in configuration or profiles) and marks it replayed when it goes in;
+//! `POST /quarantine/{id}/discard` marks one looked at and not to be applied,
+//! so that the held list shows what is still to do.
 
 use super::AppState;
 use super::error::ApiError;
@@ -177,12 +179,34 @@ async fn replay_hl7v2(
     }
 }
 
+/// Marks a held entry discarded. A repeat of its input is then answered
+/// as one dealt with (HL7 v2: `AA`), and changes nothing.
+pub async fn discard(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id: i64 = id
+        .parse()
+        .map_err(|_| ApiError::not_found(format!("no quarantined input {id:?}")))?;
+    if state.store.quarantined_entry(id).await?.is_none() {
+        return Err(ApiError::not_found(format!("no quarantined input {id}")));
+    }
+    if !state.store.discard_quarantined(id).await? {
+        return Err(already_replayed(id));
+    }
+    tracing::info!(id, "quarantined input discarded");
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"id": id, "status": "discarded"}),
+    ))
+}
+
 fn already_replayed(id: i64) -> ApiError {
     ApiError::new(
         StatusCode::CONFLICT,
         Issue::error(
             "conflict",
-            format!("quarantined input {id} was already replayed"),
+            format!("quarantined input {id} is no longer held (replayed or discarded)"),
         ),
     )
 }

@@ -421,7 +421,7 @@ impl Feed {
     /// else another message, held in quarantine without a journal entry
     /// (its MSH-10 is taken) for someone to look at. Sent again, it is
     /// found held and answered as it was, not held twice; once replayed
-    /// (applied), it is answered `AA` and changes nothing. (Two copies sent
+    /// (applied) or discarded, it is answered `AA` and changes nothing. (Two copies sent
     /// at once on two connections may both be held.)
     async fn repeat(
         &self,
@@ -457,7 +457,8 @@ impl Feed {
                     errors,
                 });
             }
-            // Replayed, so applied: this is a repeat of it.
+            // Replayed (applied) or discarded (not to be): dealt with, so
+            // this is a repeat of it.
             Some((_, false)) => return Ok(Verdict::Accepted { journal_id: None }),
             None => {}
         }

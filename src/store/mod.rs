@@ -436,16 +436,18 @@ pub trait Store: Send + Sync + 'static {
     async fn quarantined_entry(&self, id: i64) -> Result<Option<Quarantined>, StoreError>;
     /// An entry with `entry`'s source (or its [`repeat_sources`] twin),
     /// sender and payload that is part of no journaled input, and whether
-    /// it is still held (else replayed), a held one first: for an input that
-    /// cannot be journaled (an HL7 v2 message under an MSH-10 another
-    /// message used), which sent again must not be held again, nor held
-    /// once it was replayed.
+    /// it is still held (else replayed or discarded), a held one first: for
+    /// an input that cannot be journaled (an HL7 v2 message under an MSH-10
+    /// another message used), which sent again must not be held again, nor
+    /// held once it was dealt with.
     async fn unjournaled_copy(
         &self,
         entry: &QuarantineEntry,
     ) -> Result<Option<(i64, bool)>, StoreError>;
-    /// Marks a held entry replayed; false if it was not held.
-    async fn resolve_quarantined(&self, id: i64) -> Result<bool, StoreError>;
+    /// Marks a held entry discarded (looked at, and not to be applied);
+    /// false if it was not held. (A replay marks its entry replayed in the
+    /// commit that applies it: [`IngestRequest::replays`].)
+    async fn discard_quarantined(&self, id: i64) -> Result<bool, StoreError>;
     /// The oldest `limit` outbox rows, with their resource versions: the
     /// JSON only for the types in `bodies_for` (empty for the others, which
     /// no rule looks at).

@@ -117,7 +117,7 @@ pub(super) enum Job {
         Vec<QuarantineEntry>,
         oneshot::Sender<Result<Vec<i64>, StoreError>>,
     ),
-    Resolve(i64, oneshot::Sender<Result<bool, StoreError>>),
+    Discard(i64, oneshot::Sender<Result<bool, StoreError>>),
     Route(
         RouteRequest,
         oneshot::Sender<Result<RouteOutcome, StoreError>>,
@@ -659,8 +659,8 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn resolve_quarantined(&self, id: i64) -> Result<bool, StoreError> {
-        self.submit(|tx| Job::Resolve(id, tx)).await
+    async fn discard_quarantined(&self, id: i64) -> Result<bool, StoreError> {
+        self.submit(|tx| Job::Discard(id, tx)).await
     }
 
     async fn outbox(

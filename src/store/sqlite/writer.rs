@@ -416,8 +416,9 @@ impl Writer {
                     let result = self.in_savepoint(|w| w.quarantine(&entries, now).map(Ok));
                     answers.push(Answer::Quarantine(reply, result));
                 }
-                Job::Resolve(id, reply) => {
-                    let result = self.in_savepoint(|w| w.resolve_quarantined(id, now).map(Ok));
+                Job::Discard(id, reply) => {
+                    let result =
+                        self.in_savepoint(|w| w.resolve_quarantined(id, "discarded", now).map(Ok));
                     answers.push(Answer::Resolve(reply, result));
                 }
                 Job::Route(request, reply) => {
@@ -1070,11 +1071,13 @@ impl Writer {
         Ok(ids)
     }
 
-    fn resolve_quarantined(&mut self, id: i64, now: i64) -> Result<bool, StoreError> {
+    /// Marks held entry `id` `status` (`replayed`, `discarded`); false if
+    /// it was not held.
+    fn resolve_quarantined(&mut self, id: i64, status: &str, now: i64) -> Result<bool, StoreError> {
         let changed = self
             .conn
-            .prepare_cached("UPDATE quarantine SET status = 'replayed', resolved_at = ?2 WHERE id = ?1 AND status = 'held'")?
-            .execute(params![id, now])?;
+            .prepare_cached("UPDATE quarantine SET status = ?3, resolved_at = ?2 WHERE id = ?1 AND status = 'held'")?
+            .execute(params![id, now, status])?;
         Ok(changed == 1)
     }
 
@@ -1235,7 +1238,7 @@ impl Writer {
             }
         }
         if let Some(replayed) = request.replays {
-            self.resolve_quarantined(replayed, now)?;
+            self.resolve_quarantined(replayed, "replayed", now)?;
         }
         Ok(Ok(IngestOutcome::Done {
             journal_id,
@@ -1554,7 +1557,7 @@ fn answer_failure(job: Job, message: &str) {
         Job::Quarantine(_, reply) => {
             let _ = reply.send(Err(failure(message)));
         }
-        Job::Resolve(_, reply) => {
+        Job::Discard(_, reply) => {
             let _ = reply.send(Err(failure(message)));
         }
         Job::Route(_, reply) => {
