@@ -162,15 +162,21 @@ impl Handler for MllpHandler {
                 Frame::TooLarge { discarded } => {
                     tracing::warn!(%peer, discarded, "MLLP frame over the size limit");
                     self.0
-                        .unreadable(&format!(
-                            "the message is over the size limit ({discarded} bytes discarded)"
-                        ))
+                        .unreadable(
+                            &format!(
+                                "the message is over the size limit ({discarded} bytes discarded)"
+                            ),
+                            SOURCE_MLLP,
+                        )
                         .into_bytes()
                 }
                 Frame::Garbage(bytes) => {
                     tracing::warn!(%peer, bytes = bytes.len(), "bytes outside an MLLP frame");
                     self.0
-                        .unreadable("bytes outside an MLLP frame (0x0B ... 0x1C 0x0D)")
+                        .unreadable(
+                            "bytes outside an MLLP frame (0x0B ... 0x1C 0x0D)",
+                            SOURCE_MLLP,
+                        )
                         .into_bytes()
                 }
             }

@@ -501,6 +501,70 @@ async fn a_discarded_entry_leaves_the_held_list_and_its_resend_changes_nothing()
     gw.stop().await;
 }
 
+/// `GET /metrics`: messages answered by transport and code (unreadable
+/// input too), and what quarantine holds per interface, 0 for none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_answers_by_transport_and_code_and_what_is_held() {
+    let gw = start().await;
+    let mut c = MllpClient::connect(gw.mllp, TIMEOUT).await.unwrap();
+    let nhs = format!("{}^^^NHS^NH", nhs_number(820));
+    let admit = adt(
+        "A01",
+        "G1",
+        "202607141018",
+        &nhs,
+        Some(&pv1("I", "GV1", "202607141015", "")),
+    );
+    assert_eq!(send(&mut c, &admit).await.0, "AA");
+    assert_eq!(send(&mut c, &admit).await.0, "AA");
+    let bad = adt("A01", "G2", "202607141018", "9990000019^^^NHS^NH", None);
+    assert_eq!(send(&mut c, &bad).await.0, "AE");
+    let oru = "MSH|^~\\&|LAB|RJZ|PATHWAY|ONEBROMLEY|202607141020||ORU^R01|G3|P|2.4\r";
+    assert_eq!(send(&mut c, oru).await.0, "AR");
+    let reply = gw
+        .send(
+            gw.client
+                .post(format!("{}/ingest/hl7v2", gw.root))
+                .header("content-type", "x-application/hl7-v2+er7")
+                .body(format!("junk\r{}", admit.replace("|G1|", "|G4|"))),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+
+    let metrics = gw.get_url(&format!("{}/metrics", gw.root)).await.text;
+    for line in [
+        "# TYPE pathway_hl7v2_messages_total counter",
+        "pathway_hl7v2_messages_total{transport=\"mllp\",ack=\"AA\"} 2",
+        "pathway_hl7v2_messages_total{transport=\"mllp\",ack=\"AE\"} 1",
+        "pathway_hl7v2_messages_total{transport=\"mllp\",ack=\"AR\"} 1",
+        "pathway_hl7v2_messages_total{transport=\"http\",ack=\"AA\"} 1",
+        "pathway_hl7v2_messages_total{transport=\"http\",ack=\"AE\"} 0",
+        "pathway_hl7v2_messages_total{transport=\"http\",ack=\"AR\"} 1",
+        "# TYPE pathway_quarantine_held gauge",
+        "pathway_quarantine_held{source=\"gp-risk-list\"} 0",
+        "pathway_quarantine_held{source=\"hl7v2-http\"} 0",
+        "pathway_quarantine_held{source=\"hl7v2-mllp\"} 1",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in:\n{metrics}");
+    }
+    let id = held_as(&gw, "MSH-10 G2").await[0]["id"].clone();
+    let discarded = gw
+        .send(
+            gw.client
+                .post(format!("{}/quarantine/{id}/discard", gw.root)),
+        )
+        .await;
+    assert_eq!(discarded.status, StatusCode::OK, "{}", discarded.text);
+    let metrics = gw.get_url(&format!("{}/metrics", gw.root)).await.text;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "pathway_quarantine_held{source=\"hl7v2-mllp\"} 0"),
+        "{metrics}"
+    );
+    gw.stop().await;
+}
+
 /// 16 connections × 100 messages: every one AA, stored once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixteen_connections_of_a_hundred_messages_are_all_stored_once() {

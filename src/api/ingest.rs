@@ -150,18 +150,24 @@ pub async fn hl7v2(
     }
     let mut out = String::new();
     if let Some(junk) = before_first_message(&bytes) {
-        out.push_str(&state.hl7v2.unreadable(&format!(
-            "{} bytes before the first MSH segment are not an HL7 message",
-            junk.len()
-        )));
+        out.push_str(&state.hl7v2.unreadable(
+            &format!(
+                "{} bytes before the first MSH segment are not an HL7 message",
+                junk.len()
+            ),
+            SOURCE_HTTP,
+        ));
     }
     for message in messages {
         let ack = if message.len() > state.hl7v2_max_bytes {
-            state.hl7v2.unreadable(&format!(
-                "the message is {} bytes, over the limit of {}",
-                message.len(),
-                state.hl7v2_max_bytes
-            ))
+            state.hl7v2.unreadable(
+                &format!(
+                    "the message is {} bytes, over the limit of {}",
+                    message.len(),
+                    state.hl7v2_max_bytes
+                ),
+                SOURCE_HTTP,
+            )
         } else {
             state.hl7v2.receive(message, SOURCE_HTTP).await
         };

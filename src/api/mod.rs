@@ -7,6 +7,7 @@ pub mod capability;
 pub mod error;
 pub mod http;
 pub mod ingest;
+pub mod metrics;
 pub mod operation;
 pub mod outcomes;
 pub mod quarantine;
@@ -96,7 +97,7 @@ pub fn app(state: AppState) -> Router {
             "/routing/deliveries/{id}/retry",
             axum::routing::post(routing::retry),
         )
-        .route("/metrics", get(routing::metrics))
+        .route("/metrics", get(metrics::metrics))
         .route("/outcomes/report", get(outcomes::report_json))
         .route("/outcomes", get(outcomes::dashboard_html))
         .fallback(not_found)

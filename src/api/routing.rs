@@ -1,7 +1,6 @@
 //! `GET /routing/deliveries` lists deliveries with their state (attempts,
 //! last error, next attempt, why one waits); `POST
-//! /routing/deliveries/{id}/retry` sends a dead one again; `GET /metrics`
-//! is the Prometheus text of routing.
+//! /routing/deliveries/{id}/retry` sends a dead one again.
 
 use super::AppState;
 use super::error::ApiError;
@@ -235,20 +234,6 @@ pub async fn retry_dead(
         StatusCode::ACCEPTED,
         &json!({"destination": destination, "retried": retried}),
     ))
-}
-
-pub async fn metrics(State(state): State<AppState>) -> Response {
-    let mut out = String::new();
-    state.routing.render_metrics(&mut out).await;
-    (
-        StatusCode::OK,
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        out,
-    )
-        .into_response()
 }
 
 async fn find(state: &AppState, id: &str) -> Result<Delivery, ApiError> {

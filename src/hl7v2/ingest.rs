@@ -98,6 +98,9 @@ pub struct Feed {
     stripes: Vec<Mutex<()>>,
     sequence: AtomicU64,
     known: std::sync::Mutex<KnownPatients>,
+    /// Messages answered since start, by transport (MLLP, HTTP) and code
+    /// (`AA`, `AE`, `AR`): `/metrics`.
+    answered: [[AtomicU64; 3]; 2],
 }
 
 /// Patient facts read before, by [`adt::patient_key`]: a feed sends the
@@ -156,7 +159,37 @@ impl Feed {
                 u64::try_from(jiff::Timestamp::now().as_millisecond()).unwrap_or(0) * 1000,
             ),
             known: std::sync::Mutex::default(),
+            answered: Default::default(),
         }
+    }
+
+    /// `pathway_hl7v2_messages_total`, in the Prometheus text format.
+    pub fn render_metrics(&self, out: &mut String) {
+        use std::fmt::Write;
+        out.push_str(
+            "# HELP pathway_hl7v2_messages_total HL7 v2 messages (and unreadable input) answered, by transport and acknowledgement code.\n\
+             # TYPE pathway_hl7v2_messages_total counter\n",
+        );
+        for (transport, counts) in ["mllp", "http"].iter().zip(&self.answered) {
+            for (code, count) in ["AA", "AE", "AR"].iter().zip(counts) {
+                let _ = writeln!(
+                    out,
+                    "pathway_hl7v2_messages_total{{transport=\"{transport}\",ack=\"{code}\"}} {}",
+                    count.load(Ordering::Relaxed)
+                );
+            }
+        }
+    }
+
+    /// Counts an answer to a sender over `source`'s transport.
+    fn count(&self, source: &str, code: AckCode) {
+        let transport = usize::from(source != SOURCE_MLLP);
+        let code = match code {
+            AckCode::AA => 0,
+            AckCode::AE => 1,
+            AckCode::AR => 2,
+        };
+        self.answered[transport][code].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Takes one message and answers its ACK (ER7 text, `\r` segments).
@@ -177,6 +210,7 @@ impl Feed {
                     .split(['\r', '\n'])
                     .next()
                     .and_then(|msh| Message::parse(msh).ok());
+                self.count(source, AckCode::AR);
                 return self.ack(header.as_ref(), AckCode::AR, Some(&error));
             }
         };
@@ -191,11 +225,14 @@ impl Feed {
                 })
             }
         };
+        self.count(source, code_of(&verdict));
         self.acknowledge(&message, &verdict)
     }
 
-    /// The `AR` for input that is not a message at all.
-    pub fn unreadable(&self, reason: &str) -> String {
+    /// The `AR` for input received over `source` that is not a message at
+    /// all.
+    pub fn unreadable(&self, reason: &str, source: &str) -> String {
+        self.count(source, AckCode::AR);
         let error = AckError {
             location: None,
             code: 100,
@@ -1067,6 +1104,17 @@ fn hl7_location(expression: &str) -> &'static str {
     MAP.iter()
         .find(|(prefix, _)| expression.starts_with(prefix))
         .map_or("MSH", |(_, location)| location)
+}
+
+/// The code [`Feed::acknowledge`] answers `verdict` with.
+fn code_of(verdict: &Verdict) -> AckCode {
+    match verdict {
+        Verdict::Accepted { .. } | Verdict::NotHeld | Verdict::Repeat { held: None, .. } => {
+            AckCode::AA
+        }
+        Verdict::Repeat { held: Some(_), .. } | Verdict::Quarantined { .. } => AckCode::AE,
+        Verdict::Rejected(_) => AckCode::AR,
+    }
 }
 
 /// The quarantine entry of `message`, refused for `errors`.

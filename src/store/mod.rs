@@ -444,6 +444,8 @@ pub trait Store: Send + Sync + 'static {
         &self,
         entry: &QuarantineEntry,
     ) -> Result<Option<(i64, bool)>, StoreError>;
+    /// How many entries each source has held (sources with none left out).
+    async fn held_counts(&self) -> Result<Vec<(String, i64)>, StoreError>;
     /// Marks a held entry discarded (looked at, and not to be applied);
     /// false if it was not held. (A replay marks its entry replayed in the
     /// commit that applies it: [`IngestRequest::replays`].)

@@ -659,6 +659,18 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn held_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        self.with_reader(|conn| {
+            // By `quarantine_held`: the held entries alone are counted.
+            let mut statement = conn.prepare_cached(
+                "SELECT source, count(*) FROM quarantine WHERE status = 'held' GROUP BY source ORDER BY source",
+            )?;
+            let rows = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
     async fn discard_quarantined(&self, id: i64) -> Result<bool, StoreError> {
         self.submit(|tx| Job::Discard(id, tx)).await
     }
