@@ -23,6 +23,7 @@
 use super::adt::{self, Adt, AdtContext, AdtError, NHS_NUMBER_SYSTEM, PatientFacts, Visit};
 use super::datatypes::DataError;
 use super::er7::Message;
+use super::metrics::{self, FeedMetrics};
 use super::mllp::{AckCode, AckError, ack};
 use super::resend;
 use super::state::{self, Times, encounter_from, patient_from, replaced_by, rewrite};
@@ -98,9 +99,8 @@ pub struct Feed {
     stripes: Vec<Mutex<()>>,
     sequence: AtomicU64,
     known: std::sync::Mutex<KnownPatients>,
-    /// Messages answered since start, by transport (MLLP, HTTP) and code
-    /// (`AA`, `AE`, `AR`): `/metrics`.
-    answered: [[AtomicU64; 3]; 2],
+    /// What it answered, and how fast: `/metrics`.
+    metrics: FeedMetrics,
 }
 
 /// Patient facts read before, by [`adt::patient_key`]: a feed sends the
@@ -159,41 +159,25 @@ impl Feed {
                 u64::try_from(jiff::Timestamp::now().as_millisecond()).unwrap_or(0) * 1000,
             ),
             known: std::sync::Mutex::default(),
-            answered: Default::default(),
+            metrics: FeedMetrics::default(),
         }
     }
 
-    /// `pathway_hl7v2_messages_total`, in the Prometheus text format.
+    /// The feed's metrics, in the Prometheus text format.
     pub fn render_metrics(&self, out: &mut String) {
-        use std::fmt::Write;
-        out.push_str(
-            "# HELP pathway_hl7v2_messages_total HL7 v2 messages (and unreadable input) answered, by transport and acknowledgement code.\n\
-             # TYPE pathway_hl7v2_messages_total counter\n",
-        );
-        for (transport, counts) in ["mllp", "http"].iter().zip(&self.answered) {
-            for (code, count) in ["AA", "AE", "AR"].iter().zip(counts) {
-                let _ = writeln!(
-                    out,
-                    "pathway_hl7v2_messages_total{{transport=\"{transport}\",ack=\"{code}\"}} {}",
-                    count.load(Ordering::Relaxed)
-                );
-            }
-        }
+        self.metrics.render(out);
     }
 
-    /// Counts an answer to a sender over `source`'s transport.
-    fn count(&self, source: &str, code: AckCode) {
-        let transport = usize::from(source != SOURCE_MLLP);
-        let code = match code {
-            AckCode::AA => 0,
-            AckCode::AE => 1,
-            AckCode::AR => 2,
-        };
-        self.answered[transport][code].fetch_add(1, Ordering::Relaxed);
+    /// Counts an answer to a sender over `source`'s transport, begun at
+    /// `since`.
+    fn count(&self, source: &str, code: AckCode, since: std::time::Instant) {
+        let transport = metrics::transport(source == SOURCE_MLLP);
+        self.metrics.answered(transport, code, since.elapsed());
     }
 
     /// Takes one message and answers its ACK (ER7 text, `\r` segments).
     pub async fn receive(&self, raw: &[u8], source: &str) -> String {
+        let since = std::time::Instant::now();
         let text = utf8_or_windows_1252(raw);
         let message = match Message::parse(&text) {
             Ok(message) => message,
@@ -210,7 +194,7 @@ impl Feed {
                     .split(['\r', '\n'])
                     .next()
                     .and_then(|msh| Message::parse(msh).ok());
-                self.count(source, AckCode::AR);
+                self.count(source, AckCode::AR, since);
                 return self.ack(header.as_ref(), AckCode::AR, Some(&error));
             }
         };
@@ -225,14 +209,14 @@ impl Feed {
                 })
             }
         };
-        self.count(source, code_of(&verdict));
+        self.count(source, code_of(&verdict), since);
         self.acknowledge(&message, &verdict)
     }
 
     /// The `AR` for input received over `source` that is not a message at
     /// all.
     pub fn unreadable(&self, reason: &str, source: &str) -> String {
-        self.count(source, AckCode::AR);
+        self.count(source, AckCode::AR, std::time::Instant::now());
         let error = AckError {
             location: None,
             code: 100,

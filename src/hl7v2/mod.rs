@@ -21,6 +21,7 @@ mod escape;
 pub mod fuzzing;
 pub mod ingest;
 pub mod listener;
+mod metrics;
 mod mllp;
 pub mod resend;
 pub mod state;
