@@ -155,6 +155,14 @@ pub async fn run_with(
 struct MllpHandler(Arc<Feed>);
 
 impl Handler for MllpHandler {
+    fn opened(&self, _peer: std::net::SocketAddr) {
+        self.0.connections(1);
+    }
+
+    fn closed(&self, _peer: std::net::SocketAddr) {
+        self.0.connections(-1);
+    }
+
     fn handle(&self, frame: Frame, peer: std::net::SocketAddr) -> AckFuture<'_> {
         Box::pin(async move {
             match frame {

@@ -502,7 +502,8 @@ async fn a_discarded_entry_leaves_the_held_list_and_its_resend_changes_nothing()
 }
 
 /// `GET /metrics`: messages answered by transport and code (unreadable
-/// input too), and what quarantine holds per interface, 0 for none.
+/// input too) and how fast, MLLP connections open and accepted, and what
+/// quarantine holds per interface, 0 for none.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_answers_by_transport_and_code_and_what_is_held() {
     let gw = start().await;
@@ -544,12 +545,25 @@ async fn metrics_count_answers_by_transport_and_code_and_what_is_held() {
         "pathway_hl7v2_ack_seconds_count{transport=\"mllp\"} 4",
         "pathway_hl7v2_ack_seconds_bucket{transport=\"mllp\",le=\"+Inf\"} 4",
         "pathway_hl7v2_ack_seconds_count{transport=\"http\"} 2",
+        "pathway_mllp_connections 1",
+        "pathway_mllp_connections_total 1",
         "# TYPE pathway_quarantine_held gauge",
         "pathway_quarantine_held{source=\"gp-risk-list\"} 0",
         "pathway_quarantine_held{source=\"hl7v2-http\"} 0",
         "pathway_quarantine_held{source=\"hl7v2-mllp\"} 1",
     ] {
         assert!(metrics.lines().any(|l| l == line), "{line} in:\n{metrics}");
+    }
+    // The engine disconnects: no connection open.
+    drop(c);
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        let metrics = gw.get_url(&format!("{}/metrics", gw.root)).await.text;
+        if metrics.lines().any(|l| l == "pathway_mllp_connections 0") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{metrics}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let id = held_as(&gw, "MSH-10 G2").await[0]["id"].clone();
     let discarded = gw

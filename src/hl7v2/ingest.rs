@@ -168,6 +168,11 @@ impl Feed {
         self.metrics.render(out);
     }
 
+    /// MLLP connections opened (`1`) or closed (`-1`).
+    pub fn connections(&self, change: i64) {
+        self.metrics.connections(change);
+    }
+
     /// Counts an answer to a sender over `source`'s transport, begun at
     /// `since`.
     fn count(&self, source: &str, code: AckCode, since: std::time::Instant) {

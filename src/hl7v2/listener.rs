@@ -75,6 +75,10 @@ pub type AckFuture<'a> = Pin<Box<dyn Future<Output = Vec<u8>> + Send + 'a>>;
 /// never overlap; calls for different connections run concurrently.
 pub trait Handler: Send + Sync + 'static {
     fn handle(&self, frame: Frame, peer: SocketAddr) -> AckFuture<'_>;
+    /// A connection from `peer` is served from now on.
+    fn opened(&self, _peer: SocketAddr) {}
+    /// … and is closed now.
+    fn closed(&self, _peer: SocketAddr) {}
 }
 
 /// Serves MLLP on `listener` until `shutdown` resolves, then drains.
@@ -115,7 +119,9 @@ pub async fn serve(
         tasks.spawn(async move {
             // Held until the connection ends: frees its slot.
             let _permit = permit;
-            connection(stream, peer, limits, handler, stop).await;
+            handler.opened(peer);
+            connection(stream, peer, limits, Arc::clone(&handler), stop).await;
+            handler.closed(peer);
         });
     }
     // Closing the listening socket refuses new connections from now on.

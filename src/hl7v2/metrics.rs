@@ -5,7 +5,7 @@
 
 use super::mllp::AckCode;
 use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Upper bounds of the answer-time buckets, in seconds: a durable answer
@@ -24,6 +24,9 @@ pub struct FeedMetrics {
     /// microseconds.
     buckets: [[AtomicU64; BUCKETS.len()]; 2],
     sum_us: [AtomicU64; 2],
+    /// MLLP connections open now, and accepted since start.
+    open: AtomicI64,
+    accepted: AtomicU64,
 }
 
 /// Which of [`TRANSPORTS`]: MLLP or not.
@@ -48,7 +51,26 @@ impl FeedMetrics {
         self.sum_us[transport].fetch_add(micros, Ordering::Relaxed);
     }
 
+    /// An MLLP connection opened (`1`) or closed (`-1`).
+    pub fn connections(&self, change: i64) {
+        self.open.fetch_add(change, Ordering::Relaxed);
+        if change > 0 {
+            self.accepted.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     pub fn render(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "# HELP pathway_mllp_connections MLLP connections open now.\n\
+             # TYPE pathway_mllp_connections gauge\n\
+             pathway_mllp_connections {}\n\
+             # HELP pathway_mllp_connections_total MLLP connections accepted since start.\n\
+             # TYPE pathway_mllp_connections_total counter\n\
+             pathway_mllp_connections_total {}",
+            self.open.load(Ordering::Relaxed),
+            self.accepted.load(Ordering::Relaxed)
+        );
         out.push_str(
             "# HELP pathway_hl7v2_messages_total HL7 v2 messages (and unreadable input) answered, by transport and acknowledgement code.\n\
              # TYPE pathway_hl7v2_messages_total counter\n",
@@ -99,6 +121,9 @@ mod tests {
         m.answered(mllp, AckCode::AA, Duration::from_millis(4));
         m.answered(mllp, AckCode::AR, Duration::from_secs(30));
         m.answered(transport(false), AckCode::AE, Duration::from_millis(2));
+        m.connections(1);
+        m.connections(1);
+        m.connections(-1);
         let mut out = String::new();
         m.render(&mut out);
         for line in [
@@ -114,6 +139,8 @@ mod tests {
             "pathway_hl7v2_ack_seconds_count{transport=\"mllp\"} 3",
             "pathway_hl7v2_ack_seconds_bucket{transport=\"http\",le=\"0.0025\"} 1",
             "pathway_hl7v2_ack_seconds_count{transport=\"http\"} 1",
+            "pathway_mllp_connections 1",
+            "pathway_mllp_connections_total 2",
         ] {
             assert!(out.lines().any(|l| l == line), "{line} in:\n{out}");
         }
