@@ -713,5 +713,7 @@ mod tests {
         assert_eq!(load("", &[]).unwrap().hl7v2.cx.processing_ids, ["P"]);
         let test_instance = load("[hl7v2]\nprocessing_ids = [\"T\", \"D\"]\n", &[]).unwrap();
         assert_eq!(test_instance.hl7v2.cx.processing_ids, ["T", "D"]);
+        let from_env = load("", &[("PATHWAY_HL7V2__PROCESSING_IDS", "[\"T\"]")]).unwrap();
+        assert_eq!(from_env.hl7v2.cx.processing_ids, ["T"]);
     }
 }
