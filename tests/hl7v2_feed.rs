@@ -380,8 +380,18 @@ async fn another_message_under_a_used_control_id_is_held_not_dropped() {
         "{reason}"
     );
 
-    // Sent again: answered as before, held once.
+    // Sent again: answered as before, held once; also over HTTP with `\n`
+    // between its segments, the same message.
     assert_eq!(send(&mut c, &other).await.0, "AE");
+    let reply = gw
+        .send(
+            gw.client
+                .post(format!("{}/ingest/hl7v2", gw.root))
+                .header("content-type", "x-application/hl7-v2+er7")
+                .body(other.replace('\r', "\n")),
+        )
+        .await;
+    assert_eq!(ack_code(reply.text.as_bytes()).0, "AE", "{}", reply.text);
     assert_eq!(held_as(&gw, "MSH-10 C1").await.len(), 1);
 
     // The first message again, stamped anew (MSH-7), `\n` between its

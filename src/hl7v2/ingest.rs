@@ -476,16 +476,29 @@ impl Feed {
             ),
         }];
         let entry = quarantine_entry(message, source, &errors);
-        match self.store.unjournaled_copy(&entry).await? {
-            Some((quarantine_id, true)) => {
+        // This message held before (the same as [`resend`] has it), still
+        // held first.
+        let mut copies: Vec<_> = self
+            .store
+            .unjournaled(&entry)
+            .await?
+            .into_iter()
+            .filter(|q| {
+                Message::parse(&utf8_or_windows_1252(&q.entry.payload))
+                    .is_ok_and(|held| resend::difference(&held, message).is_none())
+            })
+            .collect();
+        copies.sort_by_key(|q| q.status != "held");
+        match copies.first() {
+            Some(copy) if copy.status == "held" => {
                 return Ok(Verdict::Quarantined {
-                    quarantine_id: Some(quarantine_id),
+                    quarantine_id: Some(copy.id),
                     errors,
                 });
             }
             // Replayed (applied) or discarded (not to be): dealt with, so
             // this is a repeat of it.
-            Some((_, false)) => return Ok(Verdict::Accepted { journal_id: None }),
+            Some(_) => return Ok(Verdict::Accepted { journal_id: None }),
             None => {}
         }
         let outcome = self

@@ -434,16 +434,12 @@ pub trait Store: Send + Sync + 'static {
         all: bool,
     ) -> Result<Vec<Quarantined>, StoreError>;
     async fn quarantined_entry(&self, id: i64) -> Result<Option<Quarantined>, StoreError>;
-    /// An entry with `entry`'s source (or its [`repeat_sources`] twin),
-    /// sender and payload that is part of no journaled input, and whether
-    /// it is still held (else replayed or discarded), a held one first: for
-    /// an input that cannot be journaled (an HL7 v2 message under an MSH-10
-    /// another message used), which sent again must not be held again, nor
-    /// held once it was dealt with.
-    async fn unjournaled_copy(
-        &self,
-        entry: &QuarantineEntry,
-    ) -> Result<Option<(i64, bool)>, StoreError>;
+    /// The entries with `entry`'s source (or its [`repeat_sources`] twin),
+    /// sender and location that are part of no journaled input, oldest
+    /// first, whatever their status: for an input that cannot be journaled
+    /// (an HL7 v2 message under an MSH-10 another message used), which sent
+    /// again must not be held again, nor held once it was dealt with.
+    async fn unjournaled(&self, entry: &QuarantineEntry) -> Result<Vec<Quarantined>, StoreError>;
     /// How many entries each source has held (sources with none left out).
     async fn held_counts(&self) -> Result<Vec<(String, i64)>, StoreError>;
     /// Marks a held entry discarded (looked at, and not to be applied);

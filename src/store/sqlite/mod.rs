@@ -636,25 +636,19 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn unjournaled_copy(
-        &self,
-        entry: &QuarantineEntry,
-    ) -> Result<Option<(i64, bool)>, StoreError> {
+    async fn unjournaled(&self, entry: &QuarantineEntry) -> Result<Vec<Quarantined>, StoreError> {
         let [source, twin] = repeat_sources(&entry.source);
         let (source, twin) = (source.to_string(), twin.to_string());
-        let (sender, payload) = (entry.sender.clone(), entry.payload.clone());
+        let (sender, location) = (entry.sender.clone(), entry.location.clone());
         self.with_reader(move |conn| {
             // By `quarantine_unjournaled`, which holds such entries alone.
-            Ok(conn
-                .prepare_cached(
-                    "SELECT id, status = 'held' FROM quarantine WHERE journal_id IS NULL \
-                     AND sender = ?3 AND source IN (?1, ?2) AND payload = ?4 \
-                     ORDER BY status = 'held' DESC, id LIMIT 1",
-                )?
-                .query_row(params![source, twin, sender, payload], |row| {
-                    Ok((row.get(0)?, row.get(1)?))
-                })
-                .optional()?)
+            let mut statement = conn.prepare_cached(&format!(
+                "SELECT {QUARANTINE_COLUMNS} FROM quarantine WHERE journal_id IS NULL \
+                 AND sender = ?3 AND location = ?4 AND source IN (?1, ?2) ORDER BY id"
+            ))?;
+            let rows =
+                statement.query_map(params![source, twin, sender, location], quarantined_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
         .await
     }

@@ -118,10 +118,10 @@ CREATE TABLE IF NOT EXISTS quarantine (
 );
 CREATE INDEX IF NOT EXISTS quarantine_held ON quarantine (status, id);
 -- Inputs held without a journal entry (an HL7 v2 message under an MSH-10
--- another message used), found again by sender when they are sent again
--- (schema 11). Few: the index holds those alone.
+-- another message used), found again by sender and place when they are
+-- sent again (schema 11). Few: the index holds those alone.
 CREATE INDEX IF NOT EXISTS quarantine_unjournaled
-    ON quarantine (sender, source) WHERE journal_id IS NULL;
+    ON quarantine (sender, location) WHERE journal_id IS NULL;
 
 -- Routing (schema version 4). Every new resource version gets an outbox row
 -- in the transaction that writes it; the router turns rows into deliveries
