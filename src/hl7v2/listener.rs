@@ -86,6 +86,26 @@ pub trait Handler: Send + Sync + 'static {
 /// Errors of one connection (resets, timeouts) close that connection only;
 /// accept errors are logged and retried. The only error returned is
 /// `InvalidInput` for a config with `max_connections` or `idle_timeout` zero.
+/// A connection the handler was told of ([`Handler::opened`]); dropped, it
+/// tells it the connection closed.
+struct Open {
+    handler: Arc<dyn Handler>,
+    peer: SocketAddr,
+}
+
+impl Open {
+    fn new(handler: Arc<dyn Handler>, peer: SocketAddr) -> Open {
+        handler.opened(peer);
+        Open { handler, peer }
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.handler.closed(self.peer);
+    }
+}
+
 pub async fn serve(
     listener: TcpListener,
     config: ListenerConfig,
@@ -119,9 +139,10 @@ pub async fn serve(
         tasks.spawn(async move {
             // Held until the connection ends: frees its slot.
             let _permit = permit;
-            handler.opened(peer);
-            connection(stream, peer, limits, Arc::clone(&handler), stop).await;
-            handler.closed(peer);
+            // Tells the handler the connection closed however it ends:
+            // served to the end, aborted by the drain, or panicked.
+            let _open = Open::new(Arc::clone(&handler), peer);
+            connection(stream, peer, limits, handler, stop).await;
         });
     }
     // Closing the listening socket refuses new connections from now on.
