@@ -69,9 +69,10 @@ enum Command {
         #[arg(value_name = "FILE")]
         file: PathBuf,
     },
-    /// Sends a folder of inputs (or one file) to a running gateway: `.hl7`
-    /// over MLLP (mllp://host:port) or HTTP, `.csv` risk lists and FHIR
-    /// `.json` / `.ndjson` over HTTP; exit 1 unless every one was accepted.
+    /// Sends a folder of inputs (or one file, HL7 v2 whatever its name) to a
+    /// running gateway: `.hl7` over MLLP (mllp://host:port) or HTTP, `.csv`
+    /// risk lists and FHIR `.json` / `.ndjson` over HTTP; exit 1 unless
+    /// every one was accepted.
     Replay {
         #[arg(value_name = "DIR|FILE")]
         dir: PathBuf,

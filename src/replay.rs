@@ -53,7 +53,8 @@ pub struct Sent {
 const TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Sends every input file of `dir` (extensions in any case), or `dir`
-/// itself when it is a file (whatever its name). A transport
+/// itself when it is a file (as HL7 v2 unless it is named `.csv`, `.json`
+/// or `.ndjson`). A transport
 /// failure (no connection, no answer in time) is the last row and stops the
 /// replay: what was answered before it is kept.
 pub async fn replay(
@@ -61,7 +62,8 @@ pub async fn replay(
     target: &Target,
     practice: Option<&str>,
 ) -> Result<Vec<Sent>, String> {
-    let mut files: Vec<PathBuf> = if dir.is_file() {
+    let one_file = dir.is_file();
+    let mut files: Vec<PathBuf> = if one_file {
         vec![dir.to_path_buf()]
     } else {
         std::fs::read_dir(dir)
@@ -82,11 +84,16 @@ pub async fn replay(
         ok: false,
     };
     for file in files {
-        let ext = file
+        let mut ext = file
             .extension()
             .and_then(|e| e.to_str())
             .unwrap_or("")
             .to_ascii_lowercase();
+        // A file named alone is sent whatever its name: HL7 v2 unless it
+        // says otherwise (captures come as `.txt`, `.msg`, `.dat`).
+        if one_file && !["hl7", "csv", "json", "ndjson"].contains(&ext.as_str()) {
+            ext = "hl7".to_string();
+        }
         let bytes = match std::fs::read(&file) {
             Ok(bytes) => bytes,
             Err(err) => {

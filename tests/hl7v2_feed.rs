@@ -392,6 +392,9 @@ async fn another_message_under_a_used_control_id_is_held_not_dropped() {
         )
         .await;
     assert_eq!(ack_code(reply.text.as_bytes()).0, "AE", "{}", reply.text);
+    // … and stamped anew (MSH-7).
+    let restamped_other = other.replacen("202607151018", "202607151300", 1);
+    assert_eq!(send(&mut c, &restamped_other).await.0, "AE");
     assert_eq!(held_as(&gw, "MSH-10 C1").await.len(), 1);
 
     // The first message again, stamped anew (MSH-7), `\n` between its
@@ -425,6 +428,40 @@ async fn another_message_under_a_used_control_id_is_held_not_dropped() {
     assert_eq!(send(&mut c, &other).await.0, "AA");
     assert!(held_as(&gw, "MSH-10 C1").await.is_empty());
     assert_eq!(encounter(&gw, "CV2").await, applied);
+
+    // A third message under it, sent on four connections at once: held
+    // once. (Its NHS number fails the check, so no patient's lock orders
+    // the copies.) Looked at and discarded: sent again, it is dealt with
+    // (AA), not held again, and changes nothing.
+    let third = adt(
+        "A01",
+        "C1",
+        "202607161018",
+        "K812^^^RJZ^MR~9990000019^^^NHS^NH",
+        Some(&pv1("I", "CV3", "202607161015", "")),
+    );
+    let mut at_once = Vec::new();
+    for _ in 0..4 {
+        let message = third.clone();
+        let addr = gw.mllp;
+        at_once.push(tokio::spawn(async move {
+            let mut client = MllpClient::connect(addr, TIMEOUT).await.unwrap();
+            ack_code(&client.send(message.as_bytes()).await.unwrap()).0
+        }));
+    }
+    for answer in at_once {
+        assert_eq!(answer.await.unwrap(), "AE");
+    }
+    let held = held_as(&gw, "MSH-10 C1").await;
+    assert_eq!(held.len(), 1, "{held:#?}");
+    let discard = format!("{}/quarantine/{}/discard", gw.root, held[0]["id"]);
+    assert_eq!(
+        gw.send(gw.client.post(&discard)).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(send(&mut c, &third).await.0, "AA");
+    assert!(held_as(&gw, "MSH-10 C1").await.is_empty());
+    assert!(patients(&gw, "K812").await.is_empty());
     gw.stop().await;
 }
 
@@ -955,6 +992,19 @@ async fn replay_takes_windows_1252_upper_case_names_and_reports_an_empty_file() 
     .unwrap();
     assert_eq!(rows(&one), [("b.HL7".to_string(), true)], "{one:?}");
     assert_eq!(one[0].item, "W2");
+    // Named alone, a capture with another extension is sent as HL7 v2 (in
+    // a folder it would be passed over).
+    let capture = tempfile::tempdir().unwrap();
+    let path = capture.path().join("capture.txt");
+    std::fs::write(&path, std::fs::read(dir.path().join("b.HL7")).unwrap()).unwrap();
+    let sent = replay(&path, &Target::Mllp(gw.mllp.to_string()), None)
+        .await
+        .unwrap();
+    assert_eq!(rows(&sent), [("capture.txt".to_string(), true)], "{sent:?}");
+    let skipped = replay(capture.path(), &Target::Mllp(gw.mllp.to_string()), None)
+        .await
+        .unwrap();
+    assert!(skipped.is_empty(), "{skipped:?}");
     gw.stop().await;
 }
 

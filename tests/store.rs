@@ -522,7 +522,11 @@ async fn a_schema_5_store_is_upgraded_with_its_history_and_exact_search_index() 
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
     assert_eq!(version, 11);
-    assert!(sql("quarantine_unjournaled").is_some());
+    assert!(
+        sql("quarantine_unjournaled")
+            .unwrap()
+            .contains("(sender, location) WHERE journal_id IS NULL")
+    );
     assert_eq!(sql("event_clock"), None);
     assert_eq!(sql("versions_key"), None);
     let count: i64 = db

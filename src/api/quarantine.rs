@@ -78,7 +78,7 @@ pub async fn replay(
         return Err(ApiError::not_found(format!("no quarantined input {id}")));
     };
     if entry.status != "held" {
-        return Err(already_replayed(id));
+        return Err(no_longer_held(id));
     }
     if entry.entry.source.starts_with("hl7v2-") {
         return replay_hl7v2(&state, id, &entry).await;
@@ -121,7 +121,7 @@ pub async fn replay(
             StatusCode::OK,
             &json!({"id": id, "status": "replayed", "report": report}),
         )),
-        gp::ingest::Replayed::NotHeld => Err(already_replayed(id)),
+        gp::ingest::Replayed::NotHeld => Err(no_longer_held(id)),
         gp::ingest::Replayed::Refused(errors) => Ok(json_response(
             StatusCode::UNPROCESSABLE_ENTITY,
             &json!({"id": id, "status": "held", "errors": errors}),
@@ -152,7 +152,7 @@ async fn replay_hl7v2(
             &json!({"id": id, "status": "replayed", "ack": ack}),
         )),
         // Replayed by another request meanwhile.
-        Verdict::NotHeld => Err(already_replayed(id)),
+        Verdict::NotHeld => Err(no_longer_held(id)),
         // Refused again, unless another request replayed it meanwhile.
         _ if state
             .store
@@ -160,7 +160,7 @@ async fn replay_hl7v2(
             .await?
             .is_some_and(|q| q.status != "held") =>
         {
-            Err(already_replayed(id))
+            Err(no_longer_held(id))
         }
         Verdict::Quarantined { errors, .. } => Ok(json_response(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -192,7 +192,7 @@ pub async fn discard(
         return Err(ApiError::not_found(format!("no quarantined input {id}")));
     }
     if !state.store.discard_quarantined(id).await? {
-        return Err(already_replayed(id));
+        return Err(no_longer_held(id));
     }
     tracing::info!(id, "quarantined input discarded");
     Ok(json_response(
@@ -201,7 +201,7 @@ pub async fn discard(
     ))
 }
 
-fn already_replayed(id: i64) -> ApiError {
+fn no_longer_held(id: i64) -> ApiError {
     ApiError::new(
         StatusCode::CONFLICT,
         Issue::error(

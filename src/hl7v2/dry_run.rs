@@ -152,7 +152,7 @@ pub fn map_messages(text: &str, cx: &AdtContext, validator: &Validator) -> DryRu
             run.ack = first.ack;
             run.errors = first.errors.clone();
             run.notes.push(format!(
-                "a repeat of message {} (same MSH-3, MSH-4 and MSH-10): answered as it was, and changes nothing",
+                "a repeat of message {} (same MSH-3, MSH-4 and MSH-10, and the same message): answered as it was, and changes nothing",
                 first.message
             ));
             runs.push(run);

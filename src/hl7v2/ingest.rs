@@ -101,6 +101,10 @@ pub struct Feed {
     known: std::sync::Mutex<KnownPatients>,
     /// What it answered, and how fast: `/metrics`.
     metrics: FeedMetrics,
+    /// Held while a message under a used MSH-10 is looked for in quarantine
+    /// and held there, so that two copies at once are held once (rare: no
+    /// need of finer locks).
+    holding: Mutex<()>,
 }
 
 /// Patient facts read before, by [`adt::patient_key`]: a feed sends the
@@ -160,6 +164,7 @@ impl Feed {
             ),
             known: std::sync::Mutex::default(),
             metrics: FeedMetrics::default(),
+            holding: Mutex::new(()),
         }
     }
 
@@ -447,8 +452,8 @@ impl Feed {
     /// else another message, held in quarantine without a journal entry
     /// (its MSH-10 is taken) for someone to look at. Sent again, it is
     /// found held and answered as it was, not held twice; once replayed
-    /// (applied) or discarded, it is answered `AA` and changes nothing. (Two copies sent
-    /// at once on two connections may both be held.)
+    /// (applied) or discarded, it is answered `AA` and changes nothing. One
+    /// at a time: two copies at once on two connections are held once.
     async fn repeat(
         &self,
         message: &Message,
@@ -476,6 +481,8 @@ impl Feed {
             ),
         }];
         let entry = quarantine_entry(message, source, &errors);
+        // (Taken with a patient's stripes held, never the other way round.)
+        let _holding = self.holding.lock().await;
         // This message held before (the same as [`resend`] has it), still
         // held first.
         let mut copies: Vec<_> = self

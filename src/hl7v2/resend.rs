@@ -11,8 +11,10 @@
 //!
 //! The same means the same fields, segment by segment, whatever ends the
 //! segments (`\r`, `\n`, `\r\n`: a message sent over MLLP and again over
-//! HTTP) and with empty trailing fields as good as absent; MSH-7 aside,
-//! which some engines stamp afresh on each send.
+//! HTTP) and with empty trailing fields, repetitions, components and
+//! subcomponents as good as absent; MSH-7 aside, which some engines stamp
+//! afresh on each send. The text is compared as sent, escapes and all: an
+//! engine that encodes a resend otherwise has it held, not dropped.
 
 use super::er7::{Message, Segment};
 
@@ -57,7 +59,7 @@ pub fn difference(earlier: &Message, later: &Message) -> Option<String> {
             if b.id() == "MSH" && n == 7 {
                 continue;
             }
-            if a.field(n).map(|f| f.raw()) != b.field(n).map(|f| f.raw()) {
+            if text(earlier, &a, n) != text(later, &b, n) {
                 places.push(format!("{named}-{n}"));
             }
         }
@@ -80,6 +82,18 @@ pub fn reused(earlier: &str, at: &str) -> String {
     format!(
         "{REUSED} {earlier}, which differs from this message at {at}: another message, not a repeat"
     )
+}
+
+/// Field `n` of `segment` (of `message`) as sent, without trailing empty
+/// repetitions, components or subcomponents; `""` if absent.
+fn text<'a>(message: &Message, segment: &Segment<'a>, n: usize) -> &'a str {
+    let raw = segment.field(n).map_or("", |f| f.raw());
+    // MSH-1 and MSH-2 are the delimiters themselves.
+    if segment.id() == "MSH" && n <= 2 {
+        return raw;
+    }
+    let d = message.delimiters();
+    raw.trim_end_matches([d.component, d.repetition, d.subcomponent])
 }
 
 /// `PID`, or `OBX[2]` for the second OBX (`seen`: the ids before it).
@@ -110,12 +124,20 @@ mod tests {
     #[test]
     fn a_resend_is_the_same_message() {
         assert_eq!(at(A01, A01), None);
-        // Other segment endings, a trailing empty field, a new MSH-7.
+        // Other segment endings, a trailing empty field, component and
+        // repetition, a new MSH-7.
         let resent = A01
             .replace('\r', "\r\n")
             .replace("PV1|1|I", "PV1|1|I||")
+            .replace("OKAFOR^Grace", "OKAFOR^Grace^^")
+            .replace("K1^^^RJZ^MR", "K1^^^RJZ^MR~")
             .replace("202607141030", "202607141102");
         assert_eq!(at(A01, &resent), None);
+        // An empty component inside is not trailing.
+        assert_eq!(
+            at(A01, &A01.replace("OKAFOR^Grace", "OKAFOR^^Grace")).as_deref(),
+            Some("PID-5")
+        );
     }
 
     #[test]
