@@ -81,11 +81,6 @@ pub trait Handler: Send + Sync + 'static {
     fn closed(&self, _peer: SocketAddr) {}
 }
 
-/// Serves MLLP on `listener` until `shutdown` resolves, then drains.
-///
-/// Errors of one connection (resets, timeouts) close that connection only;
-/// accept errors are logged and retried. The only error returned is
-/// `InvalidInput` for a config with `max_connections` or `idle_timeout` zero.
 /// A connection the handler was told of ([`Handler::opened`]); dropped, it
 /// tells it the connection closed.
 struct Open {
@@ -106,6 +101,11 @@ impl Drop for Open {
     }
 }
 
+/// Serves MLLP on `listener` until `shutdown` resolves, then drains.
+///
+/// Errors of one connection (resets, timeouts) close that connection only;
+/// accept errors are logged and retried. The only error returned is
+/// `InvalidInput` for a config with `max_connections` or `idle_timeout` zero.
 pub async fn serve(
     listener: TcpListener,
     config: ListenerConfig,
