@@ -44,6 +44,14 @@ fn ack_code(ack: &[u8]) -> (String, String, String) {
     (field("MSA", 1), field("MSA", 2), field("ERR", 2))
 }
 
+/// `POST /ingest/hl7v2` with `body`, as ER7.
+fn post_hl7v2(gw: &Gateway, body: impl Into<reqwest::Body>) -> reqwest::RequestBuilder {
+    gw.client
+        .post(format!("{}/ingest/hl7v2", gw.root))
+        .header("content-type", "x-application/hl7-v2+er7")
+        .body(body)
+}
+
 async fn send(client: &mut MllpClient, message: &str) -> (String, String, String) {
     ack_code(&client.send(message.as_bytes()).await.expect("ACK"))
 }
@@ -383,14 +391,7 @@ async fn another_message_under_a_used_control_id_is_held_not_dropped() {
     // Sent again: answered as before, held once; also over HTTP with `\n`
     // between its segments, the same message.
     assert_eq!(send(&mut c, &other).await.0, "AE");
-    let reply = gw
-        .send(
-            gw.client
-                .post(format!("{}/ingest/hl7v2", gw.root))
-                .header("content-type", "x-application/hl7-v2+er7")
-                .body(other.replace('\r', "\n")),
-        )
-        .await;
+    let reply = gw.send(post_hl7v2(&gw, other.replace('\r', "\n"))).await;
     assert_eq!(ack_code(reply.text.as_bytes()).0, "AE", "{}", reply.text);
     // … and stamped anew (MSH-7).
     let restamped_other = other.replacen("202607151018", "202607151300", 1);
@@ -402,14 +403,7 @@ async fn another_message_under_a_used_control_id_is_held_not_dropped() {
     let restamped = a01
         .replacen("202607141018", "202607141230", 1)
         .replace('\r', "\n");
-    let reply = gw
-        .send(
-            gw.client
-                .post(format!("{}/ingest/hl7v2", gw.root))
-                .header("content-type", "x-application/hl7-v2+er7")
-                .body(restamped),
-        )
-        .await;
+    let reply = gw.send(post_hl7v2(&gw, restamped)).await;
     assert_eq!(ack_code(reply.text.as_bytes()).0, "AA", "{}", reply.text);
     assert_eq!(held_as(&gw, "MSH-10 C1").await.len(), 1);
     let before = encounter(&gw, "CV1").await;
@@ -569,14 +563,8 @@ async fn metrics_count_answers_by_transport_and_code_and_what_is_held() {
     assert_eq!(send(&mut c, &bad).await.0, "AE");
     let oru = "MSH|^~\\&|LAB|RJZ|PATHWAY|ONEBROMLEY|202607141020||ORU^R01|G3|P|2.4\r";
     assert_eq!(send(&mut c, oru).await.0, "AR");
-    let reply = gw
-        .send(
-            gw.client
-                .post(format!("{}/ingest/hl7v2", gw.root))
-                .header("content-type", "x-application/hl7-v2+er7")
-                .body(format!("junk\r{}", admit.replace("|G1|", "|G4|"))),
-        )
-        .await;
+    let body = format!("junk\r{}", admit.replace("|G1|", "|G4|"));
+    let reply = gw.send(post_hl7v2(&gw, body)).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
 
     let metrics = gw.get_url(&format!("{}/metrics", gw.root)).await.text;
@@ -707,14 +695,7 @@ async fn http_ingest_answers_one_ack_per_message() {
             Some(&pv1("I", "HV2", "202607141015", ""))
         )
     );
-    let reply = gw
-        .send(
-            gw.client
-                .post(format!("{}/ingest/hl7v2", gw.root))
-                .header("content-type", "x-application/hl7-v2+er7")
-                .body(body),
-        )
-        .await;
+    let reply = gw.send(post_hl7v2(&gw, body)).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
     let acks: Vec<&str> = reply.text.split('\n').filter(|s| !s.is_empty()).collect();
     assert_eq!(acks.len(), 2, "{}", reply.text);
@@ -727,12 +708,7 @@ async fn http_ingest_answers_one_ack_per_message() {
     assert_eq!(encounter(&gw, "HV1").await["status"], "in-progress");
 
     // A file saved with a byte-order mark: its first message is still one.
-    let post = |body: String| {
-        gw.client
-            .post(format!("{}/ingest/hl7v2", gw.root))
-            .header("content-type", "x-application/hl7-v2+er7")
-            .body(body)
-    };
+    let post = |body: String| post_hl7v2(&gw, body);
     let with_bom = format!(
         "\u{feff}{}",
         adt(

@@ -71,12 +71,8 @@ pub async fn replay(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let id: i64 = id
-        .parse()
-        .map_err(|_| ApiError::not_found(format!("no quarantined input {id:?}")))?;
-    let Some(entry) = state.store.quarantined_entry(id).await? else {
-        return Err(ApiError::not_found(format!("no quarantined input {id}")));
-    };
+    let entry = find(&state, &id).await?;
+    let id = entry.id;
     if entry.status != "held" {
         return Err(no_longer_held(id));
     }
@@ -185,12 +181,7 @@ pub async fn discard(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let id: i64 = id
-        .parse()
-        .map_err(|_| ApiError::not_found(format!("no quarantined input {id:?}")))?;
-    if state.store.quarantined_entry(id).await?.is_none() {
-        return Err(ApiError::not_found(format!("no quarantined input {id}")));
-    }
+    let id = find(&state, &id).await?.id;
     if !state.store.discard_quarantined(id).await? {
         return Err(no_longer_held(id));
     }
@@ -199,6 +190,15 @@ pub async fn discard(
         StatusCode::OK,
         &json!({"id": id, "status": "discarded"}),
     ))
+}
+
+/// The quarantine entry `id` names, or 404.
+async fn find(state: &AppState, id: &str) -> Result<Quarantined, ApiError> {
+    let id: i64 = id
+        .parse()
+        .map_err(|_| ApiError::not_found(format!("no quarantined input {id:?}")))?;
+    let missing = || ApiError::not_found(format!("no quarantined input {id}"));
+    state.store.quarantined_entry(id).await?.ok_or_else(missing)
 }
 
 fn no_longer_held(id: i64) -> ApiError {

@@ -55,8 +55,9 @@ fn message(bytes: &[u8]) {
     resent_changes_nothing(&text, &once, &cx);
 }
 
-/// The feed's rule for repeats (same MSH-3, MSH-4 and MSH-10: answered as
-/// before, nothing changed), checked on the dry run: `text` sent twice
+/// The feed's rule for repeats (same MSH-3, MSH-4 and MSH-10 and the same
+/// message: answered as before, nothing changed; another message under a
+/// used MSH-10 is held each time it comes), checked on the dry run: `text` sent twice
 /// over ends as it ended once, each message of the resend answered as it
 /// was. Only where the rule covers every message that changes something
 /// (one accepted without an MSH-10 could not be told from a new one; the
