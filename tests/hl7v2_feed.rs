@@ -296,24 +296,47 @@ async fn a_quarantined_message_replays_after_a_fix() {
         &format!("H5^^^RJZ^MR~{second}^^^NHS^NH"),
         Some(&pv1("E", "E2", "202607141115", "")),
     );
-    let (code, _, _) = send(&mut c, &clash).await;
-    assert_eq!(code, "AE");
+    // ERR-3 205: the hospital number is another patient's key.
+    let refused = client_ack(&mut c, &clash).await;
+    let err = |ack: &str| -> Vec<String> {
+        ack.split('\r')
+            .filter(|s| s.starts_with("MSA") || s.starts_with("ERR"))
+            .map(|s| s.to_string())
+            .collect()
+    };
+    let first_answer = err(&refused);
+    assert_eq!(first_answer.len(), 2, "{refused}");
+    assert!(
+        first_answer[0].starts_with("MSA|AE|R2|PID-3: "),
+        "{refused}"
+    );
+    assert!(
+        first_answer[1].starts_with(
+            "ERR|PID^1^3^205&Duplicate key identifier&HL70357|PID^1^3|205^Duplicate key identifier^HL70357|E||||PID-3: "
+        ),
+        "{refused}"
+    );
+    // Sent again while held: the original's answer, error for error.
+    let resent = client_ack(&mut c, &clash).await;
+    assert_eq!(err(&resent), first_answer, "{resent}");
     let held = gw
         .send(gw.client.get(format!("{}/quarantine", gw.root)))
         .await;
-    let entry = held.json["entries"]
+    let held_r2: Vec<&Value> = held.json["entries"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|e| e["location"] == "MSH-10 R2")
-        .cloned()
-        .expect("held");
+        .filter(|e| e["location"] == "MSH-10 R2")
+        .collect();
+    assert_eq!(held_r2.len(), 1, "held once: {}", held.text);
+    let entry = held_r2[0].clone();
     assert!(
         entry["reasons"][0]["reason"]
             .as_str()
             .unwrap()
             .contains(&first)
     );
+    assert_eq!(entry["reasons"][0]["code"], 205, "{entry}");
     let replay = format!("{}/quarantine/{}/replay", gw.root, entry["id"]);
 
     // Still wrong: stays held.
@@ -882,6 +905,8 @@ async fn replay_sends_the_fixture_folder_over_mllp_then_http() {
             ),
             ("hospital-number-clash.hl7".to_string(), "AE".to_string()),
             ("impossible-date.hl7".to_string(), "AE".to_string()),
+            // Refused, then sent again: refused again (a repeat).
+            ("invalid-nhs-number.hl7".to_string(), "AE".to_string()),
             ("invalid-nhs-number.hl7".to_string(), "AE".to_string()),
             ("training-processing-id.hl7".to_string(), "AR".to_string()),
             ("unsupported-oru.hl7".to_string(), "AR".to_string()),

@@ -99,19 +99,24 @@ async fn the_live_feed_ends_where_the_dry_run_does() {
         for message in pathway_gateway::api::ingest::split_messages(text.as_bytes()) {
             let ack = client.send(message).await.unwrap();
             let ack = String::from_utf8_lossy(&ack).to_string();
-            let code = ack
-                .split('\r')
-                .find(|s| s.starts_with("MSA|"))
-                .and_then(|s| s.split('|').nth(1))
-                .unwrap_or_default()
-                .to_string();
-            acks.push(code);
+            // MSA-1, and each ERR's ERR-3 code.
+            let field = |prefix: &str, n: usize| {
+                ack.split('\r')
+                    .filter(|s| s.starts_with(prefix))
+                    .filter_map(|s| s.split('|').nth(n))
+                    .map(|f| f.split('^').next().unwrap_or_default().to_string())
+                    .collect::<Vec<_>>()
+            };
+            acks.push((field("MSA|", 1).concat(), field("ERR|", 3)));
         }
-        let expected_acks: Vec<&str> = run
+        let expected_acks: Vec<(String, Vec<String>)> = run
             .messages
             .iter()
             .filter(|m| m.message > 0)
-            .map(|m| m.ack)
+            .map(|m| {
+                let codes = m.errors.iter().map(|e| e.condition.code().to_string());
+                (m.ack.to_string(), codes.collect())
+            })
             .collect();
         let live: Vec<Value> = [
             gw.search_all("Patient").await,

@@ -163,7 +163,7 @@ async fn replay_hl7v2(
             &json!({
                 "id": id,
                 "status": "held",
-                "errors": errors.iter().map(|e| json!({"location": e.location, "reason": e.reason})).collect::<Vec<_>>(),
+                "errors": errors,
                 "ack": ack,
             }),
         )),

@@ -8,6 +8,7 @@
 //! pre-adoption): the NHS number is the PID-3 repetition typed `NH`, MSH-4
 //! the trust's ODS code, PV1-19 the hospital provider spell.
 
+use super::condition::Condition;
 use super::datatypes::{self, DataError};
 use super::er7::{Message, Rep, Segment};
 use serde_json::{Value, json};
@@ -148,7 +149,7 @@ pub enum AdtError {
     /// Not a message type or event the gateway takes: `AR`.
     Unsupported {
         location: String,
-        code: u16,
+        condition: Condition,
         reason: String,
     },
     /// Content that cannot be mapped: `AE`, quarantined.
@@ -271,7 +272,7 @@ pub fn read_with(
     if kind != "ADT" {
         return Err(AdtError::Unsupported {
             location: "MSH-9.1".into(),
-            code: 200,
+            condition: Condition::UnsupportedMessageType,
             reason: format!(
                 "message type {} is not supported here; this interface takes ADT messages",
                 if kind.is_empty() { "(empty)" } else { &kind }
@@ -283,7 +284,7 @@ pub fn read_with(
     {
         return Err(AdtError::Unsupported {
             location: "MSH-11.1".into(),
-            code: 202,
+            condition: Condition::UnsupportedProcessingId,
             reason: format!(
                 "processing id {processing} is not taken here; this gateway takes {}",
                 cx.processing_ids.join(", ")
@@ -293,7 +294,7 @@ pub fn read_with(
     let Some(event) = Event::parse(&trigger) else {
         return Err(AdtError::Unsupported {
             location: "MSH-9.2".into(),
-            code: 201,
+            condition: Condition::UnsupportedEvent,
             reason: format!(
                 "ADT event {} is not supported; supported: A01 A02 A03 A04 A05 A08 A11 A12 A13 A28 A31 A40",
                 if trigger.is_empty() {
@@ -339,10 +340,11 @@ pub fn read_with(
             notes.extend(instant.note.as_ref().map(|n| format!("{location}: {n}")));
             match instant_ms(&instant.value) {
                 Some(ms) => time = Some((instant.value, ms)),
-                None => errors.push(DataError {
-                    location: location.into(),
-                    reason: format!("{} is not precise to the minute", instant.value),
-                }),
+                None => errors.push(DataError::new(
+                    Condition::DataType,
+                    location,
+                    format!("{} is not precise to the minute", instant.value),
+                )),
             }
         }
     }
@@ -379,12 +381,11 @@ pub fn read_with(
     if event == Event::A40 && msg.segments_named("MRG").nth(1).is_some() {
         // ADT_A39's merge group repeats; this feed takes one merge a
         // message, and refuses the rest rather than drop them unseen.
-        errors.push(DataError {
-            location: "MRG[2]".into(),
-            reason:
-                "a second merge (PID and MRG group) in one A40: send each merge as its own message"
-                    .into(),
-        });
+        errors.push(DataError::new(
+            Condition::InternalError,
+            "MRG[2]",
+            "a second merge (PID and MRG group) in one A40: send each merge as its own message",
+        ));
     }
     if event == Event::A40 {
         if let Some(field) = msg.segment("MRG").and_then(|s| s.field(1)) {
@@ -424,10 +425,11 @@ pub fn read_with(
 }
 
 fn missing(location: &str, what: &str) -> DataError {
-    DataError {
-        location: location.into(),
-        reason: format!("{what} is required and missing"),
-    }
+    DataError::new(
+        Condition::RequiredFieldMissing,
+        location,
+        format!("{what} is required and missing"),
+    )
 }
 
 fn instant_ms(value: &str) -> Option<i64> {
@@ -473,12 +475,13 @@ fn read_patient(
                         None => nhs = Some((value, id)),
                         // A patient has one NHS number: two that differ
                         // cannot both be theirs.
-                        Some((first, _)) if *first != value => errors.push(DataError {
-                            location: format!("{location}.1"),
-                            reason: format!(
+                        Some((first, _)) if *first != value => errors.push(DataError::new(
+                            Condition::DataType,
+                            format!("{location}.1"),
+                            format!(
                                 "a second NHS number, {value}, differs from the first, {first}"
                             ),
-                        }),
+                        )),
                         Some(_) => {}
                     }
                 }
@@ -511,12 +514,13 @@ fn read_patient(
                 None if matches!(status.as_str(), "AL" | "UA" | "UD" | "US") => notes.push(format!(
                     "PID-32: {status} is HL7 table 0445's identity reliability code, not an NHS number verification status: not mapped"
                 )),
-                None => errors.push(DataError {
-                    location: "PID-32".into(),
-                    reason: format!(
+                None => errors.push(DataError::new(
+                    Condition::TableValueNotFound,
+                    "PID-32",
+                    format!(
                         "{status:?} is not an NHS number verification status (NSTS01 to NSTS08) nor an HL7 table 0445 code"
                     ),
-                }),
+                )),
             }
         }
         facts.nhs_number = Some(number);
@@ -591,10 +595,11 @@ fn read_patient(
         Ok(None) => match msg.get("PID-30").as_deref() {
             Some("Y") => facts.deceased = Some(("deceasedBoolean", json!(true))),
             Some("N") => facts.deceased = Some(("deceasedBoolean", json!(false))),
-            Some(other) => errors.push(DataError {
-                location: "PID-30".into(),
-                reason: format!("{other:?} is not Y or N (HL7 table 0136)"),
-            }),
+            Some(other) => errors.push(DataError::new(
+                Condition::TableValueNotFound,
+                "PID-30",
+                format!("{other:?} is not Y or N (HL7 table 0136)"),
+            )),
             None => {}
         },
         Err(e) => errors.push(e),
@@ -617,12 +622,11 @@ fn read_patient(
                     }
                     facts.general_practitioner.push(reference);
                 }
-                None if name.is_some() => errors.push(DataError {
-                    location: "PD1-3.3".into(),
-                    reason:
-                        "the registered practice has a name but no ODS code (PD1-3.10 or PD1-3.3)"
-                            .into(),
-                }),
+                None if name.is_some() => errors.push(DataError::new(
+                    Condition::RequiredFieldMissing,
+                    "PD1-3.3",
+                    "the registered practice has a name but no ODS code (PD1-3.10 or PD1-3.3)",
+                )),
                 None => {}
             }
         }
@@ -671,16 +675,18 @@ fn patient_identifier(
     if is_nhs_cx(rep) {
         let digits: String = value.chars().filter(|c| !c.is_whitespace()).collect();
         if digits.len() != 10 || !digits.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(DataError {
-                location: format!("{location}.1"),
-                reason: format!("NHS number {value:?} is not 10 digits"),
-            });
+            return Err(DataError::new(
+                Condition::DataType,
+                format!("{location}.1"),
+                format!("NHS number {value:?} is not 10 digits"),
+            ));
         }
         if !crate::fhir::is_nhs_number(&digits) {
-            return Err(DataError {
-                location: format!("{location}.1"),
-                reason: format!("NHS number {digits} fails the Modulus 11 check"),
-            });
+            return Err(DataError::new(
+                Condition::DataType,
+                format!("{location}.1"),
+                format!("NHS number {digits} fails the Modulus 11 check"),
+            ));
         }
         return Ok(Some((
             true,
@@ -771,12 +777,13 @@ fn read_visit(
         Some(code) => match patient_class(&code, cx) {
             Some(class) => Some(class),
             None => {
-                errors.push(DataError {
-                    location: "PV1-2".into(),
-                    reason: format!(
+                errors.push(DataError::new(
+                    Condition::TableValueNotFound,
+                    "PV1-2",
+                    format!(
                         "patient class {code:?} has no Encounter.class mapping (E, I, O, P, or a local code in [hl7v2.patient_class])"
                     ),
-                });
+                ));
                 None
             }
         },
@@ -789,12 +796,13 @@ fn read_visit(
         Some(code) => match admission_priority(&code) {
             Some(found) => found,
             None => {
-                errors.push(DataError {
-                    location: "PV1-4".into(),
-                    reason: format!(
+                errors.push(DataError::new(
+                    Condition::TableValueNotFound,
+                    "PV1-4",
+                    format!(
                         "admission type {code:?} is neither HL7 table 0007 (E U A C R L N) nor an NHS admission method (11-13, 21-28, 2A-2D, 31-32, 81-83, 98, 99)"
                     ),
-                });
+                ));
                 (None, None)
             }
         },

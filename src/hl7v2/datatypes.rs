@@ -29,6 +29,7 @@ use jiff::civil::DateTime;
 use jiff::tz::{AmbiguousOffset, Offset, TimeZone};
 use serde_json::{Map, Value};
 
+use super::condition::Condition;
 use super::er7::{Component, Rep};
 
 /// The zone of local times sent without an offset (NHS senders are in
@@ -47,10 +48,51 @@ const QUOTE_MAX: usize = 40;
 /// A located mapping problem: `location` is HL7 location syntax such as
 /// `PID-7` or `PID-11[2].5`; `reason` is a plain-English sentence that
 /// starts with the location and quotes the offending value.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// In JSON (the quarantine's reasons, the dry run) it is `{"location",
+/// "reason", "code"}`, the code being ERR-3's number.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct DataError {
     pub location: String,
     pub reason: String,
+    /// What kind of error, as the ACK's ERR-3 gives it.
+    #[serde(rename = "code")]
+    pub condition: Condition,
+}
+
+impl DataError {
+    /// The errors a quarantine entry's reasons (as [`DataError`]s are
+    /// written there) hold; a reason written without a code (before codes
+    /// were kept) is a data type error, as every such error was answered.
+    pub fn from_reasons(reasons: &str) -> Vec<DataError> {
+        let Ok(serde_json::Value::Array(items)) = serde_json::from_str(reasons) else {
+            return Vec::new();
+        };
+        items
+            .iter()
+            .map(|item| {
+                let text = |key: &str| item.get(key).and_then(Value::as_str).unwrap_or_default();
+                let condition = item
+                    .get("code")
+                    .and_then(Value::as_u64)
+                    .and_then(Condition::from_code)
+                    .unwrap_or(Condition::DataType);
+                DataError::new(condition, text("location"), text("reason"))
+            })
+            .collect()
+    }
+
+    pub fn new(
+        condition: Condition,
+        location: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> Self {
+        DataError {
+            location: location.into(),
+            reason: reason.into(),
+            condition,
+        }
+    }
 }
 
 impl fmt::Display for DataError {
@@ -86,12 +128,14 @@ fn quote(value: &str) -> String {
     }
 }
 
-/// A [`DataError`] whose reason reads "`LOC 'value' <why>`".
+/// A [`DataError`] whose reason reads "`'value' <why>`": a value of the
+/// wrong form.
 fn error(location: &str, value: &str, why: &str) -> DataError {
-    DataError {
-        location: location.to_owned(),
-        reason: format!("{} {why}", quote(value)),
-    }
+    DataError::new(
+        Condition::DataType,
+        location,
+        format!("{} {why}", quote(value)),
+    )
 }
 
 /// The trimmed text, or `None` when it is empty or HL7's explicit null `""`
@@ -847,10 +891,13 @@ pub fn gender(value: &str, location: &str) -> Result<Option<&'static str>, DataE
         "F" => Ok(Some("female")),
         "O" | "A" | "N" => Ok(Some("other")),
         "U" => Ok(Some("unknown")),
-        _ => Err(error(
+        _ => Err(DataError::new(
+            Condition::TableValueNotFound,
             location,
-            code,
-            "is not an HL7 table 0001 administrative sex (M, F, O, U, A, N)",
+            format!(
+                "{} is not an HL7 table 0001 administrative sex (M, F, O, U, A, N)",
+                quote(code)
+            ),
         )),
     }
 }
@@ -1671,6 +1718,7 @@ mod tests {
                 reason: "'X' is not an HL7 table 0001 administrative sex \
                          (M, F, O, U, A, N)"
                     .to_owned(),
+                condition: Condition::TableValueNotFound,
             })
         );
         let err = gender("m", "NK1[2]-15").unwrap_err();

@@ -6,6 +6,7 @@
 //! would get, its errors, the fields the mapping does not use, and notes.
 
 use super::adt::{self, Adt, AdtContext, AdtError};
+use super::condition::Condition;
 use super::datatypes::DataError;
 use super::er7::Message;
 use super::state::{self, Cancels, Times, encounter_after, patient_after};
@@ -23,26 +24,12 @@ pub struct MessageRun {
     pub event: String,
     /// `AA`, `AE` or `AR`: what the gateway would answer.
     pub ack: &'static str,
-    pub errors: Vec<Located>,
+    /// As the ACK's ERR segments give them: location, reason, ERR-3 code.
+    pub errors: Vec<DataError>,
     /// Fields with content that the mapping does not use (`PID-13`, `NK1
     /// (segment not mapped)`).
     pub unmapped: Vec<String>,
     pub notes: Vec<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Located {
-    pub location: String,
-    pub reason: String,
-}
-
-impl From<DataError> for Located {
-    fn from(e: DataError) -> Located {
-        Located {
-            location: e.location,
-            reason: e.reason,
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -83,10 +70,11 @@ pub fn map_messages(text: &str, cx: &AdtContext, validator: &Validator) -> DryRu
             control_id: String::new(),
             event: String::new(),
             ack: "AR",
-            errors: vec![Located {
-                location: "(before the first MSH)".into(),
-                reason: format!("bytes that are not a message: {shown:?}"),
-            }],
+            errors: vec![DataError::new(
+                Condition::SegmentSequence,
+                "(before the first MSH)",
+                format!("bytes that are not a message: {shown:?}"),
+            )],
             unmapped: Vec::new(),
             notes: Vec::new(),
         });
@@ -109,10 +97,11 @@ pub fn map_messages(text: &str, cx: &AdtContext, validator: &Validator) -> DryRu
             Ok(m) => m,
             Err(err) => {
                 run.ack = "AR";
-                run.errors.push(Located {
-                    location: err.location,
-                    reason: err.message,
-                });
+                run.errors.push(DataError::new(
+                    Condition::SegmentSequence,
+                    err.location,
+                    err.message,
+                ));
                 runs.push(run);
                 continue;
             }
@@ -126,10 +115,12 @@ pub fn map_messages(text: &str, cx: &AdtContext, validator: &Validator) -> DryRu
             Ok(adt) => Ok(adt),
             Err(AdtError::Invalid(errors)) => Err(errors),
             Err(AdtError::Unsupported {
-                location, reason, ..
+                location,
+                condition,
+                reason,
             }) => {
                 run.ack = "AR";
-                run.errors.push(Located { location, reason });
+                run.errors.push(DataError::new(condition, location, reason));
                 runs.push(run);
                 continue;
             }
@@ -142,10 +133,11 @@ pub fn map_messages(text: &str, cx: &AdtContext, validator: &Validator) -> DryRu
             let first = &runs[*first];
             if let Some(at) = super::resend::difference(earlier, &message) {
                 run.ack = "AE";
-                run.errors.push(Located {
-                    location: "MSH-10".into(),
-                    reason: super::resend::reused(&format!("message {}", first.message), &at),
-                });
+                run.errors.push(DataError::new(
+                    Condition::DuplicateKey,
+                    "MSH-10",
+                    super::resend::reused(&format!("message {}", first.message), &at),
+                ));
                 runs.push(run);
                 continue;
             }
@@ -171,7 +163,7 @@ pub fn map_messages(text: &str, cx: &AdtContext, validator: &Validator) -> DryRu
             }
             Err(errors) => {
                 run.ack = "AE";
-                run.errors = errors.into_iter().map(Located::from).collect();
+                run.errors = errors;
             }
         }
         runs.push(run);
@@ -194,7 +186,7 @@ fn apply(
     patients: &mut Vec<Record>,
     encounters: &mut Vec<Record>,
     validator: &Validator,
-) -> Vec<Located> {
+) -> Vec<DataError> {
     let keys = adt.patient.keys();
     let at = patients
         .iter()
@@ -218,7 +210,7 @@ fn apply(
             .then_some(theirs)
         });
         if let Some(theirs) = clashing {
-            return vec![Located::from(super::ingest::clash(&theirs, ours))];
+            return vec![super::ingest::clash(&theirs, ours)];
         }
     }
     let current = at.map(|i| &patients[i].resource);
@@ -292,7 +284,7 @@ fn apply(
     Vec::new()
 }
 
-fn issues(validator: &Validator, resource: &Value) -> Vec<Located> {
+fn issues(validator: &Validator, resource: &Value) -> Vec<DataError> {
     let issues = validator.validate(resource);
     if !has_errors(&issues) {
         return Vec::new();
@@ -300,9 +292,12 @@ fn issues(validator: &Validator, resource: &Value) -> Vec<Located> {
     issues
         .into_iter()
         .filter(|i| matches!(i.severity, Severity::Error | Severity::Fatal))
-        .map(|i| Located {
-            location: i.expression.join(", "),
-            reason: i.diagnostics,
+        .map(|i| {
+            DataError::new(
+                Condition::of_issue(i.code),
+                i.expression.join(", "),
+                i.diagnostics,
+            )
         })
         .collect()
 }

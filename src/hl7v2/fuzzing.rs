@@ -39,7 +39,7 @@ fn message(bytes: &[u8]) {
     let text = utf8_or_windows_1252(bytes);
     let cx = AdtContext::default();
     if let Ok(msg) = Message::parse(&text) {
-        let reply = ack(Some(&msg), AckCode::AE, "X", "20260101000000", None);
+        let reply = ack(Some(&msg), AckCode::AE, "X", "20260101000000", &[]);
         if let Err(e) = Message::parse(&reply) {
             panic!("ACK does not parse: {e:?}\nACK: {reply:?}");
         }

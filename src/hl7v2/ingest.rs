@@ -21,6 +21,7 @@
 //! writer, and the message is planned again from what is stored.
 
 use super::adt::{self, Adt, AdtContext, AdtError, NHS_NUMBER_SYSTEM, PatientFacts, Visit};
+use super::condition::Condition;
 use super::datatypes::DataError;
 use super::er7::Message;
 use super::metrics::{self, FeedMetrics};
@@ -40,7 +41,7 @@ use crate::store::{
     QuarantineEntry, Store, StoreError, Stored, WriteOutcome, WriteRequest, search_all,
 };
 use crate::validate::Validator;
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -195,7 +196,7 @@ impl Feed {
                 tracing::warn!(source, location = %err.location, error = %err.message, "HL7 message rejected: unreadable");
                 let error = AckError {
                     location: Some(err.location),
-                    code: 100,
+                    condition: Condition::SegmentSequence,
                     text: format!("the message cannot be read: {}", err.message),
                 };
                 // Its MSH alone, when that reads: the AR then names the
@@ -205,7 +206,7 @@ impl Feed {
                     .next()
                     .and_then(|msh| Message::parse(msh).ok());
                 self.count(source, AckCode::AR, since);
-                return self.ack(header.as_ref(), AckCode::AR, Some(&error));
+                return self.ack(header.as_ref(), AckCode::AR, &[error]);
             }
         };
         let verdict = match self.process(&message, raw, source).await {
@@ -214,7 +215,7 @@ impl Feed {
                 tracing::error!(source, error = %err, "HL7 message not stored");
                 Verdict::Rejected(AckError {
                     location: None,
-                    code: 207,
+                    condition: Condition::InternalError,
                     text: format!("not stored, please send again: {err}"),
                 })
             }
@@ -229,10 +230,10 @@ impl Feed {
         self.count(source, AckCode::AR, std::time::Instant::now());
         let error = AckError {
             location: None,
-            code: 100,
+            condition: Condition::SegmentSequence,
             text: reason.to_string(),
         };
-        self.ack(None, AckCode::AR, Some(&error))
+        self.ack(None, AckCode::AR, &[error])
     }
 
     /// The ACK for a verdict.
@@ -240,31 +241,29 @@ impl Feed {
         match verdict {
             // (A replay's answer, not a sender's: the entry was applied.)
             Verdict::Accepted { .. } | Verdict::NotHeld => {
-                self.ack(Some(message), AckCode::AA, None)
+                self.ack(Some(message), AckCode::AA, &[])
             }
-            Verdict::Repeat { held: None, .. } => self.ack(Some(message), AckCode::AA, None),
+            Verdict::Repeat { held: None, .. } => self.ack(Some(message), AckCode::AA, &[]),
+            // The original's answer again: the same errors.
             Verdict::Repeat {
                 held: Some(reasons),
                 ..
             } => {
-                let error = AckError {
-                    location: None,
-                    code: 207,
-                    text: format!("a repeat of a message held in quarantine: {reasons}"),
-                };
-                self.ack(Some(message), AckCode::AE, Some(&error))
+                let errors = ack_errors(&DataError::from_reasons(reasons));
+                self.ack(Some(message), AckCode::AE, &errors)
             }
             Verdict::Quarantined { errors, .. } => {
-                let error = ack_error(errors);
-                self.ack(Some(message), AckCode::AE, Some(&error))
+                self.ack(Some(message), AckCode::AE, &ack_errors(errors))
             }
-            Verdict::Rejected(error) => self.ack(Some(message), AckCode::AR, Some(error)),
+            Verdict::Rejected(error) => {
+                self.ack(Some(message), AckCode::AR, std::slice::from_ref(error))
+            }
         }
     }
 
-    fn ack(&self, message: Option<&Message>, code: AckCode, error: Option<&AckError>) -> String {
+    fn ack(&self, message: Option<&Message>, code: AckCode, errors: &[AckError]) -> String {
         let control_id = format!("A{}", self.sequence.fetch_add(1, Ordering::Relaxed));
-        ack(message, code, &control_id, &ack_time(), error)
+        ack(message, code, &control_id, &ack_time(), errors)
     }
 
     /// Journals, maps, validates and stores one parsed message.
@@ -293,7 +292,7 @@ impl Feed {
             Ok(message) => self.apply(&message, None, source, Some(held)).await,
             Err(err) => Ok(Verdict::Rejected(AckError {
                 location: Some(err.location),
-                code: 100,
+                condition: Condition::SegmentSequence,
                 text: err.message,
             })),
         }
@@ -311,12 +310,12 @@ impl Feed {
             Ok(adt) => adt,
             Err(AdtError::Unsupported {
                 location,
-                code,
+                condition,
                 reason,
             }) => {
                 return Ok(Verdict::Rejected(AckError {
                     location: Some(location),
-                    code,
+                    condition,
                     text: reason,
                 }));
             }
@@ -382,10 +381,11 @@ impl Feed {
                     write: Some(WriteOutcome::RolledBack { error, .. }),
                     ..
                 } => {
-                    let errors = vec![DataError {
-                        location: "MSH-10".into(),
-                        reason: format!("the message's records cannot be stored: {error}"),
-                    }];
+                    let errors = vec![DataError::new(
+                        Condition::InternalError,
+                        "MSH-10",
+                        format!("the message's records cannot be stored: {error}"),
+                    )];
                     return self.quarantine(message, journal, source, errors).await;
                 }
                 IngestOutcome::Done {
@@ -398,12 +398,13 @@ impl Feed {
                 }
             }
         }
-        let errors = vec![DataError {
-            location: "MSH-10".into(),
-            reason: format!(
+        let errors = vec![DataError::new(
+            Condition::RecordLocked,
+            "MSH-10",
+            format!(
                 "the records this message changes kept changing under it ({MAX_ATTEMPTS} attempts)"
             ),
-        }];
+        )];
         self.quarantine(message, journal, source, errors).await
     }
 
@@ -473,13 +474,14 @@ impl Feed {
             return Ok(repeat);
         };
         let received = crate::fhir::datetime::format_instant(earlier.received_at_ms);
-        let errors = vec![DataError {
-            location: "MSH-10".into(),
-            reason: resend::reused(
+        let errors = vec![DataError::new(
+            Condition::DuplicateKey,
+            "MSH-10",
+            resend::reused(
                 &format!("journal entry {journal_id}, received {received}"),
                 &at,
             ),
-        }];
+        )];
         let entry = quarantine_entry(message, source, &errors);
         // (Taken with a patient's stripes held, never the other way round.)
         let _holding = self.holding.lock().await;
@@ -624,14 +626,15 @@ impl Feed {
         // whatever order the lookup found them.
         by_local.sort_by_cached_key(|(s, v)| (nhs_number_of(v).is_none(), s.id.clone()));
         if by_nhs.len() > 1 {
-            return Ok(Err(vec![DataError {
-                location: "PID-3".into(),
-                reason: format!(
+            return Ok(Err(vec![DataError::new(
+                Condition::InternalError,
+                "PID-3",
+                format!(
                     "NHS number {} is on {} patient records; merge them first",
                     facts.nhs_number.as_deref().unwrap_or_default(),
                     by_nhs.len()
                 ),
-            }]));
+            )]));
         }
         let (target, others) = match by_nhs.into_iter().next() {
             Some(found) => {
@@ -811,14 +814,15 @@ impl Feed {
         let mut moved_ids = Vec::new();
         if let (Some(visit), Some(key)) = (visit, &visit_key) {
             if encounters.len() > 1 {
-                return Ok(Err(vec![DataError {
-                    location: "PV1-19".into(),
-                    reason: format!(
+                return Ok(Err(vec![DataError::new(
+                    Condition::InternalError,
+                    "PV1-19",
+                    format!(
                         "visit number {} is on {} encounters",
                         key[0].1,
                         encounters.len()
                     ),
-                }]));
+                )]));
             }
             let (current, clock) = match encounters.into_iter().next() {
                 Some((stored, clock)) => (Some(stored), clock),
@@ -1003,14 +1007,15 @@ impl Feed {
                 .filter(|i| matches!(i.severity, Severity::Error | Severity::Fatal))
                 .map(|i| {
                     let expression = i.expression.first().cloned().unwrap_or_default();
-                    DataError {
-                        location: hl7_location(&expression).to_string(),
-                        reason: if expression.is_empty() {
+                    DataError::new(
+                        Condition::of_issue(i.code),
+                        hl7_location(&expression),
+                        if expression.is_empty() {
                             i.diagnostics
                         } else {
                             format!("{} (at {expression})", i.diagnostics)
                         },
-                    }
+                    )
                 })
                 .collect()
         })
@@ -1128,41 +1133,29 @@ fn code_of(verdict: &Verdict) -> AckCode {
 
 /// The quarantine entry of `message`, refused for `errors`.
 fn quarantine_entry(message: &Message, source: &str, errors: &[DataError]) -> QuarantineEntry {
-    let reasons: Vec<Value> = errors
-        .iter()
-        .map(|e| json!({"location": e.location, "reason": e.reason}))
-        .collect();
     QuarantineEntry {
         source: source.to_string(),
         sender: sender_of(message),
         journal_id: None,
         received_at_ms: jiff::Timestamp::now().as_millisecond(),
         location: format!("MSH-10 {}", message.control_id().unwrap_or_default()),
-        reasons: Value::Array(reasons).to_string(),
+        reasons: serde_json::to_string(errors).unwrap_or_else(|_| "[]".into()),
         content_type: CONTENT_TYPE.to_string(),
         payload: message.raw().as_bytes().to_vec(),
     }
 }
 
-/// One ERR for all errors: the first one's location and code, every reason.
-fn ack_error(errors: &[DataError]) -> AckError {
-    let text = errors
+/// One ERR for each error, located at it, its text the location and the
+/// reason (as MSA-3 lists them all).
+fn ack_errors(errors: &[DataError]) -> Vec<AckError> {
+    errors
         .iter()
-        .map(|e| format!("{}: {}", e.location, e.reason))
-        .collect::<Vec<_>>()
-        .join("; ");
-    let first = errors.first();
-    let code = match first {
-        Some(e) if e.reason.contains("required and missing") => 101,
-        // Duplicate key identifier.
-        Some(e) if e.reason.starts_with(resend::REUSED) => 205,
-        _ => 102,
-    };
-    AckError {
-        location: first.map(|e| e.location.clone()),
-        code,
-        text,
-    }
+        .map(|e| AckError {
+            location: Some(e.location.clone()),
+            condition: e.condition,
+            text: format!("{}: {}", e.location, e.reason),
+        })
+        .collect()
 }
 
 fn london() -> jiff::tz::TimeZone {
@@ -1198,12 +1191,13 @@ fn resolve_references(value: &mut Value, resolved: &FastMap<&str, String>) {
 /// A message whose hospital number is on the record of the patient with
 /// NHS number `theirs`, though it names `ours`.
 pub(super) fn clash(theirs: &str, ours: &str) -> DataError {
-    DataError {
-        location: "PID-3".into(),
-        reason: format!(
+    DataError::new(
+        Condition::DuplicateKey,
+        "PID-3",
+        format!(
             "a hospital number in this message belongs to the patient with NHS number {theirs}, not {ours}"
         ),
-    }
+    )
 }
 
 pub(super) fn nhs_number_of(patient: &Value) -> Option<String> {

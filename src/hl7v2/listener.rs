@@ -464,6 +464,7 @@ mod tests {
     use tokio::task::JoinHandle;
 
     use super::super::client::MllpClient;
+    use super::super::condition::Condition;
     use super::super::er7::Message;
     use super::super::mllp::{AckCode, AckError, ack};
     use super::*;
@@ -509,7 +510,7 @@ mod tests {
             if id.starts_with("NOACK") {
                 return Vec::new();
             }
-            ack(Some(&msg), AckCode::AA, &format!("A-{id}"), TS, None).into_bytes()
+            ack(Some(&msg), AckCode::AA, &format!("A-{id}"), TS, &[]).into_bytes()
         }
     }
 
@@ -530,10 +531,10 @@ mod tests {
     fn reject(text: String) -> Vec<u8> {
         let error = AckError {
             location: None,
-            code: 100,
+            condition: Condition::SegmentSequence,
             text,
         };
-        ack(None, AckCode::AR, "R", TS, Some(&error)).into_bytes()
+        ack(None, AckCode::AR, "R", TS, &[error]).into_bytes()
     }
 
     /// A small ADT^A01 with control id `id`.

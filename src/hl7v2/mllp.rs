@@ -8,6 +8,7 @@
 //! Memory held by a [`Framer`] is bounded by `max_frame` plus a 256-byte
 //! garbage sample whatever the peer sends; a frame's own size never matters.
 
+use super::condition::Condition;
 use super::er7::{Delimiters, Field, Location, Message};
 use super::escape::{escape, unescape};
 use memchr::memchr2;
@@ -236,35 +237,16 @@ impl AckCode {
     }
 }
 
-/// The error reported in the ERR segment.
+/// One error reported in an ERR segment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AckError {
-    /// Where, in location syntax (`PID-3[2].1`); becomes ERR-2.
+    /// Where, in location syntax (`PID-3[2].1`); becomes ERR-2 and the
+    /// location parts of ERR-1.
     pub location: Option<String>,
-    /// HL7 table 0357 code (100, 101, 102, 103, 200, 207, ...); ERR-3.
-    pub code: u16,
-    /// Human-readable text; ERR-8 and MSA-3.
+    /// What kind of error (HL7 table 0357); ERR-3 and ERR-1.4.
+    pub condition: Condition,
+    /// Human-readable text; ERR-8, and MSA-3 with the other errors'.
     pub text: String,
-}
-
-/// HL7 table 0357 (message error condition codes) display names.
-fn error_name(code: u16) -> Option<&'static str> {
-    Some(match code {
-        0 => "Message accepted",
-        100 => "Segment sequence error",
-        101 => "Required field missing",
-        102 => "Data type error",
-        103 => "Table value not found",
-        200 => "Unsupported message type",
-        201 => "Unsupported event code",
-        202 => "Unsupported processing id",
-        203 => "Unsupported version id",
-        204 => "Unknown key identifier",
-        205 => "Duplicate key identifier",
-        206 => "Application record locked",
-        207 => "Application internal error",
-        _ => return None,
-    })
 }
 
 /// Builds an acknowledgement for `message` (HL7 v2.5 §2.9), segments ended
@@ -275,12 +257,16 @@ fn error_name(code: u16) -> Option<&'static str> {
 ///   original MSH-3/4, transcoded component by component so a sender using
 ///   other delimiters still gets a well-formed ACK; MSH-7 `timestamp`;
 ///   MSH-9 `ACK^<trigger>^ACK`; MSH-10 `control_id`; MSH-11/12 copied.
-/// - MSA: MSA-1 `code`, MSA-2 the original MSH-10, MSA-3 the error text (a
-///   v2.5 "backward compatible" field that v2.3/2.4 engines still display).
-/// - ERR (when `error` is given), v2.5 layout: ERR-1 empty (deprecated ELD),
-///   ERR-2 `SEG^1^field^rep^comp^sub` from the location (segment sequence 1;
-///   empty if the location does not parse), ERR-3 `code^name^HL70357`,
-///   ERR-4 `E`, ERR-8 the text.
+/// - MSA: MSA-1 `code`, MSA-2 the original MSH-10, MSA-3 every error's text
+///   joined by `; ` (a v2.5 "backward compatible" field that v2.3/2.4
+///   engines still display).
+/// - One ERR per error (the v2.5 ACK's `[{ERR}]`), v2.5 layout: ERR-2
+///   `SEG^1^field^rep^comp^sub` from the location (empty if the location
+///   does not parse), ERR-3 `code^name^HL70357`, ERR-4 `E`, ERR-8 the text.
+///   ERR-1, the v2.3/2.4 error code and location (ELD,
+///   `SEG^1^field^code&name&HL70357`), is filled as well for a message of
+///   a version before 2.6, which withdrew it: a v2.4 engine (the NHS's
+///   usual) reads its errors there.
 ///
 /// Without a message (unparseable input) the ACK is minimal: MSA-1 is `AR`
 /// whatever `code` says (accepting what we could not read would lose it),
@@ -290,7 +276,7 @@ pub fn ack(
     code: AckCode,
     control_id: &str,
     timestamp: &str,
-    error: Option<&AckError>,
+    errors: &[AckError],
 ) -> String {
     let d = Delimiters::default();
     let msh = message.and_then(|m| m.segment("MSH"));
@@ -336,25 +322,53 @@ pub fn ack(
     out.push_str(code.as_str());
     out.push('|');
     copy(&mut out, 10);
-    if let Some(e) = error {
+    if !errors.is_empty() {
         out.push('|');
-        out.push_str(&escape(&e.text, &d));
+        for (i, e) in errors.iter().enumerate() {
+            if i > 0 {
+                out.push_str("; ");
+            }
+            out.push_str(&escape(&e.text, &d));
+        }
     }
     out.push('\r');
-    if let Some(e) = error {
+    let with_eld = message.is_none_or(|m| before_2_6(m.get("MSH-12.1").as_deref()));
+    for e in errors {
         let location = e
             .location
             .as_deref()
             .map(error_location)
             .unwrap_or_default();
-        let name = error_name(e.code).unwrap_or("");
+        let (number, name) = (e.condition.code(), e.condition.name());
+        out.push_str("ERR|");
+        if with_eld {
+            // ELD: segment ^ sequence ^ field ^ code (a CE, as subcomponents).
+            let mut parts = location.split('^');
+            for _ in 0..3 {
+                out.push_str(parts.next().unwrap_or_default());
+                out.push('^');
+            }
+            out.push_str(&format!("{number}&{name}&HL70357"));
+        }
         out.push_str(&format!(
-            "ERR||{location}|{}^{name}^HL70357|E||||{}\r",
-            e.code,
+            "|{location}|{number}^{name}^HL70357|E||||{}\r",
             escape(&e.text, &d)
         ));
     }
     out
+}
+
+/// Whether MSH-12 `version` names a version before 2.6 (or none, or one
+/// that does not read as a version: those are taken as 2.5).
+fn before_2_6(version: Option<&str>) -> bool {
+    let Some((major, rest)) = version.and_then(|v| v.trim().split_once('.')) else {
+        return true;
+    };
+    let minor = rest.split('.').next().unwrap_or_default();
+    match (major.parse::<u32>(), minor.parse::<u32>()) {
+        (Ok(major), Ok(minor)) => (major, minor) < (2, 6),
+        _ => true,
+    }
 }
 
 /// ERR-2 (ERL): segment id ^ segment sequence ^ field ^ repetition ^
@@ -362,6 +376,18 @@ pub fn ack(
 /// does not name them; a named component implies repetition 1.
 fn error_location(location: &str) -> String {
     let Some(loc) = Location::parse(location) else {
+        // A segment alone, as a repeated group's is named (`MRG[2]`).
+        let (segment, sequence) = match location.split_once('[') {
+            Some((segment, rest)) => (segment, rest.strip_suffix(']').unwrap_or_default()),
+            None => (location, "1"),
+        };
+        let is_id = segment.len() == 3
+            && segment
+                .bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
+        if is_id && !sequence.is_empty() && sequence.bytes().all(|b| b.is_ascii_digit()) {
+            return format!("{segment}^{sequence}");
+        }
         return String::new();
     };
     let mut out = format!("{}^1^{}", loc.segment, loc.field);

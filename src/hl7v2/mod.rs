@@ -7,6 +7,8 @@
 //! - `escape`: [`escape`]/[`unescape`] (HL7 v2.5 §2.7).
 //! - `mllp`: [`Framer`], [`frame`], [`ack`] (HL7 v2.5 Appendix C.4 MLLP;
 //!   §2.9 acknowledgements; MSA and ERR segments).
+//! - `condition`: [`Condition`], HL7 table 0357, the code each error's ERR
+//!   carries.
 //!
 //! Versions 2.3 to 2.5 are read the same way: MSH-12 is exposed, nothing is
 //! version specific. Nothing in this module allocates per byte of input more
@@ -14,6 +16,7 @@
 
 pub mod adt;
 pub mod client;
+pub mod condition;
 pub mod datatypes;
 pub mod dry_run;
 mod er7;
@@ -26,6 +29,7 @@ mod mllp;
 pub mod resend;
 pub mod state;
 
+pub use condition::Condition;
 pub use er7::{Component, Delimiters, Field, Message, ParseError, Rep, Segment};
 pub use escape::{escape, unescape};
 pub use mllp::{AckCode, AckError, Frame, Framer, ack, frame};

@@ -582,11 +582,11 @@ fn exercise(m: &Message, rng: &mut Lcg) {
         AckCode::AE,
         "C1",
         "2024",
-        Some(&AckError {
+        &[AckError {
             location: Some(random_location(rng, &ids)),
-            code: 207,
+            condition: Condition::InternalError,
             text: m.get("PID-5").unwrap_or_default(),
-        }),
+        }],
     );
     match Message::parse(&reply) {
         Ok(a) => assert_eq!(a.get("MSA-2"), m.control_id(), "{reply:?}"),
@@ -691,7 +691,7 @@ fn pathological_input_is_linear() {
 #[test]
 fn ack_accept_swaps_sender_and_receiver() {
     let m = parse(&sample("\r"));
-    let text = ack(Some(&m), AckCode::AA, "ACK0001", "20240331013600", None);
+    let text = ack(Some(&m), AckCode::AA, "ACK0001", "20240331013600", &[]);
     assert_eq!(
         text,
         "MSH|^~\\&|GATEWAY|X26|PAS|RJZ|20240331013600||ACK^A01^ACK|ACK0001|P|2.4\rMSA|AA|MSG0000123\r"
@@ -707,68 +707,126 @@ fn ack_error_carries_err_segment() {
     let m = parse(&sample("\r"));
     let err = |location: &str| AckError {
         location: Some(location.into()),
-        code: 102,
+        condition: Condition::DataType,
         text: "NHS number fails check|digit^ & ~ \\".into(),
     };
-    let text = ack(
-        Some(&m),
-        AckCode::AE,
-        "ACK2",
-        "2024",
-        Some(&err("PID-3[2].1")),
-    );
+    let text = ack(Some(&m), AckCode::AE, "ACK2", "2024", &[err("PID-3[2].1")]);
     let a = parse(&text);
     assert_eq!(a.get("MSA-1").as_deref(), Some("AE"));
     assert_eq!(a.get("MSA-2").as_deref(), Some("MSG0000123"));
     assert_eq!(a.get("MSA-3").as_deref(), Some(err("").text.as_str()));
+    // A v2.4 message: ERR-1 (ELD) as well, for engines of that version.
     assert_eq!(
         a.segment("ERR").map(|s| s.raw()),
         Some(
-            "ERR||PID^1^3^2^1|102^Data type error^HL70357|E||||NHS number fails check\\F\\digit\\S\\ \\T\\ \\R\\ \\E\\"
+            "ERR|PID^1^3^102&Data type error&HL70357|PID^1^3^2^1|102^Data type error^HL70357|E||||NHS number fails check\\F\\digit\\S\\ \\T\\ \\R\\ \\E\\"
         )
     );
     assert_eq!(a.get("ERR-8").as_deref(), Some(err("").text.as_str()));
+    assert_eq!(a.get("ERR-1.4.1").as_deref(), Some("102"));
     for (location, erl) in [
         ("PID-3", "PID^1^3"),
         ("PID-3[2]", "PID^1^3^2"),
         ("PID-3.1", "PID^1^3^1^1"),
         ("PID-11.1.2", "PID^1^11^1^1^2"),
+        ("MRG[2]", "MRG^2"),
+        ("MSH", "MSH^1"),
         ("segment 3", ""),
+        ("PID[x]", ""),
     ] {
-        let a = parse(&ack(
-            Some(&m),
-            AckCode::AE,
-            "X",
-            "2024",
-            Some(&err(location)),
-        ));
+        let a = parse(&ack(Some(&m), AckCode::AE, "X", "2024", &[err(location)]));
         let raw = a.segment("ERR").and_then(|s| s.field(2)).map(|f| f.raw());
         assert_eq!(raw.unwrap_or(""), erl, "{location}");
     }
 }
 
 #[test]
+fn ack_has_one_err_per_error() {
+    let m = parse(&sample("\r"));
+    let errors = [
+        AckError {
+            location: Some("PID-8".into()),
+            condition: Condition::TableValueNotFound,
+            text: "PID-8: 'X' is not in table 0001".into(),
+        },
+        AckError {
+            location: Some("PV1-19".into()),
+            condition: Condition::RequiredFieldMissing,
+            text: "PV1-19: the visit number is required and missing".into(),
+        },
+    ];
+    let a = parse(&ack(Some(&m), AckCode::AE, "X", "2024", &errors));
+    assert_eq!(
+        a.get("MSA-3").as_deref(),
+        Some("PID-8: 'X' is not in table 0001; PV1-19: the visit number is required and missing")
+    );
+    let errs: Vec<&str> = a.segments_named("ERR").map(|s| s.raw()).collect();
+    assert_eq!(
+        errs,
+        [
+            "ERR|PID^1^8^103&Table value not found&HL70357|PID^1^8|103^Table value not found^HL70357|E||||PID-8: 'X' is not in table 0001",
+            "ERR|PV1^1^19^101&Required field missing&HL70357|PV1^1^19|101^Required field missing^HL70357|E||||PV1-19: the visit number is required and missing",
+        ]
+    );
+}
+
+#[test]
+fn err_1_is_left_empty_from_v2_6_which_withdrew_it() {
+    let error = AckError {
+        location: Some("PID-8".into()),
+        condition: Condition::TableValueNotFound,
+        text: "bad".into(),
+    };
+    for (version, eld) in [
+        ("2.3", true),
+        ("2.3.1", true),
+        ("2.4", true),
+        ("2.5.1", true),
+        ("", true),
+        ("garbage", true),
+        ("2.6", false),
+        ("2.8.2", false),
+        ("2.10", false),
+    ] {
+        let m = parse(&format!(
+            "MSH|^~\\&|PAS|RJZ|GW|X26|2024||ADT^A01|M1|P|{version}\rPID|1"
+        ));
+        let a = parse(&ack(
+            Some(&m),
+            AckCode::AE,
+            "X",
+            "2024",
+            std::slice::from_ref(&error),
+        ));
+        assert_eq!(a.get("ERR-1").is_some(), eld, "{version}");
+        assert_eq!(a.get("ERR-3.1").as_deref(), Some("103"), "{version}");
+    }
+}
+
+#[test]
 fn ack_reject_without_message() {
-    let text = ack(None, AckCode::AA, "ACK9", "20240331", None);
+    let text = ack(None, AckCode::AA, "ACK9", "20240331", &[]);
     assert_eq!(text, "MSH|^~\\&|||||20240331||ACK|ACK9|P|2.5\rMSA|AR|\r");
     let e = AckError {
         location: None,
-        code: 207,
+        condition: Condition::InternalError,
         text: "unparseable".into(),
     };
-    let a = parse(&ack(None, AckCode::AE, "ACK9", "20240331", Some(&e)));
+    let a = parse(&ack(None, AckCode::AE, "ACK9", "20240331", &[e]));
     assert_eq!(a.get("MSA-1").as_deref(), Some("AR"));
     assert_eq!(a.get("MSA-2"), None);
     assert_eq!(
         a.segment("ERR").map(|s| s.raw()),
-        Some("ERR|||207^Application internal error^HL70357|E||||unparseable")
+        Some(
+            "ERR|^^^207&Application internal error&HL70357||207^Application internal error^HL70357|E||||unparseable"
+        )
     );
 }
 
 #[test]
 fn ack_echoes_escaped_fields_of_standard_delimiters_as_sent() {
     let m = parse("MSH|^~\\&|PAS^1.2|R\\T\\J|GW|X26|2024||ADT^A03|ID\\F\\1~2|P|2.5");
-    let text = ack(Some(&m), AckCode::AA, "A1", "2024", None);
+    let text = ack(Some(&m), AckCode::AA, "A1", "2024", &[]);
     assert_eq!(
         text,
         "MSH|^~\\&|GW|X26|PAS^1.2|R\\T\\J|2024||ACK^A03^ACK|A1|P|2.5\rMSA|AA|ID\\F\\1~2\r"
@@ -779,7 +837,7 @@ fn ack_echoes_escaped_fields_of_standard_delimiters_as_sent() {
 #[test]
 fn ack_transcodes_non_standard_delimiters() {
     let m = parse("MSH$%*#@$PAS%1.2#S#3$RJZ$GW$X26$2024$$ADT%A03$ID#F#1|x$P$2.5");
-    let text = ack(Some(&m), AckCode::AA, "A1", "2024", None);
+    let text = ack(Some(&m), AckCode::AA, "A1", "2024", &[]);
     assert_eq!(
         text,
         "MSH|^~\\&|GW|X26|PAS^1.2%3|RJZ|2024||ACK^A03^ACK|A1|P|2.5\rMSA|AA|ID$1\\F\\x\r"
@@ -796,7 +854,7 @@ fn an_ack_never_carries_a_control_character_a_sender_escaped() {
         "MSH$%*#@$PAS\\X0B\\$RJZ$GW$X26$2024$$ADT%A03$ID#X1C#1$P$2.5",
     ] {
         let m = parse(text);
-        let ack = ack(Some(&m), AckCode::AA, "A1", "2024", None);
+        let ack = ack(Some(&m), AckCode::AA, "A1", "2024", &[]);
         assert!(
             !ack.trim_end_matches('\r')
                 .split('\r')
@@ -1009,10 +1067,10 @@ fn processing_ids_not_taken_are_refused_at_msh_11() {
     match read(&message("T"), &live) {
         Err(AdtError::Unsupported {
             location,
-            code,
+            condition,
             reason,
         }) => {
-            assert_eq!((location.as_str(), code), ("MSH-11.1", 202));
+            assert_eq!((location.as_str(), condition.code()), ("MSH-11.1", 202));
             assert!(reason.contains("processing id T"), "{reason}");
         }
         other => panic!("a training message taken by a live gateway: {other:?}"),
@@ -1026,4 +1084,44 @@ fn processing_ids_not_taken_are_refused_at_msh_11() {
     };
     assert!(read(&message("T"), &test_instance).is_ok());
     assert!(read(&message("P"), &test_instance).is_err());
+}
+
+/// Each mapping error carries the HL7 table 0357 code of its kind, which
+/// its ERR-3 gives: a field required and missing 101, a value of the wrong
+/// form 102, a code outside its table 103, a second merge 207.
+#[test]
+fn mapping_errors_carry_the_condition_of_their_kind() {
+    use crate::hl7v2::adt::{AdtContext, AdtError, read};
+    let cx = AdtContext::default();
+    let conditions = |text: &str| -> Vec<(String, u16)> {
+        match read(&parse(text), &cx) {
+            Err(AdtError::Invalid(errors)) => errors
+                .into_iter()
+                .map(|e| (e.location, e.condition.code()))
+                .collect(),
+            other => panic!("not refused: {other:?}"),
+        }
+    };
+    let head = "MSH|^~\\&|PAS|RJZ|GW|OB|202607141018||ADT^A01|R1|P|2.4\rEVN|A01|202607141018\r";
+    assert_eq!(
+        conditions(&format!(
+            "{head}PID|1||K1^^^RJZ^MR~9990000019^^^NHS^NH||PAGE^Ann||19800230|X||||||||||||||||||||||Q\r\
+             PV1|1|Z|ED^^^RJZ30||||||||||||||||\r"
+        )),
+        [
+            ("PID-3[2].1".to_string(), 102),
+            ("PID-7".to_string(), 102),
+            ("PID-8".to_string(), 103),
+            ("PID-30".to_string(), 103),
+            ("PV1-19".to_string(), 101),
+            ("PV1-2".to_string(), 103),
+        ]
+    );
+    assert_eq!(
+        conditions(
+            "MSH|^~\\&|PAS|RJZ|GW|OB|202607141018||ADT^A40|R2|P|2.4\rEVN|A40|202607141018\r\
+             PID|1||K1^^^RJZ^MR\rMRG|K2^^^RJZ^MR\rPID|1||K3^^^RJZ^MR\rMRG|K4^^^RJZ^MR\r"
+        ),
+        [("MRG[2]".to_string(), 207)]
+    );
 }
