@@ -2,7 +2,8 @@
 //! MLLP framing, ER7 parsing, ACK building, ADT mapping, the state
 //! transitions and the dry-run mapper, on arbitrary bytes. It must never
 //! panic, hang or grow memory without bound. It checks two properties
-//! itself: the ACK the gateway would send back parses, and a file sent
+//! itself: the ACK the gateway would send back parses (with one ERR per
+//! error the mapping finds), and a file sent
 //! twice over ends, in the dry run, as it ended once (repeats change
 //! nothing).
 //!
@@ -13,7 +14,7 @@
 use std::sync::OnceLock;
 
 use super::adt::{self, AdtContext};
-use super::{AckCode, Frame, Framer, Message, ack, dry_run, state};
+use super::{AckCode, AckError, Frame, Framer, Message, ack, dry_run, state};
 use crate::config::DEFAULT_HL7_MAX_BYTES;
 use crate::gp::read::utf8_or_windows_1252;
 use crate::validate::Validator;
@@ -39,11 +40,29 @@ fn message(bytes: &[u8]) {
     let text = utf8_or_windows_1252(bytes);
     let cx = AdtContext::default();
     if let Ok(msg) = Message::parse(&text) {
-        let reply = ack(Some(&msg), AckCode::AE, "X", "20260101000000", &[]);
-        if let Err(e) = Message::parse(&reply) {
-            panic!("ACK does not parse: {e:?}\nACK: {reply:?}");
-        }
-        if let Ok(adt) = adt::read(&msg, &cx) {
+        let read = adt::read(&msg, &cx);
+        let errors: Vec<AckError> = match &read {
+            Ok(_) => Vec::new(),
+            Err(adt::AdtError::Invalid(errors)) => errors
+                .iter()
+                .map(|e| AckError {
+                    location: Some(e.location.clone()),
+                    condition: e.condition,
+                    text: format!("{}: {}", e.location, e.reason),
+                })
+                .collect(),
+            Err(adt::AdtError::Unsupported {
+                location,
+                condition,
+                reason,
+            }) => vec![AckError {
+                location: Some(location.clone()),
+                condition: *condition,
+                text: reason.clone(),
+            }],
+        };
+        acknowledges(&msg, &errors);
+        if let Ok(adt) = read {
             let _ = state::patient_after(None, &state::Times::of(None), &adt);
             if let Some(visit) = &adt.visit {
                 let mut cancels = state::Cancels::of(None);
@@ -53,6 +72,31 @@ fn message(bytes: &[u8]) {
     }
     let once = dry_run::map_messages(&text, &cx, validator());
     resent_changes_nothing(&text, &once, &cx);
+}
+
+/// The ACK the gateway would send for `msg` refused for `errors` parses,
+/// answers it (MSA-2 its MSH-10), and has one ERR per error carrying the
+/// error's code, whatever the message and the errors' texts hold.
+fn acknowledges(msg: &Message, errors: &[AckError]) {
+    let reply = ack(Some(msg), AckCode::AE, "X", "20260101000000", errors);
+    let parsed = match Message::parse(&reply) {
+        Ok(parsed) => parsed,
+        Err(e) => panic!("ACK does not parse: {e:?}\nACK: {reply:?}"),
+    };
+    assert_eq!(parsed.get("MSA-2"), msg.control_id(), "{reply:?}");
+    let codes: Vec<String> = parsed
+        .segments_named("ERR")
+        .map(|s| {
+            s.field(3)
+                .map(|f| f.raw().split('^').next().unwrap_or_default().to_string())
+        })
+        .map(Option::unwrap_or_default)
+        .collect();
+    let expected: Vec<String> = errors
+        .iter()
+        .map(|e| e.condition.code().to_string())
+        .collect();
+    assert_eq!(codes, expected, "one ERR per error: {reply:?}");
 }
 
 /// The feed's rule for repeats (same MSH-3, MSH-4 and MSH-10 and the same

@@ -332,7 +332,8 @@ pub fn ack(
         }
     }
     out.push('\r');
-    let with_eld = message.is_none_or(|m| before_2_6(m.get("MSH-12.1").as_deref()));
+    let with_eld =
+        !errors.is_empty() && message.is_none_or(|m| before_2_6(m.get("MSH-12.1").as_deref()));
     for e in errors {
         let location = e
             .location
