@@ -1710,6 +1710,30 @@ mod tests {
     }
 
     #[test]
+    fn errors_read_back_from_a_quarantine_entrys_reasons() {
+        let errors = vec![
+            DataError::new(
+                Condition::TableValueNotFound,
+                "PID-8",
+                "'X' is not in table 0001",
+            ),
+            DataError::new(Condition::DuplicateKey, "MSH-10", "MSH-10 already used"),
+        ];
+        let written = serde_json::to_string(&errors).unwrap();
+        assert_eq!(
+            written,
+            r#"[{"location":"PID-8","reason":"'X' is not in table 0001","code":103},{"location":"MSH-10","reason":"MSH-10 already used","code":205}]"#
+        );
+        assert_eq!(DataError::from_reasons(&written), errors);
+        // Written before codes were kept: answered 102, as they were then.
+        assert_eq!(
+            DataError::from_reasons(r#"[{"location":"PID-7","reason":"bad"}]"#),
+            [DataError::new(Condition::DataType, "PID-7", "bad")]
+        );
+        assert!(DataError::from_reasons("not json").is_empty());
+    }
+
+    #[test]
     fn unknown_sex_codes_are_errors() {
         assert_eq!(
             gender("X", "PID-8"),

@@ -249,7 +249,15 @@ impl Feed {
                 held: Some(reasons),
                 ..
             } => {
-                let errors = ack_errors(&DataError::from_reasons(reasons));
+                let mut errors = ack_errors(&DataError::from_reasons(reasons));
+                if errors.is_empty() {
+                    // (Reasons that do not read: an AE still says why.)
+                    errors.push(AckError {
+                        location: None,
+                        condition: Condition::InternalError,
+                        text: format!("a repeat of a message held in quarantine: {reasons}"),
+                    });
+                }
                 self.ack(Some(message), AckCode::AE, &errors)
             }
             Verdict::Quarantined { errors, .. } => {
