@@ -99,15 +99,29 @@ async fn the_live_feed_ends_where_the_dry_run_does() {
         for message in pathway_gateway::api::ingest::split_messages(text.as_bytes()) {
             let ack = client.send(message).await.unwrap();
             let ack = String::from_utf8_lossy(&ack).to_string();
-            // MSA-1, and each ERR's ERR-3 code.
+            // MSA-1, and every error's code: each ERR's ERR-3, or (v2.3
+            // and v2.4) the codes in the one ERR's repeated ERR-1.
             let field = |prefix: &str, n: usize| {
                 ack.split('\r')
                     .filter(|s| s.starts_with(prefix))
                     .filter_map(|s| s.split('|').nth(n))
-                    .map(|f| f.split('^').next().unwrap_or_default().to_string())
+                    .map(str::to_string)
                     .collect::<Vec<_>>()
             };
-            acks.push((field("MSA|", 1).concat(), field("ERR|", 3)));
+            let first = |text: &str| {
+                text.split(['^', '&'])
+                    .next()
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            let codes: Vec<String> = match field("ERR|", 1).as_slice() {
+                [eld] if !eld.is_empty() => eld
+                    .split('~')
+                    .map(|e| first(e.split('^').nth(3).unwrap_or_default()))
+                    .collect(),
+                _ => field("ERR|", 3).iter().map(|f| first(f)).collect(),
+            };
+            acks.push((field("MSA|", 1).concat(), codes));
         }
         let expected_acks: Vec<(String, Vec<String>)> = run
             .messages

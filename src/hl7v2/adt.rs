@@ -354,7 +354,11 @@ pub fn read_with(
         (Some(_), Some(known)) => known,
         (Some(pid), None) => Arc::new(read_patient(msg, pid, &sender, &mut errors, &mut notes)),
         (None, _) => {
-            errors.push(missing("PID", "PID segment"));
+            errors.push(DataError::new(
+                Condition::SegmentSequence,
+                "PID",
+                "PID segment is required and missing",
+            ));
             Arc::default()
         }
     };
@@ -369,7 +373,11 @@ pub fn read_with(
         match msg.segment("PV1") {
             Some(pv1) => read_visit(pv1, &sender, cx, &mut errors, &mut notes),
             None => {
-                errors.push(missing("PV1", "PV1 segment (the visit)"));
+                errors.push(DataError::new(
+                    Condition::SegmentSequence,
+                    "PV1",
+                    "PV1 segment (the visit) is required and missing",
+                ));
                 None
             }
         }
@@ -382,7 +390,7 @@ pub fn read_with(
         // ADT_A39's merge group repeats; this feed takes one merge a
         // message, and refuses the rest rather than drop them unseen.
         errors.push(DataError::new(
-            Condition::InternalError,
+            Condition::SegmentSequence,
             "MRG[2]",
             "a second merge (PID and MRG group) in one A40: send each merge as its own message",
         ));

@@ -5,12 +5,16 @@
 use serde::{Serialize, Serializer};
 
 /// One code of HL7 table 0357 (v2.5 §2.15.5.3). The gateway gives each
-/// refusal the code of its kind: 101 for a field required and missing, 103
-/// for a code outside its table, 102 for any other value that cannot be
-/// taken, 205 for a key that is someone else's, 206 and 207 for the store.
+/// refusal the code of its kind: 100 for a segment missing or repeated
+/// where this interface takes one, 101 for a field required and missing,
+/// 103 for a code outside its table, 102 for any other value that cannot
+/// be taken, 205 for a key that is someone else's, 206 for records that
+/// kept changing, 207 for what the gateway cannot do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Condition {
-    /// 100: the message cannot be read as segments (or is not a message).
+    /// 100: the message cannot be read as segments (or is not a message),
+    /// or a segment it needs is missing (PID, PV1) or repeated where this
+    /// interface takes one (a second merge group in an A40).
     SegmentSequence,
     /// 101: a field the mapping needs is empty.
     RequiredFieldMissing,
@@ -29,8 +33,7 @@ pub enum Condition {
     /// 206: the records kept changing under the message.
     RecordLocked,
     /// 207: the gateway could not do what the message needs (the store
-    /// failed, records it cannot choose between, a second merge in one
-    /// A40).
+    /// failed, records it cannot choose between).
     InternalError,
 }
 

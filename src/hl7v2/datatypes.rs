@@ -47,7 +47,7 @@ const QUOTE_MAX: usize = 40;
 
 /// A located mapping problem: `location` is HL7 location syntax such as
 /// `PID-7` or `PID-11[2].5`; `reason` is a plain-English sentence that
-/// starts with the location and quotes the offending value.
+/// quotes the offending value (the ACK puts the location before it).
 ///
 /// In JSON (the quarantine's reasons, the dry run) it is `{"location",
 /// "reason", "code"}`, the code being ERR-3's number.
@@ -62,22 +62,32 @@ pub struct DataError {
 
 impl DataError {
     /// The errors a quarantine entry's reasons (as [`DataError`]s are
-    /// written there) hold; a reason written without a code (before codes
-    /// were kept) is a data type error, as every such error was answered.
+    /// written there) hold; items without a reason are left out. A reason
+    /// written without a code (before codes were kept) gets the code it
+    /// was answered with then: 101 if it said "required and missing", 205
+    /// for another message under a used MSH-10, else 102.
     pub fn from_reasons(reasons: &str) -> Vec<DataError> {
         let Ok(serde_json::Value::Array(items)) = serde_json::from_str(reasons) else {
             return Vec::new();
         };
         items
             .iter()
-            .map(|item| {
-                let text = |key: &str| item.get(key).and_then(Value::as_str).unwrap_or_default();
-                let condition = item
-                    .get("code")
-                    .and_then(Value::as_u64)
-                    .and_then(Condition::from_code)
-                    .unwrap_or(Condition::DataType);
-                DataError::new(condition, text("location"), text("reason"))
+            .filter_map(|item| {
+                let reason = item.get("reason").and_then(Value::as_str)?;
+                let location = item.get("location").and_then(Value::as_str);
+                let condition = match item.get("code").and_then(Value::as_u64) {
+                    Some(code) => Condition::from_code(code).unwrap_or(Condition::DataType),
+                    None if reason.contains("required and missing") => {
+                        Condition::RequiredFieldMissing
+                    }
+                    None if reason.starts_with(super::resend::REUSED) => Condition::DuplicateKey,
+                    None => Condition::DataType,
+                };
+                Some(DataError::new(
+                    condition,
+                    location.unwrap_or_default(),
+                    reason,
+                ))
             })
             .collect()
     }
@@ -1725,12 +1735,18 @@ mod tests {
             r#"[{"location":"PID-8","reason":"'X' is not in table 0001","code":103},{"location":"MSH-10","reason":"MSH-10 already used","code":205}]"#
         );
         assert_eq!(DataError::from_reasons(&written), errors);
-        // Written before codes were kept: answered 102, as they were then.
-        assert_eq!(
-            DataError::from_reasons(r#"[{"location":"PID-7","reason":"bad"}]"#),
-            [DataError::new(Condition::DataType, "PID-7", "bad")]
+        // Written before codes were kept: the codes they were answered with.
+        let old = format!(
+            r#"[{{"location":"PID-7","reason":"bad"}},{{"location":"PV1-19","reason":"visit number is required and missing"}},{{"location":"MSH-10","reason":"{} by journal entry 3"}}]"#,
+            super::super::resend::REUSED
         );
+        let codes: Vec<u16> = DataError::from_reasons(&old)
+            .iter()
+            .map(|e| e.condition.code())
+            .collect();
+        assert_eq!(codes, [102, 101, 205]);
         assert!(DataError::from_reasons("not json").is_empty());
+        assert!(DataError::from_reasons(r#"[1, {"location": "PID-3"}]"#).is_empty());
     }
 
     #[test]

@@ -2,8 +2,8 @@
 //! MLLP framing, ER7 parsing, ACK building, ADT mapping, the state
 //! transitions and the dry-run mapper, on arbitrary bytes. It must never
 //! panic, hang or grow memory without bound. It checks two properties
-//! itself: the ACK the gateway would send back parses (with one ERR per
-//! error the mapping finds), and a file sent
+//! itself: the ACK the gateway would send back parses (and gives the code
+//! of every error the mapping finds), and a file sent
 //! twice over ends, in the dry run, as it ended once (repeats change
 //! nothing).
 //!
@@ -43,14 +43,7 @@ fn message(bytes: &[u8]) {
         let read = adt::read(&msg, &cx);
         let errors: Vec<AckError> = match &read {
             Ok(_) => Vec::new(),
-            Err(adt::AdtError::Invalid(errors)) => errors
-                .iter()
-                .map(|e| AckError {
-                    location: Some(e.location.clone()),
-                    condition: e.condition,
-                    text: format!("{}: {}", e.location, e.reason),
-                })
-                .collect(),
+            Err(adt::AdtError::Invalid(errors)) => super::ingest::ack_errors(errors),
             Err(adt::AdtError::Unsupported {
                 location,
                 condition,
@@ -75,8 +68,10 @@ fn message(bytes: &[u8]) {
 }
 
 /// The ACK the gateway would send for `msg` refused for `errors` parses,
-/// answers it (MSA-2 its MSH-10), and has one ERR per error carrying the
-/// error's code, whatever the message and the errors' texts hold.
+/// answers it (MSA-2 its MSH-10), and gives every error's code, in order,
+/// whatever the message and the errors' texts hold: in an ERR each
+/// (ERR-3), or for v2.3/2.4 in one ERR's repeated ERR-1 (ELD, code in its
+/// fourth component) whose ERR-3 is the first error's.
 fn acknowledges(msg: &Message, errors: &[AckError]) {
     let reply = ack(Some(msg), AckCode::AE, "X", "20260101000000", errors);
     let parsed = match Message::parse(&reply) {
@@ -84,19 +79,35 @@ fn acknowledges(msg: &Message, errors: &[AckError]) {
         Err(e) => panic!("ACK does not parse: {e:?}\nACK: {reply:?}"),
     };
     assert_eq!(parsed.get("MSA-2"), msg.control_id(), "{reply:?}");
-    let codes: Vec<String> = parsed
-        .segments_named("ERR")
-        .map(|s| {
-            s.field(3)
-                .map(|f| f.raw().split('^').next().unwrap_or_default().to_string())
-        })
-        .map(Option::unwrap_or_default)
-        .collect();
     let expected: Vec<String> = errors
         .iter()
         .map(|e| e.condition.code().to_string())
         .collect();
-    assert_eq!(codes, expected, "one ERR per error: {reply:?}");
+    let raw = |segment: &super::Segment<'_>, n: usize| {
+        segment
+            .field(n)
+            .map(|f| f.raw().to_string())
+            .unwrap_or_default()
+    };
+    let first =
+        |text: &str, separator: char| text.split(separator).next().unwrap_or_default().to_string();
+    let segments: Vec<_> = parsed.segments_named("ERR").collect();
+    let err_3: Vec<String> = segments.iter().map(|s| first(&raw(s, 3), '^')).collect();
+    let codes = match segments.as_slice() {
+        [one] if !raw(one, 1).is_empty() => {
+            assert_eq!(
+                err_3,
+                expected[..1],
+                "ERR-3 is the first error's: {reply:?}"
+            );
+            raw(one, 1)
+                .split('~')
+                .map(|eld| first(eld.split('^').nth(3).unwrap_or_default(), '&'))
+                .collect()
+        }
+        _ => err_3,
+    };
+    assert_eq!(codes, expected, "every error's code: {reply:?}");
 }
 
 /// The feed's rule for repeats (same MSH-3, MSH-4 and MSH-10 and the same

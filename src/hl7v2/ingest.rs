@@ -1155,7 +1155,7 @@ fn quarantine_entry(message: &Message, source: &str, errors: &[DataError]) -> Qu
 
 /// One ERR for each error, located at it, its text the location and the
 /// reason (as MSA-3 lists them all).
-fn ack_errors(errors: &[DataError]) -> Vec<AckError> {
+pub(crate) fn ack_errors(errors: &[DataError]) -> Vec<AckError> {
     errors
         .iter()
         .map(|e| AckError {

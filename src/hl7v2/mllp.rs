@@ -260,13 +260,14 @@ pub struct AckError {
 /// - MSA: MSA-1 `code`, MSA-2 the original MSH-10, MSA-3 every error's text
 ///   joined by `; ` (a v2.5 "backward compatible" field that v2.3/2.4
 ///   engines still display).
-/// - One ERR per error (the v2.5 ACK's `[{ERR}]`), v2.5 layout: ERR-2
-///   `SEG^1^field^rep^comp^sub` from the location (empty if the location
-///   does not parse), ERR-3 `code^name^HL70357`, ERR-4 `E`, ERR-8 the text.
-///   ERR-1, the v2.3/2.4 error code and location (ELD,
-///   `SEG^1^field^code&name&HL70357`), is filled as well for a message of
-///   a version before 2.6, which withdrew it: a v2.4 engine (the NHS's
-///   usual) reads its errors there.
+/// - ERR, v2.5 layout: ERR-2 `SEG^1^field^rep^comp^sub` from the location
+///   (empty if the location does not parse), ERR-3 `code^name^HL70357`,
+///   ERR-4 `E`, ERR-8 the text. One ERR per error (the v2.5 ACK's
+///   `[{ERR}]`), except for a message of v2.3 or v2.4, whose ACK has one
+///   ERR (`[ERR]`): that one gives every error in ERR-1, the field those
+///   versions define (ELD, `SEG^1^field^code&name&HL70357`, repeated),
+///   and the first error in the v2.5 fields, which the NHS's v2.4
+///   profile pre-adopts.
 ///
 /// Without a message (unparseable input) the ACK is minimal: MSA-1 is `AR`
 /// whatever `code` says (accepting what we could not read would lose it),
@@ -332,43 +333,70 @@ pub fn ack(
         }
     }
     out.push('\r');
-    let with_eld =
-        !errors.is_empty() && message.is_none_or(|m| before_2_6(m.get("MSH-12.1").as_deref()));
-    for e in errors {
+    if errors.is_empty() {
+        return out;
+    }
+    let err = |out: &mut String, e: &AckError, eld: &str| {
         let location = e
             .location
             .as_deref()
             .map(error_location)
             .unwrap_or_default();
-        let (number, name) = (e.condition.code(), e.condition.name());
-        out.push_str("ERR|");
-        if with_eld {
-            // ELD: segment ^ sequence ^ field ^ code (a CE, as subcomponents).
-            let mut parts = location.split('^');
-            for _ in 0..3 {
-                out.push_str(parts.next().unwrap_or_default());
-                out.push('^');
-            }
-            out.push_str(&format!("{number}&{name}&HL70357"));
-        }
         out.push_str(&format!(
-            "|{location}|{number}^{name}^HL70357|E||||{}\r",
+            "ERR|{eld}|{location}|{}^{}^HL70357|E||||{}\r",
+            e.condition.code(),
+            e.condition.name(),
             escape(&e.text, &d)
         ));
+    };
+    match message {
+        // v2.3 and v2.4: one ERR, whose ERR-1 repeats for every error.
+        Some(m) if before_2_5(m.get("MSH-12.1").as_deref()) => {
+            let eld: Vec<String> = errors.iter().map(error_code_and_location).collect();
+            err(&mut out, &errors[0], &eld.join("~"));
+        }
+        _ => {
+            for e in errors {
+                err(&mut out, e, "");
+            }
+        }
     }
     out
 }
 
-/// Whether MSH-12 `version` names a version before 2.6 (or none, or one
-/// that does not read as a version: those are taken as 2.5).
-fn before_2_6(version: Option<&str>) -> bool {
+/// ERR-1 as v2.3 and v2.4 give it (ELD): segment ^ sequence ^ field ^ the
+/// code as a CE in subcomponents.
+fn error_code_and_location(e: &AckError) -> String {
+    let location = e
+        .location
+        .as_deref()
+        .map(error_location)
+        .unwrap_or_default();
+    let mut parts = location.split('^');
+    let mut out = String::new();
+    for _ in 0..3 {
+        out.push_str(parts.next().unwrap_or_default());
+        out.push('^');
+    }
+    out.push_str(&format!(
+        "{}&{}&HL70357",
+        e.condition.code(),
+        e.condition.name()
+    ));
+    out
+}
+
+/// Whether MSH-12 `version` names a version before 2.5 (2.3, 2.3.1, 2.4),
+/// whose ACK has at most one ERR. None, or one that does not read as a
+/// version, is taken as 2.5, the version of this gateway's own ACKs.
+fn before_2_5(version: Option<&str>) -> bool {
     let Some((major, rest)) = version.and_then(|v| v.trim().split_once('.')) else {
-        return true;
+        return false;
     };
     let minor = rest.split('.').next().unwrap_or_default();
     match (major.parse::<u32>(), minor.parse::<u32>()) {
-        (Ok(major), Ok(minor)) => (major, minor) < (2, 6),
-        _ => true,
+        (Ok(major), Ok(minor)) => (major, minor) < (2, 5),
+        _ => false,
     }
 }
 

@@ -740,9 +740,11 @@ fn ack_error_carries_err_segment() {
     }
 }
 
+/// Two errors, as a v2.5 message's ACK gives them (one ERR each) and as a
+/// v2.4 one's does (one ERR: every error in ERR-1, the first in the v2.5
+/// fields).
 #[test]
-fn ack_has_one_err_per_error() {
-    let m = parse(&sample("\r"));
+fn ack_gives_every_error_in_the_layout_of_the_messages_version() {
     let errors = [
         AckError {
             location: Some("PID-8".into()),
@@ -755,23 +757,52 @@ fn ack_has_one_err_per_error() {
             text: "PV1-19: the visit number is required and missing".into(),
         },
     ];
-    let a = parse(&ack(Some(&m), AckCode::AE, "X", "2024", &errors));
+    let message = |version: &str| {
+        parse(&format!(
+            "MSH|^~\\&|PAS|RJZ|GW|X26|2024||ADT^A01|M1|P|{version}\rPID|1"
+        ))
+    };
+    let errs = |version: &str| -> (String, Vec<String>) {
+        let a = parse(&ack(
+            Some(&message(version)),
+            AckCode::AE,
+            "X",
+            "2024",
+            &errors,
+        ));
+        let errs = a
+            .segments_named("ERR")
+            .map(|s| s.raw().to_string())
+            .collect();
+        (a.get("MSA-3").unwrap_or_default(), errs)
+    };
+    let all = "PID-8: 'X' is not in table 0001; PV1-19: the visit number is required and missing";
     assert_eq!(
-        a.get("MSA-3").as_deref(),
-        Some("PID-8: 'X' is not in table 0001; PV1-19: the visit number is required and missing")
+        errs("2.5"),
+        (
+            all.to_string(),
+            vec![
+                "ERR||PID^1^8|103^Table value not found^HL70357|E||||PID-8: 'X' is not in table 0001".to_string(),
+                "ERR||PV1^1^19|101^Required field missing^HL70357|E||||PV1-19: the visit number is required and missing".to_string(),
+            ]
+        )
     );
-    let errs: Vec<&str> = a.segments_named("ERR").map(|s| s.raw()).collect();
     assert_eq!(
-        errs,
-        [
-            "ERR|PID^1^8^103&Table value not found&HL70357|PID^1^8|103^Table value not found^HL70357|E||||PID-8: 'X' is not in table 0001",
-            "ERR|PV1^1^19^101&Required field missing&HL70357|PV1^1^19|101^Required field missing^HL70357|E||||PV1-19: the visit number is required and missing",
-        ]
+        errs("2.4"),
+        (
+            all.to_string(),
+            vec![
+                "ERR|PID^1^8^103&Table value not found&HL70357~PV1^1^19^101&Required field missing&HL70357|PID^1^8|103^Table value not found^HL70357|E||||PID-8: 'X' is not in table 0001".to_string(),
+            ]
+        )
     );
 }
 
+/// ERR-1 (ELD) is the field of v2.3 and v2.4 ACKs; from v2.5, which has
+/// ERR-2 and ERR-3 for it, it is left empty. A version that does not read
+/// is taken as 2.5.
 #[test]
-fn err_1_is_left_empty_from_v2_6_which_withdrew_it() {
+fn err_1_is_given_to_v2_3_and_v2_4_messages() {
     let error = AckError {
         location: Some("PID-8".into()),
         condition: Condition::TableValueNotFound,
@@ -781,11 +812,11 @@ fn err_1_is_left_empty_from_v2_6_which_withdrew_it() {
         ("2.3", true),
         ("2.3.1", true),
         ("2.4", true),
-        ("2.5.1", true),
-        ("", true),
-        ("garbage", true),
+        ("2.5", false),
+        ("2.5.1", false),
+        ("", false),
+        ("garbage", false),
         ("2.6", false),
-        ("2.8.2", false),
         ("2.10", false),
     ] {
         let m = parse(&format!(
@@ -798,7 +829,21 @@ fn err_1_is_left_empty_from_v2_6_which_withdrew_it() {
             "2024",
             std::slice::from_ref(&error),
         ));
-        assert_eq!(a.get("ERR-1").is_some(), eld, "{version}");
+        let eld = eld.then(|| "PID^1^8^103&Table value not found&HL70357".to_string());
+        assert_eq!(
+            a.get("ERR-1"),
+            eld.clone()
+                .map(|e| e.split('^').next().unwrap().to_string()),
+            "{version}"
+        );
+        assert_eq!(
+            a.segment("ERR")
+                .and_then(|s| s.field(1))
+                .map(|f| f.raw().to_string())
+                .filter(|f| !f.is_empty()),
+            eld,
+            "{version}"
+        );
         assert_eq!(a.get("ERR-3.1").as_deref(), Some("103"), "{version}");
     }
 }
@@ -817,9 +862,7 @@ fn ack_reject_without_message() {
     assert_eq!(a.get("MSA-2"), None);
     assert_eq!(
         a.segment("ERR").map(|s| s.raw()),
-        Some(
-            "ERR|^^^207&Application internal error&HL70357||207^Application internal error^HL70357|E||||unparseable"
-        )
+        Some("ERR|||207^Application internal error^HL70357|E||||unparseable")
     );
 }
 
@@ -1088,7 +1131,8 @@ fn processing_ids_not_taken_are_refused_at_msh_11() {
 
 /// Each mapping error carries the HL7 table 0357 code of its kind, which
 /// its ERR-3 gives: a field required and missing 101, a value of the wrong
-/// form 102, a code outside its table 103, a second merge 207.
+/// form 102, a code outside its table 103, a second merge group or a
+/// missing PV1 100.
 #[test]
 fn mapping_errors_carry_the_condition_of_their_kind() {
     use crate::hl7v2::adt::{AdtContext, AdtError, read};
@@ -1122,6 +1166,20 @@ fn mapping_errors_carry_the_condition_of_their_kind() {
             "MSH|^~\\&|PAS|RJZ|GW|OB|202607141018||ADT^A40|R2|P|2.4\rEVN|A40|202607141018\r\
              PID|1||K1^^^RJZ^MR\rMRG|K2^^^RJZ^MR\rPID|1||K3^^^RJZ^MR\rMRG|K4^^^RJZ^MR\r"
         ),
-        [("MRG[2]".to_string(), 207)]
+        [("MRG[2]".to_string(), 100)]
+    );
+    let mut found = conditions(&format!(
+        "{head}PID|1||9990000018^^^NHS^NH~9990000026^^^NHS^NH||PAGE^Ann|||||||||||||||||||||||||||XX\r\
+         PD1|||BROMLEY COMMON PRACTICE\r"
+    ));
+    found.sort();
+    assert_eq!(
+        found,
+        [
+            ("PD1-3.3".to_string(), 101),
+            ("PID-32".to_string(), 103),
+            ("PID-3[2].1".to_string(), 102),
+            ("PV1".to_string(), 100),
+        ]
     );
 }
