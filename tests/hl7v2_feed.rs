@@ -603,6 +603,14 @@ async fn metrics_count_answers_by_transport_and_code_and_what_is_held() {
         "pathway_hl7v2_ack_seconds_count{transport=\"mllp\"} 4",
         "pathway_hl7v2_ack_seconds_bucket{transport=\"mllp\",le=\"+Inf\"} 4",
         "pathway_hl7v2_ack_seconds_count{transport=\"http\"} 2",
+        // The AE's errors (an NHS number failing Modulus 11, so no
+        // identifier left, and no PV1), the ORU's AR, the junk's AR.
+        "# TYPE pathway_hl7v2_errors_total counter",
+        "pathway_hl7v2_errors_total{code=\"100\"} 2",
+        "pathway_hl7v2_errors_total{code=\"101\"} 1",
+        "pathway_hl7v2_errors_total{code=\"102\"} 1",
+        "pathway_hl7v2_errors_total{code=\"200\"} 1",
+        "pathway_hl7v2_errors_total{code=\"207\"} 0",
         "pathway_mllp_connections 1",
         "pathway_mllp_connections_total 1",
         "# TYPE pathway_quarantine_held gauge",

@@ -38,6 +38,28 @@ pub enum Condition {
 }
 
 impl Condition {
+    /// Every condition the gateway gives, in code order.
+    pub const ALL: [Condition; 10] = [
+        Condition::SegmentSequence,
+        Condition::RequiredFieldMissing,
+        Condition::DataType,
+        Condition::TableValueNotFound,
+        Condition::UnsupportedMessageType,
+        Condition::UnsupportedEvent,
+        Condition::UnsupportedProcessingId,
+        Condition::DuplicateKey,
+        Condition::RecordLocked,
+        Condition::InternalError,
+    ];
+
+    /// Its place in [`Condition::ALL`].
+    pub fn index(self) -> usize {
+        Condition::ALL
+            .iter()
+            .position(|c| *c == self)
+            .unwrap_or_default()
+    }
+
     /// The code, as ERR-3.1 carries it.
     pub fn code(self) -> u16 {
         match self {
@@ -72,20 +94,9 @@ impl Condition {
 
     /// The condition whose code is `code`, if the gateway uses it.
     pub fn from_code(code: u64) -> Option<Condition> {
-        [
-            Condition::SegmentSequence,
-            Condition::RequiredFieldMissing,
-            Condition::DataType,
-            Condition::TableValueNotFound,
-            Condition::UnsupportedMessageType,
-            Condition::UnsupportedEvent,
-            Condition::UnsupportedProcessingId,
-            Condition::DuplicateKey,
-            Condition::RecordLocked,
-            Condition::InternalError,
-        ]
-        .into_iter()
-        .find(|c| u64::from(c.code()) == code)
+        Condition::ALL
+            .into_iter()
+            .find(|c| u64::from(c.code()) == code)
     }
 
     /// The condition of a FHIR validation issue (its `IssueType` code): a
@@ -117,6 +128,7 @@ mod tests {
         for code in [100, 101, 102, 103, 200, 201, 202, 205, 206, 207] {
             let condition = Condition::from_code(code).expect("a code the gateway uses");
             assert_eq!(u64::from(condition.code()), code);
+            assert_eq!(Condition::ALL[condition.index()], condition);
             assert!(!condition.name().is_empty());
         }
         // 203 (version) and 204 (unknown key) are table 0357's, not given.

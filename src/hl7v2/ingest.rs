@@ -180,10 +180,13 @@ impl Feed {
     }
 
     /// Counts an answer to a sender over `source`'s transport, begun at
-    /// `since`.
-    fn count(&self, source: &str, code: AckCode, since: std::time::Instant) {
+    /// `since`, and the errors it reports.
+    fn count(&self, source: &str, code: AckCode, errors: &[AckError], since: std::time::Instant) {
         let transport = metrics::transport(source == SOURCE_MLLP);
         self.metrics.answered(transport, code, since.elapsed());
+        for e in errors {
+            self.metrics.error(e.condition);
+        }
     }
 
     /// Takes one message and answers its ACK (ER7 text, `\r` segments).
@@ -205,8 +208,9 @@ impl Feed {
                     .split(['\r', '\n'])
                     .next()
                     .and_then(|msh| Message::parse(msh).ok());
-                self.count(source, AckCode::AR, since);
-                return self.ack(header.as_ref(), AckCode::AR, &[error]);
+                let errors = [error];
+                self.count(source, AckCode::AR, &errors, since);
+                return self.ack(header.as_ref(), AckCode::AR, &errors);
             }
         };
         let verdict = match self.process(&message, raw, source).await {
@@ -220,53 +224,27 @@ impl Feed {
                 })
             }
         };
-        self.count(source, code_of(&verdict), since);
-        self.acknowledge(&message, &verdict)
+        let (code, errors) = (code_of(&verdict), errors_of(&verdict));
+        self.count(source, code, &errors, since);
+        self.ack(Some(&message), code, &errors)
     }
 
     /// The `AR` for input received over `source` that is not a message at
     /// all.
     pub fn unreadable(&self, reason: &str, source: &str) -> String {
-        self.count(source, AckCode::AR, std::time::Instant::now());
-        let error = AckError {
+        let errors = [AckError {
             location: None,
             condition: Condition::SegmentSequence,
             text: reason.to_string(),
-        };
-        self.ack(None, AckCode::AR, &[error])
+        }];
+        self.count(source, AckCode::AR, &errors, std::time::Instant::now());
+        self.ack(None, AckCode::AR, &errors)
     }
 
-    /// The ACK for a verdict.
+    /// The ACK for a verdict. (For a replay, not a sender: `Accepted` then
+    /// means the entry was applied.)
     pub fn acknowledge(&self, message: &Message, verdict: &Verdict) -> String {
-        match verdict {
-            // (A replay's answer, not a sender's: the entry was applied.)
-            Verdict::Accepted { .. } | Verdict::NotHeld => {
-                self.ack(Some(message), AckCode::AA, &[])
-            }
-            Verdict::Repeat { held: None, .. } => self.ack(Some(message), AckCode::AA, &[]),
-            // The original's answer again: the same errors.
-            Verdict::Repeat {
-                held: Some(reasons),
-                ..
-            } => {
-                let mut errors = ack_errors(&DataError::from_reasons(reasons));
-                if errors.is_empty() {
-                    // (Reasons that do not read: an AE still says why.)
-                    errors.push(AckError {
-                        location: None,
-                        condition: Condition::InternalError,
-                        text: format!("a repeat of a message held in quarantine: {reasons}"),
-                    });
-                }
-                self.ack(Some(message), AckCode::AE, &errors)
-            }
-            Verdict::Quarantined { errors, .. } => {
-                self.ack(Some(message), AckCode::AE, &ack_errors(errors))
-            }
-            Verdict::Rejected(error) => {
-                self.ack(Some(message), AckCode::AR, std::slice::from_ref(error))
-            }
-        }
+        self.ack(Some(message), code_of(verdict), &errors_of(verdict))
     }
 
     fn ack(&self, message: Option<&Message>, code: AckCode, errors: &[AckError]) -> String {
@@ -1126,6 +1104,33 @@ fn hl7_location(expression: &str) -> &'static str {
     MAP.iter()
         .find(|(prefix, _)| expression.starts_with(prefix))
         .map_or("MSH", |(_, location)| location)
+}
+
+/// The errors [`Feed::acknowledge`] reports for `verdict`: none for `AA`;
+/// a repeat of a held message gets the original's.
+fn errors_of(verdict: &Verdict) -> Vec<AckError> {
+    match verdict {
+        Verdict::Accepted { .. } | Verdict::NotHeld | Verdict::Repeat { held: None, .. } => {
+            Vec::new()
+        }
+        Verdict::Repeat {
+            held: Some(reasons),
+            ..
+        } => {
+            let errors = ack_errors(&DataError::from_reasons(reasons));
+            if errors.is_empty() {
+                // (Reasons that do not read: an AE still says why.)
+                return vec![AckError {
+                    location: None,
+                    condition: Condition::InternalError,
+                    text: format!("a repeat of a message held in quarantine: {reasons}"),
+                }];
+            }
+            errors
+        }
+        Verdict::Quarantined { errors, .. } => ack_errors(errors),
+        Verdict::Rejected(error) => vec![error.clone()],
+    }
 }
 
 /// The code [`Feed::acknowledge`] answers `verdict` with.

@@ -1,8 +1,9 @@
 //! What the ADT feed has answered since start, for `/metrics` (Prometheus
-//! text format 0.0.4): messages by transport and acknowledgement code, and
-//! how long the answers took. Lock-free: every message on every connection
-//! updates them.
+//! text format 0.0.4): messages by transport and acknowledgement code, the
+//! errors reported by their HL7 table 0357 code, and how long the answers
+//! took. Lock-free: every message on every connection updates them.
 
+use super::condition::Condition;
 use super::mllp::AckCode;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -24,6 +25,8 @@ pub struct FeedMetrics {
     /// microseconds.
     buckets: [[AtomicU64; BUCKETS.len()]; 2],
     sum_us: [AtomicU64; 2],
+    /// Errors reported, by [`Condition::index`].
+    errors: [AtomicU64; Condition::ALL.len()],
     /// MLLP connections open now, and accepted since start.
     open: AtomicI64,
     accepted: AtomicU64,
@@ -49,6 +52,11 @@ impl FeedMetrics {
         }
         let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
         self.sum_us[transport].fetch_add(micros, Ordering::Relaxed);
+    }
+
+    /// An error reported in an answer.
+    pub fn error(&self, condition: Condition) {
+        self.errors[condition.index()].fetch_add(1, Ordering::Relaxed);
     }
 
     /// An MLLP connection opened (`1`) or closed (`-1`).
@@ -83,6 +91,21 @@ impl FeedMetrics {
                     count.load(Ordering::Relaxed)
                 );
             }
+        }
+        // Every code, those not met yet at 0, so that an alert on one
+        // (206 or 207: the gateway's own trouble, not the sender's data)
+        // has a series from the start.
+        out.push_str(
+            "# HELP pathway_hl7v2_errors_total Errors reported in HL7 v2 acknowledgements, by their HL7 table 0357 code (ERR-3).\n\
+             # TYPE pathway_hl7v2_errors_total counter\n",
+        );
+        for (condition, count) in Condition::ALL.iter().zip(&self.errors) {
+            let _ = writeln!(
+                out,
+                "pathway_hl7v2_errors_total{{code=\"{}\"}} {}",
+                condition.code(),
+                count.load(Ordering::Relaxed)
+            );
         }
         out.push_str(
             "# HELP pathway_hl7v2_ack_seconds From a message read to its acknowledgement ready (durable when AA).\n\
@@ -124,6 +147,9 @@ mod tests {
         m.connections(1);
         m.connections(1);
         m.connections(-1);
+        m.error(Condition::TableValueNotFound);
+        m.error(Condition::TableValueNotFound);
+        m.error(Condition::InternalError);
         let mut out = String::new();
         m.render(&mut out);
         for line in [
@@ -139,6 +165,9 @@ mod tests {
             "pathway_hl7v2_ack_seconds_count{transport=\"mllp\"} 3",
             "pathway_hl7v2_ack_seconds_bucket{transport=\"http\",le=\"0.0025\"} 1",
             "pathway_hl7v2_ack_seconds_count{transport=\"http\"} 1",
+            "pathway_hl7v2_errors_total{code=\"103\"} 2",
+            "pathway_hl7v2_errors_total{code=\"207\"} 1",
+            "pathway_hl7v2_errors_total{code=\"101\"} 0",
             "pathway_mllp_connections 1",
             "pathway_mllp_connections_total 2",
         ] {
