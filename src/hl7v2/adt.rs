@@ -354,11 +354,7 @@ pub fn read_with(
         (Some(_), Some(known)) => known,
         (Some(pid), None) => Arc::new(read_patient(msg, pid, &sender, &mut errors, &mut notes)),
         (None, _) => {
-            errors.push(DataError::new(
-                Condition::SegmentSequence,
-                "PID",
-                "PID segment is required and missing",
-            ));
+            errors.push(missing_segment("PID", "PID segment"));
             Arc::default()
         }
     };
@@ -373,11 +369,7 @@ pub fn read_with(
         match msg.segment("PV1") {
             Some(pv1) => read_visit(pv1, &sender, cx, &mut errors, &mut notes),
             None => {
-                errors.push(DataError::new(
-                    Condition::SegmentSequence,
-                    "PV1",
-                    "PV1 segment (the visit) is required and missing",
-                ));
+                errors.push(missing_segment("PV1", "PV1 segment (the visit)"));
                 None
             }
         }
@@ -430,6 +422,16 @@ pub fn read_with(
         unmapped: unmapped(msg, event),
         notes,
     })
+}
+
+/// A segment the message needs is not there (table 0357's 100: "required
+/// segments are missing").
+fn missing_segment(segment: &str, what: &str) -> DataError {
+    DataError::new(
+        Condition::SegmentSequence,
+        segment,
+        format!("{what} is required and missing"),
+    )
 }
 
 fn missing(location: &str, what: &str) -> DataError {

@@ -560,14 +560,19 @@ pub(super) struct Location<'a> {
     pub subcomponent: Option<usize>,
 }
 
+/// Whether `segment` reads as the segment id of a location: three
+/// upper-case letters or digits.
+pub(super) fn is_location_segment(segment: &str) -> bool {
+    segment.len() == 3
+        && segment
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+}
+
 impl<'a> Location<'a> {
     pub(super) fn parse(s: &'a str) -> Option<Location<'a>> {
         let (segment, rest) = s.split_once('-')?;
-        let valid_id = segment.len() == 3
-            && segment
-                .bytes()
-                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
-        if !valid_id {
+        if !is_location_segment(segment) {
             return None;
         }
         let (field, mut rest) = number(rest)?;

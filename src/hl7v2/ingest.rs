@@ -224,7 +224,7 @@ impl Feed {
                 })
             }
         };
-        let (code, errors) = (code_of(&verdict), errors_of(&verdict));
+        let (code, errors) = answer(&verdict);
         self.count(source, code, &errors, since);
         self.ack(Some(&message), code, &errors)
     }
@@ -244,7 +244,8 @@ impl Feed {
     /// The ACK for a verdict. (For a replay, not a sender: `Accepted` then
     /// means the entry was applied.)
     pub fn acknowledge(&self, message: &Message, verdict: &Verdict) -> String {
-        self.ack(Some(message), code_of(verdict), &errors_of(verdict))
+        let (code, errors) = answer(verdict);
+        self.ack(Some(message), code, &errors)
     }
 
     fn ack(&self, message: Option<&Message>, code: AckCode, errors: &[AckError]) -> String {
@@ -1106,41 +1107,31 @@ fn hl7_location(expression: &str) -> &'static str {
         .map_or("MSH", |(_, location)| location)
 }
 
-/// The errors [`Feed::acknowledge`] reports for `verdict`: none for `AA`;
-/// a repeat of a held message gets the original's.
-fn errors_of(verdict: &Verdict) -> Vec<AckError> {
+/// What [`Feed::acknowledge`] answers `verdict` with: its code and the
+/// errors it reports (none for `AA`; a repeat of a held message gets the
+/// original's).
+fn answer(verdict: &Verdict) -> (AckCode, Vec<AckError>) {
     match verdict {
         Verdict::Accepted { .. } | Verdict::NotHeld | Verdict::Repeat { held: None, .. } => {
-            Vec::new()
+            (AckCode::AA, Vec::new())
         }
         Verdict::Repeat {
             held: Some(reasons),
             ..
         } => {
-            let errors = ack_errors(&DataError::from_reasons(reasons));
+            let mut errors = ack_errors(&DataError::from_reasons(reasons));
             if errors.is_empty() {
                 // (Reasons that do not read: an AE still says why.)
-                return vec![AckError {
+                errors.push(AckError {
                     location: None,
                     condition: Condition::InternalError,
                     text: format!("a repeat of a message held in quarantine: {reasons}"),
-                }];
+                });
             }
-            errors
+            (AckCode::AE, errors)
         }
-        Verdict::Quarantined { errors, .. } => ack_errors(errors),
-        Verdict::Rejected(error) => vec![error.clone()],
-    }
-}
-
-/// The code [`Feed::acknowledge`] answers `verdict` with.
-fn code_of(verdict: &Verdict) -> AckCode {
-    match verdict {
-        Verdict::Accepted { .. } | Verdict::NotHeld | Verdict::Repeat { held: None, .. } => {
-            AckCode::AA
-        }
-        Verdict::Repeat { held: Some(_), .. } | Verdict::Quarantined { .. } => AckCode::AE,
-        Verdict::Rejected(_) => AckCode::AR,
+        Verdict::Quarantined { errors, .. } => (AckCode::AE, ack_errors(errors)),
+        Verdict::Rejected(error) => (AckCode::AR, vec![error.clone()]),
     }
 }
 

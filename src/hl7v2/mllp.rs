@@ -9,7 +9,7 @@
 //! garbage sample whatever the peer sends; a frame's own size never matters.
 
 use super::condition::Condition;
-use super::er7::{Delimiters, Field, Location, Message};
+use super::er7::{Delimiters, Field, Location, Message, is_location_segment};
 use super::escape::{escape, unescape};
 use memchr::memchr2;
 
@@ -410,11 +410,10 @@ fn error_location(location: &str) -> String {
             Some((segment, rest)) => (segment, rest.strip_suffix(']').unwrap_or_default()),
             None => (location, "1"),
         };
-        let is_id = segment.len() == 3
-            && segment
-                .bytes()
-                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
-        if is_id && !sequence.is_empty() && sequence.bytes().all(|b| b.is_ascii_digit()) {
+        if is_location_segment(segment)
+            && !sequence.is_empty()
+            && sequence.bytes().all(|b| b.is_ascii_digit())
+        {
             return format!("{segment}^{sequence}");
         }
         return String::new();
