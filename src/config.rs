@@ -221,6 +221,8 @@ pub struct Hl7v2Config {
     pub patient_class: BTreeMap<String, String>,
     /// MSH-11.1 processing ids taken (`P`, `T`, `D`); others get `AR`.
     pub processing_ids: Vec<String>,
+    /// MSH-12.1 version ids taken (HL7 table 0104); others get `AR`.
+    pub versions: Vec<String>,
 }
 
 /// Default MLLP port (the conventional one for HL7 over MLLP).
@@ -237,6 +239,7 @@ impl Default for Hl7v2Config {
             max_connections: 256,
             patient_class: BTreeMap::new(),
             processing_ids: vec!["P".to_string()],
+            versions: crate::hl7v2::adt::VERSIONS.map(String::from).to_vec(),
         }
     }
 }
@@ -551,6 +554,26 @@ impl ConfigFile {
                 ));
             }
         }
+        if self.hl7v2.versions.is_empty() {
+            return Err(bad(
+                "hl7v2.versions",
+                format!(
+                    "must list at least one HL7 version (by default {})",
+                    crate::hl7v2::adt::VERSIONS.join(", ")
+                ),
+            ));
+        }
+        for version in &self.hl7v2.versions {
+            if !crate::hl7v2::adt::VERSION_IDS.contains(&version.as_str()) {
+                return Err(bad(
+                    "hl7v2.versions",
+                    format!(
+                        "\"{version}\" is not an HL7 version id (table 0104: {})",
+                        crate::hl7v2::adt::VERSION_IDS.join(", ")
+                    ),
+                ));
+            }
+        }
         let hl7v2 = Hl7v2 {
             listen: mllp_listen,
             max_message_bytes: self.hl7v2.max_message_bytes,
@@ -559,6 +582,7 @@ impl ConfigFile {
             cx: AdtContext {
                 patient_class: self.hl7v2.patient_class,
                 processing_ids: self.hl7v2.processing_ids,
+                versions: self.hl7v2.versions,
             },
         };
         let rules = Rules::compile(&self.routing).map_err(ConfigError)?;
@@ -702,6 +726,11 @@ mod tests {
                 "hl7v2.processing_ids",
             ),
             ("[hl7v2]\nprocessing_ids = []\n", "hl7v2.processing_ids"),
+            (
+                "[hl7v2]\nversions = [\"2.4\", \"2.10\"]\n",
+                "hl7v2.versions",
+            ),
+            ("[hl7v2]\nversions = []\n", "hl7v2.versions"),
         ] {
             let err = load(text, &[]).unwrap_err().to_string();
             assert!(err.contains(key), "{text}: {err}");
@@ -715,5 +744,18 @@ mod tests {
         assert_eq!(test_instance.hl7v2.cx.processing_ids, ["T", "D"]);
         let from_env = load("", &[("PATHWAY_HL7V2__PROCESSING_IDS", "[\"T\"]")]).unwrap();
         assert_eq!(from_env.hl7v2.cx.processing_ids, ["T"]);
+    }
+
+    #[test]
+    fn the_feed_takes_the_versions_its_mapping_is_written_to_unless_told_otherwise() {
+        let default = load("", &[]).unwrap();
+        assert_eq!(
+            default.hl7v2.cx.versions,
+            ["2.3", "2.3.1", "2.4", "2.5", "2.5.1"]
+        );
+        let later = load("[hl7v2]\nversions = [\"2.4\", \"2.6\"]\n", &[]).unwrap();
+        assert_eq!(later.hl7v2.cx.versions, ["2.4", "2.6"]);
+        let from_env = load("", &[("PATHWAY_HL7V2__VERSIONS", "[\"2.5.1\"]")]).unwrap();
+        assert_eq!(from_env.hl7v2.cx.versions, ["2.5.1"]);
     }
 }

@@ -918,6 +918,8 @@ async fn replay_sends_the_fixture_folder_over_mllp_then_http() {
             ("invalid-nhs-number.hl7".to_string(), "AE".to_string()),
             ("training-processing-id.hl7".to_string(), "AR".to_string()),
             ("unsupported-oru.hl7".to_string(), "AR".to_string()),
+            // Labelled 2.6 (its resend as 2.5.1 is `AA`).
+            ("unsupported-version.hl7".to_string(), "AR".to_string()),
         ]
     );
     assert!(over_mllp.len() >= 25, "{over_mllp:?}");

@@ -132,13 +132,31 @@ pub struct AdtContext {
     /// mistake is refused (`AR`, 202) rather than written into live
     /// records. A message without MSH-11 is taken.
     pub processing_ids: Vec<String>,
+    /// The MSH-12.1 version ids taken (`hl7v2.versions`, HL7 table 0104):
+    /// [`VERSIONS`] unless configured, the versions this mapping is written
+    /// to. Another version is refused (`AR`, 203) rather than read as if
+    /// it were one of them. A message without MSH-12 is taken.
+    pub versions: Vec<String>,
 }
+
+/// The HL7 versions the ADT mapping is written to and takes by default:
+/// 2.3 to 2.5 with their point releases.
+pub const VERSIONS: [&str; 5] = ["2.3", "2.3.1", "2.4", "2.5", "2.5.1"];
+
+/// HL7 table 0104's version ids (v2.9; 2.3.2 was withdrawn): what
+/// `hl7v2.versions` may name, so that a trust whose engine labels ADT
+/// messages that read as 2.5 with a later version can let them in.
+pub const VERSION_IDS: [&str; 16] = [
+    "2.0", "2.0D", "2.1", "2.2", "2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.6", "2.7", "2.7.1",
+    "2.8", "2.8.1", "2.8.2", "2.9",
+];
 
 impl Default for AdtContext {
     fn default() -> AdtContext {
         AdtContext {
             patient_class: BTreeMap::new(),
             processing_ids: vec!["P".to_string()],
+            versions: VERSIONS.map(String::from).to_vec(),
         }
     }
 }
@@ -288,6 +306,18 @@ pub fn read_with(
             reason: format!(
                 "processing id {processing} is not taken here; this gateway takes {}",
                 cx.processing_ids.join(", ")
+            ),
+        });
+    }
+    if let Some(version) = msg.get("MSH-12.1")
+        && !cx.versions.contains(&version)
+    {
+        return Err(AdtError::Unsupported {
+            location: "MSH-12.1".into(),
+            condition: Condition::UnsupportedVersionId,
+            reason: format!(
+                "HL7 version {version} is not taken here; this gateway takes {}",
+                cx.versions.join(", ")
             ),
         });
     }

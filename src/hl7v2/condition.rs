@@ -8,8 +8,10 @@ use serde::{Serialize, Serializer};
 /// refusal the code of its kind: 100 for a segment missing or repeated
 /// where this interface takes one, 101 for a field required and missing,
 /// 103 for a code outside its table, 102 for any other value that cannot
-/// be taken, 205 for a key that is someone else's, 206 for records that
-/// kept changing, 207 for what the gateway cannot do.
+/// be taken, 200 to 203 for a message type, event, processing id or
+/// version this interface does not take, 205 for a key that is someone
+/// else's, 206 for records that kept changing, 207 for what the gateway
+/// cannot do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Condition {
     /// 100: the message cannot be read as segments (or is not a message),
@@ -28,6 +30,8 @@ pub enum Condition {
     UnsupportedEvent,
     /// 202: MSH-11 names a processing id this gateway does not take.
     UnsupportedProcessingId,
+    /// 203: MSH-12 names an HL7 version this gateway does not take.
+    UnsupportedVersionId,
     /// 205: a key (MSH-10, a hospital number) already names something else.
     DuplicateKey,
     /// 206: the records kept changing under the message.
@@ -39,7 +43,7 @@ pub enum Condition {
 
 impl Condition {
     /// Every condition the gateway gives, in code order.
-    pub const ALL: [Condition; 10] = [
+    pub const ALL: [Condition; 11] = [
         Condition::SegmentSequence,
         Condition::RequiredFieldMissing,
         Condition::DataType,
@@ -47,6 +51,7 @@ impl Condition {
         Condition::UnsupportedMessageType,
         Condition::UnsupportedEvent,
         Condition::UnsupportedProcessingId,
+        Condition::UnsupportedVersionId,
         Condition::DuplicateKey,
         Condition::RecordLocked,
         Condition::InternalError,
@@ -70,6 +75,7 @@ impl Condition {
             Condition::UnsupportedMessageType => 200,
             Condition::UnsupportedEvent => 201,
             Condition::UnsupportedProcessingId => 202,
+            Condition::UnsupportedVersionId => 203,
             Condition::DuplicateKey => 205,
             Condition::RecordLocked => 206,
             Condition::InternalError => 207,
@@ -86,6 +92,7 @@ impl Condition {
             Condition::UnsupportedMessageType => "Unsupported message type",
             Condition::UnsupportedEvent => "Unsupported event code",
             Condition::UnsupportedProcessingId => "Unsupported processing id",
+            Condition::UnsupportedVersionId => "Unsupported version id",
             Condition::DuplicateKey => "Duplicate key identifier",
             Condition::RecordLocked => "Application record locked",
             Condition::InternalError => "Application internal error",
@@ -125,14 +132,14 @@ mod tests {
 
     #[test]
     fn every_code_reads_back_as_its_condition() {
-        for code in [100, 101, 102, 103, 200, 201, 202, 205, 206, 207] {
+        for code in [100, 101, 102, 103, 200, 201, 202, 203, 205, 206, 207] {
             let condition = Condition::from_code(code).expect("a code the gateway uses");
             assert_eq!(u64::from(condition.code()), code);
             assert_eq!(Condition::ALL[condition.index()], condition);
             assert!(!condition.name().is_empty());
         }
-        // 203 (version) and 204 (unknown key) are table 0357's, not given.
-        assert_eq!(Condition::from_code(203), None);
+        // 204 (unknown key) is table 0357's, not given.
+        assert_eq!(Condition::from_code(204), None);
         assert_eq!(Condition::from_code(0), None);
     }
 

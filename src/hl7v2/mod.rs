@@ -10,9 +10,11 @@
 //! - `condition`: [`Condition`], HL7 table 0357, the code each error's ERR
 //!   carries.
 //!
-//! Versions 2.3 to 2.5 are read the same way: MSH-12 is exposed, nothing is
-//! version specific. Nothing in this module allocates per byte of input more
-//! than a constant, recurses, or rescans input, so hostile input is linear.
+//! Versions 2.3 to 2.5 are read the same way (MSH-12 is exposed); what
+//! differs is the ACK's ERR layout (`mllp`), and the ADT mapping refuses
+//! versions it is not written to (`adt::VERSIONS`). Nothing in this module
+//! allocates per byte of input more than a constant, recurses, or rescans
+//! input, so hostile input is linear.
 
 pub mod adt;
 pub mod client;

@@ -1129,6 +1129,45 @@ fn processing_ids_not_taken_are_refused_at_msh_11() {
     assert!(read(&message("P"), &test_instance).is_err());
 }
 
+/// MSH-12.1: the mapping is written to 2.3-2.5, so a message of another
+/// version is refused (`AR`, 203) instead of read as if it were one; a
+/// trust can let a later version in; a message without MSH-12 is taken.
+#[test]
+fn versions_not_taken_are_refused_at_msh_12() {
+    use crate::hl7v2::adt::{AdtContext, AdtError, read};
+    let message = |version: &str| {
+        parse(&format!(
+            "MSH|^~\\&|PAS|RJZ|GW|OB|202607141018||ADT^A28|R1|P|{version}\rEVN|A28|202607141018\r\
+             PID|1||9990000018^^^NHS^NH||PAGE^Ann\r"
+        ))
+    };
+    let default = AdtContext::default();
+    for version in ["2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.5.1^GBR", ""] {
+        assert!(read(&message(version), &default).is_ok(), "{version}");
+    }
+    for version in ["2.2", "2.6", "2.8.2", "3.0", "v2.4"] {
+        match read(&message(version), &default) {
+            Err(AdtError::Unsupported {
+                location,
+                condition,
+                reason,
+            }) => {
+                assert_eq!((location.as_str(), condition.code()), ("MSH-12.1", 203));
+                let version = version.split('^').next().unwrap();
+                assert!(reason.contains(&format!("version {version} ")), "{reason}");
+                assert!(reason.ends_with("2.3, 2.3.1, 2.4, 2.5, 2.5.1"), "{reason}");
+            }
+            other => panic!("version {version} taken: {other:?}"),
+        }
+    }
+    let later = AdtContext {
+        versions: vec!["2.4".into(), "2.6".into()],
+        ..AdtContext::default()
+    };
+    assert!(read(&message("2.6"), &later).is_ok());
+    assert!(read(&message("2.5"), &later).is_err());
+}
+
 /// Each mapping error carries the HL7 table 0357 code of its kind, which
 /// its ERR-3 gives: a field required and missing 101, a value of the wrong
 /// form 102, a code outside its table 103, a second merge group or a
