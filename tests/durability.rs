@@ -25,21 +25,30 @@ fn spawn(data: &Path) -> Binary {
 
 /// As [`spawn`], with a configuration file.
 fn spawn_with(data: &Path, config: Option<&Path>) -> Binary {
+    start(command(data, config))
+}
+
+/// `pathway-gateway serve` on free loopback ports with its data in `data`.
+fn command(data: &Path, config: Option<&Path>) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_pathway-gateway"));
     command.arg("serve");
     if let Some(config) = config {
         command.arg("--config").arg(config);
     }
-    let mut child = command
+    command
         .env("PATHWAY_HTTP__LISTEN", "127.0.0.1:0")
         .env("PATHWAY_HL7V2__LISTEN", "127.0.0.1:0")
         .env("PATHWAY_STORE__PATH", data)
         .env("PATHWAY_LOG__FORMAT", "json")
         .env("PATHWAY_HTTP__SHUTDOWN_GRACE_SECS", "5")
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("binary starts");
+        .stderr(Stdio::inherit());
+    command
+}
+
+/// Runs `command` and waits for the gateway to say where it listens.
+fn start(mut command: Command) -> Binary {
+    let mut child = command.spawn().expect("binary starts");
     let stdout = child.stdout.take().expect("stdout");
     let mut lines = BufReader::new(stdout).lines();
     let (addr, mllp) = loop {
@@ -198,6 +207,137 @@ async fn acknowledged_hl7_messages_survive_kill_9() {
             "acknowledged visit {visit} lost"
         );
     }
+    restarted.child.kill().unwrap();
+    restarted.child.wait().unwrap();
+}
+
+/// The store's files cannot grow (a full disk, here the kernel's file size
+/// limit on the gateway: its writes fail with `EFBIG`): the message that
+/// meets it, and every one after, gets `AR` with 207 ("send again"), never
+/// `AA`; the gateway stays up, and once there is room again the same
+/// messages sent again are taken. Every message that got `AA` is there,
+/// once, and still after a `kill -9` and a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_messages_until_there_is_room_again() {
+    use pathway_gateway::hl7v2::client::MllpClient;
+    use std::os::unix::process::CommandExt;
+    const ROOM: libc::rlim_t = 2 * 1024 * 1024;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut command = command(&data, None);
+    // SAFETY: only async-signal-safe calls (sigaction, setrlimit) between
+    // fork and exec. SIGXFSZ ignored: a write past the limit then fails
+    // with EFBIG, as one on a full disk fails with ENOSPC, instead of
+    // killing the process.
+    unsafe {
+        command.pre_exec(|| {
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            let limit = libc::rlimit {
+                rlim_cur: ROOM,
+                rlim_max: libc::RLIM_INFINITY,
+            };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut gateway = start(command);
+    let message = |i: u32| {
+        format!(
+            "MSH|^~\\&|PAS|RJZ|PATHWAY|ONEBROMLEY|202611031940||ADT^A04|F{i}|P|2.4\rEVN|A04|202611031940\r\
+             PID|1||H{i:06}^^^RJZ^MR||FULL^Disk^^^MRS^^L||19410612|F|||{i} Long Road^^Bromley^^BR1 1AA^GBR^H\r\
+             PV1|1|E|ED^^^RJZ30|A|||||||||||||||V{i:06}^^^RJZ^VN\r"
+        )
+    };
+    let mut client = MllpClient::connect(gateway.mllp.as_str(), Duration::from_secs(10))
+        .await
+        .unwrap();
+    let mut acknowledged = Vec::new();
+    let mut refused = Vec::new();
+    for i in 0u32..5_000 {
+        let ack = client.send(message(i).as_bytes()).await.unwrap();
+        let ack = String::from_utf8_lossy(&ack).to_string();
+        if ack.contains("MSA|AA|") {
+            assert!(refused.is_empty(), "AA after a refusal, before room: {ack}");
+            acknowledged.push(i);
+            continue;
+        }
+        assert!(ack.contains("MSA|AR|"), "{ack}");
+        assert!(
+            ack.contains("|207^Application internal error^HL70357|"),
+            "{ack}"
+        );
+        assert!(ack.contains("send again"), "{ack}");
+        refused.push(i);
+        if refused.len() == 5 {
+            break;
+        }
+    }
+    assert_eq!(refused.len(), 5, "the file size limit was never met");
+    assert!(acknowledged.len() >= 10, "{acknowledged:?}");
+    assert!(
+        gateway.child.try_wait().unwrap().is_none(),
+        "the gateway stopped"
+    );
+
+    // Room again.
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    let pid = libc::pid_t::try_from(gateway.child.id()).unwrap();
+    // SAFETY: a plain system call on the child's limit, with valid pointers.
+    assert_eq!(
+        unsafe { libc::prlimit(pid, libc::RLIMIT_FSIZE, &unlimited, std::ptr::null_mut()) },
+        0
+    );
+    for &i in &refused {
+        let ack = client.send(message(i).as_bytes()).await.unwrap();
+        let ack = String::from_utf8_lossy(&ack).to_string();
+        assert!(ack.contains("MSA|AA|"), "resent {i}: {ack}");
+    }
+    // A repeat of one taken before: AA, nothing new.
+    let ack = client.send(message(0).as_bytes()).await.unwrap();
+    assert!(String::from_utf8_lossy(&ack).contains("MSA|AA|"));
+    let taken: Vec<u32> = acknowledged.iter().chain(&refused).copied().collect();
+
+    let client = reqwest::Client::new();
+    let check = |fhir: String| {
+        let client = client.clone();
+        let taken = taken.clone();
+        async move {
+            for i in &taken {
+                let found: Value = client
+                    .get(format!("{fhir}/Encounter?identifier=V{i:06}"))
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                assert_eq!(
+                    found["entry"].as_array().map(Vec::len),
+                    Some(1),
+                    "visit V{i:06}"
+                );
+            }
+            let all: Value = client
+                .get(format!("{fhir}/Encounter?_count=1"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(all["total"].as_u64(), Some(taken.len() as u64));
+        }
+    };
+    check(gateway.fhir.clone()).await;
+    gateway.child.kill().expect("SIGKILL");
+    gateway.child.wait().expect("reaped");
+    let mut restarted = spawn(&data);
+    check(restarted.fhir.clone()).await;
     restarted.child.kill().unwrap();
     restarted.child.wait().unwrap();
 }
