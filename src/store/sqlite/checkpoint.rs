@@ -40,8 +40,16 @@ use std::thread::JoinHandle;
 /// - 2026-11-24, paced, runs of 144,000 messages: 16 MiB 6,342 and 6,397
 ///   messages/s, ACK p99 6.5 ms, p99.9 12.5-13.0 ms, max 17-19 ms; 8 MiB
 ///   6,063 and 5,505; 4 MiB 5,873 and 5,659, p99 6.1-6.4, p99.9 8.8-9.4,
-///   max 13-14 ms (4 MiB unpaced: 5,764 and 5,587, p99 9.5-9.6 ms).
-pub const DEFAULT_CHECKPOINT_BYTES: i64 = 16 * 1024 * 1024;
+///   max 13-14 ms (4 MiB unpaced: 5,764 and 5,587, p99 9.5-9.6 ms);
+/// - 2026-11-25, alternating runs of 96,000 messages (one build, the
+///   interval set per run): 64 MiB against 16 MiB faster in 12 of 18
+///   pairs, mean 5,224 against 4,672, 4,419 against 3,886 and 6,750
+///   against 6,154 messages/s in three sets (+11 to +14%), gateway CPU 255
+///   against 279 and 302 against 327 µs a message, ACK p99 alike (7.3-12.3
+///   against 6.8-11.1 ms); 32 MiB within the drift of 16; 128 MiB slower
+///   than 64 in 4 of 5 rounds (3,817 against 4,363, the writer's CPU
+///   107-120 against 87-111 µs a message).
+pub const DEFAULT_CHECKPOINT_BYTES: i64 = 64 * 1024 * 1024;
 /// Most frames the writer copies itself to let the WAL start over: the
 /// pages of a few groups, a fraction of a millisecond to copy.
 const SETTLE_BYTES: i64 = 1024 * 1024;
@@ -102,10 +110,11 @@ impl Checkpointer {
     /// the checkpoint thread is never that close right after one, and the
     /// WAL reached 224 MB during a 50,000-row list.
     ///
-    /// With the default 16 MiB (2026-11-24): the HL7 v2 bench's WAL peaks at
-    /// 44-50 MiB, a GP list's at 65-68 MiB. A bound of four times and a
-    /// limit of eight let them reach 73-84 and 128 MiB for the same
-    /// throughput; sixteen times 16 MiB, 215 MB.
+    /// With 16 MiB (2026-11-24): the HL7 v2 bench's WAL peaked at 44-50
+    /// MiB, a GP list's at 65-68 MiB. A bound of four times and a limit of
+    /// eight let them reach 73-84 and 128 MiB for the same throughput;
+    /// sixteen times 16 MiB, 215 MB. With the default 64 MiB (2026-11-25):
+    /// 145 and 205 MiB.
     pub fn start(
         writer: &mut Connection,
         conn: Connection,
