@@ -31,6 +31,11 @@ fn the_shipped_example_states_the_defaults() {
     assert_eq!(example.store.readers, defaults.store.readers);
     assert_eq!(example.log.filter, defaults.log.filter);
     assert_eq!(example.outcomes, defaults.outcomes);
+    assert_eq!(
+        example.hl7v2.cx.processing_ids,
+        defaults.hl7v2.cx.processing_ids
+    );
+    assert_eq!(example.hl7v2.cx.versions, defaults.hl7v2.cx.versions);
 }
 
 #[test]
