@@ -44,7 +44,7 @@ use std::thread::JoinHandle;
 /// - 2026-11-25, alternating runs of 96,000 messages (one build, the
 ///   interval set per run): 64 MiB against 16 MiB faster in 12 of 18
 ///   pairs, mean 5,224 against 4,672, 4,419 against 3,886 and 6,750
-///   against 6,154 messages/s in three sets (+11 to +14%), gateway CPU 255
+///   against 6,154 messages/s in three sets (+10 to +14%), gateway CPU 255
 ///   against 279 and 302 against 327 µs a message, ACK p99 alike (7.3-12.3
 ///   against 6.8-11.1 ms); 32 MiB within the drift of 16; 128 MiB slower
 ///   than 64 in 4 of 5 rounds (3,817 against 4,363, the writer's CPU
@@ -67,7 +67,8 @@ const MIN_BOUND_BYTES: i64 = 16 * 1024 * 1024;
 const MIN_LIMIT_BYTES: i64 = 64 * 1024 * 1024;
 /// Longest the writer waits, with the WAL at its limit, for the checkpoint
 /// thread's pass to end so that it can copy the rest (a pass of 16 MiB
-/// takes ~20 ms, its write-back and fsync included).
+/// took ~20 ms, its write-back and fsync included; one of 64 MiB copies at
+/// most four times the pages: still well inside this).
 const SETTLE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 #[derive(Default)]
