@@ -540,40 +540,37 @@ impl ConfigFile {
                 ));
             }
         }
-        if self.hl7v2.processing_ids.is_empty() {
-            return Err(bad(
-                "hl7v2.processing_ids",
-                "must list at least one of P, T, D".to_string(),
-            ));
-        }
-        for id in &self.hl7v2.processing_ids {
-            if !["P", "T", "D"].contains(&id.as_str()) {
+        // Codes of an HL7 table, at least one.
+        let from_table = |key: &str, values: &[String], what: &str, table: &str, codes: &[&str]| {
+            let codes_text = codes.join(", ");
+            if values.is_empty() {
                 return Err(bad(
-                    "hl7v2.processing_ids",
-                    format!("\"{id}\" is not a processing id (HL7 table 0103: P, T, D)"),
+                    key,
+                    format!("must list at least one {what} (HL7 table {table}: {codes_text})"),
                 ));
             }
-        }
-        if self.hl7v2.versions.is_empty() {
-            return Err(bad(
-                "hl7v2.versions",
-                format!(
-                    "must list at least one HL7 version (by default {})",
-                    crate::hl7v2::adt::VERSIONS.join(", ")
-                ),
-            ));
-        }
-        for version in &self.hl7v2.versions {
-            if !crate::hl7v2::adt::VERSION_IDS.contains(&version.as_str()) {
-                return Err(bad(
-                    "hl7v2.versions",
-                    format!(
-                        "\"{version}\" is not an HL7 version id (table 0104: {})",
-                        crate::hl7v2::adt::VERSION_IDS.join(", ")
-                    ),
-                ));
+            match values.iter().find(|v| !codes.contains(&v.as_str())) {
+                Some(v) => Err(bad(
+                    key,
+                    format!("\"{v}\" is not a {what} (HL7 table {table}: {codes_text})"),
+                )),
+                None => Ok(()),
             }
-        }
+        };
+        from_table(
+            "hl7v2.processing_ids",
+            &self.hl7v2.processing_ids,
+            "processing id",
+            "0103",
+            &["P", "T", "D"],
+        )?;
+        from_table(
+            "hl7v2.versions",
+            &self.hl7v2.versions,
+            "version id",
+            "0104",
+            &crate::hl7v2::adt::VERSION_IDS,
+        )?;
         let hl7v2 = Hl7v2 {
             listen: mllp_listen,
             max_message_bytes: self.hl7v2.max_message_bytes,

@@ -309,26 +309,12 @@ async fn a_full_disk_refuses_messages_until_there_is_room_again() {
     );
     // What was refused is not there; what was taken is.
     let http = reqwest::Client::new();
-    let count = |fhir: String, query: String| {
-        let http = http.clone();
-        async move {
-            let found: Value = http
-                .get(format!("{fhir}/Encounter?{query}"))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            found["total"].as_u64()
-        }
-    };
     for i in &refused {
-        let found = count(gateway.fhir.clone(), format!("identifier=V{i:06}")).await;
+        let found = encounters(&http, &gateway.fhir, &format!("identifier=V{i:06}")).await;
         assert_eq!(found, Some(0), "refused visit V{i:06} stored");
     }
     assert_eq!(
-        count(gateway.fhir.clone(), "_count=1".into()).await,
+        encounters(&http, &gateway.fhir, "_count=1").await,
         Some(acknowledged.len() as u64)
     );
 
@@ -353,24 +339,32 @@ async fn a_full_disk_refuses_messages_until_there_is_room_again() {
     assert!(String::from_utf8_lossy(&ack).contains("MSA|AA|"));
     let taken: Vec<u32> = acknowledged.iter().chain(&refused).copied().collect();
 
-    let check = |fhir: String| {
-        let taken = taken.clone();
-        async move {
-            for i in &taken {
-                let found = count(fhir.clone(), format!("identifier=V{i:06}")).await;
-                assert_eq!(found, Some(1), "visit V{i:06}");
-            }
-            let all = count(fhir.clone(), "_count=1".into()).await;
-            assert_eq!(all, Some(taken.len() as u64));
+    let check = async |fhir: &str| {
+        for i in &taken {
+            let found = encounters(&http, fhir, &format!("identifier=V{i:06}")).await;
+            assert_eq!(found, Some(1), "visit V{i:06}");
         }
+        let all = encounters(&http, fhir, "_count=1").await;
+        assert_eq!(all, Some(taken.len() as u64));
     };
-    check(gateway.fhir.clone()).await;
+    check(&gateway.fhir).await;
     gateway.child.kill().expect("SIGKILL");
     gateway.child.wait().expect("reaped");
-    let mut restarted = spawn(&data);
-    check(restarted.fhir.clone()).await;
-    restarted.child.kill().unwrap();
-    restarted.child.wait().unwrap();
+    let restarted = spawn(&data);
+    check(&restarted.fhir).await;
+}
+
+/// The `total` of an Encounter search (`query`) at `fhir`.
+async fn encounters(http: &reqwest::Client, fhir: &str, query: &str) -> Option<u64> {
+    let found: Value = http
+        .get(format!("{fhir}/Encounter?{query}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    found["total"].as_u64()
 }
 
 #[tokio::test]

@@ -277,6 +277,28 @@ pub fn patient_key(msg: &Message) -> Option<String> {
     Some(key)
 }
 
+/// Refuses (`AR`) a message whose `value` at `location` (MSH-11.1,
+/// MSH-12.1) is not one the gateway `takes`; one without it is taken.
+fn not_taken(
+    value: Option<String>,
+    takes: &[String],
+    location: &str,
+    what: &str,
+    condition: Condition,
+) -> Result<(), AdtError> {
+    match value {
+        Some(value) if !takes.contains(&value) => Err(AdtError::Unsupported {
+            location: location.into(),
+            condition,
+            reason: format!(
+                "{what} {value} is not taken here; this gateway takes {}",
+                takes.join(", ")
+            ),
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// [`read`], with the patient facts `known` from an earlier message with
 /// the same [`patient_key`] (read without errors) instead of read again.
 /// The notes reading the PID would add (an ambiguous local time in PID-29,
@@ -297,30 +319,20 @@ pub fn read_with(
             ),
         });
     }
-    if let Some(processing) = msg.get("MSH-11.1")
-        && !cx.processing_ids.contains(&processing)
-    {
-        return Err(AdtError::Unsupported {
-            location: "MSH-11.1".into(),
-            condition: Condition::UnsupportedProcessingId,
-            reason: format!(
-                "processing id {processing} is not taken here; this gateway takes {}",
-                cx.processing_ids.join(", ")
-            ),
-        });
-    }
-    if let Some(version) = msg.get("MSH-12.1")
-        && !cx.versions.contains(&version)
-    {
-        return Err(AdtError::Unsupported {
-            location: "MSH-12.1".into(),
-            condition: Condition::UnsupportedVersionId,
-            reason: format!(
-                "HL7 version {version} is not taken here; this gateway takes {}",
-                cx.versions.join(", ")
-            ),
-        });
-    }
+    not_taken(
+        msg.get("MSH-11.1"),
+        &cx.processing_ids,
+        "MSH-11.1",
+        "processing id",
+        Condition::UnsupportedProcessingId,
+    )?;
+    not_taken(
+        msg.version(),
+        &cx.versions,
+        "MSH-12.1",
+        "HL7 version",
+        Condition::UnsupportedVersionId,
+    )?;
     let Some(event) = Event::parse(&trigger) else {
         return Err(AdtError::Unsupported {
             location: "MSH-9.2".into(),

@@ -351,7 +351,7 @@ pub fn ack(
     };
     match message {
         // v2.3 and v2.4: one ERR, whose ERR-1 repeats for every error.
-        Some(m) if before_2_5(m.get("MSH-12.1").as_deref()) => {
+        Some(m) if before_2_5(m.version().as_deref()) => {
             let eld: Vec<String> = errors.iter().map(error_code_and_location).collect();
             err(&mut out, &errors[0], &eld.join("~"));
         }
