@@ -270,6 +270,15 @@ async fn acceptance_scenarios_over_mllp() {
     assert_eq!(ack_code(&acks[1]).0, "AA");
     assert_eq!(encounter(&gw, "V1").await["status"], "in-progress");
 
+    // A message that cannot be read, after a blank line: its AR still
+    // names it (MSA-2) from its MSH, and where it failed.
+    let unreadable = format!("\r\n{}\rP?D|1\r", ok.replace("M12", "M13"));
+    let (code, control, err) = send(&mut c, &unreadable).await;
+    assert_eq!(
+        (code.as_str(), control.as_str(), err.as_str()),
+        ("AR", "M13", "")
+    );
+
     gw.stop().await;
 }
 

@@ -268,8 +268,8 @@ pub fn patient_key(msg: &Message) -> Option<String> {
         .map_or("", |f| f.raw());
     let d = msg.delimiters();
     let mut key = String::with_capacity(pid.len() + pd1.len() + sender.len() + 16);
-    key.extend([d.field, d.component, d.repetition, d.subcomponent]);
-    key.extend([d.escape, d.truncation].map(|c| c.unwrap_or('\0')));
+    key.extend([d.field, d.component, d.repetition]);
+    key.extend([d.escape, d.subcomponent, d.truncation].map(|c| c.unwrap_or('\0')));
     for part in [sender, pid, pd1] {
         key.push('\r');
         key.push_str(part);
@@ -385,7 +385,10 @@ pub fn read_with(
                 None => errors.push(DataError::new(
                     Condition::DataType,
                     location,
-                    format!("{} is not precise to the minute", instant.value),
+                    format!(
+                        "{} is not precise to the day: an event time needs at least a date",
+                        instant.value
+                    ),
                 )),
             }
         }

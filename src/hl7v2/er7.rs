@@ -29,9 +29,10 @@ pub struct Delimiters {
     pub field: char,
     pub component: char,
     pub repetition: char,
-    /// `None` only for a three-character MSH-2 (see [`Message::parse`]).
+    /// `None` when MSH-2 leaves it out (see [`Message::parse`]).
     pub escape: Option<char>,
-    pub subcomponent: char,
+    /// `None` when MSH-2 leaves it out: a field then has no subcomponents.
+    pub subcomponent: Option<char>,
     /// The v2.7 truncation character (fifth MSH-2 character), if declared.
     pub truncation: Option<char>,
 }
@@ -44,7 +45,7 @@ impl Default for Delimiters {
             component: '^',
             repetition: '~',
             escape: Some('\\'),
-            subcomponent: '&',
+            subcomponent: Some('&'),
             truncation: None,
         }
     }
@@ -95,12 +96,15 @@ impl Message {
     /// Parses one message.
     ///
     /// Accepted: a UTF-8 BOM and whitespace before `MSH`; segments ended by
-    /// `\r` (§2.5.2), `\n` or `\r\n`; blank lines (ignored). MSH-2 holds the
-    /// component, repetition, escape and subcomponent characters and the
-    /// optional v2.7 truncation character. A three-character MSH-2 is read
-    /// as component, repetition and subcomponent with no escape character
-    /// (escape sequences are then kept literally); this is a leniency for
-    /// senders that do not escape, not something the standard defines.
+    /// `\r` (§2.5.2), `\n` or `\r\n`; blank lines (ignored). MSH-2 holds, in
+    /// this order, the component, repetition, escape and subcomponent
+    /// characters and the optional v2.7 truncation character (§2.5.4). The
+    /// standard lets a sender leave out the subcomponent character when it
+    /// sends no subcomponents, and the escape character too when it sends
+    /// no escape sequences, so two (`^~`) and three (`^~\`) characters are
+    /// read by position. One leniency: three ending in `&` (`^~&`, from
+    /// senders that do not escape) are read as component, repetition and
+    /// subcomponent, escape sequences then kept literally.
     pub fn parse(raw: &str) -> Result<Message, ParseError> {
         let body = raw.trim_start_matches(|c: char| c == '\u{feff}' || c.is_whitespace());
         if body.is_empty() {
@@ -217,9 +221,11 @@ fn read_delimiters(body: &str) -> Result<Delimiters, ParseError> {
         ));
     }
     let (component, repetition, escape, subcomponent, truncation) = match *enc.as_slice() {
-        [c, r, s] => (c, r, None, s, None),
-        [c, r, e, s] => (c, r, Some(e), s, None),
-        [c, r, e, s, t] => (c, r, Some(e), s, Some(t)),
+        [c, r] => (c, r, None, None, None),
+        [c, r, '&'] => (c, r, None, Some('&'), None),
+        [c, r, e] => (c, r, Some(e), None, None),
+        [c, r, e, s] => (c, r, Some(e), Some(s), None),
+        [c, r, e, s, t] => (c, r, Some(e), Some(s), Some(t)),
         _ => {
             let found = if enc.len() > 5 {
                 "more than 5".to_owned()
@@ -228,7 +234,7 @@ fn read_delimiters(body: &str) -> Result<Delimiters, ParseError> {
             };
             return Err(error(
                 "MSH-2",
-                format!("expected 3 to 5 encoding characters, found {found}"),
+                format!("expected 2 to 5 encoding characters, found {found}"),
             ));
         }
     };
@@ -383,10 +389,14 @@ impl<'a> Iterator for Pieces<'a> {
     }
 }
 
-fn pieces<'a>(raw: &'a str, d: Option<&Delimiters>, sep: fn(&Delimiters) -> char) -> Pieces<'a> {
+fn pieces<'a>(
+    raw: &'a str,
+    d: Option<&Delimiters>,
+    sep: fn(&Delimiters) -> Option<char>,
+) -> Pieces<'a> {
     Pieces {
         rest: Some(raw),
-        sep: d.map(sep),
+        sep: d.and_then(sep),
     }
 }
 
@@ -474,7 +484,7 @@ impl<'a> Field<'a> {
     /// The repetitions (at least one), split on the repetition character.
     pub fn repetitions(&self) -> impl Iterator<Item = Rep<'a>> + use<'a> {
         let d = self.d;
-        pieces(self.raw, d, |d| d.repetition).map(move |raw| Rep { raw, d })
+        pieces(self.raw, d, |d| Some(d.repetition)).map(move |raw| Rep { raw, d })
     }
 
     /// Repetition `n`, 1-based; it may be empty (`A~~B`).
@@ -507,7 +517,7 @@ impl<'a> Rep<'a> {
 
     pub fn components(&self) -> impl Iterator<Item = Component<'a>> + use<'a> {
         let d = self.d;
-        pieces(self.raw, d, |d| d.component).map(move |raw| Component { raw, d })
+        pieces(self.raw, d, |d| Some(d.component)).map(move |raw| Component { raw, d })
     }
 
     /// The decoded first subcomponent of the first component.

@@ -58,7 +58,10 @@ fn resolve(seq: &str, esc: char, d: &Delimiters, out: &mut String) -> bool {
     let c = match seq {
         "F" => d.field,
         "S" => d.component,
-        "T" => d.subcomponent,
+        "T" => match d.subcomponent {
+            Some(s) => s,
+            None => return false,
+        },
         "R" => d.repetition,
         "E" => esc,
         "P" => match d.truncation {
@@ -103,14 +106,14 @@ fn hex_bytes(hex: &str, out: &mut String) -> bool {
 /// sender's field reads back as, the frame), and a value that is literally
 /// `""` becomes `\X2222\` so it is not read as an explicit null.
 ///
-/// Without an escape character (three-character MSH-2) delimiters cannot be
+/// Without an escape character (MSH-2 `^~` or `^~&`) delimiters cannot be
 /// represented; they and control characters are replaced by spaces so the
 /// structure of the message survives.
 pub fn escape(value: &str, d: &Delimiters) -> String {
     let is_special = |c: char| {
         c == d.field
             || c == d.component
-            || c == d.subcomponent
+            || Some(c) == d.subcomponent
             || c == d.repetition
             || Some(c) == d.truncation
             || Some(c) == d.escape
@@ -141,7 +144,7 @@ pub fn escape(value: &str, d: &Delimiters) -> String {
             c if c == esc => "E",
             c if c == d.field => "F",
             c if c == d.component => "S",
-            c if c == d.subcomponent => "T",
+            c if Some(c) == d.subcomponent => "T",
             c if c == d.repetition => "R",
             c if Some(c) == d.truncation => "P",
             c => {

@@ -204,7 +204,9 @@ impl Feed {
                 };
                 // Its MSH alone, when that reads: the AR then names the
                 // message it answers (MSA-2) and its sender, as any ACK does.
+                // (What `Message::parse` skips before MSH is skipped here too.)
                 let header = text
+                    .trim_start_matches(|c: char| c == '\u{feff}' || c.is_whitespace())
                     .split(['\r', '\n'])
                     .next()
                     .and_then(|msh| Message::parse(msh).ok());

@@ -453,7 +453,7 @@ fn transcode_into(out: &mut String, field: Option<Field<'_>>, from: &Delimiters,
             }
             for (k, sub) in comp.subcomponents().enumerate() {
                 if k > 0 {
-                    out.push(to.subcomponent);
+                    out.extend(to.subcomponent);
                 }
                 if sub == "\"\"" {
                     out.push_str(sub);

@@ -93,7 +93,7 @@ fn text<'a>(message: &Message, segment: &Segment<'a>, n: usize) -> &'a str {
         return raw;
     }
     let d = message.delimiters();
-    raw.trim_end_matches([d.component, d.repetition, d.subcomponent])
+    raw.trim_end_matches(|c| c == d.component || c == d.repetition || Some(c) == d.subcomponent)
 }
 
 /// `PID`, or `OBX[2]` for the second OBX (`seen`: the ids before it).

@@ -240,7 +240,7 @@ fn non_standard_delimiters() {
             d.subcomponent,
             d.truncation
         ),
-        ('$', '%', '*', Some('#'), '@', None)
+        ('$', '%', '*', Some('#'), Some('@'), None)
     );
     assert_eq!(m.get("MSH-2").as_deref(), Some("%*#@"));
     assert_eq!(m.get("MSH-3.2").as_deref(), Some("1.2%3"));
@@ -271,10 +271,34 @@ fn non_standard_delimiters() {
 }
 
 #[test]
-fn three_and_five_encoding_characters() {
+fn two_to_five_encoding_characters() {
+    // By position (§2.5.4): a sender that sends no subcomponents may leave
+    // out their separator, and one that sends no escape sequences the
+    // escape character too.
+    let m = parse(
+        "MSH|^~\\|A\rPID|1||K1^^^RJZ^MR||SMITH&SONS^ANN||||||14 HAYES LANE\\F\\FLAT 2^^BROMLEY",
+    );
+    assert_eq!(m.delimiters().escape, Some('\\'));
+    assert_eq!(m.delimiters().subcomponent, None);
+    assert_eq!(m.get("PID-5.1").as_deref(), Some("SMITH&SONS"), "& is text");
+    assert_eq!(m.get("PID-11.1").as_deref(), Some("14 HAYES LANE|FLAT 2"));
+    assert_eq!(m.get("PID-11.3").as_deref(), Some("BROMLEY"));
+    // \T\ names a separator the message does not have: kept as sent.
+    assert_eq!(
+        parse("MSH|^~\\|A\rPID|1|X\\T\\Y").get("PID-2").as_deref(),
+        Some("X\\T\\Y")
+    );
+    let m = parse("MSH|^~|A\rPID|1|X&Y\\Z^W~V");
+    assert_eq!(
+        (m.delimiters().escape, m.delimiters().subcomponent),
+        (None, None)
+    );
+    assert_eq!(m.get("PID-2.1").as_deref(), Some("X&Y\\Z"));
+    assert_eq!(m.get("PID-2[2]").as_deref(), Some("V"));
+    // A leniency: `^~&` from senders that do not escape.
     let m = parse("MSH|^~&|A\rPID|1|X&Y^Z|A\\F\\B");
     assert_eq!(m.delimiters().escape, None);
-    assert_eq!(m.delimiters().subcomponent, '&');
+    assert_eq!(m.delimiters().subcomponent, Some('&'));
     assert_eq!(m.get("PID-2.1.2").as_deref(), Some("Y"));
     assert_eq!(
         m.get("PID-3").as_deref(),
@@ -297,7 +321,7 @@ fn parse_errors_name_their_location() {
         ("MSH\r", "MSH-1"),
         ("MSHX^~\\&|A", "MSH-1"),
         ("MSH ^~\\&|A", "MSH-1"),
-        ("MSH|^~|A", "MSH-2"),
+        ("MSH|^|A", "MSH-2"),
         ("MSH||A", "MSH-2"),
         ("MSH|^~\\&#!|A", "MSH-2"),
         ("MSH|^^\\&|A", "MSH-2"),
@@ -1090,6 +1114,35 @@ fn repeated_segments_and_repetitions_the_mapping_reads_once_are_reported() {
             assert!(errors.iter().any(|e| e.location == "MRG[2]"), "{errors:?}")
         }
         other => panic!("a second merge was not refused: {other:?}"),
+    }
+}
+
+/// An event time needs a date at least: to the day, hour or minute it is
+/// taken; a month or a year alone is refused at its field, saying so.
+#[test]
+fn an_event_time_is_taken_from_a_day_on() {
+    use crate::hl7v2::adt::{AdtContext, AdtError, read};
+    let cx = AdtContext::default();
+    let message = |evn2: &str| {
+        parse(&format!(
+            "MSH|^~\\&|PAS|RJZ|GW|OB|202607141018||ADT^A28|R1|P|2.4\rEVN|A28|{evn2}\r\
+             PID|1||9990000018^^^NHS^NH||PAGE^Ann\r"
+        ))
+    };
+    for taken in ["20260714", "2026071410", "202607141018"] {
+        assert!(read(&message(taken), &cx).is_ok(), "{taken}");
+    }
+    for refused in ["202607", "2026"] {
+        match read(&message(refused), &cx) {
+            Err(AdtError::Invalid(errors)) => {
+                assert_eq!(errors[0].location, "EVN-2", "{errors:?}");
+                assert!(
+                    errors[0].reason.contains("not precise to the day"),
+                    "{errors:?}"
+                );
+            }
+            other => panic!("{refused} taken: {other:?}"),
+        }
     }
 }
 
