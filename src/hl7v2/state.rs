@@ -724,9 +724,26 @@ pub fn encounter_from(
         if !exists {
             history.push(entry);
         }
-        // In time order; at one time (EVN-2 is often to the minute) a
-        // cancellation after what it cancels, whichever arrived first.
-        history.sort_by_key(|h| (start_ms(h.at("period")), h.at("status") == "cancelled"));
+        // In time order; at one time (EVN-2 is often to the minute) in the
+        // order a visit goes through, whichever arrived first: a status
+        // before the discharge, the discharge, the status a discharge
+        // cancel restores, a cancellation.
+        if adt.event == Event::A13 {
+            // (As the entry's start reads: a date alone is its day's start.)
+            cancels.add_discharge(time_ms(Some(&adt.time)));
+        }
+        history.sort_by_key(|h| {
+            let at = start_ms(h.at("period"));
+            let rank = match h.at("status").as_str() {
+                Some("cancelled") => 5,
+                open if is_open(open) && cancels.cancels_discharge_at(at) => 4,
+                Some("finished") => 3,
+                Some("in-progress") => 2,
+                Some("arrived") => 1,
+                _ => 0,
+            };
+            (at, rank)
+        });
         resume_after_discharges(&mut history);
         chain(&mut history);
         latest = history.last().is_some_and(|h| {
@@ -957,11 +974,14 @@ fn locations(
     e.insert("location".into(), Value::Array(list));
 }
 
-/// The transfer cancels (A12) an Encounter has had, kept beside it in the
-/// store (its clock's `members`): `x.<hash>=<ms>` for one that has removed
-/// nothing, `a.<hash>=<ms>/<hex>` for one that removed the location whose
-/// JSON `<hex>` spells; `<ms>` is its time in ms before the latest event,
-/// `<hash>` that of the place it returns to (PV1-3).
+/// The cancels an Encounter has had, kept beside it in the store (its
+/// clock's `members`), `<ms>` being a cancel's time in ms before the latest
+/// event: for a transfer cancel (A12), `x.<hash>=<ms>` for one that has
+/// removed nothing, `a.<hash>=<ms>/<hex>` for one that removed the location
+/// whose JSON `<hex>` spells, `<hash>` that of the place it returns to
+/// (PV1-3); for a discharge cancel (A13), `d.0=<ms>`, so that the status
+/// it restores comes after a discharge sent at the same time (EVN-2 is
+/// often to the minute), whichever arrived first.
 ///
 /// A cancel removes the latest location at or before its time whose
 /// previous place is where it says the patient returns (PV1-3), else the
@@ -973,7 +993,11 @@ fn locations(
 /// cancel; resent with a later time, it is another, which also undoes a
 /// transfer made again before that time.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Cancels(Vec<Cancel>);
+pub struct Cancels {
+    transfers: Vec<Cancel>,
+    /// When each discharge cancel was, in time order.
+    discharges: Vec<i64>,
+}
 
 #[derive(Debug, Clone, PartialEq)]
 struct Cancel {
@@ -991,36 +1015,44 @@ impl Cancels {
         else {
             return Cancels::default();
         };
-        Cancels(
-            text.split(';')
-                .filter_map(|entry| {
-                    let (name, rest) = entry.split_once('=')?;
-                    let (kind, hash) = name.split_once('.')?;
-                    let (before, removed) = match (kind, rest.split_once('/')) {
-                        ("x", None) => (rest, None),
-                        // Unreadable, what it removed is lost, not the
-                        // cancel.
-                        ("a", Some((before, hex))) => (before, from_hex(hex)),
-                        _ => return None,
-                    };
-                    Some(Cancel {
-                        at: latest.saturating_sub(before.parse().ok()?),
-                        back_to: u64::from_str_radix(hash, 16).ok()?,
-                        removed,
-                    })
+        let at = |before: &str| Some(latest.saturating_sub(before.parse().ok()?));
+        let discharges = text
+            .split(';')
+            .filter_map(|entry| at(entry.strip_prefix("d.0=")?))
+            .collect();
+        let transfers = text
+            .split(';')
+            .filter_map(|entry| {
+                let (name, rest) = entry.split_once('=')?;
+                let (kind, hash) = name.split_once('.')?;
+                let (before, removed) = match (kind, rest.split_once('/')) {
+                    ("x", None) => (rest, None),
+                    // Unreadable, what it removed is lost, not the
+                    // cancel.
+                    ("a", Some((before, hex))) => (before, from_hex(hex)),
+                    _ => return None,
+                };
+                Some(Cancel {
+                    at: at(before)?,
+                    back_to: u64::from_str_radix(hash, 16).ok()?,
+                    removed,
                 })
-                .collect(),
-        )
+            })
+            .collect();
+        Cancels {
+            transfers,
+            discharges,
+        }
     }
 
     /// As kept beside a clock whose latest event is `latest` (`None`: no
     /// cancel).
     pub fn members(&self, latest: i64) -> Option<String> {
-        if self.0.is_empty() {
+        if self.transfers.is_empty() && self.discharges.is_empty() {
             return None;
         }
         let mut text = String::new();
-        for c in &self.0 {
+        for c in &self.transfers {
             if !text.is_empty() {
                 text.push(';');
             }
@@ -1035,26 +1067,49 @@ impl Cancels {
                 }
             }
         }
+        for &at in &self.discharges {
+            if !text.is_empty() {
+                text.push(';');
+            }
+            text.push_str("d.0=");
+            push_digits(&mut text, latest.saturating_sub(at).max(0) as u64, 10, 1);
+        }
         Some(text)
+    }
+
+    /// A discharge cancel at `at`, unless it is one already had.
+    fn add_discharge(&mut self, at: i64) {
+        if let Err(i) = self.discharges.binary_search(&at) {
+            self.discharges.insert(i, at);
+        }
+    }
+
+    /// Whether a discharge cancel is at `at`.
+    fn cancels_discharge_at(&self, at: i64) -> bool {
+        self.discharges.binary_search(&at).is_ok()
     }
 
     /// A cancel at `at` back to `back_to`, unless it is one already had.
     fn add(&mut self, at: i64, back_to: Option<&Value>) {
         let back_to = place_hash(back_to);
-        if !self.0.iter().any(|c| c.at == at && c.back_to == back_to) {
-            self.0.push(Cancel {
+        if !self
+            .transfers
+            .iter()
+            .any(|c| c.at == at && c.back_to == back_to)
+        {
+            self.transfers.push(Cancel {
                 at,
                 back_to,
                 removed: None,
             });
-            self.0.sort_by_key(|c| (c.at, c.back_to));
+            self.transfers.sort_by_key(|c| (c.at, c.back_to));
         }
     }
 
     /// Puts back in `list` what the cancels removed (before the message's
     /// own change looks at it).
     fn restore(&mut self, list: &mut Vec<Value>) {
-        for cancel in &mut self.0 {
+        for cancel in &mut self.transfers {
             if let Some(entry) = cancel.removed.take()
                 && !list.iter().any(|l| {
                     l.at("location") == entry.at("location")
@@ -1073,11 +1128,11 @@ impl Cancels {
     /// than the patient's last stay there; else the latest, unless that is
     /// already there; never the first (the admission).
     fn apply(&mut self, list: &mut Vec<Value>) {
-        if self.0.is_empty() {
+        if self.transfers.is_empty() {
             return;
         }
         sort_locations(list);
-        for cancel in &mut self.0 {
+        for cancel in &mut self.transfers {
             let place = |l: &Value| place_hash(Some(l.at("location")));
             let before = list
                 .iter()
@@ -1605,6 +1660,70 @@ mod tests {
             encounter_of(&[&admit, &discharge, &cancel])["status"],
             "in-progress"
         );
+    }
+
+    /// Events sent at one time (EVN-2 is often to the minute: a day case
+    /// entered afterwards, a move to the discharge lounge and the discharge
+    /// together, a discharge cancelled at once) end in the order a visit
+    /// goes through, whatever order they arrive in. (Not told apart: an
+    /// admission or a transfer at the time of a discharge that is then
+    /// cancelled at that time too, whose statuses are the one a discharge
+    /// cancel restores: a resent message's status is not entered twice.)
+    #[test]
+    fn events_at_one_time_end_the_same_in_any_arrival_order() {
+        let at = "202607141400";
+        let arrival = event("A04", "202607141018", "", VISIT);
+        let admit = event("A01", at, "", VISIT);
+        let early_admit = event("A01", "202607141018", "", VISIT);
+        let transfer = event("A02", at, "", VISIT);
+        let discharge = event("A03", at, "", VISIT);
+        let cancel = event("A13", at, "", VISIT);
+        let ed_arrival = event("A04", at, "", VISIT);
+        let cases: [(&[(&str, &Adt)], &str); 4] = [
+            // Admitted from ED and discharged in the same minute.
+            (
+                &[("A04", &arrival), ("A01", &admit), ("A03", &discharge)],
+                "finished",
+            ),
+            // Moved and discharged in the same minute.
+            (
+                &[
+                    ("A01", &early_admit),
+                    ("A02", &transfer),
+                    ("A03", &discharge),
+                ],
+                "finished",
+            ),
+            // Discharged, and the discharge cancelled, in the same minute.
+            (
+                &[("A01", &early_admit), ("A03", &discharge), ("A13", &cancel)],
+                "in-progress",
+            ),
+            // Registered in ED and admitted in the same minute.
+            (&[("A04", &ed_arrival), ("A01", &admit)], "in-progress"),
+        ];
+        for (events, status) in cases {
+            let all = orders(events);
+            let sent: Vec<&Adt> = events.iter().map(|(_, adt)| *adt).collect();
+            let expected = encounter_of(&sent);
+            assert_eq!(expected["status"], status, "{expected}");
+            assert_eq!(
+                expected["period"].get("end").is_some(),
+                status == "finished",
+                "{expected}"
+            );
+            for order in all {
+                let labels: Vec<&str> = order.iter().map(|(label, _)| *label).collect();
+                let adts: Vec<&Adt> = order.iter().map(|(_, adt)| *adt).collect();
+                let e = encounter_of(&adts);
+                assert_eq!(e["status"], expected["status"], "{labels:?}: {e}");
+                assert_eq!(
+                    e["statusHistory"], expected["statusHistory"],
+                    "{labels:?}: {e}"
+                );
+                assert_eq!(e["period"], expected["period"], "{labels:?}: {e}");
+            }
+        }
     }
 
     #[test]
