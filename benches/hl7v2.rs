@@ -27,7 +27,7 @@ mod support;
 use pathway_gateway::hl7v2::Message;
 use pathway_gateway::hl7v2::adt::{AdtContext, read};
 use pathway_gateway::hl7v2::client::MllpClient;
-use pathway_gateway::hl7v2::state::{Cancels, Times, encounter_after, patient_after};
+use pathway_gateway::hl7v2::state::{Kept, Times, encounter_after, patient_after};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 use support::{cpu_seconds, nhs_number, rss_kib, spawn_gateway_mllp, thread_cpu_seconds};
@@ -220,7 +220,7 @@ fn in_process() {
         let encounter = adt
             .visit
             .as_ref()
-            .map(|v| encounter_after(None, None, &mut Cancels::default(), &adt, v, "Patient/x"));
+            .map(|v| encounter_after(None, None, &mut Kept::default(), &adt, v, "Patient/x"));
         patient.as_object().map_or(0, |o| o.len()) + usize::from(encounter.is_some())
     });
     println!(

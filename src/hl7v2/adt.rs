@@ -931,6 +931,12 @@ fn patient_class(code: &str, cx: &AdtContext) -> Option<Value> {
             _ => return None,
         },
     };
+    Some(act_coding(act))
+}
+
+/// The v3 ActCode `Coding` of an `Encounter.class` code, with its display
+/// for the codes of the encounter-class value set.
+pub(super) fn act_coding(act: &str) -> Value {
     let display = match act {
         "EMER" => "emergency",
         "IMP" => "inpatient encounter",
@@ -949,7 +955,7 @@ fn patient_class(code: &str, cx: &AdtContext) -> Option<Value> {
     if !display.is_empty() {
         coding["display"] = json!(display);
     }
-    Some(coding)
+    coding
 }
 
 /// PV1-4 → (`Encounter.priority`, the UK Core AdmissionMethod extension

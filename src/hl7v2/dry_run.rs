@@ -9,7 +9,7 @@ use super::adt::{self, Adt, AdtContext, AdtError};
 use super::condition::Condition;
 use super::datatypes::DataError;
 use super::er7::Message;
-use super::state::{self, Cancels, Times, encounter_after, patient_after};
+use super::state::{self, Kept, Times, encounter_after, patient_after};
 use crate::fhir::outcome::Severity;
 use crate::validate::{Validator, has_errors};
 use serde::Serialize;
@@ -46,8 +46,9 @@ struct Record {
     /// When the events applied set its members (an Encounter's: the
     /// latest alone).
     clock: Times,
-    /// An Encounter's transfer cancels (none for a Patient).
-    cancels: Cancels,
+    /// What an Encounter keeps beside it: its cancels and classes (nothing
+    /// for a Patient).
+    kept: Kept,
 }
 
 /// Maps every message of `text` (segments by `\r`, `\n` or `\r\n`;
@@ -228,10 +229,10 @@ fn apply(
         let found = encounters.iter().position(|r| r.key == visit_key);
         let current = found.map(|i| &encounters[i].resource);
         let clock = found.and_then(|i| encounters[i].clock.latest());
-        let mut cancels = found.map_or_else(Cancels::default, |i| encounters[i].cancels.clone());
-        let e = encounter_after(current, clock, &mut cancels, adt, visit, &full_url);
+        let mut kept = found.map_or_else(Kept::default, |i| encounters[i].kept.clone());
+        let e = encounter_after(current, clock, &mut kept, adt, visit, &full_url);
         errors.extend(issues(validator, &e));
-        encounter = Some((found, visit_key, e, cancels));
+        encounter = Some((found, visit_key, e, kept));
     }
     if !errors.is_empty() {
         return errors;
@@ -262,22 +263,22 @@ fn apply(
             full_url,
             resource: patient,
             clock: times,
-            cancels: Cancels::default(),
+            kept: Kept::default(),
         }),
     }
-    if let Some((found, key, e, cancels)) = encounter {
+    if let Some((found, key, e, kept)) = encounter {
         match found {
             Some(i) => {
                 encounters[i].resource = e;
                 encounters[i].clock = encounters[i].clock.clone().after(adt.time_ms);
-                encounters[i].cancels = cancels;
+                encounters[i].kept = kept;
             }
             None => encounters.push(Record {
                 full_url: urn(&key),
                 key,
                 resource: e,
                 clock: Times::default().after(adt.time_ms),
-                cancels,
+                kept,
             }),
         }
     }

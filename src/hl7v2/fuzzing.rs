@@ -58,8 +58,8 @@ fn message(bytes: &[u8]) {
         if let Ok(adt) = read {
             let _ = state::patient_after(None, &state::Times::of(None), &adt);
             if let Some(visit) = &adt.visit {
-                let mut cancels = state::Cancels::of(None);
-                let _ = state::encounter_after(None, None, &mut cancels, &adt, visit, "Patient/x");
+                let mut kept = state::Kept::of(None);
+                let _ = state::encounter_after(None, None, &mut kept, &adt, visit, "Patient/x");
             }
         }
     }

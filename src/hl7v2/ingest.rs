@@ -820,13 +820,13 @@ impl Feed {
             let current_value = current.as_ref().and_then(|s| store.parsed(s));
             let encounter_id = current.as_ref().map_or_else(new_id, |s| s.id.clone());
             // An Encounter's members go by its latest event alone; its
-            // clock keeps the transfer cancels it has had.
+            // clock keeps the cancels and the classes it has had.
             let latest = clock.as_ref().map(|c| c.event_ms);
-            let mut cancels = state::Cancels::of(clock.as_ref());
+            let mut kept = state::Kept::of(clock.as_ref());
             let encounter = encounter_from(
                 current_value.as_deref(),
                 latest,
-                &mut cancels,
+                &mut kept,
                 adt,
                 visit,
                 &patient_ref,
@@ -837,7 +837,7 @@ impl Feed {
                 id: encounter_id.clone(),
                 clock: Clock {
                     event_ms,
-                    members: cancels.members(event_ms),
+                    members: kept.members(event_ms),
                 },
                 planned: current.as_ref().map(|stored| (stored.version, clock)),
             });

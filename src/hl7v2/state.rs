@@ -12,7 +12,7 @@
 //!   (A02 adds one, A12 removes the latest one before it unless the
 //!   patient is already back where the A12 says; the cancels are kept
 //!   beside the record and applied again with every message, so one that
-//!   arrives before its transfer undoes it when it comes: [`Cancels`]). An
+//!   arrives before its transfer undoes it when it comes: [`Kept`]). An
 //!   A13 restores the status from before the discharge it cancels.
 //! - A Patient's other members are each set by an event at least as recent
 //!   as the last one that set or cleared that member ([`Times`], kept by
@@ -659,18 +659,18 @@ pub fn moved(resource: &Value, subject: &str) -> Value {
 }
 
 /// The Encounter after `adt` (which has a `visit`), from the stored one or
-/// a new one, last changed by an event at `clock`, with the transfer
-/// `cancels` kept beside it (updated); `subject` is the patient's
-/// reference.
+/// a new one, last changed by an event at `clock`, with what it keeps
+/// beside it (`kept`: its cancels and classes, updated); `subject` is the
+/// patient's reference.
 pub fn encounter_after(
     current: Option<&Value>,
     clock: Option<i64>,
-    cancels: &mut Cancels,
+    kept: &mut Kept,
     adt: &Adt,
     visit: &Visit,
     subject: &str,
 ) -> Value {
-    encounter_from(current, clock, cancels, adt, visit.clone(), subject)
+    encounter_from(current, clock, kept, adt, visit.clone(), subject)
 }
 
 /// [`encounter_after`] with the visit's facts moved into the record rather
@@ -678,7 +678,7 @@ pub fn encounter_after(
 pub fn encounter_from(
     current: Option<&Value>,
     clock: Option<i64>,
-    cancels: &mut Cancels,
+    kept: &mut Kept,
     adt: &Adt,
     visit: Visit,
     subject: &str,
@@ -706,6 +706,7 @@ pub fn encounter_from(
     }
     e.insert("identifier".into(), Value::Array(ids));
     e.insert("subject".into(), json!({"reference": subject}));
+    class_history(&mut e, current, kept, adt, &visit.class);
     set(&mut e, "class", Some(visit.class), newer);
     set(&mut e, "priority", visit.priority, newer);
 
@@ -730,13 +731,13 @@ pub fn encounter_from(
         // cancel restores, a cancellation.
         if adt.event == Event::A13 {
             // (As the entry's start reads: a date alone is its day's start.)
-            cancels.add_discharge(time_ms(Some(&adt.time)));
+            kept.add_discharge(time_ms(Some(&adt.time)));
         }
         history.sort_by_key(|h| {
             let at = start_ms(h.at("period"));
             let rank = match h.at("status").as_str() {
                 Some("cancelled") => 5,
-                open if is_open(open) && cancels.cancels_discharge_at(at) => 4,
+                open if is_open(open) && kept.cancels_discharge_at(at) => 4,
                 Some("finished") => 3,
                 Some("in-progress") => 2,
                 Some("arrived") => 1,
@@ -817,7 +818,7 @@ pub fn encounter_from(
         visit.location,
         visit.start.as_deref(),
         &status,
-        cancels,
+        kept,
     );
 
     if e.member("serviceProvider").is_none() {
@@ -829,6 +830,55 @@ pub fn encounter_from(
         e.insert("serviceProvider".into(), provider);
     }
     Value::Object(order(e, ENCOUNTER_ORDER))
+}
+
+/// `classHistory`, once a visit has had two classes (an ED attendance
+/// admitted under its visit number: `EMER`, then `IMP`), so that what it
+/// was before its latest class is not lost (outcomes count the attendance
+/// as an ED contact). One entry per class, from the earliest event that
+/// sent it, in time order, each ending where the next starts: the same
+/// whatever order the events arrive in. The classes and their times are
+/// kept beside the Encounter ([`Kept`]); for one stored before they were
+/// (or written through REST), its class is taken from the earliest time
+/// the record shows. A stored `classHistory` is left alone until a second
+/// class is seen.
+fn class_history(
+    e: &mut Map<String, Value>,
+    current: Option<&Value>,
+    kept: &mut Kept,
+    adt: &Adt,
+    class: &Value,
+) {
+    let Some(code) = class.at("code").as_str() else {
+        return;
+    };
+    if kept.classes.is_empty()
+        && let Some(stored) = current
+        && let Some(old) = stored.at("class").at("code").as_str()
+    {
+        let earliest = stored
+            .at("statusHistory")
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|h| h.at("period").at("start"))
+            .chain([stored.at("period").at("start")])
+            .filter_map(Value::as_str)
+            .min_by_key(|at| time_ms(Some(at)));
+        kept.saw_class(old, earliest.unwrap_or(&adt.time));
+    }
+    kept.saw_class(code, &adt.time);
+    if kept.classes.len() < 2 {
+        return;
+    }
+    let mut classes: Vec<&(String, String)> = kept.classes.iter().collect();
+    classes.sort_by_key(|(code, at)| (time_ms(Some(at)), code.as_str()));
+    let mut history: Vec<Value> = classes
+        .into_iter()
+        .map(|(code, at)| json!({"class": super::adt::act_coding(code), "period": {"start": at}}))
+        .collect();
+    chain(&mut history);
+    e.insert("classHistory".into(), Value::Array(history));
 }
 
 /// A status entry right after a discharge can only be its cancellation
@@ -861,7 +911,7 @@ fn is_open(status: Option<&str>) -> bool {
 /// A02 adds a location at its event time; A01 and A04 add the admitting
 /// one at the visit's `start` (PV1-44) unless one is known from that very
 /// time, also when a transfer arrived first; A12 is kept with the
-/// Encounter's [`Cancels`], which remove the latest one before each cancel,
+/// Encounter's [`Kept`], which remove the latest one before each cancel,
 /// unless that is already where it says the patient is (PV1-3): a resent
 /// A12 does not undo a second transfer.
 ///
@@ -882,7 +932,7 @@ fn locations(
     place: Option<Value>,
     start: Option<&str>,
     status: &str,
-    cancels: &mut Cancels,
+    cancels: &mut Kept,
 ) {
     // Left as it was (`[]`, or not a list) when it stays empty.
     let mut list = take_array(e, "location");
@@ -974,9 +1024,11 @@ fn locations(
     e.insert("location".into(), Value::Array(list));
 }
 
-/// The cancels an Encounter has had, kept beside it in the store (its
-/// clock's `members`), `<ms>` being a cancel's time in ms before the latest
-/// event: for a transfer cancel (A12), `x.<hash>=<ms>` for one that has
+/// What an Encounter keeps beside it in the store (its clock's `members`):
+/// the classes it has had, `k.<code>=<dateTime>` each, from the earliest
+/// event that sent it (see [`class_history`]); and the cancels it has had,
+/// `<ms>` being a cancel's time in ms before the latest event: for a
+/// transfer cancel (A12), `x.<hash>=<ms>` for one that has
 /// removed nothing, `a.<hash>=<ms>/<hex>` for one that removed the location
 /// whose JSON `<hex>` spells, `<hash>` that of the place it returns to
 /// (PV1-3); for a discharge cancel (A13), `d.0=<ms>`, so that the status
@@ -993,10 +1045,12 @@ fn locations(
 /// cancel; resent with a later time, it is another, which also undoes a
 /// transfer made again before that time.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Cancels {
+pub struct Kept {
     transfers: Vec<Cancel>,
     /// When each discharge cancel was, in time order.
     discharges: Vec<i64>,
+    /// Each class (its code) with the earliest event time that sent it.
+    classes: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -1007,18 +1061,25 @@ struct Cancel {
     removed: Option<Value>,
 }
 
-impl Cancels {
+impl Kept {
     /// Those kept with `clock` (none: an Encounter's clock kept nothing
     /// more before schema 8, nor since while it has had no cancel).
-    pub fn of(clock: Option<&Clock>) -> Cancels {
+    pub fn of(clock: Option<&Clock>) -> Kept {
         let Some((latest, text)) = clock.and_then(|c| Some((c.event_ms, c.members.as_ref()?)))
         else {
-            return Cancels::default();
+            return Kept::default();
         };
         let at = |before: &str| Some(latest.saturating_sub(before.parse().ok()?));
         let discharges = text
             .split(';')
             .filter_map(|entry| at(entry.strip_prefix("d.0=")?))
+            .collect();
+        let classes = text
+            .split(';')
+            .filter_map(|entry| {
+                let (code, at) = entry.strip_prefix("k.")?.split_once('=')?;
+                Some((code.to_string(), at.to_string()))
+            })
             .collect();
         let transfers = text
             .split(';')
@@ -1039,19 +1100,29 @@ impl Cancels {
                 })
             })
             .collect();
-        Cancels {
+        Kept {
             transfers,
             discharges,
+            classes,
         }
     }
 
     /// As kept beside a clock whose latest event is `latest` (`None`: no
     /// cancel).
     pub fn members(&self, latest: i64) -> Option<String> {
-        if self.transfers.is_empty() && self.discharges.is_empty() {
+        if self.transfers.is_empty() && self.discharges.is_empty() && self.classes.is_empty() {
             return None;
         }
         let mut text = String::new();
+        for (code, at) in &self.classes {
+            if !text.is_empty() {
+                text.push(';');
+            }
+            text.push_str("k.");
+            text.push_str(code);
+            text.push('=');
+            text.push_str(at);
+        }
         for c in &self.transfers {
             if !text.is_empty() {
                 text.push(';');
@@ -1075,6 +1146,23 @@ impl Cancels {
             push_digits(&mut text, latest.saturating_sub(at).max(0) as u64, 10, 1);
         }
         Some(text)
+    }
+
+    /// A class sent by an event at `at` (a FHIR dateTime): kept with the
+    /// earliest time it was sent. A code that cannot be kept in the
+    /// `members` text (with `;` or `=`, or empty) is not.
+    fn saw_class(&mut self, code: &str, at: &str) {
+        if code.is_empty() || code.contains([';', '=']) || at.contains([';', '=']) {
+            return;
+        }
+        match self.classes.iter_mut().find(|(c, _)| c == code) {
+            Some((_, earliest)) => {
+                if time_ms(Some(at)) < time_ms(Some(earliest)) {
+                    *earliest = at.to_string();
+                }
+            }
+            None => self.classes.push((code.to_string(), at.to_string())),
+        }
     }
 
     /// A discharge cancel at `at`, unless it is one already had.
@@ -1160,7 +1248,7 @@ impl Cancels {
     }
 }
 
-/// JSON spelt in hex (as [`Cancels::members`] writes it).
+/// JSON spelt in hex (as [`Kept::members`] writes it).
 fn from_hex(hex: &str) -> Option<Value> {
     let bytes: Option<Vec<u8>> = (0..hex.len())
         .step_by(2)
@@ -1493,7 +1581,7 @@ mod tests {
         assert_eq!(older, newer);
 
         let visit = first.visit.as_ref().unwrap();
-        let none = &mut Cancels::default();
+        let none = &mut Kept::default();
         let e = encounter_after(None, None, none, &first, visit, "Patient/a");
         let newer = encounter_after(
             Some(&e),
@@ -1565,7 +1653,7 @@ mod tests {
         for adt in events {
             let visit = adt.visit.as_ref().unwrap();
             let latest = clock.as_ref().map(|c| c.event_ms);
-            let mut cancels = Cancels::of(clock.as_ref());
+            let mut cancels = Kept::of(clock.as_ref());
             e = Some(encounter_after(
                 e.as_ref(),
                 latest,
@@ -2301,6 +2389,54 @@ mod tests {
         assert!(names[2].contains("WARD 9"), "{names:?}");
         assert_eq!(encounter["status"], "finished", "{encounter}");
         assert_eq!(encounter["class"]["code"], "IMP", "{encounter}");
+        // What it was before is kept: an ED attendance, then an admission.
+        assert_eq!(
+            encounter["classHistory"],
+            json!([
+                {"class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "EMER", "display": "emergency"},
+                 "period": {"start": "2026-07-14T19:40:00+01:00", "end": "2026-07-14T22:05:00+01:00"}},
+                {"class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "IMP", "display": "inpatient encounter"},
+                 "period": {"start": "2026-07-14T22:05:00+01:00"}},
+            ]),
+            "{encounter}"
+        );
+    }
+
+    /// An Encounter stored before classes were kept beside it (or written
+    /// through REST) takes its class's time from the earliest the record
+    /// shows when a second class comes; one class alone gives no
+    /// `classHistory`.
+    #[test]
+    fn a_stored_encounter_without_kept_classes_gets_its_class_history_from_the_record() {
+        let ed = "E|ED^^^RJZ30||||||||||||||||V8^^^RJZ^VN";
+        let attended = event("A04", "202607141018", "", ed);
+        let once = encounter_of(&[&attended, &attended]);
+        assert!(once.get("classHistory").is_none(), "{once}");
+        let admitted = event(
+            "A01",
+            "202607141400",
+            "",
+            VISIT.replace("V9", "V8").as_str(),
+        );
+        let none = &mut Kept::default();
+        let e = encounter_after(
+            Some(&once),
+            Some(attended.time_ms),
+            none,
+            &admitted,
+            admitted.visit.as_ref().unwrap(),
+            "Patient/p",
+        );
+        assert_eq!(e["classHistory"][0]["class"]["code"], "EMER", "{e}");
+        assert_eq!(
+            e["classHistory"][0]["period"]["start"], "2026-07-14T10:18:00+01:00",
+            "{e}"
+        );
+        assert_eq!(e["classHistory"][1]["class"]["code"], "IMP", "{e}");
+        assert_eq!(
+            e["classHistory"][1]["period"]["start"], "2026-07-14T14:00:00+01:00",
+            "{e}"
+        );
     }
 
     /// A sender that sends only what changed (HL7 v2: an empty field is "no

@@ -34,6 +34,10 @@ pub struct EncounterFact {
     pub patient: String,
     pub id: String,
     pub contact: Option<Contact>,
+    /// The day of the ED attendance an encounter of another class began as
+    /// (`classHistory`: an attendance admitted under its visit number),
+    /// counted as an ED contact besides the admission.
+    pub ed_before: Option<Date>,
     /// Any inpatient stay (elective or not), for discharges.
     pub inpatient: bool,
     pub start: Option<Date>,
@@ -60,10 +64,19 @@ pub fn encounter(id: &str, resource: &Value) -> Option<EncounterFact> {
         "IMP" if !elective => Some(Contact::NonElectiveAdmission),
         _ => None,
     };
+    let ed_before = resource["classHistory"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|_| happened && class != "EMER")
+        .find(|h| h["class"]["code"] == "EMER")
+        .and_then(|h| h["period"]["start"].as_str())
+        .and_then(london_date);
     Some(EncounterFact {
         patient,
         id: id.to_string(),
         contact,
+        ed_before,
         inpatient: happened && class == "IMP",
         start: resource["period"]["start"].as_str().and_then(london_date),
         discharged: (status == "finished")
@@ -227,5 +240,31 @@ mod tests {
         assert_eq!(e("EMER", None, "entered-in-error"), None);
         assert_eq!(e("IMP", Some("EM"), "cancelled"), None);
         assert_eq!(e("IMP", Some("EM"), "planned"), None);
+    }
+
+    /// An ED attendance admitted under its visit number (`classHistory`
+    /// `EMER`, then `IMP`) is an ED contact, on its own day, besides the
+    /// admission; not if the encounter did not happen, and not twice for an
+    /// encounter that is still an attendance.
+    #[test]
+    fn an_attendance_admitted_under_its_visit_number_is_an_ed_contact_too() {
+        let e = |class: &str, status: &str| {
+            let r = json!({"status": status, "class": {"code": class},
+                "classHistory": [
+                    {"class": {"code": "EMER"}, "period": {"start": "2026-02-01T23:40:00+00:00", "end": "2026-02-02T01:05:00+00:00"}},
+                    {"class": {"code": class}, "period": {"start": "2026-02-02T01:05:00+00:00"}}],
+                "subject": {"reference": "Patient/p1"}, "period": {"start": "2026-02-02T01:00:00+00:00"}});
+            encounter("e1", &r).unwrap()
+        };
+        let admitted = e("IMP", "finished");
+        assert_eq!(admitted.contact, Some(Contact::NonElectiveAdmission));
+        assert_eq!(admitted.ed_before, Some("2026-02-01".parse().unwrap()));
+        assert_eq!(admitted.start, Some("2026-02-02".parse().unwrap()));
+        assert_eq!(e("IMP", "cancelled").ed_before, None);
+        let still = e("EMER", "finished");
+        assert_eq!(
+            (still.contact, still.ed_before),
+            (Some(Contact::EdAttendance), None)
+        );
     }
 }

@@ -266,17 +266,23 @@ pub fn measure(facts: &Facts, period: Period, settings: &Settings) -> Report {
             continue;
         };
         for e in by_patient.get(patient.as_str()).into_iter().flatten() {
-            let (Some(contact), Some(start)) = (e.contact, e.start) else {
-                continue;
-            };
-            let slot = match contact {
-                Contact::EdAttendance => &mut ed,
-                Contact::NonElectiveAdmission => &mut nel,
-            };
-            if first <= start && start < *assessed {
-                slot.0 += 1;
-            } else if *assessed <= start && start < last {
-                slot.1 += 1;
+            let contacts = [
+                (e.contact, e.start),
+                (e.ed_before.map(|_| Contact::EdAttendance), e.ed_before),
+            ];
+            for (contact, start) in contacts {
+                let (Some(contact), Some(start)) = (contact, start) else {
+                    continue;
+                };
+                let slot = match contact {
+                    Contact::EdAttendance => &mut ed,
+                    Contact::NonElectiveAdmission => &mut nel,
+                };
+                if first <= start && start < *assessed {
+                    slot.0 += 1;
+                } else if *assessed <= start && start < last {
+                    slot.1 += 1;
+                }
             }
         }
     }
@@ -510,6 +516,7 @@ mod tests {
             patient: patient.into(),
             id: format!("{patient}-{start}"),
             contact: Some(kind),
+            ed_before: None,
             inpatient: kind == Contact::NonElectiveAdmission,
             start: Some(d(start)),
             discharged: None,
@@ -551,6 +558,28 @@ mod tests {
         let report = measure(&facts, period("2026-05-31"), &settings);
         assert_eq!(report.proactive_care.cohort, 0);
         assert_eq!(report.proactive_care.ed_contacts.before, 0);
+    }
+
+    /// An ED attendance admitted under its visit number is one encounter
+    /// and two contacts: the attendance on its day, the admission on its.
+    #[test]
+    fn an_attendance_admitted_under_its_visit_number_counts_as_both_contacts() {
+        let mut facts = Facts::default();
+        facts.assessments.insert("p".into(), d("2026-03-02"));
+        let mut admitted = contact("p", Contact::NonElectiveAdmission, "2026-03-02");
+        // Attended the day before the assessment, admitted on the day.
+        admitted.ed_before = Some(d("2026-03-01"));
+        facts.encounters.push(admitted);
+        let report = measure(&facts, period("2026-12-01"), &Settings::default());
+        let pc = &report.proactive_care;
+        assert_eq!((pc.ed_contacts.before, pc.ed_contacts.after), (1, 0));
+        assert_eq!(
+            (
+                pc.non_elective_admissions.before,
+                pc.non_elective_admissions.after
+            ),
+            (0, 1)
+        );
     }
 
     #[test]

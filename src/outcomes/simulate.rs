@@ -168,6 +168,34 @@ impl Builder {
         visit
     }
 
+    /// An ED attendance on `date` at 10:00 London, admitted (non-elective,
+    /// admission method 21) under its visit number at 14:00 and discharged
+    /// `stay` days later: one encounter, two contacts.
+    fn attendance_admitted(&mut self, nhs: &str, date: Date, stay: i64) {
+        self.visit += 1;
+        let visit = format!("S{:06}", self.visit);
+        let (arrived, admitted) = (ts(date, 10), ts(date, 14));
+        let end = ts(date.checked_add(stay.days()).unwrap_or(date), 15);
+        self.adt(
+            "A04",
+            nhs,
+            &arrived,
+            &pv1("E", "A", &visit, "", &arrived, None),
+        );
+        self.adt(
+            "A01",
+            nhs,
+            &admitted,
+            &pv1("I", "21", &visit, "", &admitted, None),
+        );
+        self.adt(
+            "A03",
+            nhs,
+            &end,
+            &pv1("I", "21", &visit, "", &admitted, Some(&end)),
+        );
+    }
+
     fn adt(&mut self, event: &str, nhs: &str, when: &str, pv1: &str) {
         self.message += 1;
         let id = format!("SIM{:07}", self.message);
@@ -342,6 +370,15 @@ pub fn generate(today: Date, size: usize, seed: u64) -> Cohort {
             if in_cohort {
                 b.cohort.expected.ed_after += 1;
                 b.cohort.expected.ed_before += 1;
+            }
+        }
+        // Every fourth, an ED attendance after the assessment admitted under
+        // its visit number: an ED contact and a non-elective admission.
+        if i % 4 == 1 {
+            b.attendance_admitted(&nhs, assessed.checked_add(7.days()).unwrap(), 2);
+            if in_cohort {
+                b.cohort.expected.ed_after += 1;
+                b.cohort.expected.nel_after += 1;
             }
         }
         // Noise that never counts: a day outside each window, an elective
