@@ -27,7 +27,10 @@
 //!
 //! Members an event does not change keep their stored bytes ([`rewrite`]).
 
-use super::adt::{Adt, Event, LOCATION_REPORTED_URL, ODS_SYSTEM, PatientFacts, Visit, is_ods};
+use super::adt::{
+    Adt, DISCHARGE_DESTINATION_SYSTEM, Event, LOCATION_REPORTED_URL, ODS_SYSTEM, PatientFacts,
+    Visit, is_ods,
+};
 use crate::fhir::json::{Written, WrittenObject, same_in_order, same_value, written_members};
 use crate::fhir::value::Members;
 use crate::store::Clock;
@@ -769,16 +772,33 @@ pub fn encounter_from(
     {
         period.insert("start".into(), json!(start));
     }
+    // The end and the destination: each from the latest event that sent
+    // it (a discharge without PV1-45 ends at its own time), kept beside the
+    // Encounter so that an update correcting them stands whichever arrives
+    // first; shown while finished.
+    let end = visit
+        .end
+        .or_else(|| (adt.event == Event::A03).then(|| adt.time.clone()));
+    if let Some(end) = &end {
+        kept.saw_ending(Ending::End, &adt.time, end);
+    }
+    let destination = visit
+        .discharge_disposition
+        .as_ref()
+        .and_then(|d| d["coding"][0]["code"].as_str());
+    if let Some(code) = destination {
+        kept.saw_ending(Ending::Destination, &adt.time, code);
+    }
+    // (A record without kept ones, stored before they were: as before.)
     let ends = (adt.event == Event::A03 && latest) || (newer && status == "finished");
+    let end = kept
+        .ending(Ending::End)
+        .map(str::to_string)
+        .or(end.filter(|_| ends));
     if status != "finished" {
         period.remove("end");
-    } else if ends {
-        let end = visit
-            .end
-            .or_else(|| (adt.event == Event::A03).then(|| adt.time.clone()));
-        if let Some(end) = end {
-            period.insert("end".into(), json!(end));
-        }
+    } else if let Some(end) = end {
+        period.insert("end".into(), json!(end));
     }
     let period = order(period, &["start", "end"]);
     if period.is_empty() {
@@ -795,15 +815,16 @@ pub fn encounter_from(
         set(&mut stay, "extension", Some(ext), newer);
     }
     set(&mut stay, "admitSource", visit.admit_source, newer);
+    let destination = match kept.ending(Ending::Destination) {
+        Some(code) => {
+            Some(json!({"coding": [{"system": DISCHARGE_DESTINATION_SYSTEM, "code": code}]}))
+        }
+        None => visit.discharge_disposition.filter(|_| ends),
+    };
     if status != "finished" {
         stay.remove("dischargeDisposition");
-    } else if ends {
-        set(
-            &mut stay,
-            "dischargeDisposition",
-            visit.discharge_disposition,
-            true,
-        );
+    } else if let Some(destination) = destination {
+        stay.insert("dischargeDisposition".into(), destination);
     }
     let stay = order(stay, &["extension", "admitSource", "dischargeDisposition"]);
     if stay.is_empty() {
@@ -1026,7 +1047,9 @@ fn locations(
 
 /// What an Encounter keeps beside it in the store (its clock's `members`):
 /// the classes it has had, `k.<code>=<dateTime>` each, from the earliest
-/// event that sent it (see [`class_history`]); and the cancels it has had,
+/// event that sent it (see [`class_history`]); the discharge's end and
+/// destination code, `e.end=<dateTime>/<end>` and `e.to=<dateTime>/<code>`,
+/// from the latest event that sent each; and the cancels it has had,
 /// `<ms>` being a cancel's time in ms before the latest event: for a
 /// transfer cancel (A12), `x.<hash>=<ms>` for one that has
 /// removed nothing, `a.<hash>=<ms>/<hex>` for one that removed the location
@@ -1051,6 +1074,29 @@ pub struct Kept {
     discharges: Vec<i64>,
     /// Each class (its code) with the earliest event time that sent it.
     classes: Vec<(String, String)>,
+    /// The discharge's end and destination code, each with the time of the
+    /// latest event that sent it: `[end, destination]`.
+    endings: [Option<(String, String)>; 2],
+}
+
+/// What a discharge says, kept with the latest event that said it.
+#[derive(Debug, Clone, Copy)]
+enum Ending {
+    /// `period.end`: PV1-45, else a discharge's own time (`e.end=`).
+    End,
+    /// `hospitalization.dischargeDisposition`: PV1-36's code (`e.to=`).
+    Destination,
+}
+
+impl Ending {
+    const ALL: [Ending; 2] = [Ending::End, Ending::Destination];
+
+    fn key(self) -> &'static str {
+        match self {
+            Ending::End => "e.end=",
+            Ending::Destination => "e.to=",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -1081,6 +1127,12 @@ impl Kept {
                 Some((code.to_string(), at.to_string()))
             })
             .collect();
+        let endings = Ending::ALL.map(|ending| {
+            text.split(';').find_map(|entry| {
+                let (at, value) = entry.strip_prefix(ending.key())?.split_once('/')?;
+                Some((at.to_string(), value.to_string()))
+            })
+        });
         let transfers = text
             .split(';')
             .filter_map(|entry| {
@@ -1104,16 +1156,32 @@ impl Kept {
             transfers,
             discharges,
             classes,
+            endings,
         }
     }
 
     /// As kept beside a clock whose latest event is `latest` (`None`: no
     /// cancel).
     pub fn members(&self, latest: i64) -> Option<String> {
-        if self.transfers.is_empty() && self.discharges.is_empty() && self.classes.is_empty() {
+        if self.transfers.is_empty()
+            && self.discharges.is_empty()
+            && self.classes.is_empty()
+            && self.endings.iter().all(Option::is_none)
+        {
             return None;
         }
         let mut text = String::new();
+        for (ending, kept) in Ending::ALL.iter().zip(&self.endings) {
+            if let Some((at, value)) = kept {
+                if !text.is_empty() {
+                    text.push(';');
+                }
+                text.push_str(ending.key());
+                text.push_str(at);
+                text.push('/');
+                text.push_str(value);
+            }
+        }
         for (code, at) in &self.classes {
             if !text.is_empty() {
                 text.push(';');
@@ -1163,6 +1231,32 @@ impl Kept {
             }
             None => self.classes.push((code.to_string(), at.to_string())),
         }
+    }
+
+    /// `value` said by an event at `at` (a FHIR dateTime): kept unless a
+    /// later event said otherwise (at one time, the greater value: the same
+    /// in any order). One that cannot be kept in the `members` text is not.
+    fn saw_ending(&mut self, ending: Ending, at: &str, value: &str) {
+        if [at, value]
+            .iter()
+            .any(|s| s.is_empty() || s.contains([';', '=', '/']))
+        {
+            return;
+        }
+        let kept = &mut self.endings[ending as usize];
+        let later = kept.as_ref().is_none_or(|(was_at, was)| {
+            (time_ms(Some(at)), value) > (time_ms(Some(was_at)), was.as_str())
+        });
+        if later {
+            *kept = Some((at.to_string(), value.to_string()));
+        }
+    }
+
+    /// The value of `ending` kept, if any.
+    fn ending(&self, ending: Ending) -> Option<&str> {
+        self.endings[ending as usize]
+            .as_ref()
+            .map(|(_, value)| value.as_str())
     }
 
     /// A discharge cancel at `at`, unless it is one already had.
@@ -2009,6 +2103,78 @@ mod tests {
             text.push('\r');
         }
         read(&Message::parse(&text).unwrap(), &AdtContext::default()).unwrap()
+    }
+
+    /// An update after the discharge correcting its time and destination
+    /// stands whichever arrives first; a discharge without PV1-45 ends at
+    /// its own time; a cancelled discharge shows neither.
+    #[test]
+    fn a_correction_of_the_discharge_stands_whichever_arrives_first() {
+        let pv1 = |end: &str, destination: &str| {
+            segment(
+                "PV1",
+                &[
+                    (1, "1"),
+                    (2, "I"),
+                    (3, "WARD 5^^^RJZ30"),
+                    (4, "21"),
+                    (19, "V12^^^RJZ^VN"),
+                    (36, destination),
+                    (44, "202607141015"),
+                    (45, end),
+                ],
+            )
+        };
+        let admitted = adt("A01", "202607141018", &[], &[pv1("", "")]);
+        let discharged = adt("A03", "202607181405", &[], &[pv1("202607181400", "19")]);
+        let corrected = adt("A08", "202607181610", &[], &[pv1("202607181430", "54")]);
+        let (e, _) = converged(&[
+            ("A01", &admitted),
+            ("A03", &discharged),
+            ("A08", &corrected),
+        ]);
+        assert_eq!(e["status"], "finished", "{e}");
+        assert_eq!(e["period"]["end"], "2026-07-18T14:30:00+01:00", "{e}");
+        assert_eq!(
+            e["hospitalization"]["dischargeDisposition"]["coding"][0]["code"], "54",
+            "{e}"
+        );
+        // Without PV1-45 or PV1-36: its own time, no destination.
+        let bare = adt("A03", "202607181405", &[], &[pv1("", "")]);
+        let (e, _) = converged(&[("A01", &admitted), ("A03", &bare)]);
+        assert_eq!(e["period"]["end"], "2026-07-18T14:05:00+01:00", "{e}");
+        assert!(
+            e["hospitalization"].get("dischargeDisposition").is_none(),
+            "{e}"
+        );
+        // Cancelled: neither, in any order; discharged again later: the
+        // newer discharge's.
+        let cancelled = adt("A13", "202607181700", &[], &[pv1("", "")]);
+        let (e, _) = converged(&[
+            ("A01", &admitted),
+            ("A03", &discharged),
+            ("A08", &corrected),
+            ("A13", &cancelled),
+        ]);
+        assert_eq!(e["status"], "in-progress", "{e}");
+        assert!(e["period"].get("end").is_none(), "{e}");
+        assert!(
+            e["hospitalization"].get("dischargeDisposition").is_none(),
+            "{e}"
+        );
+        let again = adt("A03", "202607191000", &[], &[pv1("202607190945", "19")]);
+        let (e, _) = converged(&[
+            ("A01", &admitted),
+            ("A03", &discharged),
+            ("A08", &corrected),
+            ("A13", &cancelled),
+            ("A03 again", &again),
+        ]);
+        assert_eq!(e["period"]["end"], "2026-07-19T09:45:00+01:00", "{e}");
+        assert_eq!(
+            e["hospitalization"]["dischargeDisposition"]["coding"][0]["code"], "19",
+            "{e}"
+        );
     }
 
     #[test]
