@@ -709,8 +709,11 @@ pub fn encounter_from(
     }
     e.insert("identifier".into(), Value::Array(ids));
     e.insert("subject".into(), json!({"reference": subject}));
-    class_history(&mut e, current, kept, adt, &visit.class);
+    let moved_into = class_history(&mut e, current, kept, adt, &visit.class);
     set(&mut e, "class", Some(visit.class), newer);
+    if let Some(class) = moved_into {
+        e.insert("class".into(), class);
+    }
     set(&mut e, "priority", visit.priority, newer);
 
     // Status: the latest status event wins.
@@ -731,17 +734,26 @@ pub fn encounter_from(
         // In time order; at one time (EVN-2 is often to the minute) in the
         // order a visit goes through, whichever arrived first: a status
         // before the discharge, the discharge, the status a discharge
-        // cancel restores, a cancellation.
+        // cancel restores, a cancellation. (A discharge cancel at the time
+        // of a discharge that is left to cancel an earlier one comes before
+        // it: a discharge cancelled and entered again in one minute.)
         if adt.event == Event::A13 {
             // (As the entry's start reads: a date alone is its day's start.)
             kept.add_discharge(time_ms(Some(&adt.time)));
         }
+        let finished = finished_times(&history);
         history.sort_by_key(|h| {
             let at = start_ms(h.at("period"));
             let rank = match h.at("status").as_str() {
-                Some("cancelled") => 5,
-                open if is_open(open) && kept.cancels_discharge_at(at) => 4,
-                Some("finished") => 3,
+                Some("cancelled") => 6,
+                open if is_open(open) && kept.cancels_discharge_at(at) => {
+                    if kept.cancels_earlier(at, &finished) {
+                        3
+                    } else {
+                        5
+                    }
+                }
+                Some("finished") => 4,
                 Some("in-progress") => 2,
                 Some("arrived") => 1,
                 _ => 0,
@@ -791,14 +803,23 @@ pub fn encounter_from(
     }
     // (A record without kept ones, stored before they were: as before.)
     let ends = (adt.event == Event::A03 && latest) || (newer && status == "finished");
-    let end = kept
-        .ending(Ending::End)
-        .map(str::to_string)
-        .or(end.filter(|_| ends));
-    if status != "finished" {
-        period.remove("end");
-    } else if let Some(end) = end {
-        period.insert("end".into(), json!(end));
+    let finished = match kept.discharges.is_empty() {
+        true => Vec::new(),
+        false => finished_times(e.at("statusHistory").as_array().map_or(&[], Vec::as_slice)),
+    };
+    let end = match kept.ending(Ending::End, &finished) {
+        Some(kept) => kept.map(str::to_string),
+        None => end
+            .filter(|_| ends)
+            .or_else(|| period.at("end").as_str().map(str::to_string)),
+    };
+    match end {
+        Some(end) if status == "finished" => {
+            period.insert("end".into(), json!(end));
+        }
+        _ => {
+            period.remove("end");
+        }
     }
     let period = order(period, &["start", "end"]);
     if period.is_empty() {
@@ -815,16 +836,22 @@ pub fn encounter_from(
         set(&mut stay, "extension", Some(ext), newer);
     }
     set(&mut stay, "admitSource", visit.admit_source, newer);
-    let destination = match kept.ending(Ending::Destination) {
-        Some(code) => {
-            Some(json!({"coding": [{"system": DISCHARGE_DESTINATION_SYSTEM, "code": code}]}))
-        }
-        None => visit.discharge_disposition.filter(|_| ends),
+    let destination = match kept.ending(Ending::Destination, &finished) {
+        Some(kept) => kept.map(
+            |code| json!({"coding": [{"system": DISCHARGE_DESTINATION_SYSTEM, "code": code}]}),
+        ),
+        None => visit
+            .discharge_disposition
+            .filter(|_| ends)
+            .or_else(|| stay.remove("dischargeDisposition")),
     };
-    if status != "finished" {
-        stay.remove("dischargeDisposition");
-    } else if let Some(destination) = destination {
-        stay.insert("dischargeDisposition".into(), destination);
+    match destination {
+        Some(destination) if status == "finished" => {
+            stay.insert("dischargeDisposition".into(), destination);
+        }
+        _ => {
+            stay.remove("dischargeDisposition");
+        }
     }
     let stay = order(stay, &["extension", "admitSource", "dischargeDisposition"]);
     if stay.is_empty() {
@@ -861,18 +888,21 @@ pub fn encounter_from(
 /// whatever order the events arrive in. The classes and their times are
 /// kept beside the Encounter ([`Kept`]); for one stored before they were
 /// (or written through REST), its class is taken from the earliest time
-/// the record shows. A stored `classHistory` is left alone until a second
-/// class is seen.
+/// the record shows. At one time, classes go as a visit goes through them
+/// (a pre-admission, an attendance, an admission). A stored `classHistory`
+/// is left alone until a second class is seen.
+///
+/// Returns the class the visit last moved into, once it has had two: the
+/// Encounter's `class` then, whatever order its events arrived in (an
+/// update sending an earlier class again does not take it back).
 fn class_history(
     e: &mut Map<String, Value>,
     current: Option<&Value>,
     kept: &mut Kept,
     adt: &Adt,
     class: &Value,
-) {
-    let Some(code) = class.at("code").as_str() else {
-        return;
-    };
+) -> Option<Value> {
+    let code = class.at("code").as_str()?;
     if kept.classes.is_empty()
         && let Some(stored) = current
         && let Some(old) = stored.at("class").at("code").as_str()
@@ -890,16 +920,23 @@ fn class_history(
     }
     kept.saw_class(code, &adt.time);
     if kept.classes.len() < 2 {
-        return;
+        return None;
     }
+    let stage = |code: &str| match code {
+        "PRENC" => 0,
+        "IMP" | "ACUTE" | "NONAC" => 2,
+        _ => 1,
+    };
     let mut classes: Vec<&(String, String)> = kept.classes.iter().collect();
-    classes.sort_by_key(|(code, at)| (time_ms(Some(at)), code.as_str()));
+    classes.sort_by_key(|(code, at)| (time_ms(Some(at)), stage(code), code.as_str()));
+    let last = classes.last().map(|(code, _)| super::adt::act_coding(code));
     let mut history: Vec<Value> = classes
         .into_iter()
         .map(|(code, at)| json!({"class": super::adt::act_coding(code), "period": {"start": at}}))
         .collect();
     chain(&mut history);
     e.insert("classHistory".into(), Value::Array(history));
+    last
 }
 
 /// A status entry right after a discharge can only be its cancellation
@@ -922,6 +959,15 @@ fn resume_after_discharges(history: &mut [Value]) {
             entry.insert("status".into(), json!(before));
         }
     }
+}
+
+/// When each discharge in `history` was (its `finished` entries).
+fn finished_times(history: &[Value]) -> Vec<i64> {
+    history
+        .iter()
+        .filter(|h| h.at("status") == "finished")
+        .map(|h| start_ms(h.at("period")))
+        .collect()
 }
 
 /// A status an ADT event sets on an Encounter that is not over.
@@ -1109,7 +1155,7 @@ struct Cancel {
 
 impl Kept {
     /// Those kept with `clock` (none: an Encounter's clock kept nothing
-    /// more before schema 8, nor since while it has had no cancel).
+    /// more before schema 8, and its classes only since 2026-11-25).
     pub fn of(clock: Option<&Clock>) -> Kept {
         let Some((latest, text)) = clock.and_then(|c| Some((c.event_ms, c.members.as_ref()?)))
         else {
@@ -1160,8 +1206,8 @@ impl Kept {
         }
     }
 
-    /// As kept beside a clock whose latest event is `latest` (`None`: no
-    /// cancel).
+    /// As kept beside a clock whose latest event is `latest` (`None`:
+    /// nothing to keep).
     pub fn members(&self, latest: i64) -> Option<String> {
         if self.transfers.is_empty()
             && self.discharges.is_empty()
@@ -1254,11 +1300,14 @@ impl Kept {
         }
     }
 
-    /// The value of `ending` kept, if any.
-    fn ending(&self, ending: Ending) -> Option<&str> {
-        self.endings[ending as usize]
-            .as_ref()
-            .map(|(_, value)| value.as_str())
+    /// The value of `ending` kept: `None` when none is (a record stored
+    /// before they were), `Some(None)` when a discharge cancel has undone
+    /// it (`finished`: the Encounter's discharges).
+    fn ending(&self, ending: Ending, finished: &[i64]) -> Option<Option<&str>> {
+        let (at, value) = self.endings[ending as usize].as_ref()?;
+        let undone =
+            !self.discharges.is_empty() && self.cancelled_since(time_ms(Some(at)), finished);
+        Some((!undone).then_some(value.as_str()))
     }
 
     /// A discharge cancel at `at`, unless it is one already had.
@@ -1271,6 +1320,23 @@ impl Kept {
     /// Whether a discharge cancel is at `at`.
     fn cancels_discharge_at(&self, at: i64) -> bool {
         self.discharges.binary_search(&at).is_ok()
+    }
+
+    /// Whether the discharge cancel at `at` cancels an earlier discharge
+    /// (of those at `finished`): one is left that no earlier cancel took.
+    /// Else it cancels the discharge at its own time.
+    fn cancels_earlier(&self, at: i64, finished: &[i64]) -> bool {
+        let before = |times: &mut dyn Iterator<Item = &i64>| times.filter(|&&t| t < at).count();
+        before(&mut finished.iter()) > before(&mut self.discharges.iter())
+    }
+
+    /// Whether what an event at `at` said of its discharge was undone by a
+    /// discharge cancel: a later one, or one at that time that cancels the
+    /// discharge at its own time.
+    fn cancelled_since(&self, at: i64, finished: &[i64]) -> bool {
+        self.discharges
+            .iter()
+            .any(|&c| c > at || (c == at && !self.cancels_earlier(c, finished)))
     }
 
     /// A cancel at `at` back to `back_to`, unless it is one already had.
@@ -1878,7 +1944,9 @@ mod tests {
         let discharge = event("A03", at, "", VISIT);
         let cancel = event("A13", at, "", VISIT);
         let ed_arrival = event("A04", at, "", VISIT);
-        let cases: [(&[(&str, &Adt)], &str); 4] = [
+        let redo = event("A03", "202607141405", "", VISIT);
+        let cancel_then = event("A13", "202607141405", "", VISIT);
+        let cases: [(&[(&str, &Adt)], &str); 5] = [
             // Admitted from ED and discharged in the same minute.
             (
                 &[("A04", &arrival), ("A01", &admit), ("A03", &discharge)],
@@ -1900,6 +1968,16 @@ mod tests {
             ),
             // Registered in ED and admitted in the same minute.
             (&[("A04", &ed_arrival), ("A01", &admit)], "in-progress"),
+            // A discharge cancelled and entered again in one minute.
+            (
+                &[
+                    ("A01", &early_admit),
+                    ("A03", &discharge),
+                    ("A13", &cancel_then),
+                    ("A03 again", &redo),
+                ],
+                "finished",
+            ),
         ];
         for (events, status) in cases {
             let all = orders(events);
@@ -2231,6 +2309,46 @@ mod tests {
             e["hospitalization"]["dischargeDisposition"]["coding"][0]["code"], "19",
             "{e}"
         );
+        // Discharged again without a destination: none, not the cancelled
+        // discharge's.
+        let bare_again = adt("A03", "202607191000", &[], &[pv1("202607190945", "")]);
+        let (e, _) = converged(&[
+            ("A01", &admitted),
+            ("A03", &discharged),
+            ("A13", &cancelled),
+            ("A03 again", &bare_again),
+        ]);
+        assert_eq!(e["status"], "finished", "{e}");
+        assert_eq!(e["period"]["end"], "2026-07-19T09:45:00+01:00", "{e}");
+        assert!(
+            e["hospitalization"].get("dischargeDisposition").is_none(),
+            "{e}"
+        );
+    }
+
+    /// Classes sent at one time go as a visit goes through them, and once
+    /// a visit has had two, `class` is the one it last moved into: the same
+    /// in any arrival order, and matching `classHistory`.
+    #[test]
+    fn a_visits_class_is_the_one_it_last_moved_into_in_any_order() {
+        let ed = "E|ED^^^RJZ30||||||||||||||||V8^^^RJZ^VN";
+        // (At one place: an A04 and an A01 at one time keep the place of
+        // whichever came first, a documented limit.)
+        let ward = ed.replacen("E|", "I|", 1);
+        let attended = event("A04", "202607141400", "", ed);
+        let admitted = event("A01", "202607141400", "", &ward);
+        let (e, _) = converged(&[("A04", &attended), ("A01", &admitted)]);
+        assert_eq!(e["class"]["code"], "IMP", "{e}");
+        assert_eq!(e["classHistory"][0]["class"]["code"], "EMER", "{e}");
+        assert_eq!(
+            e["classHistory"][1]["class"]["code"], e["class"]["code"],
+            "{e}"
+        );
+        // An update sending the attendance's class again later.
+        let update = event("A08", "202607141600", "", ed);
+        let (e, _) = converged(&[("A04", &attended), ("A01", &admitted), ("A08", &update)]);
+        assert_eq!(e["class"]["code"], "IMP", "{e}");
+        assert_eq!(e["classHistory"].as_array().map(Vec::len), Some(2), "{e}");
     }
 
     #[test]

@@ -252,9 +252,10 @@ pub struct Clock {
     /// The latest, in milliseconds since the epoch.
     pub event_ms: i64,
     /// The rest of the feed's clock, opaque to the store: when each
-    /// member of a Patient was last set (`hl7v2::state::Times`), an
-    /// Encounter's transfer cancels (`hl7v2::state::Cancels`). `None` on a
-    /// record whose clock was set before schema 8, or that has neither.
+    /// member of a Patient was last set (`hl7v2::state::Times`), what an
+    /// Encounter keeps beside it (`hl7v2::state::Kept`: its cancels,
+    /// classes and discharge facts). `None` on a record whose clock was set
+    /// before schema 8, or that has none of these.
     pub members: Option<String>,
 }
 
