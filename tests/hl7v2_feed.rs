@@ -1302,6 +1302,76 @@ async fn hospital_numbers_finding_a_traced_and_an_untraced_record_merge_them() {
     gw.stop().await;
 }
 
+/// Two traced records merged (an NHS number superseded), then a message
+/// sent before the merge about the merged-away record, with its NHS
+/// number, arriving after it: applied to the survivor, as it would have
+/// been in order (its encounter moved), and the survivor keeps its own NHS
+/// number alone; before, it was refused (AE: the number on another record).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_about_a_record_merged_away_arriving_after_the_merge_reaches_the_survivor() {
+    let gw = start().await;
+    let mut c = MllpClient::connect(gw.mllp, TIMEOUT).await.unwrap();
+    let (old, new) = (nhs_number(887), nhs_number(888));
+    let attended = adt(
+        "A04",
+        "W1",
+        "202610251158",
+        &format!("K87^^^RJZ^MR~{old}^^^NHS^NH"),
+        Some(&pv1("E", "E87", "202610251150", "")),
+    );
+    assert_eq!(send(&mut c, &attended).await.0, "AA");
+    let registered = adt(
+        "A28",
+        "W2",
+        "202610251200",
+        &format!("K88^^^RJZ^MR~{new}^^^NHS^NH"),
+        None,
+    );
+    assert_eq!(send(&mut c, &registered).await.0, "AA");
+    let merge = format!(
+        "{}MRG|K87^^^RJZ^MR\r",
+        adt(
+            "A40",
+            "W3",
+            "202610251400",
+            &format!("K88^^^RJZ^MR~{new}^^^NHS^NH"),
+            None
+        )
+    );
+    assert_eq!(send(&mut c, &merge).await.0, "AA");
+    let survivor = patients(&gw, &new).await;
+    assert_eq!(survivor.len(), 1, "{survivor:#?}");
+    let survivor_ref = format!("Patient/{}", survivor[0]["id"].as_str().unwrap());
+    assert_eq!(
+        encounter(&gw, "E87").await["subject"]["reference"],
+        survivor_ref
+    );
+
+    // Sent at 13:30, before the merge; delivered after it.
+    let discharged = adt(
+        "A03",
+        "W4",
+        "202610251330",
+        &format!("K87^^^RJZ^MR~{old}^^^NHS^NH"),
+        Some(&pv1("E", "E87", "202610251150", "202610251325")),
+    );
+    let (code, _, err) = send(&mut c, &discharged).await;
+    assert_eq!((code.as_str(), err.as_str()), ("AA", ""));
+    let e = encounter(&gw, "E87").await;
+    assert_eq!(e["status"], "finished", "{e}");
+    assert_eq!(e["subject"]["reference"], survivor_ref);
+    let survivor = &patients(&gw, &new).await[0];
+    let nhs_numbers: Vec<&Value> = survivor["identifier"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|id| id["system"] == "https://fhir.nhs.uk/Id/nhs-number")
+        .map(|id| &id["value"])
+        .collect();
+    assert_eq!(nhs_numbers, [&Value::from(new.clone())], "{survivor}");
+    gw.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_merge_that_arrives_before_the_merged_record_still_converges() {
     let gw = start().await;

@@ -607,7 +607,12 @@ impl Feed {
                 })
             })
         });
+        let with_nhs_ids: Vec<String> = with_nhs.iter().map(|(s, _)| s.id.clone()).collect();
         let by_nhs = survivors(store, with_nhs).await?;
+        // The record with the message's NHS number was merged into another
+        // (an NHS number superseded): the message was sent before the
+        // merge, about the record merged away.
+        let merged_away = by_nhs.len() == 1 && !with_nhs_ids.contains(&by_nhs[0].0.id);
         let mut by_local = survivors(store, without).await?;
         by_local.retain(|(s, _)| !by_nhs.iter().any(|(n, _)| n.id == s.id));
         // Without an NHS number to go by, a traced record found by hospital
@@ -639,7 +644,8 @@ impl Feed {
             }
         };
         // Found by hospital number but traced to someone else: a clash.
-        if let (Some((_, value)), Some(ours)) = (&target, &facts.nhs_number)
+        if !merged_away
+            && let (Some((_, value)), Some(ours)) = (&target, &facts.nhs_number)
             && let Some(theirs) = nhs_number_of(value)
             && &theirs != ours
         {
@@ -696,12 +702,19 @@ impl Feed {
             None => None,
         };
         let times = Times::of(clock.as_ref());
-        let after = state::patient_times(
-            &times,
-            target.as_ref().map(|(_, v)| v.as_ref()),
-            &facts,
-            adt.time_ms,
-        );
+        // What the message says of a record merged away is not the
+        // survivor's: it sets no member of it, and its encounter goes to
+        // the survivor, which stays as it is.
+        let leave_survivor = merged_away && absorbed.is_empty() && adt.prior.is_empty();
+        let after = match leave_survivor {
+            true => times.clone().after(adt.time_ms),
+            false => state::patient_times(
+                &times,
+                target.as_ref().map(|(_, v)| v.as_ref()),
+                &facts,
+                adt.time_ms,
+            ),
+        };
         let mut clocks = vec![EventClock {
             resource_type: ResourceType::Patient,
             id: patient_id.clone(),
@@ -720,6 +733,7 @@ impl Feed {
         }
         // The stored patient as the message finds it: nothing to build.
         let unchanged = match &target {
+            Some(_) if leave_survivor => true,
             Some((stored, old)) if absorbed.is_empty() && !merged_unseen => {
                 let unchanged = state::patient_unchanged(old, &times, &facts, adt.time_ms);
                 // (Every test checks the shortcut against the full path.)
