@@ -978,7 +978,7 @@ fn is_open(status: Option<&str>) -> bool {
 /// A02 adds a location at its event time; A01 and A04 add the admitting
 /// one at the visit's `start` (PV1-44) unless one is known from that very
 /// time, also when a transfer arrived first; A12 is kept with the
-/// Encounter's [`Kept`], which remove the latest one before each cancel,
+/// Encounter's cancels ([`Kept`]), which remove the latest one before each cancel,
 /// unless that is already where it says the patient is (PV1-3): a resent
 /// A12 does not undo a second transfer.
 ///
