@@ -1369,6 +1369,81 @@ async fn a_message_about_a_record_merged_away_arriving_after_the_merge_reaches_t
         .map(|id| &id["value"])
         .collect();
     assert_eq!(nhs_numbers, [&Value::from(new.clone())], "{survivor}");
+
+    // With an untraced record of the same hospital numbers to absorb, the
+    // message would change the survivor: refused as a clash, as before.
+    let untraced = adt(
+        "A04",
+        "W5",
+        "202610251500",
+        "K99^^^RJZ^MR",
+        Some(&pv1("E", "E99", "202610251450", "")),
+    );
+    assert_eq!(send(&mut c, &untraced).await.0, "AA");
+    let both = adt(
+        "A31",
+        "W6",
+        "202610251510",
+        &format!("K99^^^RJZ^MR~{old}^^^NHS^NH"),
+        None,
+    );
+    let (code, _, err) = send(&mut c, &both).await;
+    assert_eq!((code.as_str(), err.as_str()), ("AE", "PID^1^3"));
+    assert_eq!(
+        patients(&gw, &new).await[0]["identifier"],
+        survivor["identifier"]
+    );
+
+    // A survivor with no NHS number is traced by a message carrying the
+    // merged-away record's, as any untraced record is.
+    let (gone, kept) = (nhs_number(886), "K86");
+    let traced = adt(
+        "A28",
+        "W7",
+        "202610251600",
+        &format!("K85^^^RJZ^MR~{gone}^^^NHS^NH"),
+        None,
+    );
+    assert_eq!(send(&mut c, &traced).await.0, "AA");
+    let bare = adt(
+        "A28",
+        "W8",
+        "202610251601",
+        &format!("{kept}^^^RJZ^MR"),
+        None,
+    );
+    assert_eq!(send(&mut c, &bare).await.0, "AA");
+    let merge = format!(
+        "{}MRG|K85^^^RJZ^MR\r",
+        adt(
+            "A40",
+            "W9",
+            "202610251700",
+            &format!("{kept}^^^RJZ^MR"),
+            None
+        )
+    );
+    assert_eq!(send(&mut c, &merge).await.0, "AA");
+    let update = adt(
+        "A31",
+        "W10",
+        "202610251800",
+        &format!("{kept}^^^RJZ^MR~{gone}^^^NHS^NH"),
+        None,
+    );
+    assert_eq!(send(&mut c, &update).await.0, "AA");
+    let found = patients(&gw, kept).await;
+    let active: Vec<&Value> = found.iter().filter(|p| p["active"] != false).collect();
+    assert_eq!(active.len(), 1, "{found:#?}");
+    assert!(
+        active[0]["identifier"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|id| id["value"] == gone.as_str()),
+        "the survivor was not traced: {:#}",
+        active[0]
+    );
     gw.stop().await;
 }
 

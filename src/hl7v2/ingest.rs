@@ -609,10 +609,12 @@ impl Feed {
         });
         let with_nhs_ids: Vec<String> = with_nhs.iter().map(|(s, _)| s.id.clone()).collect();
         let by_nhs = survivors(store, with_nhs).await?;
-        // The record with the message's NHS number was merged into another
-        // (an NHS number superseded): the message was sent before the
-        // merge, about the record merged away.
-        let merged_away = by_nhs.len() == 1 && !with_nhs_ids.contains(&by_nhs[0].0.id);
+        // The record with the message's NHS number was merged into one
+        // traced to another (an NHS number superseded): the message is about
+        // the record merged away (sent before the merge, delivered after).
+        let merged_away = by_nhs.len() == 1
+            && !with_nhs_ids.contains(&by_nhs[0].0.id)
+            && nhs_number_of(&by_nhs[0].1).is_some_and(|n| Some(&n) != facts.nhs_number.as_ref());
         let mut by_local = survivors(store, without).await?;
         by_local.retain(|(s, _)| !by_nhs.iter().any(|(n, _)| n.id == s.id));
         // Without an NHS number to go by, a traced record found by hospital
@@ -643,13 +645,17 @@ impl Feed {
                 (found.next(), found.collect())
             }
         };
-        // Found by hospital number but traced to someone else: a clash.
-        if !merged_away
-            && let (Some((_, value)), Some(ours)) = (&target, &facts.nhs_number)
-            && let Some(theirs) = nhs_number_of(value)
-            && &theirs != ours
-        {
-            return Ok(Err(vec![clash(&theirs, ours)]));
+        // Found by hospital number but traced to someone else: a clash
+        // (reached through a merge, only if the message would change the
+        // survivor: below).
+        let target_clash = match (&target, &facts.nhs_number) {
+            (Some((_, value)), Some(ours)) => nhs_number_of(value)
+                .filter(|theirs| theirs != ours)
+                .map(|theirs| clash(&theirs, ours)),
+            _ => None,
+        };
+        if !merged_away && let Some(clash) = target_clash {
+            return Ok(Err(vec![clash]));
         }
         // Records found by hospital number that are not the target: the
         // same person, untraced until now (merged in), or a clash.
@@ -706,6 +712,9 @@ impl Feed {
         // survivor's: it sets no member of it, and its encounter goes to
         // the survivor, which stays as it is.
         let leave_survivor = merged_away && absorbed.is_empty() && adt.prior.is_empty();
+        if !leave_survivor && let Some(clash) = target_clash {
+            return Ok(Err(vec![clash]));
+        }
         let after = match leave_survivor {
             true => times.clone().after(adt.time_ms),
             false => state::patient_times(
