@@ -598,7 +598,7 @@ impl Feed {
             .map(|(s, c)| (s.id.clone(), s.version, c.clone()))
             .collect();
         let found = parsed(store, patients.into_iter().map(|(s, _)| s).collect());
-        let (with_nhs, without): (Vec<_>, Vec<_>) = found.into_iter().partition(|(_, v)| {
+        let carries_ours = |v: &Value| {
             nhs_key.as_ref().is_some_and(|(system, value)| {
                 v.at("identifier").as_array().is_some_and(|ids| {
                     ids.iter().any(|id| {
@@ -606,14 +606,17 @@ impl Feed {
                     })
                 })
             })
-        });
-        let with_nhs_ids: Vec<String> = with_nhs.iter().map(|(s, _)| s.id.clone()).collect();
+        };
+        let (with_nhs, without): (Vec<_>, Vec<_>) =
+            found.into_iter().partition(|(_, v)| carries_ours(v));
         let by_nhs = survivors(store, with_nhs).await?;
         // The record with the message's NHS number was merged into one
         // traced to another (an NHS number superseded): the message is about
         // the record merged away (sent before the merge, delivered after).
+        // (A survivor without the number was reached through a merge: the
+        // lookup found every record that has it.)
         let merged_away = by_nhs.len() == 1
-            && !with_nhs_ids.contains(&by_nhs[0].0.id)
+            && !carries_ours(&by_nhs[0].1)
             && nhs_number_of(&by_nhs[0].1).is_some_and(|n| Some(&n) != facts.nhs_number.as_ref());
         let mut by_local = survivors(store, without).await?;
         by_local.retain(|(s, _)| !by_nhs.iter().any(|(n, _)| n.id == s.id));
