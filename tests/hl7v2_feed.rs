@@ -24,6 +24,12 @@ fn adt(event: &str, control_id: &str, when: &str, pid3: &str, pv1: Option<&str>)
     m
 }
 
+/// An A40 merging the record with hospital number `merged` (MRG-1) into
+/// the one `pid3` names.
+fn a40(control_id: &str, when: &str, pid3: &str, merged: &str) -> String {
+    format!("{}MRG|{merged}\r", adt("A40", control_id, when, pid3, None))
+}
+
 /// PV1 from PV1-2 on: class, location, admission type, visit, admit and discharge times.
 fn pv1(class: &str, visit: &str, admitted: &str, discharged: &str) -> String {
     format!(
@@ -180,15 +186,11 @@ async fn acceptance_scenarios_over_mllp() {
     );
     let untraced = patients(&gw, "U77").await;
     assert_eq!(untraced.len(), 1);
-    let a40 = format!(
-        "{}MRG|U77^^^RJZ^MR\r",
-        adt(
-            "A40",
-            "M9",
-            "202610251400",
-            &format!("{nhs}^^^NHS^NH"),
-            None
-        )
+    let a40 = a40(
+        "M9",
+        "202610251400",
+        &format!("{nhs}^^^NHS^NH"),
+        "U77^^^RJZ^MR",
     );
     assert_eq!(send(&mut c, &a40).await.0, "AA");
     let old = gw
@@ -1224,15 +1226,11 @@ async fn a_merge_moves_care_plans_and_referrals_to_the_survivor() {
     assert_eq!(referral.status, StatusCode::CREATED, "{}", referral.text);
 
     let nhs = nhs_number(888);
-    let a40 = format!(
-        "{}MRG|U88^^^RJZ^MR\r",
-        adt(
-            "A40",
-            "P2",
-            "202610251400",
-            &format!("{nhs}^^^NHS^NH"),
-            None
-        )
+    let a40 = a40(
+        "P2",
+        "202610251400",
+        &format!("{nhs}^^^NHS^NH"),
+        "U88^^^RJZ^MR",
     );
     assert_eq!(send(&mut c, &a40).await.0, "AA");
     let survivor = format!(
@@ -1328,15 +1326,11 @@ async fn a_message_about_a_record_merged_away_arriving_after_the_merge_reaches_t
         None,
     );
     assert_eq!(send(&mut c, &registered).await.0, "AA");
-    let merge = format!(
-        "{}MRG|K87^^^RJZ^MR\r",
-        adt(
-            "A40",
-            "W3",
-            "202610251400",
-            &format!("K88^^^RJZ^MR~{new}^^^NHS^NH"),
-            None
-        )
+    let merge = a40(
+        "W3",
+        "202610251400",
+        &format!("K88^^^RJZ^MR~{new}^^^NHS^NH"),
+        "K87^^^RJZ^MR",
     );
     assert_eq!(send(&mut c, &merge).await.0, "AA");
     let survivor = patients(&gw, &new).await;
@@ -1413,15 +1407,11 @@ async fn a_message_about_a_record_merged_away_arriving_after_the_merge_reaches_t
         None,
     );
     assert_eq!(send(&mut c, &bare).await.0, "AA");
-    let merge = format!(
-        "{}MRG|K85^^^RJZ^MR\r",
-        adt(
-            "A40",
-            "W9",
-            "202610251700",
-            &format!("{kept}^^^RJZ^MR"),
-            None
-        )
+    let merge = a40(
+        "W9",
+        "202610251700",
+        &format!("{kept}^^^RJZ^MR"),
+        "K85^^^RJZ^MR",
     );
     assert_eq!(send(&mut c, &merge).await.0, "AA");
     let update = adt(
@@ -1452,15 +1442,11 @@ async fn a_merge_that_arrives_before_the_merged_record_still_converges() {
     let gw = start().await;
     let mut c = MllpClient::connect(gw.mllp, TIMEOUT).await.unwrap();
     let nhs = nhs_number(889);
-    let a40 = format!(
-        "{}MRG|U99^^^RJZ^MR\r",
-        adt(
-            "A40",
-            "Q2",
-            "202610251400",
-            &format!("{nhs}^^^NHS^NH"),
-            None
-        )
+    let a40 = a40(
+        "Q2",
+        "202610251400",
+        &format!("{nhs}^^^NHS^NH"),
+        "U99^^^RJZ^MR",
     );
     assert_eq!(send(&mut c, &a40).await.0, "AA");
     let ed = pv1("E", "E99", "202610251150", "");

@@ -1162,48 +1162,44 @@ impl Kept {
             return Kept::default();
         };
         let at = |before: &str| Some(latest.saturating_sub(before.parse().ok()?));
-        let discharges = text
-            .split(';')
-            .filter_map(|entry| at(entry.strip_prefix("d.0=")?))
-            .collect();
-        let classes = text
-            .split(';')
-            .filter_map(|entry| {
-                let (code, at) = entry.strip_prefix("k.")?.split_once('=')?;
-                Some((code.to_string(), at.to_string()))
+        // A transfer cancel: `x.<hash>=<ms>` or `a.<hash>=<ms>/<hex>`.
+        let transfer = |entry: &str| {
+            let (name, rest) = entry.split_once('=')?;
+            let (kind, hash) = name.split_once('.')?;
+            let (before, removed) = match (kind, rest.split_once('/')) {
+                ("x", None) => (rest, None),
+                // Unreadable, what it removed is lost, not the cancel.
+                ("a", Some((before, hex))) => (before, from_hex(hex)),
+                _ => return None,
+            };
+            Some(Cancel {
+                at: at(before)?,
+                back_to: u64::from_str_radix(hash, 16).ok()?,
+                removed,
             })
-            .collect();
-        let endings = Ending::ALL.map(|ending| {
-            text.split(';').find_map(|entry| {
-                let (at, value) = entry.strip_prefix(ending.key())?.split_once('/')?;
-                Some((at.to_string(), value.to_string()))
-            })
-        });
-        let transfers = text
-            .split(';')
-            .filter_map(|entry| {
-                let (name, rest) = entry.split_once('=')?;
-                let (kind, hash) = name.split_once('.')?;
-                let (before, removed) = match (kind, rest.split_once('/')) {
-                    ("x", None) => (rest, None),
-                    // Unreadable, what it removed is lost, not the
-                    // cancel.
-                    ("a", Some((before, hex))) => (before, from_hex(hex)),
-                    _ => return None,
-                };
-                Some(Cancel {
-                    at: at(before)?,
-                    back_to: u64::from_str_radix(hash, 16).ok()?,
-                    removed,
-                })
-            })
-            .collect();
-        Kept {
-            transfers,
-            discharges,
-            classes,
-            endings,
+        };
+        let mut kept = Kept::default();
+        for entry in text.split(';') {
+            if let Some(before) = entry.strip_prefix("d.0=") {
+                kept.discharges.extend(at(before));
+            } else if let Some(rest) = entry.strip_prefix("k.") {
+                if let Some((code, at)) = rest.split_once('=') {
+                    kept.classes.push((code.to_string(), at.to_string()));
+                }
+            } else if let Some(ending) =
+                Ending::ALL.into_iter().find(|e| entry.starts_with(e.key()))
+            {
+                let slot = &mut kept.endings[ending as usize];
+                if slot.is_none()
+                    && let Some((at, value)) = entry[ending.key().len()..].split_once('/')
+                {
+                    *slot = Some((at.to_string(), value.to_string()));
+                }
+            } else {
+                kept.transfers.extend(transfer(entry));
+            }
         }
+        kept
     }
 
     /// As kept beside a clock whose latest event is `latest` (`None`:
@@ -1217,11 +1213,15 @@ impl Kept {
             return None;
         }
         let mut text = String::new();
+        // Entries are separated by `;`.
+        let next = |text: &mut String| {
+            if !text.is_empty() {
+                text.push(';');
+            }
+        };
         for (ending, kept) in Ending::ALL.iter().zip(&self.endings) {
             if let Some((at, value)) = kept {
-                if !text.is_empty() {
-                    text.push(';');
-                }
+                next(&mut text);
                 text.push_str(ending.key());
                 text.push_str(at);
                 text.push('/');
@@ -1229,18 +1229,14 @@ impl Kept {
             }
         }
         for (code, at) in &self.classes {
-            if !text.is_empty() {
-                text.push(';');
-            }
+            next(&mut text);
             text.push_str("k.");
             text.push_str(code);
             text.push('=');
             text.push_str(at);
         }
         for c in &self.transfers {
-            if !text.is_empty() {
-                text.push(';');
-            }
+            next(&mut text);
             text.push_str(if c.removed.is_some() { "a." } else { "x." });
             push_digits(&mut text, c.back_to, 16, 16);
             text.push('=');
@@ -1253,9 +1249,7 @@ impl Kept {
             }
         }
         for &at in &self.discharges {
-            if !text.is_empty() {
-                text.push(';');
-            }
+            next(&mut text);
             text.push_str("d.0=");
             push_digits(&mut text, latest.saturating_sub(at).max(0) as u64, 10, 1);
         }
@@ -1326,8 +1320,8 @@ impl Kept {
     /// (of those at `finished`): one is left that no earlier cancel took.
     /// Else it cancels the discharge at its own time.
     fn cancels_earlier(&self, at: i64, finished: &[i64]) -> bool {
-        let before = |times: &mut dyn Iterator<Item = &i64>| times.filter(|&&t| t < at).count();
-        before(&mut finished.iter()) > before(&mut self.discharges.iter())
+        let before = |times: &[i64]| times.iter().filter(|&&t| t < at).count();
+        before(finished) > before(&self.discharges)
     }
 
     /// Whether what an event at `at` said of its discharge was undone by a
