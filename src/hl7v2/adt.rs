@@ -705,7 +705,7 @@ fn read_patient(
 fn component(rep: Rep<'_>, n: usize) -> Option<String> {
     let value = rep.component(n)?.value();
     let value = value.trim();
-    (!value.is_empty() && value != "\"\"").then(|| value.to_string())
+    (!value.is_empty()).then(|| value.to_string())
 }
 
 /// Whether a CX repetition is typed as the NHS number: CX.5 `NH` (HL7

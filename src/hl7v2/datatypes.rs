@@ -18,7 +18,9 @@
 //! deviations noted where they occur (XAD.4 is the county → `district`).
 //!
 //! Every function is pure, total and linear in its input: no I/O, no panics,
-//! `Ok(None)` for an absent, empty or `""` (explicit null) value. JSON
+//! `Ok(None)` for an absent, empty or `""` (explicit null) value. Text
+//! functions take decoded text, in which the ER7 layer has already read a
+//! null as empty: a `""` they see was sent escaped, and is a value. JSON
 //! objects are built key by key in FHIR element order (serde_json's
 //! `preserve_order` keeps it).
 
@@ -148,11 +150,13 @@ fn error(location: &str, value: &str, why: &str) -> DataError {
     )
 }
 
-/// The trimmed text, or `None` when it is empty or HL7's explicit null `""`
-/// (§2.5.3; `Component::value` already reads an exact `""` as empty).
+/// The trimmed decoded text, or `None` when it is empty. HL7's explicit
+/// null `""` (§2.5.3) is already empty here (`Component::value` reads it
+/// so); a `""` left after decoding was sent escaped (`\X2222\`, as
+/// `escape::encode` writes it) and is a literal value.
 fn non_empty(text: &str) -> Option<&str> {
     let text = text.trim();
-    (!text.is_empty() && text != "\"\"").then_some(text)
+    (!text.is_empty()).then_some(text)
 }
 
 /// The decoded (unescaped, §2.7) first subcomponent of component `n`,
@@ -1163,7 +1167,9 @@ mod tests {
     fn empty_and_null_dtm_are_none() {
         assert_eq!(dtm("", "EVN-2"), Ok(None));
         assert_eq!(dtm("   ", "EVN-2"), Ok(None));
-        assert_eq!(dtm("\"\"", "EVN-2"), Ok(None));
+        with_field("\"\"", |rep| assert_eq!(ts(rep, "EVN-2"), Ok(None)));
+        // Decoded text: a `""` here was escaped, and is no date.
+        assert!(dtm("\"\"", "EVN-2").is_err());
     }
 
     #[test]
@@ -1467,6 +1473,19 @@ mod tests {
         assert_eq!(name(" ^ ^\"\""), "None");
     }
 
+    #[test]
+    fn an_escaped_pair_of_quotes_is_text_not_null() {
+        // `\X2222\` is how `escape::encode` writes a literal `""`.
+        assert_eq!(
+            name("\\X2222\\^JOHN"),
+            r#"{"family":"\"\"","given":["JOHN"]}"#
+        );
+        assert_eq!(name("\"\"^JOHN"), r#"{"given":["JOHN"]}"#);
+        with_field("\\X2222\\", |rep| {
+            assert!(ts(rep, "PID-7").is_err(), "a literal \"\" is no date")
+        });
+    }
+
     // -- XAD -----------------------------------------------------------------
 
     #[test]
@@ -1716,7 +1735,9 @@ mod tests {
     fn gender_empty_and_null_are_none() {
         assert_eq!(gender("", "PID-8"), Ok(None));
         assert_eq!(gender("  ", "PID-8"), Ok(None));
-        assert_eq!(gender("\"\"", "PID-8"), Ok(None));
+        // `gender` takes decoded text: a null `""` arrives empty, and a
+        // `""` left after decoding was escaped (`\X2222\`), not a code.
+        assert!(gender("\"\"", "PID-8").is_err());
     }
 
     #[test]
