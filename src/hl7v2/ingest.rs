@@ -1178,7 +1178,7 @@ fn quarantine_entry(message: &Message, source: &str, errors: &[DataError]) -> Qu
 }
 
 /// One ERR for each error, located at it, its text the location and the
-/// reason (as MSA-3 lists them all).
+/// reason (as MSA-3 gives the first few).
 pub(crate) fn ack_errors(errors: &[DataError]) -> Vec<AckError> {
     errors
         .iter()

@@ -249,6 +249,11 @@ pub struct AckError {
     pub text: String,
 }
 
+/// How many errors' texts MSA-3 gives before "and N more": it is a
+/// display field (80 characters in v2.4), and a message with a bad value in
+/// every repetition would otherwise make it as long as the message.
+pub const MSA_3_REASONS: usize = 5;
+
 /// Builds an acknowledgement for `message` (HL7 v2.5 §2.9), segments ended
 /// by `\r`:
 ///
@@ -257,9 +262,10 @@ pub struct AckError {
 ///   original MSH-3/4, transcoded component by component so a sender using
 ///   other delimiters still gets a well-formed ACK; MSH-7 `timestamp`;
 ///   MSH-9 `ACK^<trigger>^ACK`; MSH-10 `control_id`; MSH-11/12 copied.
-/// - MSA: MSA-1 `code`, MSA-2 the original MSH-10, MSA-3 every error's text
+/// - MSA: MSA-1 `code`, MSA-2 the original MSH-10, MSA-3 the errors' texts
 ///   joined by `; ` (a v2.5 "backward compatible" field that v2.3/2.4
-///   engines still display).
+///   engines still display), the first [`MSA_3_REASONS`] of them and then
+///   how many more the ERR segment(s) give.
 /// - ERR, v2.5 layout: ERR-2 `SEG^1^field^rep^comp^sub` from the location
 ///   (empty if the location does not parse), ERR-3 `code^name^HL70357`,
 ///   ERR-4 `E`, ERR-8 the text. One ERR per error (the v2.5 ACK's
@@ -325,11 +331,14 @@ pub fn ack(
     copy(&mut out, 10);
     if !errors.is_empty() {
         out.push('|');
-        for (i, e) in errors.iter().enumerate() {
+        for (i, e) in errors.iter().take(MSA_3_REASONS).enumerate() {
             if i > 0 {
                 out.push_str("; ");
             }
             out.push_str(&escape(&e.text, &d));
+        }
+        if let Some(more) = errors.len().checked_sub(MSA_3_REASONS).filter(|&n| n > 0) {
+            out.push_str(&format!("; and {more} more (ERR)"));
         }
     }
     out.push('\r');

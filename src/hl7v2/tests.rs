@@ -822,6 +822,34 @@ fn ack_gives_every_error_in_the_layout_of_the_messages_version() {
     );
 }
 
+/// MSA-3 is a display field: it gives the first errors' texts and how
+/// many more there are, while every error keeps its own ERR.
+#[test]
+fn msa_3_gives_the_first_reasons_and_counts_the_rest() {
+    let errors: Vec<AckError> = (1..=8)
+        .map(|n| AckError {
+            location: Some(format!("PID-3[{n}]")),
+            condition: Condition::DataType,
+            text: format!("PID-3[{n}].1: reason {n}"),
+        })
+        .collect();
+    let msg = parse("MSH|^~\\&|PAS|RJZ|GW|X26|2024||ADT^A01|M1|P|2.5\rPID|1");
+    let a = parse(&ack(Some(&msg), AckCode::AE, "X", "2024", &errors));
+    let first: Vec<String> = (1..=MSA_3_REASONS)
+        .map(|n| format!("PID-3[{n}].1: reason {n}"))
+        .collect();
+    assert_eq!(
+        a.get("MSA-3").as_deref(),
+        Some(format!("{}; and {} more (ERR)", first.join("; "), 8 - MSA_3_REASONS).as_str())
+    );
+    assert_eq!(a.segments_named("ERR").count(), 8);
+    let five = parse(&ack(Some(&msg), AckCode::AE, "X", "2024", &errors[..5]));
+    assert_eq!(
+        five.get("MSA-3").as_deref(),
+        Some(first.join("; ").as_str())
+    );
+}
+
 /// ERR-1 (ELD) is the field of v2.3 and v2.4 ACKs; from v2.5, which has
 /// ERR-2 and ERR-3 for it, it is left empty. A version that does not read
 /// is taken as 2.5.
