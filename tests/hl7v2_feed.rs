@@ -272,13 +272,46 @@ async fn acceptance_scenarios_over_mllp() {
     assert_eq!(ack_code(&acks[1]).0, "AA");
     assert_eq!(encounter(&gw, "V1").await["status"], "in-progress");
 
+    // Padding between frames gets no answer of its own (which a sender
+    // would take for its next message's), and a frame whose end block has
+    // no CR after it is answered without waiting for one.
+    let padded = ok.replace("M12", "M12P");
+    let mut bytes = b"\r\n \0".to_vec();
+    bytes.extend(pathway_gateway::hl7v2::frame(padded.as_bytes()));
+    bytes.extend(b"\n\t\x0B");
+    bytes.extend(ok.replace("M12", "M12Q").as_bytes());
+    bytes.push(0x1C);
+    raw.write_all(&bytes).await.unwrap();
+    let acks = read_acks(&mut raw, 2).await;
+    let (codes, controls): (Vec<String>, Vec<String>) = acks
+        .iter()
+        .map(|a| {
+            let (code, control, _) = ack_code(a);
+            (code, control)
+        })
+        .unzip();
+    assert_eq!(
+        (codes, controls),
+        (
+            vec!["AA".to_string(), "AA".to_string()],
+            vec!["M12P".to_string(), "M12Q".to_string()]
+        )
+    );
+
     // A message that cannot be read, after a blank line: its AR still
     // names it (MSA-2) from its MSH, and where it failed.
     let unreadable = format!("\r\n{}\rP?D|1\r", ok.replace("M12", "M13"));
-    let (code, control, err) = send(&mut c, &unreadable).await;
+    let reply = c.send(unreadable.as_bytes()).await.expect("ACK");
+    let (code, control, err) = ack_code(&reply);
     assert_eq!(
         (code.as_str(), control.as_str(), err.as_str()),
         ("AR", "M13", "")
+    );
+    let segments = ok.matches('\r').count() + 1;
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(
+        reply.contains(&format!("segment {segments}: invalid segment id \"P?D\"")),
+        "{reply}"
     );
 
     gw.stop().await;

@@ -37,7 +37,8 @@ enum State {
     Idle,
     /// After a start block.
     Body,
-    /// After an end block `0x1C`, waiting for the `0x0D`.
+    /// Right after an end block `0x1C`, whose frame is already out: a
+    /// `0x0D` here completes the trailer and is dropped.
     End,
 }
 
@@ -45,13 +46,16 @@ enum State {
 ///
 /// Leniencies, all chosen so that a sloppy peer still gets its message
 /// through and a hostile one cannot grow our memory:
-/// - `0x1C` followed by anything other than `0x0D` still ends the frame, and
-///   that byte is then read as if between frames (so `0x1C 0x0B` starts the
-///   next frame). A `0x1C` that is the last byte received waits for the next.
+/// - The frame ends at its `0x1C`, not at the `0x0D` after it: a sender that
+///   leaves the `0x0D` out and waits for its ACK gets one. A byte after the
+///   `0x1C` other than `0x0D` is read as if between frames (so `0x1C 0x0B`
+///   starts the next frame).
 /// - `0x0B` inside a frame abandons it (reported as `Garbage` starting with
 ///   its `0x0B`, or `TooLarge` if it was oversized) and starts a new frame.
-/// - CR/LF between frames (senders that append a newline after `0x1C 0x0D`)
-///   are not garbage unless they follow other garbage in the same run.
+/// - Padding between frames (CR, LF, space, tab, NUL: a newline after
+///   `0x1C 0x0D`, a keep-alive byte) is not garbage unless it follows other
+///   garbage in the same run. Each `Garbage` is answered, so padding taken
+///   for it would put every later ACK on the connection one message off.
 /// - A garbage run (bytes before the next `0x0B`) is reported once: when it
 ///   reaches 256 bytes, or at the `0x0B` that ends it, whichever comes first.
 ///   Bytes after the first 256 of a run are counted nowhere, only dropped.
@@ -117,11 +121,11 @@ impl Framer {
                     self.abandon(out);
                     self.start();
                 }
-                END => self.state = State::End,
+                END => self.finish(out),
                 _ => self.contents(std::slice::from_ref(&b)),
             },
             State::End => {
-                self.finish(out);
+                self.state = State::Idle;
                 if b != CR {
                     self.idle(b, out);
                 }
@@ -139,7 +143,7 @@ impl Framer {
             return;
         }
         let run_started = self.garbage_reported || !self.garbage.is_empty();
-        if self.garbage_reported || (!run_started && (b == CR || b == LF)) {
+        if self.garbage_reported || (!run_started && matches!(b, CR | LF | b' ' | b'\t' | 0)) {
             return;
         }
         self.garbage.push(b);
@@ -203,7 +207,7 @@ impl Framer {
             Some(discarded) => Frame::TooLarge { discarded },
             None => Frame::Message(std::mem::take(&mut self.buf)),
         });
-        self.state = State::Idle;
+        self.state = State::End;
     }
 }
 
