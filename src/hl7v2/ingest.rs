@@ -198,9 +198,9 @@ impl Feed {
             Err(err) => {
                 tracing::warn!(source, location = %err.location, error = %err.message, "HL7 message rejected: unreadable");
                 let error = AckError {
+                    text: format!("the message cannot be read: {err}"),
                     location: Some(err.location),
                     condition: Condition::SegmentSequence,
-                    text: format!("the message cannot be read: {}", err.message),
                 };
                 // Its MSH alone, when that reads: the AR then names the
                 // message it answers (MSA-2) and its sender, as any ACK does.
