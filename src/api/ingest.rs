@@ -237,7 +237,9 @@ fn message_starts(body: &[u8]) -> Vec<usize> {
                 break;
             }
         }
-        j == 0 || matches!(body[j - 1], b'\r' | b'\n')
+        // An MLLP capture may have no CR between one frame's end block and
+        // the next start block.
+        j == 0 || matches!(body[j - 1], b'\r' | b'\n' | 0x1C)
     };
     (0..body.len())
         .filter(|&i| body[i..].starts_with(b"MSH") && starts_segment(i))
@@ -260,20 +262,53 @@ fn trim_batch(message: &[u8]) -> &[u8] {
         }
     }
     let message = &message[..end];
-    // Blanks, and what frames the next message or ends this one: MLLP's
-    // block characters, a byte-order mark (files joined together).
+    // Line breaks, lines of blanks, and what frames the next message or ends
+    // this one: MLLP's block characters, a byte-order mark (files joined
+    // together). Blanks that end a segment's text are the sender's (the
+    // same message sent over MLLP keeps them) and stay.
     let mut message = message;
     loop {
-        let trimmed = message.trim_ascii_end();
-        let trimmed = trimmed
+        let text = message.trim_ascii_end();
+        let line_start = text
+            .iter()
+            .rposition(|&b| matches!(b, b'\r' | b'\n'))
+            .map_or(0, |i| i + 1);
+        if strip_framing(&text[line_start..]).is_empty() {
+            if line_start == 0 {
+                return &message[..0];
+            }
+            message = &text[..line_start];
+            continue;
+        }
+        // The last line with text, to its line break.
+        let kept = message[line_start..]
+            .iter()
+            .position(|&b| matches!(b, b'\r' | b'\n'))
+            .map_or(message.len(), |n| line_start + n);
+        let line = &message[line_start..kept];
+        let stripped = strip_framing(line);
+        if stripped.len() == line.len() {
+            return &message[..kept];
+        }
+        message = &message[..line_start + stripped.len()];
+    }
+}
+
+/// `line` without blanks, MLLP block characters and byte-order marks at its
+/// end, if it ends in a block character or a mark; as it is otherwise.
+fn strip_framing(line: &[u8]) -> &[u8] {
+    let mut line = line;
+    loop {
+        let trimmed = line.trim_ascii_end();
+        let stripped = trimmed
             .strip_suffix(UTF8_BOM)
             .or_else(|| trimmed.strip_suffix(&[0x0B]))
-            .or_else(|| trimmed.strip_suffix(&[0x1C]))
-            .unwrap_or(trimmed);
-        if trimmed.len() == message.len() {
-            return message;
+            .or_else(|| trimmed.strip_suffix(&[0x1C]));
+        match stripped {
+            Some(shorter) => line = shorter,
+            None if trimmed.is_empty() => return trimmed,
+            None => return line,
         }
-        message = trimmed;
     }
 }
 
@@ -296,6 +331,35 @@ mod tests {
             assert_eq!(messages, vec![A.as_bytes(), B.as_bytes()], "lead {lead:?}");
             assert_eq!(before_first_message(body.as_bytes()), None, "lead {lead:?}");
         }
+    }
+
+    /// Blanks ending the last segment are the message's own text (the same
+    /// message over MLLP keeps them, and a resend is compared with it);
+    /// line breaks, lines of blanks and framing after it are not.
+    #[test]
+    fn blanks_ending_a_segment_stay_and_what_follows_it_goes() {
+        let a = format!("{A} ");
+        for tail in [
+            "",
+            "\r",
+            "\r\n",
+            "\r \r\n\t\r",
+            "\x1c\r",
+            "\r\x1c\r\u{feff}",
+        ] {
+            let body = format!("{a}{tail}");
+            assert_eq!(
+                split_messages(body.as_bytes()),
+                vec![a.as_bytes()],
+                "tail {tail:?}"
+            );
+        }
+        let body = format!("{a}\r{B}\t\r\n \r\n");
+        assert_eq!(
+            split_messages(body.as_bytes()),
+            vec![a.as_bytes(), format!("{B}\t").as_bytes()]
+        );
+        assert_eq!(split_messages(b" \r\n\x1c\r"), Vec::<&[u8]>::new());
     }
 
     #[test]
@@ -323,9 +387,13 @@ mod tests {
         // Back to back, without the CR after the end block.
         let tight = format!("\x0b{A}\r\x1c\x0b{B}\r\x1c");
         assert_eq!(
-            split_messages(tight.as_bytes()).len(),
-            1,
-            "an MSH inside a segment is not a start"
+            split_messages(tight.as_bytes()),
+            vec![A.as_bytes(), B.as_bytes()]
+        );
+        let tight = format!("\x0b{A}\x1c\x0b{B}\x1c\r");
+        assert_eq!(
+            split_messages(tight.as_bytes()),
+            vec![A.as_bytes(), B.as_bytes()]
         );
         let joined = format!("\u{feff}{A}\r\n\u{feff}{B}\r\n");
         assert_eq!(
