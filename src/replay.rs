@@ -72,7 +72,8 @@ pub async fn replay(
             .filter(|p| p.is_file() && !p.to_string_lossy().ends_with(".expected.json"))
             .collect()
     };
-    files.sort();
+    // In the order a person reads the names: `adt-2` before `adt-10`.
+    files.sort_by(|a, b| natural_order(&a.to_string_lossy(), &b.to_string_lossy()));
     let http = reqwest::Client::new();
     let mut mllp: Option<MllpClient> = None;
     let mut sent = Vec::new();
@@ -269,5 +270,71 @@ fn status_of(file: &Path, item: &str, status: u16) -> Sent {
         item: item.to_string(),
         outcome: status.to_string(),
         ok: (200..300).contains(&status),
+    }
+}
+
+/// Names compared with each run of digits read as a number (`adt-2.hl7`
+/// before `adt-10.hl7`), the rest character by character; names equal that
+/// way (`a-01`, `a-1`) fall back to their text.
+fn natural_order(a: &str, b: &str) -> std::cmp::Ordering {
+    use std::cmp::Ordering;
+    let (mut x, mut y) = (a, b);
+    loop {
+        let (Some(c), Some(d)) = (x.chars().next(), y.chars().next()) else {
+            return x.len().cmp(&y.len()).then_with(|| a.cmp(b));
+        };
+        if c.is_ascii_digit() && d.is_ascii_digit() {
+            let digits = |s: &str| s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+            let (m, n) = (digits(x), digits(y));
+            let (p, q) = (
+                x[..m].trim_start_matches('0'),
+                y[..n].trim_start_matches('0'),
+            );
+            let order = p.len().cmp(&q.len()).then_with(|| p.cmp(q));
+            if order != Ordering::Equal {
+                return order;
+            }
+            (x, y) = (&x[m..], &y[n..]);
+        } else {
+            if c != d {
+                return c.cmp(&d);
+            }
+            (x, y) = (&x[c.len_utf8()..], &y[d.len_utf8()..]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::natural_order;
+
+    #[test]
+    fn files_are_sent_in_the_order_their_names_read() {
+        let mut names = vec![
+            "dir/adt-10.hl7",
+            "dir/adt-2.hl7",
+            "dir/adt-1.hl7",
+            "dir/adt-02.hl7",
+            "dir/b.hl7",
+            "dir/adt-100.hl7",
+            "dir/adt.hl7",
+            "dir/adt-9a.hl7",
+            "dir/adt-9.hl7",
+        ];
+        names.sort_by(|a, b| natural_order(a, b));
+        assert_eq!(
+            names,
+            [
+                "dir/adt-1.hl7",
+                "dir/adt-02.hl7",
+                "dir/adt-2.hl7",
+                "dir/adt-9.hl7",
+                "dir/adt-9a.hl7",
+                "dir/adt-10.hl7",
+                "dir/adt-100.hl7",
+                "dir/adt.hl7",
+                "dir/b.hl7",
+            ]
+        );
     }
 }
