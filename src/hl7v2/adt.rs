@@ -17,6 +17,9 @@ use std::sync::Arc;
 
 pub use crate::gp::map::{NHS_NUMBER_SYSTEM, ODS_SYSTEM};
 pub const GMP_SYSTEM: &str = "https://fhir.hl7.org.uk/Id/gmp-number";
+pub const GMC_SYSTEM: &str = "https://fhir.hl7.org.uk/Id/gmc-number";
+/// ODS site codes (a trust's sites, `RJZ30`).
+pub const ODS_SITE_SYSTEM: &str = "https://fhir.nhs.uk/Id/ods-site-code";
 /// Local (hospital) patient identifiers: `{LOCAL_ID_SYSTEM}/{assigning authority}`.
 pub const LOCAL_ID_SYSTEM: &str = "https://fhir.onebromley.nhs.uk/Id/local-patient-identifier";
 /// Hospital provider spells (PV1-19): `{VISIT_SYSTEM}/{trust ODS code}`.
@@ -36,6 +39,17 @@ const ADMIT_SOURCE_SYSTEM: &str =
     "https://fhir.hl7.org.uk/CodeSystem/UKCore-SourceOfAdmissionEngland";
 pub const DISCHARGE_DESTINATION_SYSTEM: &str =
     "https://fhir.hl7.org.uk/CodeSystem/UKCore-DischargeDestinationEngland";
+/// UK Core `DischargeDestinationEngland` (complete, NHS Data Dictionary).
+const DISCHARGE_DESTINATIONS: [&str; 21] = [
+    "19", "29", "30", "37", "38", "48", "49", "50", "51", "52", "53", "54", "65", "66", "79", "84",
+    "85", "87", "88", "98", "99",
+];
+/// UK Core `DischargeMethodEngland` (complete).
+const DISCHARGE_METHODS: [&str; 8] = ["1", "3", "4", "5", "6", "7", "8", "9"];
+/// UK Core `SourceOfAdmissionEngland` (complete).
+const SOURCES_OF_ADMISSION: [&str; 16] = [
+    "19", "29", "39", "49", "51", "52", "53", "54", "65", "66", "79", "85", "87", "88", "98", "99",
+];
 const VERIFICATION_URL: &str =
     "https://fhir.hl7.org.uk/StructureDefinition/Extension-UKCore-NHSNumberVerificationStatus";
 const VERIFICATION_SYSTEM: &str =
@@ -190,7 +204,8 @@ pub struct PatientFacts {
     pub general_practitioner: Vec<Value>,
     /// Patient members the message deletes with HL7's explicit null `""`
     /// (§2.5.3): `deceased` (PID-29, with PID-30 not `Y`), `address`
-    /// (PID-11), `generalPractitioner` (PD1-3).
+    /// (PID-11), `telecom` (PID-13 or PID-14, the other `""` or empty),
+    /// `generalPractitioner` (PD1-3).
     pub cleared: Vec<&'static str>,
 }
 
@@ -363,9 +378,15 @@ pub fn read_with(
     if control_id.is_empty() {
         errors.push(missing("MSH-10", "message control id"));
     }
-    let sender = msg.get("MSH-4").unwrap_or_default();
-    if sender.is_empty() {
+    let facility = msg.get("MSH-4").unwrap_or_default();
+    if facility.is_empty() {
         errors.push(missing("MSH-4", "sending facility (the trust's ODS code)"));
+    }
+    let sender = trust_of(&facility).to_string();
+    if sender != facility {
+        notes.push(format!(
+            "MSH-4: {facility} is a site of trust {sender}: hospital and visit numbers without an assigning authority, and the service provider, are the trust's"
+        ));
     }
 
     // When: EVN-2 (recorded date/time), else MSH-7.
@@ -580,6 +601,10 @@ fn read_patient(
         }
         facts.nhs_number = Some(number);
         facts.identifiers.push(id);
+    } else if let Some(status) = msg.get("PID-32") {
+        notes.push(format!(
+            "PID-32: {status} verifies an NHS number, and the message has none: not mapped"
+        ));
     }
     facts.identifiers.extend(locals);
 
@@ -632,6 +657,11 @@ fn read_patient(
     if nulled(29) && msg.get("PID-30").as_deref() != Some("Y") {
         facts.cleared.push("deceased");
     }
+    // PID-13 and PID-14 make one member: deleted when one is `""` and the
+    // other is `""` or empty.
+    if (nulled(13) || nulled(14)) && facts.telecom.is_empty() {
+        facts.cleared.push("telecom");
+    }
     if nulled(11) {
         facts.cleared.push("address");
     }
@@ -642,21 +672,38 @@ fn read_patient(
     {
         facts.cleared.push("generalPractitioner");
     }
+    // PID-30 (table 0136) is read whether or not PID-29 has a date, and a
+    // date of death beside `N` is a contradiction to send back, not a death
+    // to record.
+    let indicator = msg.get("PID-30");
+    let indicator = match indicator.as_deref().map(str::trim) {
+        Some(flag @ ("Y" | "N")) => Some(flag == "Y"),
+        Some("") | None => None,
+        Some(other) => {
+            errors.push(DataError::new(
+                Condition::TableValueNotFound,
+                "PID-30",
+                format!("{other:?} is not Y or N (HL7 table 0136)"),
+            ));
+            None
+        }
+    };
     match datatypes::ts(pid.field(29).and_then(|f| f.repetition(1)), "PID-29") {
+        Ok(Some(death)) if indicator == Some(false) => errors.push(DataError::new(
+            Condition::DataType,
+            "PID-30",
+            format!(
+                "'N' (not deceased) contradicts the date of death {} in PID-29",
+                death.value
+            ),
+        )),
         Ok(Some(death)) => {
             notes.extend(death.note.map(|n| format!("PID-29: {n}")));
             facts.deceased = Some(("deceasedDateTime", json!(death.value)));
         }
-        Ok(None) => match msg.get("PID-30").as_deref() {
-            Some("Y") => facts.deceased = Some(("deceasedBoolean", json!(true))),
-            Some("N") => facts.deceased = Some(("deceasedBoolean", json!(false))),
-            Some(other) => errors.push(DataError::new(
-                Condition::TableValueNotFound,
-                "PID-30",
-                format!("{other:?} is not Y or N (HL7 table 0136)"),
-            )),
-            None => {}
-        },
+        Ok(None) => {
+            facts.deceased = indicator.map(|dead| ("deceasedBoolean", json!(dead)));
+        }
         Err(e) => errors.push(e),
     }
 
@@ -688,7 +735,18 @@ fn read_patient(
         if let Some(rep) = pd1.field(4).and_then(|f| f.repetition(1))
             && let Some(code) = component(rep, 1)
         {
-            let mut reference = json!({"type": "Practitioner", "identifier": {"system": GMP_SYSTEM, "value": code}});
+            let authority = component(rep, 9).or_else(|| component(rep, 13));
+            let identifier = match doctor_system(&code, authority.as_deref()) {
+                Some(system) => json!({"system": system, "value": code}),
+                None => {
+                    notes.push(format!(
+                        "PD1-4: {code:?} is neither a GMP nor a GMC code (XCN.9 {}): kept without an identifier system",
+                        authority.as_deref().unwrap_or("empty")
+                    ));
+                    json!({"value": code})
+                }
+            };
+            let mut reference = json!({"type": "Practitioner", "identifier": identifier});
             let family = component(rep, 2);
             let given = component(rep, 3);
             let prefix = component(rep, 6);
@@ -728,7 +786,11 @@ fn patient_identifier(
     let authority = component(rep, 4).unwrap_or_default();
     let kind = component(rep, 5).unwrap_or_default();
     if is_nhs_cx(rep) {
-        let digits: String = value.chars().filter(|c| !c.is_whitespace()).collect();
+        // Shown 3-3-4 with spaces or hyphens; kept as the ten digits.
+        let digits: String = value
+            .chars()
+            .filter(|&c| !c.is_whitespace() && c != '-')
+            .collect();
         if digits.len() != 10 || !digits.bytes().all(|b| b.is_ascii_digit()) {
             return Err(DataError::new(
                 Condition::DataType,
@@ -772,6 +834,45 @@ fn patient_identifier(
         );
     }
     Ok(Some((false, Value::Object(id))))
+}
+
+/// The identifier system of a doctor's code (XCN.1): the one its assigning
+/// authority (XCN.9, or the type XCN.13) names, `GMP` or `GMC`, else the
+/// one its form shows: `G` and seven digits a GP's GMP code; a GMC number
+/// is seven digits, or eight after a `C` as consultant codes are sent
+/// (NHS England ADT specification: `C3456789^…^GMC`).
+fn doctor_system(code: &str, authority: Option<&str>) -> Option<&'static str> {
+    match authority.map(str::to_ascii_uppercase).as_deref() {
+        Some("GMP") => return Some(GMP_SYSTEM),
+        Some("GMC") => return Some(GMC_SYSTEM),
+        _ => {}
+    }
+    let digits =
+        |s: &str, n: &[usize]| n.contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit());
+    if let Some(rest) = code.strip_prefix('G')
+        && digits(rest, &[7])
+    {
+        Some(GMP_SYSTEM)
+    } else if digits(code.strip_prefix('C').unwrap_or(code), &[7, 8]) {
+        Some(GMC_SYSTEM)
+    } else {
+        None
+    }
+}
+
+/// The trust an MSH-4 speaks for. NHS trusts' ODS codes are three
+/// characters starting with `R`, and their sites' five, the trust's and two
+/// more (`RJZ30`); a feed may name either (NHS England ADT specification).
+/// A trust's hospital and visit numbers are the same whichever of its sites
+/// sends them, so a site code is read as its trust's; any other code is its
+/// own.
+pub fn trust_of(facility: &str) -> &str {
+    match facility.get(..3) {
+        Some(trust) if facility.len() == 5 && facility.starts_with('R') && is_ods(facility) => {
+            trust
+        }
+        _ => facility,
+    }
 }
 
 /// ODS codes: 3 to 10 upper-case letters or digits.
@@ -863,10 +964,58 @@ fn read_visit(
         },
         None => (None, None),
     };
-    let admit_source =
-        value(14).map(|code| json!({"coding": [{"system": ADMIT_SOURCE_SYSTEM, "code": code}]}));
-    let discharge_disposition = value(36)
-        .map(|code| json!({"coding": [{"system": DISCHARGE_DESTINATION_SYSTEM, "code": code}]}));
+    // UK Core's England code systems are complete: a code outside them
+    // written under their system would be a false statement. An admit
+    // source is a detail, noted and left out; a discharge destination
+    // decides pathway rules (a care home's review), so one that does not
+    // read is sent back.
+    let admit_source = value(14).and_then(|code| {
+        if SOURCES_OF_ADMISSION.contains(&code.as_str()) {
+            return Some(json!({"coding": [{"system": ADMIT_SOURCE_SYSTEM, "code": code}]}));
+        }
+        notes.push(format!(
+            "PV1-14: {code:?} is not an NHS source of admission (UK Core SourceOfAdmissionEngland): not kept"
+        ));
+        None
+    });
+    let discharge_disposition = match value(36) {
+        Some(code) if DISCHARGE_DESTINATIONS.contains(&code.as_str()) => Some(code),
+        // The NHS England ADT specification puts the discharge method in
+        // PV1-36 and the destination in PV1-37 (Discharged to Location).
+        Some(method) if DISCHARGE_METHODS.contains(&method.as_str()) => {
+            notes.push(format!(
+                "PV1-36: {method:?} is an NHS discharge method (UK Core DischargeMethodEngland), not kept; the destination is read from PV1-37"
+            ));
+            match value(37) {
+                Some(code) if DISCHARGE_DESTINATIONS.contains(&code.as_str()) => Some(code),
+                Some(code) => {
+                    errors.push(DataError::new(
+                        Condition::TableValueNotFound,
+                        "PV1-37",
+                        format!(
+                            "discharge destination {code:?} is not an NHS discharge destination (UK Core DischargeDestinationEngland: {})",
+                            DISCHARGE_DESTINATIONS.join(", ")
+                        ),
+                    ));
+                    None
+                }
+                None => None,
+            }
+        }
+        Some(code) => {
+            errors.push(DataError::new(
+                Condition::TableValueNotFound,
+                "PV1-36",
+                format!(
+                    "{code:?} is neither an NHS discharge destination (UK Core DischargeDestinationEngland: {}) nor an NHS discharge method (1, 3-9, with the destination in PV1-37)",
+                    DISCHARGE_DESTINATIONS.join(", ")
+                ),
+            ));
+            None
+        }
+        None => None,
+    }
+    .map(|code| json!({"coding": [{"system": DISCHARGE_DESTINATION_SYSTEM, "code": code}]}));
     let mut time = |n: usize| match datatypes::ts(rep(n), &format!("PV1-{n}")) {
         Ok(Some(t)) => {
             notes.extend(t.note.map(|note| format!("PV1-{n}: {note}")));
@@ -897,8 +1046,15 @@ fn read_visit(
         if let Some(site) = facility.filter(|s| is_ods(s))
             && parts.is_empty()
         {
+            // A trust's site (`RJZ30`) is a site code; a trust or another
+            // organisation (`RJZ`, `NT3`) an organisation code.
+            let system = if trust_of(&site) == site {
+                ODS_SYSTEM
+            } else {
+                ODS_SITE_SYSTEM
+            };
             reference =
-                json!({"identifier": {"system": ODS_SYSTEM, "value": site}, "display": display});
+                json!({"identifier": {"system": system, "value": site}, "display": display});
         }
         Some(reference)
     });
@@ -971,7 +1127,8 @@ fn admission_priority(code: &str) -> Option<(Option<Value>, Option<Value>)> {
     let urgent = || v3("UR", "urgent");
     // HL7 table 0007 admission type.
     let table = match code {
-        "E" | "A" => Some((emergency(), "Emergency")),
+        "E" => Some((emergency(), "Emergency")),
+        "A" => Some((emergency(), "Accident")),
         "U" => Some((urgent(), "Urgent")),
         "C" => Some((elective(), "Elective")),
         "R" => Some((v3("R", "routine"), "Routine")),
@@ -1006,7 +1163,7 @@ fn admission_priority(code: &str) -> Option<(Option<Value>, Option<Value>)> {
 /// in PID-2 other than an NHS number.
 fn unmapped(msg: &Message, event: Event) -> Vec<String> {
     /// Fields of which only the first repetition is read.
-    const FIRST_ONLY: &[(&str, usize)] = &[("PD1", 3), ("PD1", 4)];
+    const FIRST_ONLY: &[(&str, usize)] = &[("PD1", 3), ("PD1", 4), ("PID", 32)];
     let mut out = Vec::new();
     let mut seen: Vec<&str> = Vec::new();
     for segment in msg.segments() {
@@ -1038,7 +1195,15 @@ fn unmapped(msg: &Message, event: Event) -> Vec<String> {
                     let Some(field) = segment.field(n) else {
                         continue;
                     };
-                    if !field.raw().trim().is_empty() && !fields.contains(&n) {
+                    // PV1-37 is the destination when PV1-36 is a method.
+                    let read = fields.contains(&n)
+                        || ((id, n) == ("PV1", 37)
+                            && segment
+                                .field(36)
+                                .and_then(|f| f.repetition(1))
+                                .and_then(|r| component(r, 1))
+                                .is_some_and(|m| DISCHARGE_METHODS.contains(&m.as_str())));
+                    if !field.raw().trim().is_empty() && !read {
                         out.push(format!("{id}-{n}"));
                     } else if (id, n) == ("PID", 2) {
                         // Read for an NHS number only (the legacy external

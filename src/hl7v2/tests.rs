@@ -1155,6 +1155,176 @@ fn repeated_segments_and_repetitions_the_mapping_reads_once_are_reported() {
     }
 }
 
+/// Codes and identities as NHS feeds send them: NHS numbers shown with
+/// hyphens, a site's MSH-4, GMC and GMP codes, site locations, the NHS Data
+/// Dictionary's complete code systems, and a death flag that contradicts
+/// its date.
+#[test]
+fn nhs_codes_and_identities_read_as_nhs_feeds_send_them() {
+    use crate::hl7v2::adt::{Adt, AdtContext, AdtError, read};
+    let cx = AdtContext::default();
+    // An A03 from `msh4` with PID fields and PD1-4 and PV1 fields set.
+    let message = |msh4: &str, pid: &[(usize, &str)], pd1_4: &str, pv1: &[(usize, &str)]| {
+        let mut p = vec![""; 33];
+        p[1] = "1";
+        p[3] = "K1^^^^MR~999-000-0018^^^NHS^NH";
+        p[5] = "PAGE^Ann";
+        for &(n, v) in pid {
+            p[n] = v;
+        }
+        let mut v = vec![""; 46];
+        v[1] = "1";
+        v[2] = "I";
+        v[19] = "V1";
+        for &(n, value) in pv1 {
+            v[n] = value;
+        }
+        parse(&format!(
+            "MSH|^~\\&|PAS|{msh4}|GW|OB|202607141018||ADT^A03|R1|P|2.4\rEVN|A03|202607141018\r\
+             PID|{}\rPD1||||{pd1_4}\rPV1|{}\r",
+            p[1..].join("|"),
+            v[1..].join("|")
+        ))
+    };
+    let ok = |m: &Message| -> Adt { read(m, &cx).unwrap_or_else(|e| panic!("{e:?}")) };
+    let refused = |m: &Message| -> Vec<(String, String)> {
+        match read(m, &cx) {
+            Err(AdtError::Invalid(errors)) => {
+                errors.into_iter().map(|e| (e.location, e.reason)).collect()
+            }
+            other => panic!("taken: {other:?}"),
+        }
+    };
+    let noted = |adt: &Adt, start: &str| adt.notes.iter().any(|n| n.starts_with(start));
+
+    // A site of RJZ sends: hospital and visit numbers are the trust's.
+    let site = ok(&message("RJZ30", &[], "", &[(3, "^^^RJZ30"), (36, "54")]));
+    assert_eq!(site.sender, "RJZ");
+    assert!(
+        noted(&site, "MSH-4: RJZ30 is a site of trust RJZ"),
+        "{:?}",
+        site.notes
+    );
+    assert_eq!(site.patient.nhs_number.as_deref(), Some("9990000018"));
+    let local = &site.patient.identifiers[1];
+    assert!(
+        local["system"].as_str().unwrap().ends_with("/RJZ"),
+        "{local}"
+    );
+    let visit = site.visit.as_ref().unwrap();
+    assert!(
+        visit.identifier["system"]
+            .as_str()
+            .unwrap()
+            .ends_with("/RJZ"),
+        "{}",
+        visit.identifier
+    );
+    assert_eq!(
+        visit.location.as_ref().unwrap()["identifier"]["system"],
+        "https://fhir.nhs.uk/Id/ods-site-code"
+    );
+    assert_eq!(
+        visit.discharge_disposition.as_ref().unwrap()["coding"][0]["code"],
+        "54"
+    );
+    let trust = ok(&message("RJZ", &[], "", &[(3, "^^^RJZ")]));
+    assert_eq!(trust.sender, "RJZ");
+    assert_eq!(
+        trust.visit.as_ref().unwrap().location.as_ref().unwrap()["identifier"]["system"],
+        "https://fhir.nhs.uk/Id/ods-organization-code"
+    );
+
+    // PD1-4: the system its assigning authority names, else its form's.
+    for (xcn, system) in [
+        ("C3456789^DARWIN^SAMUEL^^^DR^^^GMC", Some("gmc-number")),
+        ("1234567^DARWIN", Some("gmc-number")),
+        ("G1234567^DARWIN", Some("gmp-number")),
+        ("X99^DARWIN^^^^^^^GMP", Some("gmp-number")),
+        ("X99^DARWIN", None),
+    ] {
+        let adt = ok(&message("RJZ", &[], xcn, &[]));
+        let gp = &adt.patient.general_practitioner[0]["identifier"];
+        match system {
+            Some(system) => assert!(
+                gp["system"].as_str().unwrap().ends_with(system),
+                "{xcn}: {gp}"
+            ),
+            None => {
+                assert!(gp.get("system").is_none(), "{xcn}: {gp}");
+                assert!(noted(&adt, "PD1-4: \"X99\""), "{:?}", adt.notes);
+            }
+        }
+    }
+
+    // PV1-36: a destination; or a method, the destination then in PV1-37.
+    let method = ok(&message("RJZ", &[], "", &[(36, "4"), (37, "79")]));
+    assert!(noted(&method, "PV1-36: \"4\" is an NHS discharge method"));
+    assert!(
+        !method.unmapped.contains(&"PV1-37".to_string()),
+        "{:?}",
+        method.unmapped
+    );
+    let visit = method.visit.as_ref().unwrap();
+    assert_eq!(
+        visit.discharge_disposition.as_ref().unwrap()["coding"][0]["code"],
+        "79"
+    );
+    let alone = ok(&message("RJZ", &[], "", &[(36, "4")]));
+    assert_eq!(alone.visit.as_ref().unwrap().discharge_disposition, None);
+    let errors = refused(&message("RJZ", &[], "", &[(36, "01")]));
+    assert_eq!(errors[0].0, "PV1-36", "{errors:?}");
+    let errors = refused(&message("RJZ", &[], "", &[(36, "4"), (37, "01")]));
+    assert_eq!(errors[0].0, "PV1-37", "{errors:?}");
+    // PV1-14: an admit source outside the NHS list is noted and left out.
+    let source = ok(&message("RJZ", &[], "", &[(14, "7")]));
+    assert_eq!(source.visit.as_ref().unwrap().admit_source, None);
+    assert!(noted(&source, "PV1-14: \"7\""), "{:?}", source.notes);
+    let source = ok(&message("RJZ", &[], "", &[(14, "19")]));
+    assert!(source.visit.as_ref().unwrap().admit_source.is_some());
+    // Table 0007 A is an accident.
+    let accident = ok(&message("RJZ", &[], "", &[(4, "A")]));
+    let priority = accident.visit.as_ref().unwrap().priority.as_ref().unwrap();
+    assert_eq!(priority["coding"][1]["display"], "Accident");
+
+    // PID-30 is read beside a date of death, and `N` contradicts it.
+    let errors = refused(&message("RJZ", &[(29, "20261130"), (30, "N")], "", &[]));
+    assert_eq!(errors[0].0, "PID-30", "{errors:?}");
+    let errors = refused(&message("RJZ", &[(29, "20261130"), (30, "X")], "", &[]));
+    assert_eq!(errors[0].0, "PID-30", "{errors:?}");
+    let dead = ok(&message("RJZ", &[(29, "20261130"), (30, "Y")], "", &[]));
+    assert_eq!(
+        dead.patient.deceased.as_ref().unwrap().0,
+        "deceasedDateTime"
+    );
+    let alive = ok(&message("RJZ", &[(30, "N")], "", &[]));
+    assert_eq!(
+        alive.patient.deceased,
+        Some(("deceasedBoolean", serde_json::json!(false)))
+    );
+
+    // PID-13 `""` deletes the phones unless PID-14 sends one.
+    let deleted = ok(&message("RJZ", &[(13, "\"\"")], "", &[]));
+    assert!(deleted.patient.cleared.contains(&"telecom"));
+    let work = ok(&message(
+        "RJZ",
+        &[(13, "\"\""), (14, "^WPN^PH^^^020^1234567")],
+        "",
+        &[],
+    ));
+    assert!(!work.patient.cleared.contains(&"telecom"));
+    assert_eq!(work.patient.telecom.len(), 1);
+
+    // PID-32 without an NHS number is noted, not silently dropped.
+    let untraced = ok(&message(
+        "RJZ",
+        &[(3, "K1^^^RJZ^MR"), (32, "NSTS02")],
+        "",
+        &[],
+    ));
+    assert!(noted(&untraced, "PID-32: NSTS02"), "{:?}", untraced.notes);
+}
+
 /// An event time needs a date at least: to the day, hour or minute it is
 /// taken; a month or a year alone is refused at its field, saying so.
 #[test]
