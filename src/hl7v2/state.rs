@@ -714,7 +714,27 @@ pub fn encounter_from(
     if let Some(class) = moved_into {
         e.insert("class".into(), class);
     }
-    set(&mut e, "priority", visit.priority, newer);
+    // PV1-4 gives the priority and the NHS admission method as one: the
+    // latest event that sent it sets both, and what it does not give goes;
+    // an older one fills them only when neither is there.
+    let stored_admission = current.is_some_and(|c| {
+        c.member("priority").is_some()
+            || c.at("hospitalization")
+                .at("extension")
+                .as_array()
+                .is_some_and(|x| {
+                    x.iter()
+                        .any(|x| x.at("url") == super::adt::ADMISSION_METHOD_URL)
+                })
+    });
+    let takes_admission = (visit.priority.is_some() || visit.admission_method.is_some())
+        && (newer || !stored_admission);
+    if takes_admission {
+        match visit.priority {
+            Some(priority) => e.insert("priority".into(), priority),
+            None => e.remove("priority"),
+        };
+    }
 
     // Status: the latest status event wins.
     let mut latest = false;
@@ -830,10 +850,21 @@ pub fn encounter_from(
 
     // Hospitalization: admission method and source, discharge destination.
     let mut stay = take_object(&mut e, "hospitalization");
-    if let Some(method) = visit.admission_method {
-        let ext =
-            json!([{"url": super::adt::ADMISSION_METHOD_URL, "valueCodeableConcept": method}]);
-        set(&mut stay, "extension", Some(ext), newer);
+    if takes_admission {
+        let mut extensions = match stay.remove("extension") {
+            Some(Value::Array(extensions)) => extensions,
+            _ => Vec::new(),
+        };
+        extensions.retain(|x| x.at("url") != super::adt::ADMISSION_METHOD_URL);
+        if let Some(method) = visit.admission_method {
+            extensions.insert(
+                0,
+                json!({"url": super::adt::ADMISSION_METHOD_URL, "valueCodeableConcept": method}),
+            );
+        }
+        if !extensions.is_empty() {
+            stay.insert("extension".into(), Value::Array(extensions));
+        }
     }
     set(&mut stay, "admitSource", visit.admit_source, newer);
     let destination = match kept.ending(Ending::Destination, &finished) {
@@ -1843,6 +1874,33 @@ mod tests {
     }
 
     const VISIT: &str = "I|WARD 5^^^RJZ30|21|||||||||||||||V9^^^RJZ^VN";
+
+    /// PV1-4 is one field: the latest event that sent it gives both the
+    /// priority and the NHS admission method, and what it leaves out goes
+    /// (a method from an earlier PV1-4 no longer holds), in any order.
+    #[test]
+    fn the_latest_admission_type_gives_priority_and_method_together() {
+        let method = |e: &Value| {
+            e["hospitalization"]["extension"]
+                .as_array()
+                .and_then(|x| x.first())
+                .map(|x| x["valueCodeableConcept"]["coding"][0]["code"].clone())
+        };
+        let emergency = event("A01", "202607141018", "", VISIT);
+        let elective = event("A08", "202607141100", "", &VISIT.replace("|21|", "|C|"));
+        let e = same_in_every_order(&[("A01", &emergency), ("A08 C", &elective)], encounter_of);
+        assert_eq!(e["priority"]["coding"][0]["code"], "EL", "{e}");
+        assert_eq!(method(&e), None, "{e}");
+        let unknown = event("A08", "202607141100", "", &VISIT.replace("|21|", "|99|"));
+        let e = same_in_every_order(&[("A01", &emergency), ("A08 99", &unknown)], encounter_of);
+        assert_eq!(e.get("priority"), None, "{e}");
+        assert_eq!(method(&e), Some(json!("99")), "{e}");
+        // An update without PV1-4 leaves both as they are.
+        let silent = event("A08", "202607141100", "", &VISIT.replace("|21|", "||"));
+        let e = same_in_every_order(&[("A01", &emergency), ("A08", &silent)], encounter_of);
+        assert_eq!(e["priority"]["coding"][0]["code"], "EM", "{e}");
+        assert_eq!(method(&e), Some(json!("21")), "{e}");
+    }
 
     #[test]
     fn a_cancel_sent_in_the_same_minute_as_what_it_cancels_wins_in_either_order() {
