@@ -11,7 +11,7 @@ use super::datatypes::DataError;
 use super::er7::Message;
 use super::state::{self, Kept, Times, encounter_after, patient_after};
 use crate::fhir::outcome::Severity;
-use crate::validate::{Validator, has_errors};
+use crate::validate::Validator;
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -156,7 +156,13 @@ pub fn map_messages(text: &str, cx: &AdtContext, validator: &Validator) -> DryRu
             Ok(adt) => {
                 run.unmapped = adt.unmapped.clone();
                 run.notes = adt.notes.clone();
-                let errors = apply(&adt, &mut patients, &mut encounters, validator);
+                let errors = apply(
+                    &adt,
+                    &mut patients,
+                    &mut encounters,
+                    validator,
+                    &mut run.notes,
+                );
                 if !errors.is_empty() {
                     run.ack = "AE";
                     run.errors = errors;
@@ -181,12 +187,14 @@ pub fn map_messages(text: &str, cx: &AdtContext, validator: &Validator) -> DryRu
 }
 
 /// Applies one message to the in-memory records; its validation errors
-/// (then nothing is changed).
+/// (then nothing is changed). Validation warnings and information go to
+/// `notes`.
 fn apply(
     adt: &Adt,
     patients: &mut Vec<Record>,
     encounters: &mut Vec<Record>,
     validator: &Validator,
+    notes: &mut Vec<String>,
 ) -> Vec<DataError> {
     let keys = adt.patient.keys();
     let at = patients
@@ -219,7 +227,7 @@ fn apply(
     let (patient, times) = patient_after(current, &times, adt);
     let key = keys.first().cloned().unwrap_or_default();
     let full_url = at.map_or_else(|| urn(&key), |i| patients[i].full_url.clone());
-    let mut errors = issues(validator, &patient);
+    let mut errors = issues(validator, &patient, notes);
 
     let mut encounter = None;
     if let Some(visit) = &adt.visit {
@@ -231,7 +239,7 @@ fn apply(
         let clock = found.and_then(|i| encounters[i].clock.latest());
         let mut kept = found.map_or_else(Kept::default, |i| encounters[i].kept.clone());
         let e = encounter_after(current, clock, &mut kept, adt, visit, &full_url);
-        errors.extend(issues(validator, &e));
+        errors.extend(issues(validator, &e, notes));
         encounter = Some((found, visit_key, e, kept));
     }
     if !errors.is_empty() {
@@ -285,22 +293,29 @@ fn apply(
     Vec::new()
 }
 
-fn issues(validator: &Validator, resource: &Value) -> Vec<DataError> {
-    let issues = validator.validate(resource);
-    if !has_errors(&issues) {
-        return Vec::new();
-    }
-    issues
-        .into_iter()
-        .filter(|i| matches!(i.severity, Severity::Error | Severity::Fatal))
-        .map(|i| {
-            DataError::new(
+/// The validation errors of `resource`; its warnings and information,
+/// which do not refuse a message, are put in `notes` (`validation warning
+/// at Encounter.class: …`) so the dry run shows everything the validator
+/// says.
+fn issues(validator: &Validator, resource: &Value, notes: &mut Vec<String>) -> Vec<DataError> {
+    let mut errors = Vec::new();
+    for i in validator.validate(resource) {
+        if matches!(i.severity, Severity::Error | Severity::Fatal) {
+            errors.push(DataError::new(
                 Condition::of_issue(i.code),
                 i.expression.join(", "),
                 i.diagnostics,
-            )
-        })
-        .collect()
+            ));
+        } else {
+            notes.push(format!(
+                "validation {} at {}: {}",
+                i.severity.as_str(),
+                i.expression.join(", "),
+                i.diagnostics
+            ));
+        }
+    }
+    errors
 }
 
 /// A stable `urn:uuid:` for a record key, so the output is deterministic.
@@ -314,16 +329,69 @@ fn urn(key: &(String, String)) -> String {
 
 fn entry(record: &Record, ty: &str) -> Value {
     let (system, value) = &record.key;
+    let url = format!(
+        "{ty}?identifier={}|{}",
+        query_part(system),
+        query_part(value)
+    );
     json!({
         "fullUrl": record.full_url,
         "resource": record.resource,
-        "request": {"method": "PUT", "url": format!("{ty}?identifier={system}|{value}")}
+        "request": {"method": "PUT", "url": url}
     })
+}
+
+/// A token's system or value as it stands in a search URL: FHIR's search
+/// escapes first (`\`, `|`, `,`, `$` after a backslash), then every byte
+/// other than letters, digits, `-._~` and the `:/@` of a system's URI
+/// percent-encoded, so a visit number `E50&01` stays one value.
+fn query_part(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '\\' | '|' | ',' | '$') {
+            out.push_str("%5C");
+        }
+        let mut bytes = [0; 4];
+        for &b in c.encode_utf8(&mut bytes).as_bytes() {
+            if b.is_ascii_alphanumeric() || b"-._~:/@".contains(&b) {
+                out.push(char::from(b));
+            } else {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What the validator says short of an error is shown too, as a note;
+    /// errors refuse the message.
+    #[test]
+    fn validation_warnings_are_shown_as_notes() {
+        let validator = Validator::load(None, &[]).unwrap();
+        let mut notes = Vec::new();
+        let other = json!({"resourceType": "Observation", "status": "final"});
+        assert_eq!(issues(&validator, &other, &mut notes), Vec::new());
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(notes[0].starts_with("validation warning at "), "{notes:?}");
+        let mut notes = Vec::new();
+        let wrong = json!({"resourceType": "Patient", "gender": "unknownish"});
+        assert!(!issues(&validator, &wrong, &mut notes).is_empty());
+    }
+
+    #[test]
+    fn a_conditional_url_keeps_each_value_whole() {
+        assert_eq!(
+            query_part("https://fhir.onebromley.nhs.uk/Id/hospital-provider-spell/RJZ"),
+            "https://fhir.onebromley.nhs.uk/Id/hospital-provider-spell/RJZ"
+        );
+        assert_eq!(query_part("E50&01"), "E50%2601");
+        assert_eq!(query_part("A|B,C"), "A%5C%7CB%5C%2CC");
+        assert_eq!(query_part("50% #1+é"), "50%25%20%231%2B%C3%A9");
+    }
 
     /// Bytes before the first message are answered with an AR of their
     /// own (message 0), as the HTTP endpoint answers them, not skipped.
