@@ -223,6 +223,9 @@ pub struct Hl7v2Config {
     pub processing_ids: Vec<String>,
     /// MSH-12.1 version ids taken (HL7 table 0104); others get `AR`.
     pub versions: Vec<String>,
+    /// Answer a message in enhanced mode (MSH-15/16 valued) with the
+    /// accept acknowledgement (`CA`/`CE`/`CR`) instead of `AA`/`AE`/`AR`.
+    pub accept_acknowledgements: bool,
 }
 
 /// Default MLLP port (the conventional one for HL7 over MLLP).
@@ -240,6 +243,7 @@ impl Default for Hl7v2Config {
             patient_class: BTreeMap::new(),
             processing_ids: vec!["P".to_string()],
             versions: crate::hl7v2::adt::VERSIONS.map(String::from).to_vec(),
+            accept_acknowledgements: false,
         }
     }
 }
@@ -580,6 +584,7 @@ impl ConfigFile {
                 patient_class: self.hl7v2.patient_class,
                 processing_ids: self.hl7v2.processing_ids,
                 versions: self.hl7v2.versions,
+                accept_acknowledgements: self.hl7v2.accept_acknowledgements,
             },
         };
         let rules = Rules::compile(&self.routing).map_err(ConfigError)?;

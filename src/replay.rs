@@ -256,10 +256,13 @@ fn from_ack(file: &Path, ack: &[u8]) -> Sent {
         .map(|s| s.split('|').collect())
         .unwrap_or_default();
     let code = msa.get(1).copied().unwrap_or("?").to_string();
+    // Enhanced mode's accept: `CA` without an ERR (with one, the message
+    // is held in quarantine).
+    let held = text.split('\r').any(|s| s.starts_with("ERR"));
     Sent {
         file: file.to_path_buf(),
         item: msa.get(2).copied().unwrap_or("").to_string(),
-        ok: code == "AA",
+        ok: code == "AA" || (code == "CA" && !held),
         outcome: code,
     }
 }

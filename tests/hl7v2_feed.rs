@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Gateway, nhs_number, start};
+use common::{Gateway, nhs_number, start, start_with};
 use pathway_gateway::hl7v2::client::MllpClient;
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -314,6 +314,47 @@ async fn acceptance_scenarios_over_mllp() {
         "{reply}"
     );
 
+    gw.stop().await;
+}
+
+/// MSH-15/16 `AL|NE`, as NHS feeds commonly send them: `AA` by default, as
+/// engines expect; with `hl7v2.accept_acknowledgements`, the accept
+/// acknowledgement (`CA`), for a message held in quarantine too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enhanced_mode_is_answered_as_configured() {
+    let nhs = nhs_number(830);
+    let message = |control: &str, class: &str| {
+        adt(
+            "A01",
+            control,
+            "202607141105",
+            &format!("{nhs}^^^NHS^NH"),
+            Some(&pv1(class, "V830", "202607141015", "")),
+        )
+        .replacen("|P|2.4\r", "|P|2.4|||AL|NE\r", 1)
+    };
+    let gw = start().await;
+    let mut c = MllpClient::connect(gw.mllp, TIMEOUT).await.unwrap();
+    assert_eq!(send(&mut c, &message("E1", "I")).await.0, "AA");
+    gw.stop().await;
+
+    let gw = start_with(|c| c.hl7v2.cx.accept_acknowledgements = true).await;
+    let mut c = MllpClient::connect(gw.mllp, TIMEOUT).await.unwrap();
+    let (code, control, _) = send(&mut c, &message("E1", "I")).await;
+    assert_eq!((code.as_str(), control.as_str()), ("CA", "E1"));
+    assert_eq!(encounter(&gw, "V830").await["status"], "in-progress");
+    // Held in quarantine is committed: CA, its reason in ERR.
+    let (code, _, err) = send(&mut c, &message("E2", "Q")).await;
+    assert_eq!((code.as_str(), err.as_str()), ("CA", "PV1^1^2"));
+    assert_eq!(
+        send(
+            &mut c,
+            "MSH|^~\\&|PAS|RJZ|GW|OB|2026||ORU^R01|E3|P|2.4|||AL|NE\r"
+        )
+        .await
+        .0,
+        "CR"
+    );
     gw.stop().await;
 }
 

@@ -151,6 +151,11 @@ pub struct AdtContext {
     /// to. Another version is refused (`AR`, 203) rather than read as if
     /// it were one of them. A message without MSH-12 is taken.
     pub versions: Vec<String>,
+    /// `hl7v2.accept_acknowledgements`: a message in enhanced mode (MSH-15
+    /// or MSH-16 valued, HL7 v2.5 §2.9.3) is answered with the accept
+    /// acknowledgement. Off by default, as integration engines ship it:
+    /// NHS feeds commonly send `AL|NE` and expect `AA`.
+    pub accept_acknowledgements: bool,
 }
 
 /// The HL7 versions the ADT mapping is written to and takes by default:
@@ -171,6 +176,7 @@ impl Default for AdtContext {
             patient_class: BTreeMap::new(),
             processing_ids: vec!["P".to_string()],
             versions: VERSIONS.map(String::from).to_vec(),
+            accept_acknowledgements: false,
         }
     }
 }

@@ -25,7 +25,7 @@ use super::condition::Condition;
 use super::datatypes::DataError;
 use super::er7::Message;
 use super::metrics::{self, FeedMetrics};
-use super::mllp::{AckCode, AckError, ack};
+use super::mllp::{AckCode, AckError, ack_in_mode};
 use super::resend;
 use super::state::{self, Times, encounter_from, patient_from, replaced_by, rewrite};
 use crate::fhir::json::{Written, same_in_order};
@@ -252,7 +252,14 @@ impl Feed {
 
     fn ack(&self, message: Option<&Message>, code: AckCode, errors: &[AckError]) -> String {
         let control_id = format!("A{}", self.sequence.fetch_add(1, Ordering::Relaxed));
-        ack(message, code, &control_id, &ack_time(), errors)
+        ack_in_mode(
+            message,
+            code,
+            &control_id,
+            &ack_time(),
+            errors,
+            self.cx.accept_acknowledgements,
+        )
     }
 
     /// Journals, maps, validates and stores one parsed message.

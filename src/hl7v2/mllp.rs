@@ -289,6 +289,23 @@ pub fn ack(
     timestamp: &str,
     errors: &[AckError],
 ) -> String {
+    ack_in_mode(message, code, control_id, timestamp, errors, false)
+}
+
+/// [`ack`], and with `accept` a message in enhanced mode (MSH-15 or MSH-16
+/// valued, HL7 v2.5 §2.9.3) is answered with the accept acknowledgement:
+/// `CA` once committed (held in quarantine is committed too, its reasons in
+/// ERR), `CE` when the store failed (send again), `CR` where original mode
+/// answers `AR`. The gateway has decided everything when it answers, and
+/// sends no application acknowledgement after it.
+pub fn ack_in_mode(
+    message: Option<&Message>,
+    code: AckCode,
+    control_id: &str,
+    timestamp: &str,
+    errors: &[AckError],
+    accept: bool,
+) -> String {
     let d = Delimiters::default();
     let msh = message.and_then(|m| m.segment("MSH"));
     // The sender's MSH field `n`, in the ACK's delimiters, onto `out`.
@@ -330,7 +347,25 @@ pub fn ack(
     };
     out.push('\r');
     out.push_str("MSA|");
-    out.push_str(code.as_str());
+    let enhanced = accept
+        && message.is_some_and(|m| {
+            ["MSH-15", "MSH-16"]
+                .iter()
+                .any(|f| m.get(f).is_some_and(|v| !v.trim().is_empty()))
+        });
+    out.push_str(match (enhanced, code) {
+        (false, code) => code.as_str(),
+        (true, AckCode::AA | AckCode::AE) => "CA",
+        // Not stored: send again.
+        (true, AckCode::AR)
+            if errors
+                .iter()
+                .any(|e| e.condition == Condition::InternalError) =>
+        {
+            "CE"
+        }
+        (true, AckCode::AR) => "CR",
+    });
     out.push('|');
     copy(&mut out, 10);
     if !errors.is_empty() {

@@ -832,6 +832,56 @@ fn ack_gives_every_error_in_the_layout_of_the_messages_version() {
     );
 }
 
+/// With `hl7v2.accept_acknowledgements`, a message in enhanced mode (MSH-15
+/// or MSH-16 valued) is answered with the accept acknowledgement: `CA` once committed (held in quarantine
+/// too, with its ERR), `CR` when refused, `CE` when the store failed.
+#[test]
+fn enhanced_mode_gets_the_accept_acknowledgement() {
+    let message = |msh_15_16: &str| {
+        parse(&format!(
+            "MSH|^~\\&|PAS|RJZ|GW|X26|2024||ADT^A01|M1|P|2.4|||{msh_15_16}\rPID|1"
+        ))
+    };
+    let error = |condition| AckError {
+        location: Some("PID-8".into()),
+        condition,
+        text: "a reason".into(),
+    };
+    let code = |m: &Message, code, errors: &[AckError]| {
+        parse(&ack_in_mode(Some(m), code, "X", "2024", errors, true))
+            .get("MSA-1")
+            .unwrap_or_default()
+    };
+    for modes in ["AL|NE", "AL", "|AL", "ER|AL"] {
+        let m = message(modes);
+        assert_eq!(code(&m, AckCode::AA, &[]), "CA", "{modes}");
+        let held = error(Condition::TableValueNotFound);
+        assert_eq!(
+            code(&m, AckCode::AE, std::slice::from_ref(&held)),
+            "CA",
+            "{modes}"
+        );
+        assert_eq!(
+            code(&m, AckCode::AR, &[error(Condition::SegmentSequence)]),
+            "CR"
+        );
+        assert_eq!(
+            code(&m, AckCode::AR, &[error(Condition::InternalError)]),
+            "CE"
+        );
+    }
+    for original in ["", "|", " | "] {
+        let m = message(original);
+        assert_eq!(code(&m, AckCode::AA, &[]), "AA", "{original:?}");
+        let held = error(Condition::TableValueNotFound);
+        assert_eq!(code(&m, AckCode::AE, &[held]), "AE", "{original:?}");
+    }
+    // Unless configured, enhanced mode is answered as original mode is.
+    let m = message("AL|NE");
+    let original = parse(&ack(Some(&m), AckCode::AA, "X", "2024", &[]));
+    assert_eq!(original.get("MSA-1").as_deref(), Some("AA"));
+}
+
 /// MSA-3 is a display field: it gives the first errors' texts and how
 /// many more there are, while every error keeps its own ERR.
 #[test]
