@@ -309,7 +309,25 @@ fn natural_order(a: &str, b: &str) -> std::cmp::Ordering {
 
 #[cfg(test)]
 mod tests {
-    use super::natural_order;
+    use super::{from_ack, natural_order};
+    use std::path::Path;
+
+    /// `AA`, or enhanced mode's `CA` without an ERR, is a message taken; a
+    /// `CA` with an ERR is one held in quarantine.
+    #[test]
+    fn an_accept_is_a_message_taken_unless_it_carries_an_error() {
+        let row = |ack: &str| {
+            let sent = from_ack(Path::new("a.hl7"), ack.as_bytes());
+            (sent.outcome, sent.ok)
+        };
+        let msh = "MSH|^~\\&|GW|OB|PAS|RJZ|2026||ACK^A01^ACK|A1|P|2.4\r";
+        assert_eq!(row(&format!("{msh}MSA|AA|M1\r")), ("AA".into(), true));
+        assert_eq!(row(&format!("{msh}MSA|CA|M1\r")), ("CA".into(), true));
+        let held =
+            format!("{msh}MSA|CA|M1|a reason\rERR||PID^1^8|103^Table value not found^HL70357|E\r");
+        assert_eq!(row(&held), ("CA".into(), false));
+        assert_eq!(row(&format!("{msh}MSA|AE|M1\r")), ("AE".into(), false));
+    }
 
     #[test]
     fn files_are_sent_in_the_order_their_names_read() {

@@ -10,7 +10,7 @@
 
 use super::condition::Condition;
 use super::datatypes::{self, DataError};
-use super::er7::{Message, Rep, Segment};
+use super::er7::{Field, Message, Rep, Segment};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -37,6 +37,7 @@ pub const ADMISSION_METHOD_URL: &str =
     "https://fhir.hl7.org.uk/StructureDefinition/Extension-UKCore-AdmissionMethod";
 const ADMIT_SOURCE_SYSTEM: &str =
     "https://fhir.hl7.org.uk/CodeSystem/UKCore-SourceOfAdmissionEngland";
+pub const SNOMED_SYSTEM: &str = "http://snomed.info/sct";
 pub const DISCHARGE_DESTINATION_SYSTEM: &str =
     "https://fhir.hl7.org.uk/CodeSystem/UKCore-DischargeDestinationEngland";
 /// UK Core `DischargeDestinationEngland` (complete, NHS Data Dictionary).
@@ -230,6 +231,9 @@ pub struct Visit {
     pub class: Value,
     pub priority: Option<Value>,
     pub admission_method: Option<Value>,
+    /// PV1-4 as sent, when taken: the priority and the admission method
+    /// above come from it together.
+    pub admission_type: Option<String>,
     pub admit_source: Option<Value>,
     pub discharge_disposition: Option<Value>,
     pub start: Option<String>,
@@ -741,13 +745,18 @@ fn read_patient(
         if let Some(rep) = pd1.field(4).and_then(|f| f.repetition(1))
             && let Some(code) = component(rep, 1)
         {
-            let authority = component(rep, 9).or_else(|| component(rep, 13));
-            let identifier = match doctor_system(&code, authority.as_deref()) {
+            let authorities: Vec<String> =
+                [9, 13].iter().filter_map(|&n| component(rep, n)).collect();
+            let identifier = match doctor_system(&code, &authorities) {
                 Some(system) => json!({"system": system, "value": code}),
                 None => {
+                    let named = if authorities.is_empty() {
+                        "empty".to_string()
+                    } else {
+                        authorities.join(", ")
+                    };
                     notes.push(format!(
-                        "PD1-4: {code:?} is neither a GMP nor a GMC code (XCN.9 {}): kept without an identifier system",
-                        authority.as_deref().unwrap_or("empty")
+                        "PD1-4: {code:?} is neither a GMP nor a GMC code (XCN.9/XCN.13: {named}): kept without an identifier system"
                     ));
                     json!({"value": code})
                 }
@@ -816,10 +825,11 @@ fn patient_identifier(
             json!({"system": NHS_NUMBER_SYSTEM, "value": digits}),
         )));
     }
+    // A trust's site as the authority is the trust (`trust_of`), as MSH-4.
     let authority = if authority.is_empty() {
         sender.to_string()
     } else {
-        authority
+        trust_of(&authority).to_string()
     };
     let mut id = serde_json::Map::new();
     if !kind.is_empty() {
@@ -843,27 +853,45 @@ fn patient_identifier(
 }
 
 /// The identifier system of a doctor's code (XCN.1): the one its assigning
-/// authority (XCN.9, or the type XCN.13) names, `GMP` or `GMC`, else the
+/// authority (XCN.9) or its type (XCN.13) names, `GMP` or `GMC`, else the
 /// one its form shows: `G` and seven digits a GP's GMP code; a GMC number
 /// is seven digits, or eight after a `C` as consultant codes are sent
 /// (NHS England ADT specification: `C3456789^…^GMC`).
-fn doctor_system(code: &str, authority: Option<&str>) -> Option<&'static str> {
-    match authority.map(str::to_ascii_uppercase).as_deref() {
-        Some("GMP") => return Some(GMP_SYSTEM),
-        Some("GMC") => return Some(GMC_SYSTEM),
-        _ => {}
+fn doctor_system(code: &str, authorities: &[String]) -> Option<&'static str> {
+    for named in authorities {
+        match named.to_ascii_uppercase().as_str() {
+            "GMP" => return Some(GMP_SYSTEM),
+            "GMC" => return Some(GMC_SYSTEM),
+            _ => {}
+        }
     }
     let digits =
         |s: &str, n: &[usize]| n.contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit());
-    if let Some(rest) = code.strip_prefix('G')
-        && digits(rest, &[7])
-    {
-        Some(GMP_SYSTEM)
-    } else if digits(code.strip_prefix('C').unwrap_or(code), &[7, 8]) {
-        Some(GMC_SYSTEM)
-    } else {
-        None
+    match code.split_at_checked(1) {
+        Some(("G", rest)) if digits(rest, &[7]) => Some(GMP_SYSTEM),
+        Some(("C", rest)) if digits(rest, &[7, 8]) => Some(GMC_SYSTEM),
+        _ if digits(code, &[7]) => Some(GMC_SYSTEM),
+        _ => None,
     }
+}
+
+/// A discharge destination's `CodeableConcept`: an NHS Data Dictionary
+/// code (two digits, UK Core's preferred binding) or a SNOMED CT concept
+/// (ECDS sends those; six to eighteen digits, not starting with 0); `None`
+/// for any other code. The system is told by the code's form, so a code
+/// kept alone beside an Encounter gives the same coding back.
+pub fn discharge_destination(code: &str) -> Option<Value> {
+    let system = if DISCHARGE_DESTINATIONS.contains(&code) {
+        DISCHARGE_DESTINATION_SYSTEM
+    } else if (6..=18).contains(&code.len())
+        && !code.starts_with('0')
+        && code.bytes().all(|b| b.is_ascii_digit())
+    {
+        SNOMED_SYSTEM
+    } else {
+        return None;
+    };
+    Some(json!({"coding": [{"system": system, "code": code}]}))
 }
 
 /// The trust an MSH-4 speaks for. NHS trusts' ODS codes are three
@@ -922,7 +950,8 @@ fn read_visit(
 
     let identifier = match rep(19).and_then(|r| component(r, 1).map(|v| (v, r))) {
         Some((number, r)) => {
-            let trust = component(r, 4).unwrap_or_else(|| sender.to_string());
+            let trust =
+                component(r, 4).map_or_else(|| sender.to_string(), |t| trust_of(&t).to_string());
             Some(
                 json!({"system": format!("{VISIT_SYSTEM}/{}", url_segment(&trust)), "value": number}),
             )
@@ -954,8 +983,9 @@ fn read_visit(
             None
         }
     };
-    let (priority, admission_method) = match value(4) {
-        Some(code) => match admission_priority(&code) {
+    let admission_type = value(4);
+    let (priority, admission_method) = match admission_type.as_deref() {
+        Some(code) => match admission_priority(code) {
             Some(found) => found,
             None => {
                 errors.push(DataError::new(
@@ -971,10 +1001,9 @@ fn read_visit(
         None => (None, None),
     };
     // UK Core's England code systems are complete: a code outside them
-    // written under their system would be a false statement. An admit
-    // source is a detail, noted and left out; a discharge destination
-    // decides pathway rules (a care home's review), so one that does not
-    // read is sent back.
+    // written under their system would be a false statement, so it is
+    // noted and left out (the message still goes in: a discharge held for
+    // its destination would leave the visit open).
     let admit_source = value(14).and_then(|code| {
         if SOURCES_OF_ADMISSION.contains(&code.as_str()) {
             return Some(json!({"coding": [{"system": ADMIT_SOURCE_SYSTEM, "code": code}]}));
@@ -984,44 +1013,31 @@ fn read_visit(
         ));
         None
     });
+    let mut destination = |at: &str, code: String| {
+        if discharge_destination(&code).is_some() {
+            return Some(code);
+        }
+        notes.push(format!(
+            "{at}: {code:?} is neither an NHS discharge destination (UK Core DischargeDestinationEngland: {}) nor a SNOMED CT code: not kept",
+            DISCHARGE_DESTINATIONS.join(", ")
+        ));
+        None
+    };
     let discharge_disposition = match value(36) {
-        Some(code) if DISCHARGE_DESTINATIONS.contains(&code.as_str()) => Some(code),
         // The NHS England ADT specification puts the discharge method in
         // PV1-36 and the destination in PV1-37 (Discharged to Location).
         Some(method) if DISCHARGE_METHODS.contains(&method.as_str()) => {
-            notes.push(format!(
+            let note = format!(
                 "PV1-36: {method:?} is an NHS discharge method (UK Core DischargeMethodEngland), not kept; the destination is read from PV1-37"
-            ));
-            match value(37) {
-                Some(code) if DISCHARGE_DESTINATIONS.contains(&code.as_str()) => Some(code),
-                Some(code) => {
-                    errors.push(DataError::new(
-                        Condition::TableValueNotFound,
-                        "PV1-37",
-                        format!(
-                            "discharge destination {code:?} is not an NHS discharge destination (UK Core DischargeDestinationEngland: {})",
-                            DISCHARGE_DESTINATIONS.join(", ")
-                        ),
-                    ));
-                    None
-                }
-                None => None,
-            }
+            );
+            let code = value(37).and_then(|code| destination("PV1-37", code));
+            notes.push(note);
+            code
         }
-        Some(code) => {
-            errors.push(DataError::new(
-                Condition::TableValueNotFound,
-                "PV1-36",
-                format!(
-                    "{code:?} is neither an NHS discharge destination (UK Core DischargeDestinationEngland: {}) nor an NHS discharge method (1, 3-9, with the destination in PV1-37)",
-                    DISCHARGE_DESTINATIONS.join(", ")
-                ),
-            ));
-            None
-        }
+        Some(code) => destination("PV1-36", code),
         None => None,
     }
-    .map(|code| json!({"coding": [{"system": DISCHARGE_DESTINATION_SYSTEM, "code": code}]}));
+    .and_then(|code| discharge_destination(&code));
     let mut time = |n: usize| match datatypes::ts(rep(n), &format!("PV1-{n}")) {
         Ok(Some(t)) => {
             notes.extend(t.note.map(|note| format!("PV1-{n}: {note}")));
@@ -1072,6 +1088,7 @@ fn read_visit(
         class: class?,
         priority,
         admission_method,
+        admission_type,
         admit_source,
         discharge_disposition,
         start,
@@ -1235,11 +1252,78 @@ fn unmapped(msg: &Message, event: Event) -> Vec<String> {
                             }
                         }
                     }
+                    if read {
+                        let reps = if FIRST_ONLY.contains(&(id, n)) {
+                            1
+                        } else {
+                            usize::MAX
+                        };
+                        unread_components(id, n, field, reps, &mut out);
+                    }
                 }
             }
         }
     }
     out
+}
+
+/// The components the mapping reads of each field it reads (HL7 numbers);
+/// a field not listed is read for its first component alone.
+const COMPONENTS: &[(&str, usize, &[usize])] = &[
+    // CX: id, assigning authority, identifier type.
+    ("PID", 2, &[1, 4, 5]),
+    ("PID", 3, &[1, 4, 5]),
+    ("MRG", 1, &[1, 4, 5]),
+    // XPN: family, given, further given, suffix, prefix, degree, type.
+    ("PID", 5, &[1, 2, 3, 4, 5, 6, 7]),
+    // XAD: street, other designation, city, county, postcode, country, type.
+    ("PID", 11, &[1, 2, 3, 4, 5, 6, 7]),
+    // XTN: number, use, equipment, email, country, area, local, extension,
+    // unformatted number.
+    ("PID", 13, &[1, 2, 3, 4, 5, 6, 7, 8, 12]),
+    ("PID", 14, &[1, 2, 3, 4, 5, 6, 7, 8, 12]),
+    // XON: name, id (before v2.5), organisation identifier.
+    ("PD1", 3, &[1, 3, 10]),
+    // XCN: id, family, given, prefix, assigning authority, identifier type.
+    ("PD1", 4, &[1, 2, 3, 6, 9, 13]),
+    // PL: point of care, room, bed, facility.
+    ("PV1", 3, &[1, 2, 3, 4]),
+    // CX: visit number, assigning authority, and its type (`VN`), which the
+    // identifier's system already says.
+    ("PV1", 19, &[1, 4, 5]),
+];
+
+/// Reports the components with content of the first `reps` repetitions of
+/// `field` (`SEG-n`) that the mapping does not read, and the subcomponents
+/// after the first of those it does (`PID-3[2].4.2`, an assigning
+/// authority's OID): `PV1-3.5`, `PID-3[2].8`.
+fn unread_components(id: &str, n: usize, field: Field<'_>, reps: usize, out: &mut Vec<String>) {
+    let read = COMPONENTS
+        .iter()
+        .find(|(s, f, _)| *s == id && *f == n)
+        .map_or(&[1][..], |(_, _, c)| *c);
+    let many = field.repetitions().nth(1).is_some();
+    for (r, rep) in field.repetitions().enumerate().take(reps) {
+        let at = if many {
+            format!("{id}-{n}[{}]", r + 1)
+        } else {
+            format!("{id}-{n}")
+        };
+        for (c, component) in rep.components().enumerate() {
+            let c = c + 1;
+            if !read.contains(&c) {
+                if !component.raw().trim().is_empty() {
+                    out.push(format!("{at}.{c}"));
+                }
+                continue;
+            }
+            for (k, sub) in component.subcomponents().enumerate().skip(1) {
+                if !sub.trim().is_empty() {
+                    out.push(format!("{at}.{c}.{}", k + 1));
+                }
+            }
+        }
+    }
 }
 
 /// `(system, value)` pairs of identifiers.

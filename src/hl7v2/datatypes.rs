@@ -1168,6 +1168,7 @@ mod tests {
         assert_eq!(dtm("", "EVN-2"), Ok(None));
         assert_eq!(dtm("   ", "EVN-2"), Ok(None));
         with_field("\"\"", |rep| assert_eq!(ts(rep, "EVN-2"), Ok(None)));
+        with_field(" \"\" ", |rep| assert_eq!(ts(rep, "EVN-2"), Ok(None)));
         // Decoded text: a `""` here was escaped, and is no date.
         assert!(dtm("\"\"", "EVN-2").is_err());
     }

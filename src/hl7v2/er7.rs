@@ -400,12 +400,13 @@ fn pieces<'a>(
     }
 }
 
-/// Decodes one raw subcomponent: `""` (null) reads as empty, and escape
-/// sequences are resolved unless the value is MSH-1/MSH-2 (`d` is `None`).
+/// Decodes one raw subcomponent: `""` (null, blanks around it allowed)
+/// reads as empty, and escape sequences are resolved unless the value is
+/// MSH-1/MSH-2 (`d` is `None`).
 fn decode<'a>(raw: &'a str, d: Option<&Delimiters>) -> Cow<'a, str> {
     match d {
         None => Cow::Borrowed(raw),
-        Some(_) if raw == NULL => Cow::Borrowed(""),
+        Some(_) if raw.trim() == NULL => Cow::Borrowed(""),
         Some(d) => unescape(raw, d),
     }
 }
@@ -492,9 +493,10 @@ impl<'a> Field<'a> {
         self.repetitions().nth(n.checked_sub(1)?)
     }
 
-    /// The field is exactly `""`, HL7's explicit null (§2.5.3).
+    /// The field is `""`, HL7's explicit null (§2.5.3), blanks around it
+    /// allowed.
     pub fn is_null(&self) -> bool {
-        self.d.is_some() && self.raw == NULL
+        self.d.is_some() && self.raw.trim() == NULL
     }
 
     pub fn raw(&self) -> &'a str {

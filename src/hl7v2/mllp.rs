@@ -253,9 +253,11 @@ pub struct AckError {
     pub text: String,
 }
 
-/// How many errors' texts MSA-3 gives before "and N more": it is a
-/// display field (80 characters in v2.4), and a message with a bad value in
-/// every repetition would otherwise make it as long as the message.
+/// How many errors' texts MSA-3 gives before "and N more" in the ACK of a
+/// v2.5 message, whose every ERR carries its own text: MSA-3 is a display
+/// field, and a message with a bad value in every repetition would
+/// otherwise make it as long as the message. (Before v2.5, one ERR carries
+/// one text, and MSA-3 gives them all.)
 pub const MSA_3_REASONS: usize = 5;
 
 /// Builds an acknowledgement for `message` (HL7 v2.5 §2.9), segments ended
@@ -297,7 +299,9 @@ pub fn ack(
 /// `CA` once committed (held in quarantine is committed too, its reasons in
 /// ERR), `CE` when the store failed (send again), `CR` where original mode
 /// answers `AR`. The gateway has decided everything when it answers, and
-/// sends no application acknowledgement after it.
+/// sends no application acknowledgement after it; so a message asking for
+/// no accept acknowledgement (MSH-15 `NE`) but for an application one gets
+/// that instead (`AA`/`AE`/`AR`).
 pub fn ack_in_mode(
     message: Option<&Message>,
     code: AckCode,
@@ -347,12 +351,18 @@ pub fn ack_in_mode(
     };
     out.push('\r');
     out.push_str("MSA|");
+    // A sender asking for no accept acknowledgement (MSH-15 `NE`) but for
+    // an application one gets that: the gateway's answer is final.
+    let mode = |f: &str| {
+        message
+            .and_then(|m| m.get(f))
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    };
+    let (accept_mode, application_mode) = (mode("MSH-15"), mode("MSH-16"));
     let enhanced = accept
-        && message.is_some_and(|m| {
-            ["MSH-15", "MSH-16"]
-                .iter()
-                .any(|f| m.get(f).is_some_and(|v| !v.trim().is_empty()))
-        });
+        && (accept_mode.is_some() || application_mode.is_some())
+        && !(accept_mode.as_deref() == Some("NE") && application_mode.is_some_and(|m| m != "NE"));
     out.push_str(match (enhanced, code) {
         (false, code) => code.as_str(),
         (true, AckCode::AA | AckCode::AE) => "CA",
@@ -370,13 +380,19 @@ pub fn ack_in_mode(
     copy(&mut out, 10);
     if !errors.is_empty() {
         out.push('|');
-        for (i, e) in errors.iter().take(MSA_3_REASONS).enumerate() {
+        // Before v2.5 an ACK has one ERR, whose text is the first error's:
+        // MSA-3 is then the only place for the others' reasons.
+        let shown = match message {
+            Some(m) if before_2_5(m.version().as_deref()) => errors.len(),
+            _ => MSA_3_REASONS,
+        };
+        for (i, e) in errors.iter().take(shown).enumerate() {
             if i > 0 {
                 out.push_str("; ");
             }
             out.push_str(&escape(&e.text, &d));
         }
-        if let Some(more) = errors.len().checked_sub(MSA_3_REASONS).filter(|&n| n > 0) {
+        if let Some(more) = errors.len().checked_sub(shown).filter(|&n| n > 0) {
             out.push_str(&format!("; and {more} more (ERR)"));
         }
     }

@@ -27,10 +27,7 @@
 //!
 //! Members an event does not change keep their stored bytes ([`rewrite`]).
 
-use super::adt::{
-    Adt, DISCHARGE_DESTINATION_SYSTEM, Event, LOCATION_REPORTED_URL, ODS_SYSTEM, PatientFacts,
-    Visit, is_ods,
-};
+use super::adt::{Adt, Event, LOCATION_REPORTED_URL, ODS_SYSTEM, PatientFacts, Visit, is_ods};
 use crate::fhir::json::{Written, WrittenObject, same_in_order, same_value, written_members};
 use crate::fhir::value::Members;
 use crate::store::Clock;
@@ -687,11 +684,34 @@ pub fn encounter_from(
     subject: &str,
 ) -> Value {
     let newer = is_newer(clock, adt.time_ms);
+    // PV1-4 gives the priority and the NHS admission method as one: the
+    // latest event that sent it (by EVN-2, kept beside the Encounter; at
+    // one time, the greater code) sets both, and what it does not give
+    // goes, the same in any arrival order. On a record stored before PV1-4
+    // was kept, an older event fills them only when neither is there.
+    let stored_admission = current.is_some_and(|c| {
+        c.member("priority").is_some()
+            || c.at("hospitalization")
+                .at("extension")
+                .as_array()
+                .is_some_and(|x| {
+                    x.iter()
+                        .any(|x| x.at("url") == super::adt::ADMISSION_METHOD_URL)
+                })
+    });
+    let takes_admission = match visit.admission_type.as_deref() {
+        None => false,
+        Some(_) if kept.said(Ending::Admission).is_none() && stored_admission && !newer => false,
+        Some(code) => {
+            kept.saw_ending(Ending::Admission, &adt.time, code);
+            kept.said(Ending::Admission) == Some((adt.time.as_str(), code))
+        }
+    };
     // What is replaced below is not copied first.
     let replaced = |key: &str| match key {
         "subject" => true,
         "class" => newer,
-        "priority" => newer && visit.priority.is_some(),
+        "priority" => takes_admission,
         _ => false,
     };
     let mut e = match current {
@@ -714,21 +734,6 @@ pub fn encounter_from(
     if let Some(class) = moved_into {
         e.insert("class".into(), class);
     }
-    // PV1-4 gives the priority and the NHS admission method as one: the
-    // latest event that sent it sets both, and what it does not give goes;
-    // an older one fills them only when neither is there.
-    let stored_admission = current.is_some_and(|c| {
-        c.member("priority").is_some()
-            || c.at("hospitalization")
-                .at("extension")
-                .as_array()
-                .is_some_and(|x| {
-                    x.iter()
-                        .any(|x| x.at("url") == super::adt::ADMISSION_METHOD_URL)
-                })
-    });
-    let takes_admission = (visit.priority.is_some() || visit.admission_method.is_some())
-        && (newer || !stored_admission);
     if takes_admission {
         match visit.priority {
             Some(priority) => e.insert("priority".into(), priority),
@@ -868,9 +873,7 @@ pub fn encounter_from(
     }
     set(&mut stay, "admitSource", visit.admit_source, newer);
     let destination = match kept.ending(Ending::Destination, &finished) {
-        Some(kept) => kept.map(
-            |code| json!({"coding": [{"system": DISCHARGE_DESTINATION_SYSTEM, "code": code}]}),
-        ),
+        Some(kept) => kept.and_then(super::adt::discharge_destination),
         None => visit
             .discharge_disposition
             .filter(|_| ends)
@@ -1151,27 +1154,33 @@ pub struct Kept {
     discharges: Vec<i64>,
     /// Each class (its code) with the earliest event time that sent it.
     classes: Vec<(String, String)>,
-    /// The discharge's end and destination code, each with the time of the
-    /// latest event that sent it: `[end, destination]`.
-    endings: [Option<(String, String)>; 2],
+    /// The discharge's end and destination code, and PV1-4, each with the
+    /// time of the latest event that sent it: `[end, destination,
+    /// admission]`.
+    endings: [Option<(String, String)>; 3],
 }
 
-/// What a discharge says, kept with the latest event that said it.
+/// What a discharge says (and PV1-4, kept the same way), each kept with
+/// the latest event that said it.
 #[derive(Debug, Clone, Copy)]
 enum Ending {
     /// `period.end`: PV1-45, else a discharge's own time (`e.end=`).
     End,
     /// `hospitalization.dischargeDisposition`: PV1-36's code (`e.to=`).
     Destination,
+    /// `priority` and the admission method: PV1-4 as sent (`e.adm=`). Not
+    /// an ending: a discharge cancel leaves it.
+    Admission,
 }
 
 impl Ending {
-    const ALL: [Ending; 2] = [Ending::End, Ending::Destination];
+    const ALL: [Ending; 3] = [Ending::End, Ending::Destination, Ending::Admission];
 
     fn key(self) -> &'static str {
         match self {
             Ending::End => "e.end=",
             Ending::Destination => "e.to=",
+            Ending::Admission => "e.adm=",
         }
     }
 }
@@ -1323,6 +1332,13 @@ impl Kept {
         if later {
             *kept = Some((at.to_string(), value.to_string()));
         }
+    }
+
+    /// The time and value of `ending` kept, as the latest event said it.
+    fn said(&self, ending: Ending) -> Option<(&str, &str)> {
+        self.endings[ending as usize]
+            .as_ref()
+            .map(|(at, value)| (at.as_str(), value.as_str()))
     }
 
     /// The value of `ending` kept: `None` when none is (a record stored
@@ -1895,11 +1911,24 @@ mod tests {
         let e = same_in_every_order(&[("A01", &emergency), ("A08 99", &unknown)], encounter_of);
         assert_eq!(e.get("priority"), None, "{e}");
         assert_eq!(method(&e), Some(json!("99")), "{e}");
-        // An update without PV1-4 leaves both as they are.
-        let silent = event("A08", "202607141100", "", &VISIT.replace("|21|", "||"));
+        // An update without PV1-4 leaves both as they are, also when it is
+        // the latest event of three.
+        let silent = event("A08", "202607141200", "", &VISIT.replace("|21|", "||"));
         let e = same_in_every_order(&[("A01", &emergency), ("A08", &silent)], encounter_of);
         assert_eq!(e["priority"]["coding"][0]["code"], "EM", "{e}");
         assert_eq!(method(&e), Some(json!("21")), "{e}");
+        let e = same_in_every_order(
+            &[("A01", &emergency), ("A08 C", &elective), ("A08", &silent)],
+            encounter_of,
+        );
+        assert_eq!(e["priority"]["coding"][0]["code"], "EL", "{e}");
+        assert_eq!(method(&e), None, "{e}");
+        // Two in one minute: the same one wins whichever arrives first.
+        let same_minute = event("A08", "202607141018", "", &VISIT.replace("|21|", "|C|"));
+        same_in_every_order(
+            &[("A01", &emergency), ("A08 C", &same_minute)],
+            encounter_of,
+        );
     }
 
     #[test]

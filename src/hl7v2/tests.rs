@@ -876,6 +876,12 @@ fn enhanced_mode_gets_the_accept_acknowledgement() {
         let held = error(Condition::TableValueNotFound);
         assert_eq!(code(&m, AckCode::AE, &[held]), "AE", "{original:?}");
     }
+    // Asking for no accept acknowledgement but for an application one:
+    // the gateway's answer is final, so that is what it gets.
+    for modes in ["NE|AL", "NE|ER"] {
+        assert_eq!(code(&message(modes), AckCode::AA, &[]), "AA", "{modes}");
+    }
+    assert_eq!(code(&message("NE|NE"), AckCode::AA, &[]), "CA");
     // Unless configured, enhanced mode is answered as original mode is.
     let m = message("AL|NE");
     let original = parse(&ack(Some(&m), AckCode::AA, "X", "2024", &[]));
@@ -908,6 +914,11 @@ fn msa_3_gives_the_first_reasons_and_counts_the_rest() {
         five.get("MSA-3").as_deref(),
         Some(first.join("; ").as_str())
     );
+    // Before v2.5 the one ERR carries one text: MSA-3 gives them all.
+    let old = parse("MSH|^~\\&|PAS|RJZ|GW|X26|2024||ADT^A01|M1|P|2.4\rPID|1");
+    let a = parse(&ack(Some(&old), AckCode::AE, "X", "2024", &errors));
+    let all: Vec<&str> = errors.iter().map(|e| e.text.as_str()).collect();
+    assert_eq!(a.get("MSA-3").as_deref(), Some(all.join("; ").as_str()));
 }
 
 /// ERR-1 (ELD) is the field of v2.3 and v2.4 ACKs; from v2.5, which has
@@ -1119,7 +1130,9 @@ fn the_patient_key_decides_the_patient_facts() {
 /// pins the count of an oversized frame's bytes.)
 #[test]
 fn mllp_runs_and_single_bytes_frame_alike() {
-    let alphabet = [0x0B, 0x1C, 0x0D, b'\n', b'a', b'b', b'|', 0xFF];
+    let alphabet = [
+        0x0B, 0x1C, 0x0D, b'\n', b' ', b'\t', 0, b'a', b'b', b'|', 0xFF,
+    ];
     let mut rng = Lcg(7);
     for case in 0..2000 {
         let max = 1 + rng.below(40);
@@ -1278,6 +1291,23 @@ fn nhs_codes_and_identities_read_as_nhs_feeds_send_them() {
         visit.discharge_disposition.as_ref().unwrap()["coding"][0]["code"],
         "54"
     );
+    // A site named as the authority is its trust too.
+    let named = ok(&message(
+        "RJZ",
+        &[(3, "K1^^^RJZ30^MR")],
+        "",
+        &[(19, "V1^^^RJZ30^VN")],
+    ));
+    let local = &named.patient.identifiers[0];
+    assert!(
+        local["system"].as_str().unwrap().ends_with("/RJZ"),
+        "{local}"
+    );
+    let visit = &named.visit.as_ref().unwrap().identifier;
+    assert!(
+        visit["system"].as_str().unwrap().ends_with("/RJZ"),
+        "{visit}"
+    );
     let trust = ok(&message("RJZ", &[], "", &[(3, "^^^RJZ")]));
     assert_eq!(trust.sender, "RJZ");
     assert_eq!(
@@ -1285,12 +1315,16 @@ fn nhs_codes_and_identities_read_as_nhs_feeds_send_them() {
         "https://fhir.nhs.uk/Id/ods-organization-code"
     );
 
-    // PD1-4: the system its assigning authority names, else its form's.
+    // PD1-4: the system its assigning authority or type names, else its
+    // form's.
     for (xcn, system) in [
         ("C3456789^DARWIN^SAMUEL^^^DR^^^GMC", Some("gmc-number")),
+        ("C34567890^DARWIN", Some("gmc-number")),
         ("1234567^DARWIN", Some("gmc-number")),
         ("G1234567^DARWIN", Some("gmp-number")),
         ("X99^DARWIN^^^^^^^GMP", Some("gmp-number")),
+        ("X99^DARWIN^^^^^^^RJZ^^^^GMC", Some("gmc-number")),
+        ("12345678^DARWIN", None),
         ("X99^DARWIN", None),
     ] {
         let adt = ok(&message("RJZ", &[], xcn, &[]));
@@ -1302,7 +1336,7 @@ fn nhs_codes_and_identities_read_as_nhs_feeds_send_them() {
             ),
             None => {
                 assert!(gp.get("system").is_none(), "{xcn}: {gp}");
-                assert!(noted(&adt, "PD1-4: \"X99\""), "{:?}", adt.notes);
+                assert!(noted(&adt, "PD1-4: "), "{:?}", adt.notes);
             }
         }
     }
@@ -1322,10 +1356,25 @@ fn nhs_codes_and_identities_read_as_nhs_feeds_send_them() {
     );
     let alone = ok(&message("RJZ", &[], "", &[(36, "4")]));
     assert_eq!(alone.visit.as_ref().unwrap().discharge_disposition, None);
-    let errors = refused(&message("RJZ", &[], "", &[(36, "01")]));
-    assert_eq!(errors[0].0, "PV1-36", "{errors:?}");
-    let errors = refused(&message("RJZ", &[], "", &[(36, "4"), (37, "01")]));
-    assert_eq!(errors[0].0, "PV1-37", "{errors:?}");
+    // ECDS's SNOMED CT destinations under SNOMED; another code is noted and
+    // left out, and the discharge goes in.
+    let snomed = ok(&message("RJZ", &[], "", &[(36, "306689006")]));
+    let coding = &snomed
+        .visit
+        .as_ref()
+        .unwrap()
+        .discharge_disposition
+        .as_ref()
+        .unwrap()["coding"][0];
+    assert_eq!(coding["system"], "http://snomed.info/sct");
+    for (pv1, at) in [
+        (&[(36, "01")][..], "PV1-36"),
+        (&[(36, "4"), (37, "01")][..], "PV1-37"),
+    ] {
+        let other = ok(&message("RJZ", &[], "", pv1));
+        assert_eq!(other.visit.as_ref().unwrap().discharge_disposition, None);
+        assert!(noted(&other, &format!("{at}: \"01\"")), "{:?}", other.notes);
+    }
     // PV1-14: an admit source outside the NHS list is noted and left out.
     let source = ok(&message("RJZ", &[], "", &[(14, "7")]));
     assert_eq!(source.visit.as_ref().unwrap().admit_source, None);
@@ -1364,6 +1413,10 @@ fn nhs_codes_and_identities_read_as_nhs_feeds_send_them() {
     ));
     assert!(!work.patient.cleared.contains(&"telecom"));
     assert_eq!(work.patient.telecom.len(), 1);
+    let both = ok(&message("RJZ", &[(13, "\"\""), (14, " \"\" ")], "", &[]));
+    assert!(both.patient.cleared.contains(&"telecom"));
+    let text = ok(&message("RJZ", &[(13, "\"\" X")], "", &[]));
+    assert!(!text.patient.cleared.contains(&"telecom"));
 
     // PID-32 without an NHS number is noted, not silently dropped.
     let untraced = ok(&message(
@@ -1373,6 +1426,33 @@ fn nhs_codes_and_identities_read_as_nhs_feeds_send_them() {
         &[],
     ));
     assert!(noted(&untraced, "PID-32: NSTS02"), "{:?}", untraced.notes);
+}
+
+/// Components and subcomponents the mapping does not read, inside fields
+/// it does, are reported too (the dry run shows them): an identifier's
+/// dates and its authority's OID, a place's building, a time's precision.
+#[test]
+fn components_the_mapping_does_not_read_are_reported() {
+    use crate::hl7v2::adt::{AdtContext, read};
+    let m = parse(
+        "MSH|^~\\&|PAS|RJZ|GW|OB|202607141018||ADT^A03|C1|P|2.4\rEVN|A03|202607141018\r\
+         PID|1||K1^^^RJZ^MR^^20200101^20251231~9990000018^^^NHS&2.16.840.1.113883.2.1.4.1&ISO^NH||PAGE^Ann||19380305^D\r\
+         PD1||||G1234567^SMITH^JOHN^^^DR^^^GMP\r\
+         PV1|1|I|WARD 5^^^RJZ30^^^MAIN||||||||||||||||V1^^^RJZ^VN|||||||||||||||||4|79^20260714\r",
+    );
+    let adt = read(&m, &AdtContext::default()).unwrap();
+    assert_eq!(
+        adt.unmapped,
+        [
+            "PID-3[1].7",
+            "PID-3[1].8",
+            "PID-3[2].4.2",
+            "PID-3[2].4.3",
+            "PID-7.2",
+            "PV1-3.7",
+            "PV1-37.2",
+        ]
+    );
 }
 
 /// An event time needs a date at least: to the day, hour or minute it is
