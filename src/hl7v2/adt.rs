@@ -260,8 +260,6 @@ pub struct Adt {
     pub visit: Option<Visit>,
     /// A40: the identifiers of the record merged away (MRG-1).
     pub prior: Vec<Value>,
-    /// Fields present in the message that the mapping does not use.
-    pub unmapped: Vec<String>,
     /// Things worth knowing about the mapping (ambiguous local times).
     pub notes: Vec<String>,
 }
@@ -495,7 +493,6 @@ pub fn read_with(
         patient,
         visit,
         prior,
-        unmapped: unmapped(msg, event),
         notes,
     })
 }
@@ -1184,7 +1181,9 @@ fn admission_priority(code: &str) -> Option<(Option<Value>, Option<Value>)> {
 /// segment it reads once (`PV1[2]`), the repetitions after the first of
 /// the fields it reads one repetition of (`PD1-3[2]`), and the identifiers
 /// in PID-2 other than an NHS number.
-fn unmapped(msg: &Message, event: Event) -> Vec<String> {
+///
+/// For the dry run alone: the feed does not build it.
+pub fn unmapped(msg: &Message, event: Event) -> Vec<String> {
     /// Fields of which only the first repetition is read.
     const FIRST_ONLY: &[(&str, usize)] = &[("PD1", 3), ("PD1", 4), ("PID", 32)];
     let mut out = Vec::new();

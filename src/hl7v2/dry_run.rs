@@ -151,10 +151,14 @@ pub fn map_messages(text: &str, cx: &AdtContext, validator: &Validator) -> DryRu
             runs.push(run);
             continue;
         }
+        let unread = read
+            .as_ref()
+            .map(|adt| adt::unmapped(&message, adt.event))
+            .unwrap_or_default();
         mapped.push((key, runs.len(), message));
         match read {
             Ok(adt) => {
-                run.unmapped = adt.unmapped.clone();
+                run.unmapped = unread;
                 run.notes = adt.notes.clone();
                 let errors = apply(
                     &adt,

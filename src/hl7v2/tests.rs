@@ -1168,7 +1168,7 @@ fn mllp_runs_and_single_bytes_frame_alike() {
 /// and an A40 with a second merge is refused, not half applied.
 #[test]
 fn repeated_segments_and_repetitions_the_mapping_reads_once_are_reported() {
-    use crate::hl7v2::adt::{AdtContext, AdtError, read};
+    use crate::hl7v2::adt::{AdtContext, AdtError, read, unmapped};
     let cx = AdtContext::default();
     let m = parse(
         "MSH|^~\\&|PAS|RJZ|GW|OB|202607141018||ADT^A08|R1|P|2.4\rEVN|A01|202607141018\r\
@@ -1176,17 +1176,12 @@ fn repeated_segments_and_repetitions_the_mapping_reads_once_are_reported() {
          PV1|1|E|ED^^^RJZ30||||||||||||||||V1^^^RJZ^VN\rPV1|1|I|WARD^^^RJZ30||||||||||||||||V1^^^RJZ^VN\r",
     );
     let adt = read(&m, &cx).unwrap();
+    let reported = unmapped(&m, adt.event);
     assert!(
-        adt.unmapped
-            .contains(&"PV1[2] (repeated segment not mapped)".to_string()),
-        "{:?}",
-        adt.unmapped
+        reported.contains(&"PV1[2] (repeated segment not mapped)".to_string()),
+        "{reported:?}"
     );
-    assert!(
-        adt.unmapped.contains(&"PD1-3[2]".to_string()),
-        "{:?}",
-        adt.unmapped
-    );
+    assert!(reported.contains(&"PD1-3[2]".to_string()), "{reported:?}");
     // PID-2 is read for an NHS number alone: another identifier there is
     // reported; the NHS number is not, nor a hospital number PID-3 has.
     let legacy = parse(
@@ -1195,7 +1190,7 @@ fn repeated_segments_and_repetitions_the_mapping_reads_once_are_reported() {
     );
     let old = read(&legacy, &cx).unwrap();
     assert_eq!(
-        old.unmapped,
+        unmapped(&legacy, old.event),
         vec!["PID-2[2] (not an NHS number)".to_string()]
     );
     assert_eq!(old.patient.nhs_number.as_deref(), Some("9990000018"));
@@ -1342,13 +1337,11 @@ fn nhs_codes_and_identities_read_as_nhs_feeds_send_them() {
     }
 
     // PV1-36: a destination; or a method, the destination then in PV1-37.
-    let method = ok(&message("RJZ", &[], "", &[(36, "4"), (37, "79")]));
+    let discharge = message("RJZ", &[], "", &[(36, "4"), (37, "79")]);
+    let method = ok(&discharge);
     assert!(noted(&method, "PV1-36: \"4\" is an NHS discharge method"));
-    assert!(
-        !method.unmapped.contains(&"PV1-37".to_string()),
-        "{:?}",
-        method.unmapped
-    );
+    let reported = crate::hl7v2::adt::unmapped(&discharge, method.event);
+    assert!(!reported.contains(&"PV1-37".to_string()), "{reported:?}");
     let visit = method.visit.as_ref().unwrap();
     assert_eq!(
         visit.discharge_disposition.as_ref().unwrap()["coding"][0]["code"],
@@ -1433,7 +1426,7 @@ fn nhs_codes_and_identities_read_as_nhs_feeds_send_them() {
 /// dates and its authority's OID, a place's building, a time's precision.
 #[test]
 fn components_the_mapping_does_not_read_are_reported() {
-    use crate::hl7v2::adt::{AdtContext, read};
+    use crate::hl7v2::adt::{AdtContext, read, unmapped};
     let m = parse(
         "MSH|^~\\&|PAS|RJZ|GW|OB|202607141018||ADT^A03|C1|P|2.4\rEVN|A03|202607141018\r\
          PID|1||K1^^^RJZ^MR^^20200101^20251231~9990000018^^^NHS&2.16.840.1.113883.2.1.4.1&ISO^NH||PAGE^Ann||19380305^D\r\
@@ -1442,7 +1435,7 @@ fn components_the_mapping_does_not_read_are_reported() {
     );
     let adt = read(&m, &AdtContext::default()).unwrap();
     assert_eq!(
-        adt.unmapped,
+        unmapped(&m, adt.event),
         [
             "PID-3[1].7",
             "PID-3[1].8",
