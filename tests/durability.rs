@@ -159,29 +159,59 @@ async fn acknowledged_hl7_messages_survive_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let mut gateway = spawn(&data);
+    // Visits answered `AA`, and messages answered `AE` (held in quarantine:
+    // told so, they must be there too), over MLLP and over HTTP.
     let acknowledged: Arc<Mutex<Vec<String>>> = Arc::default();
+    let held: Arc<Mutex<Vec<String>>> = Arc::default();
     let mut senders = Vec::new();
-    for conn in 0u32..8 {
+    let ingest = gateway.fhir.replace("/fhir", "/ingest/hl7v2");
+    for conn in 0u32..10 {
         let addr = gateway.mllp.clone();
-        let acknowledged = acknowledged.clone();
+        let ingest = ingest.clone();
+        let (acknowledged, held) = (acknowledged.clone(), held.clone());
         senders.push(tokio::spawn(async move {
-            let Ok(mut client) = MllpClient::connect(addr.as_str(), Duration::from_secs(10)).await
-            else {
-                return;
-            };
+            // Eight connections over MLLP, two senders over HTTP.
+            let mut mllp = None;
+            let http = reqwest::Client::new();
+            if conn < 8 {
+                match MllpClient::connect(addr.as_str(), Duration::from_secs(10)).await {
+                    Ok(client) => mllp = Some(client),
+                    Err(_) => return,
+                }
+            }
             for i in 0u32.. {
                 let visit = format!("K{conn}x{i}");
+                // Every fifth has a patient class the mapping does not take.
+                let class = if i % 5 == 4 { "Q" } else { "E" };
                 let message = format!(
-                    "MSH|^~\\&|PAS|RJZ|PATHWAY|ONEBROMLEY|202611031940||ADT^A04|{visit}|P|2.4\rEVN|A04|202611031940\rPID|1||{}^^^NHS^NH\rPV1|1|E|ED^^^RJZ30|A|||||||||||||||{visit}^^^RJZ^VN\r",
+                    "MSH|^~\\&|PAS|RJZ|PATHWAY|ONEBROMLEY|202611031940||ADT^A04|{visit}|P|2.4\rEVN|A04|202611031940\rPID|1||{}^^^NHS^NH\rPV1|1|{class}|ED^^^RJZ30|A|||||||||||||||{visit}^^^RJZ^VN\r",
                     nhs_number(50_000 + conn * 10_000 + i)
                 );
-                let Ok(ack) = client.send(message.as_bytes()).await else {
-                    return;
+                let ack = match mllp.as_mut() {
+                    Some(client) => match client.send(message.as_bytes()).await {
+                        Ok(ack) => String::from_utf8_lossy(&ack).into_owned(),
+                        Err(_) => return,
+                    },
+                    None => {
+                        let sent = http
+                            .post(&ingest)
+                            .header("content-type", "x-application/hl7-v2+er7")
+                            .body(message)
+                            .send()
+                            .await;
+                        match sent {
+                            Ok(response) => response.text().await.unwrap_or_default(),
+                            Err(_) => return,
+                        }
+                    }
                 };
-                if !String::from_utf8_lossy(&ack).contains("MSA|AA|") {
+                if ack.contains("MSA|AA|") {
+                    acknowledged.lock().unwrap().push(visit);
+                } else if ack.contains("MSA|AE|") {
+                    held.lock().unwrap().push(visit);
+                } else {
                     return;
                 }
-                acknowledged.lock().unwrap().push(visit);
             }
         }));
     }
@@ -198,9 +228,33 @@ async fn acknowledged_hl7_messages_survive_kill_9() {
     }
     let acknowledged = acknowledged.lock().unwrap().clone();
     assert!(acknowledged.len() >= 200);
+    let held = held.lock().unwrap().clone();
+    assert!(held.len() >= 20, "{} held", held.len());
+    for over_http in ["K8x", "K9x"] {
+        assert!(
+            acknowledged.iter().any(|v| v.starts_with(over_http)),
+            "no HTTP sender was answered"
+        );
+    }
 
     let mut restarted = spawn(&data);
     let client = reqwest::Client::new();
+    let quarantine: Value = client
+        .get(restarted.fhir.replace("/fhir", "/quarantine?limit=1000"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let entries = quarantine["entries"].as_array().unwrap();
+    for visit in &held {
+        let location = format!("MSH-10 {visit}");
+        assert!(
+            entries.iter().any(|e| e["location"] == location.as_str()),
+            "held message {visit} lost"
+        );
+    }
     for visit in &acknowledged {
         let found: Value = client
             .get(format!("{}/Encounter?identifier={visit}", restarted.fhir))
