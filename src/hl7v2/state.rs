@@ -23,7 +23,9 @@
 //!   but a record whose clock was kept before member times were (schema 8)
 //!   goes by that clock for them: an older event only fills what is absent.
 //! - An Encounter's other members go by the record's latest event alone:
-//!   replaced by an event at least as recent, only filled by an older one.
+//!   replaced by an event at least as recent, only filled by an older one;
+//!   except the discharge's end and destination and PV1-4 (priority and
+//!   admission method), each kept with the latest event that sent it.
 //!
 //! Members an event does not change keep their stored bytes ([`rewrite`]).
 
