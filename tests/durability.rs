@@ -215,9 +215,17 @@ async fn acknowledged_hl7_messages_survive_kill_9() {
             }
         }));
     }
+    // Killed once 200 visits are answered AA, both HTTP senders among
+    // them, and 20 messages answered AE.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
     loop {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        if acknowledged.lock().unwrap().len() >= 200 {
+        assert!(std::time::Instant::now() < deadline, "senders stalled");
+        let answered = acknowledged.lock().unwrap();
+        let over_http = ["K8x", "K9x"]
+            .iter()
+            .all(|http| answered.iter().any(|v| v.starts_with(http)));
+        if answered.len() >= 200 && over_http && held.lock().unwrap().len() >= 20 {
             break;
         }
     }
@@ -248,6 +256,10 @@ async fn acknowledged_hl7_messages_survive_kill_9() {
         .await
         .unwrap();
     let entries = quarantine["entries"].as_array().unwrap();
+    assert!(
+        quarantine.get("next").is_none_or(Value::is_null),
+        "one page"
+    );
     for visit in &held {
         let location = format!("MSH-10 {visit}");
         assert!(

@@ -874,21 +874,64 @@ fn doctor_system(code: &str, authorities: &[String]) -> Option<&'static str> {
 
 /// A discharge destination's `CodeableConcept`: an NHS Data Dictionary
 /// code (two digits, UK Core's preferred binding) or a SNOMED CT concept
-/// (ECDS sends those; six to eighteen digits, not starting with 0); `None`
-/// for any other code. The system is told by the code's form, so a code
-/// kept alone beside an Encounter gives the same coding back.
+/// id (ECDS sends those); `None` for any other code. The system is told by
+/// the code's form, so a code kept alone beside an Encounter gives the same
+/// coding back.
 pub fn discharge_destination(code: &str) -> Option<Value> {
     let system = if DISCHARGE_DESTINATIONS.contains(&code) {
         DISCHARGE_DESTINATION_SYSTEM
-    } else if (6..=18).contains(&code.len())
-        && !code.starts_with('0')
-        && code.bytes().all(|b| b.is_ascii_digit())
-    {
+    } else if is_snomed_concept(code) {
         SNOMED_SYSTEM
     } else {
         return None;
     };
     Some(json!({"coding": [{"system": system, "code": code}]}))
+}
+
+/// A SNOMED CT concept id by its form (SNOMED CT Technical Implementation
+/// Guide, "SCTID"): 6 to 18 digits without a leading zero, the partition
+/// identifier (the two digits before the last) `00` (a core concept) or
+/// `10` (an extension's, as the UK's), and a Verhoeff check digit last. A
+/// local numeric code passes by chance one time in five hundred.
+fn is_snomed_concept(code: &str) -> bool {
+    const D: [[u8; 10]; 10] = [
+        [0, 1, 2, 3, 4, 5, 6, 7, 8, 9],
+        [1, 2, 3, 4, 0, 6, 7, 8, 9, 5],
+        [2, 3, 4, 0, 1, 7, 8, 9, 5, 6],
+        [3, 4, 0, 1, 2, 8, 9, 5, 6, 7],
+        [4, 0, 1, 2, 3, 9, 5, 6, 7, 8],
+        [5, 9, 8, 7, 6, 0, 4, 3, 2, 1],
+        [6, 5, 9, 8, 7, 1, 0, 4, 3, 2],
+        [7, 6, 5, 9, 8, 2, 1, 0, 4, 3],
+        [8, 7, 6, 5, 9, 3, 2, 1, 0, 4],
+        [9, 8, 7, 6, 5, 4, 3, 2, 1, 0],
+    ];
+    // The powers of the permutation in its second row.
+    const P: [[u8; 10]; 8] = [
+        [0, 1, 2, 3, 4, 5, 6, 7, 8, 9],
+        [1, 5, 7, 6, 2, 8, 3, 0, 9, 4],
+        [5, 8, 0, 3, 7, 9, 6, 1, 4, 2],
+        [8, 9, 1, 6, 0, 4, 3, 5, 2, 7],
+        [9, 4, 5, 3, 1, 2, 6, 8, 7, 0],
+        [4, 2, 8, 6, 5, 7, 3, 9, 0, 1],
+        [2, 7, 9, 3, 8, 0, 6, 4, 1, 5],
+        [7, 0, 4, 6, 9, 1, 3, 2, 5, 8],
+    ];
+    let digits = code.as_bytes();
+    if !(6..=18).contains(&digits.len())
+        || digits[0] == b'0'
+        || !digits.iter().all(u8::is_ascii_digit)
+    {
+        return false;
+    }
+    let partition = &digits[digits.len() - 3..digits.len() - 1];
+    if partition != b"00" && partition != b"10" {
+        return false;
+    }
+    let check = digits.iter().rev().enumerate().fold(0u8, |c, (i, d)| {
+        D[usize::from(c)][usize::from(P[i % 8][usize::from(d - b'0')])]
+    });
+    check == 0
 }
 
 /// The trust an MSH-4 speaks for. NHS trusts' ODS codes are three
@@ -1184,8 +1227,17 @@ fn admission_priority(code: &str) -> Option<(Option<Value>, Option<Value>)> {
 ///
 /// For the dry run alone: the feed does not build it.
 pub fn unmapped(msg: &Message, event: Event) -> Vec<String> {
-    /// Fields of which only the first repetition is read.
-    const FIRST_ONLY: &[(&str, usize)] = &[("PD1", 3), ("PD1", 4), ("PID", 32)];
+    /// Fields of which every repetition is read; of the others, the first
+    /// alone.
+    const EVERY_REPETITION: &[(&str, usize)] = &[
+        ("PID", 2),
+        ("PID", 3),
+        ("PID", 5),
+        ("PID", 11),
+        ("PID", 13),
+        ("PID", 14),
+        ("MRG", 1),
+    ];
     let mut out = Vec::new();
     let mut seen: Vec<&str> = Vec::new();
     for segment in msg.segments() {
@@ -1244,18 +1296,18 @@ pub fn unmapped(msg: &Message, event: Event) -> Vec<String> {
                                 out.push(format!("PID-2[{}] (not an NHS number)", i + 1));
                             }
                         }
-                    } else if FIRST_ONLY.contains(&(id, n)) {
+                    } else if !EVERY_REPETITION.contains(&(id, n)) {
                         for (i, rep) in field.repetitions().enumerate().skip(1) {
-                            if !rep.raw().trim().is_empty() {
+                            if has_content(rep.raw()) {
                                 out.push(format!("{id}-{n}[{}]", i + 1));
                             }
                         }
                     }
                     if read {
-                        let reps = if FIRST_ONLY.contains(&(id, n)) {
-                            1
-                        } else {
+                        let reps = if EVERY_REPETITION.contains(&(id, n)) {
                             usize::MAX
+                        } else {
+                            1
                         };
                         unread_components(id, n, field, reps, &mut out);
                     }
@@ -1303,6 +1355,11 @@ fn unread_components(id: &str, n: usize, field: Field<'_>, reps: usize, out: &mu
         .map_or(&[1][..], |(_, _, c)| *c);
     let many = field.repetitions().nth(1).is_some();
     for (r, rep) in field.repetitions().enumerate().take(reps) {
+        let cx = matches!((id, n), ("PID", 2 | 3) | ("MRG", 1));
+        if (id, n) == ("PID", 2) && !is_nhs_cx(rep) {
+            // Reported whole, unless PID-3 has it.
+            continue;
+        }
         let at = if many {
             format!("{id}-{n}[{}]", r + 1)
         } else {
@@ -1311,18 +1368,29 @@ fn unread_components(id: &str, n: usize, field: Field<'_>, reps: usize, out: &mu
         for (c, component) in rep.components().enumerate() {
             let c = c + 1;
             if !read.contains(&c) {
-                if !component.raw().trim().is_empty() {
+                if has_content(component.raw()) {
                     out.push(format!("{at}.{c}"));
                 }
                 continue;
             }
+            // The NHS number's system already says what an authority's
+            // OID (`NHS&2.16.840.1.113883.2.1.4.1&ISO`) would.
+            if cx && c == 4 && is_nhs_cx(rep) {
+                continue;
+            }
             for (k, sub) in component.subcomponents().enumerate().skip(1) {
-                if !sub.trim().is_empty() {
+                if has_content(sub) {
                     out.push(format!("{at}.{c}.{}", k + 1));
                 }
             }
         }
     }
+}
+
+/// Raw text that says something: not blank, not HL7's null `""`.
+fn has_content(raw: &str) -> bool {
+    let raw = raw.trim();
+    !raw.is_empty() && raw != "\"\""
 }
 
 /// `(system, value)` pairs of identifiers.

@@ -257,8 +257,12 @@ pub struct AckError {
 /// v2.5 message, whose every ERR carries its own text: MSA-3 is a display
 /// field, and a message with a bad value in every repetition would
 /// otherwise make it as long as the message. (Before v2.5, one ERR carries
-/// one text, and MSA-3 gives them all.)
+/// one text, and MSA-3 gives as many as fit in [`MSA_3_MAX_CHARS`].)
 pub const MSA_3_REASONS: usize = 5;
+
+/// The length MSA-3 keeps to before "and N more" in the ACK of a v2.3 or
+/// v2.4 message, whose MSA-3 gives every reason that fits (at least one).
+pub const MSA_3_MAX_CHARS: usize = 1000;
 
 /// Builds an acknowledgement for `message` (HL7 v2.5 §2.9), segments ended
 /// by `\r`:
@@ -270,8 +274,9 @@ pub const MSA_3_REASONS: usize = 5;
 ///   MSH-9 `ACK^<trigger>^ACK`; MSH-10 `control_id`; MSH-11/12 copied.
 /// - MSA: MSA-1 `code`, MSA-2 the original MSH-10, MSA-3 the errors' texts
 ///   joined by `; ` (a v2.5 "backward compatible" field that v2.3/2.4
-///   engines still display), the first [`MSA_3_REASONS`] of them and then
-///   how many more the ERR segment(s) give.
+///   engines still display), the first [`MSA_3_REASONS`] of them (for a
+///   v2.3/2.4 message, as many as fit in [`MSA_3_MAX_CHARS`]) and then how
+///   many more the ERR segment(s) give.
 /// - ERR, v2.5 layout: ERR-2 `SEG^1^field^rep^comp^sub` from the location
 ///   (empty if the location does not parse), ERR-3 `code^name^HL70357`,
 ///   ERR-4 `E`, ERR-8 the text. One ERR per error (the v2.5 ACK's
@@ -381,16 +386,24 @@ pub fn ack_in_mode(
     if !errors.is_empty() {
         out.push('|');
         // Before v2.5 an ACK has one ERR, whose text is the first error's:
-        // MSA-3 is then the only place for the others' reasons.
-        let shown = match message {
-            Some(m) if before_2_5(m.version().as_deref()) => errors.len(),
-            _ => MSA_3_REASONS,
+        // MSA-3 is then the only place for the others' reasons, as many as
+        // fit in MSA_3_MAX_CHARS.
+        let (reasons, budget) = match message {
+            Some(m) if before_2_5(m.version().as_deref()) => (errors.len(), MSA_3_MAX_CHARS),
+            _ => (MSA_3_REASONS, usize::MAX),
         };
-        for (i, e) in errors.iter().take(shown).enumerate() {
-            if i > 0 {
+        let start = out.len();
+        let mut shown = 0;
+        for e in errors.iter().take(reasons) {
+            let text = escape(&e.text, &d);
+            if shown > 0 && out.len() - start + 2 + text.len() > budget {
+                break;
+            }
+            if shown > 0 {
                 out.push_str("; ");
             }
-            out.push_str(&escape(&e.text, &d));
+            out.push_str(&text);
+            shown += 1;
         }
         if let Some(more) = errors.len().checked_sub(shown).filter(|&n| n > 0) {
             out.push_str(&format!("; and {more} more (ERR)"));

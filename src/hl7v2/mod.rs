@@ -34,7 +34,9 @@ pub mod state;
 pub use condition::Condition;
 pub use er7::{Component, Delimiters, Field, Message, ParseError, Rep, Segment};
 pub use escape::{escape, unescape};
-pub use mllp::{AckCode, AckError, Frame, Framer, MSA_3_REASONS, ack, ack_in_mode, frame};
+pub use mllp::{
+    AckCode, AckError, Frame, Framer, MSA_3_MAX_CHARS, MSA_3_REASONS, ack, ack_in_mode, frame,
+};
 
 #[cfg(test)]
 mod tests;

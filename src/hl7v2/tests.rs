@@ -914,11 +914,26 @@ fn msa_3_gives_the_first_reasons_and_counts_the_rest() {
         five.get("MSA-3").as_deref(),
         Some(first.join("; ").as_str())
     );
-    // Before v2.5 the one ERR carries one text: MSA-3 gives them all.
+    // Before v2.5 the one ERR carries one text: MSA-3 gives every reason
+    // that fits in MSA_3_MAX_CHARS.
     let old = parse("MSH|^~\\&|PAS|RJZ|GW|X26|2024||ADT^A01|M1|P|2.4\rPID|1");
     let a = parse(&ack(Some(&old), AckCode::AE, "X", "2024", &errors));
     let all: Vec<&str> = errors.iter().map(|e| e.text.as_str()).collect();
     assert_eq!(a.get("MSA-3").as_deref(), Some(all.join("; ").as_str()));
+    let many: Vec<AckError> = (1..=200)
+        .map(|n| AckError {
+            location: Some(format!("PID-3[{n}]")),
+            condition: Condition::DataType,
+            text: format!("PID-3[{n}].1: NHS number {n:010} fails the Modulus 11 check"),
+        })
+        .collect();
+    let a = parse(&ack(Some(&old), AckCode::AE, "X", "2024", &many));
+    let text = a.get("MSA-3").unwrap_or_default();
+    let (shown, more) = text.rsplit_once("; and ").expect("a count of the rest");
+    assert!(shown.len() <= MSA_3_MAX_CHARS, "{}", shown.len());
+    let kept = shown.split("; ").count();
+    assert_eq!(more, format!("{} more (ERR)", 200 - kept));
+    assert!(kept > 5, "{kept}");
 }
 
 /// ERR-1 (ELD) is the field of v2.3 and v2.4 ACKs; from v2.5, which has
@@ -1349,6 +1364,30 @@ fn nhs_codes_and_identities_read_as_nhs_feeds_send_them() {
     );
     let alone = ok(&message("RJZ", &[], "", &[(36, "4")]));
     assert_eq!(alone.visit.as_ref().unwrap().discharge_disposition, None);
+    // SNOMED CT concept ids by their form: partition 00 or 10, Verhoeff.
+    for (code, system) in [
+        (
+            "54",
+            Some("https://fhir.hl7.org.uk/CodeSystem/UKCore-DischargeDestinationEngland"),
+        ),
+        ("306689006", Some("http://snomed.info/sct")),
+        ("138875005", Some("http://snomed.info/sct")),
+        ("73211009", Some("http://snomed.info/sct")),
+        ("22298006", Some("http://snomed.info/sct")),
+        ("169069000", Some("http://snomed.info/sct")),
+        ("1077031000000103", Some("http://snomed.info/sct")),
+        ("306689007", None),
+        ("123456", None),
+        ("1234567", None),
+        ("0306689006", None),
+        ("01", None),
+    ] {
+        let coding = crate::hl7v2::adt::discharge_destination(code);
+        let got = coding
+            .as_ref()
+            .map(|c| c["coding"][0]["system"].as_str().unwrap());
+        assert_eq!(got, system, "{code}");
+    }
     // ECDS's SNOMED CT destinations under SNOMED; another code is noted and
     // left out, and the discharge goes in.
     let snomed = ok(&message("RJZ", &[], "", &[(36, "306689006")]));
@@ -1429,20 +1468,23 @@ fn components_the_mapping_does_not_read_are_reported() {
     use crate::hl7v2::adt::{AdtContext, read, unmapped};
     let m = parse(
         "MSH|^~\\&|PAS|RJZ|GW|OB|202607141018||ADT^A03|C1|P|2.4\rEVN|A03|202607141018\r\
-         PID|1||K1^^^RJZ^MR^^20200101^20251231~9990000018^^^NHS&2.16.840.1.113883.2.1.4.1&ISO^NH||PAGE^Ann||19380305^D\r\
+         PID|1||K1^^^RJZ&1.2.826.0.1&ISO^MR^^20200101^20251231~9990000018^^^NHS&2.16.840.1.113883.2.1.4.1&ISO^NH||PAGE^Ann||19380305^D\r\
          PD1||||G1234567^SMITH^JOHN^^^DR^^^GMP\r\
-         PV1|1|I|WARD 5^^^RJZ30^^^MAIN||||||||||||||||V1^^^RJZ^VN|||||||||||||||||4|79^20260714\r",
+         PV1|1|I|WARD 5^^^RJZ30^^\"\"^MAIN~WARD 6^^^RJZ30||||||||||||||||V1^^^RJZ^VN|||||||||||||||||4|79^20260714\r",
     );
     let adt = read(&m, &AdtContext::default()).unwrap();
+    // (The NHS number's authority OID is what its system says; a null in
+    // an unread component says nothing.)
     assert_eq!(
         unmapped(&m, adt.event),
         [
+            "PID-3[1].4.2",
+            "PID-3[1].4.3",
             "PID-3[1].7",
             "PID-3[1].8",
-            "PID-3[2].4.2",
-            "PID-3[2].4.3",
             "PID-7.2",
-            "PV1-3.7",
+            "PV1-3[2]",
+            "PV1-3[1].7",
             "PV1-37.2",
         ]
     );
