@@ -167,10 +167,11 @@ impl Handler for MllpHandler {
         Box::pin(async move {
             match frame {
                 Frame::Message(bytes) => self.0.receive(&bytes, SOURCE_MLLP).await.into_bytes(),
-                Frame::TooLarge { discarded } => {
+                Frame::TooLarge { discarded, head } => {
                     tracing::warn!(%peer, discarded, "MLLP frame over the size limit");
                     self.0
-                        .unreadable(
+                        .too_large(
+                            &head,
                             &format!(
                                 "the message is over the size limit ({discarded} bytes discarded)"
                             ),

@@ -317,6 +317,45 @@ async fn acceptance_scenarios_over_mllp() {
     gw.stop().await;
 }
 
+/// A message over `hl7v2.max_message_bytes` is refused unread (`AR`), over
+/// MLLP and HTTP alike, and the AR names it from its MSH (MSA-2, sender
+/// and receiver swapped) so an engine can match it; the connection goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_over_the_size_limit_gets_an_ar_that_names_it() {
+    let gw = start_with(|c| c.hl7v2.max_message_bytes = 2048).await;
+    let nhs = nhs_number(840);
+    let message = |control: &str, note: usize| {
+        let mut m = adt(
+            "A04",
+            control,
+            "202607141105",
+            &format!("{nhs}^^^NHS^NH"),
+            Some(&pv1("E", "V840", "202607141015", "")),
+        );
+        if note > 0 {
+            m.push_str(&format!("ZNT|1|{}\r", "x".repeat(note)));
+        }
+        m
+    };
+    let mut c = MllpClient::connect(gw.mllp, TIMEOUT).await.unwrap();
+    let reply = c.send(message("BIG1", 3000).as_bytes()).await.unwrap();
+    let text = String::from_utf8_lossy(&reply).into_owned();
+    assert_eq!(ack_code(&reply).0, "AR", "{text}");
+    assert_eq!(ack_code(&reply).1, "BIG1", "{text}");
+    assert!(
+        text.starts_with("MSH|^~\\&|PATHWAY|ONEBROMLEY|PAS|RJZ|"),
+        "{text}"
+    );
+    assert!(text.contains("over the size limit"), "{text}");
+    assert_eq!(send(&mut c, &message("SMALL1", 0)).await.0, "AA");
+
+    let reply = post_hl7v2(&gw, message("BIG2", 3000)).send().await.unwrap();
+    let text = reply.text().await.unwrap();
+    assert_eq!(ack_code(text.as_bytes()).0, "AR", "{text}");
+    assert_eq!(ack_code(text.as_bytes()).1, "BIG2", "{text}");
+    gw.stop().await;
+}
+
 /// MSH-15/16 `AL|NE`, as NHS feeds commonly send them: `AA` by default, as
 /// engines expect; with `hl7v2.accept_acknowledgements`, the accept
 /// acknowledgement (`CA`), for a message held in quarantine too.

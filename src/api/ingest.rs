@@ -160,7 +160,8 @@ pub async fn hl7v2(
     }
     for message in messages {
         let ack = if message.len() > state.hl7v2_max_bytes {
-            state.hl7v2.unreadable(
+            state.hl7v2.too_large(
+                message,
                 &format!(
                     "the message is {} bytes, over the limit of {}",
                     message.len(),

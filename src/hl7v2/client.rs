@@ -162,7 +162,7 @@ impl Inbound<'_> {
 fn reply_content(reply: Frame) -> io::Result<Vec<u8>> {
     match reply {
         Frame::Message(ack) => Ok(ack),
-        Frame::TooLarge { discarded } => Err(io::Error::new(
+        Frame::TooLarge { discarded, .. } => Err(io::Error::new(
             io::ErrorKind::InvalidData,
             format!("ACK larger than {MAX_REPLY} bytes ({discarded} bytes)"),
         )),

@@ -202,14 +202,7 @@ impl Feed {
                     location: Some(err.location),
                     condition: Condition::SegmentSequence,
                 };
-                // Its MSH alone, when that reads: the AR then names the
-                // message it answers (MSA-2) and its sender, as any ACK does.
-                // (What `Message::parse` skips before MSH is skipped here too.)
-                let header = text
-                    .trim_start_matches(|c: char| c == '\u{feff}' || c.is_whitespace())
-                    .split(['\r', '\n'])
-                    .next()
-                    .and_then(|msh| Message::parse(msh).ok());
+                let header = header_of(&text);
                 let errors = [error];
                 self.count(source, AckCode::AR, &errors, since);
                 return self.ack(header.as_ref(), AckCode::AR, &errors);
@@ -229,6 +222,20 @@ impl Feed {
         let (code, errors) = answer(&verdict);
         self.count(source, code, &errors, since);
         self.ack(Some(&message), code, &errors)
+    }
+
+    /// The `AR` for a message over the size limit, refused unread for
+    /// `reason`: named from its first line (`head`), its MSH, when that
+    /// reads, as any ACK names the message it answers (MSA-2, sender).
+    pub fn too_large(&self, head: &[u8], reason: &str, source: &str) -> String {
+        let errors = [AckError {
+            location: None,
+            condition: Condition::SegmentSequence,
+            text: reason.to_string(),
+        }];
+        self.count(source, AckCode::AR, &errors, std::time::Instant::now());
+        let header = header_of(&utf8_or_windows_1252(head));
+        self.ack(header.as_ref(), AckCode::AR, &errors)
     }
 
     /// The `AR` for input received over `source` that is not a message at
@@ -1140,6 +1147,17 @@ fn hl7_location(expression: &str) -> &'static str {
     MAP.iter()
         .find(|(prefix, _)| expression.starts_with(prefix))
         .map_or("MSH", |(_, location)| location)
+}
+
+/// A message's MSH alone, from its first line, when that reads: an `AR`
+/// for a message that cannot be read (or is too large to) then names the
+/// message it answers (MSA-2) and its sender, as any ACK does. (What
+/// `Message::parse` skips before MSH is skipped here too.)
+fn header_of(text: &str) -> Option<Message> {
+    text.trim_start_matches(|c: char| c == '\u{feff}' || c.is_whitespace())
+        .split(['\r', '\n'])
+        .next()
+        .and_then(|msh| Message::parse(msh).ok())
 }
 
 /// What [`Feed::acknowledge`] answers `verdict` with: its code and the

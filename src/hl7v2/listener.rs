@@ -521,7 +521,7 @@ mod tests {
                 self.started.notify_one();
                 match frame {
                     Frame::Message(bytes) => self.message(&bytes).await,
-                    Frame::TooLarge { discarded } => reject(format!("too large: {discarded}")),
+                    Frame::TooLarge { discarded, .. } => reject(format!("too large: {discarded}")),
                     Frame::Garbage(bytes) => reject(format!("garbage: {}", bytes.len())),
                 }
             })

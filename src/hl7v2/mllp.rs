@@ -6,7 +6,8 @@
 //! (HL7 v2.5 chapter 2, §2.9) with MSH, MSA and the v2.5 ERR segment.
 //!
 //! Memory held by a [`Framer`] is bounded by `max_frame` plus a 256-byte
-//! garbage sample whatever the peer sends; a frame's own size never matters.
+//! garbage sample and an oversized frame's 1 KiB first line, whatever the
+//! peer sends; a frame's own size never matters.
 
 use super::condition::Condition;
 use super::er7::{Delimiters, Field, Location, Message, is_location_segment};
@@ -19,14 +20,18 @@ const CR: u8 = 0x0D;
 const LF: u8 = 0x0A;
 /// Bytes of a garbage run kept for reporting.
 const GARBAGE_KEEP: usize = 256;
+/// Bytes of an oversized frame's first line kept for its answer.
+const HEAD_KEEP: usize = 1024;
 
 /// What [`Framer::push`] recognised.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
     /// A complete frame's content (may be empty).
     Message(Vec<u8>),
-    /// A frame longer than `max_frame`; `discarded` counts its content bytes.
-    TooLarge { discarded: usize },
+    /// A frame longer than `max_frame`; `discarded` counts its content
+    /// bytes, and `head` keeps its first line (at most 1 KiB: its MSH, for
+    /// an answer that names the message).
+    TooLarge { discarded: usize, head: Vec<u8> },
     /// Bytes outside any frame: at most the first 256 bytes of a run.
     Garbage(Vec<u8>),
 }
@@ -40,6 +45,33 @@ enum State {
     /// Right after an end block `0x1C`, whose frame is already out: a
     /// `0x0D` here completes the trailer and is dropped.
     End,
+}
+
+/// A frame past the limit: counted, and its first line kept.
+#[derive(Debug)]
+struct Oversized {
+    /// Content bytes so far.
+    discarded: usize,
+    /// The first line, up to its end or [`HEAD_KEEP`] bytes.
+    head: Vec<u8>,
+    /// `head` is whole: its line ended, or it is [`HEAD_KEEP`] long.
+    head_done: bool,
+}
+
+impl Oversized {
+    /// Takes bytes of the first line from `bytes`, the frame's next.
+    fn grow_head(&mut self, bytes: &[u8]) {
+        if self.head_done {
+            return;
+        }
+        let room = HEAD_KEEP - self.head.len();
+        let line = bytes
+            .iter()
+            .position(|&b| b == CR || b == LF)
+            .unwrap_or(bytes.len());
+        self.head.extend_from_slice(&bytes[..line.min(room)]);
+        self.head_done = line < bytes.len() || self.head.len() == HEAD_KEEP;
+    }
 }
 
 /// Incremental MLLP decoder; feed it bytes as they arrive in any split.
@@ -67,8 +99,8 @@ pub struct Framer {
     max_frame: usize,
     buf: Vec<u8>,
     state: State,
-    /// Content bytes dropped so far once the current frame exceeded max_frame.
-    oversized: Option<usize>,
+    /// Set once the current frame exceeded max_frame.
+    oversized: Option<Oversized>,
     garbage: Vec<u8>,
     /// The current garbage run has been reported; drop its remaining bytes.
     garbage_reported: bool,
@@ -162,15 +194,24 @@ impl Framer {
     /// Content bytes of the frame: kept up to `max_frame`, then only
     /// counted (the frame is refused whole).
     fn contents(&mut self, run: &[u8]) {
-        if let Some(n) = self.oversized.as_mut() {
-            *n = n.saturating_add(run.len());
+        if let Some(over) = self.oversized.as_mut() {
+            over.discarded = over.discarded.saturating_add(run.len());
+            over.grow_head(run);
             return;
         }
         let needed = self.buf.len().saturating_add(run.len());
         if needed > self.max_frame {
-            // Past the limit: nothing more is kept, only counted.
-            self.oversized = Some(needed);
-            self.buf = Vec::new();
+            // Past the limit: nothing more is kept, only counted, but the
+            // first line (whatever the split: from what was kept, then from
+            // the bytes that follow).
+            let mut over = Oversized {
+                discarded: needed,
+                head: Vec::new(),
+                head_done: false,
+            };
+            over.grow_head(&std::mem::take(&mut self.buf));
+            over.grow_head(run);
+            self.oversized = Some(over);
             return;
         }
         if needed > self.buf.capacity() {
@@ -191,8 +232,10 @@ impl Framer {
 
     /// A start block arrived inside a frame: the old frame is dropped.
     fn abandon(&mut self, out: &mut Vec<Frame>) {
-        out.push(match self.oversized {
-            Some(discarded) => Frame::TooLarge { discarded },
+        out.push(match self.oversized.take() {
+            Some(Oversized {
+                discarded, head, ..
+            }) => Frame::TooLarge { discarded, head },
             None => {
                 let mut kept = Vec::with_capacity(GARBAGE_KEEP.min(self.buf.len() + 1));
                 kept.push(START);
@@ -204,7 +247,9 @@ impl Framer {
 
     fn finish(&mut self, out: &mut Vec<Frame>) {
         out.push(match self.oversized.take() {
-            Some(discarded) => Frame::TooLarge { discarded },
+            Some(Oversized {
+                discarded, head, ..
+            }) => Frame::TooLarge { discarded, head },
             None => Frame::Message(std::mem::take(&mut self.buf)),
         });
         self.state = State::End;

@@ -463,7 +463,10 @@ fn mllp_stream() -> (Vec<u8>, Vec<Frame>) {
         Frame::Message(msgs[2].clone()),
         Frame::Garbage(b"\x0Bhalf a frame".to_vec()),
         Frame::Message(msgs[3].clone()),
-        Frame::TooLarge { discarded: 500 },
+        Frame::TooLarge {
+            discarded: 500,
+            head: vec![b'y'; 500],
+        },
         Frame::Message(msgs[4].clone()),
     ];
     (s, expected)
@@ -507,7 +510,14 @@ fn mllp_oversized_frame_is_bounded_and_reported_once() {
         got.extend(framer.push(piece));
         assert!(framer.pending() <= 102, "pending {}", framer.pending());
     }
-    assert_eq!(got, vec![Frame::TooLarge { discarded: 10_000 }]);
+    // Its first line is kept, 1 KiB of it at most, whatever the split.
+    assert_eq!(
+        got,
+        vec![Frame::TooLarge {
+            discarded: 10_000,
+            head: vec![b'a'; 1024]
+        }]
+    );
     assert_eq!(framer.pending(), 0);
     assert_eq!(
         framer.push(&frame(&[b'b'; 100])),
@@ -515,7 +525,24 @@ fn mllp_oversized_frame_is_bounded_and_reported_once() {
     );
     assert_eq!(
         framer.push(&frame(&[b'c'; 101])),
-        vec![Frame::TooLarge { discarded: 101 }]
+        vec![Frame::TooLarge {
+            discarded: 101,
+            head: vec![b'c'; 101]
+        }]
+    );
+    // The first line ends at its segment's end.
+    let mut lines = b"MSH|^~\\&|PAS|RJZ|||2026||ADT^A01|BIG1|P|2.4\r".to_vec();
+    lines.extend([b'z'; 300]);
+    let mut pieces = Vec::new();
+    for piece in frame(&lines).chunks(3) {
+        pieces.extend(framer.push(piece));
+    }
+    assert_eq!(
+        pieces,
+        vec![Frame::TooLarge {
+            discarded: lines.len(),
+            head: b"MSH|^~\\&|PAS|RJZ|||2026||ADT^A01|BIG1|P|2.4".to_vec()
+        }]
     );
     // An oversized frame cut short by a start block is still reported.
     let mut cut = vec![0x0B];
@@ -524,13 +551,19 @@ fn mllp_oversized_frame_is_bounded_and_reported_once() {
     assert_eq!(
         framer.push(&cut),
         vec![
-            Frame::TooLarge { discarded: 150 },
+            Frame::TooLarge {
+                discarded: 150,
+                head: vec![b'd'; 150]
+            },
             Frame::Message(b"ok".to_vec())
         ]
     );
     assert_eq!(
         Framer::new(0).push(&frame(b"x")),
-        vec![Frame::TooLarge { discarded: 1 }]
+        vec![Frame::TooLarge {
+            discarded: 1,
+            head: b"x".to_vec()
+        }]
     );
     assert_eq!(
         Framer::new(0).push(&frame(b"")),
