@@ -247,14 +247,11 @@ async fn acknowledged_hl7_messages_survive_kill_9() {
 
     let mut restarted = spawn(&data);
     let client = reqwest::Client::new();
-    let quarantine: Value = client
-        .get(restarted.fhir.replace("/fhir", "/quarantine?limit=1000"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let quarantine = get_json(
+        &client,
+        restarted.fhir.replace("/fhir", "/quarantine?limit=1000"),
+    )
+    .await;
     let entries = quarantine["entries"].as_array().unwrap();
     assert!(
         quarantine.get("next").is_none_or(Value::is_null),
@@ -268,14 +265,11 @@ async fn acknowledged_hl7_messages_survive_kill_9() {
         );
     }
     for visit in &acknowledged {
-        let found: Value = client
-            .get(format!("{}/Encounter?identifier={visit}", restarted.fhir))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let found = get_json(
+            &client,
+            format!("{}/Encounter?identifier={visit}", restarted.fhir),
+        )
+        .await;
         assert_eq!(
             found["entry"].as_array().map(Vec::len),
             Some(1),
@@ -421,15 +415,13 @@ async fn a_full_disk_refuses_messages_until_there_is_room_again() {
 }
 
 /// The `total` of an Encounter search (`query`) at `fhir`.
+/// `GET url`'s JSON body.
+async fn get_json(http: &reqwest::Client, url: impl reqwest::IntoUrl) -> Value {
+    http.get(url).send().await.unwrap().json().await.unwrap()
+}
+
 async fn encounters(http: &reqwest::Client, fhir: &str, query: &str) -> Option<u64> {
-    let found: Value = http
-        .get(format!("{fhir}/Encounter?{query}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let found = get_json(http, format!("{fhir}/Encounter?{query}")).await;
     found["total"].as_u64()
 }
 
@@ -519,16 +511,11 @@ async fn queued_deliveries_survive_kill_9_and_go_out_when_the_receiver_is_back()
     // Every delivery has been tried against the closed port.
     let mut tried = 0;
     for _ in 0..200 {
-        let list: Value = client
-            .get(format!(
-                "{root}/routing/deliveries?status=pending&limit=100"
-            ))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let list = get_json(
+            &client,
+            format!("{root}/routing/deliveries?status=pending&limit=100"),
+        )
+        .await;
         let list = list["deliveries"].as_array().unwrap().clone();
         tried = list
             .iter()
@@ -571,14 +558,11 @@ async fn queued_deliveries_survive_kill_9_and_go_out_when_the_receiver_is_back()
         .iter()
         .map(|r| r.body["id"].as_str().unwrap().to_string())
         .collect();
-    let stored: Value = client
-        .get(format!("{}/ServiceRequest?_count=100", restarted.fhir))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stored = get_json(
+        &client,
+        format!("{}/ServiceRequest?_count=100", restarted.fhir),
+    )
+    .await;
     let stored: std::collections::HashSet<String> = stored["entry"]
         .as_array()
         .unwrap()
@@ -718,14 +702,7 @@ async fn a_second_gateway_on_one_store_is_refused() {
     first.child.kill().expect("SIGKILL");
     first.child.wait().expect("reaped");
     let mut next = spawn(&data);
-    let read: Value = client
-        .get(format!("{}/Patient/{id}", next.fhir))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let read = get_json(&client, format!("{}/Patient/{id}", next.fhir)).await;
     assert_eq!(read["name"], created["name"]);
     next.child.kill().expect("SIGKILL");
     next.child.wait().expect("reaped");

@@ -906,17 +906,22 @@ fn is_snomed_concept(code: &str) -> bool {
         [8, 7, 6, 5, 9, 3, 2, 1, 0, 4],
         [9, 8, 7, 6, 5, 4, 3, 2, 1, 0],
     ];
-    // The powers of the permutation in its second row.
-    const P: [[u8; 10]; 8] = [
-        [0, 1, 2, 3, 4, 5, 6, 7, 8, 9],
-        [1, 5, 7, 6, 2, 8, 3, 0, 9, 4],
-        [5, 8, 0, 3, 7, 9, 6, 1, 4, 2],
-        [8, 9, 1, 6, 0, 4, 3, 5, 2, 7],
-        [9, 4, 5, 3, 1, 2, 6, 8, 7, 0],
-        [4, 2, 8, 6, 5, 7, 3, 9, 0, 1],
-        [2, 7, 9, 3, 8, 0, 6, 4, 1, 5],
-        [7, 0, 4, 6, 9, 1, 3, 2, 5, 8],
-    ];
+    // The permutation's powers 0 to 7, derived rather than written out
+    // (a copied table had a wrong row).
+    const P: [[u8; 10]; 8] = {
+        const STEP: [u8; 10] = [1, 5, 7, 6, 2, 8, 3, 0, 9, 4];
+        let mut p = [[0, 1, 2, 3, 4, 5, 6, 7, 8, 9]; 8];
+        let mut power = 1;
+        while power < 8 {
+            let mut i = 0;
+            while i < 10 {
+                p[power][i] = STEP[p[power - 1][i] as usize];
+                i += 1;
+            }
+            power += 1;
+        }
+        p
+    };
     let digits = code.as_bytes();
     if !(6..=18).contains(&digits.len())
         || digits[0] == b'0'

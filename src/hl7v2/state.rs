@@ -691,19 +691,21 @@ pub fn encounter_from(
     // one time, the greater code) sets both, and what it does not give
     // goes, the same in any arrival order. On a record stored before PV1-4
     // was kept, an older event fills them only when neither is there.
-    let stored_admission = current.is_some_and(|c| {
-        c.member("priority").is_some()
-            || c.at("hospitalization")
-                .at("extension")
-                .as_array()
-                .is_some_and(|x| {
-                    x.iter()
-                        .any(|x| x.at("url") == super::adt::ADMISSION_METHOD_URL)
-                })
-    });
+    let stored_admission = || {
+        current.is_some_and(|c| {
+            c.member("priority").is_some()
+                || c.at("hospitalization")
+                    .at("extension")
+                    .as_array()
+                    .is_some_and(|x| {
+                        x.iter()
+                            .any(|x| x.at("url") == super::adt::ADMISSION_METHOD_URL)
+                    })
+        })
+    };
     let takes_admission = match visit.admission_type.as_deref() {
         None => false,
-        Some(_) if kept.said(Ending::Admission).is_none() && stored_admission && !newer => false,
+        Some(_) if !newer && kept.said(Ending::Admission).is_none() && stored_admission() => false,
         Some(code) => {
             kept.saw_ending(Ending::Admission, &adt.time, code);
             kept.said(Ending::Admission) == Some((adt.time.as_str(), code))
