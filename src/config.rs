@@ -215,6 +215,9 @@ pub struct Hl7v2Config {
     pub max_message_bytes: usize,
     /// A connection silent this long is closed.
     pub idle_timeout_secs: u64,
+    /// An MLLP frame not ended this long after its first byte closes its
+    /// connection (a sender trickling bytes cannot hold a slot for ever).
+    pub frame_timeout_secs: u64,
     /// Connections served at once; more wait in the accept backlog.
     pub max_connections: usize,
     /// Local PV1-2 patient classes → v3 ActCode, e.g. `D = "AMB"` (day case).
@@ -228,6 +231,10 @@ pub struct Hl7v2Config {
     pub accept_acknowledgements: bool,
 }
 
+/// Longest timeout or grace period a setting may give: a day. A shutdown
+/// grace of 0 would abort the drain at once (frames read but unanswered).
+const MAX_TIMEOUT_SECS: u64 = 86_400;
+
 /// Default MLLP port (the conventional one for HL7 over MLLP).
 pub const DEFAULT_MLLP_LISTEN: &str = "127.0.0.1:2575";
 /// Default largest HL7 message: 1 MiB.
@@ -239,6 +246,7 @@ impl Default for Hl7v2Config {
             listen: DEFAULT_MLLP_LISTEN.to_string(),
             max_message_bytes: DEFAULT_HL7_MAX_BYTES,
             idle_timeout_secs: 300,
+            frame_timeout_secs: 60,
             max_connections: 256,
             patient_class: BTreeMap::new(),
             processing_ids: vec!["P".to_string()],
@@ -255,6 +263,7 @@ pub struct Hl7v2 {
     pub listen: Option<SocketAddr>,
     pub max_message_bytes: usize,
     pub idle_timeout: Duration,
+    pub frame_timeout: Duration,
     pub max_connections: usize,
     pub cx: AdtContext,
 }
@@ -525,11 +534,17 @@ impl ConfigFile {
                 ),
             ));
         }
-        if self.hl7v2.idle_timeout_secs == 0 {
-            return Err(bad(
-                "hl7v2.idle_timeout_secs",
-                "must be at least 1".to_string(),
-            ));
+        for (key, secs) in [
+            ("hl7v2.idle_timeout_secs", self.hl7v2.idle_timeout_secs),
+            ("hl7v2.frame_timeout_secs", self.hl7v2.frame_timeout_secs),
+            ("http.shutdown_grace_secs", self.http.shutdown_grace_secs),
+        ] {
+            if !(1..=MAX_TIMEOUT_SECS).contains(&secs) {
+                return Err(bad(
+                    key,
+                    format!("{secs} is outside 1 to {MAX_TIMEOUT_SECS} seconds"),
+                ));
+            }
         }
         let max_connections =
             in_range("hl7v2.max_connections", self.hl7v2.max_connections, 100_000)?;
@@ -579,6 +594,7 @@ impl ConfigFile {
             listen: mllp_listen,
             max_message_bytes: self.hl7v2.max_message_bytes,
             idle_timeout: Duration::from_secs(self.hl7v2.idle_timeout_secs),
+            frame_timeout: Duration::from_secs(self.hl7v2.frame_timeout_secs),
             max_connections,
             cx: AdtContext {
                 patient_class: self.hl7v2.patient_class,
@@ -733,6 +749,22 @@ mod tests {
                 "hl7v2.versions",
             ),
             ("[hl7v2]\nversions = []\n", "hl7v2.versions"),
+            (
+                "[hl7v2]\nidle_timeout_secs = 0\n",
+                "hl7v2.idle_timeout_secs",
+            ),
+            (
+                "[hl7v2]\nframe_timeout_secs = 0\n",
+                "hl7v2.frame_timeout_secs",
+            ),
+            (
+                "[http]\nshutdown_grace_secs = 0\n",
+                "http.shutdown_grace_secs",
+            ),
+            (
+                "[http]\nshutdown_grace_secs = 100000\n",
+                "http.shutdown_grace_secs",
+            ),
         ] {
             let err = load(text, &[]).unwrap_err().to_string();
             assert!(err.contains(key), "{text}: {err}");

@@ -96,6 +96,7 @@ pub async fn run_with(
             let options = ListenerConfig {
                 max_frame: config.hl7v2.max_message_bytes,
                 idle_timeout: config.hl7v2.idle_timeout,
+                frame_timeout: config.hl7v2.frame_timeout,
                 max_connections: config.hl7v2.max_connections,
                 drain_timeout: config.http.shutdown_grace,
             };

@@ -19,6 +19,11 @@
 //!   incomplete frame count as activity when they arrive, not while they sit
 //!   in the buffer. An ACK that cannot be written within `idle_timeout` (the
 //!   peer stopped reading) also closes the connection.
+//! - **Frame timeout**: a frame must end within `frame_timeout` of its first
+//!   byte, however its bytes trickle in. Otherwise the connection is closed
+//!   and the frame dropped unanswered (the sender resends it): a sender
+//!   writing a byte now and then never keeps a connection slot, nor up to
+//!   `max_frame` of memory, for ever.
 //! - **Drain**: when `shutdown` resolves the listening socket is closed at
 //!   once. Each connection finishes the frames it has already read (so they
 //!   get their ACKs), drops any incomplete frame (never ACKed, so the sender
@@ -58,6 +63,9 @@ pub struct ListenerConfig {
     pub max_frame: usize,
     /// A connection receiving nothing for this long is closed (must be > 0).
     pub idle_timeout: Duration,
+    /// A frame not ended this long after its first byte closes the
+    /// connection (must be > 0).
+    pub frame_timeout: Duration,
     /// Connections served at once (must be > 0); more wait in the backlog.
     pub max_connections: usize,
     /// How long [`serve`] waits for connections to finish after shutdown.
@@ -105,7 +113,8 @@ impl Drop for Open {
 ///
 /// Errors of one connection (resets, timeouts) close that connection only;
 /// accept errors are logged and retried. The only error returned is
-/// `InvalidInput` for a config with `max_connections` or `idle_timeout` zero.
+/// `InvalidInput` for a config with `max_connections`, `idle_timeout` or
+/// `frame_timeout` zero.
 pub async fn serve(
     listener: TcpListener,
     config: ListenerConfig,
@@ -117,6 +126,7 @@ pub async fn serve(
     let limits = Limits {
         max_frame: config.max_frame,
         idle_timeout: config.idle_timeout,
+        frame_timeout: config.frame_timeout,
         discard_wait: DISCARD_WAIT.min(config.drain_timeout / 4),
     };
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -162,6 +172,8 @@ fn validate(config: &ListenerConfig) -> io::Result<()> {
         "max_connections must be at least 1"
     } else if config.idle_timeout.is_zero() {
         "idle_timeout must be greater than zero"
+    } else if config.frame_timeout.is_zero() {
+        "frame_timeout must be greater than zero"
     } else {
         return Ok(());
     };
@@ -173,6 +185,7 @@ fn validate(config: &ListenerConfig) -> io::Result<()> {
 struct Limits {
     max_frame: usize,
     idle_timeout: Duration,
+    frame_timeout: Duration,
     /// How long a draining connection discards what it will not take
     /// (see [`discard_unread`]): well inside the drain's own limit, which
     /// aborts a connection still at it (and its close is then a reset).
@@ -323,6 +336,8 @@ enum Close {
     Eof,
     /// Nothing received for `idle_timeout`.
     Idle,
+    /// A frame not ended within `frame_timeout` of its first byte.
+    FrameTimeout,
     /// The listener is draining.
     Shutdown,
     /// Reading failed (reset, ...).
@@ -392,17 +407,35 @@ async fn exchange(
 ) -> Close {
     let mut framer = Framer::new(limits.max_frame);
     let mut buf = vec![0u8; READ_CHUNK];
+    // When the frame being received must have ended.
+    let mut frame_due: Option<tokio::time::Instant> = None;
     loop {
-        let n = match read_some(stream, &mut buf, limits.idle_timeout, stop).await {
+        let n = match read_some(stream, &mut buf, limits.idle_timeout, frame_due, stop).await {
             Ok(n) => n,
             Err(close) => {
-                if framer.pending() > 0 {
+                if close == Close::FrameTimeout {
+                    info!(
+                        %peer,
+                        bytes = framer.pending(),
+                        frame_timeout = ?limits.frame_timeout,
+                        "MLLP frame not ended in time; connection closed, frame dropped unanswered"
+                    );
+                } else if framer.in_frame() {
                     debug!(%peer, bytes = framer.pending(), "MLLP incomplete frame dropped");
                 }
                 return close;
             }
         };
-        for received in framer.push(&buf[..n]) {
+        let was_in_frame = framer.in_frame();
+        let frames = framer.push(&buf[..n]);
+        // A frame still open after frames ended in these bytes started in
+        // them, and its time runs from when those are answered (the sender
+        // is not slow while we are); one open before keeps its deadline.
+        let started_here = framer.in_frame() && !(was_in_frame && frames.is_empty());
+        if !framer.in_frame() {
+            frame_due = None;
+        }
+        for received in frames {
             let ack = handler.handle(received, peer).await;
             *messages += 1;
             if let Err(e) = write_ack(stream, &ack, limits.idle_timeout).await {
@@ -410,22 +443,32 @@ async fn exchange(
                 return Close::WriteError;
             }
         }
+        if started_here {
+            frame_due = Some(tokio::time::Instant::now() + limits.frame_timeout);
+        }
     }
 }
 
-/// Reads the next bytes; `Err` says why the connection should end instead.
-/// Shutdown wins over data so that a draining connection reads nothing more.
+/// Reads the next bytes; `Err` says why the connection should end instead:
+/// nothing for `idle`, or the open frame not ended by `frame_due`. Shutdown
+/// wins over data so that a draining connection reads nothing more.
 async fn read_some(
     stream: &mut TcpStream,
     buf: &mut [u8],
     idle: Duration,
+    frame_due: Option<tokio::time::Instant>,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<usize, Close> {
+    let idle_due = tokio::time::Instant::now() + idle;
+    let (due, expired) = match frame_due {
+        Some(due) if due < idle_due => (due, Close::FrameTimeout),
+        _ => (idle_due, Close::Idle),
+    };
     tokio::select! {
         biased;
         () = stopped(stop) => Err(Close::Shutdown),
-        read = timeout(idle, stream.read(buf)) => match read {
-            Err(_elapsed) => Err(Close::Idle),
+        read = tokio::time::timeout_at(due, stream.read(buf)) => match read {
+            Err(_elapsed) => Err(expired),
             Ok(Ok(0)) => Err(Close::Eof),
             Ok(Ok(n)) => Ok(n),
             Ok(Err(e)) => {
@@ -555,6 +598,7 @@ mod tests {
         ListenerConfig {
             max_frame: 1024 * 1024,
             idle_timeout: Duration::from_secs(5),
+            frame_timeout: Duration::from_secs(5),
             max_connections: 64,
             drain_timeout: SOON,
         }
@@ -790,6 +834,51 @@ mod tests {
             assert!(closed_after < idle * 4, "{closed_after:?}");
         }
         assert_eq!(server.handler.calls(), 1);
+        server.stop(SOON).await.expect("serve ok");
+    }
+
+    #[tokio::test]
+    async fn a_frame_trickled_in_past_the_frame_timeout_closes_its_connection() {
+        let frame_timeout = Duration::from_millis(300);
+        let config = ListenerConfig {
+            idle_timeout: Duration::from_secs(2),
+            frame_timeout,
+            ..config()
+        };
+        let server = Server::start(config, TestHandler::default()).await;
+        let message = frame(&msg("SLOW1"));
+        // A byte every 50 ms: never idle, but the frame never ends in time.
+        let mut slow = raw(server.addr).await;
+        let start = Instant::now();
+        let mut sent = 0;
+        let closed_after = loop {
+            if sent < message.len() - 2 && slow.write_all(&message[sent..=sent]).await.is_ok() {
+                sent += 1;
+            }
+            let mut byte = [0u8; 1];
+            match timeout(Duration::from_millis(50), slow.read(&mut byte)).await {
+                Err(_still_open) => {}
+                Ok(Ok(0) | Err(_)) => break start.elapsed(),
+                Ok(Ok(_)) => panic!("an unended frame got an answer"),
+            }
+            assert!(start.elapsed() < SOON, "connection left open");
+        };
+        assert!(closed_after >= frame_timeout, "{closed_after:?}");
+        assert!(closed_after < frame_timeout * 4, "{closed_after:?}");
+        assert_eq!(server.handler.calls(), 0);
+        // Each frame has its own time: ON1 from 0 to 200 ms, ON2 at 200
+        // ms, ON3 from 200 to 400 ms (within its own 300 ms, not within
+        // 300 ms of ON1's first byte).
+        let mut stream = raw(server.addr).await;
+        let (one, third) = (frame(&msg("ON1")), frame(&msg("ON3")));
+        let middle = [&one[10..], &frame(&msg("ON2")), &third[..10]].concat();
+        for piece in [&one[..10], &middle, &third[10..]] {
+            stream.write_all(piece).await.expect("write");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let acks = read_acks(&mut stream, 3).await;
+        let ids: Vec<String> = acks.iter().map(|ack| msa(ack).1).collect();
+        assert_eq!(ids, ["ON1", "ON2", "ON3"]);
         server.stop(SOON).await.expect("serve ok");
     }
 

@@ -140,6 +140,11 @@ impl Framer {
         out
     }
 
+    /// A frame has started (`0x0B`) and not yet ended.
+    pub fn in_frame(&self) -> bool {
+        self.state == State::Body
+    }
+
     /// Content bytes held for the incomplete frame (at most `max_frame`).
     pub fn pending(&self) -> usize {
         self.buf.len()
