@@ -481,12 +481,23 @@ fn replay(dir: &std::path::Path, to: &str, practice: Option<&str>) -> std::proce
         }
     };
     match runtime.block_on(replay(dir, &target, practice)) {
-        Ok(sent) => {
+        Ok(replayed) => {
+            let sent = replayed.sent;
             for s in &sent {
                 println!("{}\t{}\t{}", s.file.display(), s.item, s.outcome);
             }
+            for file in &replayed.skipped {
+                println!(
+                    "{}\t(skipped)\tnot .hl7, .csv, .json or .ndjson",
+                    file.display()
+                );
+            }
             let accepted = sent.iter().filter(|s| s.ok).count();
-            println!("{accepted} of {} accepted", sent.len());
+            println!(
+                "{accepted} of {} accepted, {} file(s) skipped",
+                sent.len(),
+                replayed.skipped.len()
+            );
             if accepted == sent.len() && !sent.is_empty() {
                 std::process::ExitCode::SUCCESS
             } else {

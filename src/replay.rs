@@ -9,9 +9,12 @@
 //! - `.json`, `.ndjson`: FHIR resources, a Bundle to `POST /fhir`, anything
 //!   else to `POST /fhir/{resourceType}` (HTTP only).
 //!
-//! Golden expectations (`*.expected.json`) and other files are skipped.
+//! Golden expectations (`*.expected.json`) are passed over; other files
+//! are skipped and listed as such. Every file is checked against the
+//! target before anything is sent, so a replay refused (a CSV over MLLP, a
+//! CSV without `--practice`) has sent nothing.
 
-use crate::api::ingest::{before_first_message, split_messages};
+use crate::api::ingest::{before_first_message, message_starts, split_messages};
 use crate::hl7v2::client::MllpClient;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -50,18 +53,53 @@ pub struct Sent {
     pub ok: bool,
 }
 
+/// What a replay did: a row per message or resource sent, and the files of
+/// the folder it did not know how to send.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Replayed {
+    pub sent: Vec<Sent>,
+    pub skipped: Vec<PathBuf>,
+}
+
+/// How long a connection, an ACK, or an HTTP request (of at most
+/// [`HTTP_BATCH`] messages) may take.
 const TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Sends every input file of `dir` (extensions in any case), or `dir`
-/// itself when it is a file (as HL7 v2 unless it is named `.csv`, `.json`
-/// or `.ndjson`). A transport
+/// Most HL7 v2 messages of a file in one `POST /ingest/hl7v2`: a capture
+/// of thousands is sent in parts, each answered well within [`TIMEOUT`]
+/// (the gateway answers each message after its commit is synced).
+const HTTP_BATCH: usize = 500;
+
+/// What a file is sent as, from its extension (in any case).
+fn kind_of(file: &Path, one_file: bool) -> Option<&'static str> {
+    let ext = file
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    match ext.as_str() {
+        "hl7" => Some("hl7"),
+        "csv" => Some("csv"),
+        "json" => Some("json"),
+        "ndjson" => Some("ndjson"),
+        // A file named alone is sent whatever its name: HL7 v2 unless it
+        // says otherwise (captures come as `.txt`, `.msg`, `.dat`).
+        _ if one_file => Some("hl7"),
+        _ => None,
+    }
+}
+
+/// Sends every input file of `dir`, or `dir` itself when it is a file (as
+/// HL7 v2 unless it is named `.csv`, `.json` or `.ndjson`). A transport
 /// failure (no connection, no answer in time) is the last row and stops the
-/// replay: what was answered before it is kept.
+/// replay: what was answered before it is kept. `Err` (nothing sent) for a
+/// folder that cannot be read, a CSV or FHIR file with an MLLP target, or a
+/// CSV without `practice`.
 pub async fn replay(
     dir: &Path,
     target: &Target,
     practice: Option<&str>,
-) -> Result<Vec<Sent>, String> {
+) -> Result<Replayed, String> {
     let one_file = dir.is_file();
     let mut files: Vec<PathBuf> = if one_file {
         vec![dir.to_path_buf()]
@@ -74,6 +112,34 @@ pub async fn replay(
     };
     // In the order a person reads the names: `adt-2` before `adt-10`.
     files.sort_by(|a, b| natural_order(&a.to_string_lossy(), &b.to_string_lossy()));
+    let mut skipped = Vec::new();
+    let mut inputs = Vec::new();
+    for file in files {
+        match kind_of(&file, one_file) {
+            None => skipped.push(file),
+            Some("hl7") => inputs.push((file, "hl7")),
+            Some(kind) if matches!(target, Target::Mllp(_)) => {
+                return Err(format!(
+                    "{}: only .hl7 files go over MLLP (this is .{kind}); use an http:// URL",
+                    file.display()
+                ));
+            }
+            Some("csv") if practice.is_none() => {
+                return Err(format!("{}: a CSV needs --practice ODS", file.display()));
+            }
+            Some(kind) => inputs.push((file, kind)),
+        }
+    }
+    let sent = send_all(inputs, target, practice).await;
+    Ok(Replayed { sent, skipped })
+}
+
+/// Sends checked inputs in order (see [`replay`]).
+async fn send_all(
+    inputs: Vec<(PathBuf, &'static str)>,
+    target: &Target,
+    practice: Option<&str>,
+) -> Vec<Sent> {
     let http = reqwest::Client::new();
     let mut mllp: Option<MllpClient> = None;
     let mut sent = Vec::new();
@@ -84,17 +150,7 @@ pub async fn replay(
         outcome: why,
         ok: false,
     };
-    for file in files {
-        let mut ext = file
-            .extension()
-            .and_then(|e| e.to_str())
-            .unwrap_or("")
-            .to_ascii_lowercase();
-        // A file named alone is sent whatever its name: HL7 v2 unless it
-        // says otherwise (captures come as `.txt`, `.msg`, `.dat`).
-        if one_file && !["hl7", "csv", "json", "ndjson"].contains(&ext.as_str()) {
-            ext = "hl7".to_string();
-        }
+    for (file, ext) in inputs {
         let bytes = match std::fs::read(&file) {
             Ok(bytes) => bytes,
             Err(err) => {
@@ -102,7 +158,7 @@ pub async fn replay(
                 continue;
             }
         };
-        match (ext.as_str(), target) {
+        match (ext, target) {
             ("hl7", Target::Mllp(addr)) => {
                 if mllp.is_none() {
                     match MllpClient::connect(addr.as_str(), TIMEOUT).await {
@@ -110,7 +166,7 @@ pub async fn replay(
                         Err(err) => {
                             let why = format!("cannot connect to {addr}: {err}");
                             sent.push(failed(&file, "(connection)", why));
-                            return Ok(sent);
+                            return sent;
                         }
                     }
                 }
@@ -138,41 +194,57 @@ pub async fn replay(
                         Err(err) => {
                             let item = format!("(message {} of the file)", n + 1);
                             sent.push(failed(&file, &item, format!("no ACK: {err}")));
-                            return Ok(sent);
+                            return sent;
                         }
                     }
                 }
             }
             ("hl7", Target::Http(base)) => {
                 let url = format!("{base}/ingest/hl7v2");
-                let (status, body) =
-                    match post(&http, &url, "x-application/hl7-v2+er7", bytes).await {
-                        Ok(reply) => reply,
-                        Err(err) => {
-                            sent.push(failed(&file, "(the file)", err));
-                            return Ok(sent);
-                        }
+                // The file in parts of at most HTTP_BATCH messages, each
+                // part from one message's MSH to the next part's (the first
+                // from the file's start: what stands before its first MSH
+                // is answered by the gateway).
+                let starts = message_starts(&bytes);
+                let mut cuts: Vec<usize> =
+                    starts.iter().copied().step_by(HTTP_BATCH).skip(1).collect();
+                cuts.insert(0, 0);
+                cuts.push(bytes.len());
+                for (part, window) in cuts.windows(2).enumerate() {
+                    let body = bytes[window[0]..window[1]].to_vec();
+                    let item = match cuts.len() {
+                        2 => "(the file)".to_string(),
+                        _ => format!("(messages from {} of the file)", part * HTTP_BATCH + 1),
                     };
-                let acks: Vec<&str> = body.split('\n').filter(|a| a.starts_with("MSH")).collect();
-                // A refused body (400, 413, 415, …) answers no ACK: the
-                // file is a failure, not silently nothing.
-                if !(200..300).contains(&status) || acks.is_empty() {
-                    let why: String = body.chars().take(200).collect();
-                    sent.push(failed(&file, "(the file)", format!("HTTP {status}: {why}")));
-                }
-                for ack in acks {
-                    sent.push(from_ack(&file, ack.as_bytes()));
+                    let (status, reply) =
+                        match post(&http, &url, "x-application/hl7-v2+er7", body).await {
+                            Ok(reply) => reply,
+                            Err(err) => {
+                                sent.push(failed(&file, &item, err));
+                                return sent;
+                            }
+                        };
+                    let acks: Vec<&str> =
+                        reply.split('\n').filter(|a| a.starts_with("MSH")).collect();
+                    // A refused body (400, 413, 415, …) answers no ACK: the
+                    // file is a failure, not silently nothing.
+                    if !(200..300).contains(&status) || acks.is_empty() {
+                        let why: String = reply.chars().take(200).collect();
+                        sent.push(failed(&file, &item, format!("HTTP {status}: {why}")));
+                    }
+                    for ack in acks {
+                        sent.push(from_ack(&file, ack.as_bytes()));
+                    }
                 }
             }
             ("csv", Target::Http(base)) => {
-                let practice = practice
-                    .ok_or_else(|| format!("{}: a CSV needs --practice ODS", file.display()))?;
+                let practice = practice.unwrap_or_default();
                 let url = format!("{base}/ingest/gp-risk-list?practice={practice}");
                 match post(&http, &url, "text/csv", bytes).await {
                     Ok((status, _)) => sent.push(status_of(&file, practice, status)),
                     Err(err) => {
                         sent.push(failed(&file, practice, err));
-                        return Ok(sent);
+                        return sent;
                     }
                 }
             }
@@ -197,21 +269,16 @@ pub async fn replay(
                         Ok((status, _)) => sent.push(status_of(&file, &ty, status)),
                         Err(err) => {
                             sent.push(failed(&file, &ty, err));
-                            return Ok(sent);
+                            return sent;
                         }
                     }
                 }
             }
-            ("csv" | "json" | "ndjson", Target::Mllp(_)) => {
-                return Err(format!(
-                    "{}: only .hl7 files go over MLLP; use an http:// URL",
-                    file.display()
-                ));
-            }
+            // Refused by `replay` before anything was sent.
             _ => {}
         }
     }
-    Ok(sent)
+    sent
 }
 
 /// `message` with every line ending (`\r\n`, `\n`) as ER7's `\r`, bytes

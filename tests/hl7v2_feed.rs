@@ -1009,7 +1009,8 @@ async fn replay_sends_the_fixture_folder_over_mllp_then_http() {
     };
     let over_mllp = replay(&dir, &Target::Mllp(gw.mllp.to_string()), None)
         .await
-        .unwrap();
+        .unwrap()
+        .sent;
     let refused: Vec<(String, String)> = codes(&over_mllp)
         .into_iter()
         .filter(|(_, code)| code != "AA")
@@ -1049,7 +1050,8 @@ async fn replay_sends_the_fixture_folder_over_mllp_then_http() {
     assert!(over_mllp.len() >= 25, "{over_mllp:?}");
     let over_http = replay(&dir, &Target::Http(gw.root.clone()), None)
         .await
-        .unwrap();
+        .unwrap()
+        .sent;
     assert_eq!(codes(&over_http), codes(&over_mllp));
     gw.stop().await;
 }
@@ -1105,13 +1107,15 @@ async fn replay_takes_windows_1252_upper_case_names_and_reports_an_empty_file() 
     ];
     let over_mllp = replay(dir.path(), &Target::Mllp(gw.mllp.to_string()), None)
         .await
-        .unwrap();
+        .unwrap()
+        .sent;
     assert_eq!(rows(&over_mllp), expected, "{over_mllp:?}");
     let found = patients(&gw, &nhs).await;
     assert_eq!(found[0]["name"][0]["family"], "ZO\u{cb}", "{found:#?}");
     let over_http = replay(dir.path(), &Target::Http(gw.root.clone()), None)
         .await
-        .unwrap();
+        .unwrap()
+        .sent;
     assert_eq!(rows(&over_http), expected, "{over_http:?}");
     assert!(
         over_http[2].outcome.starts_with("HTTP 400"),
@@ -1124,7 +1128,8 @@ async fn replay_takes_windows_1252_upper_case_names_and_reports_an_empty_file() 
         None,
     )
     .await
-    .unwrap();
+    .unwrap()
+    .sent;
     assert_eq!(rows(&one), [("b.HL7".to_string(), true)], "{one:?}");
     assert_eq!(one[0].item, "W2");
     // Named alone, a capture with another extension is sent as HL7 v2 (in
@@ -1134,12 +1139,71 @@ async fn replay_takes_windows_1252_upper_case_names_and_reports_an_empty_file() 
     std::fs::write(&path, std::fs::read(dir.path().join("b.HL7")).unwrap()).unwrap();
     let sent = replay(&path, &Target::Mllp(gw.mllp.to_string()), None)
         .await
-        .unwrap();
+        .unwrap()
+        .sent;
     assert_eq!(rows(&sent), [("capture.txt".to_string(), true)], "{sent:?}");
     let skipped = replay(capture.path(), &Target::Mllp(gw.mllp.to_string()), None)
         .await
         .unwrap();
-    assert!(skipped.is_empty(), "{skipped:?}");
+    assert!(skipped.sent.is_empty(), "{skipped:?}");
+    assert_eq!(skipped.skipped, [path], "{skipped:?}");
+    gw.stop().await;
+}
+
+/// A capture of more messages than one request should carry goes over HTTP
+/// in parts, every message answered; a folder holding a file the target
+/// cannot take is refused before anything is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_sends_a_long_capture_in_parts_and_checks_a_folder_first() {
+    use pathway_gateway::replay::{Target, replay};
+    let gw = start().await;
+    let dir = tempfile::tempdir().unwrap();
+    // 501 messages: two requests (500 and 1), after a line before the
+    // first MSH that is no message.
+    let mut capture = String::from("not a message\r");
+    for n in 0..501 {
+        let nhs = nhs_number(2000 + n);
+        capture.push_str(&adt(
+            "A28",
+            &format!("L{n}"),
+            "202607141018",
+            &format!("{nhs}^^^NHS^NH"),
+            None,
+        ));
+    }
+    std::fs::write(dir.path().join("capture.hl7"), &capture).unwrap();
+    let done = replay(dir.path(), &Target::Http(gw.root.clone()), None)
+        .await
+        .unwrap();
+    assert!(done.skipped.is_empty(), "{done:?}");
+    assert_eq!(done.sent.len(), 502, "{:?}", &done.sent[..3]);
+    assert_eq!(done.sent[0].outcome, "AR", "{:?}", done.sent[0]);
+    let items: Vec<&str> = done.sent[1..].iter().map(|s| s.item.as_str()).collect();
+    let want: Vec<String> = (0..501).map(|n| format!("L{n}")).collect();
+    assert_eq!(items, want);
+    assert!(done.sent[1..].iter().all(|s| s.ok && s.outcome == "AA"));
+    assert_eq!(patients(&gw, &nhs_number(2500)).await.len(), 1);
+    // A CSV beside an HL7 file, over MLLP: refused, the HL7 file unsent.
+    let mixed = tempfile::tempdir().unwrap();
+    let nhs = nhs_number(2600);
+    let admit = adt(
+        "A28",
+        "M1",
+        "202607141018",
+        &format!("{nhs}^^^NHS^NH"),
+        None,
+    );
+    std::fs::write(mixed.path().join("a.hl7"), admit).unwrap();
+    std::fs::write(mixed.path().join("b.csv"), "NHS Number\n").unwrap();
+    let refused = replay(mixed.path(), &Target::Mllp(gw.mllp.to_string()), None).await;
+    let err = refused.expect_err("a CSV cannot go over MLLP");
+    assert!(err.contains("b.csv") && err.contains("MLLP"), "{err}");
+    // ... and over HTTP without --practice.
+    let err = replay(mixed.path(), &Target::Http(gw.root.clone()), None)
+        .await
+        .expect_err("a CSV needs a practice");
+    assert!(err.contains("--practice"), "{err}");
+    assert!(patients(&gw, &nhs).await.is_empty());
     gw.stop().await;
 }
 

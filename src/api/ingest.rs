@@ -226,7 +226,7 @@ const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
 /// Where the body's messages start: each `MSH` with only blanks, byte-order
 /// marks and MLLP start blocks (`0x0B`) between it and the start of the body
 /// or a line break.
-fn message_starts(body: &[u8]) -> Vec<usize> {
+pub(crate) fn message_starts(body: &[u8]) -> Vec<usize> {
     let starts_segment = |i: usize| {
         let mut j = i;
         loop {
