@@ -1627,17 +1627,177 @@ async fn a_merge_that_arrives_before_the_merged_record_still_converges() {
     );
     assert_eq!(send(&mut c, &a40).await.0, "AA");
     let ed = pv1("E", "E99", "202610251150", "");
+    let unknown = |m: String| m.replace("PAGE^Margaret^^^MRS", "UNKNOWN^Male");
     let a04 = adt("A04", "Q1", "202610251158", "U99^^^RJZ^MR", Some(&ed));
-    assert_eq!(send(&mut c, &a04).await.0, "AA");
+    assert_eq!(send(&mut c, &unknown(a04)).await.0, "AA");
 
+    // As if the A04 had come first: U99's record retired into the survivor.
     let found = patients(&gw, "U99").await;
     assert_eq!(found.len(), 1, "{found:#?}");
     let survivor = &patients(&gw, &nhs).await[0];
-    assert_eq!(found[0]["id"], survivor["id"]);
+    let survivor_ref = format!("Patient/{}", survivor["id"].as_str().unwrap());
+    assert_eq!(found[0]["active"], false, "{found:#?}");
+    assert_eq!(found[0]["link"][0]["type"], "replaced-by");
+    assert_eq!(found[0]["link"][0]["other"]["reference"], survivor_ref);
+    assert_eq!(survivor["link"][0]["type"], "replaces", "{survivor:#}");
+    assert_eq!(
+        survivor["link"][0]["other"]["reference"],
+        format!("Patient/{}", found[0]["id"].as_str().unwrap())
+    );
     assert_eq!(
         encounter(&gw, "E99").await["subject"]["reference"],
+        survivor_ref
+    );
+    // What a message of the merged-away record says of it is not the
+    // survivor's: its placeholder name, sent after the merge, is not taken.
+    let a08 = adt("A08", "Q3", "202610251430", "U99^^^RJZ^MR", Some(&ed));
+    assert_eq!(send(&mut c, &unknown(a08)).await.0, "AA");
+    let survivor = &patients(&gw, &nhs).await[0];
+    assert_eq!(survivor["name"][0]["family"], "PAGE", "{survivor:#}");
+    assert_eq!(survivor["active"], Value::Null, "{survivor:#}");
+    gw.stop().await;
+}
+
+/// An A40 merging a traced record, ahead of that record's own messages:
+/// they land on the survivor, as they do when they come first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merge_of_a_traced_record_that_arrives_first_still_converges() {
+    let gw = start().await;
+    let mut c = MllpClient::connect(gw.mllp, TIMEOUT).await.unwrap();
+    let (kept, gone) = (nhs_number(3101), nhs_number(3201));
+    let b = adt(
+        "A28",
+        "T1",
+        "202610250900",
+        &format!("K2^^^RJZ^MR~{kept}^^^NHS^NH"),
+        None,
+    );
+    assert_eq!(send(&mut c, &b).await.0, "AA");
+    let merge = a40(
+        "T2",
+        "202610251400",
+        &format!("K2^^^RJZ^MR~{kept}^^^NHS^NH"),
+        "K1^^^RJZ^MR",
+    );
+    assert_eq!(send(&mut c, &merge).await.0, "AA");
+    let late = adt(
+        "A01",
+        "T3",
+        "202610251000",
+        &format!("K1^^^RJZ^MR~{gone}^^^NHS^NH"),
+        Some(&pv1("I", "V31", "202610251000", "")),
+    )
+    .replace("PAGE^Margaret^^^MRS", "OTHER^Name");
+    assert_eq!(
+        send(&mut c, &late).await,
+        ("AA".into(), "T3".into(), String::new())
+    );
+    let survivor = &patients(&gw, &kept).await[0];
+    assert_eq!(
+        encounter(&gw, "V31").await["subject"]["reference"],
         format!("Patient/{}", survivor["id"].as_str().unwrap())
     );
+    // The survivor keeps its own NHS number and details.
+    assert_eq!(survivor["name"][0]["family"], "PAGE", "{survivor:#}");
+    assert!(!survivor.to_string().contains(&gone), "{survivor:#}");
+    gw.stop().await;
+}
+
+/// Two merges in a chain, A into B then B into C, arriving in the reverse
+/// order: all three end on C, as in the order they were sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chained_merges_arriving_in_reverse_order_end_on_the_last_survivor() {
+    let gw = start().await;
+    let mut c = MllpClient::connect(gw.mllp, TIMEOUT).await.unwrap();
+    let (na, nb, nc) = (nhs_number(3301), nhs_number(3401), nhs_number(3501));
+    for (id, pid3, visit) in [
+        ("C1", format!("HA^^^RJZ^MR~{na}^^^NHS^NH"), "VA"),
+        ("C2", format!("HB^^^RJZ^MR~{nb}^^^NHS^NH"), "VB"),
+        ("C3", format!("HC^^^RJZ^MR~{nc}^^^NHS^NH"), "VC"),
+    ] {
+        let admit = adt(
+            "A01",
+            id,
+            "202610250900",
+            &pid3,
+            Some(&pv1("I", visit, "202610250900", "")),
+        );
+        assert_eq!(send(&mut c, &admit).await.0, "AA");
+    }
+    let b_into_c = a40(
+        "C5",
+        "202610251500",
+        &format!("HC^^^RJZ^MR~{nc}^^^NHS^NH"),
+        "HB^^^RJZ^MR",
+    );
+    let a_into_b = a40(
+        "C4",
+        "202610251400",
+        &format!("HB^^^RJZ^MR~{nb}^^^NHS^NH"),
+        "HA^^^RJZ^MR",
+    );
+    assert_eq!(send(&mut c, &b_into_c).await.0, "AA");
+    assert_eq!(
+        send(&mut c, &a_into_b).await,
+        ("AA".into(), "C4".into(), String::new())
+    );
+    let last = &patients(&gw, &nc).await[0];
+    let last_ref = format!("Patient/{}", last["id"].as_str().unwrap());
+    for visit in ["VA", "VB", "VC"] {
+        assert_eq!(
+            encounter(&gw, visit).await["subject"]["reference"],
+            last_ref,
+            "{visit}"
+        );
+    }
+    for gone in [&na, &nb] {
+        let found = patients(&gw, gone).await;
+        assert_eq!(found[0]["active"], false, "{found:#?}");
+        assert_eq!(found[0]["link"][0]["other"]["reference"], last_ref);
+    }
+    assert!(!last["identifier"].to_string().contains(&nb), "{last:#}");
+    gw.stop().await;
+}
+
+/// A visit number is one patient's: a message naming it for another is an
+/// `AE` at PV1-19, and the visit stays where it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_visit_named_for_another_patient_is_refused() {
+    let gw = start().await;
+    let mut c = MllpClient::connect(gw.mllp, TIMEOUT).await.unwrap();
+    let (x, y) = (nhs_number(3601), nhs_number(3701));
+    let ed = pv1("E", "V36", "202610251000", "");
+    let first = adt(
+        "A04",
+        "S1",
+        "202610251000",
+        &format!("{x}^^^NHS^NH"),
+        Some(&ed),
+    );
+    assert_eq!(send(&mut c, &first).await.0, "AA");
+    let other = adt(
+        "A08",
+        "S2",
+        "202610251100",
+        &format!("{y}^^^NHS^NH"),
+        Some(&ed),
+    );
+    let (code, _, err) = send(&mut c, &other).await;
+    assert_eq!(code, "AE");
+    assert!(err.starts_with("PV1^1^19"), "{err}");
+    let owner = &patients(&gw, &x).await[0];
+    assert_eq!(
+        encounter(&gw, "V36").await["subject"]["reference"],
+        format!("Patient/{}", owner["id"].as_str().unwrap())
+    );
+    assert!(patients(&gw, &y).await.is_empty());
+    // An untraced patient's visit, then a message with another hospital
+    // number and no NHS number for it: refused too.
+    let ed = pv1("E", "V37", "202610251000", "");
+    let first = adt("A04", "S3", "202610251000", "U37^^^RJZ^MR", Some(&ed));
+    assert_eq!(send(&mut c, &first).await.0, "AA");
+    let other = adt("A08", "S4", "202610251100", "U38^^^RJZ^MR", Some(&ed));
+    assert_eq!(send(&mut c, &other).await.0, "AE");
     gw.stop().await;
 }
 

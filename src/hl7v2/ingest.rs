@@ -612,6 +612,9 @@ impl Feed {
             .map(|(s, c)| (s.id.clone(), s.version, c.clone()))
             .collect();
         let found = parsed(store, patients.into_iter().map(|(s, _)| s).collect());
+        // The records the message's identifiers are on (a survivor reached
+        // only through one of them was reached through a merge).
+        let found_ids: Vec<String> = found.iter().map(|(s, _)| s.id.clone()).collect();
         let carries_ours = |v: &Value| {
             nhs_key.as_ref().is_some_and(|(system, value)| {
                 v.at("identifier").as_array().is_some_and(|ids| {
@@ -671,7 +674,15 @@ impl Feed {
                 .map(|theirs| clash(&theirs, ours)),
             _ => None,
         };
-        if !merged_away && let Some(clash) = target_clash {
+        // Found only through a record merged into it: the message is about
+        // that record (sent before the merge, or still naming it after).
+        let through_merge = target
+            .as_ref()
+            .is_some_and(|(t, _)| !found_ids.contains(&t.id));
+        if !merged_away
+            && !through_merge
+            && let Some(clash) = target_clash
+        {
             return Ok(Err(vec![clash]));
         }
         // Records found by hospital number that are not the target: the
@@ -692,13 +703,29 @@ impl Feed {
             }
             absorbed.push((other, value));
         }
-        // A40: the records named in MRG-1 are merged into this one.
-        let mut merged_unseen = false;
+        let absorbs_found = !absorbed.is_empty();
+        // A40: the records named in MRG-1 are merged into this one. One not
+        // stored yet (the A40 arrives ahead of its messages) is stored now,
+        // retired, with MRG-1's identifiers that are not the message's own:
+        // its late messages then find the survivor as they would had they
+        // come first.
+        let mut unseen: Vec<Value> = Vec::new();
         if !adt.prior.is_empty() {
             let prior = store
                 .by_identifier(ResourceType::Patient, &adt::identifier_keys(&adt.prior))
                 .await?;
-            merged_unseen = prior.is_empty();
+            if prior.is_empty() {
+                unseen = adt
+                    .prior
+                    .iter()
+                    .filter(|id| {
+                        adt::identifier_keys(std::slice::from_ref(id))
+                            .first()
+                            .is_some_and(|key| !keys.contains(key))
+                    })
+                    .cloned()
+                    .collect();
+            }
             let prior = survivors(store, parsed(store, prior)).await?;
             for found in prior {
                 let same = target.as_ref().is_some_and(|(t, _)| t.id == found.0.id);
@@ -727,8 +754,15 @@ impl Feed {
         let times = Times::of(clock.as_ref());
         // What the message says of a record merged away is not the
         // survivor's: it sets no member of it, and its encounter goes to
-        // the survivor, which stays as it is.
-        let leave_survivor = merged_away && absorbed.is_empty() && adt.prior.is_empty();
+        // the survivor (an A40's MRG-1 records are still merged into it).
+        // Reached through a merge, a message that brings an NHS number
+        // traces an untraced survivor; a traced one keeps its own (the
+        // merged-away record's is superseded, as when it was stored).
+        let traced = target
+            .as_ref()
+            .is_some_and(|(_, v)| nhs_number_of(v).is_some());
+        let leave_survivor = !absorbs_found
+            && (merged_away || (through_merge && (facts.nhs_number.is_none() || traced)));
         if !leave_survivor && let Some(clash) = target_clash {
             return Ok(Err(vec![clash]));
         }
@@ -758,9 +792,10 @@ impl Feed {
             self.keep_facts(key, facts.clone());
         }
         // The stored patient as the message finds it: nothing to build.
+        let absorbs = !absorbed.is_empty() || !unseen.is_empty();
         let unchanged = match &target {
-            Some(_) if leave_survivor => true,
-            Some((stored, old)) if absorbed.is_empty() && !merged_unseen => {
+            Some(_) if leave_survivor => !absorbs,
+            Some((stored, old)) if !absorbs => {
                 let unchanged = state::patient_unchanged(old, &times, &facts, adt.time_ms);
                 // (Every test checks the shortcut against the full path.)
                 debug_assert!(
@@ -779,6 +814,8 @@ impl Feed {
         // (Not read when unchanged.)
         let mut patient = if unchanged {
             Value::Null
+        } else if leave_survivor && let Some((_, old)) = &target {
+            Value::clone(old)
         } else {
             patient_from(
                 target.as_ref().map(|(_, v)| v.as_ref()),
@@ -790,12 +827,11 @@ impl Feed {
         for (old, _) in &absorbed {
             patient = state::survivor(&patient, &format!("Patient/{}", old.id));
         }
-        // Merging a record not seen yet (its messages arrive after the
-        // A40): the survivor takes its hospital numbers as old identifiers,
-        // so that those messages find the survivor.
-        if merged_unseen {
-            patient = state::with_old_identifiers(&patient, &adt.prior);
-        }
+        let placeholder = (!unseen.is_empty()).then(|| {
+            let full_url = format!("urn:uuid:{}", new_id());
+            patient = state::survivor(&patient, &full_url);
+            (full_url, state::placeholder(unseen, &patient_ref))
+        });
         match &target {
             Some(_) if unchanged => {}
             Some((stored, old)) => {
@@ -830,6 +866,23 @@ impl Feed {
                 );
             }
         }
+        if let Some((full_url, value)) = placeholder {
+            let resource = match self.prepared(&Written::of(&value), &value, ResourceType::Patient)
+            {
+                Ok(r) => r,
+                Err(errors) => return Ok(Err(errors)),
+            };
+            let key = adt::identifier_keys(value.at("identifier").as_array().map_or(&[], |v| v));
+            writes.push(
+                Mutation::Create {
+                    resource,
+                    id: new_id(),
+                    if_none_exist: Some(identifier_query(ResourceType::Patient, &key[..1])),
+                    full_url: Some(full_url),
+                },
+                value,
+            );
+        }
         for (old, value) in &absorbed {
             let retired = state::retired(value, &patient_ref);
             if let Err(errors) =
@@ -858,6 +911,28 @@ impl Feed {
                 None => (None, None),
             };
             let current_value = current.as_ref().and_then(|s| store.parsed(s));
+            // A visit stays with its patient: one the message names for
+            // another patient is an error, not a move (that is an A40's, or
+            // a record merged in by this message).
+            if let Some(subject) = current_value
+                .as_deref()
+                .and_then(|v| v.at("subject").at("reference").as_str())
+                && subject != patient_ref
+                && !absorbed
+                    .iter()
+                    .any(|(a, _)| subject == format!("Patient/{}", a.id))
+                && !self.leads_to(subject, &patient_ref).await?
+            {
+                return Ok(Err(vec![DataError::new(
+                    Condition::DuplicateKey,
+                    "PV1-19",
+                    format!(
+                        "visit number {} is an encounter of another patient ({subject}); a visit \
+                         moves to another patient by a merge (A40), not by a message naming it",
+                        key[0].1
+                    ),
+                )]));
+            }
             let encounter_id = current.as_ref().map_or_else(new_id, |s| s.id.clone());
             // An Encounter's members go by its latest event alone; its
             // clock keeps the cancels and the classes it has had.
@@ -939,6 +1014,22 @@ impl Feed {
             }
         }
         Ok(Ok(Planned { writes, clocks }))
+    }
+
+    /// Whether the patient `subject` names (`Patient/{id}`) is `target` or
+    /// was merged into it.
+    async fn leads_to(&self, subject: &str, target: &str) -> Result<bool, StoreError> {
+        let Some(id) = subject.strip_prefix("Patient/") else {
+            return Ok(false);
+        };
+        let store = self.store.as_ref();
+        let Some(stored) = store.read(ResourceType::Patient, id).await? else {
+            return Ok(false);
+        };
+        let found = survivors(store, parsed(store, vec![stored])).await?;
+        Ok(found
+            .first()
+            .is_some_and(|(s, _)| target == format!("Patient/{}", s.id)))
     }
 
     /// Hands the store the values just written, as their stored bodies

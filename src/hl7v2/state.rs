@@ -599,30 +599,14 @@ pub fn survivor(current: &Value, old: &str) -> Value {
     Value::Object(order(p, PATIENT_ORDER))
 }
 
-/// The survivor of a merge whose merged-away record is not stored (yet):
-/// it takes that record's local identifiers (not an NHS number: a patient
-/// has one) as `old` ones, unless it has them already.
-pub fn with_old_identifiers(current: &Value, prior: &[Value]) -> Value {
-    let mut p = current.as_object().cloned().unwrap_or_default();
-    let mut ids = take_array(&mut p, "identifier");
-    for id in prior {
-        let held = ids.iter().any(|other| {
-            other.at("system") == id.at("system") && other.at("value") == id.at("value")
-        });
-        if held || id.at("system") == super::adt::NHS_NUMBER_SYSTEM {
-            continue;
-        }
-        let mut old = Map::new();
-        old.insert("use".into(), json!("old"));
-        for (key, value) in id.as_object().into_iter().flatten() {
-            if key != "use" {
-                old.insert(key.clone(), value.clone());
-            }
-        }
-        ids.push(Value::Object(old));
-    }
-    p.insert("identifier".into(), Value::Array(ids));
-    Value::Object(order(p, PATIENT_ORDER))
+/// The record an A40 merges away before any message of its own was stored
+/// (the A40 arrived ahead of them): its MRG-1 `identifiers`, retired into
+/// `survivor`, so that its late messages find the survivor through it.
+pub fn placeholder(identifiers: Vec<Value>, survivor: &str) -> Value {
+    let mut p = Map::new();
+    p.insert("resourceType".into(), json!("Patient"));
+    p.insert("identifier".into(), Value::Array(identifiers));
+    retired(&Value::Object(p), survivor)
 }
 
 fn add_link(p: &mut Map<String, Value>, other: &str, kind: &str) {
