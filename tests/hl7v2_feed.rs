@@ -490,6 +490,74 @@ async fn a_quarantined_message_replays_after_a_fix() {
     gw.stop().await;
 }
 
+/// Every rejected message is kept: one refused with `AR` (here an HL7
+/// version not taken) and one that cannot be read are held in quarantine,
+/// once however often they are sent, over MLLP or HTTP; the refused one
+/// replays once the gateway takes its version, and is then taken when sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_message_is_kept_and_replays_once_taken() {
+    let gw = start().await;
+    let mut c = MllpClient::connect(gw.mllp, TIMEOUT).await.unwrap();
+    let nhs = nhs_number(3801);
+    let later = adt(
+        "A04",
+        "R26",
+        "202610251000",
+        &format!("{nhs}^^^NHS^NH"),
+        Some(&pv1("E", "V38", "202610251000", "")),
+    )
+    .replace("|P|2.4\r", "|P|2.6\r");
+    let unreadable = "MSH|^~\\&|PAS|RJZ|PATHWAY|ONEBROMLEY|202610251000||ADT^A04|U1|P|2.4\rP?D|1\r";
+    for _ in 0..2 {
+        assert_eq!(send(&mut c, &later).await.0, "AR");
+        assert_eq!(send(&mut c, unreadable).await.0, "AR");
+    }
+    let over_http = gw.send(post_hl7v2(&gw, later.clone())).await;
+    assert!(over_http.text.contains("MSA|AR|R26"), "{}", over_http.text);
+    let held = gw
+        .send(gw.client.get(format!("{}/quarantine", gw.root)))
+        .await;
+    let entries = held.json["entries"].as_array().unwrap().clone();
+    let locations: Vec<&str> = entries
+        .iter()
+        .map(|e| e["location"].as_str().unwrap())
+        .collect();
+    assert_eq!(locations, ["MSH-10 R26", "MSH-10 U1"], "{}", held.text);
+    assert_eq!(entries[0]["reasons"][0]["location"], "MSH-12.1");
+    assert_eq!(entries[0]["reasons"][0]["code"], 203);
+    assert!(
+        entries[1]["reasons"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("P?D"),
+        "{}",
+        held.text
+    );
+    let replay = format!("{}/quarantine/{}/replay", gw.root, entries[0]["id"]);
+    let still = gw.send(gw.client.post(&replay)).await;
+    assert_eq!(
+        still.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        still.text
+    );
+    assert!(patients(&gw, &nhs).await.is_empty());
+
+    // The trust's engine labels its 2.5 messages 2.6: taken from now on.
+    let gw = gw
+        .restart_with(|config| config.hl7v2.cx.versions.push("2.6".to_string()))
+        .await;
+    let replay = format!("{}/quarantine/{}/replay", gw.root, entries[0]["id"]);
+    let done = gw.send(gw.client.post(&replay)).await;
+    assert_eq!(done.status, StatusCode::OK, "{}", done.text);
+    assert_eq!(patients(&gw, &nhs).await.len(), 1);
+    assert_eq!(encounter(&gw, "V38").await["class"]["code"], "EMER");
+    let mut c = MllpClient::connect(gw.mllp, TIMEOUT).await.unwrap();
+    assert_eq!(send(&mut c, &later).await.0, "AA");
+    assert_eq!(patients(&gw, &nhs).await.len(), 1);
+    gw.stop().await;
+}
+
 /// A PAS whose counter started again: another message under an MSH-10
 /// already accepted is not dropped as a repeat but answered `AE` (205) and
 /// held; sent again it is not held twice; the first message sent again,
@@ -740,7 +808,9 @@ async fn metrics_count_answers_by_transport_and_code_and_what_is_held() {
         "# TYPE pathway_quarantine_held gauge",
         "pathway_quarantine_held{source=\"gp-risk-list\"} 0",
         "pathway_quarantine_held{source=\"hl7v2-http\"} 0",
-        "pathway_quarantine_held{source=\"hl7v2-mllp\"} 1",
+        // The AE and the ORU's AR (kept too, for a replay should the
+        // gateway take ORU^R01 one day).
+        "pathway_quarantine_held{source=\"hl7v2-mllp\"} 2",
     ] {
         assert!(metrics.lines().any(|l| l == line), "{line} in:\n{metrics}");
     }
@@ -767,7 +837,7 @@ async fn metrics_count_answers_by_transport_and_code_and_what_is_held() {
     assert!(
         metrics
             .lines()
-            .any(|l| l == "pathway_quarantine_held{source=\"hl7v2-mllp\"} 0"),
+            .any(|l| l == "pathway_quarantine_held{source=\"hl7v2-mllp\"} 1"),
         "{metrics}"
     );
     gw.stop().await;
