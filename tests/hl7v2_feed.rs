@@ -558,6 +558,45 @@ async fn a_refused_message_is_kept_and_replays_once_taken() {
     gw.stop().await;
 }
 
+/// The first reason of the first entry `GET /quarantine` lists.
+async fn first_reason(gw: &Gateway) -> Value {
+    let held = gw
+        .send(gw.client.get(format!("{}/quarantine", gw.root)))
+        .await;
+    held.json["entries"][0]["reasons"][0].clone()
+}
+
+/// A replay that fails leaves its entry held with the reasons it failed
+/// for now, not those of the first refusal: here a version not taken,
+/// then, once it is, an NHS number failing its check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_replay_shows_why_it_failed_now() {
+    let gw = start().await;
+    let mut c = MllpClient::connect(gw.mllp, TIMEOUT).await.unwrap();
+    let message = adt("A28", "R27", "202610251000", "9990000019^^^NHS^NH", None)
+        .replace("|P|2.4\r", "|P|2.6\r");
+    assert_eq!(send(&mut c, &message).await.0, "AR");
+    assert_eq!(first_reason(&gw).await["location"], "MSH-12.1");
+    let gw = gw
+        .restart_with(|config| config.hl7v2.cx.versions.push("2.6".to_string()))
+        .await;
+    let replay = format!("{}/quarantine/1/replay", gw.root);
+    let failed = gw.send(gw.client.post(&replay)).await;
+    assert_eq!(
+        failed.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        failed.text
+    );
+    let now = first_reason(&gw).await;
+    assert!(
+        now["location"].as_str().unwrap().starts_with("PID-3"),
+        "{now}"
+    );
+    assert_ne!(now["code"], 203, "{now}");
+    gw.stop().await;
+}
+
 /// A PAS whose counter started again: another message under an MSH-10
 /// already accepted is not dropped as a repeat but answered `AE` (205) and
 /// held; sent again it is not held twice; the first message sent again,

@@ -325,6 +325,10 @@ impl Feed {
                 let error = DataError::new(condition, location, reason);
                 if journal.is_some() {
                     self.hold_refused(message, source, &error).await?;
+                } else if let Some(held) = replays {
+                    let reasons = serde_json::to_string(std::slice::from_ref(&error))
+                        .unwrap_or_else(|_| "[]".into());
+                    self.store.revise_quarantined(held, reasons).await?;
                 }
                 return Ok(Verdict::Rejected(AckError {
                     location: Some(error.location),
@@ -333,7 +337,9 @@ impl Feed {
                 }));
             }
             Err(AdtError::Invalid(errors)) => {
-                return self.quarantine(message, journal, source, errors).await;
+                return self
+                    .quarantine(message, journal, source, errors, replays)
+                    .await;
             }
         };
         let _guards = self.lock(&adt).await;
@@ -352,7 +358,11 @@ impl Feed {
             };
             let planned = match self.plan(&adt, patient, visit, key.as_deref()).await? {
                 Ok(planned) => planned,
-                Err(errors) => return self.quarantine(message, journal, source, errors).await,
+                Err(errors) => {
+                    return self
+                        .quarantine(message, journal, source, errors, replays)
+                        .await;
+                }
             };
             let Writes { mutations, values } = planned.writes;
             let full_urls: Vec<Option<String>> = mutations
@@ -399,7 +409,9 @@ impl Feed {
                         "MSH-10",
                         format!("the message's records cannot be stored: {error}"),
                     )];
-                    return self.quarantine(message, journal, source, errors).await;
+                    return self
+                        .quarantine(message, journal, source, errors, replays)
+                        .await;
                 }
                 IngestOutcome::Done {
                     journal_id, write, ..
@@ -418,7 +430,8 @@ impl Feed {
                 "the records this message changes kept changing under it ({MAX_ATTEMPTS} attempts)"
             ),
         )];
-        self.quarantine(message, journal, source, errors).await
+        self.quarantine(message, journal, source, errors, replays)
+            .await
     }
 
     async fn quarantine(
@@ -427,13 +440,19 @@ impl Feed {
         journal: Option<JournalEntry>,
         source: &str,
         errors: Vec<DataError>,
+        replays: Option<i64>,
     ) -> Result<Verdict, StoreError> {
-        let replay = journal.is_none();
         let entry = quarantine_entry(message, source, &errors);
-        if replay {
-            // Already held: a failed replay stays where it is. It was
-            // planned on lookups that may run a sync ahead of the disk.
-            self.store.settled().await?;
+        if journal.is_none() {
+            // Already held: a failed replay stays where it is, with the
+            // reasons it failed for now (an answer after the commit that
+            // records them, so after the sync its lookups may have run
+            // ahead of).
+            if let Some(held) = replays {
+                self.store.revise_quarantined(held, entry.reasons).await?;
+            } else {
+                self.store.settled().await?;
+            }
             return Ok(Verdict::Quarantined {
                 quarantine_id: None,
                 errors,

@@ -447,6 +447,9 @@ pub trait Store: Send + Sync + 'static {
     /// false if it was not held. (A replay marks its entry replayed in the
     /// commit that applies it: [`IngestRequest::replays`].)
     async fn discard_quarantined(&self, id: i64) -> Result<bool, StoreError>;
+    /// Gives a held entry the `reasons` (JSON, as [`QuarantineEntry`]'s)
+    /// its replay failed for now; false if it was not held.
+    async fn revise_quarantined(&self, id: i64, reasons: String) -> Result<bool, StoreError>;
     /// The oldest `limit` outbox rows, with their resource versions: the
     /// JSON only for the types in `bodies_for` (empty for the others, which
     /// no rule looks at).

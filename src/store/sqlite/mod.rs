@@ -118,6 +118,7 @@ pub(super) enum Job {
         oneshot::Sender<Result<Vec<i64>, StoreError>>,
     ),
     Discard(i64, oneshot::Sender<Result<bool, StoreError>>),
+    Revise(i64, String, oneshot::Sender<Result<bool, StoreError>>),
     Route(
         RouteRequest,
         oneshot::Sender<Result<RouteOutcome, StoreError>>,
@@ -667,6 +668,10 @@ impl Store for SqliteStore {
 
     async fn discard_quarantined(&self, id: i64) -> Result<bool, StoreError> {
         self.submit(|tx| Job::Discard(id, tx)).await
+    }
+
+    async fn revise_quarantined(&self, id: i64, reasons: String) -> Result<bool, StoreError> {
+        self.submit(|tx| Job::Revise(id, reasons, tx)).await
     }
 
     async fn outbox(

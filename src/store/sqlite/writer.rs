@@ -421,6 +421,10 @@ impl Writer {
                         self.in_savepoint(|w| w.resolve_quarantined(id, "discarded", now).map(Ok));
                     answers.push(Answer::Resolve(reply, result));
                 }
+                Job::Revise(id, reasons, reply) => {
+                    let result = self.in_savepoint(|w| w.revise_quarantined(id, &reasons).map(Ok));
+                    answers.push(Answer::Resolve(reply, result));
+                }
                 Job::Route(request, reply) => {
                     let result = self.in_savepoint(|w| w.route(&request, now).map(Ok));
                     answers.push(Answer::Route(reply, result));
@@ -1081,6 +1085,16 @@ impl Writer {
         Ok(changed == 1)
     }
 
+    /// Gives held entry `id` the `reasons` its replay failed for; false if
+    /// it was not held.
+    fn revise_quarantined(&mut self, id: i64, reasons: &str) -> Result<bool, StoreError> {
+        let changed = self
+            .conn
+            .prepare_cached("UPDATE quarantine SET reasons = ?2 WHERE id = ?1 AND status = 'held'")?
+            .execute(params![id, reasons])?;
+        Ok(changed == 1)
+    }
+
     /// The journal entry, then its writes, quarantine entries and event
     /// clocks. A repeat and a refused write (or a raced create, see
     /// [`IngestRequest::write`]) are found before anything is written: a
@@ -1557,7 +1571,7 @@ fn answer_failure(job: Job, message: &str) {
         Job::Quarantine(_, reply) => {
             let _ = reply.send(Err(failure(message)));
         }
-        Job::Discard(_, reply) => {
+        Job::Discard(_, reply) | Job::Revise(_, _, reply) => {
             let _ = reply.send(Err(failure(message)));
         }
         Job::Route(_, reply) => {
