@@ -168,6 +168,31 @@ async fn bad_rows_are_reported_and_quarantined_while_good_rows_are_stored() {
         .await;
     assert_eq!(replay.status, 422, "{}", replay.text);
     assert_eq!(replay.json["status"], "held");
+    // The practice sends the list again, a new row first (the bad ones a
+    // line further down): the rows still held keep their entries.
+    let first_ids = reply.json["quarantined"].clone();
+    let again = list(&[
+        (&nhs_number(23), "New", "05-Mar-1938", "0.40"),
+        (&good, "Smith", "05-Mar-1938", "0.40"),
+        ("9434765918", "Bad", "05-Mar-1938", "0.40"),
+        (&nhs_number(22), "Later", "30-Feb-1940", "0.40"),
+        ("", "Nobody", "01-Jan-1940", "0.10"),
+    ]);
+    let resent = upload(&gw, "G84001", &again, "").await;
+    assert_eq!(resent.status, 200, "{}", resent.text);
+    assert_eq!(resent.json["rejected"], 3);
+    assert_eq!(resent.json["quarantined"], first_ids, "{}", resent.text);
+    let held = gw.get_url(&format!("{}/quarantine", gw.root)).await;
+    assert_eq!(
+        held.json["entries"].as_array().unwrap().len(),
+        3,
+        "{}",
+        held.text
+    );
+    // Another practice's same row is its own.
+    let other = upload(&gw, "G84002", &body, "").await;
+    assert_eq!(other.json["quarantined"].as_array().unwrap().len(), 3);
+    assert_ne!(other.json["quarantined"], first_ids);
     gw.stop().await;
 }
 

@@ -262,7 +262,7 @@ pub async fn ingest_list(
             quarantine_entry(record, errors, &header, layout.format, options, journal_id)
         })
         .collect();
-    report.quarantined = store.quarantine(entries).await?;
+    report.quarantined = hold_once(store, &options.practice, entries).await?;
     report.errors = rejected
         .into_iter()
         .flat_map(|(_, errors)| errors)
@@ -271,6 +271,53 @@ pub async fn ingest_list(
     // run, or rows left unchanged, wrote nothing after them.
     store.settled().await?;
     Ok(report)
+}
+
+/// Holds refused rows in quarantine, each once: a row the practice sent
+/// before (the same text under the same header, read the same way, on any
+/// line) that is still held keeps its entry. Returns the rows' entry ids in
+/// order.
+async fn hold_once(
+    store: &dyn Store,
+    practice: &str,
+    entries: Vec<QuarantineEntry>,
+) -> Result<Vec<i64>, StoreError> {
+    if entries.is_empty() {
+        return Ok(Vec::new());
+    }
+    // A saved row as compared: its payload without the line it stood on.
+    let row_of = |payload: &[u8]| {
+        let mut saved = serde_json::from_slice::<Value>(payload).ok()?;
+        saved.as_object_mut()?.remove("line");
+        Some(saved)
+    };
+    let held: Vec<(Value, i64)> = store
+        .held_from(SOURCE, practice)
+        .await?
+        .iter()
+        .filter_map(|q| Some((row_of(&q.entry.payload)?, q.id)))
+        .collect();
+    let mut ids: Vec<Option<i64>> = Vec::with_capacity(entries.len());
+    let mut fresh = Vec::new();
+    for entry in entries {
+        let row = row_of(&entry.payload);
+        match held.iter().find(|(saved, _)| Some(saved) == row.as_ref()) {
+            Some((_, id)) => ids.push(Some(*id)),
+            None => {
+                ids.push(None);
+                fresh.push(entry);
+            }
+        }
+    }
+    let mut added = match fresh.is_empty() {
+        true => Vec::new(),
+        false => store.quarantine(fresh).await?,
+    }
+    .into_iter();
+    Ok(ids
+        .into_iter()
+        .filter_map(|id| id.or_else(|| added.next()))
+        .collect())
 }
 
 /// What replaying a quarantined row came to.

@@ -441,6 +441,9 @@ pub trait Store: Send + Sync + 'static {
     /// (an HL7 v2 message under an MSH-10 another message used), which sent
     /// again must not be held again, nor held once it was dealt with.
     async fn unjournaled(&self, entry: &QuarantineEntry) -> Result<Vec<Quarantined>, StoreError>;
+    /// The entries `sender` sent over `source` that are still held, oldest
+    /// first.
+    async fn held_from(&self, source: &str, sender: &str) -> Result<Vec<Quarantined>, StoreError>;
     /// How many entries each source has held (sources with none left out).
     async fn held_counts(&self) -> Result<Vec<(String, i64)>, StoreError>;
     /// Marks a held entry discarded (looked at, and not to be applied);

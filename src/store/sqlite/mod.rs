@@ -654,6 +654,20 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn held_from(&self, source: &str, sender: &str) -> Result<Vec<Quarantined>, StoreError> {
+        let (source, sender) = (source.to_string(), sender.to_string());
+        self.with_reader(move |conn| {
+            // By `quarantine_held`: the held entries are few.
+            let mut statement = conn.prepare_cached(&format!(
+                "SELECT {QUARANTINE_COLUMNS} FROM quarantine WHERE status = 'held' \
+                 AND source = ?1 AND sender = ?2 ORDER BY id"
+            ))?;
+            let rows = statement.query_map(params![source, sender], quarantined_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
     async fn held_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
         self.with_reader(|conn| {
             // By `quarantine_held`: the held entries alone are counted.
