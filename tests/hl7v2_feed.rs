@@ -1868,6 +1868,45 @@ async fn chained_merges_arriving_in_reverse_order_end_on_the_last_survivor() {
     gw.stop().await;
 }
 
+/// An A40 the other way round (B into A, after A into B) does not undo the
+/// first merge silently: it is an `AE` at MRG-1, for an untraced and for a
+/// traced merged-away record, and the first merge stands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merge_back_the_other_way_is_refused() {
+    let gw = start().await;
+    let mut c = MllpClient::connect(gw.mllp, TIMEOUT).await.unwrap();
+    for (n, gone) in [
+        (0, "HA0^^^RJZ^MR".to_string()),
+        (1, format!("HA1^^^RJZ^MR~{}^^^NHS^NH", nhs_number(3901))),
+    ] {
+        let kept = format!("HB{n}^^^RJZ^MR~{}^^^NHS^NH", nhs_number(3951 + n));
+        for (id, pid3) in [("A", &gone), ("B", &kept)] {
+            let a28 = adt("A28", &format!("M{n}{id}"), "202610250900", pid3, None);
+            assert_eq!(send(&mut c, &a28).await.0, "AA");
+        }
+        let first = a40(
+            &format!("M{n}1"),
+            "202610251400",
+            &kept,
+            &format!("HA{n}^^^RJZ^MR"),
+        );
+        assert_eq!(send(&mut c, &first).await.0, "AA");
+        let back = a40(
+            &format!("M{n}2"),
+            "202610251500",
+            &gone,
+            &format!("HB{n}^^^RJZ^MR"),
+        );
+        let (code, _, err) = send(&mut c, &back).await;
+        assert_eq!((code.as_str(), err.as_str()), ("AE", "MRG^1^1"), "{n}");
+        let survivor = &patients(&gw, &format!("HB{n}")).await[0];
+        assert_eq!(survivor["active"], Value::Null, "{survivor:#}");
+        let merged = &patients(&gw, &format!("HA{n}")).await[0];
+        assert_eq!(merged["active"], false, "{merged:#}");
+    }
+    gw.stop().await;
+}
+
 /// A visit number is one patient's: a message naming it for another is an
 /// `AE` at PV1-19, and the visit stays where it is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -835,6 +835,20 @@ impl Feed {
             let prior = survivors(store, parsed(store, prior)).await?;
             for found in prior {
                 let same = target.as_ref().is_some_and(|(t, _)| t.id == found.0.id);
+                // PID-3's record was merged into MRG-1's: a merge the other
+                // way round, which an A40 does not undo.
+                if same && (through_merge || merged_away) {
+                    return Ok(Err(vec![DataError::new(
+                        Condition::DuplicateKey,
+                        "MRG-1",
+                        format!(
+                            "the patient in PID-3 was merged into the record MRG-1 names \
+                             (Patient/{}); an A40 does not merge a record back into one \
+                             merged into it",
+                            found.0.id
+                        ),
+                    )]));
+                }
                 if !same && !absorbed.iter().any(|(a, _)| a.id == found.0.id) {
                     absorbed.push(found);
                 }
