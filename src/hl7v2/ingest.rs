@@ -203,12 +203,6 @@ impl Feed {
                     condition: Condition::SegmentSequence,
                 };
                 let header = header_of(&text);
-                if let Err(err) = self
-                    .hold_unreadable(&text, header.as_ref(), source, &error)
-                    .await
-                {
-                    tracing::error!(source, error = %err, "unreadable HL7 message not kept in quarantine");
-                }
                 let errors = [error];
                 self.count(source, AckCode::AR, &errors, since);
                 return self.ack(header.as_ref(), AckCode::AR, &errors);
@@ -323,9 +317,7 @@ impl Feed {
                 reason,
             }) => {
                 let error = DataError::new(condition, location, reason);
-                if journal.is_some() {
-                    self.hold_refused(message, source, &error).await?;
-                } else if let Some(held) = replays {
+                if let Some(held) = replays {
                     let reasons = serde_json::to_string(std::slice::from_ref(&error))
                         .unwrap_or_else(|_| "[]".into());
                     self.store.revise_quarantined(held, reasons).await?;
@@ -560,83 +552,6 @@ impl Feed {
             quarantine_id,
             errors,
         })
-    }
-
-    /// Keeps a message refused with `AR` (a message type, event, version or
-    /// processing id not taken here) in quarantine, without a journal entry
-    /// (its MSH-10 stays free for the sender to send it again once it is
-    /// taken), for someone to replay once the gateway takes it. A copy kept
-    /// already (the same message sent again) is not kept twice.
-    async fn hold_refused(
-        &self,
-        message: &Message,
-        source: &str,
-        error: &DataError,
-    ) -> Result<(), StoreError> {
-        let entry = quarantine_entry(message, source, std::slice::from_ref(error));
-        self.keep_once(entry, |kept| {
-            Message::parse(&utf8_or_windows_1252(kept))
-                .is_ok_and(|held| resend::difference(&held, message).is_none())
-        })
-        .await
-    }
-
-    /// Holds `entry` (without a journal entry) unless an entry kept
-    /// without one under its sender and MSH-10 has a payload that is
-    /// `same` as its own.
-    async fn keep_once(
-        &self,
-        entry: QuarantineEntry,
-        same: impl Fn(&[u8]) -> bool,
-    ) -> Result<(), StoreError> {
-        let _holding = self.holding.lock().await;
-        let kept = self.store.unjournaled(&entry).await?;
-        if kept.iter().any(|q| same(&q.entry.payload)) {
-            return Ok(());
-        }
-        self.store
-            .ingest(IngestRequest {
-                journal: None,
-                write: None,
-                quarantine: vec![entry],
-                clocks: Vec::new(),
-                replays: None,
-            })
-            .await?;
-        Ok(())
-    }
-
-    /// Keeps a message that cannot be read (`AR`) in quarantine as
-    /// [`Feed::hold_refused`] does a refused one, named by its MSH if that
-    /// reads, for someone to look at, and to replay should a later release
-    /// read it. The same text kept already is not kept twice.
-    async fn hold_unreadable(
-        &self,
-        text: &str,
-        header: Option<&Message>,
-        source: &str,
-        error: &AckError,
-    ) -> Result<(), StoreError> {
-        let reasons = [DataError::new(
-            error.condition,
-            error.location.clone().unwrap_or_default(),
-            error.text.clone(),
-        )];
-        let entry = QuarantineEntry {
-            source: source.to_string(),
-            sender: header.map(sender_of).unwrap_or_default(),
-            journal_id: None,
-            received_at_ms: jiff::Timestamp::now().as_millisecond(),
-            location: format!(
-                "MSH-10 {}",
-                header.and_then(Message::control_id).unwrap_or_default()
-            ),
-            reasons: serde_json::to_string(&reasons).unwrap_or_else(|_| "[]".into()),
-            content_type: CONTENT_TYPE.to_string(),
-            payload: text.as_bytes().to_vec(),
-        };
-        let payload = entry.payload.clone();
-        self.keep_once(entry, |kept| kept == payload).await
     }
 
     /// The patient facts of an earlier message with the same key, if kept.

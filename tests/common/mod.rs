@@ -110,21 +110,11 @@ impl Gateway {
     /// Stops the gateway the way SIGTERM does and starts another on a copy
     /// of its data directory, as an operator restarts it.
     pub async fn restart(self) -> Gateway {
-        self.restart_with(|_| {}).await
-    }
-
-    /// [`Gateway::restart`] with its configuration changed by `adjust`, as
-    /// an operator restarts it after a fix.
-    pub async fn restart_with(self, adjust: impl FnOnce(&mut Config)) -> Gateway {
         let kept = tempfile::tempdir().expect("temp dir");
         let data = kept.path().join("data");
         let from = self.data.clone();
         self.stop_keeping(&from, &data).await;
-        let mut restarted = start_with(|config| {
-            adjust(config);
-            config.store.dir = data;
-        })
-        .await;
+        let mut restarted = start_with(|config| config.store.dir = data).await;
         // The copy lives as long as the gateway that serves it.
         restarted._dir = kept;
         restarted
