@@ -1826,6 +1826,13 @@ async fn chained_merges_arriving_in_reverse_order_end_on_the_last_survivor() {
         assert_eq!(found[0]["link"][0]["other"]["reference"], last_ref);
     }
     assert!(!last["identifier"].to_string().contains(&nb), "{last:#}");
+    // The first merge sent again under a new MSH-10: both records are in C
+    // already, so nothing to do (not a merge back the other way).
+    let again = a_into_b.replace("|C4|", "|C6|");
+    assert_eq!(
+        send(&mut c, &again).await,
+        ("AA".into(), "C6".into(), String::new())
+    );
     gw.stop().await;
 }
 

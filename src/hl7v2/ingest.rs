@@ -747,12 +747,17 @@ impl Feed {
                     .cloned()
                     .collect();
             }
+            // MRG-1's record itself the target, reached through a merge
+            // from PID-3's: a merge the other way round, which an A40 does
+            // not undo. (Both merged into a third record since: nothing to
+            // do.)
+            let names_target = target
+                .as_ref()
+                .is_some_and(|(t, _)| prior.iter().any(|s| s.id == t.id));
             let prior = survivors(store, parsed(store, prior)).await?;
             for found in prior {
                 let same = target.as_ref().is_some_and(|(t, _)| t.id == found.0.id);
-                // PID-3's record was merged into MRG-1's: a merge the other
-                // way round, which an A40 does not undo.
-                if same && (through_merge || merged_away) {
+                if same && names_target && (through_merge || merged_away) {
                     return Ok(Err(vec![DataError::new(
                         Condition::DuplicateKey,
                         "MRG-1",
