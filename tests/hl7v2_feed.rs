@@ -1907,6 +1907,22 @@ async fn a_visit_named_for_another_patient_is_refused() {
         format!("Patient/{}", owner["id"].as_str().unwrap())
     );
     assert!(patients(&gw, &y).await.is_empty());
+    // Its subject rewritten through REST as a versioned reference: still
+    // X's visit.
+    let mut visit = encounter(&gw, "V36").await;
+    let subject = format!("Patient/{}/_history/1", owner["id"].as_str().unwrap());
+    visit["subject"]["reference"] = Value::String(subject);
+    let id = visit["id"].as_str().unwrap().to_string();
+    let put = gw.put(&format!("Encounter/{id}"), &visit).await;
+    assert_eq!(put.status, StatusCode::OK, "{}", put.text);
+    let update = adt(
+        "A08",
+        "S5",
+        "202610251200",
+        &format!("{x}^^^NHS^NH"),
+        Some(&ed),
+    );
+    assert_eq!(send(&mut c, &update).await.0, "AA");
     // An untraced patient's visit, then a message with another hospital
     // number and no NHS number for it: refused too.
     let ed = pv1("E", "V37", "202610251000", "");

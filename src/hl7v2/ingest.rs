@@ -958,10 +958,12 @@ impl Feed {
                 .as_deref()
                 .and_then(|v| v.at("subject").at("reference").as_str())
                 && subject != patient_ref
-                && !absorbed
-                    .iter()
-                    .any(|(a, _)| subject == format!("Patient/{}", a.id))
-                && !self.leads_to(subject, &patient_ref).await?
+                && let Some(subject_id) = patient_id_in(subject)
+                && target.as_ref().is_none_or(|(t, _)| t.id != subject_id)
+                && !absorbed.iter().any(|(a, _)| a.id == subject_id)
+                && !self
+                    .leads_to(subject_id, target.as_ref().map(|(t, _)| t.id.as_str()))
+                    .await?
             {
                 return Ok(Err(vec![DataError::new(
                     Condition::DuplicateKey,
@@ -1056,10 +1058,9 @@ impl Feed {
         Ok(Ok(Planned { writes, clocks }))
     }
 
-    /// Whether the patient `subject` names (`Patient/{id}`) is `target` or
-    /// was merged into it.
-    async fn leads_to(&self, subject: &str, target: &str) -> Result<bool, StoreError> {
-        let Some(id) = subject.strip_prefix("Patient/") else {
+    /// Whether Patient `id` was merged into Patient `target`.
+    async fn leads_to(&self, id: &str, target: Option<&str>) -> Result<bool, StoreError> {
+        let Some(target) = target else {
             return Ok(false);
         };
         let store = self.store.as_ref();
@@ -1067,9 +1068,7 @@ impl Feed {
             return Ok(false);
         };
         let found = survivors(store, parsed(store, vec![stored])).await?;
-        Ok(found
-            .first()
-            .is_some_and(|(s, _)| target == format!("Patient/{}", s.id)))
+        Ok(found.first().is_some_and(|(s, _)| s.id == target))
     }
 
     /// Hands the store the values just written, as their stored bodies
@@ -1386,6 +1385,17 @@ pub(super) fn clash(theirs: &str, ours: &str) -> DataError {
             "a hospital number in this message belongs to the patient with NHS number {theirs}, not {ours}"
         ),
     )
+}
+
+/// The id of the Patient `reference` names, in any form a client may have
+/// written it: relative (`Patient/x`), absolute (`https://…/Patient/x`) or
+/// versioned (`Patient/x/_history/2`); `None` for any other.
+pub(super) fn patient_id_in(reference: &str) -> Option<&str> {
+    let reference = reference
+        .split_once("/_history/")
+        .map_or(reference, |(unversioned, _)| unversioned);
+    let (before, id) = reference.rsplit_once('/')?;
+    ((before == "Patient" || before.ends_with("/Patient")) && !id.is_empty()).then_some(id)
 }
 
 pub(super) fn nhs_number_of(patient: &Value) -> Option<String> {

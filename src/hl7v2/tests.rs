@@ -1681,3 +1681,25 @@ fn mapping_errors_carry_the_condition_of_their_kind() {
         ]
     );
 }
+
+/// The visit check reads a stored Encounter's subject in whatever form a
+/// REST client wrote it.
+#[test]
+fn a_patient_reference_is_read_in_any_form() {
+    use super::ingest::patient_id_in;
+    for (reference, id) in [
+        ("Patient/p1", Some("p1")),
+        ("https://gw.example.nhs.uk/fhir/Patient/p1", Some("p1")),
+        ("Patient/p1/_history/3", Some("p1")),
+        (
+            "https://gw.example.nhs.uk/fhir/Patient/p1/_history/3",
+            Some("p1"),
+        ),
+        ("Group/g1", None),
+        ("urn:uuid:9b1e", None),
+        ("Patient/", None),
+        ("MyPatient/p1", None),
+    ] {
+        assert_eq!(patient_id_in(reference), id, "{reference}");
+    }
+}
