@@ -231,9 +231,11 @@ pub struct Hl7v2Config {
     pub accept_acknowledgements: bool,
 }
 
-/// Longest timeout or grace period a setting may give: a day. A shutdown
-/// grace of 0 would abort the drain at once (frames read but unanswered).
-const MAX_TIMEOUT_SECS: u64 = 86_400;
+/// Longest timeout or grace period a setting may give: 30 days (a bound
+/// keeps deadlines from overflowing). A shutdown grace of 0 would abort the
+/// drain at once (frames read but unanswered), and an idle or frame timeout
+/// of 0 would close every connection.
+const MAX_TIMEOUT_SECS: u64 = 30 * 86_400;
 
 /// Default MLLP port (the conventional one for HL7 over MLLP).
 pub const DEFAULT_MLLP_LISTEN: &str = "127.0.0.1:2575";
@@ -762,7 +764,7 @@ mod tests {
                 "http.shutdown_grace_secs",
             ),
             (
-                "[http]\nshutdown_grace_secs = 100000\n",
+                "[http]\nshutdown_grace_secs = 2592001\n",
                 "http.shutdown_grace_secs",
             ),
         ] {

@@ -205,11 +205,7 @@ async fn send_all(
                 // part from one message's MSH to the next part's (the first
                 // from the file's start: what stands before its first MSH
                 // is answered by the gateway).
-                let starts = message_starts(&bytes);
-                let mut cuts: Vec<usize> =
-                    starts.iter().copied().step_by(HTTP_BATCH).skip(1).collect();
-                cuts.insert(0, 0);
-                cuts.push(bytes.len());
+                let cuts = http_parts(&bytes, HTTP_BATCH);
                 for (part, window) in cuts.windows(2).enumerate() {
                     let body = bytes[window[0]..window[1]].to_vec();
                     let item = match cuts.len() {
@@ -279,6 +275,21 @@ async fn send_all(
         }
     }
     sent
+}
+
+/// Where a file's requests over HTTP start and end: at most `batch`
+/// messages each, every part from a message's MSH to the next part's first
+/// (the first part from the file's start, so what stands before its first
+/// MSH goes, and is answered, too).
+fn http_parts(bytes: &[u8], batch: usize) -> Vec<usize> {
+    let mut cuts: Vec<usize> = message_starts(bytes)
+        .into_iter()
+        .step_by(batch)
+        .skip(1)
+        .collect();
+    cuts.insert(0, 0);
+    cuts.push(bytes.len());
+    cuts
 }
 
 /// `message` with every line ending (`\r\n`, `\n`) as ER7's `\r`, bytes
@@ -376,8 +387,28 @@ fn natural_order(a: &str, b: &str) -> std::cmp::Ordering {
 
 #[cfg(test)]
 mod tests {
-    use super::{from_ack, natural_order};
+    use super::{from_ack, http_parts, natural_order};
     use std::path::Path;
+
+    /// A file of five messages, after a line that is none, in parts of two:
+    /// three requests, each starting at an MSH but the first, which starts
+    /// at the file's start.
+    #[test]
+    fn a_capture_goes_over_http_in_parts() {
+        let message = |n: usize| format!("MSH|^~\\&|PAS|RJZ|GW|OB|2026||ADT^A08|M{n}|P|2.4\r");
+        let file = format!("junk\r{}", (1..=5).map(message).collect::<String>());
+        let cuts = http_parts(file.as_bytes(), 2);
+        let parts: Vec<&str> = cuts.windows(2).map(|w| &file[w[0]..w[1]]).collect();
+        assert_eq!(parts.len(), 3, "{parts:?}");
+        assert_eq!(parts.concat(), file);
+        assert!(parts[0].starts_with("junk\rMSH") && parts[0].contains("|M2|"));
+        assert!(
+            parts[1].starts_with("MSH") && parts[1].contains("|M3|") && parts[1].contains("|M4|")
+        );
+        assert!(parts[2].starts_with("MSH") && parts[2].contains("|M5|"));
+        assert_eq!(http_parts(b"", 2), [0, 0]);
+        assert_eq!(http_parts(message(1).as_bytes(), 500).len(), 2);
+    }
 
     /// `AA`, or enhanced mode's `CA` without an ERR, is a message taken; a
     /// `CA` with an ERR is one held in quarantine.

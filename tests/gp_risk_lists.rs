@@ -189,6 +189,22 @@ async fn bad_rows_are_reported_and_quarantined_while_good_rows_are_stored() {
         "{}",
         held.text
     );
+    // A new bad row twice in one list: held once.
+    let twice = list(&[
+        ("9434765911", "Twice", "05-Mar-1938", "0.40"),
+        ("9434765911", "Twice", "05-Mar-1938", "0.40"),
+    ]);
+    let doubled = upload(&gw, "G84001", &twice, "").await;
+    let ids = doubled.json["quarantined"].as_array().unwrap().clone();
+    assert_eq!(ids.len(), 2, "{}", doubled.text);
+    assert_eq!(ids[0], ids[1], "{}", doubled.text);
+    let held = gw.get_url(&format!("{}/quarantine", gw.root)).await;
+    assert_eq!(
+        held.json["entries"].as_array().unwrap().len(),
+        4,
+        "{}",
+        held.text
+    );
     // Another practice's same row is its own.
     let other = upload(&gw, "G84002", &body, "").await;
     assert_eq!(other.json["quarantined"].as_array().unwrap().len(), 3);

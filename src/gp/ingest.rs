@@ -275,8 +275,8 @@ pub async fn ingest_list(
 
 /// Holds refused rows in quarantine, each once: a row the practice sent
 /// before (the same text under the same header, read the same way, on any
-/// line) that is still held keeps its entry. Returns the rows' entry ids in
-/// order.
+/// line) that is still held keeps its entry, and a row repeated within the
+/// list is held once. Returns the rows' entry ids in order.
 async fn hold_once(
     store: &dyn Store,
     practice: &str,
@@ -285,38 +285,50 @@ async fn hold_once(
     if entries.is_empty() {
         return Ok(Vec::new());
     }
-    // A saved row as compared: its payload without the line it stood on.
+    // A saved row as compared: its payload without the line it stood on,
+    // as text (the payload's members are always written in one order).
     let row_of = |payload: &[u8]| {
         let mut saved = serde_json::from_slice::<Value>(payload).ok()?;
         saved.as_object_mut()?.remove("line");
-        Some(saved)
+        Some(saved.to_string())
     };
-    let held: Vec<(Value, i64)> = store
+    let held: HashMap<String, i64> = store
         .held_from(SOURCE, practice)
         .await?
         .iter()
         .filter_map(|q| Some((row_of(&q.entry.payload)?, q.id)))
         .collect();
-    let mut ids: Vec<Option<i64>> = Vec::with_capacity(entries.len());
+    // Each row: its held entry, or the index of the new entry it takes.
+    let mut slots: Vec<Result<i64, usize>> = Vec::with_capacity(entries.len());
     let mut fresh = Vec::new();
+    let mut fresh_rows: HashMap<String, usize> = HashMap::new();
     for entry in entries {
         let row = row_of(&entry.payload);
-        match held.iter().find(|(saved, _)| Some(saved) == row.as_ref()) {
-            Some((_, id)) => ids.push(Some(*id)),
-            None => {
-                ids.push(None);
-                fresh.push(entry);
-            }
-        }
+        let slot = match row.as_ref().and_then(|r| held.get(r)) {
+            Some(id) => Ok(*id),
+            None => match row.as_ref().and_then(|r| fresh_rows.get(r)) {
+                Some(index) => Err(*index),
+                None => {
+                    if let Some(row) = row {
+                        fresh_rows.insert(row, fresh.len());
+                    }
+                    fresh.push(entry);
+                    Err(fresh.len() - 1)
+                }
+            },
+        };
+        slots.push(slot);
     }
-    let mut added = match fresh.is_empty() {
+    let added = match fresh.is_empty() {
         true => Vec::new(),
         false => store.quarantine(fresh).await?,
-    }
-    .into_iter();
-    Ok(ids
+    };
+    Ok(slots
         .into_iter()
-        .filter_map(|id| id.or_else(|| added.next()))
+        .filter_map(|slot| {
+            slot.or_else(|index| added.get(index).copied().ok_or(()))
+                .ok()
+        })
         .collect())
 }
 

@@ -839,7 +839,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_frame_trickled_in_past_the_frame_timeout_closes_its_connection() {
-        let frame_timeout = Duration::from_millis(300);
+        let frame_timeout = Duration::from_millis(600);
         let config = ListenerConfig {
             idle_timeout: Duration::from_secs(2),
             frame_timeout,
@@ -866,15 +866,15 @@ mod tests {
         assert!(closed_after >= frame_timeout, "{closed_after:?}");
         assert!(closed_after < frame_timeout * 4, "{closed_after:?}");
         assert_eq!(server.handler.calls(), 0);
-        // Each frame has its own time: ON1 from 0 to 200 ms, ON2 at 200
-        // ms, ON3 from 200 to 400 ms (within its own 300 ms, not within
-        // 300 ms of ON1's first byte).
+        // Each frame has its own time: ON1 from 0 to 400 ms, ON2 at 400
+        // ms, ON3 from 400 to 800 ms (within its own 600 ms, not within
+        // 600 ms of ON1's first byte).
         let mut stream = raw(server.addr).await;
         let (one, third) = (frame(&msg("ON1")), frame(&msg("ON3")));
         let middle = [&one[10..], &frame(&msg("ON2")), &third[..10]].concat();
         for piece in [&one[..10], &middle, &third[10..]] {
             stream.write_all(piece).await.expect("write");
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            tokio::time::sleep(Duration::from_millis(400)).await;
         }
         let acks = read_acks(&mut stream, 3).await;
         let ids: Vec<String> = acks.iter().map(|ack| msa(ack).1).collect();
