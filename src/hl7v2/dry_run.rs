@@ -226,9 +226,21 @@ fn apply(
             return vec![super::ingest::clash(&theirs, ours)];
         }
     }
+    // A record merged away stands for its survivor, as in the feed; what
+    // the message says of it is not the survivor's (unless it traces an
+    // untraced survivor).
+    let found = at;
+    let at = at.map(|i| survivor_of(patients, i));
+    let through_merge = at != found;
     let current = at.map(|i| &patients[i].resource);
+    let leave = through_merge
+        && (adt.patient.nhs_number.is_none()
+            || current.is_some_and(|p| super::ingest::nhs_number_of(p).is_some()));
     let times = at.map(|i| patients[i].clock.clone()).unwrap_or_default();
-    let (patient, times) = patient_after(current, &times, adt);
+    let (patient, times) = match (leave, current) {
+        (true, Some(current)) => (current.clone(), times),
+        _ => patient_after(current, &times, adt),
+    };
     let key = keys.first().cloned().unwrap_or_default();
     let full_url = at.map_or_else(|| urn(&key), |i| patients[i].full_url.clone());
     let mut errors = issues(validator, &patient, notes);
@@ -239,6 +251,25 @@ fn apply(
             .pop()
             .unwrap_or_default();
         let found = encounters.iter().position(|r| r.key == visit_key);
+        // A visit stays with its patient (or the one it was merged into).
+        if let Some(subject) =
+            found.and_then(|i| encounters[i].resource["subject"]["reference"].as_str())
+            && subject != full_url
+            && patients
+                .iter()
+                .position(|r| r.full_url == subject)
+                .is_none_or(|i| Some(survivor_of(patients, i)) != at)
+        {
+            return vec![DataError::new(
+                Condition::DuplicateKey,
+                "PV1-19",
+                format!(
+                    "visit number {} is an encounter of another patient; a visit moves to \
+                     another patient by a merge (A40), not by a message naming it",
+                    visit_key.1
+                ),
+            )];
+        }
         let current = found.map(|i| &encounters[i].resource);
         let clock = found.and_then(|i| encounters[i].clock.latest());
         let mut kept = found.map_or_else(Kept::default, |i| encounters[i].kept.clone());
@@ -249,14 +280,52 @@ fn apply(
     if !errors.is_empty() {
         return errors;
     }
-    // A40: the record named in MRG-1 is retired into this one.
+    // A40: the record named in MRG-1 is retired into this one (into its
+    // survivor, if merged on since); one not seen yet is stored retired.
     let prior = adt::identifier_keys(&adt.prior);
     let mut patient = patient;
-    if let Some(old) = patients.iter_mut().enumerate().find_map(|(j, r)| {
+    let has_prior = |r: &Record| {
         let theirs =
             adt::identifier_keys(r.resource["identifier"].as_array().map_or(&[][..], |a| a));
-        (Some(j) != at && theirs.iter().any(|k| prior.contains(k))).then_some(r)
-    }) {
+        theirs.iter().any(|k| prior.contains(k))
+    };
+    if through_merge && at.is_some_and(|i| has_prior(&patients[i])) {
+        return vec![DataError::new(
+            Condition::DuplicateKey,
+            "MRG-1",
+            "the patient in PID-3 was merged into the record MRG-1 names; an A40 does not \
+             merge a record back into one merged into it",
+        )];
+    }
+    let mut placeholder = None;
+    if !prior.is_empty() && !patients.iter().any(has_prior) {
+        let unseen: Vec<Value> = adt
+            .prior
+            .iter()
+            .filter(|id| {
+                adt::identifier_keys(std::slice::from_ref(id))
+                    .first()
+                    .is_some_and(|k| !keys.contains(k))
+            })
+            .cloned()
+            .collect();
+        if let Some(first) = adt::identifier_keys(&unseen).first().cloned() {
+            let url = urn(&first);
+            patient = state::survivor(&patient, &url);
+            placeholder = Some(Record {
+                resource: state::placeholder(unseen, &full_url),
+                full_url: url,
+                key: first,
+                clock: Times::default(),
+                kept: Kept::default(),
+            });
+        }
+    }
+    let named = (0..patients.len())
+        .filter(|&j| has_prior(&patients[j]))
+        .map(|j| survivor_of(patients, j))
+        .find(|&j| Some(j) != at);
+    if let Some(old) = named.map(|j| &mut patients[j]) {
         patient = state::survivor(&patient, &old.full_url);
         old.resource = state::retired(&old.resource, &full_url);
         for e in encounters.iter_mut() {
@@ -265,6 +334,7 @@ fn apply(
             }
         }
     }
+    patients.extend(placeholder);
     match at {
         Some(i) => {
             patients[i].resource = patient;
@@ -323,6 +393,20 @@ fn issues(validator: &Validator, resource: &Value, notes: &mut Vec<String>) -> V
 }
 
 /// A stable `urn:uuid:` for a record key, so the output is deterministic.
+/// The record `i` was merged into, following `replaced-by` links (at
+/// most a few), or `i`.
+fn survivor_of(patients: &[Record], mut i: usize) -> usize {
+    for _ in 0..8 {
+        let Some(next) = state::replaced_by(&patients[i].resource)
+            .and_then(|url| patients.iter().position(|r| r.full_url == url))
+        else {
+            break;
+        };
+        i = next;
+    }
+    i
+}
+
 fn urn(key: &(String, String)) -> String {
     let h = state::stable_hash(key.0.bytes().chain([b'|']).chain(key.1.bytes()));
     format!(
@@ -413,6 +497,83 @@ mod tests {
             "{:?}",
             run.messages[0]
         );
+    }
+
+    /// Identity as the feed has it: chained merges in reverse order end on
+    /// the last survivor, a merge back the other way and a visit named for
+    /// another patient are refused.
+    #[test]
+    fn merges_and_visits_end_as_in_the_feed() {
+        let validator = Validator::load(None, &[]).unwrap();
+        let msg = |event: &str, id: &str, when: &str, pid3: &str, tail: &str| {
+            format!(
+                "MSH|^~\\&|PAS|RJZ|GW|OB|{when}||ADT^{event}|{id}|P|2.4\rEVN|{event}|{when}\rPID|1||{pid3}||PAGE^Ann\r{tail}"
+            )
+        };
+        let visit = |v: &str| format!("PV1|1|E|ED^^^RJZ30||||||||||||||||{v}^^^RJZ^VN\r");
+        let (a, b, c) = (
+            "HA^^^RJZ^MR~9990000603^^^NHS^NH",
+            "HB^^^RJZ^MR~9990000611^^^NHS^NH",
+            "HC^^^RJZ^MR~9990000638^^^NHS^NH",
+        );
+        let text = [
+            msg("A04", "M1", "202610250900", a, &visit("VA")),
+            msg("A04", "M2", "202610250900", b, &visit("VB")),
+            msg("A04", "M3", "202610250900", c, &visit("VC")),
+            msg("A40", "M4", "202610251500", c, "MRG|HB^^^RJZ^MR\r"),
+            msg("A40", "M5", "202610251400", b, "MRG|HA^^^RJZ^MR\r"),
+            // Back the other way: refused.
+            msg("A40", "M6", "202610251600", a, "MRG|HC^^^RJZ^MR\r"),
+            // Visit VC named for another patient: refused.
+            msg(
+                "A08",
+                "M7",
+                "202610251700",
+                "9990000018^^^NHS^NH",
+                &visit("VC"),
+            ),
+        ]
+        .concat();
+        let run = map_messages(&text, &AdtContext::default(), &validator);
+        let acks: Vec<(&str, Option<&str>)> = run
+            .messages
+            .iter()
+            .map(|m| (m.ack, m.errors.first().map(|e| e.location.as_str())))
+            .collect();
+        let ok = ("AA", None);
+        assert_eq!(
+            acks,
+            [
+                ok,
+                ok,
+                ok,
+                ok,
+                ok,
+                ("AE", Some("MRG-1")),
+                ("AE", Some("PV1-19"))
+            ],
+            "{:?}",
+            run.messages
+        );
+        let entries = run.bundle["entry"].as_array().unwrap();
+        let last = entries
+            .iter()
+            .find(|e| e["resource"].to_string().contains("9990000638"))
+            .unwrap();
+        for e in entries
+            .iter()
+            .filter(|e| e["resource"]["resourceType"] == "Encounter")
+        {
+            assert_eq!(
+                e["resource"]["subject"]["reference"], last["fullUrl"],
+                "{e}"
+            );
+        }
+        let retired = entries
+            .iter()
+            .filter(|e| e["resource"]["active"] == false)
+            .count();
+        assert_eq!(retired, 2, "{entries:#?}");
     }
 
     /// A message sent again (same sender and MSH-10) changes nothing and is
