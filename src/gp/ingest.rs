@@ -292,12 +292,13 @@ async fn hold_once(
         saved.as_object_mut()?.remove("line");
         Some(saved.to_string())
     };
-    let held: HashMap<String, i64> = store
-        .held_from(SOURCE, practice)
-        .await?
-        .iter()
-        .filter_map(|q| Some((row_of(&q.entry.payload)?, q.id)))
-        .collect();
+    // (The oldest entry of a row held more than once.)
+    let mut held: HashMap<String, i64> = HashMap::new();
+    for q in store.held_from(SOURCE, practice).await? {
+        if let Some(row) = row_of(&q.entry.payload) {
+            held.entry(row).or_insert(q.id);
+        }
+    }
     // Each row: its held entry, or the index of the new entry it takes.
     let mut slots: Vec<Result<i64, usize>> = Vec::with_capacity(entries.len());
     let mut fresh = Vec::new();

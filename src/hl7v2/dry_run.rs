@@ -201,16 +201,25 @@ fn apply(
     notes: &mut Vec<String>,
 ) -> Vec<DataError> {
     let keys = adt.patient.keys();
-    let at = patients
-        .iter()
-        .position(|r| keys.contains(&r.key))
-        .or_else(|| {
-            patients.iter().position(|r| {
-                adt::identifier_keys(r.resource["identifier"].as_array().map_or(&[][..], |a| a))
+    // The records carrying one of the message's identifiers; the one with
+    // its NHS number first, as the feed looks.
+    let carrying: Vec<usize> = (0..patients.len())
+        .filter(|&i| {
+            let r = &patients[i];
+            keys.contains(&r.key)
+                || adt::identifier_keys(r.resource["identifier"].as_array().map_or(&[][..], |a| a))
                     .iter()
                     .any(|k| keys.contains(k))
-            })
-        });
+        })
+        .collect();
+    let nhs = adt.patient.nhs_number.as_ref();
+    let at = carrying
+        .iter()
+        .copied()
+        .find(|&i| {
+            nhs.is_some() && super::ingest::nhs_number_of(&patients[i].resource).as_ref() == nhs
+        })
+        .or(carrying.first().copied());
     // A hospital number on a record traced to someone else: a clash, as the
     // feed finds it (records merged away aside).
     if let Some(ours) = &adt.patient.nhs_number {
@@ -229,9 +238,8 @@ fn apply(
     // A record merged away stands for its survivor, as in the feed; what
     // the message says of it is not the survivor's (unless it traces an
     // untraced survivor).
-    let found = at;
     let at = at.map(|i| survivor_of(patients, i));
-    let through_merge = at != found;
+    let through_merge = at.is_some_and(|i| !carrying.contains(&i));
     let current = at.map(|i| &patients[i].resource);
     let leave = through_merge
         && (adt.patient.nhs_number.is_none()
@@ -251,14 +259,22 @@ fn apply(
             .pop()
             .unwrap_or_default();
         let found = encounters.iter().position(|r| r.key == visit_key);
-        // A visit stays with its patient (or the one it was merged into).
+        // A visit stays with its patient (or the one it was merged into,
+        // or an untraced one of the message's numbers, which the feed
+        // merges into it).
+        let ours = |i: usize| {
+            Some(survivor_of(patients, i)) == at
+                || (carrying.contains(&i)
+                    && state::replaced_by(&patients[i].resource).is_none()
+                    && super::ingest::nhs_number_of(&patients[i].resource).is_none())
+        };
         if let Some(subject) =
             found.and_then(|i| encounters[i].resource["subject"]["reference"].as_str())
             && subject != full_url
             && patients
                 .iter()
                 .position(|r| r.full_url == subject)
-                .is_none_or(|i| Some(survivor_of(patients, i)) != at)
+                .is_none_or(|i| !ours(i))
         {
             return vec![DataError::new(
                 Condition::DuplicateKey,
@@ -574,6 +590,73 @@ mod tests {
             .filter(|e| e["resource"]["active"] == false)
             .count();
         assert_eq!(retired, 2, "{entries:#?}");
+    }
+
+    /// Found directly by its NHS number, a survivor takes what the message
+    /// says even when the message also names a record merged into it; an
+    /// untraced record's visit named with the traced record's numbers is
+    /// merged in, not refused (as the feed does both).
+    #[test]
+    fn a_record_found_directly_is_no_merge_and_an_untraced_visit_follows_its_patient() {
+        let validator = Validator::load(None, &[]).unwrap();
+        let msg = |event: &str, id: &str, when: &str, pid3: &str, tail: &str| {
+            format!(
+                "MSH|^~\\&|PAS|RJZ|GW|OB|{when}||ADT^{event}|{id}|P|2.4\rEVN|{event}|{when}\rPID|1||{pid3}||PAGE^Ann|||F|||{tail}"
+            )
+        };
+        let visit = "\rPV1|1|E|ED^^^RJZ30||||||||||||||||V1^^^RJZ^VN\r";
+        let text = [
+            msg(
+                "A28",
+                "M1",
+                "202610250900",
+                "HB^^^RJZ^MR~9990000603^^^NHS^NH",
+                "\r",
+            ),
+            msg("A04", "M2", "202610251000", "HA^^^RJZ^MR", visit),
+            msg(
+                "A01",
+                "M3",
+                "202610251100",
+                "HB^^^RJZ^MR~HA^^^RJZ^MR~9990000603^^^NHS^NH",
+                visit,
+            ),
+            msg("A28", "M4", "202610250800", "HU^^^RJZ^MR", "\r"),
+            msg(
+                "A40",
+                "M5",
+                "202610251200",
+                "HB^^^RJZ^MR~9990000603^^^NHS^NH",
+                "\rMRG|HU^^^RJZ^MR\r",
+            ),
+            msg(
+                "A31",
+                "M6",
+                "202610251300",
+                "HU^^^RJZ^MR~9990000603^^^NHS^NH",
+                "1 New Road^^Beckenham^^BR3 1AB\r",
+            ),
+        ]
+        .concat();
+        let run = map_messages(&text, &AdtContext::default(), &validator);
+        let acks: Vec<&str> = run.messages.iter().map(|m| m.ack).collect();
+        assert_eq!(acks, ["AA"; 6], "{:?}", run.messages);
+        let entries = run.bundle["entry"].as_array().unwrap();
+        let traced = entries
+            .iter()
+            .find(|e| {
+                e["resource"]["active"] != false && e["resource"].to_string().contains("9990000603")
+            })
+            .unwrap();
+        assert_eq!(
+            traced["resource"]["address"][0]["line"][0], "1 New Road",
+            "{traced:#}"
+        );
+        let visit = entries
+            .iter()
+            .find(|e| e["resource"]["resourceType"] == "Encounter")
+            .unwrap();
+        assert_eq!(visit["resource"]["subject"]["reference"], traced["fullUrl"]);
     }
 
     /// A message sent again (same sender and MSH-10) changes nothing and is

@@ -954,16 +954,24 @@ impl Feed {
             // A visit stays with its patient: one the message names for
             // another patient is an error, not a move (that is an A40's, or
             // a record merged in by this message).
-            if let Some(subject) = current_value
+            let subject = current_value
                 .as_deref()
                 .and_then(|v| v.at("subject").at("reference").as_str())
-                && subject != patient_ref
-                && let Some(subject_id) = patient_id_in(subject)
-                && target.as_ref().is_none_or(|(t, _)| t.id != subject_id)
-                && !absorbed.iter().any(|(a, _)| a.id == subject_id)
-                && !self
-                    .leads_to(subject_id, target.as_ref().map(|(t, _)| t.id.as_str()))
-                    .await?
+                .filter(|subject| *subject != patient_ref);
+            let another = match subject.map(patient_id_in) {
+                None => false,
+                // Not a Patient's (a Group, a contained resource): not ours.
+                Some(None) => true,
+                Some(Some(subject_id)) => {
+                    target.as_ref().is_none_or(|(t, _)| t.id != subject_id)
+                        && !absorbed.iter().any(|(a, _)| a.id == subject_id)
+                        && !self
+                            .leads_to(subject_id, target.as_ref().map(|(t, _)| t.id.as_str()))
+                            .await?
+                }
+            };
+            if let Some(subject) = subject
+                && another
             {
                 return Ok(Err(vec![DataError::new(
                     Condition::DuplicateKey,
