@@ -1398,6 +1398,19 @@ fn has_content(raw: &str) -> bool {
     !raw.is_empty() && raw != "\"\""
 }
 
+/// The identifiers of `ids` whose `(system, value)` is none of `keys`
+/// (those without both left out).
+pub fn identifiers_not_in(ids: &[Value], keys: &[(String, String)]) -> Vec<Value> {
+    ids.iter()
+        .filter(|id| {
+            identifier_keys(std::slice::from_ref(id))
+                .first()
+                .is_some_and(|key| !keys.contains(key))
+        })
+        .cloned()
+        .collect()
+}
+
 /// `(system, value)` pairs of identifiers.
 pub fn identifier_keys(ids: &[Value]) -> Vec<(String, String)> {
     ids.iter()

@@ -315,16 +315,7 @@ fn apply(
     }
     let mut placeholder = None;
     if !prior.is_empty() && !patients.iter().any(has_prior) {
-        let unseen: Vec<Value> = adt
-            .prior
-            .iter()
-            .filter(|id| {
-                adt::identifier_keys(std::slice::from_ref(id))
-                    .first()
-                    .is_some_and(|k| !keys.contains(k))
-            })
-            .cloned()
-            .collect();
+        let unseen = adt::identifiers_not_in(&adt.prior, &keys);
         if let Some(first) = adt::identifier_keys(&unseen).first().cloned() {
             let url = urn(&first);
             patient = state::survivor(&patient, &url);

@@ -318,8 +318,7 @@ impl Feed {
             }) => {
                 let error = DataError::new(condition, location, reason);
                 if let Some(held) = replays {
-                    let reasons = serde_json::to_string(std::slice::from_ref(&error))
-                        .unwrap_or_else(|_| "[]".into());
+                    let reasons = reasons_json(std::slice::from_ref(&error));
                     self.store.revise_quarantined(held, reasons).await?;
                 }
                 return Ok(Verdict::Rejected(AckError {
@@ -434,14 +433,15 @@ impl Feed {
         errors: Vec<DataError>,
         replays: Option<i64>,
     ) -> Result<Verdict, StoreError> {
-        let entry = quarantine_entry(message, source, &errors);
         if journal.is_none() {
             // Already held: a failed replay stays where it is, with the
             // reasons it failed for now (an answer after the commit that
             // records them, so after the sync its lookups may have run
             // ahead of).
             if let Some(held) = replays {
-                self.store.revise_quarantined(held, entry.reasons).await?;
+                self.store
+                    .revise_quarantined(held, reasons_json(&errors))
+                    .await?;
             } else {
                 self.store.settled().await?;
             }
@@ -450,6 +450,7 @@ impl Feed {
                 errors,
             });
         }
+        let entry = quarantine_entry(message, source, &errors);
         let outcome = self
             .store
             .ingest(IngestRequest {
@@ -736,16 +737,7 @@ impl Feed {
                 .by_identifier(ResourceType::Patient, &adt::identifier_keys(&adt.prior))
                 .await?;
             if prior.is_empty() {
-                unseen = adt
-                    .prior
-                    .iter()
-                    .filter(|id| {
-                        adt::identifier_keys(std::slice::from_ref(id))
-                            .first()
-                            .is_some_and(|key| !keys.contains(key))
-                    })
-                    .cloned()
-                    .collect();
+                unseen = adt::identifiers_not_in(&adt.prior, &keys);
             }
             // MRG-1's record itself the target, reached through a merge
             // from PID-3's: a merge the other way round, which an A40 does
@@ -1334,10 +1326,15 @@ fn quarantine_entry(message: &Message, source: &str, errors: &[DataError]) -> Qu
         journal_id: None,
         received_at_ms: jiff::Timestamp::now().as_millisecond(),
         location: format!("MSH-10 {}", message.control_id().unwrap_or_default()),
-        reasons: serde_json::to_string(errors).unwrap_or_else(|_| "[]".into()),
+        reasons: reasons_json(errors),
         content_type: CONTENT_TYPE.to_string(),
         payload: message.raw().as_bytes().to_vec(),
     }
+}
+
+/// A quarantine entry's reasons: the errors as JSON.
+fn reasons_json(errors: &[DataError]) -> String {
+    serde_json::to_string(errors).unwrap_or_else(|_| "[]".into())
 }
 
 /// One ERR for each error, located at it, its text the location and the
@@ -1396,14 +1393,19 @@ pub(super) fn clash(theirs: &str, ours: &str) -> DataError {
 }
 
 /// The id of the Patient `reference` names, in any form a client may have
-/// written it: relative (`Patient/x`), absolute (`https://…/Patient/x`) or
-/// versioned (`Patient/x/_history/2`); `None` for any other.
+/// written it: relative (`Patient/x`), absolute (`https://…/Patient/x`, read
+/// by its path, as this gateway's own base) or versioned
+/// (`Patient/x/_history/2`); `None` for any other. (`reference_target`
+/// reads the forms; it leaves absolute URLs out, as search must.)
 pub(super) fn patient_id_in(reference: &str) -> Option<&str> {
-    let reference = reference
-        .split_once("/_history/")
-        .map_or(reference, |(unversioned, _)| unversioned);
-    let (before, id) = reference.rsplit_once('/')?;
-    ((before == "Patient" || before.ends_with("/Patient")) && !id.is_empty()).then_some(id)
+    let path = match reference.split_once("://") {
+        Some((_, rest)) => rest.split_once('/').map_or("", |(_, path)| path),
+        None => reference,
+    };
+    match crate::fhir::search::reference_target(path) {
+        Some(("Patient", id)) => Some(id),
+        _ => None,
+    }
 }
 
 pub(super) fn nhs_number_of(patient: &Value) -> Option<String> {
